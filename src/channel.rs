@@ -1,0 +1,610 @@
+//! [`Channel`]: pika's `BlockingChannel` methods.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use amq_protocol::protocol::{
+    basic, channel, confirm, exchange, queue, AMQPClass, BasicProperties,
+};
+use amq_protocol::types::ShortString;
+
+use crate::confirms::{ConfirmOutcome, ConfirmTracker};
+use crate::connection::Owner;
+use crate::consumer::ConsumerEntry;
+use crate::delivery::GetMessage;
+use crate::error::{Error, Result};
+use crate::io::chan::{ChanState, ChannelCore, Life, Reply};
+use crate::io::{codec, short, with_scratch};
+use crate::options::{
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOk, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+
+/// A channel of a [`Connection`](crate::Connection): pika's `BlockingChannel`.
+///
+/// A cheap handle: clones share the channel, and it can move to and be shared between threads
+/// (`Send + Sync`). Synchronous methods are serialised (AMQP allows one outstanding per channel)
+/// and each waits at most the connection's `rpc_timeout`. When the broker closes the channel
+/// (404, 406, 403...), the waiting call and every later call get [`Error::ChannelClosed`].
+///
+/// The channel is closed when its last handle is dropped (without waiting for the broker).
+#[derive(Clone, Debug)]
+pub struct Channel {
+    pub(crate) inner: Arc<ChannelHandle>,
+}
+
+/// pika's name for [`Channel`].
+pub type BlockingChannel = Channel;
+
+pub(crate) struct ChannelHandle {
+    pub(crate) owner: Arc<Owner>,
+    pub(crate) core: Arc<ChannelCore>,
+    pub(crate) consumers: Mutex<HashMap<String, ConsumerEntry>>,
+    /// A thread is inside `start_consuming` on this channel.
+    pub(crate) consuming: AtomicBool,
+}
+
+impl std::fmt::Debug for ChannelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("channel_number", &self.core.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ChannelHandle {
+    fn drop(&mut self) {
+        // Best effort, no waiting: the I/O thread frees the number when close-ok arrives.
+        let method = close_method(200, "Normal shutdown");
+        let _ = with_scratch(|buf| {
+            codec::encode_method(buf, self.core.id, method)?;
+            self.owner.core.send_on(&self.core, buf, None, |st| {
+                if matches!(st.life, Life::Open) {
+                    st.life = Life::Closing;
+                    Ok(())
+                } else {
+                    Err(Error::InvalidArgument(String::new()))
+                }
+            })
+        });
+    }
+}
+
+fn close_method(reply_code: u16, reply_text: &str) -> AMQPClass {
+    AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+        reply_code,
+        reply_text: ShortString::try_new(reply_text).unwrap_or_else(|_| "".into()),
+        class_id: 0,
+        method_id: 0,
+    }))
+}
+
+/// Refuses a channel that is closed or closing.
+pub(crate) fn ensure_open(st: &ChanState) -> Result<()> {
+    match &st.life {
+        Life::Open => Ok(()),
+        Life::Closing => Err(Error::ChannelClosedByClient {
+            reply_code: 200,
+            reply_text: "Normal shutdown".into(),
+        }),
+        Life::Closed(e) => Err(e.clone()),
+    }
+}
+
+impl Channel {
+    pub(crate) fn new(owner: Arc<Owner>, core: Arc<ChannelCore>) -> Channel {
+        Channel {
+            inner: Arc::new(ChannelHandle {
+                owner,
+                core,
+                consumers: Mutex::new(HashMap::new()),
+                consuming: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub(crate) fn core(&self) -> &ChannelCore {
+        &self.inner.core
+    }
+
+    pub(crate) fn rpc_timeout(&self) -> Duration {
+        self.inner.owner.core.params.rpc_timeout
+    }
+
+    pub(crate) fn lock_consumers(&self) -> MutexGuard<'_, HashMap<String, ConsumerEntry>> {
+        self.inner
+            .consumers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The channel's number (pika's `channel_number`).
+    pub fn channel_number(&self) -> u16 {
+        self.core().id
+    }
+
+    /// True until the channel is closed by either side or its connection goes.
+    pub fn is_open(&self) -> bool {
+        matches!(self.core().lock().life, Life::Open)
+    }
+
+    /// True once the channel is closed (pika's `is_closed`).
+    pub fn is_closed(&self) -> bool {
+        !self.is_open()
+    }
+
+    /// Sends an asynchronous method (no reply expected).
+    pub(crate) fn send_async(&self, method: AMQPClass) -> Result<()> {
+        let core = self.core();
+        with_scratch(|buf| {
+            codec::encode_method(buf, core.id, method)?;
+            self.inner
+                .owner
+                .core
+                .send_on(core, buf, None, |st| ensure_open(st))
+        })
+    }
+
+    /// Sends a synchronous method and waits for its reply, at most the RPC timeout.
+    pub(crate) fn rpc(&self, method: AMQPClass, what: &str) -> Result<Reply> {
+        let core = self.core();
+        let _one_at_a_time = core.rpc_lock.lock().unwrap_or_else(|p| p.into_inner());
+        with_scratch(|buf| {
+            codec::encode_method(buf, core.id, method)?;
+            self.inner.owner.core.send_on(core, buf, None, |st| {
+                ensure_open(st)?;
+                st.awaiting = true;
+                st.reply = None;
+                Ok(())
+            })
+        })?;
+        let timeout = self.rpc_timeout();
+        let deadline = Instant::now() + timeout;
+        let mut st = core.lock();
+        loop {
+            if let Some(reply) = st.reply.take() {
+                return Ok(reply);
+            }
+            if let Some(e) = st.closed_error() {
+                return Err(e);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // The reply may still come: drop it then, so it is not taken for the next one.
+                st.awaiting = false;
+                st.stale += 1;
+                return Err(Error::timeout(
+                    format!("waiting for the reply to {what}"),
+                    timeout,
+                ));
+            }
+            st = core
+                .cond
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Closes the channel with pika's defaults (200, "Normal shutdown") and waits for the broker.
+    pub fn close(&self) -> Result<()> {
+        self.close_with(200, "Normal shutdown")
+    }
+
+    /// Closes the channel with a reply code and text (pika's `close(reply_code, reply_text)`).
+    /// Closing a closed channel does nothing.
+    pub fn close_with(&self, reply_code: u16, reply_text: &str) -> Result<()> {
+        let core = self.core();
+        let method = AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+            reply_code,
+            reply_text: short(reply_text)?,
+            class_id: 0,
+            method_id: 0,
+        }));
+        let _one_at_a_time = core.rpc_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let sent = with_scratch(|buf| {
+            codec::encode_method(buf, core.id, method)?;
+            self.inner
+                .owner
+                .core
+                .send_on(core, buf, None, |st| match st.life {
+                    Life::Open => {
+                        st.life = Life::Closing;
+                        Ok(true)
+                    }
+                    Life::Closing => Ok(false),
+                    Life::Closed(_) => Err(Error::InvalidArgument(String::new())),
+                })
+        });
+        if sent.is_err() {
+            return Ok(());
+        }
+        let timeout = self.rpc_timeout();
+        let deadline = Instant::now() + timeout;
+        let mut st = core.lock();
+        while !matches!(st.life, Life::Closed(_)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::timeout("waiting for channel.close-ok", timeout));
+            }
+            st = core
+                .cond
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Declares a queue (pika's `queue_declare`). Pass `""` to let the broker name it; the name
+    /// is in the returned [`QueueDeclareOk`], with the message and consumer counts.
+    ///
+    /// ```no_run
+    /// # let connection = cottontail::Connection::open(Default::default())?;
+    /// # let channel = connection.channel()?;
+    /// use cottontail::QueueDeclareOptions;
+    /// let ok = channel.queue_declare("", QueueDeclareOptions { exclusive: true, ..Default::default() })?;
+    /// println!("declared {}", ok.queue);
+    /// # Ok::<(), cottontail::Error>(())
+    /// ```
+    pub fn queue_declare(
+        &self,
+        queue: &str,
+        options: QueueDeclareOptions,
+    ) -> Result<QueueDeclareOk> {
+        let method = AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: short(queue)?,
+            passive: options.passive,
+            durable: options.durable,
+            exclusive: options.exclusive,
+            auto_delete: options.auto_delete,
+            nowait: false,
+            arguments: options.arguments,
+        }));
+        match self.rpc(method, "queue.declare")? {
+            Reply::Method(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))) => {
+                Ok(QueueDeclareOk {
+                    queue: ok.queue.to_string(),
+                    message_count: ok.message_count,
+                    consumer_count: ok.consumer_count,
+                })
+            }
+            other => Err(unexpected("queue.declare", other)),
+        }
+    }
+
+    /// Deletes a queue and returns how many messages it held (pika's `queue_delete`).
+    pub fn queue_delete(&self, queue: &str, options: QueueDeleteOptions) -> Result<u32> {
+        let method = AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
+            queue: short(queue)?,
+            if_unused: options.if_unused,
+            if_empty: options.if_empty,
+            nowait: false,
+        }));
+        match self.rpc(method, "queue.delete")? {
+            Reply::Method(AMQPClass::Queue(queue::AMQPMethod::DeleteOk(ok))) => {
+                Ok(ok.message_count)
+            }
+            other => Err(unexpected("queue.delete", other)),
+        }
+    }
+
+    /// Removes every ready message from a queue and returns how many (pika's `queue_purge`).
+    pub fn queue_purge(&self, queue: &str) -> Result<u32> {
+        let method = AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge {
+            queue: short(queue)?,
+            nowait: false,
+        }));
+        match self.rpc(method, "queue.purge")? {
+            Reply::Method(AMQPClass::Queue(queue::AMQPMethod::PurgeOk(ok))) => Ok(ok.message_count),
+            other => Err(unexpected("queue.purge", other)),
+        }
+    }
+
+    /// Binds a queue to an exchange (pika's `queue_bind`). With `routing_key: None` the binding
+    /// key is the queue's name, as in pika.
+    pub fn queue_bind(&self, queue: &str, exchange: &str, options: QueueBindOptions) -> Result<()> {
+        let routing_key = options.routing_key.as_deref().unwrap_or(queue);
+        let method = AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+            queue: short(queue)?,
+            exchange: short(exchange)?,
+            routing_key: short(routing_key)?,
+            nowait: false,
+            arguments: options.arguments,
+        }));
+        match self.rpc(method, "queue.bind")? {
+            Reply::Method(AMQPClass::Queue(queue::AMQPMethod::BindOk(_))) => Ok(()),
+            other => Err(unexpected("queue.bind", other)),
+        }
+    }
+
+    /// Declares an exchange (pika's `exchange_declare`); `exchange_type` defaults to `direct`.
+    pub fn exchange_declare(&self, exchange: &str, options: ExchangeDeclareOptions) -> Result<()> {
+        let method = AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+            exchange: short(exchange)?,
+            kind: short(&options.exchange_type)?,
+            passive: options.passive,
+            durable: options.durable,
+            auto_delete: options.auto_delete,
+            internal: options.internal,
+            nowait: false,
+            arguments: options.arguments,
+        }));
+        match self.rpc(method, "exchange.declare")? {
+            Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(_))) => Ok(()),
+            other => Err(unexpected("exchange.declare", other)),
+        }
+    }
+
+    /// Deletes an exchange (pika's `exchange_delete`); with `if_unused`, only when it has no
+    /// bindings (406 otherwise).
+    pub fn exchange_delete(&self, exchange: &str, if_unused: bool) -> Result<()> {
+        let method = AMQPClass::Exchange(exchange::AMQPMethod::Delete(exchange::Delete {
+            exchange: short(exchange)?,
+            if_unused,
+            nowait: false,
+        }));
+        match self.rpc(method, "exchange.delete")? {
+            Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(_))) => Ok(()),
+            other => Err(unexpected("exchange.delete", other)),
+        }
+    }
+
+    /// Sets the prefetch window (pika's `basic_qos(prefetch_size=0, prefetch_count=0,
+    /// global_qos=False)`).
+    ///
+    /// RabbitMQ reads `global_qos` its own way: `false` applies `prefetch_count` to each
+    /// consumer started afterwards on this channel, `true` shares it among all consumers of the
+    /// channel. RabbitMQ does not implement `prefetch_size`; anything but 0 is rejected here
+    /// before it would close the channel with 540 NOT_IMPLEMENTED.
+    pub fn basic_qos(
+        &self,
+        prefetch_size: u32,
+        prefetch_count: u16,
+        global_qos: bool,
+    ) -> Result<()> {
+        if prefetch_size != 0 {
+            return Err(Error::InvalidArgument(
+                "prefetch_size must be 0: RabbitMQ does not implement it".into(),
+            ));
+        }
+        let method = AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+            prefetch_count,
+            global: global_qos,
+        }));
+        match self.rpc(method, "basic.qos")? {
+            Reply::Method(AMQPClass::Basic(basic::AMQPMethod::QosOk(_))) => Ok(()),
+            other => Err(unexpected("basic.qos", other)),
+        }
+    }
+
+    /// Fetches one message (pika's `basic_get(queue, auto_ack=False)`); `None` when the queue is
+    /// empty.
+    pub fn basic_get(&self, queue: &str, auto_ack: bool) -> Result<Option<GetMessage>> {
+        let method = AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+            queue: short(queue)?,
+            no_ack: auto_ack,
+        }));
+        match self.rpc(method, "basic.get")? {
+            Reply::Get(message) => Ok(Some(message)),
+            Reply::Method(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(_))) => Ok(None),
+            other => Err(unexpected("basic.get", other)),
+        }
+    }
+
+    /// Acknowledges one delivery, or with `multiple` every delivery up to `delivery_tag`
+    /// (pika's `basic_ack(delivery_tag=0, multiple=False)`).
+    ///
+    /// The ack is queued for the I/O thread and written with whatever else is queued; it is
+    /// on the wire within one pass of the I/O thread (microseconds on an idle connection).
+    pub fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<()> {
+        self.send_async(AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag,
+            multiple,
+        })))
+    }
+
+    /// Rejects deliveries (pika's `basic_nack(delivery_tag=0, multiple=False, requeue=True)`).
+    pub fn basic_nack(&self, delivery_tag: u64, multiple: bool, requeue: bool) -> Result<()> {
+        self.send_async(AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+            delivery_tag,
+            multiple,
+            requeue,
+        })))
+    }
+
+    /// Rejects one delivery (pika's `basic_reject(delivery_tag=0, requeue=True)`).
+    pub fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<()> {
+        self.send_async(AMQPClass::Basic(basic::AMQPMethod::Reject(basic::Reject {
+            delivery_tag,
+            requeue,
+        })))
+    }
+
+    /// Publishes a message (pika's `basic_publish(exchange, routing_key, body, properties=None,
+    /// mandatory=False)`).
+    ///
+    /// The method, header and body frames are queued as one unit (bodies split at
+    /// `frame_max - 8`). Without confirm mode this returns as soon as they are queued. In
+    /// confirm mode (after [`confirm_delivery`](Self::confirm_delivery)) it waits for the
+    /// broker's confirm, as pika does, and reports a nack as [`Error::Nack`] and a mandatory
+    /// message returned unroutable as [`Error::Unroutable`]. To publish many messages and wait
+    /// once, use [`basic_publish_deferred`](Self::basic_publish_deferred) and
+    /// [`wait_for_confirms`](Self::wait_for_confirms).
+    pub fn basic_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: &BasicProperties,
+        mandatory: bool,
+    ) -> Result<()> {
+        let Some(seq) = self.publish(exchange, routing_key, body, properties, mandatory)? else {
+            return Ok(());
+        };
+        let core = self.core();
+        let timeout = self.rpc_timeout();
+        let deadline = Instant::now() + timeout;
+        let mut st = core.lock();
+        loop {
+            let settled = st.confirms.as_ref().is_none_or(|t| !t.is_outstanding(seq));
+            if settled {
+                break;
+            }
+            if let Some(e) = st.closed_error() {
+                return Err(e);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::timeout(
+                    format!("waiting for the confirm of message {seq}"),
+                    timeout,
+                ));
+            }
+            st = core
+                .cond
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let outcome = st
+            .confirms
+            .as_mut()
+            .map(|t| t.take_outcome_of(seq))
+            .unwrap_or_default();
+        if !outcome.nacked.is_empty() {
+            return Err(Error::Nack { delivery_tag: seq });
+        }
+        if !outcome.returned.is_empty() {
+            let returned = st.returns.pop_back();
+            return Err(Error::Unroutable {
+                reply_code: returned.as_ref().map_or(312, |r| r.method.reply_code),
+                reply_text: returned
+                    .map_or_else(|| "NO_ROUTE".into(), |r| r.method.reply_text.to_string()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Publishes without waiting for the confirm, returning the message's publish sequence
+    /// number in confirm mode (0 otherwise). Wait for a window of them with
+    /// [`wait_for_confirms`](Self::wait_for_confirms). Not in pika.
+    pub fn basic_publish_deferred(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: &BasicProperties,
+        mandatory: bool,
+    ) -> Result<u64> {
+        Ok(self
+            .publish(exchange, routing_key, body, properties, mandatory)?
+            .unwrap_or(0))
+    }
+
+    /// Queues one publish; returns its sequence number in confirm mode.
+    fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: &BasicProperties,
+        mandatory: bool,
+    ) -> Result<Option<u64>> {
+        let core = self.core();
+        let method = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: short(exchange)?,
+            routing_key: short(routing_key)?,
+            mandatory,
+            immediate: false,
+        }));
+        with_scratch(|buf| {
+            codec::encode_method(buf, core.id, method)?;
+            codec::encode_content_header(buf, core.id, body.len() as u64, properties)?;
+            self.inner.owner.core.send_on(core, buf, Some(body), |st| {
+                ensure_open(st)?;
+                Ok(st.confirms.as_mut().map(ConfirmTracker::publish))
+            })
+        })
+    }
+
+    /// Turns on publisher confirms (pika's `confirm_delivery`): from now on
+    /// [`basic_publish`](Self::basic_publish) waits for each message's confirm.
+    pub fn confirm_delivery(&self) -> Result<()> {
+        let method = AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+            nowait: false,
+        }));
+        {
+            let mut st = self.core().lock();
+            if st.confirms.is_none() {
+                // Before the select goes out, so no ack can arrive ahead of the tracker.
+                st.confirms = Some(ConfirmTracker::new());
+            }
+        }
+        match self.rpc(method, "confirm.select")? {
+            Reply::Method(AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_))) => Ok(()),
+            other => Err(unexpected("confirm.select", other)),
+        }
+    }
+
+    /// Waits until every message published so far in confirm mode is acked or nacked, at most
+    /// `timeout` (the RPC timeout when `None`), and reports which were nacked or returned since
+    /// the last call. Not in pika.
+    pub fn wait_for_confirms(&self, timeout: Option<Duration>) -> Result<ConfirmOutcome> {
+        let core = self.core();
+        let timeout = timeout.unwrap_or_else(|| self.rpc_timeout());
+        let deadline = Instant::now() + timeout;
+        let mut st = core.lock();
+        if st.confirms.is_none() {
+            return Err(Error::InvalidArgument(
+                "wait_for_confirms needs confirm_delivery() first".into(),
+            ));
+        }
+        loop {
+            if !st
+                .confirms
+                .as_ref()
+                .is_some_and(ConfirmTracker::has_outstanding)
+            {
+                return Ok(st
+                    .confirms
+                    .as_mut()
+                    .map(ConfirmTracker::take_outcomes)
+                    .unwrap_or_default());
+            }
+            if let Some(e) = st.closed_error() {
+                return Err(e);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let last = st
+                    .confirms
+                    .as_ref()
+                    .map_or(0, ConfirmTracker::last_published);
+                return Err(Error::timeout(
+                    format!("waiting for confirms up to message {last}"),
+                    timeout,
+                ));
+            }
+            st = core
+                .cond
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// The error for a reply of the wrong kind (a broker bug or a desynchronised channel).
+fn unexpected(what: &str, reply: Reply) -> Error {
+    let got = match reply {
+        Reply::Method(m) => format!("{m:?}"),
+        Reply::Get(_) => "basic.get-ok".into(),
+    };
+    Error::protocol(
+        crate::error::COMMAND_INVALID,
+        format!("unexpected reply to {what}: {got}"),
+    )
+}

@@ -1,0 +1,183 @@
+//! [`Connection`]: pika's `BlockingConnection`.
+
+use std::sync::Arc;
+
+use amq_protocol::protocol::{channel, AMQPClass};
+use amq_protocol::types::FieldTable;
+
+use crate::channel::Channel;
+use crate::error::{Error, Result};
+use crate::io::chan::{ChannelCore, Reply};
+use crate::io::Core;
+use crate::params::ConnectionParameters;
+
+/// A connection to RabbitMQ: pika's `BlockingConnection`.
+///
+/// It owns the socket and one I/O thread (`cottontail-io`) that reads frames, answers
+/// heartbeats and routes messages to channels. It is a cheap handle: clones share the
+/// connection and it can move to and be shared between threads (`Send + Sync`). The connection
+/// closes cleanly when [`close`](Self::close) is called or when its last handle (connection or
+/// channel) is dropped.
+///
+/// ```no_run
+/// use cottontail::{Connection, ConnectionParameters};
+///
+/// let connection = Connection::open(ConnectionParameters::new("localhost"))?;
+/// let channel = connection.channel()?;
+/// channel.basic_publish("", "hello", b"Hello World!", &Default::default(), false)?;
+/// connection.close()?;
+/// # Ok::<(), cottontail::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Connection {
+    owner: Arc<Owner>,
+}
+
+/// pika's name for [`Connection`].
+pub type BlockingConnection = Connection;
+
+/// Shared by every handle of a connection; closes the connection when the last one goes.
+#[derive(Debug)]
+pub(crate) struct Owner {
+    pub(crate) core: Arc<Core>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let timeout = self.core.params.rpc_timeout;
+        if let Err(e) = self.core.close(200, "Normal shutdown", timeout) {
+            log::warn!("closing the connection on drop: {e}");
+        }
+    }
+}
+
+impl Connection {
+    /// Connects and opens the connection (TCP, protocol header, authentication, tuning, vhost),
+    /// all within the parameters' `stack_timeout`.
+    pub fn open(params: ConnectionParameters) -> Result<Connection> {
+        let core = Core::open(params)?;
+        Ok(Connection {
+            owner: Arc::new(Owner { core }),
+        })
+    }
+
+    /// Opens a connection from an `amqp://` or `amqps://` URL (pika's `URLParameters`).
+    pub fn open_url(url: &str) -> Result<Connection> {
+        Connection::open(ConnectionParameters::from_url(url)?)
+    }
+
+    fn core(&self) -> &Core {
+        &self.owner.core
+    }
+
+    /// Opens a channel on the lowest free number (pika's `channel()`).
+    pub fn channel(&self) -> Result<Channel> {
+        self.open_channel(None)
+    }
+
+    /// Opens a channel with a given number (pika's `channel(channel_number=n)`).
+    /// 0, a number above the negotiated `channel_max`, or one in use is
+    /// [`Error::InvalidChannelNumber`].
+    pub fn channel_with_number(&self, number: u16) -> Result<Channel> {
+        self.open_channel(Some(number))
+    }
+
+    fn open_channel(&self, number: Option<u16>) -> Result<Channel> {
+        let core = self.core();
+        if let Some(e) = core.closed_error() {
+            return Err(e);
+        }
+        let channel_max = core.tuned.channel_max;
+        let channel_core = {
+            let mut table = core.lock_channels();
+            let id = match number {
+                Some(0) => return Err(invalid_number(0, "channel 0 is the connection's own")),
+                Some(n) if n > channel_max => {
+                    return Err(invalid_number(
+                        n,
+                        &format!("above channel_max {channel_max}"),
+                    ))
+                }
+                Some(n) if table.contains_key(&n) => {
+                    return Err(invalid_number(n, "already in use"))
+                }
+                Some(n) => n,
+                None => (1..=channel_max)
+                    .find(|n| !table.contains_key(n))
+                    .ok_or(Error::NoFreeChannels { channel_max })?,
+            };
+            let channel_core = Arc::new(ChannelCore::new(id));
+            table.insert(id, channel_core.clone());
+            channel_core
+        };
+        let id = channel_core.id;
+        let channel = Channel::new(self.owner.clone(), channel_core);
+        let open = AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}));
+        match channel.rpc(open, "channel.open") {
+            Ok(Reply::Method(AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))) => {
+                log::debug!("channel {id} open");
+                Ok(channel)
+            }
+            Ok(_) => Err(Error::protocol(
+                crate::error::COMMAND_INVALID,
+                "unexpected reply to channel.open",
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Closes the connection with pika's defaults (200, "Normal shutdown"): everything queued
+    /// is written first, then connection.close, then close-ok is awaited (at most the RPC
+    /// timeout, even if the broker stopped reading). Closing a closed connection does nothing.
+    pub fn close(&self) -> Result<()> {
+        self.close_with(200, "Normal shutdown")
+    }
+
+    /// Closes the connection with a reply code and text (pika's `close(reply_code, reply_text)`).
+    pub fn close_with(&self, reply_code: u16, reply_text: &str) -> Result<()> {
+        let core = self.core();
+        core.close(reply_code, reply_text, core.params.rpc_timeout)
+    }
+
+    /// True until the connection is closed or lost (pika's `is_open`).
+    pub fn is_open(&self) -> bool {
+        self.core().closed_error().is_none()
+    }
+
+    /// True once the connection is closed or lost (pika's `is_closed`).
+    pub fn is_closed(&self) -> bool {
+        !self.is_open()
+    }
+
+    /// Why the connection closed, `None` while it is open.
+    pub fn close_reason(&self) -> Option<Error> {
+        self.core().closed_error()
+    }
+
+    /// The broker's server properties (product, version, capabilities...).
+    pub fn server_properties(&self) -> &FieldTable {
+        self.core().server_properties()
+    }
+
+    /// The negotiated highest channel number.
+    pub fn channel_max(&self) -> u16 {
+        self.core().tuned.channel_max
+    }
+
+    /// The negotiated largest frame size.
+    pub fn frame_max(&self) -> u32 {
+        self.core().tuned.frame_max
+    }
+
+    /// The negotiated heartbeat interval in seconds (0: off).
+    pub fn heartbeat(&self) -> u16 {
+        self.core().tuned.heartbeat
+    }
+}
+
+fn invalid_number(number: u16, reason: &str) -> Error {
+    Error::InvalidChannelNumber {
+        number,
+        reason: reason.to_string(),
+    }
+}

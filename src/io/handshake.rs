@@ -1,0 +1,401 @@
+//! The opening handshake as a plain state machine: frames in, frames out, no socket.
+//!
+//! `protocol header -> start / start-ok -> tune / tune-ok -> open / open-ok`, negotiating
+//! channel_max, frame_max and heartbeat by pika's rules, and turning the broker's refusals into
+//! typed errors (403 at login: authentication; 530 at open: access to the vhost refused).
+
+use amq_protocol::auth::Credentials;
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{connection, AMQPClass};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use amq_protocol::uri::SASLMechanism;
+
+use crate::error::{Error, Result, ACCESS_REFUSED};
+use crate::params::{ConnectionParameters, FRAME_MIN_SIZE};
+
+/// What the handshake settled on.
+#[derive(Clone, Debug)]
+pub(crate) struct Tuned {
+    pub(crate) channel_max: u16,
+    pub(crate) frame_max: u32,
+    pub(crate) heartbeat: u16,
+    pub(crate) server_properties: FieldTable,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Stage {
+    AwaitStart,
+    AwaitTune,
+    AwaitOpenOk,
+    Done,
+}
+
+/// What to do after a frame.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// Send these methods (on channel 0), then go on reading.
+    Send(Vec<AMQPClass>),
+    /// The connection is open.
+    Done(Tuned),
+}
+
+/// The client side of the opening handshake.
+#[derive(Debug)]
+pub(crate) struct Handshake<'a> {
+    params: &'a ConnectionParameters,
+    stage: Stage,
+    tuned: Option<Tuned>,
+    server_properties: FieldTable,
+}
+
+impl<'a> Handshake<'a> {
+    pub(crate) fn new(params: &'a ConnectionParameters) -> Self {
+        Handshake {
+            params,
+            stage: Stage::AwaitStart,
+            tuned: None,
+            server_properties: FieldTable::default(),
+        }
+    }
+
+    /// A short description of where the handshake is, for timeout errors.
+    pub(crate) fn waiting_for(&self) -> &'static str {
+        match self.stage {
+            Stage::AwaitStart => "waiting for connection.start",
+            Stage::AwaitTune => "waiting for connection.tune (authentication)",
+            Stage::AwaitOpenOk => "waiting for connection.open-ok",
+            Stage::Done => "done",
+        }
+    }
+
+    /// The error for a socket that closed (EOF) during the handshake.
+    pub(crate) fn eof_error(&self) -> Error {
+        match self.stage {
+            // Brokers without `authentication_failure_close` just drop the socket.
+            Stage::AwaitTune => Error::AuthenticationFailed {
+                reason:
+                    "the broker closed the socket after start-ok (probable authentication failure)"
+                        .into(),
+            },
+            Stage::AwaitOpenOk => Error::AccessRefused {
+                vhost: self.params.virtual_host.clone(),
+                reply_text: "the broker closed the socket after connection.open".into(),
+            },
+            _ => Error::StreamLost {
+                message: format!("the broker closed the socket while {}", self.waiting_for()),
+            },
+        }
+    }
+
+    /// Feeds one frame from the broker.
+    pub(crate) fn on_frame(&mut self, frame: AMQPFrame) -> Result<Step> {
+        let method = match frame {
+            AMQPFrame::Heartbeat => return Ok(Step::Send(Vec::new())),
+            AMQPFrame::Method(0, AMQPClass::Connection(m)) => m,
+            other => {
+                return Err(Error::protocol(
+                    crate::error::UNEXPECTED_FRAME,
+                    format!("unexpected frame during the handshake: {other}"),
+                ))
+            }
+        };
+        match (&self.stage, method) {
+            (_, connection::AMQPMethod::Close(close)) => Err(self.refusal(close)),
+            (Stage::AwaitStart, connection::AMQPMethod::Start(start)) => self.on_start(start),
+            (Stage::AwaitTune, connection::AMQPMethod::Tune(tune)) => Ok(self.on_tune(tune)),
+            (Stage::AwaitTune, connection::AMQPMethod::Secure(_)) => {
+                Err(Error::AuthenticationFailed {
+                    reason: "the broker sent a SASL challenge, which PLAIN does not answer".into(),
+                })
+            }
+            (Stage::AwaitOpenOk, connection::AMQPMethod::OpenOk(_)) => {
+                self.stage = Stage::Done;
+                let mut tuned = self.tuned.take().expect("tuned before open-ok");
+                tuned.server_properties = std::mem::take(&mut self.server_properties);
+                Ok(Step::Done(tuned))
+            }
+            (_, other) => Err(Error::protocol(
+                crate::error::UNEXPECTED_FRAME,
+                format!("unexpected method while {}: {other:?}", self.waiting_for()),
+            )),
+        }
+    }
+
+    fn refusal(&self, close: connection::Close) -> Error {
+        let reply_text = close.reply_text.to_string();
+        match (&self.stage, close.reply_code) {
+            (Stage::AwaitStart | Stage::AwaitTune, ACCESS_REFUSED) => {
+                Error::AuthenticationFailed { reason: reply_text }
+            }
+            (Stage::AwaitOpenOk, ACCESS_REFUSED | 530) => Error::AccessRefused {
+                vhost: self.params.virtual_host.clone(),
+                reply_text,
+            },
+            _ => Error::ConnectionClosed {
+                reply_code: close.reply_code,
+                reply_text,
+                class_id: close.class_id,
+                method_id: close.method_id,
+            },
+        }
+    }
+
+    fn on_start(&mut self, start: connection::Start) -> Result<Step> {
+        if (start.version_major, start.version_minor) != (0, 9) {
+            return Err(Error::protocol(
+                crate::error::FRAME_ERROR,
+                format!(
+                    "broker speaks AMQP {}.{}, not 0-9-1",
+                    start.version_major, start.version_minor
+                ),
+            ));
+        }
+        let offered = String::from_utf8_lossy(start.mechanisms.as_bytes()).to_string();
+        if !offered.split_whitespace().any(|m| m == "PLAIN") {
+            return Err(Error::AuthenticationFailed {
+                reason: format!("the broker does not offer PLAIN (offers: {offered})"),
+            });
+        }
+        self.server_properties = start.server_properties;
+        let credentials = Credentials::new(
+            self.params.credentials.username().into(),
+            self.params.credentials.password().into(),
+        );
+        let start_ok = connection::StartOk {
+            client_properties: client_properties(&self.params.client_properties),
+            mechanism: SASLMechanism::Plain.name().into(),
+            response: credentials.sasl_auth_string(SASLMechanism::Plain),
+            locale: short(&self.params.locale)?,
+        };
+        self.stage = Stage::AwaitTune;
+        Ok(Step::Send(vec![AMQPClass::Connection(
+            connection::AMQPMethod::StartOk(start_ok),
+        )]))
+    }
+
+    fn on_tune(&mut self, tune: connection::Tune) -> Step {
+        let tuned = negotiate(self.params, &tune);
+        let tune_ok = connection::TuneOk {
+            channel_max: tuned.channel_max,
+            frame_max: tuned.frame_max,
+            heartbeat: tuned.heartbeat,
+        };
+        let open = connection::Open {
+            virtual_host: self.params.virtual_host.as_str().into(),
+        };
+        self.tuned = Some(tuned);
+        self.stage = Stage::AwaitOpenOk;
+        Step::Send(vec![
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
+            AMQPClass::Connection(connection::AMQPMethod::Open(open)),
+        ])
+    }
+}
+
+fn short(s: &str) -> Result<amq_protocol::types::ShortString> {
+    amq_protocol::types::ShortString::try_new(s)
+        .map_err(|e| Error::InvalidArgument(format!("{s:?}: {e}")))
+}
+
+/// pika's `_negotiate_integer_value`: 0 means "no limit", so the other side's value wins; else
+/// the smaller one.
+fn negotiate_limit(client: u64, server: u64) -> u64 {
+    if client == 0 || server == 0 {
+        client.max(server)
+    } else {
+        client.min(server)
+    }
+}
+
+/// Settles channel_max, frame_max and heartbeat from our parameters and the broker's tune.
+pub(crate) fn negotiate(params: &ConnectionParameters, tune: &connection::Tune) -> Tuned {
+    let channel_max =
+        negotiate_limit(params.channel_max as u64, tune.channel_max as u64).min(65535) as u16;
+    let channel_max = if channel_max == 0 { 65535 } else { channel_max };
+    let frame_max = negotiate_limit(params.frame_max as u64, tune.frame_max as u64)
+        .clamp(FRAME_MIN_SIZE as u64, u32::MAX as u64) as u32;
+    // pika: None takes the broker's value; any number (0 included) is the client's choice.
+    let heartbeat = params.heartbeat.unwrap_or(tune.heartbeat);
+    Tuned {
+        channel_max,
+        frame_max,
+        heartbeat,
+        server_properties: FieldTable::default(),
+    }
+}
+
+/// The client properties pika sends, with the user's merged over them.
+fn client_properties(user: &FieldTable) -> FieldTable {
+    let mut capabilities = FieldTable::default();
+    for cap in [
+        "authentication_failure_close",
+        "basic.nack",
+        "connection.blocked",
+        "consumer_cancel_notify",
+        "publisher_confirms",
+    ] {
+        capabilities.insert(cap.into(), AMQPValue::Boolean(true));
+    }
+    let long = |s: &str| AMQPValue::LongString(LongString::from(s));
+    let mut props = FieldTable::default();
+    props.insert("product".into(), long("cottontail"));
+    props.insert("platform".into(), long("Rust"));
+    props.insert("version".into(), long(env!("CARGO_PKG_VERSION")));
+    props.insert(
+        "information".into(),
+        long("A blocking RabbitMQ client for Rust with pika's API"),
+    );
+    props.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
+    for (k, v) in user {
+        props.insert(k.clone(), v.clone());
+    }
+    props
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tune(channel_max: u16, frame_max: u32, heartbeat: u16) -> connection::Tune {
+        connection::Tune {
+            channel_max,
+            frame_max,
+            heartbeat,
+        }
+    }
+
+    fn method(m: connection::AMQPMethod) -> AMQPFrame {
+        AMQPFrame::Method(0, AMQPClass::Connection(m))
+    }
+
+    fn start() -> connection::Start {
+        connection::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: FieldTable::default(),
+            mechanisms: "AMQPLAIN PLAIN".into(),
+            locales: "en_US".into(),
+        }
+    }
+
+    #[test]
+    fn heartbeat_none_takes_the_brokers_value() {
+        let p = ConnectionParameters::default();
+        assert_eq!(negotiate(&p, &tune(2047, 131_072, 60)).heartbeat, 60);
+    }
+
+    #[test]
+    fn heartbeat_number_wins_even_zero() {
+        let p = ConnectionParameters::default().heartbeat(Some(5));
+        assert_eq!(negotiate(&p, &tune(0, 0, 60)).heartbeat, 5);
+        let p = ConnectionParameters::default().heartbeat(Some(0));
+        assert_eq!(negotiate(&p, &tune(0, 0, 60)).heartbeat, 0);
+    }
+
+    #[test]
+    fn limits_take_the_smaller_non_zero_value() {
+        let p = ConnectionParameters::default();
+        let t = negotiate(&p, &tune(2047, 131_072, 60));
+        assert_eq!((t.channel_max, t.frame_max), (2047, 131_072));
+        let t = negotiate(&p, &tune(0, 0, 0));
+        assert_eq!((t.channel_max, t.frame_max), (65535, 131_072));
+        let p = ConnectionParameters::default().frame_max(10_000);
+        assert_eq!(negotiate(&p, &tune(0, 4096, 0)).frame_max, FRAME_MIN_SIZE);
+    }
+
+    #[test]
+    fn full_handshake_sends_start_ok_tune_ok_open() {
+        let p = ConnectionParameters::default().virtual_host("v");
+        let mut hs = Handshake::new(&p);
+        match hs
+            .on_frame(method(connection::AMQPMethod::Start(start())))
+            .unwrap()
+        {
+            Step::Send(m) => match &m[..] {
+                [AMQPClass::Connection(connection::AMQPMethod::StartOk(ok))] => {
+                    assert_eq!(ok.mechanism.as_str(), "PLAIN");
+                    assert_eq!(ok.response.as_bytes(), b"\0guest\0guest");
+                    let caps = match ok.client_properties.inner().get("capabilities") {
+                        Some(AMQPValue::FieldTable(t)) => t.clone(),
+                        other => panic!("{other:?}"),
+                    };
+                    assert!(caps.contains_key("authentication_failure_close"));
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        match hs
+            .on_frame(method(connection::AMQPMethod::Tune(tune(
+                2047, 131_072, 60,
+            ))))
+            .unwrap()
+        {
+            Step::Send(m) => assert_eq!(m.len(), 2),
+            other => panic!("{other:?}"),
+        }
+        match hs
+            .on_frame(method(connection::AMQPMethod::OpenOk(
+                connection::OpenOk {},
+            )))
+            .unwrap()
+        {
+            Step::Done(t) => assert_eq!(t.heartbeat, 60),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn close_403_after_start_ok_is_authentication_failure() {
+        let p = ConnectionParameters::default();
+        let mut hs = Handshake::new(&p);
+        hs.on_frame(method(connection::AMQPMethod::Start(start())))
+            .unwrap();
+        let err = hs
+            .on_frame(method(connection::AMQPMethod::Close(connection::Close {
+                reply_code: 403,
+                reply_text: "ACCESS_REFUSED - Login was refused".into(),
+                class_id: 0,
+                method_id: 0,
+            })))
+            .unwrap_err();
+        assert!(matches!(err, Error::AuthenticationFailed { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn close_530_after_open_is_access_refused() {
+        let p = ConnectionParameters::default().virtual_host("nope");
+        let mut hs = Handshake::new(&p);
+        hs.on_frame(method(connection::AMQPMethod::Start(start())))
+            .unwrap();
+        hs.on_frame(method(connection::AMQPMethod::Tune(tune(0, 0, 0))))
+            .unwrap();
+        let err = hs
+            .on_frame(method(connection::AMQPMethod::Close(connection::Close {
+                reply_code: 530,
+                reply_text: "NOT_ALLOWED - vhost nope not found".into(),
+                class_id: 10,
+                method_id: 40,
+            })))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Error::AccessRefused {
+                vhost: "nope".into(),
+                reply_text: "NOT_ALLOWED - vhost nope not found".into()
+            }
+        );
+    }
+
+    #[test]
+    fn broker_without_plain_is_rejected() {
+        let p = ConnectionParameters::default();
+        let mut hs = Handshake::new(&p);
+        let mut s = start();
+        s.mechanisms = "EXTERNAL".into();
+        assert!(matches!(
+            hs.on_frame(method(connection::AMQPMethod::Start(s))),
+            Err(Error::AuthenticationFailed { .. })
+        ));
+    }
+}

@@ -1,0 +1,380 @@
+//! The connection's engine: the handshake, the shared outbound buffer, the channel table and
+//! the `cottontail-io` thread that owns the socket.
+//!
+//! Callers encode frames on their own thread and append them, one whole unit at a time, to the
+//! outbound buffer; the first append into an empty buffer wakes the I/O thread through a
+//! `mio::Waker`. The I/O thread swaps the buffer out and writes it, so whatever piled up while it
+//! was writing goes out in one `write` (coalescing). It also reads and parses frames, assembles
+//! content, routes everything by channel id, and keeps heartbeats.
+
+pub(crate) mod chan;
+pub(crate) mod codec;
+pub(crate) mod handshake;
+pub(crate) mod heartbeat;
+mod thread;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use amq_protocol::frame::{AMQPFrame, ProtocolVersion};
+use amq_protocol::protocol::{connection, AMQPClass};
+use amq_protocol::types::FieldTable;
+
+use self::chan::{ChanState, ChannelCore};
+use self::codec::{FrameReader, Inbound};
+use self::handshake::{Handshake, Step, Tuned};
+use crate::error::{Error, Result};
+use crate::params::ConnectionParameters;
+use crate::transport::Stream;
+
+/// Outbound bytes past which callers wait for the I/O thread to drain (back-pressure).
+pub(crate) const OUTBOUND_HIGH_WATER: usize = 4 * 1024 * 1024;
+/// Delivered-but-unconsumed body bytes on one channel past which the I/O thread stops reading
+/// the socket until the consumer catches up (TCP back-pressure instead of memory growth).
+pub(crate) const INBOUND_CHANNEL_LIMIT: usize = 16 * 1024 * 1024;
+
+/// State behind [`Core::link`]: the outbound buffer and whether the connection is usable.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) buf: Vec<u8>,
+    /// Set once the connection is closed or dead; every later call gets this error.
+    pub(crate) closed: Option<Error>,
+    /// We sent connection.close (with this code and text) and wait for close-ok.
+    pub(crate) closing: Option<(u16, String)>,
+    /// The broker sent connection.blocked (resource alarm) and no unblocked yet.
+    pub(crate) blocked: bool,
+}
+
+/// Everything the connection handles and the I/O thread share.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) params: ConnectionParameters,
+    pub(crate) tuned: Tuned,
+    link: Mutex<Link>,
+    /// Signalled when the outbound buffer drains and when the connection closes.
+    link_cond: Condvar,
+    waker: mio::Waker,
+    pub(crate) channels: Mutex<HashMap<u16, Arc<ChannelCore>>>,
+    /// The I/O thread stopped reading because a channel holds too many deliveries.
+    pub(crate) read_paused: AtomicBool,
+    /// Tells the I/O thread to stop now (close deadline passed).
+    shutdown: AtomicBool,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Core {
+    /// Connects, runs the handshake on the caller's thread and starts the I/O thread.
+    pub(crate) fn open(params: ConnectionParameters) -> Result<Arc<Core>> {
+        let started = Instant::now();
+        let deadline = started + params.stack_timeout;
+        let mut stream = Stream::connect(&params, deadline)?;
+        let mut reader = FrameReader::new(params.frame_max.max(131_072));
+        let tuned = handshake(&params, &mut stream, &mut reader, deadline)?;
+        reader.set_frame_max(tuned.frame_max);
+        log::debug!(
+            "connected to {}:{} vhost {:?}: channel_max {}, frame_max {}, heartbeat {}s",
+            params.host,
+            params.port,
+            params.virtual_host,
+            tuned.channel_max,
+            tuned.frame_max,
+            tuned.heartbeat
+        );
+        let poll = mio::Poll::new().map_err(|e| Error::io("creating the poller", &e))?;
+        let waker = mio::Waker::new(poll.registry(), thread::WAKER)
+            .map_err(|e| Error::io("creating the waker", &e))?;
+        let core = Arc::new(Core {
+            params,
+            tuned,
+            link: Mutex::new(Link {
+                buf: Vec::with_capacity(64 * 1024),
+                closed: None,
+                closing: None,
+                blocked: false,
+            }),
+            link_cond: Condvar::new(),
+            waker,
+            channels: Mutex::new(HashMap::new()),
+            read_paused: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            thread: Mutex::new(None),
+        });
+        let handle = thread::spawn(core.clone(), stream, reader, poll)?;
+        *core.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        Ok(core)
+    }
+
+    pub(crate) fn lock_link(&self) -> MutexGuard<'_, Link> {
+        self.link.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn lock_channels(&self) -> MutexGuard<'_, HashMap<u16, Arc<ChannelCore>>> {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The error of a closed connection, `None` while it is open.
+    pub(crate) fn closed_error(&self) -> Option<Error> {
+        self.lock_link().closed.clone()
+    }
+
+    /// Waits while the outbound buffer is over its high-water mark (at most the RPC timeout).
+    /// Called without any channel lock held: the I/O thread needs those to make progress.
+    fn wait_for_room(&self) -> Result<()> {
+        let mut link = self.lock_link();
+        let deadline = Instant::now() + self.params.rpc_timeout;
+        loop {
+            if let Some(e) = &link.closed {
+                return Err(e.clone());
+            }
+            if link.buf.len() < OUTBOUND_HIGH_WATER {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::timeout(
+                    "waiting for room in the outbound buffer (the broker is not reading)",
+                    self.params.rpc_timeout,
+                ));
+            }
+            link = self
+                .link_cond
+                .wait_timeout(link, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Appends whole frames (and a body, split into body frames) to the outbound buffer.
+    fn append(&self, frames: &[u8], body: Option<(u16, &[u8])>) -> Result<()> {
+        let mut link = self.lock_link();
+        if let Some(e) = &link.closed {
+            return Err(e.clone());
+        }
+        let was_empty = link.buf.is_empty();
+        link.buf.extend_from_slice(frames);
+        if let Some((channel, body)) = body {
+            codec::encode_body(&mut link.buf, channel, body, self.tuned.frame_max);
+        }
+        drop(link);
+        if was_empty {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues `frames` (whole encoded frames for `channel`) and, for content, `body` split into
+    /// body frames. `check` runs under the channel's lock right before the frames are queued:
+    /// it refuses a closed channel and may take a confirm sequence number, so that numbers and
+    /// wire order agree and nothing is queued behind the close-ok of a channel the broker closed.
+    pub(crate) fn send_on<T>(
+        &self,
+        channel: &ChannelCore,
+        frames: &[u8],
+        body: Option<&[u8]>,
+        check: impl FnOnce(&mut ChanState) -> Result<T>,
+    ) -> Result<T> {
+        self.wait_for_room()?;
+        let mut st = channel.lock();
+        let value = check(&mut st)?;
+        self.append(frames, body.map(|b| (channel.id, b)))?;
+        drop(st);
+        Ok(value)
+    }
+
+    /// Wakes the I/O thread (to flush, to resume reading, or to shut down).
+    pub(crate) fn wake(&self) {
+        if let Err(e) = self.waker.wake() {
+            log::warn!("could not wake the I/O thread: {e}");
+        }
+    }
+
+    /// Closes the connection: sends connection.close, waits for close-ok (at most `timeout`),
+    /// then stops the I/O thread. Queued frames are written before the close.
+    pub(crate) fn close(&self, reply_code: u16, reply_text: &str, timeout: Duration) -> Result<()> {
+        let method = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code,
+            reply_text: short(reply_text)?,
+            class_id: 0,
+            method_id: 0,
+        }));
+        let mut frame = Vec::new();
+        codec::encode_method(&mut frame, 0, method)?;
+        let mut link = self.lock_link();
+        let mut result = Ok(());
+        if link.closed.is_none() {
+            if link.closing.is_none() {
+                link.closing = Some((reply_code, reply_text.to_string()));
+                let was_empty = link.buf.is_empty();
+                link.buf.extend_from_slice(&frame);
+                if was_empty {
+                    self.wake();
+                }
+            }
+            let deadline = Instant::now() + timeout;
+            while link.closed.is_none() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    result = Err(Error::timeout("waiting for connection.close-ok", timeout));
+                    break;
+                }
+                link = self
+                    .link_cond
+                    .wait_timeout(link, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+        drop(link);
+        self.stop_thread(Error::ConnectionClosedByClient {
+            reply_code,
+            reply_text: reply_text.to_string(),
+        });
+        result
+    }
+
+    /// Makes the I/O thread exit (if it has not) and waits for it.
+    fn stop_thread(&self, reason: Error) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.wake();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+        self.fail(reason);
+    }
+
+    /// Marks the connection and every channel closed with `error` (first reason wins).
+    pub(crate) fn fail(&self, error: Error) {
+        let mut link = self.lock_link();
+        let error = link.closed.get_or_insert(error).clone();
+        drop(link);
+        self.link_cond.notify_all();
+        let channels: Vec<_> = self.lock_channels().drain().map(|(_, c)| c).collect();
+        for channel in channels {
+            channel.fail(&error);
+        }
+    }
+
+    /// The broker's server properties from connection.start.
+    pub(crate) fn server_properties(&self) -> &FieldTable {
+        &self.tuned.server_properties
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer for encoding (empty on entry).
+pub(crate) fn with_scratch<T>(f: impl FnOnce(&mut Vec<u8>) -> Result<T>) -> Result<T> {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let out = f(&mut buf);
+            if buf.capacity() > 256 * 1024 {
+                *buf = Vec::new();
+            }
+            out
+        }
+        // Re-entered (cannot happen today): use a fresh buffer.
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+pub(crate) fn short(s: &str) -> Result<amq_protocol::types::ShortString> {
+    amq_protocol::types::ShortString::try_new(s).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "{:?} is {} bytes long; AMQP short strings hold at most 255",
+            truncate_for_display(s),
+            s.len()
+        ))
+    })
+}
+
+fn truncate_for_display(s: &str) -> String {
+    match s.char_indices().nth(40) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// Runs the blocking handshake on a fresh stream, bounded by `socket_timeout` per wait and by
+/// `deadline` overall.
+fn handshake(
+    params: &ConnectionParameters,
+    stream: &mut Stream,
+    reader: &mut FrameReader,
+    deadline: Instant,
+) -> Result<Tuned> {
+    let mut out = Vec::new();
+    codec::encode_frame(
+        &mut out,
+        &AMQPFrame::ProtocolHeader(ProtocolVersion::amqp_0_9_1()),
+    )?;
+    stream
+        .write_all(&out)
+        .map_err(|e| Error::io("sending the protocol header", &e))?;
+    let mut hs = Handshake::new(params);
+    loop {
+        while let Some(inbound) = reader.next_frame()? {
+            let frame = match inbound {
+                Inbound::Frame(frame) => frame,
+                Inbound::Body(..) => {
+                    return Err(Error::protocol(
+                        crate::error::UNEXPECTED_FRAME,
+                        "body frame during the handshake",
+                    ))
+                }
+            };
+            match hs.on_frame(frame)? {
+                Step::Send(methods) => {
+                    out.clear();
+                    for m in methods {
+                        codec::encode_method(&mut out, 0, m)?;
+                    }
+                    stream
+                        .write_all(&out)
+                        .map_err(|e| Error::io("sending the handshake", &e))?;
+                }
+                Step::Done(tuned) => return Ok(tuned),
+            }
+        }
+        let now = Instant::now();
+        let left = deadline.saturating_duration_since(now);
+        if left.is_zero() {
+            return Err(Error::timeout(hs.waiting_for(), params.stack_timeout));
+        }
+        let wait = params
+            .socket_timeout
+            .min(left)
+            .max(Duration::from_millis(1));
+        stream
+            .tcp()
+            .set_read_timeout(Some(wait))
+            .map_err(|e| Error::io("setting the socket timeout", &e))?;
+        match reader.read_from(stream) {
+            Ok(0) => return Err(hs.eof_error()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                let after = if wait < params.socket_timeout {
+                    params.stack_timeout
+                } else {
+                    params.socket_timeout
+                };
+                return Err(Error::timeout(hs.waiting_for(), after));
+            }
+            Err(e) => return Err(Error::io(hs.waiting_for(), &e)),
+        }
+    }
+}

@@ -1,0 +1,681 @@
+//! The `cottontail-io` thread: owns the socket, reads and routes frames, writes what callers
+//! queued, keeps heartbeats. It never runs user code and never blocks on anything but `poll`.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Write};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::basic::{self, Deliver, GetOk, Return};
+use amq_protocol::protocol::{channel, connection, AMQPClass, BasicProperties};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use super::chan::{ChannelCore, Life, Reply};
+use super::codec::{self, FrameReader, Inbound};
+use super::heartbeat::{Due, Heartbeat};
+use super::{Core, INBOUND_CHANNEL_LIMIT};
+use crate::delivery::{Delivery, GetMessage, Returned};
+use crate::error::{Error, Result, CHANNEL_ERROR, COMMAND_INVALID, FRAME_ERROR, UNEXPECTED_FRAME};
+use crate::transport::Stream;
+
+pub(crate) const SOCKET: Token = Token(0);
+pub(crate) const WAKER: Token = Token(1);
+
+/// Largest message body accepted (RabbitMQ's own hard limit is 512 MiB).
+const MAX_BODY_SIZE: u64 = 512 * 1024 * 1024;
+/// Largest body buffer reserved up front from a content header's (peer-controlled) size.
+const MAX_BODY_PREALLOC: u64 = 16 * 1024 * 1024;
+
+/// Why the loop ended without an error of its own.
+enum Exit {
+    /// Our connection.close was answered.
+    CloseOk,
+    /// The broker closed the connection (close-ok is queued).
+    ClosedByBroker(Error),
+    /// `Core::close` gave up waiting and asked us to stop.
+    Shutdown,
+}
+
+pub(crate) fn spawn(
+    core: Arc<Core>,
+    stream: Stream,
+    reader: FrameReader,
+    poll: Poll,
+) -> Result<std::thread::JoinHandle<()>> {
+    let tcp = stream.tcp();
+    tcp.set_read_timeout(None)
+        .and_then(|()| tcp.set_write_timeout(None))
+        .and_then(|()| tcp.set_nonblocking(true))
+        .map_err(|e| Error::io("switching the socket to non-blocking mode", &e))?;
+    poll.registry()
+        .register(
+            &mut SourceFd(&tcp.as_raw_fd()),
+            SOCKET,
+            Interest::READABLE | Interest::WRITABLE,
+        )
+        .map_err(|e| Error::io("registering the socket", &e))?;
+    let heartbeat = Heartbeat::new(core.tuned.heartbeat, Instant::now());
+    let io = IoThread {
+        router: Router {
+            core: core.clone(),
+            channels: HashMap::new(),
+            dirty: Vec::new(),
+            paused: Vec::new(),
+        },
+        core,
+        stream,
+        reader,
+        poll,
+        wbuf: Vec::with_capacity(64 * 1024),
+        wpos: 0,
+        heartbeat,
+        read_ready: true,
+    };
+    std::thread::Builder::new()
+        .name("cottontail-io".into())
+        .spawn(move || io.main())
+        .map_err(|e| Error::io("starting the I/O thread", &e))
+}
+
+struct IoThread {
+    core: Arc<Core>,
+    router: Router,
+    stream: Stream,
+    reader: FrameReader,
+    poll: Poll,
+    /// Bytes taken from the shared buffer and being written; `wpos` of them are written.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    heartbeat: Heartbeat,
+    /// The socket may have bytes to read (edge-triggered: set by an event, cleared by WouldBlock).
+    read_ready: bool,
+}
+
+impl IoThread {
+    fn main(mut self) {
+        let outcome = self.run();
+        let error = match outcome {
+            Ok(Exit::CloseOk) | Ok(Exit::Shutdown) => {
+                let (reply_code, reply_text) = self
+                    .core
+                    .lock_link()
+                    .closing
+                    .clone()
+                    .unwrap_or((200, "Normal shutdown".to_string()));
+                log::debug!("connection closed by the client");
+                Error::ConnectionClosedByClient {
+                    reply_code,
+                    reply_text,
+                }
+            }
+            Ok(Exit::ClosedByBroker(error)) => {
+                log::warn!("{error}");
+                let _ = self.flush();
+                error
+            }
+            Err(error) => {
+                log::error!("connection failed: {error}");
+                if let Error::Protocol { reply_code, reason } = &error {
+                    self.send_close_now(*reply_code, reason);
+                }
+                error
+            }
+        };
+        let _ = self.stream.tcp().shutdown(std::net::Shutdown::Both);
+        self.core.fail(error);
+    }
+
+    fn run(&mut self) -> Result<Exit> {
+        let mut events = Events::with_capacity(16);
+        loop {
+            if self.core.shutdown.load(Ordering::SeqCst) {
+                return Ok(Exit::Shutdown);
+            }
+            let timeout = self.heartbeat.next_wakeup(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Error::io("polling the socket", &e));
+            }
+            for event in events.iter() {
+                if event.token() == SOCKET
+                    && (event.is_readable() || event.is_read_closed() || event.is_error())
+                {
+                    self.read_ready = true;
+                }
+            }
+            if self.router.resume_check() {
+                self.read_ready = true;
+            }
+            if self.read_ready && self.router.paused.is_empty() {
+                if let Some(exit) = self.read()? {
+                    return Ok(exit);
+                }
+            }
+            self.flush()?;
+            let now = Instant::now();
+            if !self.router.paused.is_empty() {
+                // We chose not to read: the peer's silence is ours.
+                self.heartbeat.received(now);
+            }
+            match self.heartbeat.poll(now) {
+                Due::Nothing => {}
+                Due::Send => {
+                    log::trace!("sending heartbeat");
+                    if self.wpos == self.wbuf.len() {
+                        self.wbuf.clear();
+                        self.wpos = 0;
+                    }
+                    codec::encode_heartbeat(&mut self.wbuf);
+                    self.flush()?;
+                    // Even if the socket is full, a heartbeat is queued: do not queue another.
+                    self.heartbeat.sent(now);
+                }
+                Due::Dead(silent_for) => {
+                    return Err(Error::HeartbeatTimeout {
+                        heartbeat: self.core.tuned.heartbeat,
+                        silent_for,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Reads until the socket would block (or reading pauses), routing every complete frame.
+    fn read(&mut self) -> Result<Option<Exit>> {
+        loop {
+            if !self.router.paused.is_empty() {
+                return Ok(None);
+            }
+            match self.reader.read_from(&mut self.stream) {
+                Ok(0) => {
+                    self.read_ready = false;
+                    let message = if self.reader.has_partial() {
+                        "the broker closed the socket in the middle of a frame"
+                    } else {
+                        "the broker closed the socket"
+                    };
+                    return Err(Error::StreamLost {
+                        message: message.into(),
+                    });
+                }
+                Ok(_) => {
+                    self.heartbeat.received(Instant::now());
+                    let exit = self.route_buffered();
+                    self.router.notify_dirty();
+                    if let Some(exit) = exit? {
+                        return Ok(Some(exit));
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.read_ready = false;
+                    return Ok(None);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Error::StreamLost {
+                        message: format!("reading from the socket failed: {e}"),
+                    })
+                }
+            }
+        }
+    }
+
+    fn route_buffered(&mut self) -> Result<Option<Exit>> {
+        while let Some(inbound) = self.reader.next_frame()? {
+            let exit = match inbound {
+                Inbound::Frame(frame) => self.router.on_frame(frame)?,
+                Inbound::Body(channel, range) => {
+                    self.router.on_body(channel, self.reader.bytes(range))?;
+                    None
+                }
+            };
+            if exit.is_some() {
+                return Ok(exit);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes queued bytes until everything is out or the socket is full.
+    fn flush(&mut self) -> Result<()> {
+        loop {
+            if self.wpos == self.wbuf.len() {
+                self.wbuf.clear();
+                self.wpos = 0;
+                let mut link = self.core.lock_link();
+                if link.buf.is_empty() {
+                    return Ok(());
+                }
+                std::mem::swap(&mut link.buf, &mut self.wbuf);
+                let was_full = self.wbuf.len() >= super::OUTBOUND_HIGH_WATER;
+                drop(link);
+                if was_full {
+                    self.core.link_cond.notify_all();
+                }
+            }
+            match self.stream.write(&self.wbuf[self.wpos..]) {
+                Ok(0) => {
+                    return Err(Error::StreamLost {
+                        message: "the socket accepts no more bytes".into(),
+                    })
+                }
+                Ok(n) => {
+                    self.wpos += n;
+                    self.heartbeat.sent(Instant::now());
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Error::StreamLost {
+                        message: format!("writing to the socket failed: {e}"),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Best effort: tell the peer why we are closing (protocol violation), without waiting.
+    fn send_close_now(&mut self, reply_code: u16, reason: &str) {
+        let text: String = reason.chars().take(200).collect();
+        let method = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code,
+            reply_text: text.as_str().into(),
+            class_id: 0,
+            method_id: 0,
+        }));
+        let mut frame = Vec::new();
+        if codec::encode_method(&mut frame, 0, method).is_ok() {
+            let _ = self.stream.write(&frame);
+            let _ = self.stream.flush();
+        }
+    }
+}
+
+/// Content being assembled on one channel: the method, then the header, then body frames.
+struct Partial {
+    kind: ContentKind,
+    header: Option<(BasicProperties, u64)>,
+    body: Vec<u8>,
+}
+
+enum ContentKind {
+    Deliver(Deliver),
+    Get(GetOk),
+    Return(Return),
+}
+
+struct Entry {
+    core: Arc<ChannelCore>,
+    partial: Option<Partial>,
+}
+
+/// Routes frames to channels (the I/O thread's own cache of the channel table).
+struct Router {
+    core: Arc<Core>,
+    channels: HashMap<u16, Entry>,
+    /// Channels whose state changed since the last notify (one wake-up per read, not per frame).
+    dirty: Vec<Arc<ChannelCore>>,
+    /// Channels holding more than the inbound limit: reading is paused while any is here.
+    paused: Vec<Arc<ChannelCore>>,
+}
+
+impl Router {
+    fn entry(&mut self, channel: u16) -> Result<&mut Entry> {
+        if !self.channels.contains_key(&channel) {
+            let core = self.core.lock_channels().get(&channel).cloned();
+            let core = core.ok_or_else(|| {
+                Error::protocol(
+                    CHANNEL_ERROR,
+                    format!("frame on channel {channel}, which is not open"),
+                )
+            })?;
+            self.channels.insert(
+                channel,
+                Entry {
+                    core,
+                    partial: None,
+                },
+            );
+        }
+        Ok(self.channels.get_mut(&channel).expect("inserted above"))
+    }
+
+    fn mark_dirty(&mut self, channel: &Arc<ChannelCore>) {
+        if !self.dirty.iter().any(|c| Arc::ptr_eq(c, channel)) {
+            self.dirty.push(channel.clone());
+        }
+    }
+
+    fn notify_dirty(&mut self) {
+        for channel in self.dirty.drain(..) {
+            channel.cond.notify_all();
+        }
+    }
+
+    /// Drops channels from the paused list once their consumers caught up; true when reading
+    /// may resume.
+    fn resume_check(&mut self) -> bool {
+        if self.paused.is_empty() {
+            return false;
+        }
+        self.paused.retain(|c| {
+            let st = c.lock();
+            st.buffered > INBOUND_CHANNEL_LIMIT / 2 && st.closed_error().is_none()
+        });
+        if self.paused.is_empty() {
+            log::debug!("consumers caught up: reading the socket again");
+            self.core.read_paused.store(false, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+
+    /// Removes a closed channel from the cache and the connection's table (its number is free).
+    fn forget(&mut self, channel: u16) {
+        if let Some(entry) = self.channels.remove(&channel) {
+            let mut table = self.core.lock_channels();
+            if table
+                .get(&channel)
+                .is_some_and(|c| Arc::ptr_eq(c, &entry.core))
+            {
+                table.remove(&channel);
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: AMQPFrame) -> Result<Option<Exit>> {
+        match frame {
+            AMQPFrame::Heartbeat => {
+                log::trace!("heartbeat received");
+                Ok(None)
+            }
+            AMQPFrame::Method(0, AMQPClass::Connection(method)) => self.on_connection(method),
+            AMQPFrame::Method(0, other) => Err(Error::protocol(
+                COMMAND_INVALID,
+                format!("method {other:?} on channel 0"),
+            )),
+            AMQPFrame::Method(channel, method) => {
+                log::trace!("channel {channel}: {method:?}");
+                self.on_method(channel, method).map(|()| None)
+            }
+            AMQPFrame::Header(channel, header) => {
+                let entry = self.entry(channel)?;
+                let partial = match entry.partial.as_mut() {
+                    Some(p) if p.header.is_none() => p,
+                    _ => {
+                        return Err(Error::protocol(
+                            UNEXPECTED_FRAME,
+                            format!("content header on channel {channel} without a content method"),
+                        ))
+                    }
+                };
+                if header.body_size > MAX_BODY_SIZE {
+                    return Err(Error::protocol(
+                        FRAME_ERROR,
+                        format!("content of {} bytes announced", header.body_size),
+                    ));
+                }
+                partial.body = Vec::with_capacity(header.body_size.min(MAX_BODY_PREALLOC) as usize);
+                partial.header = Some((header.properties, header.body_size));
+                if header.body_size == 0 {
+                    self.finish_content(channel);
+                }
+                Ok(None)
+            }
+            AMQPFrame::Body(channel, data) => self.on_body(channel, &data).map(|()| None),
+            AMQPFrame::InvalidHeartbeat(channel) => Err(Error::protocol(
+                FRAME_ERROR,
+                format!("heartbeat frame on channel {channel}"),
+            )),
+            AMQPFrame::ProtocolHeader(_) => Err(Error::protocol(
+                FRAME_ERROR,
+                "protocol header in the middle of the connection",
+            )),
+        }
+    }
+
+    fn on_body(&mut self, channel: u16, data: &[u8]) -> Result<()> {
+        let entry = self.entry(channel)?;
+        let Some(Partial {
+            header: Some((_, size)),
+            body,
+            ..
+        }) = entry.partial.as_mut()
+        else {
+            return Err(Error::protocol(
+                UNEXPECTED_FRAME,
+                format!("body frame on channel {channel} without a content header"),
+            ));
+        };
+        if (body.len() + data.len()) as u64 > *size {
+            return Err(Error::protocol(
+                FRAME_ERROR,
+                format!(
+                    "body on channel {channel} longer than the {size} bytes its header announced"
+                ),
+            ));
+        }
+        body.extend_from_slice(data);
+        if body.len() as u64 == *size {
+            self.finish_content(channel);
+        }
+        Ok(())
+    }
+
+    fn finish_content(&mut self, channel: u16) {
+        let Some(entry) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        let Some(partial) = entry.partial.take() else {
+            return;
+        };
+        let core = entry.core.clone();
+        let properties = partial.header.map(|(p, _)| p).unwrap_or_default();
+        let body = partial.body;
+        let mut st = core.lock();
+        if st.closed_error().is_some() || matches!(st.life, Life::Closing) {
+            return;
+        }
+        match partial.kind {
+            ContentKind::Deliver(method) => {
+                st.buffered += body.len();
+                st.deliveries.push_back(Delivery {
+                    method,
+                    properties,
+                    body,
+                });
+                if st.buffered > INBOUND_CHANNEL_LIMIT {
+                    log::debug!(
+                        "channel {channel} holds {} bytes of deliveries: pausing reads",
+                        st.buffered
+                    );
+                    self.core.read_paused.store(true, Ordering::SeqCst);
+                    self.paused.push(core.clone());
+                }
+            }
+            ContentKind::Get(method) => {
+                if !st.deliver_reply(Reply::Get(GetMessage {
+                    method,
+                    properties,
+                    body,
+                })) {
+                    log::warn!("channel {channel}: basic.get-ok nobody asked for");
+                }
+            }
+            ContentKind::Return(method) => st.push_return(Returned {
+                method,
+                properties,
+                body,
+            }),
+        }
+        drop(st);
+        self.mark_dirty(&core);
+    }
+
+    fn on_connection(&mut self, method: connection::AMQPMethod) -> Result<Option<Exit>> {
+        match method {
+            connection::AMQPMethod::Close(close) => {
+                let close_ok =
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}));
+                self.queue_reply(0, close_ok);
+                Ok(Some(Exit::ClosedByBroker(Error::ConnectionClosed {
+                    reply_code: close.reply_code,
+                    reply_text: close.reply_text.to_string(),
+                    class_id: close.class_id,
+                    method_id: close.method_id,
+                })))
+            }
+            connection::AMQPMethod::CloseOk(_) => Ok(Some(Exit::CloseOk)),
+            connection::AMQPMethod::Blocked(blocked) => {
+                log::warn!("the broker blocked the connection: {}", blocked.reason);
+                self.core.lock_link().blocked = true;
+                Ok(None)
+            }
+            connection::AMQPMethod::Unblocked(_) => {
+                log::info!("the broker unblocked the connection");
+                self.core.lock_link().blocked = false;
+                Ok(None)
+            }
+            connection::AMQPMethod::UpdateSecretOk(_) => Ok(None),
+            other => Err(Error::protocol(
+                COMMAND_INVALID,
+                format!("unexpected connection method {other:?}"),
+            )),
+        }
+    }
+
+    fn on_method(&mut self, channel: u16, method: AMQPClass) -> Result<()> {
+        let entry = self.entry(channel)?;
+        if entry.partial.is_some() {
+            return Err(Error::protocol(
+                UNEXPECTED_FRAME,
+                format!("method on channel {channel} while content was being received"),
+            ));
+        }
+        let core = entry.core.clone();
+        match method {
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(m)) => {
+                entry.partial = Some(Partial::new(ContentKind::Deliver(m)));
+                return Ok(());
+            }
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(m)) => {
+                entry.partial = Some(Partial::new(ContentKind::Get(m)));
+                return Ok(());
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Return(m)) => {
+                entry.partial = Some(Partial::new(ContentKind::Return(m)));
+                return Ok(());
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Ack(ack)) => {
+                if let Some(t) = core.lock().confirms.as_mut() {
+                    t.on_confirm(ack.delivery_tag, ack.multiple, false);
+                }
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Nack(nack)) => {
+                if let Some(t) = core.lock().confirms.as_mut() {
+                    t.on_confirm(nack.delivery_tag, nack.multiple, true);
+                }
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)) => {
+                log::warn!(
+                    "channel {channel}: the broker cancelled consumer {}",
+                    cancel.consumer_tag
+                );
+                if !cancel.nowait {
+                    let ok = AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                        consumer_tag: cancel.consumer_tag.clone(),
+                    }));
+                    self.queue_reply(channel, ok);
+                }
+                core.lock().cancelled.push(cancel.consumer_tag.to_string());
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Close(close)) => {
+                let mut st = core.lock();
+                let error = Error::ChannelClosed {
+                    reply_code: close.reply_code,
+                    reply_text: close.reply_text.to_string(),
+                    class_id: close.class_id,
+                    method_id: close.method_id,
+                };
+                log::debug!("channel {channel} closed by the broker: {error}");
+                // Mark it closed before close-ok is queued, under the same lock callers take
+                // to queue frames for it, so nothing of theirs follows the close-ok.
+                if matches!(st.life, Life::Closing) {
+                    st.life = Life::Closed(Error::ChannelClosedByClient {
+                        reply_code: 200,
+                        reply_text: "Normal shutdown".into(),
+                    });
+                } else {
+                    st.life = Life::Closed(error);
+                }
+                st.awaiting = false;
+                let ok = AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}));
+                self.queue_reply(channel, ok);
+                drop(st);
+                self.forget(channel);
+            }
+            AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
+                let mut st = core.lock();
+                if !matches!(st.life, Life::Closed(_)) {
+                    st.life = Life::Closed(Error::ChannelClosedByClient {
+                        reply_code: 200,
+                        reply_text: "Normal shutdown".into(),
+                    });
+                }
+                st.awaiting = false;
+                drop(st);
+                log::debug!("channel {channel} closed");
+                self.forget(channel);
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Flow(flow)) => {
+                log::info!(
+                    "channel {channel}: the broker asks flow active={}",
+                    flow.active
+                );
+                let ok = AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
+                    active: flow.active,
+                }));
+                self.queue_reply(channel, ok);
+            }
+            reply => {
+                if !core.lock().deliver_reply(Reply::Method(reply)) {
+                    log::warn!("channel {channel}: ignoring a reply nobody waits for");
+                }
+            }
+        }
+        self.mark_dirty(&core);
+        Ok(())
+    }
+
+    /// Queues a reply of the I/O thread's own behind everything callers queued before it.
+    fn queue_reply(&self, channel: u16, method: AMQPClass) {
+        let mut frame = Vec::new();
+        if let Err(e) = codec::encode_method(&mut frame, channel, method) {
+            log::error!("cannot encode a reply on channel {channel}: {e}");
+            return;
+        }
+        self.core.lock_link().buf.extend_from_slice(&frame);
+    }
+}
+
+impl Partial {
+    fn new(kind: ContentKind) -> Self {
+        Partial {
+            kind,
+            header: None,
+            body: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for IoThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IoThread").finish_non_exhaustive()
+    }
+}

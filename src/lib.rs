@@ -1,0 +1,131 @@
+//! # cottontail
+//!
+//! A blocking, thread-safe RabbitMQ (AMQP 0-9-1) client whose API mirrors Python pika's
+//! `BlockingConnection` / `BlockingChannel`: the same method names, the same defaults, in Rust
+//! idiom (option structs with `Default` where pika takes keyword arguments, `Result` where it
+//! raises).
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! use cottontail::{BasicProperties, Connection, ConnectionParameters, QueueDeclareOptions};
+//!
+//! let connection = Connection::open(ConnectionParameters::new("localhost"))?;
+//! let channel = connection.channel()?;
+//! channel.queue_declare("hello", QueueDeclareOptions::default())?;
+//! channel.basic_publish("", "hello", b"Hello World!", &BasicProperties::default(), false)?;
+//! println!(" [x] Sent 'Hello World!'");
+//!
+//! channel.basic_consume("hello", |_ch, _method, _properties, body| {
+//!     println!(" [x] Received {}", String::from_utf8_lossy(body));
+//!     Ok(())
+//! }, cottontail::BasicConsumeOptions { auto_ack: true, ..Default::default() })?;
+//! channel.start_consuming()?;
+//! # Ok::<(), cottontail::Error>(())
+//! ```
+//!
+//! ## Threading model
+//!
+//! A [`Connection`] owns the socket and one background thread named `cottontail-io`. That
+//! thread reads and parses frames, assembles messages (method, header and body frames), routes
+//! them by channel, answers and watches heartbeats, and writes what callers queued. It never
+//! runs user code. Consumer callbacks run on the thread that calls
+//! [`Channel::start_consuming`], as in pika; so a slow callback cannot starve heartbeats
+//! (pika's best-known failure), and a panicking one cannot kill the connection.
+//!
+//! [`Connection`] and [`Channel`] are `Send + Sync` cheap handles (an `Arc` inside): clone them
+//! into threads. Synchronous methods on one channel are serialised (AMQP allows one outstanding
+//! per channel), each with a deadline (`rpc_timeout`, 10 s by default); use one channel per
+//! thread for parallelism.
+//!
+//! ### The I/O design, and why
+//!
+//! native-tls streams cannot be split into a read half and a write half, and a lock held
+//! across a blocking read would stall writers. So the I/O thread owns the stream, TCP or TLS
+//! alike, in non-blocking mode, waiting on `mio` for readiness (DESIGN option (a), amiquip's
+//! design). Callers encode their frames on their own thread and append them, a whole
+//! publish (method + header + body frames) at a time, to one shared outbound buffer; the first
+//! append into an empty buffer wakes the I/O thread with a `mio::Waker`. The I/O thread swaps
+//! the buffer out and writes it; whatever callers queue meanwhile goes out in the next single
+//! write, so a burst of publishes or acks costs the broker one read instead of one per frame.
+//! An ack or publish is therefore on the wire one I/O-thread pass after the call returns
+//! (tens of microseconds); [`Connection::close`] writes everything queued before closing.
+//! See `BENCHMARKS.md` for the measurements behind this choice.
+//!
+//! Every buffer is bounded: callers wait when more than 4 MiB is queued for writing
+//! (back-pressure, bounded by `rpc_timeout`), and the I/O thread stops reading the socket when
+//! one channel holds more than 16 MiB of undelivered messages, until its consumer catches up
+//! (heartbeats keep going out meanwhile). Use `basic_qos` prefetch to bound what the broker
+//! pushes.
+//!
+//! ## Porting from pika
+//!
+//! | pika | cottontail |
+//! |---|---|
+//! | `pika.BlockingConnection(pika.ConnectionParameters('localhost'))` | `Connection::open(ConnectionParameters::new("localhost"))` |
+//! | `pika.URLParameters(url)` | `Connection::open_url(url)` or `url.parse::<ConnectionParameters>()` |
+//! | `connection.channel()` / `channel(channel_number=n)` | [`Connection::channel`] / [`Connection::channel_with_number`] |
+//! | `channel.queue_declare(queue='', exclusive=True)` | `channel.queue_declare("", QueueDeclareOptions { exclusive: true, ..Default::default() })` |
+//! | `result.method.queue` | `ok.queue` |
+//! | `channel.exchange_declare(exchange='logs', exchange_type='fanout')` (pika 0.x: `type='fanout'`) | `channel.exchange_declare("logs", ExchangeDeclareOptions { exchange_type: "fanout".into(), ..Default::default() })` |
+//! | `channel.queue_bind(exchange=..., queue=..., routing_key=...)` | `channel.queue_bind(queue, exchange, QueueBindOptions { routing_key: Some(..), ..Default::default() })` |
+//! | `channel.basic_publish(exchange, routing_key, body, properties=pika.BasicProperties(delivery_mode=2))` | `channel.basic_publish(exchange, routing_key, body, &BasicProperties::default().with_delivery_mode(2), false)` |
+//! | `channel.basic_qos(prefetch_count=1)` | `channel.basic_qos(0, 1, false)` |
+//! | `channel.basic_consume(queue, on_message_callback, auto_ack=True)` (pika 0.x: `basic_consume(callback, queue=..., no_ack=True)`) | `channel.basic_consume(queue, callback, BasicConsumeOptions { auto_ack: true, ..Default::default() })` |
+//! | `def callback(ch, method, properties, body)` | `\|ch, method, properties, body\| -> Result<()>` |
+//! | `ch.basic_ack(delivery_tag=method.delivery_tag)` | `ch.basic_ack(method.delivery_tag, false)` |
+//! | `channel.start_consuming()` / `stop_consuming()` | [`Channel::start_consuming`] / [`Channel::stop_consuming`] |
+//! | `channel.basic_get(queue, auto_ack)` → `(method, properties, body)` or `(None, None, None)` | `channel.basic_get(queue, auto_ack)` → `Option<GetMessage>` |
+//! | `channel.confirm_delivery()` | [`Channel::confirm_delivery`], plus [`Channel::basic_publish_deferred`] and [`Channel::wait_for_confirms`] for windows |
+//! | exceptions | [`Error`] variants (the table is on [`Error`]) |
+//!
+//! ## Feature flags
+//!
+//! - `tls` (default): `amqps://` through native-tls; certificates are verified by default.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations)]
+
+mod channel;
+mod confirms;
+mod connection;
+mod consumer;
+mod delivery;
+mod error;
+mod io;
+mod options;
+mod params;
+mod transport;
+
+pub use crate::channel::{BlockingChannel, Channel};
+pub use crate::confirms::ConfirmOutcome;
+pub use crate::connection::{BlockingConnection, Connection};
+pub use crate::consumer::ConsumerCallback;
+pub use crate::delivery::{Delivery, GetMessage, Returned};
+pub use crate::error::{Error, Result};
+pub use crate::options::{
+    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOk,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+pub use crate::params::{ConnectionParameters, PlainCredentials};
+
+/// AMQP reply codes, as constants.
+pub mod reply_code {
+    pub use crate::error::{
+        ACCESS_REFUSED, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, FRAME_ERROR,
+        INTERNAL_ERROR, NOT_FOUND, NOT_IMPLEMENTED, PRECONDITION_FAILED, REPLY_SUCCESS,
+        RESOURCE_LOCKED, SYNTAX_ERROR, UNEXPECTED_FRAME,
+    };
+}
+
+/// The method of a delivery: `consumer_tag`, `delivery_tag`, `redelivered`, `exchange`, `routing_key`.
+pub use amq_protocol::protocol::basic::Deliver;
+/// The method of a basic.get result.
+pub use amq_protocol::protocol::basic::GetOk;
+/// The method of a returned message.
+pub use amq_protocol::protocol::basic::Return;
+/// Message properties (pika's `BasicProperties`), with `with_*` builders for all 14 fields.
+pub use amq_protocol::protocol::BasicProperties;
+/// AMQP field tables (headers, arguments) and their values.
+pub use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};

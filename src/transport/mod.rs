@@ -1,0 +1,77 @@
+//! The byte stream the I/O thread drives: plain TCP, or TLS through native-tls.
+//!
+//! Both are used the same way: connected and (for TLS) handshaken in blocking mode with
+//! timeouts, then switched to non-blocking mode and registered with `mio` by file descriptor,
+//! so the I/O thread owns the one stream and does every read and write (see the crate docs).
+
+mod tcp;
+#[cfg(feature = "tls")]
+mod tls;
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::params::ConnectionParameters;
+
+/// A connected stream, TCP or TLS.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<native_tls::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// Connects to the broker named by `params`, within `deadline`.
+    pub(crate) fn connect(params: &ConnectionParameters, deadline: Instant) -> Result<Stream> {
+        let tcp = tcp::connect(&params.host, params.port, params.socket_timeout, deadline)?;
+        if params.tls {
+            #[cfg(feature = "tls")]
+            return tls::wrap(tcp, &params.host);
+            #[cfg(not(feature = "tls"))]
+            return Err(crate::Error::Tls {
+                message: "amqps:// needs cottontail's `tls` feature".into(),
+            });
+        }
+        Ok(Stream::Tcp(tcp))
+    }
+
+    /// The TCP socket underneath.
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Tcp(s) => s,
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.get_ref(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
