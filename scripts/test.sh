@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian machine: installs and starts RabbitMQ on 127.0.0.1
+# (scripts/broker.sh), makes a virtualenv with pika for the interop tests, then runs the
+# tests and the fmt / clippy / doc checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/broker.sh
+
+venv="${COTTONTAIL_VENV:-$PWD/target/venv}"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pika' 2>/dev/null; then
+    echo "test: creating $venv with pika"
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+        sudo=""; [ "$(id -u)" != 0 ] && sudo="sudo"
+        $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv "$venv"
+    fi
+    "$venv/bin/pip" install -q 'pika>=1.3,<2'
+fi
+export COTTONTAIL_PYTHON="$venv/bin/python"
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
+cargo test --all-targets
+cargo test --doc

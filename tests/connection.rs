@@ -1,0 +1,264 @@
+//! Opening, tuning, closing and losing connections against a real RabbitMQ.
+
+mod support;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cottontail::{
+    AMQPValue, BasicConsumeOptions, BasicProperties, Channel, Connection, ConnectionParameters,
+    Error, PlainCredentials, QueueDeclareOptions,
+};
+use support::{broker_connections_named, connect, eventually, params, rabbitmqctl, unique};
+
+#[test]
+fn connection_and_channel_are_send_sync_clone() {
+    fn assert_shareable<T: Send + Sync + Clone + 'static>() {}
+    assert_shareable::<Connection>();
+    assert_shareable::<Channel>();
+    assert_shareable::<Error>();
+}
+
+#[test]
+fn open_negotiates_rabbitmq_defaults_and_close_is_clean() {
+    let connection = connect();
+    assert!(connection.is_open());
+    assert_eq!(connection.frame_max(), 131_072);
+    assert_eq!(connection.channel_max(), 2047);
+    assert_eq!(
+        connection.heartbeat(),
+        60,
+        "heartbeat None takes the broker's 60 s"
+    );
+    match connection.server_properties().inner().get("product") {
+        Some(AMQPValue::LongString(product)) => assert_eq!(product.as_bytes(), b"RabbitMQ"),
+        other => panic!("product: {other:?}"),
+    }
+    let channel = connection.channel().unwrap();
+    assert_eq!(channel.channel_number(), 1);
+    connection.close().unwrap();
+    assert!(connection.is_closed());
+    assert!(channel.is_closed());
+    assert!(matches!(
+        connection.channel(),
+        Err(Error::ConnectionClosedByClient {
+            reply_code: 200,
+            ..
+        })
+    ));
+    // Closing twice is harmless.
+    connection.close().unwrap();
+}
+
+#[test]
+fn heartbeat_and_frame_max_requests_are_honoured() {
+    let connection = Connection::open(
+        params()
+            .heartbeat(Some(7))
+            .frame_max(16_384)
+            .channel_max(10),
+    )
+    .unwrap();
+    assert_eq!(connection.heartbeat(), 7);
+    assert_eq!(connection.frame_max(), 16_384);
+    assert_eq!(connection.channel_max(), 10);
+    let off = Connection::open(params().heartbeat(Some(0))).unwrap();
+    assert_eq!(off.heartbeat(), 0);
+}
+
+#[test]
+fn wrong_password_is_an_authentication_error_within_the_deadline() {
+    let started = Instant::now();
+    let err = Connection::open(
+        params()
+            .credentials(PlainCredentials::new("guest", "not-the-password"))
+            .stack_timeout(Duration::from_secs(5)),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::AuthenticationFailed { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(!format!("{err:?}{err}").contains("not-the-password"));
+}
+
+#[test]
+fn unknown_vhost_is_access_refused() {
+    let err = Connection::open(params().virtual_host("no-such-vhost")).unwrap_err();
+    match err {
+        Error::AccessRefused { vhost, reply_text } => {
+            assert_eq!(vhost, "no-such-vhost");
+            assert!(reply_text.contains("no-such-vhost"), "{reply_text}");
+        }
+        other => panic!("expected AccessRefused, got {other:?}"),
+    }
+}
+
+#[test]
+fn nothing_listening_is_an_io_error() {
+    // Port 1 on loopback: nothing listens there.
+    let err = Connection::open(ConnectionParameters::new("127.0.0.1").port(1)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Io {
+                kind: std::io::ErrorKind::ConnectionRefused,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn open_url_connects_with_percent_encoded_vhost() {
+    support::ensure_broker();
+    let connection =
+        Connection::open_url("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=5").unwrap();
+    assert_eq!(connection.heartbeat(), 5);
+    connection.channel().unwrap();
+}
+
+#[test]
+fn connection_name_shows_on_the_broker_and_drop_closes_the_connection() {
+    let name = unique("named-connection");
+    let connection = Connection::open(params().connection_name(&name)).unwrap();
+    let _channel = connection.channel().unwrap();
+    assert_eq!(broker_connections_named(&name).len(), 1);
+    drop(connection);
+    // The channel handle keeps the connection alive; dropping it too closes everything.
+    drop(_channel);
+    assert!(
+        eventually(Duration::from_secs(5), || broker_connections_named(&name)
+            .is_empty()),
+        "the broker still lists the connection after drop"
+    );
+}
+
+#[test]
+fn broker_forced_close_reaches_a_waiting_consumer() {
+    let name = unique("forced");
+    let connection = Connection::open(params().connection_name(&name)).unwrap();
+    let channel = connection.channel().unwrap();
+    let queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .queue;
+    channel
+        .basic_consume(&queue, |_, _, _, _| Ok(()), BasicConsumeOptions::default())
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let consumer = channel.clone();
+    std::thread::spawn(move || tx.send(consumer.start_consuming()).unwrap());
+    let names = broker_connections_named(&name);
+    assert_eq!(names.len(), 1);
+    rabbitmqctl(&["close_connection", &names[0], "closed by the test"]);
+    let result = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("start_consuming returned");
+    match result {
+        Err(Error::ConnectionClosed {
+            reply_code,
+            reply_text,
+            ..
+        }) => {
+            assert_eq!(reply_code, 320);
+            assert!(reply_text.contains("closed by the test"), "{reply_text}");
+        }
+        other => panic!("expected ConnectionClosed, got {other:?}"),
+    }
+    assert!(connection.is_closed());
+    assert!(matches!(
+        channel.queue_declare("x", Default::default()),
+        Err(Error::ConnectionClosed {
+            reply_code: 320,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn slow_callback_does_not_starve_heartbeats() {
+    // pika's best-known bug: a callback longer than two heartbeat intervals kills the connection.
+    let connection = Connection::open(params().heartbeat(Some(1))).unwrap();
+    assert_eq!(connection.heartbeat(), 1);
+    let channel = connection.channel().unwrap();
+    let queue = unique("slow-callback");
+    channel
+        .queue_declare(&queue, QueueDeclareOptions::default())
+        .unwrap();
+    for body in [&b"first"[..], b"second"] {
+        channel
+            .basic_publish("", &queue, body, &BasicProperties::default(), false)
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    channel
+        .basic_consume(
+            &queue,
+            move |ch, method, _, body| {
+                seen.push(body.to_vec());
+                if seen.len() == 1 {
+                    std::thread::sleep(Duration::from_millis(3500));
+                }
+                ch.basic_ack(method.delivery_tag, false)?;
+                if seen.len() == 2 {
+                    assert_eq!(seen, vec![b"first".to_vec(), b"second".to_vec()]);
+                    ch.stop_consuming()?;
+                }
+                Ok(())
+            },
+            BasicConsumeOptions::default(),
+        )
+        .unwrap();
+    channel.start_consuming().unwrap();
+    assert!(connection.is_open(), "{:?}", connection.close_reason());
+    let ok = channel
+        .queue_declare(
+            &queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(ok.message_count, 0);
+    channel.queue_delete(&queue, Default::default()).unwrap();
+}
+
+#[test]
+fn explicit_channel_numbers_are_checked() {
+    let connection = Connection::open(params().channel_max(5)).unwrap();
+    let three = connection.channel_with_number(3).unwrap();
+    assert_eq!(three.channel_number(), 3);
+    assert!(matches!(
+        connection.channel_with_number(3),
+        Err(Error::InvalidChannelNumber { number: 3, .. })
+    ));
+    assert!(matches!(
+        connection.channel_with_number(0),
+        Err(Error::InvalidChannelNumber { number: 0, .. })
+    ));
+    assert!(matches!(
+        connection.channel_with_number(6),
+        Err(Error::InvalidChannelNumber { number: 6, .. })
+    ));
+    let mut channels = vec![three];
+    for _ in 0..4 {
+        channels.push(connection.channel().unwrap());
+    }
+    let mut numbers: Vec<u16> = channels.iter().map(Channel::channel_number).collect();
+    numbers.sort();
+    assert_eq!(numbers, vec![1, 2, 3, 4, 5]);
+    assert!(matches!(
+        connection.channel(),
+        Err(Error::NoFreeChannels { channel_max: 5 })
+    ));
+    // A closed channel's number becomes free again.
+    channels[0].close().unwrap();
+    assert_eq!(connection.channel().unwrap().channel_number(), 3);
+}

@@ -1,0 +1,250 @@
+//! Consuming with callbacks, against a real RabbitMQ.
+
+mod support;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cottontail::{BasicConsumeOptions, BasicProperties, Error, QueueDeclareOptions};
+use support::{connect, rabbitmqctl, unique};
+
+#[test]
+fn consume_10000_with_manual_ack_in_order_and_the_queue_empties() {
+    const N: u32 = 10_000;
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = unique("ten-thousand");
+    channel
+        .queue_declare(&queue, QueueDeclareOptions::default())
+        .unwrap();
+    for i in 0..N {
+        channel
+            .basic_publish(
+                "",
+                &queue,
+                &i.to_be_bytes(),
+                &BasicProperties::default(),
+                false,
+            )
+            .unwrap();
+    }
+    channel.basic_qos(0, 500, false).unwrap();
+    let mut next = 0u32;
+    channel
+        .basic_consume(
+            &queue,
+            move |ch, method, _, body| {
+                let n = u32::from_be_bytes(body.try_into().expect("4-byte body"));
+                assert_eq!(n, next, "out of order");
+                next += 1;
+                ch.basic_ack(method.delivery_tag, false)?;
+                if next == N {
+                    ch.stop_consuming()?;
+                }
+                Ok(())
+            },
+            BasicConsumeOptions::default(),
+        )
+        .unwrap();
+    channel.start_consuming().unwrap();
+    assert!(channel.consumer_tags().is_empty());
+    // Checked from a second connection: nothing ready, nothing unacked.
+    let other = connect();
+    let ok = other
+        .channel()
+        .unwrap()
+        .queue_declare(
+            &queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(ok.message_count, 0);
+    assert_eq!(ok.consumer_count, 0);
+    connection.close().unwrap();
+    let ok = other
+        .channel()
+        .unwrap()
+        .queue_declare(
+            &queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        ok.message_count, 0,
+        "unacked messages came back after close"
+    );
+    other
+        .channel()
+        .unwrap()
+        .queue_delete(&queue, Default::default())
+        .unwrap();
+}
+
+#[test]
+fn stop_consuming_from_another_thread_returns_promptly() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .queue;
+    channel
+        .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let consumer = channel.clone();
+    std::thread::spawn(move || tx.send(consumer.start_consuming()).unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    channel.stop_consuming().unwrap();
+    rx.recv_timeout(Duration::from_secs(2))
+        .expect("start_consuming returned")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(rabbitmqctl(&["list_consumers", "-s"])
+        .lines()
+        .all(|l| !l.starts_with(&queue)));
+}
+
+#[test]
+fn start_consuming_from_a_callback_is_a_reentrancy_error() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .queue;
+    channel
+        .basic_publish("", &queue, b"x", &BasicProperties::default(), false)
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    channel
+        .basic_consume(
+            &queue,
+            move |ch, _, _, _| {
+                tx.send(ch.start_consuming()).unwrap();
+                ch.stop_consuming()
+            },
+            BasicConsumeOptions {
+                auto_ack: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    channel.start_consuming().unwrap();
+    assert_eq!(rx.recv().unwrap(), Err(Error::Reentrancy));
+}
+
+#[test]
+fn duplicate_consumer_tag_is_rejected_without_touching_the_broker() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .queue;
+    let options = BasicConsumeOptions {
+        consumer_tag: Some("my-tag".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        channel
+            .basic_consume(&queue, |_, _, _, _| Ok(()), options.clone())
+            .unwrap(),
+        "my-tag"
+    );
+    assert_eq!(
+        channel.basic_consume(&queue, |_, _, _, _| Ok(()), options),
+        Err(Error::DuplicateConsumerTag("my-tag".into()))
+    );
+    assert!(channel.is_open());
+    assert_eq!(channel.consumer_tags(), vec!["my-tag".to_string()]);
+}
+
+#[test]
+fn queue_deleted_while_consuming_ends_start_consuming() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = unique("deleted-under-consumer");
+    channel
+        .queue_declare(&queue, QueueDeclareOptions::default())
+        .unwrap();
+    channel
+        .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let consumer = channel.clone();
+    std::thread::spawn(move || tx.send(consumer.start_consuming()).unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    connect()
+        .channel()
+        .unwrap()
+        .queue_delete(&queue, Default::default())
+        .unwrap();
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("start_consuming returned")
+        .unwrap();
+    assert!(channel.consumer_tags().is_empty());
+    assert!(channel.is_open());
+}
+
+#[test]
+fn callback_error_ends_start_consuming_with_it() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .queue;
+    channel
+        .basic_publish("", &queue, b"x", &BasicProperties::default(), false)
+        .unwrap();
+    channel
+        .basic_consume(
+            &queue,
+            |_, _, _, _| Err(Error::Callback("stop here".into())),
+            BasicConsumeOptions {
+                auto_ack: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        channel.start_consuming(),
+        Err(Error::Callback("stop here".into()))
+    );
+}

@@ -1,0 +1,303 @@
+//! Publishing: properties, bodies of every size, confirms, against a real RabbitMQ.
+
+mod support;
+
+use std::time::Duration;
+
+use cottontail::{
+    AMQPValue, BasicProperties, Channel, Connection, Error, FieldArray, FieldTable,
+    QueueDeclareOptions,
+};
+use support::{connect, unique};
+
+fn temp_queue(channel: &Channel, prefix: &str) -> String {
+    let queue = unique(prefix);
+    channel
+        .queue_declare(
+            &queue,
+            QueueDeclareOptions {
+                auto_delete: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    queue
+}
+
+fn count(connection: &Connection, queue: &str) -> u32 {
+    // A second channel, so the count is what the broker holds.
+    let channel = connection.channel().unwrap();
+    let ok = channel
+        .queue_declare(
+            queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    channel.close().unwrap();
+    ok.message_count
+}
+
+fn nested_headers() -> FieldTable {
+    let mut inner = FieldTable::default();
+    inner.insert("depth".into(), AMQPValue::LongLongInt(2));
+    inner.insert("name".into(), AMQPValue::LongString("inner table".into()));
+    let mut array = FieldArray::default();
+    array.push(AMQPValue::LongInt(-7));
+    array.push(AMQPValue::Boolean(true));
+    array.push(AMQPValue::LongString("in an array".into()));
+    let mut headers = FieldTable::default();
+    headers.insert("string".into(), AMQPValue::LongString("héllo wörld".into()));
+    headers.insert("int".into(), AMQPValue::LongInt(42));
+    headers.insert("long".into(), AMQPValue::LongLongInt(-1 << 40));
+    headers.insert("bool".into(), AMQPValue::Boolean(false));
+    headers.insert("double".into(), AMQPValue::Double(2.5));
+    headers.insert("timestamp".into(), AMQPValue::Timestamp(1_700_000_000));
+    headers.insert("void".into(), AMQPValue::Void);
+    headers.insert("table".into(), AMQPValue::FieldTable(inner));
+    headers.insert("array".into(), AMQPValue::FieldArray(array));
+    headers
+}
+
+#[test]
+fn publish_then_get_round_trips_all_14_properties_and_nested_headers() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = temp_queue(&channel, "props");
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_content_encoding("utf-8".into())
+        .with_headers(nested_headers())
+        .with_delivery_mode(2)
+        .with_priority(5)
+        .with_correlation_id("corr-1".into())
+        .with_reply_to("reply-queue".into())
+        .with_expiration("60000".into())
+        .with_message_id("msg-1".into())
+        .with_timestamp(1_700_000_123)
+        .with_type("example.type".into())
+        .with_user_id("guest".into())
+        .with_app_id("cottontail-tests".into())
+        .with_cluster_id("cluster-a".into());
+    channel
+        .basic_publish("", &queue, b"{\"hello\":1}", &properties, false)
+        .unwrap();
+    let message = channel.basic_get(&queue, true).unwrap().expect("a message");
+    assert_eq!(message.body, b"{\"hello\":1}");
+    assert_eq!(message.method.routing_key.as_str(), queue);
+    assert_eq!(message.method.message_count, 0);
+    let got = &message.properties;
+    assert_eq!(got.content_type(), properties.content_type());
+    assert_eq!(got.content_encoding(), properties.content_encoding());
+    assert_eq!(got.headers(), properties.headers());
+    assert_eq!(got.delivery_mode(), &Some(2));
+    assert_eq!(got.priority(), &Some(5));
+    assert_eq!(got.correlation_id(), properties.correlation_id());
+    assert_eq!(got.reply_to(), properties.reply_to());
+    assert_eq!(got.expiration(), properties.expiration());
+    assert_eq!(got.message_id(), properties.message_id());
+    assert_eq!(got.timestamp(), &Some(1_700_000_123));
+    assert_eq!(got.kind(), properties.kind());
+    assert_eq!(got.user_id(), properties.user_id());
+    assert_eq!(got.app_id(), properties.app_id());
+    assert_eq!(got.cluster_id(), properties.cluster_id());
+    assert_eq!(got, &properties);
+    channel.queue_delete(&queue, Default::default()).unwrap();
+}
+
+#[test]
+fn empty_body_round_trips() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = temp_queue(&channel, "empty");
+    channel
+        .basic_publish("", &queue, b"", &BasicProperties::default(), false)
+        .unwrap();
+    channel
+        .basic_publish("", &queue, b"after", &BasicProperties::default(), false)
+        .unwrap();
+    let first = channel
+        .basic_get(&queue, true)
+        .unwrap()
+        .expect("the empty message");
+    assert!(first.body.is_empty());
+    assert_eq!(first.method.message_count, 1);
+    let second = channel
+        .basic_get(&queue, true)
+        .unwrap()
+        .expect("the next message");
+    assert_eq!(second.body, b"after");
+    assert!(channel.basic_get(&queue, true).unwrap().is_none());
+    channel.queue_delete(&queue, Default::default()).unwrap();
+}
+
+#[test]
+fn one_mebibyte_body_crosses_frame_max_intact() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = temp_queue(&channel, "big");
+    let body: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    channel
+        .basic_publish("", &queue, &body, &BasicProperties::default(), false)
+        .unwrap();
+    // With a small frame_max too: the body is split into many more frames.
+    let small = Connection::open(support::params().frame_max(8192)).unwrap();
+    let small_channel = small.channel().unwrap();
+    small_channel
+        .basic_publish("", &queue, &body, &BasicProperties::default(), false)
+        .unwrap();
+    for _ in 0..2 {
+        let got = channel
+            .basic_get(&queue, true)
+            .unwrap()
+            .expect("the big message");
+        assert_eq!(got.body.len(), body.len());
+        assert!(got.body == body, "body differs");
+    }
+    channel.queue_delete(&queue, Default::default()).unwrap();
+}
+
+#[test]
+fn publishes_are_all_on_the_broker_after_close() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = temp_queue(&channel, "close-flushes");
+    for i in 0..5000u32 {
+        channel
+            .basic_publish(
+                "",
+                &queue,
+                &i.to_be_bytes(),
+                &BasicProperties::default(),
+                false,
+            )
+            .unwrap();
+    }
+    connection.close().unwrap();
+    let other = connect();
+    assert_eq!(count(&other, &queue), 5000);
+    other
+        .channel()
+        .unwrap()
+        .queue_delete(&queue, Default::default())
+        .unwrap();
+}
+
+#[test]
+fn confirm_mode_publish_returns_once_the_broker_has_the_message() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = temp_queue(&channel, "confirm");
+    channel.confirm_delivery().unwrap();
+    for _ in 0..50 {
+        channel
+            .basic_publish("", &queue, b"confirmed", &BasicProperties::default(), false)
+            .unwrap();
+    }
+    assert_eq!(count(&connection, &queue), 50);
+    channel.queue_delete(&queue, Default::default()).unwrap();
+}
+
+#[test]
+fn confirm_mode_unroutable_mandatory_message_is_unroutable_error() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    channel.confirm_delivery().unwrap();
+    let err = channel
+        .basic_publish(
+            "",
+            &unique("nowhere"),
+            b"lost",
+            &BasicProperties::default(),
+            true,
+        )
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::Unroutable {
+            reply_code: 312,
+            reply_text: "NO_ROUTE".into()
+        }
+    );
+    // Not mandatory: the broker acks and drops it, as pika reports no error.
+    channel
+        .basic_publish(
+            "",
+            &unique("nowhere"),
+            b"dropped",
+            &BasicProperties::default(),
+            false,
+        )
+        .unwrap();
+    assert!(channel.is_open());
+}
+
+#[test]
+fn windowed_confirms_settle_every_message() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = temp_queue(&channel, "window");
+    channel.confirm_delivery().unwrap();
+    let mut last = 0;
+    for window in 0..3 {
+        for i in 0..1000u32 {
+            last = channel
+                .basic_publish_deferred(
+                    "",
+                    &queue,
+                    &i.to_le_bytes(),
+                    &BasicProperties::default(),
+                    false,
+                )
+                .unwrap();
+        }
+        assert_eq!(last, (window + 1) * 1000);
+        let outcome = channel
+            .wait_for_confirms(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert!(outcome.all_confirmed(), "{outcome:?}");
+    }
+    let returned = channel
+        .basic_publish_deferred(
+            "",
+            &unique("nowhere"),
+            b"x",
+            &BasicProperties::default(),
+            true,
+        )
+        .unwrap();
+    let outcome = channel.wait_for_confirms(None).unwrap();
+    assert_eq!(outcome.returned, vec![returned]);
+    assert_eq!(count(&connection, &queue), 3000);
+    channel.queue_delete(&queue, Default::default()).unwrap();
+}
+
+#[test]
+fn names_longer_than_255_bytes_are_rejected_before_sending() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let long = "q".repeat(256);
+    let err = channel
+        .queue_declare(&long, Default::default())
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    let err = channel
+        .basic_publish("", &long, b"x", &BasicProperties::default(), false)
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    // Nothing reached the broker: the channel is still usable.
+    assert!(channel.is_open());
+    channel
+        .queue_declare(
+            &"q".repeat(255),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+}

@@ -1,0 +1,105 @@
+//! Shared by the integration tests: finds the broker on 127.0.0.1:5672 (starting one with
+//! `scripts/broker.sh` if none answers) and makes unique names.
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use cottontail::{Connection, ConnectionParameters};
+
+pub const HOST: &str = "127.0.0.1";
+pub const PORT: u16 = 5672;
+
+static STARTED: Mutex<bool> = Mutex::new(false);
+
+fn broker_answers() -> bool {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], PORT));
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+}
+
+/// Makes sure a broker answers, starting one if needed; panics with instructions otherwise.
+pub fn ensure_broker() {
+    let mut tried = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+    if broker_answers() {
+        return;
+    }
+    if !*tried {
+        *tried = true;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker.sh");
+        let status = Command::new("bash").arg(script).status();
+        eprintln!("started a broker with {script}: {status:?}");
+        if broker_answers() {
+            return;
+        }
+    }
+    panic!(
+        "these tests need RabbitMQ on {HOST}:{PORT} (guest/guest) and none answers; \
+         start one with `scripts/broker.sh` (installs Debian's rabbitmq-server if missing)"
+    );
+}
+
+/// Parameters for the test broker.
+pub fn params() -> ConnectionParameters {
+    ensure_broker();
+    ConnectionParameters::new(HOST).port(PORT)
+}
+
+/// Opens a connection to the test broker.
+pub fn connect() -> Connection {
+    Connection::open(params()).expect("connecting to the test broker")
+}
+
+/// A queue or exchange name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "cottontail-test-{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Runs `rabbitmqctl` against the test node and returns its stdout.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let out = Command::new("rabbitmqctl")
+        .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+        .env(
+            "PATH",
+            format!("{}:/usr/sbin", std::env::var("PATH").unwrap_or_default()),
+        )
+        .args(["-n", "rabbit@localhost", "-q"])
+        .args(args)
+        .output()
+        .expect("running rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// rabbitmqctl's pids of the connections whose client properties mention `connection_name`
+/// (what `rabbitmqctl close_connection` takes).
+pub fn broker_connections_named(connection_name: &str) -> Vec<String> {
+    rabbitmqctl(&["list_connections", "-s", "pid", "client_properties"])
+        .lines()
+        .filter(|line| line.contains(connection_name))
+        .filter_map(|line| line.split('\t').next().map(str::to_string))
+        .collect()
+}
+
+/// Waits up to `timeout` for `f` to hold, polling every 50 ms.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
