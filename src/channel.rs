@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use amq_protocol::protocol::{
     basic, channel, confirm, exchange, queue, AMQPClass, BasicProperties,
 };
-use amq_protocol::types::ShortString;
 
 use crate::confirms::{ConfirmOutcome, ConfirmTracker};
 use crate::connection::Owner;
@@ -56,29 +55,36 @@ impl std::fmt::Debug for ChannelHandle {
 
 impl Drop for ChannelHandle {
     fn drop(&mut self) {
-        // Best effort, no waiting: the I/O thread frees the number when close-ok arrives.
-        let method = close_method(200, "Normal shutdown");
-        let _ = with_scratch(|buf| {
-            codec::encode_method(buf, self.core.id, method)?;
-            self.owner.core.send_on(&self.core, buf, None, |st| {
-                if matches!(st.life, Life::Open) {
-                    st.life = Life::Closing;
-                    Ok(())
-                } else {
-                    Err(Error::InvalidArgument(String::new()))
-                }
-            })
-        });
+        // No waiting: the I/O thread frees the number when close-ok arrives.
+        let _ = begin_close(&self.owner, &self.core, 200, "Normal shutdown");
     }
 }
 
-fn close_method(reply_code: u16, reply_text: &str) -> AMQPClass {
-    AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+/// Sends channel.close unless the channel is already closing or closed; true if it was sent.
+fn begin_close(
+    owner: &Owner,
+    core: &ChannelCore,
+    reply_code: u16,
+    reply_text: &str,
+) -> Result<bool> {
+    let method = AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
         reply_code,
-        reply_text: ShortString::try_new(reply_text).unwrap_or_else(|_| "".into()),
+        reply_text: short(reply_text)?,
         class_id: 0,
         method_id: 0,
-    }))
+    }));
+    let sent = with_scratch(|buf| {
+        codec::encode_method(buf, core.id, method)?;
+        owner.core.send_on_if(core, buf, None, |st| {
+            Ok(matches!(st.life, Life::Open).then(|| st.life = Life::Closing))
+        })
+    });
+    match sent {
+        Ok(sent) => Ok(sent.is_some()),
+        // The connection is gone, and the channel with it.
+        Err(e) if e.is_connection_error() => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Refuses a channel that is closed or closing.
@@ -197,30 +203,8 @@ impl Channel {
     /// Closing a closed channel does nothing.
     pub fn close_with(&self, reply_code: u16, reply_text: &str) -> Result<()> {
         let core = self.core();
-        let method = AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
-            reply_code,
-            reply_text: short(reply_text)?,
-            class_id: 0,
-            method_id: 0,
-        }));
         let _one_at_a_time = core.rpc_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let sent = with_scratch(|buf| {
-            codec::encode_method(buf, core.id, method)?;
-            self.inner
-                .owner
-                .core
-                .send_on(core, buf, None, |st| match st.life {
-                    Life::Open => {
-                        st.life = Life::Closing;
-                        Ok(true)
-                    }
-                    Life::Closing => Ok(false),
-                    Life::Closed(_) => Err(Error::InvalidArgument(String::new())),
-                })
-        });
-        if sent.is_err() {
-            return Ok(());
-        }
+        begin_close(&self.inner.owner, core, reply_code, reply_text)?;
         let timeout = self.rpc_timeout();
         let deadline = Instant::now() + timeout;
         let mut st = core.lock();

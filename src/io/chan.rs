@@ -14,8 +14,10 @@ use crate::error::Error;
 /// Returns kept for a channel that has no return callback yet; older ones are dropped beyond it.
 pub(crate) const RETURNS_KEPT: usize = 10_000;
 
-/// A reply to a synchronous method.
+/// A reply to a synchronous method. Lives only in the reply slot, one at a time per channel, so
+/// its size does not matter.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Reply {
     Method(AMQPClass),
     Get(GetMessage),

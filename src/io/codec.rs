@@ -17,8 +17,9 @@ pub(crate) const FRAME_OVERHEAD: usize = 8;
 const HEADER_LEN: usize = 7;
 const READ_CHUNK: usize = 64 * 1024;
 
-/// One frame taken out of the [`FrameReader`].
+/// One frame taken out of the [`FrameReader`]; consumed at once, so its size does not matter.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Inbound {
     /// A method, content header or heartbeat frame, parsed by amq-protocol.
     Frame(AMQPFrame),

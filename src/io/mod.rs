@@ -176,10 +176,24 @@ impl Core {
         body: Option<&[u8]>,
         check: impl FnOnce(&mut ChanState) -> Result<T>,
     ) -> Result<T> {
+        let sent = self.send_on_if(channel, frames, body, |st| check(st).map(Some))?;
+        Ok(sent.expect("check always asks to send"))
+    }
+
+    /// Like [`send_on`](Self::send_on), but `check` may return `Ok(None)` to send nothing.
+    pub(crate) fn send_on_if<T>(
+        &self,
+        channel: &ChannelCore,
+        frames: &[u8],
+        body: Option<&[u8]>,
+        check: impl FnOnce(&mut ChanState) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
         self.wait_for_room()?;
         let mut st = channel.lock();
         let value = check(&mut st)?;
-        self.append(frames, body.map(|b| (channel.id, b)))?;
+        if value.is_some() {
+            self.append(frames, body.map(|b| (channel.id, b)))?;
+        }
         drop(st);
         Ok(value)
     }
