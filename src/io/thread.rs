@@ -346,6 +346,10 @@ impl Router {
         Ok(self.channels.get_mut(&channel).expect("inserted above"))
     }
 
+    fn is_known(&self, channel: u16) -> bool {
+        self.channels.contains_key(&channel) || self.core.lock_channels().contains_key(&channel)
+    }
+
     fn mark_dirty(&mut self, channel: &Arc<ChannelCore>) {
         if !self.dirty.iter().any(|c| Arc::ptr_eq(c, channel)) {
             self.dirty.push(channel.clone());
@@ -400,6 +404,14 @@ impl Router {
                 COMMAND_INVALID,
                 format!("method {other:?} on channel 0"),
             )),
+            AMQPFrame::Method(channel, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)))
+                if !self.is_known(channel) =>
+            {
+                // Both sides closed the channel at once: we answered the broker's close and
+                // forgot the channel; this is the answer to ours.
+                log::debug!("channel {channel}: close-ok after a simultaneous close");
+                Ok(None)
+            }
             AMQPFrame::Method(channel, method) => {
                 log::trace!("channel {channel}: {method:?}");
                 self.on_method(channel, method).map(|()| None)
