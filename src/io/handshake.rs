@@ -11,7 +11,7 @@ use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use amq_protocol::uri::SASLMechanism;
 
 use crate::error::{Error, Result, ACCESS_REFUSED};
-use crate::params::{ConnectionParameters, FRAME_MIN_SIZE};
+use crate::params::ConnectionParameters;
 
 /// What the handshake settled on.
 #[derive(Clone, Debug)]
@@ -212,8 +212,10 @@ pub(crate) fn negotiate(params: &ConnectionParameters, tune: &connection::Tune) 
     let channel_max =
         negotiate_limit(params.channel_max as u64, tune.channel_max as u64).min(65535) as u16;
     let channel_max = if channel_max == 0 { 65535 } else { channel_max };
-    let frame_max = negotiate_limit(params.frame_max as u64, tune.frame_max as u64)
-        .clamp(FRAME_MIN_SIZE as u64, u32::MAX as u64) as u32;
+    // Never more than the broker's limit, even below our own 8192 floor (the spec allows
+    // brokers down to 4096): a tune-ok above it would be refused.
+    let frame_max =
+        negotiate_limit(params.frame_max as u64, tune.frame_max as u64).min(u32::MAX as u64) as u32;
     // pika: None takes the broker's value; any number (0 included) is the client's choice.
     let heartbeat = params.heartbeat.unwrap_or(tune.heartbeat);
     Tuned {
@@ -300,7 +302,8 @@ mod tests {
         let t = negotiate(&p, &tune(0, 0, 0));
         assert_eq!((t.channel_max, t.frame_max), (65535, 131_072));
         let p = ConnectionParameters::default().frame_max(10_000);
-        assert_eq!(negotiate(&p, &tune(0, 4096, 0)).frame_max, FRAME_MIN_SIZE);
+        assert_eq!(negotiate(&p, &tune(0, 4096, 0)).frame_max, 4096);
+        assert_eq!(negotiate(&p, &tune(0, 0, 0)).frame_max, 10_000);
     }
 
     #[test]

@@ -113,6 +113,7 @@ mod tests {
             Due::Dead(Duration::from_secs(2))
         );
         hb.received(t0 + Duration::from_secs(2));
-        assert_eq!(hb.poll(t0 + Duration::from_millis(2100)), Due::Nothing);
+        // Alive again; our own heartbeat (last sent at 1.5 s) is due.
+        assert_eq!(hb.poll(t0 + Duration::from_millis(2100)), Due::Send);
     }
 }

@@ -114,7 +114,7 @@ impl IoThread {
             }
             Ok(Exit::ClosedByBroker(error)) => {
                 log::warn!("{error}");
-                let _ = self.flush();
+                self.flush_before_exit();
                 error
             }
             Err(error) => {
@@ -280,8 +280,24 @@ impl IoThread {
         }
     }
 
+    /// Writes what is queued (the close-ok to the broker's close) with the socket back in
+    /// blocking mode, for at most a second.
+    fn flush_before_exit(&mut self) {
+        let tcp = self.stream.tcp();
+        let blocking = tcp
+            .set_nonblocking(false)
+            .and_then(|()| tcp.set_write_timeout(Some(std::time::Duration::from_secs(1))));
+        if blocking.is_ok() {
+            let _ = self.flush();
+        }
+    }
+
     /// Best effort: tell the peer why we are closing (protocol violation), without waiting.
+    /// Skipped when a frame is half written: the close would land inside it.
     fn send_close_now(&mut self, reply_code: u16, reason: &str) {
+        if self.wpos != self.wbuf.len() {
+            return;
+        }
         let text: String = reason.chars().take(200).collect();
         let method = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
             reply_code,

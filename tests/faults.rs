@@ -1,0 +1,667 @@
+//! Faults a real RabbitMQ will not produce, played by a scripted fake broker: oversized frames,
+//! bad frame ends, frames on channels that were never opened, overlong bodies, garbage, a socket
+//! cut mid-frame, silence (during the handshake and after it) and a forced close while several
+//! channels wait. Each test checks the exact typed error and that nothing hangs.
+//!
+//! The fake broker is a `TcpListener` on 127.0.0.1 (port 0) driven by a thread of the test. It
+//! speaks just enough AMQP 0-9-1 (frames encoded and parsed with amq-protocol) to get the client
+//! through the handshake and channel.open, then misbehaves as scripted.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use amq_protocol::frame::{gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, WriteContext};
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass, BasicProperties};
+use amq_protocol::types::FieldTable;
+use cottontail::{Connection, ConnectionParameters, Error};
+
+// ---------------------------------------------------------------------------------------------
+// The fake broker
+// ---------------------------------------------------------------------------------------------
+
+/// How long the fake waits for the client (to connect, or to send a frame) before giving up, so
+/// that a client bug fails the test instead of hanging it.
+const FAKE_PATIENCE: Duration = Duration::from_secs(8);
+
+/// A listening fake broker.
+struct FakeBroker {
+    listener: TcpListener,
+}
+
+impl FakeBroker {
+    fn bind() -> FakeBroker {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake broker");
+        FakeBroker { listener }
+    }
+
+    fn port(&self) -> u16 {
+        self.listener.local_addr().expect("local address").port()
+    }
+
+    /// Accepts one client (within [`FAKE_PATIENCE`]).
+    fn accept(&self) -> Peer {
+        self.listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let deadline = Instant::now() + FAKE_PATIENCE;
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false).expect("blocking stream");
+                    stream
+                        .set_read_timeout(Some(FAKE_PATIENCE))
+                        .expect("read timeout");
+                    stream.set_nodelay(true).expect("nodelay");
+                    return Peer {
+                        stream: Some(stream),
+                        buf: Vec::new(),
+                    };
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "fake broker: no client connected"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("fake broker: accept failed: {e}"),
+            }
+        }
+    }
+
+    /// Accepts one client and runs the whole opening handshake with it (start, tune with
+    /// `heartbeat` and `frame_max`, open).
+    fn accept_and_handshake(&self, heartbeat: u16, frame_max: u32) -> Peer {
+        let mut peer = self.accept();
+        peer.read_protocol_header();
+        peer.send_start();
+        peer.expect_start_ok();
+        peer.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                channel_max: 2047,
+                frame_max,
+                heartbeat,
+            })),
+        );
+        match peer.expect_method() {
+            (0, AMQPClass::Connection(connection::AMQPMethod::TuneOk(ok))) => {
+                assert_eq!(ok.heartbeat, heartbeat, "client's tune-ok heartbeat");
+                assert!(ok.frame_max <= frame_max, "client's tune-ok frame_max");
+            }
+            other => panic!("fake broker: expected connection.tune-ok, got {other:?}"),
+        }
+        match peer.expect_method() {
+            (0, AMQPClass::Connection(connection::AMQPMethod::Open(_))) => {}
+            other => panic!("fake broker: expected connection.open, got {other:?}"),
+        }
+        peer.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+        );
+        peer
+    }
+}
+
+/// The fake broker's side of one client connection.
+struct Peer {
+    /// `None` once the fake closed the socket.
+    stream: Option<TcpStream>,
+    /// Bytes read from the client and not yet parsed.
+    buf: Vec<u8>,
+}
+
+impl Peer {
+    fn stream(&mut self) -> &mut TcpStream {
+        self.stream.as_mut().expect("the fake closed this socket")
+    }
+
+    /// Encodes one frame with amq-protocol.
+    fn encode(frame: &AMQPFrame) -> Vec<u8> {
+        gen_frame(frame)(WriteContext::from(Vec::new()))
+            .expect("encoding a frame")
+            .into_inner()
+            .0
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        let stream = self.stream();
+        stream.write_all(bytes).expect("fake broker: write");
+        stream.flush().expect("fake broker: flush");
+    }
+
+    fn send_frame(&mut self, frame: &AMQPFrame) {
+        self.send_raw(&Self::encode(frame));
+    }
+
+    fn send_method(&mut self, channel: u16, method: AMQPClass) {
+        self.send_frame(&AMQPFrame::Method(channel, method));
+    }
+
+    fn send_start(&mut self) {
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: FieldTable::default(),
+                mechanisms: "PLAIN".into(),
+                locales: "en_US".into(),
+            })),
+        );
+    }
+
+    /// The next frame from the client; `None` at EOF, on a reset or after [`FAKE_PATIENCE`] of
+    /// silence. Streaming: an incomplete frame means "read more".
+    fn read_frame(&mut self) -> Option<AMQPFrame> {
+        loop {
+            if !self.buf.is_empty() {
+                match parse_frame(&self.buf[..]) {
+                    Ok((rest, frame)) => {
+                        let used = self.buf.len() - rest.len();
+                        self.buf.drain(..used);
+                        return Some(frame);
+                    }
+                    Err(e) if e.is_incomplete() => {}
+                    Err(e) => panic!("fake broker: the client sent an unparsable frame: {e}"),
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.as_mut()?.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next method frame, skipping heartbeats; panics on anything else.
+    fn expect_method(&mut self) -> (u16, AMQPClass) {
+        loop {
+            match self.read_frame() {
+                Some(AMQPFrame::Heartbeat) => {}
+                Some(AMQPFrame::Method(channel, method)) => return (channel, method),
+                other => panic!("fake broker: expected a method frame, got {other:?}"),
+            }
+        }
+    }
+
+    fn read_protocol_header(&mut self) {
+        match self.read_frame() {
+            Some(AMQPFrame::ProtocolHeader(_)) => {}
+            other => panic!("fake broker: expected the protocol header, got {other:?}"),
+        }
+    }
+
+    fn expect_start_ok(&mut self) {
+        match self.expect_method() {
+            (0, AMQPClass::Connection(connection::AMQPMethod::StartOk(ok))) => {
+                assert_eq!(ok.mechanism.as_str(), "PLAIN");
+            }
+            other => panic!("fake broker: expected connection.start-ok, got {other:?}"),
+        }
+    }
+
+    /// Reads channel.open on `channel` and answers open-ok.
+    fn open_channel(&mut self, channel: u16) {
+        match self.expect_method() {
+            (ch, AMQPClass::Channel(channel::AMQPMethod::Open(_))) if ch == channel => {}
+            other => panic!("fake broker: expected channel.open on {channel}, got {other:?}"),
+        }
+        self.send_method(
+            channel,
+            AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+        );
+    }
+
+    /// Reads the client's basic.get on `channel`.
+    fn expect_get(&mut self, channel: u16) {
+        match self.expect_method() {
+            (ch, AMQPClass::Basic(basic::AMQPMethod::Get(_))) if ch == channel => {}
+            other => panic!("fake broker: expected basic.get on {channel}, got {other:?}"),
+        }
+    }
+
+    /// Reads the client's basic.qos on `channel`.
+    fn expect_qos(&mut self, channel: u16) {
+        match self.expect_method() {
+            (ch, AMQPClass::Basic(basic::AMQPMethod::Qos(_))) if ch == channel => {}
+            other => panic!("fake broker: expected basic.qos on {channel}, got {other:?}"),
+        }
+    }
+
+    /// Everything the client sends until it closes the socket (or goes silent).
+    fn drain(&mut self) -> Vec<AMQPFrame> {
+        let mut frames = Vec::new();
+        while let Some(frame) = self.read_frame() {
+            frames.push(frame);
+        }
+        frames
+    }
+
+    /// Closes the socket (FIN).
+    fn close(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// The reply code of the first connection.close among `frames`, if any.
+fn connection_close_code(frames: &[AMQPFrame]) -> Option<u16> {
+    frames.iter().find_map(|f| match f {
+        AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(c))) => {
+            Some(c.reply_code)
+        }
+        _ => None,
+    })
+}
+
+/// Starts a fake broker running `script` on its own thread; returns its port and the thread.
+fn spawn_fake<T: Send + 'static>(
+    script: impl FnOnce(FakeBroker) -> T + Send + 'static,
+) -> (u16, JoinHandle<T>) {
+    let broker = FakeBroker::bind();
+    let port = broker.port();
+    (port, std::thread::spawn(move || script(broker)))
+}
+
+fn join<T>(fake: JoinHandle<T>) -> T {
+    match fake.join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Client parameters for the fake on `port`: short timeouts so that a bug fails, not hangs.
+fn params(port: u16) -> ConnectionParameters {
+    ConnectionParameters::new("127.0.0.1")
+        .port(port)
+        .socket_timeout(Duration::from_secs(1))
+        .stack_timeout(Duration::from_secs(2))
+        .rpc_timeout(Duration::from_secs(2))
+}
+
+fn must_fail<T>(result: cottontail::Result<T>, what: &str) -> Error {
+    match result {
+        Ok(_) => panic!("{what} succeeded; it must fail"),
+        Err(e) => e,
+    }
+}
+
+/// The generous bound every failure must arrive within.
+const PROMPT: Duration = Duration::from_secs(5);
+
+fn assert_prompt(started: Instant, what: &str) {
+    let elapsed = started.elapsed();
+    assert!(elapsed < PROMPT, "{what} took {elapsed:?}");
+}
+
+/// Checks that `err` is [`Error::Protocol`] with `reply_code`.
+fn assert_protocol(err: &Error, reply_code: u16) {
+    assert!(
+        matches!(err, Error::Protocol { reply_code: code, .. } if *code == reply_code),
+        "expected Error::Protocol {{ reply_code: {reply_code}, .. }}, got {err:?}"
+    );
+}
+
+/// This process's resident set size, in bytes.
+fn vm_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/self/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS value");
+    kib * 1024
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frame-level violations
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn frame_larger_than_frame_max_closes_connection_with_frame_error() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        peer.expect_get(1);
+        // A body frame header announcing 2 GiB, and nothing after it.
+        peer.send_raw(&[3, 0, 1, 0x80, 0, 0, 0]);
+        peer.drain()
+    });
+    let rss_before = vm_rss();
+    let connection = Connection::open(params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    let started = Instant::now();
+    let err = must_fail(channel.basic_get("q", true), "basic.get");
+    assert_prompt(started, "the frame error");
+    assert_protocol(&err, 501);
+    assert!(connection.is_closed());
+    assert_protocol(&connection.close_reason().expect("a close reason"), 501);
+    let growth = vm_rss().saturating_sub(rss_before);
+    assert!(
+        growth < 64 * 1024 * 1024,
+        "resident memory grew by {growth} bytes after a 2 GiB frame header"
+    );
+    let frames = join(fake);
+    if let Some(code) = connection_close_code(&frames) {
+        assert_eq!(code, 501, "the client's connection.close");
+    }
+}
+
+#[test]
+fn bad_frame_end_octet_closes_connection_with_frame_error() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        peer.expect_qos(1);
+        let mut frame = Peer::encode(&AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+        ));
+        *frame.last_mut().expect("non-empty frame") = 0x00;
+        peer.send_raw(&frame);
+        peer.drain()
+    });
+    let connection = Connection::open(params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    let started = Instant::now();
+    let err = must_fail(channel.basic_qos(0, 1, false), "basic.qos");
+    assert_prompt(started, "the frame error");
+    assert_protocol(&err, 501);
+    assert!(connection.is_closed());
+    let frames = join(fake);
+    if let Some(code) = connection_close_code(&frames) {
+        assert_eq!(code, 501, "the client's connection.close");
+    }
+}
+
+#[test]
+fn frame_on_unopened_channel_closes_with_channel_error() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        peer.expect_qos(1);
+        peer.send_method(
+            9,
+            AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+        );
+        peer.drain()
+    });
+    let connection = Connection::open(params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    let started = Instant::now();
+    let err = must_fail(channel.basic_qos(0, 1, false), "basic.qos");
+    assert_prompt(started, "the channel error");
+    assert_protocol(&err, 504);
+    assert!(connection.is_closed());
+    assert_protocol(&connection.close_reason().expect("a close reason"), 504);
+    let frames = join(fake);
+    if let Some(code) = connection_close_code(&frames) {
+        assert_eq!(code, 504, "the client's connection.close");
+    }
+}
+
+#[test]
+fn body_longer_than_header_announces_is_a_frame_error() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        peer.expect_get(1);
+        let mut bytes = Peer::encode(&AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                delivery_tag: 1,
+                redelivered: false,
+                exchange: "".into(),
+                routing_key: "q".into(),
+                message_count: 0,
+            })),
+        ));
+        bytes.extend(Peer::encode(&AMQPFrame::Header(
+            1,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size: 5,
+                properties: BasicProperties::default(),
+            },
+        )));
+        bytes.extend(Peer::encode(&AMQPFrame::Body(1, b"0123456789".to_vec())));
+        peer.send_raw(&bytes);
+        peer.drain()
+    });
+    let connection = Connection::open(params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    let started = Instant::now();
+    let err = must_fail(channel.basic_get("q", false), "basic.get");
+    assert_prompt(started, "the frame error");
+    assert_protocol(&err, 501);
+    assert!(connection.is_closed());
+    let frames = join(fake);
+    if let Some(code) = connection_close_code(&frames) {
+        assert_eq!(code, 501, "the client's connection.close");
+    }
+}
+
+/// Sends 64 non-AMQP bytes starting with `first` after open, while basic.qos waits.
+fn garbage_case(first: u8) {
+    let (port, fake) = spawn_fake(move |broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        peer.expect_qos(1);
+        // Deterministic pseudo-random bytes (xorshift), the first one chosen by the test.
+        let mut state: u32 = 0x9E37_79B9 ^ u32::from(first);
+        let mut garbage: Vec<u8> = (0..64)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                state as u8
+            })
+            .collect();
+        garbage[0] = first;
+        peer.send_raw(&garbage);
+        peer.drain()
+    });
+    let connection = Connection::open(params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    let started = Instant::now();
+    let err = must_fail(channel.basic_qos(0, 1, false), "basic.qos");
+    assert_prompt(started, "the protocol error");
+    assert!(
+        matches!(err, Error::Protocol { .. }),
+        "garbage starting with {first:#04x}: {err:?}"
+    );
+    assert_eq!(err.reply_code(), Some(501), "{err:?}");
+    assert!(connection.is_closed());
+    join(fake);
+}
+
+#[test]
+fn garbage_bytes_close_the_connection() {
+    // 'A' looks like the start of a protocol header; 0x07 is no frame type at all.
+    garbage_case(b'A');
+    garbage_case(0x07);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The socket goes away
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn peer_closing_socket_mid_frame_is_stream_lost() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        peer.expect_get(1);
+        let frame = Peer::encode(&AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                delivery_tag: 1,
+                redelivered: false,
+                exchange: "some-exchange".into(),
+                routing_key: "some-routing-key".into(),
+                message_count: 0,
+            })),
+        ));
+        // More than the 7-byte frame header, less than the frame.
+        peer.send_raw(&frame[..frame.len() / 2]);
+        std::thread::sleep(Duration::from_millis(50));
+        peer.close();
+    });
+    let connection = Connection::open(params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    let started = Instant::now();
+    let err = must_fail(channel.basic_get("q", true), "basic.get");
+    assert_prompt(started, "the lost stream");
+    assert!(matches!(err, Error::StreamLost { .. }), "{err:?}");
+    assert!(connection.is_closed());
+    join(fake);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Silence
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn peer_silent_after_start_makes_open_time_out() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept();
+        peer.read_protocol_header();
+        peer.send_start();
+        peer.expect_start_ok();
+        // Never answer; just wait for the client to give up.
+        peer.drain()
+    });
+    let started = Instant::now();
+    let err = must_fail(Connection::open(params(port)), "Connection::open");
+    let elapsed = started.elapsed();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "open gave up after {elapsed:?}"
+    );
+    let frames = join(fake);
+    assert!(
+        frames.iter().all(|f| matches!(f, AMQPFrame::Heartbeat)),
+        "the client sent {frames:?} after start-ok"
+    );
+}
+
+#[test]
+fn peer_that_never_sends_start_times_out() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept();
+        peer.read_protocol_header();
+        peer.drain()
+    });
+    let started = Instant::now();
+    let err = must_fail(Connection::open(params(port)), "Connection::open");
+    let elapsed = started.elapsed();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "open gave up after {elapsed:?}"
+    );
+    join(fake);
+}
+
+#[test]
+fn silent_peer_after_open_is_a_heartbeat_timeout() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(1, 131_072);
+        peer.open_channel(1);
+        // Read (the client's heartbeats and its basic.qos) but never send anything.
+        peer.drain()
+    });
+    let connection =
+        Connection::open(params(port).rpc_timeout(Duration::from_secs(10))).expect("open");
+    assert_eq!(connection.heartbeat(), 1, "the broker's heartbeat is taken");
+    let channel = connection.channel().expect("channel");
+    let started = Instant::now();
+    let waiter = std::thread::spawn(move || channel.basic_qos(0, 1, false));
+    let err = must_fail(join(waiter), "basic.qos");
+    let elapsed = started.elapsed();
+    assert!(matches!(err, Error::HeartbeatTimeout { .. }), "{err:?}");
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "the heartbeat timeout took {elapsed:?}"
+    );
+    assert!(connection.is_closed());
+    let frames = join(fake);
+    assert!(
+        frames.iter().any(|f| matches!(f, AMQPFrame::Heartbeat)),
+        "the client sent no heartbeat in 2 s of a 1 s interval: {frames:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The broker closes the connection
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn broker_close_reaches_every_waiter() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        peer.open_channel(2);
+        // Both channels' basic.qos, in whatever order the two threads sent them.
+        let mut waiting = Vec::new();
+        for _ in 0..2 {
+            match peer.expect_method() {
+                (ch, AMQPClass::Basic(basic::AMQPMethod::Qos(_))) => waiting.push(ch),
+                other => panic!("fake broker: expected basic.qos, got {other:?}"),
+            }
+        }
+        waiting.sort_unstable();
+        assert_eq!(waiting, [1, 2]);
+        peer.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: 320,
+                reply_text: "CONNECTION_FORCED - test".into(),
+                class_id: 0,
+                method_id: 0,
+            })),
+        );
+        peer.drain()
+    });
+    let connection = Connection::open(params(port)).expect("open");
+    let first = connection.channel().expect("channel 1");
+    let second = connection.channel().expect("channel 2");
+    assert_eq!((first.channel_number(), second.channel_number()), (1, 2));
+    let started = Instant::now();
+    let waiters: Vec<_> = [first, second]
+        .into_iter()
+        .map(|ch| std::thread::spawn(move || ch.basic_qos(0, 1, false)))
+        .collect();
+    for waiter in waiters {
+        let err = must_fail(join(waiter), "basic.qos");
+        match &err {
+            Error::ConnectionClosed {
+                reply_code: 320,
+                reply_text,
+                ..
+            } => assert_eq!(reply_text, "CONNECTION_FORCED - test"),
+            other => panic!("expected ConnectionClosed 320, got {other:?}"),
+        }
+    }
+    assert_prompt(started, "the broker's close");
+    assert!(connection.is_closed());
+    let frames = join(fake);
+    assert!(
+        frames.iter().any(|f| matches!(
+            f,
+            AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)))
+        )),
+        "the client did not answer connection.close with close-ok: {frames:?}"
+    );
+}
