@@ -6,12 +6,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{
-    basic, channel, confirm, exchange, queue, AMQPClass, BasicProperties,
+    basic, channel, confirm, exchange, queue, tx, AMQPClass, BasicProperties,
 };
+use amq_protocol::types::FieldTable;
 
 use crate::confirms::{ConfirmOutcome, ConfirmTracker};
 use crate::connection::Owner;
-use crate::consumer::ConsumerEntry;
+use crate::consumer::{CancelCallback, ConsumerEntry, ReturnCallback};
 use crate::delivery::GetMessage;
 use crate::error::{Error, Result};
 use crate::io::chan::{ChanState, ChannelCore, Life, Reply};
@@ -41,8 +42,16 @@ pub(crate) struct ChannelHandle {
     pub(crate) owner: Arc<Owner>,
     pub(crate) core: Arc<ChannelCore>,
     pub(crate) consumers: Mutex<HashMap<String, ConsumerEntry>>,
-    /// A thread is inside `start_consuming` on this channel.
+    pub(crate) callbacks: Mutex<ChannelCallbacks>,
+    /// A thread is inside `start_consuming` (or iterating `consume()`) on this channel.
     pub(crate) consuming: AtomicBool,
+}
+
+/// Return and cancel callbacks of a channel.
+#[derive(Default)]
+pub(crate) struct ChannelCallbacks {
+    pub(crate) on_return: Vec<ReturnCallback>,
+    pub(crate) on_cancel: Vec<CancelCallback>,
 }
 
 impl std::fmt::Debug for ChannelHandle {
@@ -101,14 +110,15 @@ pub(crate) fn ensure_open(st: &ChanState) -> Result<()> {
 
 impl Channel {
     pub(crate) fn new(owner: Arc<Owner>, core: Arc<ChannelCore>) -> Channel {
-        Channel {
-            inner: Arc::new(ChannelHandle {
-                owner,
-                core,
-                consumers: Mutex::new(HashMap::new()),
-                consuming: AtomicBool::new(false),
-            }),
-        }
+        let inner = Arc::new(ChannelHandle {
+            owner,
+            core,
+            consumers: Mutex::new(HashMap::new()),
+            callbacks: Mutex::new(ChannelCallbacks::default()),
+            consuming: AtomicBool::new(false),
+        });
+        inner.owner.register_channel(&inner);
+        Channel { inner }
     }
 
     pub(crate) fn core(&self) -> &ChannelCore {
@@ -122,6 +132,13 @@ impl Channel {
     pub(crate) fn lock_consumers(&self) -> MutexGuard<'_, HashMap<String, ConsumerEntry>> {
         self.inner
             .consumers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn lock_callbacks(&self) -> MutexGuard<'_, ChannelCallbacks> {
+        self.inner
+            .callbacks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
@@ -333,6 +350,130 @@ impl Channel {
         match self.rpc(method, "exchange.delete")? {
             Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(_))) => Ok(()),
             other => Err(unexpected("exchange.delete", other)),
+        }
+    }
+
+    /// Binds exchange `destination` to exchange `source` (pika's `exchange_bind(destination,
+    /// source, routing_key='', arguments=None)`), a RabbitMQ extension.
+    pub fn exchange_bind(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<()> {
+        let method = AMQPClass::Exchange(exchange::AMQPMethod::Bind(exchange::Bind {
+            destination: short(destination)?,
+            source: short(source)?,
+            routing_key: short(routing_key)?,
+            nowait: false,
+            arguments,
+        }));
+        match self.rpc(method, "exchange.bind")? {
+            Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::BindOk(_))) => Ok(()),
+            other => Err(unexpected("exchange.bind", other)),
+        }
+    }
+
+    /// Removes an exchange-to-exchange binding (pika's `exchange_unbind(destination=None,
+    /// source=None, routing_key='', arguments=None)`).
+    pub fn exchange_unbind(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<()> {
+        let method = AMQPClass::Exchange(exchange::AMQPMethod::Unbind(exchange::Unbind {
+            destination: short(destination)?,
+            source: short(source)?,
+            routing_key: short(routing_key)?,
+            nowait: false,
+            arguments,
+        }));
+        match self.rpc(method, "exchange.unbind")? {
+            Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(_))) => Ok(()),
+            other => Err(unexpected("exchange.unbind", other)),
+        }
+    }
+
+    /// Removes a queue binding (pika's `queue_unbind(queue, exchange=None, routing_key=None,
+    /// arguments=None)`); with `routing_key: None` the key is the queue's name, as in
+    /// [`queue_bind`](Self::queue_bind).
+    pub fn queue_unbind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        options: QueueBindOptions,
+    ) -> Result<()> {
+        let routing_key = options.routing_key.as_deref().unwrap_or(queue);
+        let method = AMQPClass::Queue(queue::AMQPMethod::Unbind(queue::Unbind {
+            queue: short(queue)?,
+            exchange: short(exchange)?,
+            routing_key: short(routing_key)?,
+            arguments: options.arguments,
+        }));
+        match self.rpc(method, "queue.unbind")? {
+            Reply::Method(AMQPClass::Queue(queue::AMQPMethod::UnbindOk(_))) => Ok(()),
+            other => Err(unexpected("queue.unbind", other)),
+        }
+    }
+
+    /// Asks the broker to redeliver every unacknowledged message of the channel (pika's
+    /// `basic_recover(requeue=False)`). RabbitMQ only implements `requeue=true`; with `false`
+    /// it closes the channel with 540 NOT_IMPLEMENTED, which is reported as
+    /// [`Error::ChannelClosed`].
+    pub fn basic_recover(&self, requeue: bool) -> Result<()> {
+        let method = AMQPClass::Basic(basic::AMQPMethod::Recover(basic::Recover { requeue }));
+        match self.rpc(method, "basic.recover")? {
+            Reply::Method(AMQPClass::Basic(basic::AMQPMethod::RecoverOk(_))) => Ok(()),
+            other => Err(unexpected("basic.recover", other)),
+        }
+    }
+
+    /// Asks the broker to pause (`false`) or resume (`true`) deliveries on this channel
+    /// (pika's `flow(active)`); returns the state the broker confirms. RabbitMQ does not
+    /// implement pausing: `flow(false)` closes the channel with 540 NOT_IMPLEMENTED.
+    pub fn flow(&self, active: bool) -> Result<bool> {
+        let method = AMQPClass::Channel(channel::AMQPMethod::Flow(channel::Flow { active }));
+        match self.rpc(method, "channel.flow")? {
+            Reply::Method(AMQPClass::Channel(channel::AMQPMethod::FlowOk(ok))) => Ok(ok.active),
+            other => Err(unexpected("channel.flow", other)),
+        }
+    }
+
+    /// Puts the channel in transaction mode (pika's `tx_select`): publishes and acks take
+    /// effect at [`tx_commit`](Self::tx_commit) and are dropped by
+    /// [`tx_rollback`](Self::tx_rollback).
+    pub fn tx_select(&self) -> Result<()> {
+        match self.rpc(
+            AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {})),
+            "tx.select",
+        )? {
+            Reply::Method(AMQPClass::Tx(tx::AMQPMethod::SelectOk(_))) => Ok(()),
+            other => Err(unexpected("tx.select", other)),
+        }
+    }
+
+    /// Commits the current transaction (pika's `tx_commit`).
+    pub fn tx_commit(&self) -> Result<()> {
+        match self.rpc(
+            AMQPClass::Tx(tx::AMQPMethod::Commit(tx::Commit {})),
+            "tx.commit",
+        )? {
+            Reply::Method(AMQPClass::Tx(tx::AMQPMethod::CommitOk(_))) => Ok(()),
+            other => Err(unexpected("tx.commit", other)),
+        }
+    }
+
+    /// Discards the current transaction's publishes and acks (pika's `tx_rollback`).
+    pub fn tx_rollback(&self) -> Result<()> {
+        match self.rpc(
+            AMQPClass::Tx(tx::AMQPMethod::Rollback(tx::Rollback {})),
+            "tx.rollback",
+        )? {
+            Reply::Method(AMQPClass::Tx(tx::AMQPMethod::RollbackOk(_))) => Ok(()),
+            other => Err(unexpected("tx.rollback", other)),
         }
     }
 

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use amq_protocol::protocol::{channel, AMQPClass};
-use amq_protocol::types::FieldTable;
+use amq_protocol::protocol::{channel, connection, AMQPClass};
+use amq_protocol::types::{AMQPValue, FieldTable};
 
 use crate::channel::Channel;
 use crate::error::{Error, Result};
@@ -37,9 +37,19 @@ pub struct Connection {
 pub type BlockingConnection = Connection;
 
 /// Shared by every handle of a connection; closes the connection when the last one goes.
-#[derive(Debug)]
 pub(crate) struct Owner {
     pub(crate) core: Arc<Core>,
+    pub(crate) dispatch: std::sync::Mutex<crate::events::Dispatch>,
+}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("host", &self.core.params.host)
+            .field("port", &self.core.params.port)
+            .field("virtual_host", &self.core.params.virtual_host)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Owner {
@@ -56,9 +66,18 @@ impl Connection {
     /// all within the parameters' `stack_timeout`.
     pub fn open(params: ConnectionParameters) -> Result<Connection> {
         let core = Core::open(params)?;
-        Ok(Connection {
-            owner: Arc::new(Owner { core }),
-        })
+        Ok(Connection::from_owner(Arc::new(Owner {
+            core,
+            dispatch: Default::default(),
+        })))
+    }
+
+    pub(crate) fn from_owner(owner: Arc<Owner>) -> Connection {
+        Connection { owner }
+    }
+
+    pub(crate) fn owner(&self) -> &Arc<Owner> {
+        &self.owner
     }
 
     /// Opens a connection from an `amqp://` or `amqps://` URL (pika's `URLParameters`).
@@ -157,6 +176,59 @@ impl Connection {
     /// The broker's server properties (product, version, capabilities...).
     pub fn server_properties(&self) -> &FieldTable {
         self.core().server_properties()
+    }
+
+    /// True when the broker advertises the named capability in its server properties.
+    fn capability(&self, name: &str) -> bool {
+        match self.server_properties().inner().get("capabilities") {
+            Some(AMQPValue::FieldTable(caps)) => {
+                matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
+            }
+            _ => false,
+        }
+    }
+
+    /// The broker supports basic.nack (pika's `basic_nack_supported`).
+    pub fn basic_nack_supported(&self) -> bool {
+        self.capability("basic.nack")
+    }
+
+    /// The broker sends basic.cancel when a consumer's queue goes (pika's
+    /// `consumer_cancel_notify_supported`).
+    pub fn consumer_cancel_notify_supported(&self) -> bool {
+        self.capability("consumer_cancel_notify")
+    }
+
+    /// The broker supports exchange-to-exchange bindings (pika's
+    /// `exchange_exchange_bindings_supported`).
+    pub fn exchange_exchange_bindings_supported(&self) -> bool {
+        self.capability("exchange_exchange_bindings")
+    }
+
+    /// The broker supports publisher confirms (pika's `publisher_confirms_supported`).
+    pub fn publisher_confirms_supported(&self) -> bool {
+        self.capability("publisher_confirms")
+    }
+
+    /// True while the broker has the connection blocked (memory or disk alarm).
+    pub fn is_blocked(&self) -> bool {
+        self.core().lock_link().blocked
+    }
+
+    /// Replaces the secret (password or token) the connection authenticated with and waits
+    /// for the broker to accept it (pika's `update_secret(new_secret, reason)`), at most the
+    /// RPC timeout. The secret is never logged.
+    pub fn update_secret(&self, new_secret: &str, reason: &str) -> Result<()> {
+        let core = self.core();
+        let seen = core.lock_link().secret_updates;
+        let method = AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(
+            connection::UpdateSecret {
+                new_secret: new_secret.into(),
+                reason: crate::io::short(reason)?,
+            },
+        ));
+        core.send_connection_method(method)?;
+        core.wait_secret_update(seen, core.params.rpc_timeout)
     }
 
     /// The negotiated highest channel number.

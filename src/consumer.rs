@@ -1,14 +1,22 @@
-//! Consuming with callbacks: `basic_consume`, `basic_cancel`, `start_consuming`,
-//! `stop_consuming`. Callbacks run on the thread that calls `start_consuming`, never on the
-//! I/O thread, so a slow callback cannot stop heartbeats.
+//! Consuming: `basic_consume` with callbacks and `start_consuming` / `stop_consuming`, the
+//! `consume()` iterator, `basic_cancel`, and the return and cancel callbacks.
+//!
+//! Everything user-supplied runs on the thread that consumes (inside `start_consuming` or while
+//! iterating `consume()`), never on the I/O thread, so a slow callback cannot stop heartbeats.
+//! Both ways share one pump: it takes the channel's next event (a delivery, a returned message,
+//! a broker cancel) and runs the callback it belongs to, or hands a delivery to the iterator
+//! that asked for it, as pika's `process_data_events` does.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use amq_protocol::protocol::basic::{self, Deliver};
+use amq_protocol::protocol::basic::{self, Deliver, Return};
 use amq_protocol::protocol::{AMQPClass, BasicProperties};
+use amq_protocol::types::FieldTable;
 
 use crate::channel::Channel;
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Returned};
 use crate::error::{Error, Result};
 use crate::io::chan::Reply;
 use crate::io::{short, INBOUND_CHANNEL_LIMIT};
@@ -20,10 +28,76 @@ use crate::options::BasicConsumeOptions;
 pub type ConsumerCallback =
     Box<dyn FnMut(&Channel, &Deliver, &BasicProperties, &[u8]) -> Result<()> + Send>;
 
+/// A return callback: pika's `add_on_return_callback` callback `(channel, method, properties, body)`.
+pub type ReturnCallback = Box<dyn FnMut(&Channel, &Return, &BasicProperties, &[u8]) + Send>;
+
+/// A cancel callback, called with the consumer tag the broker cancelled (pika's
+/// `add_on_cancel_callback`).
+pub type CancelCallback = Box<dyn FnMut(&Channel, &str) + Send>;
+
 pub(crate) struct ConsumerEntry {
-    /// `None` while the callback is running (taken out so it may call channel methods).
-    callback: Option<ConsumerCallback>,
+    /// `Some` for a callback consumer; the inner `None` while the callback runs (it is taken
+    /// out so it may call channel methods). `None` for a `consume()` iterator.
+    callback: Option<Option<ConsumerCallback>>,
     auto_ack: bool,
+    /// Deliveries waiting for an iterator, or for a consumer being cancelled.
+    pending: VecDeque<Delivery>,
+    /// basic.cancel sent: deliveries are kept in `pending`, no callback runs.
+    cancelling: bool,
+}
+
+/// Keyword arguments of [`Channel::consume`] (pika's `consume(queue, auto_ack=False,
+/// exclusive=False, arguments=None, inactivity_timeout=None, consumer_tag=None)`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConsumeOptions {
+    /// The broker considers messages acknowledged once sent. Defaults to `false`.
+    pub auto_ack: bool,
+    /// Be the queue's only consumer. Defaults to `false`.
+    pub exclusive: bool,
+    /// Consumer arguments. Defaults to empty.
+    pub arguments: FieldTable,
+    /// Yield [`Consumed::Inactive`] after this long without a message. Defaults to `None`
+    /// (wait for ever).
+    pub inactivity_timeout: Option<Duration>,
+    /// The consumer tag. Defaults to `None`: cottontail makes a unique one.
+    pub consumer_tag: Option<String>,
+}
+
+/// An item of the [`Consumer`] iterator.
+// Items are moved out at once; boxing the delivery would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Consumed {
+    /// A message.
+    Delivery(Delivery),
+    /// Nothing arrived within the inactivity timeout (pika yields `(None, None, None)`).
+    Inactive,
+}
+
+/// The blocking iterator returned by [`Channel::consume`].
+///
+/// Yields `Ok(Consumed::Delivery(..))` per message and `Ok(Consumed::Inactive)` after each
+/// inactivity timeout. It ends (returns `None`) when the consumer is cancelled, by
+/// [`cancel`](Self::cancel) or by the broker (queue deleted); when the channel or connection
+/// closes it yields that error once and then ends. Callbacks of other consumers on the same
+/// channel run while it waits, as in pika.
+#[derive(Debug)]
+pub struct Consumer {
+    channel: Channel,
+    tag: String,
+    inactivity_timeout: Option<Duration>,
+    done: bool,
+}
+
+pub(crate) enum Pumped {
+    /// A delivery for the iterator that asked.
+    Mine(Box<Delivery>),
+    /// Something was handled; look again.
+    Progress,
+    /// The deadline passed with nothing to do.
+    TimedOut,
+    /// No consumer left (start_consuming) or the iterator's consumer is gone.
+    Finished,
 }
 
 impl Channel {
@@ -51,23 +125,75 @@ impl Channel {
     where
         F: FnMut(&Channel, &Deliver, &BasicProperties, &[u8]) -> Result<()> + Send + 'static,
     {
-        let tag = match options.consumer_tag {
-            Some(tag) => tag,
-            // pika's form: ctag<channel>.<uuid hex>
-            None => format!(
+        self.start_consumer(
+            queue,
+            Some(Box::new(callback)),
+            options.auto_ack,
+            options.exclusive,
+            options.consumer_tag,
+            options.arguments,
+        )
+    }
+
+    /// Starts a consumer and iterates over its messages (pika's `consume()` generator).
+    ///
+    /// ```no_run
+    /// # let connection = cottontail::Connection::open(Default::default())?;
+    /// # let channel = connection.channel()?;
+    /// use std::time::Duration;
+    /// use cottontail::{ConsumeOptions, Consumed};
+    ///
+    /// let options = ConsumeOptions { inactivity_timeout: Some(Duration::from_secs(1)), ..Default::default() };
+    /// for item in channel.consume("hello", options)? {
+    ///     match item? {
+    ///         Consumed::Delivery(d) => channel.basic_ack(d.method.delivery_tag, false)?,
+    ///         Consumed::Inactive => break,
+    ///     }
+    /// }
+    /// # Ok::<(), cottontail::Error>(())
+    /// ```
+    pub fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer> {
+        let tag = self.start_consumer(
+            queue,
+            None,
+            options.auto_ack,
+            options.exclusive,
+            options.consumer_tag,
+            options.arguments,
+        )?;
+        Ok(Consumer {
+            channel: self.clone(),
+            tag,
+            inactivity_timeout: options.inactivity_timeout,
+            done: false,
+        })
+    }
+
+    fn start_consumer(
+        &self,
+        queue: &str,
+        callback: Option<ConsumerCallback>,
+        auto_ack: bool,
+        exclusive: bool,
+        consumer_tag: Option<String>,
+        arguments: FieldTable,
+    ) -> Result<String> {
+        // pika's form: ctag<channel>.<uuid hex>
+        let tag = consumer_tag.unwrap_or_else(|| {
+            format!(
                 "ctag{}.{}",
                 self.channel_number(),
                 uuid::Uuid::new_v4().simple()
-            ),
-        };
+            )
+        });
         let method = AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
             queue: short(queue)?,
             consumer_tag: short(&tag)?,
             no_local: false,
-            no_ack: options.auto_ack,
-            exclusive: options.exclusive,
+            no_ack: auto_ack,
+            exclusive,
             nowait: false,
-            arguments: options.arguments,
+            arguments,
         }));
         {
             let mut consumers = self.lock_consumers();
@@ -77,8 +203,10 @@ impl Channel {
             consumers.insert(
                 tag.clone(),
                 ConsumerEntry {
-                    callback: Some(Box::new(callback)),
-                    auto_ack: options.auto_ack,
+                    callback: callback.map(Some),
+                    auto_ack,
+                    pending: VecDeque::new(),
+                    cancelling: false,
                 },
             );
         }
@@ -98,18 +226,31 @@ impl Channel {
     }
 
     /// Cancels a consumer (pika's `basic_cancel`). Returns the messages of an `auto_ack`
-    /// consumer that arrived but were not yet handed to its callback; those of a manual-ack
-    /// consumer are rejected with requeue so the broker delivers them again at once.
+    /// consumer that arrived but were not yet handed to it; those of a manual-ack consumer are
+    /// rejected with requeue so the broker delivers them again at once. Cancelling an unknown
+    /// tag does nothing.
     pub fn basic_cancel(&self, consumer_tag: &str) -> Result<Vec<Delivery>> {
-        let Some(entry) = self.lock_consumers().remove(consumer_tag) else {
-            return Ok(Vec::new());
+        let auto_ack = match self.lock_consumers().get_mut(consumer_tag) {
+            Some(entry) if !entry.cancelling => {
+                entry.cancelling = true;
+                entry.auto_ack
+            }
+            _ => return Ok(Vec::new()),
         };
-        self.wake_consumer_loop();
         let method = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
             consumer_tag: short(consumer_tag)?,
             nowait: false,
         }));
-        match self.rpc(method, "basic.cancel")? {
+        let reply = self.rpc(method, "basic.cancel");
+        // Whatever happened, the consumer is gone for us; what it had not handed out is taken.
+        let mut pending = self
+            .lock_consumers()
+            .remove(consumer_tag)
+            .map(|e| e.pending)
+            .unwrap_or_default();
+        pending.extend(self.take_queued(consumer_tag));
+        self.wake_consumer_loop();
+        match reply? {
             Reply::Method(AMQPClass::Basic(basic::AMQPMethod::CancelOk(_))) => {}
             _ => {
                 return Err(Error::protocol(
@@ -118,9 +259,8 @@ impl Channel {
                 ))
             }
         }
-        let pending = self.take_pending(consumer_tag);
-        if entry.auto_ack {
-            return Ok(pending);
+        if auto_ack {
+            return Ok(pending.into());
         }
         for delivery in pending {
             self.basic_reject(delivery.method.delivery_tag, true)?;
@@ -128,19 +268,20 @@ impl Channel {
         Ok(Vec::new())
     }
 
-    /// Removes the queued, undispatched deliveries of one consumer.
-    fn take_pending(&self, consumer_tag: &str) -> Vec<Delivery> {
+    /// Removes the channel-queued, undispatched deliveries of one consumer.
+    fn take_queued(&self, consumer_tag: &str) -> Vec<Delivery> {
         let mut st = self.core().lock();
-        let mut taken = Vec::new();
-        let mut kept = std::collections::VecDeque::with_capacity(st.deliveries.len());
-        for d in st.deliveries.drain(..) {
-            if d.method.consumer_tag.as_str() == consumer_tag {
-                taken.push(d);
-            } else {
-                kept.push_back(d);
-            }
+        if !st
+            .deliveries
+            .iter()
+            .any(|d| d.method.consumer_tag.as_str() == consumer_tag)
+        {
+            return Vec::new();
         }
-        st.deliveries = kept;
+        let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut st.deliveries)
+            .into_iter()
+            .partition(|d| d.method.consumer_tag.as_str() == consumer_tag);
+        st.deliveries = kept.into();
         st.buffered -= taken.iter().map(|d| d.body.len()).sum::<usize>();
         taken
     }
@@ -152,18 +293,42 @@ impl Channel {
 
     /// The tags of this channel's consumers (pika's `consumer_tags`).
     pub fn consumer_tags(&self) -> Vec<String> {
-        self.lock_consumers().keys().cloned().collect()
+        self.lock_consumers()
+            .iter()
+            .filter(|(_, e)| !e.cancelling)
+            .map(|(tag, _)| tag.clone())
+            .collect()
     }
 
     /// Cancels every consumer of the channel (pika's `stop_consuming()`), which makes
     /// [`start_consuming`](Self::start_consuming) return. Callable from a callback or from
     /// another thread.
     pub fn stop_consuming(&self) -> Result<()> {
-        let tags = self.consumer_tags();
-        for tag in tags {
+        for tag in self.consumer_tags() {
             self.basic_cancel(&tag)?;
         }
         Ok(())
+    }
+
+    /// Registers a callback for mandatory messages the broker returns as unroutable (pika's
+    /// `add_on_return_callback`). It runs on the consuming thread, inside
+    /// [`start_consuming`](Self::start_consuming) or while iterating [`consume`](Self::consume).
+    pub fn add_on_return_callback<F>(&self, callback: F)
+    where
+        F: FnMut(&Channel, &Return, &BasicProperties, &[u8]) + Send + 'static,
+    {
+        self.lock_callbacks().on_return.push(Box::new(callback));
+        self.wake_consumer_loop();
+    }
+
+    /// Registers a callback for consumers the broker cancels, e.g. because their queue was
+    /// deleted (pika's `add_on_cancel_callback`). The consumer is removed, and
+    /// `start_consuming` returns once no consumer is left.
+    pub fn add_on_cancel_callback<F>(&self, callback: F)
+    where
+        F: FnMut(&Channel, &str) + Send + 'static,
+    {
+        self.lock_callbacks().on_cancel.push(Box::new(callback));
     }
 
     /// Runs consumer callbacks on this thread until every consumer of the channel is cancelled
@@ -173,72 +338,246 @@ impl Channel {
     /// Calling it from inside a callback of the same channel, or while another thread is in
     /// it, is [`Error::Reentrancy`].
     pub fn start_consuming(&self) -> Result<()> {
+        let _guard = self.enter_consuming()?;
+        let owner = &self.inner.owner;
+        loop {
+            let seen = owner.core.conn_work.load(Ordering::SeqCst);
+            owner.run_connection_callbacks();
+            match self.pump(None, owner.next_timer(), Some(seen))? {
+                Pumped::Finished => return Ok(()),
+                Pumped::Mine(_) | Pumped::Progress | Pumped::TimedOut => {}
+            }
+        }
+    }
+
+    pub(crate) fn enter_consuming(&self) -> Result<ConsumingGuard<'_>> {
         if self.inner.consuming.swap(true, Ordering::SeqCst) {
             return Err(Error::Reentrancy);
         }
-        struct Reset<'a>(&'a Channel);
-        impl Drop for Reset<'_> {
-            fn drop(&mut self) {
-                self.0.inner.consuming.store(false, Ordering::SeqCst);
-            }
-        }
-        let _reset = Reset(self);
-        while let Some(delivery) = self.next_delivery()? {
-            self.dispatch(delivery)?;
-        }
-        Ok(())
+        Ok(ConsumingGuard(self))
     }
 
-    /// Waits for the next delivery; `None` once no consumer is left.
-    fn next_delivery(&self) -> Result<Option<Delivery>> {
+    /// Waits (until `deadline`, for ever if `None`) for the channel's next event and handles
+    /// it. `want` is the tag of the iterator asking, if any. With `seen_work`, it also returns
+    /// as soon as connection-level work (timers, threadsafe callbacks) appears.
+    pub(crate) fn pump(
+        &self,
+        want: Option<&str>,
+        deadline: Option<Instant>,
+        seen_work: Option<u64>,
+    ) -> Result<Pumped> {
         let core = self.core();
+        let conn = &self.inner.owner.core;
         let mut st = core.lock();
         loop {
+            if seen_work.is_some_and(|seen| conn.conn_work.load(Ordering::SeqCst) != seen) {
+                return Ok(Pumped::Progress);
+            }
+            if let Some(tag) = want {
+                let mut consumers = self.lock_consumers();
+                match consumers.get_mut(tag) {
+                    Some(entry) if !entry.cancelling => {
+                        if let Some(d) = entry.pending.pop_front() {
+                            return Ok(Pumped::Mine(Box::new(d)));
+                        }
+                    }
+                    _ => return Ok(Pumped::Finished),
+                }
+            }
             if let Some(delivery) = st.deliveries.pop_front() {
                 st.buffered -= delivery.body.len();
                 let buffered = st.buffered;
                 drop(st);
-                let conn = &self.inner.owner.core;
                 if buffered <= INBOUND_CHANNEL_LIMIT / 2 && conn.read_paused.load(Ordering::SeqCst)
                 {
                     conn.wake();
                 }
-                return Ok(Some(delivery));
+                return self.route(delivery, want);
+            }
+            if !st.returns.is_empty() && !self.lock_callbacks().on_return.is_empty() {
+                let returned = st.returns.pop_front().expect("not empty");
+                drop(st);
+                self.run_return_callbacks(returned);
+                return Ok(Pumped::Progress);
             }
             if !st.cancelled.is_empty() {
-                let mut consumers = self.lock_consumers();
-                for tag in st.cancelled.drain(..) {
-                    consumers.remove(&tag);
+                let tags: Vec<String> = st.cancelled.drain(..).collect();
+                drop(st);
+                for tag in &tags {
+                    self.lock_consumers().remove(tag);
+                    self.run_cancel_callbacks(tag);
                 }
+                return Ok(Pumped::Progress);
             }
             if let Some(e) = st.closed_error() {
                 return Err(e);
             }
-            if self.lock_consumers().is_empty() {
-                return Ok(None);
+            if want.is_none() && self.lock_consumers().is_empty() {
+                return Ok(Pumped::Finished);
             }
-            st = core.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = match deadline {
+                None => core.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(Pumped::TimedOut);
+                    }
+                    core.cond
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
         }
     }
 
-    /// Runs the callback of the delivery's consumer.
-    fn dispatch(&self, delivery: Delivery) -> Result<()> {
+    /// Hands a delivery to whoever it belongs to.
+    fn route(&self, delivery: Delivery, want: Option<&str>) -> Result<Pumped> {
         let tag = delivery.method.consumer_tag.as_str();
-        let taken = self
+        if want == Some(tag) {
+            return Ok(Pumped::Mine(Box::new(delivery)));
+        }
+        let mut consumers = self.lock_consumers();
+        let Some(entry) = consumers.get_mut(tag) else {
+            // Cannot happen while cancels keep their entry until cancel-ok; if it does, leave
+            // the message unacked: the broker requeues it when the channel closes.
+            log::warn!("dropping a delivery for unknown consumer {tag}");
+            return Ok(Pumped::Progress);
+        };
+        let callback = match &mut entry.callback {
+            Some(slot) if !entry.cancelling => slot.take(),
+            _ => None,
+        };
+        let Some(mut callback) = callback else {
+            // An iterator's message (or a cancelling consumer's): keep it for its owner.
+            entry.pending.push_back(delivery);
+            drop(consumers);
+            self.wake_consumer_loop();
+            return Ok(Pumped::Progress);
+        };
+        drop(consumers);
+        let result = callback(self, &delivery.method, &delivery.properties, &delivery.body);
+        if let Some(Some(slot)) = self
             .lock_consumers()
             .get_mut(tag)
-            .and_then(|e| e.callback.take());
-        let Some(mut callback) = taken else {
-            // Its consumer was cancelled while we took the message. Whether it was auto-acked
-            // is gone with the consumer, so leave it: unacked, the broker requeues it when the
-            // channel closes.
-            log::debug!("dropping a delivery for cancelled consumer {tag}");
-            return Ok(());
-        };
-        let result = callback(self, &delivery.method, &delivery.properties, &delivery.body);
-        if let Some(entry) = self.lock_consumers().get_mut(tag) {
-            entry.callback = Some(callback);
+            .map(|e| e.callback.as_mut())
+        {
+            *slot = Some(callback);
         }
-        result
+        result.map(|()| Pumped::Progress)
+    }
+
+    fn run_return_callbacks(&self, returned: Returned) {
+        let mut callbacks = std::mem::take(&mut self.lock_callbacks().on_return);
+        for cb in &mut callbacks {
+            cb(self, &returned.method, &returned.properties, &returned.body);
+        }
+        let mut slot = self.lock_callbacks();
+        callbacks.append(&mut slot.on_return);
+        slot.on_return = callbacks;
+    }
+
+    fn run_cancel_callbacks(&self, tag: &str) {
+        let mut callbacks = std::mem::take(&mut self.lock_callbacks().on_cancel);
+        for cb in &mut callbacks {
+            cb(self, tag);
+        }
+        let mut slot = self.lock_callbacks();
+        callbacks.append(&mut slot.on_cancel);
+        slot.on_cancel = callbacks;
+    }
+}
+
+/// Clears the channel's "a thread is consuming" flag when the consuming call returns.
+pub(crate) struct ConsumingGuard<'a>(&'a Channel);
+
+impl Drop for ConsumingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.inner.consuming.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Consumer {
+    /// The consumer tag.
+    pub fn consumer_tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Messages received for this consumer and not yet yielded (pika's
+    /// `get_waiting_message_count`).
+    pub fn get_waiting_message_count(&self) -> usize {
+        let queued = self
+            .channel
+            .core()
+            .lock()
+            .deliveries
+            .iter()
+            .filter(|d| d.method.consumer_tag.as_str() == self.tag)
+            .count();
+        let pending = self
+            .channel
+            .lock_consumers()
+            .get(&self.tag)
+            .map_or(0, |e| e.pending.len());
+        queued + pending
+    }
+
+    /// Cancels the consumer (pika's `cancel()`): messages received but not yet yielded are
+    /// rejected with requeue (for a manual-ack consumer) and their number returned. Messages
+    /// already yielded are the caller's to ack.
+    pub fn cancel(mut self) -> Result<usize> {
+        self.done = true;
+        let waiting = self.get_waiting_message_count();
+        let returned = self.channel.basic_cancel(&self.tag)?;
+        Ok(if returned.is_empty() { waiting } else { 0 })
+    }
+}
+
+impl Iterator for Consumer {
+    type Item = Result<Consumed>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let guard = match self.channel.enter_consuming() {
+            Ok(guard) => guard,
+            Err(e) => return Some(Err(e)),
+        };
+        let deadline = self.inactivity_timeout.map(|t| Instant::now() + t);
+        let owner = &self.channel.inner.owner;
+        loop {
+            let seen = owner.core.conn_work.load(Ordering::SeqCst);
+            owner.run_connection_callbacks();
+            let wake = match (deadline, owner.next_timer()) {
+                (Some(d), Some(t)) => Some(d.min(t)),
+                (d, t) => d.or(t),
+            };
+            let pumped = guard.0.pump(Some(&self.tag), wake, Some(seen));
+            match pumped {
+                Ok(Pumped::TimedOut) if deadline.is_some_and(|d| Instant::now() < d) => {}
+                Ok(Pumped::Mine(delivery)) => return Some(Ok(Consumed::Delivery(*delivery))),
+                Ok(Pumped::Progress) => {}
+                Ok(Pumped::TimedOut) => return Some(Ok(Consumed::Inactive)),
+                Ok(Pumped::Finished) => {
+                    self.done = true;
+                    return None;
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Err(e) = self.channel.basic_cancel(&self.tag) {
+                log::debug!("cancelling consumer {} on drop: {e}", self.tag);
+            }
+        }
     }
 }

@@ -93,6 +93,7 @@ mod connection;
 mod consumer;
 mod delivery;
 mod error;
+mod events;
 mod io;
 mod options;
 mod params;
@@ -101,9 +102,14 @@ mod transport;
 pub use crate::channel::{BlockingChannel, Channel};
 pub use crate::confirms::ConfirmOutcome;
 pub use crate::connection::{BlockingConnection, Connection};
-pub use crate::consumer::ConsumerCallback;
+pub use crate::consumer::{
+    CancelCallback, ConsumeOptions, Consumed, Consumer, ConsumerCallback, ReturnCallback,
+};
 pub use crate::delivery::{Delivery, GetMessage, Returned};
 pub use crate::error::{Error, Result};
+pub use crate::events::{
+    BlockedCallback, ThreadsafeCallback, TimeoutId, TimerCallback, UnblockedCallback,
+};
 pub use crate::options::{
     BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOk,
     QueueDeclareOptions, QueueDeleteOptions,

@@ -46,6 +46,19 @@ pub(crate) struct Link {
     pub(crate) closing: Option<(u16, String)>,
     /// The broker sent connection.blocked (resource alarm) and no unblocked yet.
     pub(crate) blocked: bool,
+    /// update-secret-ok replies received (a counter, so a waiter can tell a new one).
+    pub(crate) secret_updates: u64,
+}
+
+/// Activity the user-side dispatcher (`process_data_events`) waits for.
+#[derive(Debug, Default)]
+pub(crate) struct Activity {
+    /// Bumped whenever something arrived that a waiter may act on.
+    pub(crate) generation: u64,
+    /// Threads waiting in [`Core::wait_activity`]; nobody is signalled when it is 0.
+    pub(crate) waiters: usize,
+    /// connection.blocked (`Some(reason)`) and unblocked (`None`) not yet seen by callbacks.
+    pub(crate) blocked_events: std::collections::VecDeque<Option<String>>,
 }
 
 /// Everything the connection handles and the I/O thread share.
@@ -55,9 +68,14 @@ pub(crate) struct Core {
     pub(crate) tuned: Tuned,
     link: Mutex<Link>,
     /// Signalled when the outbound buffer drains and when the connection closes.
-    link_cond: Condvar,
+    pub(crate) link_cond: Condvar,
     waker: mio::Waker,
     pub(crate) channels: Mutex<HashMap<u16, Arc<ChannelCore>>>,
+    pub(crate) activity: Mutex<Activity>,
+    pub(crate) activity_cond: Condvar,
+    /// Bumped when connection-level work appears for the consuming threads (a threadsafe
+    /// callback, a timer, a blocked/unblocked event); see [`Core::kick`].
+    pub(crate) conn_work: std::sync::atomic::AtomicU64,
     /// The I/O thread stopped reading because a channel holds too many deliveries.
     pub(crate) read_paused: AtomicBool,
     /// Tells the I/O thread to stop now (close deadline passed).
@@ -94,10 +112,14 @@ impl Core {
                 closed: None,
                 closing: None,
                 blocked: false,
+                secret_updates: 0,
             }),
             link_cond: Condvar::new(),
+            activity: Mutex::new(Activity::default()),
+            activity_cond: Condvar::new(),
             waker,
             channels: Mutex::new(HashMap::new()),
+            conn_work: std::sync::atomic::AtomicU64::new(0),
             read_paused: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             thread: Mutex::new(None),
@@ -198,6 +220,95 @@ impl Core {
         Ok(value)
     }
 
+    pub(crate) fn lock_activity(&self) -> MutexGuard<'_, Activity> {
+        self.activity.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells threads in [`wait_activity`](Self::wait_activity) that something happened.
+    pub(crate) fn signal_activity(&self) {
+        let mut activity = self.lock_activity();
+        // Always bumped, so a waiter that read the generation before this sees the change;
+        // the (costly) notify only when someone waits.
+        activity.generation += 1;
+        let waiters = activity.waiters;
+        drop(activity);
+        if waiters > 0 {
+            self.activity_cond.notify_all();
+        }
+    }
+
+    /// Waits until [`signal_activity`](Self::signal_activity) is called after `generation` was
+    /// read, or until `deadline`.
+    pub(crate) fn wait_activity(&self, generation: u64, deadline: Instant) {
+        let mut activity = self.lock_activity();
+        activity.waiters += 1;
+        while activity.generation == generation && self.closed_error().is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            activity = self
+                .activity_cond
+                .wait_timeout(activity, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        activity.waiters -= 1;
+    }
+
+    /// The current activity generation: read it before looking for work, then pass it to
+    /// [`wait_activity`](Self::wait_activity) so nothing that arrives in between is missed.
+    pub(crate) fn activity_generation(&self) -> u64 {
+        self.lock_activity().generation
+    }
+
+    /// Announces connection-level work to every consuming thread: bumps `conn_work`, then
+    /// wakes each channel's waiters under its lock (so none misses it) and the activity waiters.
+    pub(crate) fn kick(&self) {
+        self.conn_work.fetch_add(1, Ordering::SeqCst);
+        let channels: Vec<_> = self.lock_channels().values().cloned().collect();
+        for channel in channels {
+            let _st = channel.lock();
+            channel.cond.notify_all();
+        }
+        self.signal_activity();
+    }
+
+    /// Queues a method on channel 0.
+    pub(crate) fn send_connection_method(&self, method: AMQPClass) -> Result<()> {
+        with_scratch(|buf| {
+            codec::encode_method(buf, 0, method)?;
+            self.wait_for_room()?;
+            self.append(buf, None)
+        })
+    }
+
+    /// Waits until the update-secret-ok counter passes `seen`, at most `timeout`.
+    pub(crate) fn wait_secret_update(&self, seen: u64, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut link = self.lock_link();
+        loop {
+            if link.secret_updates > seen {
+                return Ok(());
+            }
+            if let Some(e) = &link.closed {
+                return Err(e.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::timeout(
+                    "waiting for connection.update-secret-ok",
+                    timeout,
+                ));
+            }
+            link = self
+                .link_cond
+                .wait_timeout(link, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     /// Wakes the I/O thread (to flush, to resume reading, or to shut down).
     pub(crate) fn wake(&self) {
         if let Err(e) = self.waker.wake() {
@@ -268,6 +379,8 @@ impl Core {
         let error = link.closed.get_or_insert(error).clone();
         drop(link);
         self.link_cond.notify_all();
+        self.lock_activity().generation += 1;
+        self.activity_cond.notify_all();
         let channels: Vec<_> = self.lock_channels().drain().map(|(_, c)| c).collect();
         for channel in channels {
             channel.fail(&error);

@@ -373,9 +373,13 @@ impl Router {
     }
 
     fn notify_dirty(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
         for channel in self.dirty.drain(..) {
             channel.cond.notify_all();
         }
+        self.core.signal_activity();
     }
 
     /// Drops channels from the paused list once their consumers caught up; true when reading
@@ -563,14 +567,26 @@ impl Router {
             connection::AMQPMethod::Blocked(blocked) => {
                 log::warn!("the broker blocked the connection: {}", blocked.reason);
                 self.core.lock_link().blocked = true;
+                let reason = blocked.reason.to_string();
+                self.core
+                    .lock_activity()
+                    .blocked_events
+                    .push_back(Some(reason));
+                self.core.kick();
                 Ok(None)
             }
             connection::AMQPMethod::Unblocked(_) => {
                 log::info!("the broker unblocked the connection");
                 self.core.lock_link().blocked = false;
+                self.core.lock_activity().blocked_events.push_back(None);
+                self.core.kick();
                 Ok(None)
             }
-            connection::AMQPMethod::UpdateSecretOk(_) => Ok(None),
+            connection::AMQPMethod::UpdateSecretOk(_) => {
+                self.core.lock_link().secret_updates += 1;
+                self.core.link_cond.notify_all();
+                Ok(None)
+            }
             other => Err(Error::protocol(
                 COMMAND_INVALID,
                 format!("unexpected connection method {other:?}"),

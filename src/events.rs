@@ -1,0 +1,234 @@
+//! Connection-level callbacks that run on the user's consuming thread, as pika runs them inside
+//! `process_data_events`: timers (`call_later`), `add_callback_threadsafe` callbacks, and the
+//! blocked / unblocked callbacks. Also `process_data_events` and `sleep` themselves.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use crate::channel::{Channel, ChannelHandle};
+use crate::connection::{Connection, Owner};
+use crate::error::Result;
+
+/// A timer callback (pika's `call_later` callback).
+pub type TimerCallback = Box<dyn FnOnce() + Send>;
+/// A callback queued from any thread (pika's `add_callback_threadsafe`).
+pub type ThreadsafeCallback = Box<dyn FnOnce() + Send>;
+/// A connection-blocked callback, with the broker's reason (e.g. "low on memory").
+pub type BlockedCallback = Box<dyn FnMut(&Connection, &str) + Send>;
+/// A connection-unblocked callback.
+pub type UnblockedCallback = Box<dyn FnMut(&Connection) + Send>;
+
+/// Identifies a timer made by [`Connection::call_later`], for [`Connection::remove_timeout`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TimeoutId(u64);
+
+/// What the consuming threads of one connection share.
+#[derive(Default)]
+pub(crate) struct Dispatch {
+    timers: BTreeMap<(Instant, u64), TimerCallback>,
+    next_timer_id: u64,
+    threadsafe: VecDeque<ThreadsafeCallback>,
+    on_blocked: Vec<BlockedCallback>,
+    on_unblocked: Vec<UnblockedCallback>,
+    /// Every channel opened on the connection, for `process_data_events`.
+    channels: Vec<Weak<ChannelHandle>>,
+}
+
+impl Owner {
+    pub(crate) fn lock_dispatch(&self) -> MutexGuard<'_, Dispatch> {
+        self.dispatch.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn register_channel(&self, channel: &Arc<ChannelHandle>) {
+        let mut dispatch = self.lock_dispatch();
+        dispatch.channels.retain(|c| c.strong_count() > 0);
+        dispatch.channels.push(Arc::downgrade(channel));
+    }
+
+    /// When the earliest timer is due, if any.
+    pub(crate) fn next_timer(&self) -> Option<Instant> {
+        self.lock_dispatch().timers.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Runs the blocked/unblocked callbacks, due timers and threadsafe callbacks, on this
+    /// thread. Each callback is taken out of the lock first, so it may call anything.
+    pub(crate) fn run_connection_callbacks(self: &Arc<Self>) {
+        let connection = Connection::from_owner(self.clone());
+        loop {
+            let event = self.core.lock_activity().blocked_events.pop_front();
+            let Some(event) = event else { break };
+            match event {
+                Some(reason) => {
+                    let mut callbacks = std::mem::take(&mut self.lock_dispatch().on_blocked);
+                    for cb in &mut callbacks {
+                        cb(&connection, &reason);
+                    }
+                    let mut dispatch = self.lock_dispatch();
+                    callbacks.append(&mut dispatch.on_blocked);
+                    dispatch.on_blocked = callbacks;
+                }
+                None => {
+                    let mut callbacks = std::mem::take(&mut self.lock_dispatch().on_unblocked);
+                    for cb in &mut callbacks {
+                        cb(&connection);
+                    }
+                    let mut dispatch = self.lock_dispatch();
+                    callbacks.append(&mut dispatch.on_unblocked);
+                    dispatch.on_unblocked = callbacks;
+                }
+            }
+        }
+        loop {
+            let now = Instant::now();
+            let due = {
+                let mut dispatch = self.lock_dispatch();
+                match dispatch.timers.first_key_value() {
+                    Some((&(at, _), _)) if at <= now => {
+                        dispatch.timers.pop_first().map(|(_, cb)| cb)
+                    }
+                    _ => dispatch.threadsafe.pop_front(),
+                }
+            };
+            match due {
+                Some(cb) => cb(),
+                None => break,
+            }
+        }
+    }
+
+    fn live_channels(&self) -> Vec<Channel> {
+        let mut dispatch = self.lock_dispatch();
+        dispatch.channels.retain(|c| c.strong_count() > 0);
+        dispatch
+            .channels
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|inner| Channel { inner })
+            .collect()
+    }
+}
+
+impl Connection {
+    /// Runs, on this thread, everything that is due: consumer callbacks of every channel
+    /// nobody else is consuming, return and cancel callbacks, timers, threadsafe callbacks and
+    /// blocked/unblocked callbacks (pika's `process_data_events(time_limit=0)`).
+    ///
+    /// With a zero `time_limit` it handles what is there and returns; otherwise it keeps
+    /// handling events until `time_limit` has passed. Heartbeats never depend on it: the I/O
+    /// thread answers them whatever this thread does. Returns the connection's error once it
+    /// is closed.
+    pub fn process_data_events(&self, time_limit: Duration) -> Result<()> {
+        let owner = self.owner();
+        let deadline = Instant::now() + time_limit;
+        loop {
+            let generation = owner.core.activity_generation();
+            owner.run_connection_callbacks();
+            for channel in owner.live_channels() {
+                channel.drain_events()?;
+            }
+            if let Some(e) = owner.core.closed_error() {
+                return Err(e);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            let wake = owner.next_timer().map_or(deadline, |t| t.min(deadline));
+            owner.core.wait_activity(generation, wake);
+        }
+    }
+
+    /// Sleeps for `duration` while handling events as
+    /// [`process_data_events`](Self::process_data_events) does (pika's `sleep`).
+    pub fn sleep(&self, duration: Duration) -> Result<()> {
+        self.process_data_events(duration)
+    }
+
+    /// Runs `callback` once, `delay` from now, on the thread that is then inside
+    /// `process_data_events`, `sleep`, `start_consuming` or a `consume()` iteration (pika's
+    /// `call_later`).
+    pub fn call_later<F>(&self, delay: Duration, callback: F) -> TimeoutId
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let owner = self.owner();
+        let id = {
+            let mut dispatch = owner.lock_dispatch();
+            dispatch.next_timer_id += 1;
+            let id = dispatch.next_timer_id;
+            dispatch
+                .timers
+                .insert((Instant::now() + delay, id), Box::new(callback));
+            id
+        };
+        owner.core.kick();
+        TimeoutId(id)
+    }
+
+    /// Cancels a timer made by [`call_later`](Self::call_later) (pika's `remove_timeout`).
+    /// Returns false when it already ran or was removed.
+    pub fn remove_timeout(&self, id: TimeoutId) -> bool {
+        let mut dispatch = self.owner().lock_dispatch();
+        let key = dispatch.timers.keys().find(|(_, i)| *i == id.0).copied();
+        key.and_then(|k| dispatch.timers.remove(&k)).is_some()
+    }
+
+    /// Queues `callback` to run on the thread that is inside `process_data_events`, `sleep`,
+    /// `start_consuming` or a `consume()` iteration (pika's `add_callback_threadsafe`): the way
+    /// for another thread to have work done on the consuming thread, e.g. an ack.
+    pub fn add_callback_threadsafe<F>(&self, callback: F)
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let owner = self.owner();
+        owner
+            .lock_dispatch()
+            .threadsafe
+            .push_back(Box::new(callback));
+        owner.core.kick();
+    }
+
+    /// Registers a callback for connection.blocked (the broker hit a memory or disk alarm and
+    /// stopped reading publishes); it gets the broker's reason (pika's
+    /// `add_on_connection_blocked_callback`).
+    pub fn add_on_connection_blocked_callback<F>(&self, callback: F)
+    where
+        F: FnMut(&Connection, &str) + Send + 'static,
+    {
+        self.owner()
+            .lock_dispatch()
+            .on_blocked
+            .push(Box::new(callback));
+    }
+
+    /// Registers a callback for connection.unblocked (pika's
+    /// `add_on_connection_unblocked_callback`).
+    pub fn add_on_connection_unblocked_callback<F>(&self, callback: F)
+    where
+        F: FnMut(&Connection) + Send + 'static,
+    {
+        self.owner()
+            .lock_dispatch()
+            .on_unblocked
+            .push(Box::new(callback));
+    }
+}
+
+impl Channel {
+    /// Handles everything queued on this channel without waiting, unless another thread is
+    /// consuming it. A closed channel is skipped: its own calls report why.
+    fn drain_events(&self) -> Result<()> {
+        let Ok(_guard) = self.enter_consuming() else {
+            return Ok(());
+        };
+        loop {
+            match self.pump(None, Some(Instant::now()), None) {
+                Ok(crate::consumer::Pumped::Progress) => {}
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_connection_error() => return Err(e),
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+}

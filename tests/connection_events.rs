@@ -1,0 +1,165 @@
+//! pika's connection-level event loop: process_data_events, sleep, call_later,
+//! add_callback_threadsafe, capabilities and update_secret, against a real RabbitMQ.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cottontail::{BasicConsumeOptions, BasicProperties, Connection, QueueDeclareOptions};
+use support::{connect, params};
+
+fn exclusive_queue(channel: &cottontail::Channel) -> String {
+    channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .queue
+}
+
+#[test]
+fn process_data_events_runs_consumer_callbacks_of_every_channel() {
+    let connection = connect();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut channels = Vec::new();
+    for name in ["a", "b"] {
+        let channel = connection.channel().unwrap();
+        let queue = exclusive_queue(&channel);
+        let seen = seen.clone();
+        channel
+            .basic_consume(
+                &queue,
+                move |_, _, _, body| {
+                    seen.lock()
+                        .unwrap()
+                        .push(format!("{name}:{}", String::from_utf8_lossy(body)));
+                    Ok(())
+                },
+                BasicConsumeOptions {
+                    auto_ack: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        channel
+            .basic_publish(
+                "",
+                &queue,
+                name.as_bytes(),
+                &BasicProperties::default(),
+                false,
+            )
+            .unwrap();
+        channels.push(channel);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.lock().unwrap().len() < 2 && Instant::now() < deadline {
+        connection
+            .process_data_events(Duration::from_millis(100))
+            .unwrap();
+    }
+    let mut got = seen.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(got, vec!["a:a".to_string(), "b:b".to_string()]);
+}
+
+#[test]
+fn process_data_events_with_zero_time_limit_returns_at_once() {
+    let connection = connect();
+    let started = Instant::now();
+    connection.process_data_events(Duration::ZERO).unwrap();
+    assert!(started.elapsed() < Duration::from_millis(100));
+}
+
+#[test]
+fn call_later_runs_on_time_inside_process_data_events_and_remove_timeout_cancels() {
+    let connection = connect();
+    let fired = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    connection.call_later(Duration::from_millis(200), move || {
+        tx.send(started.elapsed()).unwrap()
+    });
+    let removed = {
+        let fired = fired.clone();
+        connection.call_later(Duration::from_millis(100), move || {
+            fired.fetch_add(1, Ordering::SeqCst);
+        })
+    };
+    assert!(connection.remove_timeout(removed));
+    assert!(!connection.remove_timeout(removed));
+    connection
+        .process_data_events(Duration::from_millis(600))
+        .unwrap();
+    let at = rx.try_recv().expect("the timer ran");
+    assert!(
+        at >= Duration::from_millis(200) && at < Duration::from_millis(600),
+        "{at:?}"
+    );
+    assert_eq!(fired.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn add_callback_threadsafe_runs_on_the_consuming_thread() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    channel
+        .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let consuming = std::thread::spawn({
+        let channel = channel.clone();
+        move || {
+            tx.send(std::thread::current().id()).unwrap();
+            channel.start_consuming()
+        }
+    });
+    let consumer_thread = rx.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let (ran_tx, ran_rx) = mpsc::channel();
+    let stopper = channel.clone();
+    connection.add_callback_threadsafe(move || {
+        ran_tx.send(std::thread::current().id()).unwrap();
+        stopper.stop_consuming().unwrap();
+    });
+    let ran_on = ran_rx
+        .recv_timeout(Duration::from_secs(2))
+        .expect("callback ran");
+    assert_eq!(ran_on, consumer_thread);
+    consuming.join().unwrap().unwrap();
+}
+
+#[test]
+fn sleep_keeps_a_one_second_heartbeat_connection_alive() {
+    let connection = Connection::open(params().heartbeat(Some(1))).unwrap();
+    connection.sleep(Duration::from_millis(3200)).unwrap();
+    assert!(connection.is_open());
+    std::thread::sleep(Duration::from_millis(3200));
+    assert!(connection.is_open(), "{:?}", connection.close_reason());
+    connection.channel().unwrap();
+}
+
+#[test]
+fn rabbitmq_capabilities_are_reported() {
+    let connection = connect();
+    assert!(connection.basic_nack_supported());
+    assert!(connection.consumer_cancel_notify_supported());
+    assert!(connection.exchange_exchange_bindings_supported());
+    assert!(connection.publisher_confirms_supported());
+    assert!(!connection.is_blocked());
+}
+
+#[test]
+fn update_secret_with_the_current_password_is_accepted() {
+    let connection = connect();
+    connection.update_secret("guest", "rotation test").unwrap();
+    assert!(connection.is_open());
+    connection.channel().unwrap();
+}
