@@ -53,11 +53,14 @@ impl Owner {
 
     /// Runs the blocked/unblocked callbacks, due timers and threadsafe callbacks, on this
     /// thread. Each callback is taken out of the lock first, so it may call anything.
-    pub(crate) fn run_connection_callbacks(self: &Arc<Self>) {
+    /// Returns how many ran.
+    pub(crate) fn run_connection_callbacks(self: &Arc<Self>) -> usize {
         let connection = Connection::from_owner(self.clone());
+        let mut ran = 0;
         loop {
             let event = self.core.lock_activity().blocked_events.pop_front();
             let Some(event) = event else { break };
+            ran += 1;
             match event {
                 Some(reason) => {
                     let mut callbacks = std::mem::take(&mut self.lock_dispatch().on_blocked);
@@ -91,10 +94,14 @@ impl Owner {
                 }
             };
             match due {
-                Some(cb) => cb(),
+                Some(cb) => {
+                    ran += 1;
+                    cb();
+                }
                 None => break,
             }
         }
+        ran
     }
 
     fn live_channels(&self) -> Vec<Channel> {
@@ -114,35 +121,47 @@ impl Connection {
     /// nobody else is consuming, return and cancel callbacks, timers, threadsafe callbacks and
     /// blocked/unblocked callbacks (pika's `process_data_events(time_limit=0)`).
     ///
-    /// With a zero `time_limit` it handles what is there and returns; otherwise it keeps
-    /// handling events until `time_limit` has passed. Heartbeats never depend on it: the I/O
-    /// thread answers them whatever this thread does. Returns the connection's error once it
-    /// is closed.
+    /// As in pika, it waits up to `time_limit` for something to happen and returns as soon as
+    /// it has handled at least one event; with a zero `time_limit` it handles what is there
+    /// and returns; `Duration::MAX` waits until there is something (pika's `time_limit=None`).
+    /// Heartbeats never depend on it: the I/O thread answers them whatever this thread does.
+    /// Returns the connection's error once it is closed.
     pub fn process_data_events(&self, time_limit: Duration) -> Result<()> {
         let owner = self.owner();
-        let deadline = Instant::now() + time_limit;
+        let deadline = Instant::now().checked_add(time_limit);
         loop {
             let generation = owner.core.activity_generation();
-            owner.run_connection_callbacks();
+            let mut handled = owner.run_connection_callbacks();
             for channel in owner.live_channels() {
-                channel.drain_events()?;
+                handled += channel.drain_events()?;
             }
             if let Some(e) = owner.core.closed_error() {
                 return Err(e);
             }
             let now = Instant::now();
-            if now >= deadline {
+            if handled > 0 || deadline.is_some_and(|d| now >= d) {
                 return Ok(());
             }
-            let wake = owner.next_timer().map_or(deadline, |t| t.min(deadline));
+            let far = now + Duration::from_secs(3600);
+            let wake = owner
+                .next_timer()
+                .map_or(deadline.unwrap_or(far), |t| t.min(deadline.unwrap_or(far)));
             owner.core.wait_activity(generation, wake);
         }
     }
 
     /// Sleeps for `duration` while handling events as
-    /// [`process_data_events`](Self::process_data_events) does (pika's `sleep`).
+    /// [`process_data_events`](Self::process_data_events) does (pika's `sleep`): it returns
+    /// after `duration`, not at the first event.
     pub fn sleep(&self, duration: Duration) -> Result<()> {
-        self.process_data_events(duration)
+        let deadline = Instant::now() + duration;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.process_data_events(left)?;
+            if left.is_zero() {
+                return Ok(());
+            }
+        }
     }
 
     /// Runs `callback` once, `delay` from now, on the thread that is then inside
@@ -217,17 +236,19 @@ impl Connection {
 
 impl Channel {
     /// Handles everything queued on this channel without waiting, unless another thread is
-    /// consuming it. A closed channel is skipped: its own calls report why.
-    fn drain_events(&self) -> Result<()> {
+    /// consuming it; returns how many events it handled. A closed channel is skipped: its own
+    /// calls report why.
+    fn drain_events(&self) -> Result<usize> {
         let Ok(_guard) = self.enter_consuming() else {
-            return Ok(());
+            return Ok(0);
         };
+        let mut handled = 0;
         loop {
             match self.pump(None, Some(Instant::now()), None) {
-                Ok(crate::consumer::Pumped::Progress) => {}
-                Ok(_) => return Ok(()),
+                Ok(crate::consumer::Pumped::Progress) => handled += 1,
+                Ok(_) => return Ok(handled),
                 Err(e) if e.is_connection_error() => return Err(e),
-                Err(_) => return Ok(()),
+                Err(_) => return Ok(handled),
             }
         }
     }

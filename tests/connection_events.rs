@@ -163,3 +163,51 @@ fn update_secret_with_the_current_password_is_accepted() {
     assert!(connection.is_open());
     connection.channel().unwrap();
 }
+
+#[test]
+fn process_data_events_returns_once_it_handled_an_event() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    let got = Arc::new(AtomicUsize::new(0));
+    {
+        let got = got.clone();
+        channel
+            .basic_consume(
+                &queue,
+                move |_, _, _, _| {
+                    got.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                },
+                BasicConsumeOptions {
+                    auto_ack: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    }
+    let publisher = connection.clone();
+    let queue_name = queue.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let channel = publisher.channel().unwrap();
+        channel
+            .basic_publish(
+                "",
+                &queue_name,
+                b"wake up",
+                &BasicProperties::default(),
+                false,
+            )
+            .unwrap();
+    });
+    let started = Instant::now();
+    // pika's time_limit=None: wait until something happens.
+    connection.process_data_events(Duration::MAX).unwrap();
+    assert_eq!(got.load(Ordering::SeqCst), 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
