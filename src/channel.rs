@@ -16,7 +16,7 @@ use crate::consumer::{CancelCallback, ConsumerEntry, ReturnCallback};
 use crate::delivery::GetMessage;
 use crate::error::{Error, Result};
 use crate::io::chan::{ChanState, ChannelCore, Life, Reply};
-use crate::io::{codec, short, with_scratch};
+use crate::io::{codec, short, with_scratch, SyncWait};
 use crate::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOk, QueueDeclareOptions,
     QueueDeleteOptions,
@@ -85,9 +85,24 @@ fn begin_close(
     let sent = with_scratch(|buf| {
         codec::encode_method(buf, core.id, method)?;
         owner.core.send_on_if(core, buf, None, |st| {
-            Ok(matches!(st.life, Life::Open).then(|| st.life = Life::Closing))
+            if !matches!(st.life, Life::Open) {
+                return Ok(None);
+            }
+            st.life = Life::Closing;
+            // Nobody will consume these any more; unacked ones go back to their queues when
+            // the broker closes the channel. Freeing them also lifts inbound back-pressure.
+            st.deliveries.clear();
+            st.buffered = 0;
+            Ok(Some(()))
         })
     });
+    if owner
+        .core
+        .read_paused
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        owner.core.wake();
+    }
     match sent {
         Ok(sent) => Ok(sent.is_some()),
         // The connection is gone, and the channel with it.
@@ -185,6 +200,7 @@ impl Channel {
         })?;
         let timeout = self.rpc_timeout();
         let deadline = Instant::now() + timeout;
+        let _waiting = SyncWait::new(&self.inner.owner.core);
         let mut st = core.lock();
         loop {
             if let Some(reply) = st.reply.take() {
@@ -224,6 +240,7 @@ impl Channel {
         begin_close(&self.inner.owner, core, reply_code, reply_text)?;
         let timeout = self.rpc_timeout();
         let deadline = Instant::now() + timeout;
+        let _waiting = SyncWait::new(&self.inner.owner.core);
         let mut st = core.lock();
         while !matches!(st.life, Life::Closed(_)) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -421,8 +438,8 @@ impl Channel {
 
     /// Asks the broker to redeliver every unacknowledged message of the channel (pika's
     /// `basic_recover(requeue=False)`). RabbitMQ only implements `requeue=true`; with `false`
-    /// it closes the channel with 540 NOT_IMPLEMENTED, which is reported as
-    /// [`Error::ChannelClosed`].
+    /// it closes the whole connection with 540 NOT_IMPLEMENTED, reported as
+    /// [`Error::ConnectionClosed`].
     pub fn basic_recover(&self, requeue: bool) -> Result<()> {
         let method = AMQPClass::Basic(basic::AMQPMethod::Recover(basic::Recover { requeue }));
         match self.rpc(method, "basic.recover")? {
@@ -433,7 +450,8 @@ impl Channel {
 
     /// Asks the broker to pause (`false`) or resume (`true`) deliveries on this channel
     /// (pika's `flow(active)`); returns the state the broker confirms. RabbitMQ does not
-    /// implement pausing: `flow(false)` closes the channel with 540 NOT_IMPLEMENTED.
+    /// implement pausing: `flow(false)` closes the whole connection with 540 NOT_IMPLEMENTED,
+    /// reported as [`Error::ConnectionClosed`].
     pub fn flow(&self, active: bool) -> Result<bool> {
         let method = AMQPClass::Channel(channel::AMQPMethod::Flow(channel::Flow { active }));
         match self.rpc(method, "channel.flow")? {
@@ -572,6 +590,7 @@ impl Channel {
         let core = self.core();
         let timeout = self.rpc_timeout();
         let deadline = Instant::now() + timeout;
+        let _waiting = SyncWait::new(&self.inner.owner.core);
         let mut st = core.lock();
         loop {
             let settled = st.confirms.as_ref().is_none_or(|t| !t.is_outstanding(seq));
@@ -681,6 +700,7 @@ impl Channel {
         let core = self.core();
         let timeout = timeout.unwrap_or_else(|| self.rpc_timeout());
         let deadline = Instant::now() + timeout;
+        let _waiting = SyncWait::new(&self.inner.owner.core);
         let mut st = core.lock();
         if st.confirms.is_none() {
             return Err(Error::InvalidArgument(

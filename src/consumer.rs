@@ -230,12 +230,19 @@ impl Channel {
     /// rejected with requeue so the broker delivers them again at once. Cancelling an unknown
     /// tag does nothing.
     pub fn basic_cancel(&self, consumer_tag: &str) -> Result<Vec<Delivery>> {
+        self.cancel_consumer(consumer_tag)
+            .map(|(returned, _)| returned)
+    }
+
+    /// Cancels a consumer; returns the auto-ack messages handed back and how many manual-ack
+    /// ones were requeued.
+    fn cancel_consumer(&self, consumer_tag: &str) -> Result<(Vec<Delivery>, usize)> {
         let auto_ack = match self.lock_consumers().get_mut(consumer_tag) {
             Some(entry) if !entry.cancelling => {
                 entry.cancelling = true;
                 entry.auto_ack
             }
-            _ => return Ok(Vec::new()),
+            _ => return Ok((Vec::new(), 0)),
         };
         let method = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
             consumer_tag: short(consumer_tag)?,
@@ -260,12 +267,12 @@ impl Channel {
             }
         }
         if auto_ack {
-            return Ok(pending.into());
+            return Ok((pending.into(), 0));
         }
-        for delivery in pending {
+        for delivery in &pending {
             self.basic_reject(delivery.method.delivery_tag, true)?;
         }
-        Ok(Vec::new())
+        Ok((Vec::new(), pending.len()))
     }
 
     /// Removes the channel-queued, undispatched deliveries of one consumer.
@@ -283,6 +290,11 @@ impl Channel {
             .partition(|d| d.method.consumer_tag.as_str() == consumer_tag);
         st.deliveries = kept.into();
         st.buffered -= taken.iter().map(|d| d.body.len()).sum::<usize>();
+        drop(st);
+        let conn = &self.inner.owner.core;
+        if conn.read_paused.load(Ordering::SeqCst) {
+            conn.wake();
+        }
         taken
     }
 
@@ -527,9 +539,7 @@ impl Consumer {
     /// already yielded are the caller's to ack.
     pub fn cancel(mut self) -> Result<usize> {
         self.done = true;
-        let waiting = self.get_waiting_message_count();
-        let returned = self.channel.basic_cancel(&self.tag)?;
-        Ok(if returned.is_empty() { waiting } else { 0 })
+        Ok(self.channel.cancel_consumer(&self.tag)?.1)
     }
 }
 

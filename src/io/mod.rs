@@ -78,6 +78,9 @@ pub(crate) struct Core {
     pub(crate) conn_work: std::sync::atomic::AtomicU64,
     /// The I/O thread stopped reading because a channel holds too many deliveries.
     pub(crate) read_paused: AtomicBool,
+    /// Threads waiting for a reply, a confirm or a close-ok: reading must not stay paused
+    /// while there are any (see [`SyncWait`]).
+    pub(crate) sync_waiters: std::sync::atomic::AtomicUsize,
     /// Tells the I/O thread to stop now (close deadline passed).
     shutdown: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -121,6 +124,7 @@ impl Core {
             channels: Mutex::new(HashMap::new()),
             conn_work: std::sync::atomic::AtomicU64::new(0),
             read_paused: AtomicBool::new(false),
+            sync_waiters: std::sync::atomic::AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             thread: Mutex::new(None),
         });
@@ -174,6 +178,13 @@ impl Core {
         let mut link = self.lock_link();
         if let Some(e) = &link.closed {
             return Err(e.clone());
+        }
+        if let Some((reply_code, reply_text)) = &link.closing {
+            // Nothing may follow connection.close on the wire.
+            return Err(Error::ConnectionClosedByClient {
+                reply_code: *reply_code,
+                reply_text: reply_text.clone(),
+            });
         }
         let was_empty = link.buf.is_empty();
         link.buf.extend_from_slice(frames);
@@ -285,6 +296,7 @@ impl Core {
 
     /// Waits until the update-secret-ok counter passes `seen`, at most `timeout`.
     pub(crate) fn wait_secret_update(&self, seen: u64, timeout: Duration) -> Result<()> {
+        let _waiting = SyncWait::new(self);
         let deadline = Instant::now() + timeout;
         let mut link = self.lock_link();
         loop {
@@ -338,6 +350,7 @@ impl Core {
                     self.wake();
                 }
             }
+            let _waiting = SyncWait::new(self);
             let deadline = Instant::now() + timeout;
             while link.closed.is_none() {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -390,6 +403,29 @@ impl Core {
     /// The broker's server properties from connection.start.
     pub(crate) fn server_properties(&self) -> &FieldTable {
         &self.tuned.server_properties
+    }
+}
+
+/// Held by a thread while it waits for something the broker sends (a method reply, a confirm,
+/// a close-ok). Inbound back-pressure pauses reading only while no such thread waits, since
+/// what it waits for may sit behind the deliveries that caused the pause: a consumer callback
+/// that makes an RPC or publishes with confirms must not deadlock.
+#[derive(Debug)]
+pub(crate) struct SyncWait<'a>(&'a Core);
+
+impl<'a> SyncWait<'a> {
+    pub(crate) fn new(core: &'a Core) -> Self {
+        core.sync_waiters.fetch_add(1, Ordering::SeqCst);
+        if core.read_paused.load(Ordering::SeqCst) {
+            core.wake();
+        }
+        SyncWait(core)
+    }
+}
+
+impl Drop for SyncWait<'_> {
+    fn drop(&mut self) {
+        self.0.sync_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -211,6 +211,9 @@ impl IoThread {
                     if let Some(exit) = exit? {
                         return Ok(Some(exit));
                     }
+                    // Acks and replies queued meanwhile go out now, not after the inbound
+                    // stream pauses.
+                    self.flush()?;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.read_ready = false;
@@ -388,9 +391,14 @@ impl Router {
         if self.paused.is_empty() {
             return false;
         }
+        // Someone waits for a reply or confirm, which may sit behind the deliveries we are
+        // not reading: read on (pausing again once nobody waits), or it would never come.
+        if self.core.sync_waiters.load(Ordering::SeqCst) > 0 {
+            self.paused.clear();
+        }
         self.paused.retain(|c| {
             let st = c.lock();
-            st.buffered > INBOUND_CHANNEL_LIMIT / 2 && st.closed_error().is_none()
+            st.buffered > INBOUND_CHANNEL_LIMIT / 2 && matches!(st.life, Life::Open)
         });
         if self.paused.is_empty() {
             log::debug!("consumers caught up: reading the socket again");
@@ -522,7 +530,10 @@ impl Router {
                     properties,
                     body,
                 });
-                if st.buffered > INBOUND_CHANNEL_LIMIT {
+                if st.buffered > INBOUND_CHANNEL_LIMIT
+                    && self.core.sync_waiters.load(Ordering::SeqCst) == 0
+                    && !self.paused.iter().any(|c| Arc::ptr_eq(c, &core))
+                {
                     log::debug!(
                         "channel {channel} holds {} bytes of deliveries: pausing reads",
                         st.buffered
