@@ -260,7 +260,7 @@ impl Channel {
     /// is in the returned [`QueueDeclareOk`], with the message and consumer counts.
     ///
     /// ```no_run
-    /// # let connection = cottontail::Connection::open(Default::default())?;
+    /// # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;
     /// # let channel = connection.channel()?;
     /// use cottontail::QueueDeclareOptions;
     /// let ok = channel.queue_declare("", QueueDeclareOptions { exclusive: true, ..Default::default() })?;

@@ -62,14 +62,57 @@ impl Drop for Owner {
 }
 
 impl Connection {
-    /// Connects and opens the connection (TCP, protocol header, authentication, tuning, vhost),
-    /// all within the parameters' `stack_timeout`.
-    pub fn open(params: ConnectionParameters) -> Result<Connection> {
-        let core = Core::open(params)?;
-        Ok(Connection::from_owner(Arc::new(Owner {
-            core,
-            dispatch: Default::default(),
-        })))
+    /// Connects and opens the connection (TCP, protocol header, authentication, tuning,
+    /// vhost), each attempt within the parameters' `stack_timeout` (pika's
+    /// `BlockingConnection(parameters)`).
+    ///
+    /// Takes one [`ConnectionParameters`] or a list of them (a `Vec`, an array or a slice) for
+    /// failover between cluster nodes: each set is tried `connection_attempts` times, with
+    /// `retry_delay` between attempts, in order, as pika does. A refused login or vhost is not
+    /// retried with the same parameters. When one attempt was made its error is returned as
+    /// is; otherwise [`Error::AllAttemptsFailed`] holds every attempt's error.
+    pub fn open(params: impl IntoParameterList) -> Result<Connection> {
+        let list = params.into_parameter_list();
+        let mut errors = Vec::new();
+        for params in list {
+            for attempt in 1..=params.connection_attempts.max(1) {
+                if !errors.is_empty() {
+                    std::thread::sleep(params.retry_delay);
+                }
+                match Core::open(params.clone()) {
+                    Ok(core) => {
+                        return Ok(Connection::from_owner(Arc::new(Owner {
+                            core,
+                            dispatch: Default::default(),
+                        })))
+                    }
+                    Err(e) => {
+                        log::warn!(
+                            "connection attempt {attempt} to {}:{} failed: {e}",
+                            params.host,
+                            params.port
+                        );
+                        let refused = matches!(
+                            e,
+                            Error::AuthenticationFailed { .. } | Error::AccessRefused { .. }
+                        );
+                        errors.push(e);
+                        if refused {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if errors.len() == 1 {
+            return Err(errors.pop().expect("one error"));
+        }
+        if errors.is_empty() {
+            return Err(Error::InvalidArgument(
+                "no connection parameters given".into(),
+            ));
+        }
+        Err(Error::AllAttemptsFailed { attempts: errors })
     }
 
     pub(crate) fn from_owner(owner: Arc<Owner>) -> Connection {
@@ -244,6 +287,36 @@ impl Connection {
     /// The negotiated heartbeat interval in seconds (0: off).
     pub fn heartbeat(&self) -> u16 {
         self.core().tuned.heartbeat
+    }
+}
+
+/// One [`ConnectionParameters`] or a list of them, for [`Connection::open`].
+pub trait IntoParameterList {
+    /// The parameter sets, in the order to try them.
+    fn into_parameter_list(self) -> Vec<ConnectionParameters>;
+}
+
+impl IntoParameterList for ConnectionParameters {
+    fn into_parameter_list(self) -> Vec<ConnectionParameters> {
+        vec![self]
+    }
+}
+
+impl IntoParameterList for Vec<ConnectionParameters> {
+    fn into_parameter_list(self) -> Vec<ConnectionParameters> {
+        self
+    }
+}
+
+impl IntoParameterList for &[ConnectionParameters] {
+    fn into_parameter_list(self) -> Vec<ConnectionParameters> {
+        self.to_vec()
+    }
+}
+
+impl<const N: usize> IntoParameterList for [ConnectionParameters; N] {
+    fn into_parameter_list(self) -> Vec<ConnectionParameters> {
+        self.into()
     }
 }
 

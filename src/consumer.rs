@@ -107,7 +107,7 @@ impl Channel {
     /// arguments=None)`). Returns the consumer tag.
     ///
     /// ```no_run
-    /// # let connection = cottontail::Connection::open(Default::default())?;
+    /// # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;
     /// # let channel = connection.channel()?;
     /// channel.basic_consume("hello", |ch, method, _properties, body| {
     ///     println!(" [x] Received {}", String::from_utf8_lossy(body));
@@ -138,7 +138,7 @@ impl Channel {
     /// Starts a consumer and iterates over its messages (pika's `consume()` generator).
     ///
     /// ```no_run
-    /// # let connection = cottontail::Connection::open(Default::default())?;
+    /// # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;
     /// # let channel = connection.channel()?;
     /// use std::time::Duration;
     /// use cottontail::{ConsumeOptions, Consumed};

@@ -51,6 +51,10 @@ pub const INTERNAL_ERROR: u16 = 541;
 /// | `ChannelClosedByBroker` | [`Error::ChannelClosed`] |
 /// | `ChannelClosedByClient` | [`Error::ChannelClosedByClient`] |
 /// | `AMQPHeartbeatTimeout` | [`Error::HeartbeatTimeout`] |
+/// | `ConnectionBlockedTimeout` | [`Error::ConnectionBlockedTimeout`] |
+/// | `AMQPConnectionError` after several attempts | [`Error::AllAttemptsFailed`] |
+/// | `ConnectionWrongState` / `ChannelWrongState` | the error that closed it ([`Error::ConnectionClosed`], [`Error::ChannelClosed`], ...) |
+/// | `ConsumerCancelled` | the `consume()` iterator ends; `add_on_cancel_callback` |
 /// | `NoFreeChannels` | [`Error::NoFreeChannels`] |
 /// | `InvalidChannelNumber` | [`Error::InvalidChannelNumber`] |
 /// | `DuplicateConsumerTag` | [`Error::DuplicateConsumerTag`] |
@@ -201,9 +205,29 @@ pub enum Error {
         /// The reply text of basic.return.
         reply_text: String,
     },
+    /// Every connection attempt failed (several parameter sets or `connection_attempts > 1`);
+    /// the attempts' errors in order, the last one last.
+    #[error("{} connection attempts failed; the last: {}", .attempts.len(), last_of(.attempts))]
+    AllAttemptsFailed {
+        /// Each attempt's error, in order.
+        attempts: Vec<Error>,
+    },
+    /// The broker kept the connection blocked (resource alarm) longer than
+    /// `blocked_connection_timeout`, so cottontail closed it (pika's `ConnectionBlockedTimeout`).
+    #[error("the broker kept the connection blocked for more than {after:?}")]
+    ConnectionBlockedTimeout {
+        /// The `blocked_connection_timeout` that passed.
+        after: Duration,
+    },
     /// A consumer callback returned an error, which ended `start_consuming`.
     #[error("consumer callback failed: {0}")]
     Callback(String),
+}
+
+fn last_of(attempts: &[Error]) -> String {
+    attempts
+        .last()
+        .map_or_else(|| "none".into(), ToString::to_string)
 }
 
 impl Error {
@@ -276,6 +300,8 @@ impl Error {
                 | Error::ConnectionClosedByClient { .. }
                 | Error::HeartbeatTimeout { .. }
                 | Error::Protocol { .. }
+                | Error::AllAttemptsFailed { .. }
+                | Error::ConnectionBlockedTimeout { .. }
         )
     }
 }

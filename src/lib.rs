@@ -101,7 +101,7 @@ mod transport;
 
 pub use crate::channel::{BlockingChannel, Channel};
 pub use crate::confirms::ConfirmOutcome;
-pub use crate::connection::{BlockingConnection, Connection};
+pub use crate::connection::{BlockingConnection, Connection, IntoParameterList};
 pub use crate::consumer::{
     CancelCallback, ConsumeOptions, Consumed, Consumer, ConsumerCallback, ReturnCallback,
 };
@@ -114,7 +114,10 @@ pub use crate::options::{
     BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOk,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-pub use crate::params::{ConnectionParameters, PlainCredentials};
+pub use crate::params::{
+    ConnectionParameters, Credentials, ExternalCredentials, PlainCredentials, SslOptions,
+    TcpOptions,
+};
 
 /// AMQP reply codes, as constants.
 pub mod reply_code {

@@ -9,6 +9,13 @@ use std::time::{Duration, Instant};
 use cottontail::{BasicProperties, QueueDeclareOptions};
 use support::{connect, rabbitmqctl};
 
+/// The alarm is broker-wide: the tests of this file take turns.
+static ALARM: Mutex<()> = Mutex::new(());
+
+fn one_alarm_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ALARM.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 struct RestoreWatermark;
 
 impl Drop for RestoreWatermark {
@@ -19,6 +26,7 @@ impl Drop for RestoreWatermark {
 
 #[test]
 fn memory_alarm_blocks_then_unblocks_the_connection_with_callbacks() {
+    let _turn = one_alarm_at_a_time();
     let connection = connect();
     let events = Arc::new(Mutex::new(Vec::new()));
     {
@@ -87,4 +95,96 @@ fn memory_alarm_blocks_then_unblocks_the_connection_with_callbacks() {
     }
     assert_eq!(got.expect("the message").body, b"during the alarm");
     connection.close().unwrap();
+}
+
+#[test]
+fn blocked_connection_timeout_tears_down_the_connection_and_wakes_publishers() {
+    let _turn = one_alarm_at_a_time();
+    let connection = cottontail::Connection::open(
+        support::params().blocked_connection_timeout(Some(Duration::from_secs(1))),
+    )
+    .unwrap();
+    let channel = connection.channel().unwrap();
+    let queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .queue;
+    let _restore = RestoreWatermark;
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
+    channel
+        .basic_publish("", &queue, b"first", &BasicProperties::default(), false)
+        .unwrap();
+    let started = Instant::now();
+    // Once blocked, this publish waits, then gets the timeout.
+    let mut result = Ok(());
+    while result.is_ok() && started.elapsed() < Duration::from_secs(10) {
+        result = channel.basic_publish("", &queue, b"more", &BasicProperties::default(), false);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        result,
+        Err(cottontail::Error::ConnectionBlockedTimeout {
+            after: Duration::from_secs(1)
+        })
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(connection.is_closed());
+}
+
+#[test]
+fn close_returns_within_its_deadline_while_the_broker_blocks() {
+    let _turn = one_alarm_at_a_time();
+    let connection =
+        cottontail::Connection::open(support::params().rpc_timeout(Duration::from_secs(2)))
+            .unwrap();
+    let channel = connection.channel().unwrap();
+    let queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .queue;
+    let _restore = RestoreWatermark;
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
+    channel
+        .basic_publish(
+            "",
+            &queue,
+            b"during the alarm",
+            &BasicProperties::default(),
+            false,
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !connection.is_blocked() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(connection.is_blocked());
+    let started = Instant::now();
+    let result = connection.close();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(connection.is_closed());
+    // The broker never read our close, so it never answered: the deadline is reported.
+    assert!(
+        matches!(result, Err(cottontail::Error::Timeout { .. })),
+        "{result:?}"
+    );
 }

@@ -262,3 +262,93 @@ fn explicit_channel_numbers_are_checked() {
     channels[0].close().unwrap();
     assert_eq!(connection.channel().unwrap().channel_number(), 3);
 }
+
+#[test]
+fn failover_tries_parameter_sets_in_order() {
+    // Nothing listens on port 1: the second set is used.
+    let dead = ConnectionParameters::new("127.0.0.1")
+        .port(1)
+        .retry_delay(Duration::from_millis(50));
+    let connection = Connection::open(vec![dead, params()]).unwrap();
+    assert!(connection.is_open());
+    connection.channel().unwrap();
+}
+
+#[test]
+fn every_attempt_is_made_and_reported_when_all_fail() {
+    let dead = ConnectionParameters::new("127.0.0.1")
+        .port(1)
+        .connection_attempts(3)
+        .retry_delay(Duration::from_millis(100));
+    let started = Instant::now();
+    let err = Connection::open([dead.clone(), dead.connection_attempts(1)]).unwrap_err();
+    match &err {
+        Error::AllAttemptsFailed { attempts } => {
+            assert_eq!(attempts.len(), 4);
+            assert!(
+                attempts.iter().all(|e| matches!(e, Error::Io { .. })),
+                "{attempts:?}"
+            );
+        }
+        other => panic!("expected AllAttemptsFailed, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.to_string().starts_with("4 connection attempts failed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_refused_login_is_not_retried() {
+    let started = Instant::now();
+    let err = Connection::open(
+        params()
+            .credentials(PlainCredentials::new("guest", "wrong"))
+            .connection_attempts(5)
+            .retry_delay(Duration::from_secs(1)),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::AuthenticationFailed { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn tcp_options_apply_keepalive_to_the_socket() {
+    let name = unique("keepalive");
+    let connection = Connection::open(params().connection_name(&name).tcp_options(
+        cottontail::TcpOptions {
+            keepalive_idle: Some(Duration::from_secs(42)),
+            keepalive_interval: Some(Duration::from_secs(5)),
+            keepalive_count: Some(3),
+            user_timeout: Some(Duration::from_secs(20)),
+        },
+    ))
+    .unwrap();
+    // Our end of the connection is the broker's peer_port.
+    let line = rabbitmqctl(&["list_connections", "-s", "peer_port", "client_properties"])
+        .lines()
+        .find(|l| l.contains(&name))
+        .map(str::to_string)
+        .expect("the connection on the broker");
+    let port = line.split('\t').next().unwrap().trim().to_string();
+    let ss = std::process::Command::new("ss")
+        .args([
+            "-tno",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .expect("running ss");
+    let ss = String::from_utf8_lossy(&ss.stdout);
+    assert!(
+        ss.contains("keepalive"),
+        "no keepalive timer on port {port}: {ss}"
+    );
+    drop(connection);
+}

@@ -150,21 +150,29 @@ impl<'a> Handshake<'a> {
                 ),
             ));
         }
+        let (mechanism, credentials) = match &self.params.credentials {
+            crate::params::Credentials::Plain(plain) => (
+                SASLMechanism::Plain,
+                Credentials::new(plain.username().into(), plain.password().into()),
+            ),
+            crate::params::Credentials::External(_) => {
+                (SASLMechanism::External, Credentials::default())
+            }
+        };
         let offered = String::from_utf8_lossy(start.mechanisms.as_bytes()).to_string();
-        if !offered.split_whitespace().any(|m| m == "PLAIN") {
+        if !offered.split_whitespace().any(|m| m == mechanism.name()) {
             return Err(Error::AuthenticationFailed {
-                reason: format!("the broker does not offer PLAIN (offers: {offered})"),
+                reason: format!(
+                    "the broker does not offer {} (offers: {offered})",
+                    mechanism.name()
+                ),
             });
         }
         self.server_properties = start.server_properties;
-        let credentials = Credentials::new(
-            self.params.credentials.username().into(),
-            self.params.credentials.password().into(),
-        );
         let start_ok = connection::StartOk {
             client_properties: client_properties(&self.params.client_properties),
-            mechanism: SASLMechanism::Plain.name().into(),
-            response: credentials.sasl_auth_string(SASLMechanism::Plain),
+            mechanism: mechanism.name().into(),
+            response: credentials.sasl_auth_string(mechanism),
             locale: short(&self.params.locale)?,
         };
         self.stage = Stage::AwaitTune;
@@ -388,6 +396,27 @@ mod tests {
                 reply_text: "NOT_ALLOWED - vhost nope not found".into()
             }
         );
+    }
+
+    #[test]
+    fn external_credentials_send_an_empty_external_response() {
+        let p = ConnectionParameters::default().credentials(crate::params::ExternalCredentials);
+        let mut hs = Handshake::new(&p);
+        let mut s = start();
+        s.mechanisms = "EXTERNAL PLAIN".into();
+        match hs
+            .on_frame(method(connection::AMQPMethod::Start(s)))
+            .unwrap()
+        {
+            Step::Send(m) => match &m[..] {
+                [AMQPClass::Connection(connection::AMQPMethod::StartOk(ok))] => {
+                    assert_eq!(ok.mechanism.as_str(), "EXTERNAL");
+                    assert!(ok.response.as_bytes().is_empty());
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -148,12 +148,20 @@ impl Core {
 
     /// Waits while the outbound buffer is over its high-water mark (at most the RPC timeout).
     /// Called without any channel lock held: the I/O thread needs those to make progress.
-    fn wait_for_room(&self) -> Result<()> {
+    ///
+    /// Content (`publish`) also waits while the broker has the connection blocked: until it
+    /// unblocks, or until `blocked_connection_timeout` makes the I/O thread close the
+    /// connection (without that timeout, as long as the broker blocks, as in pika).
+    fn wait_for_room(&self, content: bool) -> Result<()> {
         let mut link = self.lock_link();
         let deadline = Instant::now() + self.params.rpc_timeout;
         loop {
             if let Some(e) = &link.closed {
                 return Err(e.clone());
+            }
+            if content && link.blocked && link.closing.is_none() {
+                link = self.link_cond.wait(link).unwrap_or_else(|p| p.into_inner());
+                continue;
             }
             if link.buf.len() < OUTBOUND_HIGH_WATER {
                 return Ok(());
@@ -221,7 +229,7 @@ impl Core {
         body: Option<&[u8]>,
         check: impl FnOnce(&mut ChanState) -> Result<Option<T>>,
     ) -> Result<Option<T>> {
-        self.wait_for_room()?;
+        self.wait_for_room(body.is_some())?;
         let mut st = channel.lock();
         let value = check(&mut st)?;
         if value.is_some() {
@@ -289,7 +297,7 @@ impl Core {
     pub(crate) fn send_connection_method(&self, method: AMQPClass) -> Result<()> {
         with_scratch(|buf| {
             codec::encode_method(buf, 0, method)?;
-            self.wait_for_room()?;
+            self.wait_for_room(false)?;
             self.append(buf, None)
         })
     }
@@ -349,6 +357,8 @@ impl Core {
                 if was_empty {
                     self.wake();
                 }
+                // Publishers waiting on a blocked connection give up now.
+                self.link_cond.notify_all();
             }
             let _waiting = SyncWait::new(self);
             let deadline = Instant::now() + timeout;

@@ -65,6 +65,7 @@ pub(crate) fn spawn(
             channels: HashMap::new(),
             dirty: Vec::new(),
             paused: Vec::new(),
+            blocked_since: None,
         },
         core,
         stream,
@@ -135,7 +136,21 @@ impl IoThread {
             if self.core.shutdown.load(Ordering::SeqCst) {
                 return Ok(Exit::Shutdown);
             }
-            let timeout = self.heartbeat.next_wakeup(Instant::now());
+            let now = Instant::now();
+            let blocked_deadline = self.blocked_deadline();
+            if blocked_deadline.is_some_and(|d| d <= now) {
+                return Err(Error::ConnectionBlockedTimeout {
+                    after: self
+                        .core
+                        .params
+                        .blocked_connection_timeout
+                        .unwrap_or_default(),
+                });
+            }
+            let timeout = match (self.heartbeat.next_wakeup(now), blocked_deadline) {
+                (Some(h), Some(b)) => Some(h.min(b - now)),
+                (h, b) => h.or(b.map(|b| b - now)),
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
@@ -184,6 +199,12 @@ impl IoThread {
                 }
             }
         }
+    }
+
+    /// When a connection blocked by the broker must be given up (`blocked_connection_timeout`).
+    fn blocked_deadline(&self) -> Option<Instant> {
+        let since = self.router.blocked_since?;
+        Some(since + self.core.params.blocked_connection_timeout?)
     }
 
     /// Reads until the socket would block (or reading pauses), routing every complete frame.
@@ -342,6 +363,8 @@ struct Router {
     dirty: Vec<Arc<ChannelCore>>,
     /// Channels holding more than the inbound limit: reading is paused while any is here.
     paused: Vec<Arc<ChannelCore>>,
+    /// Since when the broker has blocked the connection (connection.blocked), if it has.
+    blocked_since: Option<Instant>,
 }
 
 impl Router {
@@ -578,6 +601,7 @@ impl Router {
             connection::AMQPMethod::Blocked(blocked) => {
                 log::warn!("the broker blocked the connection: {}", blocked.reason);
                 self.core.lock_link().blocked = true;
+                self.blocked_since.get_or_insert_with(Instant::now);
                 let reason = blocked.reason.to_string();
                 self.core
                     .lock_activity()
@@ -589,6 +613,9 @@ impl Router {
             connection::AMQPMethod::Unblocked(_) => {
                 log::info!("the broker unblocked the connection");
                 self.core.lock_link().blocked = false;
+                self.blocked_since = None;
+                // Publishers waiting for the unblock.
+                self.core.link_cond.notify_all();
                 self.core.lock_activity().blocked_events.push_back(None);
                 self.core.kick();
                 Ok(None)

@@ -26,16 +26,22 @@ pub(crate) enum Stream {
 impl Stream {
     /// Connects to the broker named by `params`, within `deadline`.
     pub(crate) fn connect(params: &ConnectionParameters, deadline: Instant) -> Result<Stream> {
-        let tcp = tcp::connect(&params.host, params.port, params.socket_timeout, deadline)?;
-        if params.tls {
+        let tcp = tcp::connect(
+            &params.host,
+            params.port,
+            params.socket_timeout,
+            &params.tcp_options,
+            deadline,
+        )?;
+        match &params.ssl_options {
+            None => Ok(Stream::Tcp(tcp)),
             #[cfg(feature = "tls")]
-            return tls::wrap(tcp, &params.host);
+            Some(options) => tls::wrap(tcp, &params.host, options),
             #[cfg(not(feature = "tls"))]
-            return Err(crate::Error::Tls {
-                message: "amqps:// needs cottontail's `tls` feature".into(),
-            });
+            Some(_) => Err(crate::Error::Tls {
+                message: "TLS needs cottontail's `tls` feature".into(),
+            }),
         }
-        Ok(Stream::Tcp(tcp))
     }
 
     /// The TCP socket underneath.
