@@ -16,7 +16,7 @@ use crate::consumer::{CancelCallback, ConsumerEntry, ReturnCallback};
 use crate::delivery::GetMessage;
 use crate::error::{Error, Result};
 use crate::io::chan::{ChanState, ChannelCore, Life, Reply};
-use crate::io::{codec, short, with_scratch, SyncWait};
+use crate::io::{codec, short, wait_until, with_scratch, SyncWait};
 use crate::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOk, QueueDeclareOptions,
     QueueDeleteOptions,
@@ -209,21 +209,18 @@ impl Channel {
             if let Some(e) = st.closed_error() {
                 return Err(e);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                // The reply may still come: drop it then, so it is not taken for the next one.
-                st.awaiting = false;
-                st.stale += 1;
-                return Err(Error::timeout(
-                    format!("waiting for the reply to {what}"),
-                    timeout,
-                ));
-            }
-            st = core
-                .cond
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            st = match wait_until(&core.cond, st, deadline) {
+                Ok(guard) => guard,
+                Err(mut st) => {
+                    // The reply may still come: drop it then, so it is not taken for the next one.
+                    st.awaiting = false;
+                    st.stale += 1;
+                    return Err(Error::timeout(
+                        format!("waiting for the reply to {what}"),
+                        timeout,
+                    ));
+                }
+            };
         }
     }
 
@@ -243,15 +240,8 @@ impl Channel {
         let _waiting = SyncWait::new(&self.inner.owner.core);
         let mut st = core.lock();
         while !matches!(st.life, Life::Closed(_)) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::timeout("waiting for channel.close-ok", timeout));
-            }
-            st = core
-                .cond
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            st = wait_until(&core.cond, st, deadline)
+                .map_err(|_| Error::timeout("waiting for channel.close-ok", timeout))?;
         }
         Ok(())
     }
@@ -600,18 +590,9 @@ impl Channel {
             if let Some(e) = st.closed_error() {
                 return Err(e);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::timeout(
-                    format!("waiting for the confirm of message {seq}"),
-                    timeout,
-                ));
-            }
-            st = core
-                .cond
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            st = wait_until(&core.cond, st, deadline).map_err(|_| {
+                Error::timeout(format!("waiting for the confirm of message {seq}"), timeout)
+            })?;
         }
         let outcome = st
             .confirms
@@ -722,22 +703,19 @@ impl Channel {
             if let Some(e) = st.closed_error() {
                 return Err(e);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let last = st
-                    .confirms
-                    .as_ref()
-                    .map_or(0, ConfirmTracker::last_published);
-                return Err(Error::timeout(
-                    format!("waiting for confirms up to message {last}"),
-                    timeout,
-                ));
-            }
-            st = core
-                .cond
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            st = match wait_until(&core.cond, st, deadline) {
+                Ok(guard) => guard,
+                Err(st) => {
+                    let last = st
+                        .confirms
+                        .as_ref()
+                        .map_or(0, ConfirmTracker::last_published);
+                    return Err(Error::timeout(
+                        format!("waiting for confirms up to message {last}"),
+                        timeout,
+                    ));
+                }
+            };
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::channel::Channel;
 use crate::delivery::{Delivery, Returned};
 use crate::error::{Error, Result};
 use crate::io::chan::Reply;
-use crate::io::{short, INBOUND_CHANNEL_LIMIT};
+use crate::io::{short, wait_until, INBOUND_CHANNEL_LIMIT};
 use crate::options::BasicConsumeOptions;
 
 /// A consumer callback: pika's `on_message_callback(channel, method, properties, body)`.
@@ -429,16 +429,10 @@ impl Channel {
             }
             st = match deadline {
                 None => core.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(Pumped::TimedOut);
-                    }
-                    core.cond
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
+                Some(deadline) => match wait_until(&core.cond, st, deadline) {
+                    Ok(guard) => guard,
+                    Err(_) => return Ok(Pumped::TimedOut),
+                },
             };
         }
     }

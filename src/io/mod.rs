@@ -166,18 +166,12 @@ impl Core {
             if link.buf.len() < OUTBOUND_HIGH_WATER {
                 return Ok(());
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::timeout(
+            link = wait_until(&self.link_cond, link, deadline).map_err(|_| {
+                Error::timeout(
                     "waiting for room in the outbound buffer (the broker is not reading)",
                     self.params.rpc_timeout,
-                ));
-            }
-            link = self
-                .link_cond
-                .wait_timeout(link, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+                )
+            })?;
         }
     }
 
@@ -262,15 +256,13 @@ impl Core {
         let mut activity = self.lock_activity();
         activity.waiters += 1;
         while activity.generation == generation && self.closed_error().is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
+            match wait_until(&self.activity_cond, activity, deadline) {
+                Ok(guard) => activity = guard,
+                Err(guard) => {
+                    activity = guard;
+                    break;
+                }
             }
-            activity = self
-                .activity_cond
-                .wait_timeout(activity, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
         }
         activity.waiters -= 1;
     }
@@ -314,18 +306,8 @@ impl Core {
             if let Some(e) = &link.closed {
                 return Err(e.clone());
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::timeout(
-                    "waiting for connection.update-secret-ok",
-                    timeout,
-                ));
-            }
-            link = self
-                .link_cond
-                .wait_timeout(link, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            link = wait_until(&self.link_cond, link, deadline)
+                .map_err(|_| Error::timeout("waiting for connection.update-secret-ok", timeout))?;
         }
     }
 
@@ -363,16 +345,14 @@ impl Core {
             let _waiting = SyncWait::new(self);
             let deadline = Instant::now() + timeout;
             while link.closed.is_none() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    result = Err(Error::timeout("waiting for connection.close-ok", timeout));
-                    break;
+                match wait_until(&self.link_cond, link, deadline) {
+                    Ok(guard) => link = guard,
+                    Err(guard) => {
+                        link = guard;
+                        result = Err(Error::timeout("waiting for connection.close-ok", timeout));
+                        break;
+                    }
                 }
-                link = self
-                    .link_cond
-                    .wait_timeout(link, left)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
             }
         }
         drop(link);
@@ -437,6 +417,23 @@ impl Drop for SyncWait<'_> {
     fn drop(&mut self) {
         self.0.sync_waiters.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// Waits on `cond` until notified or `deadline`. `Err` (with the guard back) once the
+/// deadline has passed; callers loop on `Ok`, which may be a spurious wake-up.
+pub(crate) fn wait_until<'a, T>(
+    cond: &Condvar,
+    guard: MutexGuard<'a, T>,
+    deadline: Instant,
+) -> std::result::Result<MutexGuard<'a, T>, MutexGuard<'a, T>> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(guard);
+    }
+    Ok(cond
+        .wait_timeout(guard, left)
+        .unwrap_or_else(|p| p.into_inner())
+        .0)
 }
 
 thread_local! {
