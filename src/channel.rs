@@ -15,7 +15,9 @@ use crate::connection::Owner;
 use crate::consumer::{CancelCallback, ConsumerEntry, ReturnCallback};
 use crate::delivery::GetMessage;
 use crate::error::{Error, Result};
+use crate::io::ack_frames::{self, Settle};
 use crate::io::chan::{ChanState, ChannelCore, Life, Reply};
+use crate::io::publish_cache::PublishCache;
 use crate::io::{codec, short, wait_until, with_scratch, SyncWait};
 use crate::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOk, QueueDeclareOptions,
@@ -43,6 +45,8 @@ pub(crate) struct ChannelHandle {
     pub(crate) core: Arc<ChannelCore>,
     pub(crate) consumers: Mutex<HashMap<String, ConsumerEntry>>,
     pub(crate) callbacks: Mutex<ChannelCallbacks>,
+    /// The last publish's encoded method and header frames (see `io::publish_cache`).
+    publish_cache: Mutex<PublishCache>,
     /// A thread is inside `start_consuming` (or iterating `consume()`) on this channel.
     pub(crate) consuming: AtomicBool,
 }
@@ -130,6 +134,7 @@ impl Channel {
             core,
             consumers: Mutex::new(HashMap::new()),
             callbacks: Mutex::new(ChannelCallbacks::default()),
+            publish_cache: Mutex::new(PublishCache::default()),
             consuming: AtomicBool::new(false),
         });
         inner.owner.register_channel(&inner);
@@ -171,18 +176,6 @@ impl Channel {
     /// True once the channel is closed (pika's `is_closed`).
     pub fn is_closed(&self) -> bool {
         !self.is_open()
-    }
-
-    /// Sends an asynchronous method (no reply expected).
-    pub(crate) fn send_async(&self, method: AMQPClass) -> Result<()> {
-        let core = self.core();
-        with_scratch(|buf| {
-            codec::encode_method(buf, core.id, method)?;
-            self.inner
-                .owner
-                .core
-                .send_on(core, buf, None, |st| ensure_open(st))
-        })
     }
 
     /// Sends a synchronous method and waits for its reply, at most the RPC timeout.
@@ -533,27 +526,27 @@ impl Channel {
     /// The ack is queued for the I/O thread and written with whatever else is queued; it is
     /// on the wire within one pass of the I/O thread (microseconds on an idle connection).
     pub fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<()> {
-        self.send_async(AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
-            delivery_tag,
-            multiple,
-        })))
+        self.settle(Settle::Ack { multiple }, delivery_tag)
     }
 
     /// Rejects deliveries (pika's `basic_nack(delivery_tag=0, multiple=False, requeue=True)`).
     pub fn basic_nack(&self, delivery_tag: u64, multiple: bool, requeue: bool) -> Result<()> {
-        self.send_async(AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
-            delivery_tag,
-            multiple,
-            requeue,
-        })))
+        self.settle(Settle::Nack { multiple, requeue }, delivery_tag)
     }
 
     /// Rejects one delivery (pika's `basic_reject(delivery_tag=0, requeue=True)`).
     pub fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<()> {
-        self.send_async(AMQPClass::Basic(basic::AMQPMethod::Reject(basic::Reject {
-            delivery_tag,
-            requeue,
-        })))
+        self.settle(Settle::Reject { requeue }, delivery_tag)
+    }
+
+    fn settle(&self, settle: Settle, delivery_tag: u64) -> Result<()> {
+        let core = self.core();
+        ack_frames::with_frame(core.id, settle, delivery_tag, |frame| {
+            self.inner
+                .owner
+                .core
+                .send_on(core, frame, None, |st| ensure_open(st))
+        })
     }
 
     /// Publishes a message (pika's `basic_publish(exchange, routing_key, body, properties=None,
@@ -639,20 +632,26 @@ impl Channel {
         mandatory: bool,
     ) -> Result<Option<u64>> {
         let core = self.core();
-        let method = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-            exchange: short(exchange)?,
-            routing_key: short(routing_key)?,
+        let mut cache = self
+            .inner
+            .publish_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let frames = cache.frames(
+            core.id,
+            exchange,
+            routing_key,
             mandatory,
-            immediate: false,
-        }));
-        with_scratch(|buf| {
-            codec::encode_method(buf, core.id, method)?;
-            codec::encode_content_header(buf, core.id, body.len() as u64, properties)?;
-            self.inner.owner.core.send_on(core, buf, Some(body), |st| {
+            properties,
+            body.len() as u64,
+        )?;
+        self.inner
+            .owner
+            .core
+            .send_on(core, frames, Some(body), |st| {
                 ensure_open(st)?;
                 Ok(st.confirms.as_mut().map(ConfirmTracker::publish))
             })
-        })
     }
 
     /// Turns on publisher confirms (pika's `confirm_delivery`): from now on

@@ -7,10 +7,12 @@
 //! was writing goes out in one `write` (coalescing). It also reads and parses frames, assembles
 //! content, routes everything by channel id, and keeps heartbeats.
 
+pub(crate) mod ack_frames;
 pub(crate) mod chan;
 pub(crate) mod codec;
 pub(crate) mod handshake;
 pub(crate) mod heartbeat;
+pub(crate) mod publish_cache;
 mod thread;
 
 use std::collections::HashMap;
@@ -154,7 +156,8 @@ impl Core {
     /// connection (without that timeout, as long as the broker blocks, as in pika).
     fn wait_for_room(&self, content: bool) -> Result<()> {
         let mut link = self.lock_link();
-        let deadline = Instant::now() + self.params.rpc_timeout;
+        // Set when a wait starts: the common case never waits, nor reads the clock.
+        let mut deadline = None;
         loop {
             if let Some(e) = &link.closed {
                 return Err(e.clone());
@@ -166,6 +169,8 @@ impl Core {
             if link.buf.len() < OUTBOUND_HIGH_WATER {
                 return Ok(());
             }
+            let deadline =
+                *deadline.get_or_insert_with(|| Instant::now() + self.params.rpc_timeout);
             link = wait_until(&self.link_cond, link, deadline).map_err(|_| {
                 Error::timeout(
                     "waiting for room in the outbound buffer (the broker is not reading)",

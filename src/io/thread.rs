@@ -1,7 +1,6 @@
 //! The `cottontail-io` thread: owns the socket, reads and routes frames, writes what callers
 //! queued, keeps heartbeats. It never runs user code and never blocks on anything but `poll`.
 
-use std::collections::HashMap;
 use std::io::{ErrorKind, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -62,7 +61,7 @@ pub(crate) fn spawn(
     let io = IoThread {
         router: Router {
             core: core.clone(),
-            channels: HashMap::new(),
+            channels: Vec::new(),
             dirty: Vec::new(),
             paused: Vec::new(),
             blocked_since: None,
@@ -358,7 +357,9 @@ struct Entry {
 /// Routes frames to channels (the I/O thread's own cache of the channel table).
 struct Router {
     core: Arc<Core>,
-    channels: HashMap<u16, Entry>,
+    /// Indexed by channel number (a lookup per frame, so no hashing); grows to the highest
+    /// number in use, at most `channel_max`.
+    channels: Vec<Option<Entry>>,
     /// Channels whose state changed since the last notify (one wake-up per read, not per frame).
     dirty: Vec<Arc<ChannelCore>>,
     /// Channels holding more than the inbound limit: reading is paused while any is here.
@@ -369,7 +370,8 @@ struct Router {
 
 impl Router {
     fn entry(&mut self, channel: u16) -> Result<&mut Entry> {
-        if !self.channels.contains_key(&channel) {
+        let index = channel as usize;
+        if self.channels.get(index).is_none_or(Option::is_none) {
             let core = self.core.lock_channels().get(&channel).cloned();
             let core = core.ok_or_else(|| {
                 Error::protocol(
@@ -377,19 +379,22 @@ impl Router {
                     format!("frame on channel {channel}, which is not open"),
                 )
             })?;
-            self.channels.insert(
-                channel,
-                Entry {
-                    core,
-                    partial: None,
-                },
-            );
+            if self.channels.len() <= index {
+                self.channels.resize_with(index + 1, || None);
+            }
+            self.channels[index] = Some(Entry {
+                core,
+                partial: None,
+            });
         }
-        Ok(self.channels.get_mut(&channel).expect("inserted above"))
+        Ok(self.channels[index].as_mut().expect("filled above"))
     }
 
     fn is_known(&self, channel: u16) -> bool {
-        self.channels.contains_key(&channel) || self.core.lock_channels().contains_key(&channel)
+        self.channels
+            .get(channel as usize)
+            .is_some_and(Option::is_some)
+            || self.core.lock_channels().contains_key(&channel)
     }
 
     fn mark_dirty(&mut self, channel: &Arc<ChannelCore>) {
@@ -433,7 +438,11 @@ impl Router {
 
     /// Removes a closed channel from the cache and the connection's table (its number is free).
     fn forget(&mut self, channel: u16) {
-        if let Some(entry) = self.channels.remove(&channel) {
+        if let Some(entry) = self
+            .channels
+            .get_mut(channel as usize)
+            .and_then(Option::take)
+        {
             let mut table = self.core.lock_channels();
             if table
                 .get(&channel)
@@ -532,7 +541,11 @@ impl Router {
     }
 
     fn finish_content(&mut self, channel: u16) {
-        let Some(entry) = self.channels.get_mut(&channel) else {
+        let Some(entry) = self
+            .channels
+            .get_mut(channel as usize)
+            .and_then(Option::as_mut)
+        else {
             return;
         };
         let Some(partial) = entry.partial.take() else {

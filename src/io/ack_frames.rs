@@ -1,0 +1,116 @@
+//! basic.ack, basic.nack and basic.reject frames, encoded once per thread and channel by
+//! amq-protocol, then reused with the delivery tag patched in.
+//!
+//! A consumer acks every message; encoding the ack through cookie-factory costs ~1,800
+//! instructions and a few allocations, patching 8 bytes of a template almost nothing. The
+//! three methods put the delivery tag first, right after the class and method ids.
+
+use std::cell::RefCell;
+
+use amq_protocol::protocol::{basic, AMQPClass};
+
+use super::codec;
+use crate::error::Result;
+
+/// Offset of the delivery tag: frame header (7), class id (2), method id (2).
+const TAG_OFFSET: usize = 11;
+
+/// Which settlement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Settle {
+    Ack { multiple: bool },
+    Nack { multiple: bool, requeue: bool },
+    Reject { requeue: bool },
+}
+
+impl Settle {
+    fn method(self, delivery_tag: u64) -> AMQPClass {
+        AMQPClass::Basic(match self {
+            Settle::Ack { multiple } => basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag,
+                multiple,
+            }),
+            Settle::Nack { multiple, requeue } => basic::AMQPMethod::Nack(basic::Nack {
+                delivery_tag,
+                multiple,
+                requeue,
+            }),
+            Settle::Reject { requeue } => basic::AMQPMethod::Reject(basic::Reject {
+                delivery_tag,
+                requeue,
+            }),
+        })
+    }
+}
+
+thread_local! {
+    static TEMPLATES: RefCell<Vec<(u16, Settle, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with the encoded frame settling `delivery_tag` on `channel`.
+pub(crate) fn with_frame<T>(
+    channel: u16,
+    settle: Settle,
+    delivery_tag: u64,
+    f: impl FnOnce(&[u8]) -> Result<T>,
+) -> Result<T> {
+    TEMPLATES.with(|cell| {
+        let Ok(mut templates) = cell.try_borrow_mut() else {
+            // Re-entered (cannot happen today): encode afresh.
+            let mut buf = Vec::new();
+            codec::encode_method(&mut buf, channel, settle.method(delivery_tag))?;
+            return f(&buf);
+        };
+        let index = match templates
+            .iter()
+            .position(|(c, s, _)| *c == channel && *s == settle)
+        {
+            Some(i) => i,
+            None => {
+                let mut buf = Vec::new();
+                codec::encode_method(&mut buf, channel, settle.method(0))?;
+                if templates.len() >= 64 {
+                    templates.remove(0);
+                }
+                templates.push((channel, settle, buf));
+                templates.len() - 1
+            }
+        };
+        let frame = &mut templates[index].2;
+        frame[TAG_OFFSET..TAG_OFFSET + 8].copy_from_slice(&delivery_tag.to_be_bytes());
+        f(frame)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patched_templates_equal_fresh_encodings() {
+        let kinds = [
+            Settle::Ack { multiple: false },
+            Settle::Ack { multiple: true },
+            Settle::Nack {
+                multiple: true,
+                requeue: false,
+            },
+            Settle::Nack {
+                multiple: false,
+                requeue: true,
+            },
+            Settle::Reject { requeue: true },
+            Settle::Reject { requeue: false },
+        ];
+        for channel in [1u16, 7, 65535] {
+            for settle in kinds {
+                for tag in [0u64, 1, 255, 1 << 40, u64::MAX] {
+                    let got = with_frame(channel, settle, tag, |f| Ok(f.to_vec())).unwrap();
+                    let mut fresh = Vec::new();
+                    codec::encode_method(&mut fresh, channel, settle.method(tag)).unwrap();
+                    assert_eq!(got, fresh, "{channel} {settle:?} {tag}");
+                }
+            }
+        }
+    }
+}

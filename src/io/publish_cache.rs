@@ -1,0 +1,135 @@
+//! The encoded method and content-header frames of a channel's last publish.
+//!
+//! Most publishers send many messages to the same exchange and routing key with the same
+//! properties. Encoding basic.publish and its content header through amq-protocol costs a
+//! handful of allocations and ~2,000 instructions per message; reusing the last encoding and
+//! patching the body size (8 bytes) costs a few comparisons. A miss encodes afresh with
+//! `gen_frame`, so the bytes are always amq-protocol's.
+
+use amq_protocol::protocol::{basic, AMQPClass, BasicProperties};
+
+use super::{codec, short};
+use crate::error::Result;
+
+/// Offset of the body size in a content header frame: frame header (7), class id (2), weight (2).
+const BODY_SIZE_OFFSET: usize = 11;
+
+#[derive(Debug, Default)]
+pub(crate) struct PublishCache {
+    exchange: String,
+    routing_key: String,
+    mandatory: bool,
+    properties: BasicProperties,
+    /// The method frame then the header frame.
+    frames: Vec<u8>,
+    /// Where the header frame starts in `frames`; 0 when the cache is empty.
+    header_at: usize,
+}
+
+impl PublishCache {
+    /// The method and header frames for this publish, encoded anew only when something other
+    /// than the body size differs from the last one.
+    pub(crate) fn frames(
+        &mut self,
+        channel: u16,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        properties: &BasicProperties,
+        body_size: u64,
+    ) -> Result<&[u8]> {
+        let hit = self.header_at > 0
+            && self.mandatory == mandatory
+            && self.exchange == exchange
+            && self.routing_key == routing_key
+            && &self.properties == properties;
+        if !hit {
+            self.header_at = 0;
+            self.frames.clear();
+            let method = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: short(exchange)?,
+                routing_key: short(routing_key)?,
+                mandatory,
+                immediate: false,
+            }));
+            codec::encode_method(&mut self.frames, channel, method)?;
+            let header_at = self.frames.len();
+            codec::encode_content_header(&mut self.frames, channel, body_size, properties)?;
+            self.exchange.clear();
+            self.exchange.push_str(exchange);
+            self.routing_key.clear();
+            self.routing_key.push_str(routing_key);
+            self.mandatory = mandatory;
+            self.properties = properties.clone();
+            self.header_at = header_at;
+        }
+        let at = self.header_at + BODY_SIZE_OFFSET;
+        self.frames[at..at + 8].copy_from_slice(&body_size.to_be_bytes());
+        Ok(&self.frames)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh(channel: u16, ex: &str, rk: &str, props: &BasicProperties, size: u64) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let method = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: ex.into(),
+            routing_key: rk.into(),
+            mandatory: false,
+            immediate: false,
+        }));
+        codec::encode_method(&mut buf, channel, method).unwrap();
+        codec::encode_content_header(&mut buf, channel, size, props).unwrap();
+        buf
+    }
+
+    #[test]
+    fn a_hit_is_byte_identical_to_a_fresh_encoding() {
+        let mut cache = PublishCache::default();
+        let props = BasicProperties::default().with_delivery_mode(2);
+        for size in [0u64, 5, 1 << 20, u32::MAX as u64 + 7] {
+            let got = cache
+                .frames(3, "ex", "rk", false, &props, size)
+                .unwrap()
+                .to_vec();
+            assert_eq!(got, fresh(3, "ex", "rk", &props, size), "size {size}");
+        }
+    }
+
+    #[test]
+    fn any_difference_re_encodes() {
+        let mut cache = PublishCache::default();
+        let props = BasicProperties::default();
+        cache.frames(1, "ex", "a", false, &props, 1).unwrap();
+        let other_key = cache
+            .frames(1, "ex", "b", false, &props, 1)
+            .unwrap()
+            .to_vec();
+        assert_eq!(other_key, fresh(1, "ex", "b", &props, 1));
+        let with_id = props.clone().with_message_id("m".into());
+        let other_props = cache
+            .frames(1, "ex", "b", false, &with_id, 1)
+            .unwrap()
+            .to_vec();
+        assert_eq!(other_props, fresh(1, "ex", "b", &with_id, 1));
+    }
+
+    #[test]
+    fn an_invalid_name_leaves_the_cache_empty() {
+        let mut cache = PublishCache::default();
+        let props = BasicProperties::default();
+        cache.frames(1, "ex", "rk", false, &props, 1).unwrap();
+        assert!(cache
+            .frames(1, "ex", &"x".repeat(256), false, &props, 1)
+            .is_err());
+        assert_eq!(cache.header_at, 0);
+        let again = cache
+            .frames(1, "ex", "rk", false, &props, 2)
+            .unwrap()
+            .to_vec();
+        assert_eq!(again, fresh(1, "ex", "rk", &props, 2));
+    }
+}
