@@ -1,6 +1,6 @@
 //! [`Channel`]: pika's `BlockingChannel` methods.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -43,7 +43,9 @@ pub type BlockingChannel = Channel;
 pub(crate) struct ChannelHandle {
     pub(crate) owner: Arc<Owner>,
     pub(crate) core: Arc<ChannelCore>,
-    pub(crate) consumers: Mutex<HashMap<String, ConsumerEntry>>,
+    /// By tag; a B-tree because a channel has few consumers and a delivery's lookup then costs
+    /// a comparison or two instead of hashing the tag.
+    pub(crate) consumers: Mutex<BTreeMap<String, ConsumerEntry>>,
     pub(crate) callbacks: Mutex<ChannelCallbacks>,
     /// The last publish's encoded method and header frames (see `io::publish_cache`).
     publish_cache: Mutex<PublishCache>,
@@ -132,7 +134,7 @@ impl Channel {
         let inner = Arc::new(ChannelHandle {
             owner,
             core,
-            consumers: Mutex::new(HashMap::new()),
+            consumers: Mutex::new(BTreeMap::new()),
             callbacks: Mutex::new(ChannelCallbacks::default()),
             publish_cache: Mutex::new(PublishCache::default()),
             consuming: AtomicBool::new(false),
@@ -149,7 +151,7 @@ impl Channel {
         self.inner.owner.core.params.rpc_timeout
     }
 
-    pub(crate) fn lock_consumers(&self) -> MutexGuard<'_, HashMap<String, ConsumerEntry>> {
+    pub(crate) fn lock_consumers(&self) -> MutexGuard<'_, BTreeMap<String, ConsumerEntry>> {
         self.inner
             .consumers
             .lock()
