@@ -1,0 +1,84 @@
+//! Remote results with correlation ids: the compute node. Port of the `compute.py` of the
+//! article "python使用rabbitmq实例七，相互关联编号correlation id" (Python 2, pika 0.x).
+//!
+//! Declares `compute_queue`, takes one request at a time (`basic_qos` prefetch 1) and answers
+//! each number `n` with `n + 1`, published through the default exchange to the request's
+//! `reply_to` queue with the request's `correlation_id`, then acks the request. It prints
+//! ` [*] Waiting for n`, then ` [.] increase(10)` for each request. Ctrl-C closes the
+//! connection, prints `Interrupted` and exits 0. Several compute nodes may run at once: the
+//! broker shares the requests between them.
+//!
+//! Run: `cargo run --example compute` (pairs with `cargo run --example center`, or the Python
+//! `tests/interop/center.py`). The broker is `localhost` unless `AMQP_HOST` says otherwise.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use cottontail::{
+    BasicConsumeOptions, BasicProperties, Connection, ConnectionParameters, QueueDeclareOptions,
+};
+
+/// Adds 1 to `n`: the "computation".
+fn increase(n: i64) -> i64 {
+    n + 1
+}
+
+fn main() -> cottontail::Result<()> {
+    let connection = Connection::open(ConnectionParameters::new(support::broker_host()))?;
+    let channel = connection.channel()?;
+
+    channel.queue_declare("compute_queue", QueueDeclareOptions::default())?;
+    println!(" [*] Waiting for n");
+
+    channel.basic_qos(0, 1, false)?;
+    channel.basic_consume(
+        "compute_queue",
+        |ch, method, props, body| {
+            let text = String::from_utf8_lossy(body);
+            // The original's int(body) raises on anything but a number and kills the node; a
+            // bad request is dropped (rejected without requeue) instead.
+            let Ok(n) = text.trim().parse::<i64>() else {
+                eprintln!(" [!] not a number: {}", support::python_bytes(body));
+                return ch.basic_reject(method.delivery_tag, false);
+            };
+            println!(" [.] increase({text})");
+            let response = increase(n);
+
+            let mut properties = BasicProperties::default();
+            if let Some(correlation_id) = props.correlation_id() {
+                properties = properties.with_correlation_id(correlation_id.clone());
+            }
+            match props.reply_to() {
+                Some(reply_to) => ch.basic_publish(
+                    "",
+                    reply_to.as_str(),
+                    response.to_string().as_bytes(),
+                    &properties,
+                    false,
+                )?,
+                None => eprintln!(" [!] increase({n}) requested without reply_to: answer dropped"),
+            }
+            ch.basic_ack(method.delivery_tag, false)
+        },
+        BasicConsumeOptions::default(),
+    )?;
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let on_ctrl_c = connection.clone();
+    let flag = interrupted.clone();
+    ctrlc::set_handler(move || {
+        flag.store(true, Ordering::SeqCst);
+        let _ = on_ctrl_c.close();
+    })
+    .expect("installing the Ctrl-C handler");
+
+    match channel.start_consuming() {
+        Err(_) if interrupted.load(Ordering::SeqCst) => {
+            println!("Interrupted");
+            Ok(())
+        }
+        other => other,
+    }
+}
