@@ -665,3 +665,131 @@ fn broker_close_reaches_every_waiter() {
         "the client did not answer connection.close with close-ok: {frames:?}"
     );
 }
+
+/// A field table holding one array nested `depth` deep: 5 bytes a level, the most levels a
+/// frame's bytes can buy.
+fn deeply_nested_table(depth: usize) -> Vec<u8> {
+    let mut array: Vec<u8> = 0u32.to_be_bytes().to_vec();
+    for _ in 0..depth {
+        let mut value = vec![b'A'];
+        value.extend_from_slice(&array);
+        array = (value.len() as u32).to_be_bytes().to_vec();
+        array.extend_from_slice(&value);
+    }
+    let mut entry = vec![1u8, b'a', b'A'];
+    entry.extend_from_slice(&array);
+    let mut table = (entry.len() as u32).to_be_bytes().to_vec();
+    table.extend_from_slice(&entry);
+    table
+}
+
+fn raw_frame(frame_type: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![frame_type];
+    frame.extend_from_slice(&channel.to_be_bytes());
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame.push(0xCE);
+    frame
+}
+
+#[test]
+fn deeply_nested_headers_in_a_full_frame_do_not_overflow_the_stack() {
+    // The deepest nesting a 131072-byte frame can carry; parsing (or dropping) it recursively
+    // needs hundreds of MiB of stack: without care the whole process aborts. cottontail
+    // refuses it as a frame error.
+    let depth = (131_072 - 8 - 14 - 7) / 5 - 2;
+    let (port, fake) = spawn_fake(move |broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        peer.expect_get(1);
+        let mut bytes = Peer::encode(&AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                delivery_tag: 1,
+                redelivered: false,
+                exchange: "".into(),
+                routing_key: "q".into(),
+                message_count: 0,
+            })),
+        ));
+        let mut header = vec![0, 60, 0, 0];
+        header.extend_from_slice(&2u64.to_be_bytes());
+        header.extend_from_slice(&0x2000u16.to_be_bytes()); // headers only
+        header.extend_from_slice(&deeply_nested_table(depth));
+        assert!(header.len() + 8 <= 131_072, "{}", header.len());
+        bytes.extend(raw_frame(2, 1, &header));
+        bytes.extend(raw_frame(3, 1, b"ok"));
+        peer.send_raw(&bytes);
+        peer.drain()
+    });
+    let connection = Connection::open(params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    let started = Instant::now();
+    let err = must_fail(channel.basic_get("q", false), "basic.get");
+    assert_prompt(started, "the frame error");
+    assert_protocol(&err, 501);
+    assert!(err.to_string().contains("nested"), "{err}");
+    assert!(connection.is_closed());
+    join(fake);
+}
+
+#[test]
+fn headers_nested_within_the_limit_arrive() {
+    let (port, fake) = spawn_fake(move |broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        peer.expect_get(1);
+        let mut bytes = Peer::encode(&AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                delivery_tag: 1,
+                redelivered: false,
+                exchange: "".into(),
+                // Many tag bytes that are not nesting: parsed on the deep-stack path.
+                routing_key: "AF".repeat(100).as_str().into(),
+                message_count: 0,
+            })),
+        ));
+        let mut header = vec![0, 60, 0, 0];
+        header.extend_from_slice(&2u64.to_be_bytes());
+        header.extend_from_slice(&0x2000u16.to_be_bytes());
+        header.extend_from_slice(&deeply_nested_table(100));
+        bytes.extend(raw_frame(2, 1, &header));
+        bytes.extend(raw_frame(3, 1, b"ok"));
+        peer.send_raw(&bytes);
+        peer.drain()
+    });
+    let connection = Connection::open(params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    let message = channel
+        .basic_get("q", false)
+        .expect("basic.get")
+        .expect("a message");
+    assert_eq!(message.body, b"ok");
+    assert_eq!(message.method.routing_key.as_str(), "AF".repeat(100));
+    assert!(message.properties.headers().is_some());
+    drop(channel);
+    drop(connection);
+    join(fake);
+}
+
+#[test]
+fn deeply_nested_server_properties_do_not_overflow_the_stack() {
+    let depth = (131_072 - 8 - 200) / 5;
+    let (port, fake) = spawn_fake(move |broker| {
+        let mut peer = broker.accept();
+        peer.read_protocol_header();
+        // connection.start by hand: class 10, method 10, version 0-9, then the table.
+        let mut start = vec![0, 10, 0, 10, 0, 9];
+        start.extend_from_slice(&deeply_nested_table(depth));
+        for text in [&b"PLAIN"[..], b"en_US"] {
+            start.extend_from_slice(&(text.len() as u32).to_be_bytes());
+            start.extend_from_slice(text);
+        }
+        peer.send_raw(&raw_frame(1, 0, &start));
+        peer.drain();
+    });
+    let err = must_fail(Connection::open(params(port)), "open");
+    assert_protocol(&err, 501);
+    join(fake);
+}

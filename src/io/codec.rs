@@ -8,7 +8,8 @@ use std::io::{self, Read};
 use std::ops::Range;
 
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, WriteContext};
-use amq_protocol::protocol::{constants, AMQPClass, BasicProperties};
+use amq_protocol::protocol::{connection, constants, AMQPClass, BasicProperties};
+use amq_protocol::types::{AMQPValue, FieldTable};
 
 use crate::error::{Error, Result, FRAME_ERROR};
 
@@ -150,14 +151,115 @@ impl FrameReader {
             let payload = frame_start + HEADER_LEN..frame_start + HEADER_LEN + size;
             return Ok(Some(Inbound::Body(channel, payload)));
         }
-        match parse_frame(&self.buf[frame_start..frame_start + total]) {
-            Ok((_, frame)) => Ok(Some(Inbound::Frame(frame))),
+        match parse_nested_safely(&self.buf[frame_start..frame_start + total]) {
+            Ok(frame) => Ok(Some(Inbound::Frame(frame))),
             Err(e) => Err(Error::protocol(
                 FRAME_ERROR,
                 format!("malformed frame on channel {channel}: {e}"),
             )),
         }
     }
+}
+
+/// The deepest nesting of field tables and arrays accepted in a frame. Every level costs a
+/// type tag byte (`F` or `A`), so a frame with no more tag bytes than this cannot nest deeper
+/// and is parsed inline.
+pub(crate) const MAX_NESTING: usize = 128;
+/// Stack of the thread that parses frames with more tag bytes: amq-protocol's parser recurses
+/// once per nesting level (up to ~11 KiB a level in a debug build) and a 128 KiB frame can
+/// nest ~26,000 levels. Reserved address space; only what the frame really uses is touched.
+const DEEP_PARSE_STACK: usize = 1 << 30;
+
+/// `parse_frame`, safe against field tables and arrays nested deep enough to overflow a stack
+/// (which would abort the process, not just fail): when parsing, and later when the caller
+/// clones, compares, prints or drops the value, all of which recurse. A frame that could nest
+/// deeper than [`MAX_NESTING`] is parsed on a short-lived thread with a deep stack, its depth
+/// measured without recursion, and it is dropped there if too deep.
+fn parse_nested_safely(bytes: &[u8]) -> std::result::Result<AMQPFrame, String> {
+    let parse = || {
+        parse_frame(bytes)
+            .map(|(_, frame)| frame)
+            .map_err(|e| e.to_string())
+    };
+    let tags = bytes.iter().filter(|&&b| b == b'F' || b == b'A').count();
+    if tags <= MAX_NESTING {
+        return parse();
+    }
+    let checked = || {
+        let frame = parse()?;
+        let depth = match &frame {
+            AMQPFrame::Header(_, header) => {
+                header.properties.headers().as_ref().map_or(0, table_depth)
+            }
+            AMQPFrame::Method(_, AMQPClass::Connection(connection::AMQPMethod::Start(start))) => {
+                table_depth(&start.server_properties)
+            }
+            AMQPFrame::Method(_, method) if client_only_with_table(method) => {
+                return Err(format!("{method:?} is a client's method"));
+            }
+            _ => 0,
+        };
+        if depth > MAX_NESTING {
+            return Err(format!(
+                "field table nested {depth} levels deep (at most {MAX_NESTING})"
+            ));
+        }
+        Ok(frame)
+    };
+    std::thread::scope(|scope| {
+        match std::thread::Builder::new()
+            .name("cottontail-parse".into())
+            .stack_size(DEEP_PARSE_STACK)
+            .spawn_scoped(scope, checked)
+        {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err("the parser panicked".into())),
+            Err(e) => Err(format!(
+                "cannot start a thread to parse a deeply nested frame: {e}"
+            )),
+        }
+    })
+}
+
+/// Methods only a client sends that carry a field table: a broker never sends them.
+fn client_only_with_table(method: &AMQPClass) -> bool {
+    use amq_protocol::protocol::{basic, exchange, queue};
+    matches!(
+        method,
+        AMQPClass::Connection(connection::AMQPMethod::StartOk(_))
+            | AMQPClass::Exchange(
+                exchange::AMQPMethod::Declare(_)
+                    | exchange::AMQPMethod::Bind(_)
+                    | exchange::AMQPMethod::Unbind(_)
+            )
+            | AMQPClass::Queue(
+                queue::AMQPMethod::Declare(_)
+                    | queue::AMQPMethod::Bind(_)
+                    | queue::AMQPMethod::Unbind(_)
+            )
+            | AMQPClass::Basic(basic::AMQPMethod::Consume(_))
+    )
+}
+
+/// How deeply tables and arrays nest in `table` (1 for a flat table), without recursion.
+pub(crate) fn table_depth(table: &FieldTable) -> usize {
+    let mut deepest = 1;
+    let mut pending: Vec<(&AMQPValue, usize)> = table.inner().values().map(|v| (v, 2)).collect();
+    while let Some((value, depth)) = pending.pop() {
+        match value {
+            AMQPValue::FieldTable(t) => {
+                deepest = deepest.max(depth);
+                pending.extend(t.inner().values().map(|v| (v, depth + 1)));
+            }
+            AMQPValue::FieldArray(a) => {
+                deepest = deepest.max(depth);
+                pending.extend(a.as_slice().iter().map(|v| (v, depth + 1)));
+            }
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Appends a method frame to `buf`.
@@ -275,6 +377,19 @@ mod tests {
         fn concat_bodies(&self) -> Vec<u8> {
             self.iter().flat_map(|(_, b)| b.clone()).collect()
         }
+    }
+
+    #[test]
+    fn table_depth_counts_tables_and_arrays_without_recursion() {
+        let mut inner = FieldTable::default();
+        inner.insert("x".into(), AMQPValue::LongInt(1));
+        let mut array = amq_protocol::types::FieldArray::default();
+        array.push(AMQPValue::FieldTable(inner));
+        let mut outer = FieldTable::default();
+        outer.insert("flat".into(), AMQPValue::Boolean(true));
+        outer.insert("a".into(), AMQPValue::FieldArray(array));
+        assert_eq!(table_depth(&FieldTable::default()), 1);
+        assert_eq!(table_depth(&outer), 3);
     }
 
     #[test]

@@ -91,12 +91,45 @@ pub(crate) struct Core {
 impl Core {
     /// Connects, runs the handshake on the caller's thread and starts the I/O thread.
     pub(crate) fn open(params: ConnectionParameters) -> Result<Arc<Core>> {
-        let started = Instant::now();
-        let deadline = started + params.stack_timeout;
-        let mut stream = Stream::connect(&params, deadline)?;
-        let mut reader = FrameReader::new(params.frame_max.max(131_072));
-        let tuned = handshake(&params, &mut stream, &mut reader, deadline)?;
-        reader.set_frame_max(tuned.frame_max);
+        let deadline = Instant::now() + params.stack_timeout;
+        let stream = Stream::connect(&params, deadline)?;
+        let poll = mio::Poll::new().map_err(|e| Error::io("creating the poller", &e))?;
+        let waker = mio::Waker::new(poll.registry(), thread::WAKER)
+            .map_err(|e| Error::io("creating the waker", &e))?;
+        // The handshake runs on the I/O thread too, so what parsing a peer's frames needs
+        // does not depend on the caller's thread.
+        let (tuned_tx, tuned_rx) = std::sync::mpsc::channel();
+        let (core_tx, core_rx) = std::sync::mpsc::channel::<Arc<Core>>();
+        let handshake_params = params.clone();
+        let handle = thread::spawn(move || {
+            let mut stream = stream;
+            let mut reader = FrameReader::new(crate::params::FRAME_MAX_SIZE);
+            match handshake(&handshake_params, &mut stream, &mut reader, deadline) {
+                Ok(tuned) => {
+                    reader.set_frame_max(tuned.frame_max);
+                    if tuned_tx.send(Ok(tuned)).is_ok() {
+                        if let Ok(core) = core_rx.recv() {
+                            thread::run(core, stream, reader, poll);
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tuned_tx.send(Err(e));
+                }
+            }
+        })?;
+        let tuned = match tuned_rx.recv() {
+            Ok(Ok(tuned)) => tuned,
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                return Err(e);
+            }
+            Err(_) => {
+                return Err(Error::StreamLost {
+                    message: "the I/O thread ended during the handshake".into(),
+                })
+            }
+        };
         log::debug!(
             "connected to {}:{} vhost {:?}: channel_max {}, frame_max {}, heartbeat {}s",
             params.host,
@@ -106,9 +139,6 @@ impl Core {
             tuned.frame_max,
             tuned.heartbeat
         );
-        let poll = mio::Poll::new().map_err(|e| Error::io("creating the poller", &e))?;
-        let waker = mio::Waker::new(poll.registry(), thread::WAKER)
-            .map_err(|e| Error::io("creating the waker", &e))?;
         let core = Arc::new(Core {
             params,
             tuned,
@@ -128,10 +158,11 @@ impl Core {
             read_paused: AtomicBool::new(false),
             sync_waiters: std::sync::atomic::AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
-            thread: Mutex::new(None),
+            thread: Mutex::new(Some(handle)),
         });
-        let handle = thread::spawn(core.clone(), stream, reader, poll)?;
-        *core.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        core_tx.send(core.clone()).map_err(|_| Error::StreamLost {
+            message: "the I/O thread ended after the handshake".into(),
+        })?;
         Ok(core)
     }
 

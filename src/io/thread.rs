@@ -39,24 +39,37 @@ enum Exit {
     Shutdown,
 }
 
-pub(crate) fn spawn(
-    core: Arc<Core>,
-    stream: Stream,
-    reader: FrameReader,
-    poll: Poll,
-) -> Result<std::thread::JoinHandle<()>> {
+/// Stack of the I/O thread: room for parsing frames nested up to `codec`'s inline limit in a
+/// debug build; deeper ones are parsed on a thread of their own (see `codec`).
+const IO_STACK: usize = 8 * 1024 * 1024;
+
+/// Starts the `cottontail-io` thread.
+pub(crate) fn spawn(f: impl FnOnce() + Send + 'static) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("cottontail-io".into())
+        .stack_size(IO_STACK)
+        .spawn(f)
+        .map_err(|e| Error::io("starting the I/O thread", &e))
+}
+
+/// Runs the I/O loop for an open connection on the current (I/O) thread until it ends.
+pub(crate) fn run(core: Arc<Core>, stream: Stream, reader: FrameReader, poll: Poll) {
     let tcp = stream.tcp();
-    tcp.set_read_timeout(None)
+    let ready = tcp
+        .set_read_timeout(None)
         .and_then(|()| tcp.set_write_timeout(None))
         .and_then(|()| tcp.set_nonblocking(true))
-        .map_err(|e| Error::io("switching the socket to non-blocking mode", &e))?;
-    poll.registry()
-        .register(
-            &mut SourceFd(&tcp.as_raw_fd()),
-            SOCKET,
-            Interest::READABLE | Interest::WRITABLE,
-        )
-        .map_err(|e| Error::io("registering the socket", &e))?;
+        .and_then(|()| {
+            poll.registry().register(
+                &mut SourceFd(&tcp.as_raw_fd()),
+                SOCKET,
+                Interest::READABLE | Interest::WRITABLE,
+            )
+        });
+    if let Err(e) = ready {
+        core.fail(Error::io("preparing the socket for the I/O thread", &e));
+        return;
+    }
     let heartbeat = Heartbeat::new(core.tuned.heartbeat, Instant::now());
     let io = IoThread {
         router: Router {
@@ -75,10 +88,7 @@ pub(crate) fn spawn(
         heartbeat,
         read_ready: true,
     };
-    std::thread::Builder::new()
-        .name("cottontail-io".into())
-        .spawn(move || io.main())
-        .map_err(|e| Error::io("starting the I/O thread", &e))
+    io.main();
 }
 
 struct IoThread {

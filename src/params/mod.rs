@@ -12,8 +12,11 @@ use crate::error::{Error, Result};
 
 mod pydict;
 
-/// The smallest `frame_max` AMQP allows (8192 bytes).
+/// The smallest `frame_max` cottontail asks for (8192 bytes).
 pub const FRAME_MIN_SIZE: u32 = 8192;
+/// The largest `frame_max` cottontail asks for (131072 bytes, pika's `FRAME_MAX_SIZE` and
+/// RabbitMQ's default); also the largest frame accepted before tuning.
+pub const FRAME_MAX_SIZE: u32 = 131_072;
 
 /// User name and password for SASL PLAIN (pika's `PlainCredentials`).
 ///
@@ -197,7 +200,7 @@ pub struct TcpOptions {
 /// | `virtual_host` | `"/"` | virtual host to open |
 /// | `credentials` | `guest` / `guest` | [`PlainCredentials`] (PLAIN) or [`ExternalCredentials`] (EXTERNAL) |
 /// | `channel_max` | 65535 | highest channel number we ask for (the smaller non-zero value of ours and the broker's wins) |
-/// | `frame_max` | 131072 | largest frame we ask for (at least 8192; the smaller wins) |
+/// | `frame_max` | 131072 | largest frame we ask for (8192 to 131072, as in pika; the smaller of ours and the broker's wins) |
 /// | `heartbeat` | `None` | `None` takes the broker's value, `Some(0)` turns heartbeats off, `Some(n)` uses `n` seconds |
 /// | `socket_timeout` | 10 s | bound on the TCP connect and on each socket wait during the handshake |
 /// | `stack_timeout` | 15 s | bound on the whole of `Connection::open`, handshake included |
@@ -444,21 +447,20 @@ impl ConnectionParameters {
         self
     }
 
-    /// Largest frame to ask for, at least 8192. Defaults to 131072.
+    /// Largest frame to ask for, from 8192 to 131072 (pika's bounds). Defaults to 131072.
     ///
-    /// # Panics
-    /// Never; a value below 8192 is raised to 8192. Use [`try_frame_max`](Self::try_frame_max)
-    /// to get an error instead.
+    /// A value outside is brought to the nearest bound; use
+    /// [`try_frame_max`](Self::try_frame_max) to get an error instead.
     pub fn frame_max(mut self, frame_max: u32) -> Self {
-        self.frame_max = frame_max.max(FRAME_MIN_SIZE);
+        self.frame_max = frame_max.clamp(FRAME_MIN_SIZE, FRAME_MAX_SIZE);
         self
     }
 
-    /// Like [`frame_max`](Self::frame_max), but a value below 8192 is an error.
+    /// Like [`frame_max`](Self::frame_max), but a value outside 8192..=131072 is an error.
     pub fn try_frame_max(mut self, frame_max: u32) -> Result<Self> {
-        if frame_max < FRAME_MIN_SIZE {
+        if !(FRAME_MIN_SIZE..=FRAME_MAX_SIZE).contains(&frame_max) {
             return Err(Error::InvalidArgument(format!(
-                "frame_max must be at least {FRAME_MIN_SIZE}, got {frame_max}"
+                "frame_max must be from {FRAME_MIN_SIZE} to {FRAME_MAX_SIZE}, got {frame_max}"
             )));
         }
         self.frame_max = frame_max;
@@ -757,8 +759,13 @@ mod tests {
     }
 
     #[test]
-    fn url_frame_max_below_minimum_is_rejected() {
+    fn url_frame_max_outside_pikas_bounds_is_rejected() {
         assert!(ConnectionParameters::from_url("amqp://localhost/?frame_max=100").is_err());
+        assert!(ConnectionParameters::from_url("amqp://localhost/?frame_max=131073").is_err());
+        assert_eq!(
+            ConnectionParameters::new("h").frame_max(1 << 20).frame_max,
+            131_072
+        );
     }
 
     #[test]
