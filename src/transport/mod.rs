@@ -36,7 +36,7 @@ impl Stream {
         match &params.ssl_options {
             None => Ok(Stream::Tcp(tcp)),
             #[cfg(feature = "tls")]
-            Some(options) => tls::wrap(tcp, &params.host, options),
+            Some(options) => tls::wrap(tcp, params, options, deadline),
             #[cfg(not(feature = "tls"))]
             Some(_) => Err(crate::Error::Tls {
                 message: "TLS needs cottontail's `tls` feature".into(),

@@ -1,0 +1,501 @@
+//! TLS (amqps) against a private RabbitMQ node with certificates made at test time: custom CA,
+//! verification failures, mutual TLS with SASL EXTERNAL, `amqps://` URLs, and a TLS client
+//! meeting a plain AMQP port. See `support/tls_broker.rs` for the node.
+
+mod support;
+#[path = "support/tls_broker.rs"]
+mod tls_broker;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cottontail::{
+    BasicConsumeOptions, BasicProperties, Connection, ConnectionParameters, ConsumeOptions,
+    Consumed, Error, ExternalCredentials, PlainCredentials, QueueDeclareOptions, SslOptions,
+};
+use support::unique;
+use tls_broker::{broker, CLIENT_CN, TCP_PORT, TLS_PORT};
+
+/// Parameters for the TLS listener on 127.0.0.1, with tight timeouts so a failure is quick.
+fn tls_params(ssl: SslOptions) -> ConnectionParameters {
+    ConnectionParameters::new("127.0.0.1")
+        .port(TLS_PORT)
+        .ssl_options(Some(ssl))
+        .socket_timeout(Duration::from_secs(5))
+        .stack_timeout(Duration::from_secs(10))
+}
+
+/// Trusts our CA and checks the certificate against `localhost`.
+fn trusting_our_ca() -> SslOptions {
+    SslOptions::new()
+        .ca_file(broker().ca_file())
+        .expect("reading the CA file")
+        .server_hostname("localhost")
+}
+
+/// Opens a connection that must succeed; on failure, shows the broker's log too.
+fn open(params: ConnectionParameters) -> Connection {
+    Connection::open(params)
+        .unwrap_or_else(|e| panic!("connecting over TLS failed: {e:?}\n{}", broker().log_tail()))
+}
+
+fn exclusive() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    }
+}
+
+fn expect_tls_error(err: Error, what: &str) -> String {
+    assert!(err.is_connection_error(), "{what}: {err:?}");
+    match err {
+        Error::Tls { message } => message,
+        other => panic!("{what}: expected Error::Tls, got {other:?}"),
+    }
+}
+
+/// The broker's view of the connection named `name`: the columns asked for, in order.
+fn broker_connection(name: &str, columns: &[&str]) -> Vec<String> {
+    let mut args = vec!["list_connections"];
+    args.extend_from_slice(columns);
+    args.push("client_properties");
+    let listing = broker().rabbitmqctl(&args);
+    let line = listing
+        .lines()
+        .find(|line| line.contains(name))
+        .unwrap_or_else(|| panic!("no connection named {name} on the broker:\n{listing}"));
+    line.split('\t')
+        .take(columns.len())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (Python's `quote(s, safe='')`).
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn publish_and_consume_over_tls_with_a_custom_ca() {
+    let connection = open(tls_params(trusting_our_ca()));
+    assert!(connection.is_open());
+    let channel = connection.channel().unwrap();
+    let queue = channel.queue_declare("", exclusive()).unwrap().queue;
+
+    let properties = BasicProperties::default().with_content_type("text/plain".into());
+    channel
+        .basic_publish("", &queue, b"hello over TLS", &properties, false)
+        .unwrap();
+    let got = channel
+        .basic_get(&queue, true)
+        .unwrap()
+        .expect("the message just published");
+    assert_eq!(got.body, b"hello over TLS");
+    assert_eq!(
+        got.properties.content_type().as_ref().map(|s| s.as_str()),
+        Some("text/plain")
+    );
+    assert_eq!(got.method.message_count, 0);
+
+    // 1 MiB: many frames and many TLS records each way, written and read in non-blocking mode.
+    let big: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(31) % 251) as u8)
+        .collect();
+    channel
+        .basic_publish("", &queue, &big, &BasicProperties::default(), false)
+        .unwrap();
+    let got = channel
+        .basic_get(&queue, true)
+        .unwrap()
+        .expect("the 1 MiB message");
+    assert_eq!(got.body.len(), big.len());
+    assert!(got.body == big, "the 1 MiB body changed on its way");
+    assert!(channel.basic_get(&queue, true).unwrap().is_none());
+    connection.close().unwrap();
+
+    // Heartbeats over TLS: a consumer idle for 3 heartbeat intervals (the broker drops a
+    // connection silent for 2) keeps its connection and still receives.
+    let name = unique("tls-heartbeat");
+    let connection = open(
+        tls_params(trusting_our_ca())
+            .heartbeat(Some(1))
+            .connection_name(&name),
+    );
+    assert_eq!(connection.heartbeat(), 1);
+    // The broker agreed to 1 s too, so it would drop a connection that went quiet.
+    assert_eq!(broker_connection(&name, &["timeout", "ssl"]), ["1", "true"]);
+    let consumer = connection.channel().unwrap();
+    let queue = consumer.queue_declare("", exclusive()).unwrap().queue;
+    let (got_tx, got_rx) = mpsc::channel();
+    consumer
+        .basic_consume(
+            &queue,
+            move |ch, method, _, body| {
+                got_tx.send(body.to_vec()).unwrap();
+                ch.basic_ack(method.delivery_tag, false)?;
+                ch.stop_consuming()
+            },
+            BasicConsumeOptions::default(),
+        )
+        .unwrap();
+    let (done_tx, done_rx) = mpsc::channel();
+    let consuming = consumer.clone();
+    std::thread::spawn(move || done_tx.send(consuming.start_consuming()).unwrap());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        connection.is_open(),
+        "the idle TLS connection died: {:?}",
+        connection.close_reason()
+    );
+    let publisher = connection.channel().unwrap();
+    publisher
+        .basic_publish("", &queue, b"after the silence", &properties, false)
+        .unwrap();
+    assert_eq!(
+        got_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        b"after the silence"
+    );
+    done_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("start_consuming returned")
+        .unwrap();
+    assert!(connection.is_open(), "{:?}", connection.close_reason());
+    connection.close().unwrap();
+}
+
+#[test]
+fn a_burst_beyond_the_inbound_limit_flows_over_tls() {
+    // 20 MiB pushed at once: more than cottontail buffers per channel (16 MiB), so reading
+    // pauses with decrypted bytes possibly left inside the TLS stream, and must resume.
+    const COUNT: usize = 20;
+    const SIZE: usize = 1024 * 1024;
+    let body = |n: usize| -> Vec<u8> {
+        let mut b: Vec<u8> = (0..SIZE).map(|i| ((i * 7 + n) % 253) as u8).collect();
+        b[..8].copy_from_slice(&(n as u64).to_be_bytes());
+        b
+    };
+    let publisher = open(tls_params(trusting_our_ca()));
+    let channel = publisher.channel().unwrap();
+    let queue = unique("tls-burst");
+    channel
+        .queue_declare(
+            &queue,
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let consumer = open(tls_params(trusting_our_ca()));
+    let consuming = consumer.channel().unwrap();
+    for n in 0..COUNT {
+        channel
+            .basic_publish("", &queue, &body(n), &BasicProperties::default(), false)
+            .unwrap();
+    }
+    let options = ConsumeOptions {
+        auto_ack: true,
+        inactivity_timeout: Some(Duration::from_secs(10)),
+        ..Default::default()
+    };
+    let mut messages = consuming.consume(&queue, options).unwrap();
+    // Let the broker push more than the limit before anything is taken out.
+    std::thread::sleep(Duration::from_secs(1));
+    for n in 0..COUNT {
+        match messages.next().expect("the iterator ended early").unwrap() {
+            Consumed::Delivery(d) => {
+                assert_eq!(d.body.len(), SIZE, "message {n}");
+                assert!(d.body == body(n), "message {n} is not the one sent {n}th");
+            }
+            Consumed::Inactive => panic!("message {n} of {COUNT} never came"),
+        }
+    }
+    messages.cancel().unwrap();
+    assert!(consumer.is_open(), "{:?}", consumer.close_reason());
+    consumer.close().unwrap();
+    publisher.close().unwrap();
+}
+
+#[test]
+fn wrong_ca_is_a_tls_error() {
+    broker();
+    let started = Instant::now();
+    let unrelated = SslOptions::new()
+        .ca_file(broker().other_ca_file())
+        .unwrap()
+        .server_hostname("localhost");
+    let err = Connection::open(tls_params(unrelated)).unwrap_err();
+    let message = expect_tls_error(err, "trusting only an unrelated CA");
+    assert!(
+        message.contains("certificate verify failed"),
+        "unexpected message: {message}"
+    );
+    // The system's roots do not know our CA either.
+    let err =
+        Connection::open(tls_params(SslOptions::new().server_hostname("localhost"))).unwrap_err();
+    let message = expect_tls_error(err, "trusting only the system's roots");
+    assert!(
+        message.contains("certificate verify failed"),
+        "unexpected message: {message}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn verify_certificate_false_accepts_an_untrusted_broker() {
+    let anything = SslOptions::new()
+        .ca_file(broker().other_ca_file())
+        .unwrap()
+        .server_hostname("wrong.example")
+        .verify_certificate(false);
+    let connection = open(tls_params(anything));
+    connection
+        .channel()
+        .unwrap()
+        .queue_declare("", exclusive())
+        .unwrap();
+    connection.close().unwrap();
+}
+
+#[test]
+fn hostname_mismatch_is_an_error_unless_verification_is_off() {
+    let err = Connection::open(tls_params(
+        trusting_our_ca().server_hostname("wrong.example"),
+    ))
+    .unwrap_err();
+    let message = expect_tls_error(err, "a certificate for another name");
+    assert!(
+        message.contains("certificate verify failed") && message.contains("mismatch"),
+        "unexpected message: {message}"
+    );
+
+    let connection = open(tls_params(
+        trusting_our_ca()
+            .server_hostname("wrong.example")
+            .verify_hostname(false),
+    ));
+    connection
+        .channel()
+        .unwrap()
+        .queue_declare("", exclusive())
+        .unwrap();
+    connection.close().unwrap();
+
+    // verify_hostname(false) still checks the chain.
+    let unrelated = SslOptions::new()
+        .ca_file(broker().other_ca_file())
+        .unwrap()
+        .verify_hostname(false);
+    let err = Connection::open(tls_params(unrelated)).unwrap_err();
+    expect_tls_error(err, "verify_hostname(false) with an unrelated CA");
+
+    // Without server_hostname the host is checked: 127.0.0.1 is in the certificate's SAN.
+    let by_address = SslOptions::new().ca_file(broker().ca_file()).unwrap();
+    open(tls_params(by_address)).close().unwrap();
+}
+
+#[test]
+fn mutual_tls_with_external_auth() {
+    let b = broker();
+    let with_certificate = || {
+        trusting_our_ca()
+            .client_certificate_files(b.client_cert_file(), b.client_key_file())
+            .unwrap()
+    };
+    let name = unique("external");
+    let connection = open(
+        tls_params(with_certificate())
+            .credentials(ExternalCredentials)
+            .connection_name(&name),
+    );
+    let channel = connection.channel().unwrap();
+    let queue = unique("external-queue");
+    let ok = channel.queue_declare(&queue, exclusive()).unwrap();
+    assert_eq!(ok.queue, queue);
+    let seen = broker_connection(
+        &name,
+        &["user", "auth_mechanism", "ssl", "peer_cert_subject"],
+    );
+    assert_eq!(seen[0], CLIENT_CN, "{seen:?}");
+    assert_eq!(seen[1], "EXTERNAL", "{seen:?}");
+    assert_eq!(seen[2], "true", "{seen:?}");
+    assert!(seen[3].contains(&format!("CN={CLIENT_CN}")), "{seen:?}");
+    connection.close().unwrap();
+
+    // A client certificate does not force EXTERNAL: PLAIN still logs in as guest.
+    let name = unique("mutual-plain");
+    let connection = open(
+        tls_params(with_certificate())
+            .credentials(PlainCredentials::new("guest", "guest"))
+            .connection_name(&name),
+    );
+    let seen = broker_connection(&name, &["user", "auth_mechanism", "peer_cert_subject"]);
+    assert_eq!(seen[0], "guest", "{seen:?}");
+    assert_eq!(seen[1], "PLAIN", "{seen:?}");
+    assert!(seen[2].contains(&format!("CN={CLIENT_CN}")), "{seen:?}");
+    connection.close().unwrap();
+}
+
+#[test]
+fn external_auth_without_a_client_certificate_is_refused() {
+    broker();
+    let started = Instant::now();
+    let err = Connection::open(tls_params(trusting_our_ca()).credentials(ExternalCredentials))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::AuthenticationFailed { .. }),
+        "EXTERNAL without a certificate: {err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn amqps_url_with_ssl_options() {
+    let b = broker();
+    let ca = b.ca_file();
+    let dict = format!("{{'cafile': '{}'}}", ca.display());
+    let url = format!(
+        "amqps://guest:guest@localhost:{TLS_PORT}/%2f?heartbeat=5&ssl_options={}",
+        url_encode(&dict)
+    );
+    let connection =
+        Connection::open_url(&url).unwrap_or_else(|e| panic!("{url}: {e:?}\n{}", b.log_tail()));
+    assert_eq!(connection.heartbeat(), 5);
+    let channel = connection.channel().unwrap();
+    let queue = channel.queue_declare("", exclusive()).unwrap().queue;
+    channel
+        .basic_publish(
+            "",
+            &queue,
+            b"via amqps url",
+            &BasicProperties::default(),
+            false,
+        )
+        .unwrap();
+    let got = channel.basic_get(&queue, true).unwrap().unwrap();
+    assert_eq!(got.body, b"via amqps url");
+    connection.close().unwrap();
+
+    // The same with a client certificate and EXTERNAL, all from the URL.
+    let name = unique("url-external");
+    let dict = format!(
+        "{{'cafile': '{}', 'certfile': '{}', 'keyfile': '{}'}}",
+        ca.display(),
+        b.client_cert_file().display(),
+        b.client_key_file().display()
+    );
+    let url = format!(
+        "amqps://localhost:{TLS_PORT}/%2f?auth_mechanism=external&client_properties={}&ssl_options={}",
+        url_encode(&format!("{{'connection_name': '{name}'}}")),
+        url_encode(&dict)
+    );
+    let connection =
+        Connection::open_url(&url).unwrap_or_else(|e| panic!("{url}: {e:?}\n{}", b.log_tail()));
+    connection
+        .channel()
+        .unwrap()
+        .queue_declare("", exclusive())
+        .unwrap();
+    let seen = broker_connection(&name, &["user", "auth_mechanism"]);
+    assert_eq!(seen, vec![CLIENT_CN.to_string(), "EXTERNAL".to_string()]);
+    connection.close().unwrap();
+
+    // A URL's ssl_options are checked too: an unrelated CA fails the same way.
+    let dict = format!("{{'cafile': '{}'}}", b.other_ca_file().display());
+    let url = format!(
+        "amqps://guest:guest@localhost:{TLS_PORT}/%2f?ssl_options={}",
+        url_encode(&dict)
+    );
+    let err = Connection::open_url(&url).unwrap_err();
+    expect_tls_error(err, "URL with an unrelated CA");
+}
+
+#[test]
+fn plain_port_rejects_tls_gracefully() {
+    broker();
+    let timeout = Duration::from_secs(3);
+    let started = Instant::now();
+    let err = Connection::open(
+        tls_params(trusting_our_ca())
+            .port(TCP_PORT)
+            .socket_timeout(timeout),
+    )
+    .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(
+            err,
+            Error::Tls { .. } | Error::Io { .. } | Error::StreamLost { .. }
+        ),
+        "TLS to a plain AMQP port: {err:?}"
+    );
+    assert!(elapsed < timeout, "took {elapsed:?}: {err:?}");
+}
+
+#[test]
+fn plain_amqp_to_the_tls_port_fails_fast() {
+    broker();
+    let timeout = Duration::from_secs(3);
+    let started = Instant::now();
+    let err = Connection::open(
+        ConnectionParameters::new("127.0.0.1")
+            .port(TLS_PORT)
+            .socket_timeout(timeout)
+            .stack_timeout(Duration::from_secs(10)),
+    )
+    .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(err.is_connection_error(), "{err:?}");
+    assert!(
+        !matches!(err, Error::Timeout { .. }),
+        "plain AMQP to a TLS port: {err:?}"
+    );
+    assert!(elapsed < timeout, "took {elapsed:?}: {err:?}");
+}
+
+#[test]
+fn a_silent_peer_fails_the_tls_handshake_within_the_timeouts() {
+    // A listener that never accepts: the kernel completes the TCP handshake, then nothing
+    // answers the ClientHello.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let attempt = |socket_timeout: u64, stack_timeout: u64| {
+        let started = Instant::now();
+        let err = Connection::open(
+            ConnectionParameters::new("127.0.0.1")
+                .port(port)
+                .ssl_options(Some(SslOptions::new().server_hostname("localhost")))
+                .socket_timeout(Duration::from_secs(socket_timeout))
+                .stack_timeout(Duration::from_secs(stack_timeout)),
+        )
+        .unwrap_err();
+        let elapsed = started.elapsed();
+        // Whichever bound ran out is the one reported: here always the 1 s one.
+        assert!(
+            matches!(&err, Error::Timeout { after, .. } if *after == Duration::from_secs(1)),
+            "socket_timeout {socket_timeout} s, stack_timeout {stack_timeout} s: {err:?}"
+        );
+        (elapsed, err)
+    };
+    // socket_timeout bounds each wait of the TLS handshake...
+    let (elapsed, err) = attempt(1, 10);
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "took {elapsed:?}: {err:?}"
+    );
+    // ...and stack_timeout bounds the whole of open(), the TLS handshake included (as it does
+    // the AMQP handshake on a plain connection).
+    let (elapsed, err) = attempt(5, 1);
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "stack_timeout 1 s, but open() took {elapsed:?}: {err:?}"
+    );
+    drop(silent);
+}
