@@ -53,10 +53,47 @@
 //! See `BENCHMARKS.md` for the measurements behind this choice.
 //!
 //! Every buffer is bounded: callers wait when more than 4 MiB is queued for writing
-//! (back-pressure, bounded by `rpc_timeout`), and the I/O thread stops reading the socket when
-//! one channel holds more than 16 MiB of undelivered messages, until its consumer catches up
-//! (heartbeats keep going out meanwhile). Use `basic_qos` prefetch to bound what the broker
-//! pushes.
+//! (back-pressure, bounded by `rpc_timeout`; publishes also wait while the broker has the
+//! connection blocked, up to `blocked_connection_timeout`), and the I/O thread stops reading
+//! the socket when one channel holds more than 16 MiB of undelivered messages, until its
+//! consumer catches up (heartbeats keep going out meanwhile). Reading goes on while any thread
+//! waits for a reply, a confirm or a close-ok, so an RPC from a consumer callback cannot
+//! deadlock behind the deliveries that caused the pause. Use `basic_qos` prefetch to bound what
+//! the broker pushes.
+//!
+//! ### Consuming and the event loop
+//!
+//! [`Channel::start_consuming`], the [`Channel::consume`] iterator and
+//! [`Connection::process_data_events`] share one dispatcher that runs, on the calling thread,
+//! consumer callbacks, return and cancel callbacks, timers ([`Connection::call_later`]),
+//! [`Connection::add_callback_threadsafe`] callbacks and the blocked/unblocked callbacks.
+//! `start_consuming` serves its own channel (so threads can each consume their own channel of
+//! one connection), `process_data_events` every channel nobody else is consuming.
+//!
+//! ## Deadlines
+//!
+//! Nothing waits for ever on a broker that stopped answering: `socket_timeout` bounds each
+//! socket wait while opening and `stack_timeout` the whole open (TLS handshake included);
+//! `rpc_timeout` bounds every synchronous method, confirm wait and [`Connection::close`] (also
+//! while the broker blocks the connection); a broker silent for two heartbeat intervals is
+//! [`Error::HeartbeatTimeout`]. Only `start_consuming` waits without a deadline, as in pika: it
+//! returns when its consumers are cancelled or the channel or connection fails.
+//!
+//! ## What a hostile peer cannot do
+//!
+//! Every frame size is checked against the negotiated `frame_max` before anything is buffered;
+//! a body longer than its header announced, content frames out of order, frames on channels
+//! that are not open, unknown frame types, a bad frame-end octet, and field tables nested
+//! deeper than 128 levels close the connection with the AMQP reply code that fits (501, 504,
+//! 505) and reach every waiter as [`Error::Protocol`]. Nothing a peer sends makes cottontail
+//! panic or allocate more than the frames it actually sends.
+//!
+//! ## TLS and failover
+//!
+//! `amqps://` URLs or [`ConnectionParameters::ssl_options`] connect through native-tls,
+//! verifying the certificate and host name unless told otherwise ([`SslOptions`]); a client
+//! certificate with [`ExternalCredentials`] logs in with SASL EXTERNAL. [`Connection::open`]
+//! takes a list of parameter sets to fail over between cluster nodes.
 //!
 //! ## Porting from pika
 //!
