@@ -7,6 +7,15 @@ cd "$(dirname "$0")/.."
 
 ./scripts/broker.sh
 
+# The TLS tests make certificates with openssl; a socket test reads `ss` (iproute2).
+missing=()
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""; [ "$(id -u)" != 0 ] && sudo="sudo"
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
 venv="${COTTONTAIL_VENV:-$PWD/target/venv}"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pika' 2>/dev/null; then
     echo "test: creating $venv with pika"
