@@ -112,8 +112,9 @@ fn stop_consuming_from_another_thread_returns_promptly() {
     rx.recv_timeout(Duration::from_secs(2))
         .expect("start_consuming returned")
         .unwrap();
+    // Issue 4 asks for 100 ms; it takes one basic.cancel round trip.
     assert!(
-        started.elapsed() < Duration::from_millis(500),
+        started.elapsed() < Duration::from_millis(100),
         "{:?}",
         started.elapsed()
     );
