@@ -73,6 +73,9 @@ impl Connection {
     /// is; otherwise [`Error::AllAttemptsFailed`] holds every attempt's error.
     pub fn open(params: impl IntoParameterList) -> Result<Connection> {
         let list = params.into_parameter_list();
+        for params in &list {
+            params.validate()?;
+        }
         let mut errors = Vec::new();
         for params in list {
             for attempt in 1..=params.connection_attempts.max(1) {

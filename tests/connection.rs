@@ -352,3 +352,20 @@ fn tcp_options_apply_keepalive_to_the_socket() {
     );
     drop(connection);
 }
+
+#[test]
+fn invalid_parameters_are_refused_before_connecting() {
+    let started = Instant::now();
+    // Port 1 would be refused by the OS; the validation error comes first.
+    let err = Connection::open(
+        ConnectionParameters::new("127.0.0.1")
+            .port(1)
+            .socket_timeout(Duration::ZERO),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        Error::InvalidArgument("socket_timeout must be longer than 0".into())
+    );
+    assert!(started.elapsed() < Duration::from_millis(100));
+}

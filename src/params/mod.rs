@@ -515,6 +515,48 @@ impl ConnectionParameters {
         self
     }
 
+    /// Checks every value, as pika's setters do, and says which one is wrong:
+    /// an empty host, port 0, a zero `socket_timeout`, `stack_timeout` or `rpc_timeout`, a
+    /// virtual host or locale over 255 bytes, `frame_max` outside 8192..=131072, or
+    /// `connection_attempts` of 0. [`Connection::open`](crate::Connection::open) calls it before
+    /// touching the network; call it yourself to reject a configuration where it is built.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |what: String| Err(Error::InvalidArgument(what));
+        if self.host.is_empty() {
+            return invalid("host is empty".into());
+        }
+        if self.port == 0 {
+            return invalid("port must not be 0".into());
+        }
+        for (name, value) in [
+            ("socket_timeout", self.socket_timeout),
+            ("stack_timeout", self.stack_timeout),
+            ("rpc_timeout", self.rpc_timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(format!("{name} must be longer than 0"));
+            }
+        }
+        for (name, value) in [
+            ("virtual_host", &self.virtual_host),
+            ("locale", &self.locale),
+        ] {
+            if value.len() > 255 {
+                return invalid(format!("{name} is {} bytes, at most 255", value.len()));
+            }
+        }
+        if !(FRAME_MIN_SIZE..=FRAME_MAX_SIZE).contains(&self.frame_max) {
+            return invalid(format!(
+                "frame_max must be from {FRAME_MIN_SIZE} to {FRAME_MAX_SIZE}, got {}",
+                self.frame_max
+            ));
+        }
+        if self.connection_attempts == 0 {
+            return invalid("connection_attempts must be at least 1".into());
+        }
+        Ok(())
+    }
+
     /// The host.
     pub fn get_host(&self) -> &str {
         &self.host
@@ -833,6 +875,29 @@ mod tests {
         }
         let p = ConnectionParameters::from_url("amqp://h/?auth_mechanism=external").unwrap();
         assert_eq!(p.credentials, Credentials::External(ExternalCredentials));
+    }
+
+    #[test]
+    fn validate_names_the_wrong_value() {
+        assert!(ConnectionParameters::default().validate().is_ok());
+        let cases = [
+            (ConnectionParameters::new(""), "host is empty"),
+            (ConnectionParameters::new("h").port(0), "port must not be 0"),
+            (
+                ConnectionParameters::new("h").rpc_timeout(Duration::ZERO),
+                "rpc_timeout must be longer than 0",
+            ),
+            (
+                ConnectionParameters::new("h").virtual_host("v".repeat(256)),
+                "virtual_host is 256 bytes, at most 255",
+            ),
+        ];
+        for (params, message) in cases {
+            assert_eq!(
+                params.validate(),
+                Err(Error::InvalidArgument(message.into()))
+            );
+        }
     }
 
     #[test]
