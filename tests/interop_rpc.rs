@@ -10,21 +10,20 @@
 //! The Python side needs `COTTONTAIL_PYTHON`, a Python with pika, which `scripts/test.sh` sets
 //! up; without it those tests fail (they never pass silently).
 
+#[path = "support/process.rs"]
+mod process;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use cottontail::{Connection, QueueDeclareOptions, QueueDeleteOptions};
 
-/// How long any one step (a line to appear, a process to exit) may take.
-const STEP: Duration = Duration::from_secs(15);
+use process::{python_script, Finished, Running, INTERRUPTED, STEP};
+
 /// How long a consumer left by someone else may keep a tutorial queue before the test gives up.
 const FOREIGN_CONSUMER_WAIT: Duration = Duration::from_secs(30);
 
@@ -36,7 +35,6 @@ const SERVED: &str = " [.] fib(30)";
 const REQUESTING: &str = " [x] Requesting fib(30)";
 const GOT: &str = " [.] Got 832040";
 const WAITING_FOR_N: &str = " [*] Waiting for n";
-const INTERRUPTED: &str = "Interrupted";
 
 /// The tests share the queues `rpc_queue` and `compute_queue` (those are the programs'), so
 /// they run one at a time.
@@ -58,340 +56,9 @@ const EXAMPLES: [&str; 6] = [
     "publisher_confirms",
 ];
 
-/// Paths of the example binaries, built once per test run.
+/// The example `name` (one of [`EXAMPLES`]), talking to the test broker.
 fn example(name: &str) -> Command {
-    static BUILT: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
-    let built = BUILT.get_or_init(build_examples);
-    let path = built
-        .get(name)
-        .unwrap_or_else(|| panic!("no example `{name}` was built"));
-    let mut command = Command::new(path);
-    command.env("AMQP_HOST", support::HOST);
-    command
-}
-
-/// Runs `cargo build --example ...` and takes the binaries' paths from cargo's JSON messages,
-/// so `CARGO_TARGET_DIR`, `--target` and the like are all respected.
-fn build_examples() -> BTreeMap<String, PathBuf> {
-    let mut command = Command::new(env!("CARGO"));
-    command.arg("build");
-    for name in EXAMPLES {
-        command.args(["--example", name]);
-    }
-    let output = command
-        .args(["--message-format", "json-render-diagnostics"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stderr(Stdio::piped())
-        .output()
-        .expect("running `cargo build` for the examples");
-    assert!(
-        output.status.success(),
-        "`cargo build` of the examples {EXAMPLES:?} failed ({}):\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let executables: Vec<PathBuf> = stdout
-        .lines()
-        .filter(|line| line.contains(r#""reason":"compiler-artifact""#))
-        .filter_map(|line| json_string_field(line, "executable"))
-        .map(PathBuf::from)
-        .collect();
-    EXAMPLES
-        .iter()
-        .map(|&name| {
-            let path = executables
-                .iter()
-                .find(|path| path.file_stem().is_some_and(|stem| stem == name))
-                .cloned()
-                .unwrap_or_else(|| {
-                    panic!("cargo built no executable for the example `{name}`: {executables:?}")
-                });
-            (name.to_string(), path)
-        })
-        .collect()
-}
-
-/// The string value of `"field":"..."` in one line of cargo's JSON output (just enough JSON
-/// for a path: `\\`, `\"`, `\/`, no `\u` escapes).
-fn json_string_field(line: &str, field: &str) -> Option<String> {
-    let start = line.find(&format!(r#""{field}":""#))? + field.len() + 4;
-    let mut value = String::new();
-    let mut chars = line[start..].chars();
-    loop {
-        match chars.next()? {
-            '"' => return Some(value),
-            '\\' => value.push(chars.next()?),
-            c => value.push(c),
-        }
-    }
-}
-
-/// The Python with pika named by `COTTONTAIL_PYTHON`; fails the test if there is none.
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let python = std::env::var("COTTONTAIL_PYTHON").unwrap_or_default();
-        assert!(
-            !python.is_empty(),
-            "COTTONTAIL_PYTHON is not set: the interop tests need a Python with pika. Run \
-             `scripts/test.sh`, which creates a virtualenv with pika and sets it (or set \
-             COTTONTAIL_PYTHON=/path/to/python yourself)"
-        );
-        let check = Command::new(&python)
-            .args(["-c", "import pika"])
-            .output()
-            .unwrap_or_else(|e| panic!("COTTONTAIL_PYTHON={python} does not run: {e}"));
-        assert!(
-            check.status.success(),
-            "COTTONTAIL_PYTHON={python} cannot `import pika`; run `scripts/test.sh`, which \
-             creates a virtualenv with pika:\n{}",
-            String::from_utf8_lossy(&check.stderr)
-        );
-        python
-    })
-}
-
-/// `python -u tests/interop/<script> <args>`, unbuffered so its lines arrive as they are
-/// printed.
-fn python_script(script: &str, args: &[&str]) -> Command {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/interop")
-        .join(script);
-    let mut command = Command::new(python());
-    command.arg("-u");
-    if sigint_ignored() {
-        // A process started with SIGINT ignored (a background job of a non-interactive shell,
-        // `nohup`...) hands that on to its children, and Python then leaves SIGINT ignored, so
-        // Ctrl-C would never raise KeyboardInterrupt. Restore Python's own handler first, then
-        // run the script exactly as `python script.py` would.
-        command.args([
-            "-c",
-            "import runpy, signal, sys\n\
-             signal.signal(signal.SIGINT, signal.default_int_handler)\n\
-             sys.argv = sys.argv[1:]\n\
-             runpy.run_path(sys.argv[0], run_name='__main__')",
-        ]);
-    }
-    command.arg(path).args(args);
-    command.env("AMQP_HOST", support::HOST);
-    command
-}
-
-/// Whether this process ignores SIGINT (Linux: from `/proc/self/status`; elsewhere assumed not).
-fn sigint_ignored() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("SigIgn:"))
-        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1 << (2 - 1)) != 0)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Running processes
-// ---------------------------------------------------------------------------------------------
-
-/// A running program whose stdout is read line by line. Dropping it kills the process, so a
-/// failing test leaves nothing behind.
-struct Running {
-    name: String,
-    child: Child,
-    lines: Receiver<String>,
-    stdout: Vec<String>,
-    stderr: Arc<Mutex<String>>,
-    stderr_reader: Option<thread::JoinHandle<()>>,
-}
-
-/// What an exited program printed.
-struct Finished {
-    name: String,
-    status: ExitStatus,
-    /// Its stdout, line by line.
-    stdout: Vec<String>,
-    stderr: String,
-}
-
-impl Running {
-    fn start(name: &str, mut command: Command) -> Running {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name} ({command:?}): {e}"));
-        let (sender, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("piped stderr");
-        let sink = stderr.clone();
-        let stderr_reader = thread::spawn(move || {
-            let mut buf = [0; 4096];
-            while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                sink.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Running {
-            name: name.to_string(),
-            child,
-            lines,
-            stdout: Vec::new(),
-            stderr,
-            stderr_reader: Some(stderr_reader),
-        }
-    }
-
-    fn context(&self) -> String {
-        format!(
-            "{} printed so far: {:#?}\nits stderr: {}",
-            self.name,
-            self.stdout,
-            self.stderr.lock().unwrap_or_else(|p| p.into_inner())
-        )
-    }
-
-    /// Waits (at most [`STEP`]) for the next line of stdout, which must be exactly `expected`.
-    fn expect_line(&mut self, expected: &str) {
-        match self.lines.recv_timeout(STEP) {
-            Ok(line) => {
-                self.stdout.push(line.clone());
-                assert_eq!(
-                    line,
-                    expected,
-                    "unexpected line from {}\n{}",
-                    self.name,
-                    self.context()
-                );
-            }
-            Err(RecvTimeoutError::Timeout) => panic!(
-                "{} did not print {expected:?} within {STEP:?}\n{}",
-                self.name,
-                self.context()
-            ),
-            Err(RecvTimeoutError::Disconnected) => panic!(
-                "{} closed its stdout (exited: {:?}) before printing {expected:?}\n{}",
-                self.name,
-                self.child.try_wait(),
-                self.context()
-            ),
-        }
-    }
-
-    /// Sends SIGINT, as Ctrl-C in a terminal would.
-    fn interrupt(&self) {
-        let status = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .expect("running `kill -INT`");
-        assert!(
-            status.success(),
-            "`kill -INT` on {} failed: {status}",
-            self.name
-        );
-    }
-
-    /// Waits (at most [`STEP`]) for the process to exit and for the end of its output.
-    fn finish(self) -> Finished {
-        self.finish_within(STEP)
-    }
-
-    /// Waits (at most `limit`) for the process to exit and for the end of its output.
-    fn finish_within(mut self, limit: Duration) -> Finished {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) => self.stdout.push(line),
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "{} did not exit within {limit:?}\n{}",
-                    self.name,
-                    self.context()
-                ),
-            }
-        }
-        let status = loop {
-            match self.child.try_wait().expect("waiting for a child") {
-                Some(status) => break status,
-                None if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                None => panic!(
-                    "{} closed its stdout but did not exit within {limit:?}\n{}",
-                    self.name,
-                    self.context()
-                ),
-            }
-        };
-        if let Some(reader) = self.stderr_reader.take() {
-            let _ = reader.join();
-        }
-        let stderr = std::mem::take(&mut *self.stderr.lock().unwrap_or_else(|p| p.into_inner()));
-        Finished {
-            name: std::mem::take(&mut self.name),
-            status,
-            stdout: std::mem::take(&mut self.stdout),
-            stderr,
-        }
-    }
-
-    /// Ctrl-C, then the process must print `Interrupted` and exit 0; returns all it printed.
-    fn interrupt_and_finish(self) -> Finished {
-        self.interrupt();
-        let finished = self.finish();
-        assert_eq!(
-            finished.stdout.last().map(String::as_str),
-            Some(INTERRUPTED),
-            "{} did not print {INTERRUPTED:?} last after Ctrl-C: {:#?}\nits stderr: {}",
-            finished.name,
-            finished.stdout,
-            finished.stderr
-        );
-        finished.assert_exit_0("after Ctrl-C");
-        finished
-    }
-}
-
-impl Finished {
-    fn assert_exit_0(&self, when: &str) {
-        assert_eq!(
-            self.status.code(),
-            Some(0),
-            "{} exited with {} {when}; it printed {:#?}\nits stderr: {}",
-            self.name,
-            self.status,
-            self.stdout,
-            self.stderr
-        );
-    }
-
-    /// Exited 0 and printed exactly `expected`.
-    fn assert_printed(&self, expected: &[&str]) {
-        assert_eq!(
-            self.stdout, expected,
-            "{} printed the wrong lines; its stderr: {}",
-            self.name, self.stderr
-        );
-        self.assert_exit_0("");
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    process::example(&EXAMPLES, name)
 }
 
 // ---------------------------------------------------------------------------------------------

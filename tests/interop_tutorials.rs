@@ -15,22 +15,21 @@
 //! The Python side needs `COTTONTAIL_PYTHON`, a Python with pika, which `scripts/test.sh` sets
 //! up; without it those tests fail (they never pass silently).
 
+#[path = "support/process.rs"]
+mod process;
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read};
+use std::collections::BTreeSet;
+use std::ops::{Deref, DerefMut};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use cottontail::{Channel, Connection, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 
-/// How long any one step (a line to appear, a process to exit, the broker to agree) may take.
-const STEP: Duration = Duration::from_secs(15);
+use process::{python_script, script, Finished, Running, INTERRUPTED, STEP};
 
 const TASK_QUEUE: &str = "task_queue";
 const LOGS: &str = "logs";
@@ -40,7 +39,6 @@ const TOPIC_LOGS: &str = "topic_logs";
 const WAITING_FOR_MESSAGES: &str = " [*] Waiting for messages. To exit press CTRL+C";
 const WAITING_FOR_LOGS: &str = " [*] Waiting for logs. To exit press CTRL+C";
 const DONE: &str = " [x] Done";
-const INTERRUPTED: &str = "Interrupted";
 
 /// Tests that use the same fixed name run one at a time; tests of different tutorials may
 /// overlap.
@@ -83,139 +81,16 @@ enum Lang {
 
 use Lang::{Python, Rust};
 
-/// Paths of the example binaries, built once per test run.
-fn examples() -> &'static BTreeMap<&'static str, PathBuf> {
-    static EXAMPLES: OnceLock<BTreeMap<&'static str, PathBuf>> = OnceLock::new();
-    EXAMPLES.get_or_init(build_examples)
-}
-
-/// Runs `cargo build --example ...` for [`PROGRAMS`] and takes the binaries' paths from
-/// cargo's JSON messages, so `CARGO_TARGET_DIR`, `--target` and the like are all respected.
-fn build_examples() -> BTreeMap<&'static str, PathBuf> {
-    let mut command = Command::new(env!("CARGO"));
-    command.arg("build");
-    for program in PROGRAMS {
-        command.args(["--example", program]);
-    }
-    let output = command
-        .args(["--message-format", "json-render-diagnostics"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stderr(Stdio::piped())
-        .output()
-        .expect("running `cargo build` for the examples");
-    assert!(
-        output.status.success(),
-        "`cargo build` of the examples {PROGRAMS:?} failed ({}):\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let executables: Vec<PathBuf> = stdout
-        .lines()
-        .filter(|line| line.contains(r#""reason":"compiler-artifact""#))
-        .filter_map(|line| json_string_field(line, "executable"))
-        .map(PathBuf::from)
-        .collect();
-    PROGRAMS
-        .iter()
-        .map(|&name| {
-            let path = executables
-                .iter()
-                .find(|path| path.file_stem().is_some_and(|stem| stem == name))
-                .cloned()
-                .unwrap_or_else(|| {
-                    panic!("cargo built no executable for the example `{name}`: {executables:?}")
-                });
-            (name, path)
-        })
-        .collect()
-}
-
-/// The string value of `"field":"..."` in one line of cargo's JSON output (just enough JSON
-/// for a path: `\\`, `\"`, `\/`, no `\u` escapes).
-fn json_string_field(line: &str, field: &str) -> Option<String> {
-    let start = line.find(&format!(r#""{field}":""#))? + field.len() + 4;
-    let mut value = String::new();
-    let mut chars = line[start..].chars();
-    loop {
-        match chars.next()? {
-            '"' => return Some(value),
-            '\\' => value.push(chars.next()?),
-            c => value.push(c),
-        }
-    }
-}
-
-/// The Python with pika named by `COTTONTAIL_PYTHON`; fails the test if there is none.
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let python = std::env::var("COTTONTAIL_PYTHON").unwrap_or_default();
-        assert!(
-            !python.is_empty(),
-            "COTTONTAIL_PYTHON is not set: the interop tests need a Python with pika. Run \
-             `scripts/test.sh`, which creates a virtualenv with pika and sets it (or set \
-             COTTONTAIL_PYTHON=/path/to/python yourself)"
-        );
-        let check = Command::new(&python)
-            .args(["-c", "import pika"])
-            .output()
-            .unwrap_or_else(|e| panic!("COTTONTAIL_PYTHON={python} does not run: {e}"));
-        assert!(
-            check.status.success(),
-            "COTTONTAIL_PYTHON={python} cannot `import pika`; run `scripts/test.sh`, which \
-             creates a virtualenv with pika:\n{}",
-            String::from_utf8_lossy(&check.stderr)
-        );
-        python
-    })
-}
-
-/// Path of the Python script `tests/interop/<program>.py`.
-fn script(program: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/interop")
-        .join(format!("{program}.py"))
-}
-
 /// The Rust example or the Python script `program` with `args`, talking to the test broker.
-/// Python runs unbuffered (`-u`), so its lines arrive as they are printed.
 fn command(lang: Lang, program: &str, args: &[&str]) -> Command {
-    let mut command = match lang {
-        Rust => Command::new(&examples()[program]),
-        Python => {
-            let mut command = Command::new(python());
-            command.arg("-u");
-            if sigint_ignored() {
-                // A process started with SIGINT ignored (a background job of a
-                // non-interactive shell, `nohup`...) hands that on to its children, and Python
-                // then leaves SIGINT ignored, so Ctrl-C would never raise KeyboardInterrupt.
-                // Restore Python's own handler first, then run the script exactly as
-                // `python <script> <args>` would.
-                command.args([
-                    "-c",
-                    "import runpy, signal, sys\n\
-                     signal.signal(signal.SIGINT, signal.default_int_handler)\n\
-                     sys.argv = sys.argv[1:]\n\
-                     runpy.run_path(sys.argv[0], run_name='__main__')",
-                ]);
-            }
-            command.arg(script(program));
+    match lang {
+        Rust => {
+            let mut command = process::example(&PROGRAMS, program);
+            command.args(args);
             command
         }
-    };
-    command.args(args).env("AMQP_HOST", support::HOST);
-    command
-}
-
-/// Whether this process ignores SIGINT (Linux: from `/proc/self/status`; elsewhere assumed not).
-fn sigint_ignored() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("SigIgn:"))
-        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1 << (2 - 1)) != 0)
+        Python => python_script(&format!("{program}.py"), args),
+    }
 }
 
 fn label(lang: Lang, program: &str, args: &[&str]) -> String {
@@ -226,12 +101,11 @@ fn label(lang: Lang, program: &str, args: &[&str]) -> String {
 }
 
 /// Starts `program` (a consumer, usually).
-fn spawn(lang: Lang, program: &str, args: &[&str]) -> Running {
-    Running::start(
-        label(lang, program, args),
+fn spawn(lang: Lang, program: &str, args: &[&str]) -> Program {
+    Program {
+        running: Running::start(label(lang, program, args), command(lang, program, args)),
         lang,
-        command(lang, program, args),
-    )
+    }
 }
 
 /// Runs `program` to its end.
@@ -241,20 +115,7 @@ fn run(lang: Lang, program: &str, args: &[&str]) -> Finished {
 
 /// Runs a producer, which must print exactly `expected` and exit 0.
 fn produce(lang: Lang, program: &str, args: &[&str], expected: &str) {
-    let name = label(lang, program, args);
-    let done = run(lang, program, args);
-    assert_eq!(
-        done.stdout,
-        [expected],
-        "{name} printed the wrong lines; its stderr: {}",
-        done.stderr
-    );
-    assert!(
-        done.status.success(),
-        "{name} failed ({}); its stderr: {}",
-        done.status,
-        done.stderr
-    );
+    run(lang, program, args).assert_produced(&[expected]);
 }
 
 /// Words of a command line (no quoting: the tests' arguments have no spaces).
@@ -266,168 +127,40 @@ fn words(line: &str) -> Vec<&str> {
 // Running processes
 // ---------------------------------------------------------------------------------------------
 
-/// A running program whose stdout is read line by line. Dropping it kills the process, so a
-/// failing test leaves nothing behind.
-struct Running {
-    name: String,
+/// A running Rust example or Python script of these tutorials (a [`Running`] that knows its
+/// language, which decides how it stops on Ctrl-C).
+struct Program {
+    running: Running,
     lang: Lang,
-    child: Child,
-    lines: Receiver<String>,
-    stdout: Vec<String>,
-    stderr: Arc<Mutex<String>>,
-    stderr_reader: Option<thread::JoinHandle<()>>,
 }
 
-impl Running {
-    fn start(name: String, lang: Lang, mut command: Command) -> Running {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name} ({command:?}): {e}"));
-        let (sender, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("piped stderr");
-        let sink = stderr.clone();
-        let stderr_reader = thread::spawn(move || {
-            let mut buf = [0; 4096];
-            while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                sink.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Running {
-            name,
-            lang,
-            child,
-            lines,
-            stdout: Vec::new(),
-            stderr,
-            stderr_reader: Some(stderr_reader),
-        }
-    }
+impl Deref for Program {
+    type Target = Running;
 
-    fn context(&self) -> String {
-        format!(
-            "{} printed so far: {:#?}\nits stderr: {}",
-            self.name,
-            self.stdout,
-            self.stderr.lock().unwrap_or_else(|p| p.into_inner())
-        )
+    fn deref(&self) -> &Running {
+        &self.running
     }
+}
 
-    /// Waits (at most [`STEP`]) for the next line of stdout, which must be exactly `expected`.
-    fn expect_line(&mut self, expected: &str) {
-        match self.lines.recv_timeout(STEP) {
-            Ok(line) => {
-                self.stdout.push(line.clone());
-                assert_eq!(
-                    line,
-                    expected,
-                    "unexpected line from {}\n{}",
-                    self.name,
-                    self.context()
-                );
-            }
-            Err(RecvTimeoutError::Timeout) => panic!(
-                "{} did not print {expected:?} within {STEP:?}\n{}",
-                self.name,
-                self.context()
-            ),
-            Err(RecvTimeoutError::Disconnected) => panic!(
-                "{} closed its stdout (exited: {:?}) before printing {expected:?}\n{}",
-                self.name,
-                self.child.try_wait(),
-                self.context()
-            ),
-        }
+impl DerefMut for Program {
+    fn deref_mut(&mut self) -> &mut Running {
+        &mut self.running
     }
+}
 
-    /// The next line of stdout if one comes within `wait` (kept in `stdout` too).
-    fn poll_line(&mut self, wait: Duration) -> Option<String> {
-        let line = self.lines.recv_timeout(wait).ok()?;
-        self.stdout.push(line.clone());
-        Some(line)
-    }
-
-    /// Sends SIGINT, as Ctrl-C in a terminal would.
-    fn interrupt(&self) {
-        let status = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .expect("running `kill -INT`");
-        assert!(
-            status.success(),
-            "`kill -INT` on {} failed: {status}",
-            self.name
-        );
-    }
-
-    /// Sends SIGKILL: the process dies at once, without closing anything.
-    fn kill(&mut self) {
-        self.child
-            .kill()
-            .unwrap_or_else(|e| panic!("SIGKILL to {}: {e}", self.name));
-    }
-
+impl Program {
     /// Waits (at most [`STEP`]) for the process to exit and for the end of its output.
-    fn finish(mut self) -> Finished {
-        let deadline = Instant::now() + STEP;
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) => self.stdout.push(line),
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "{} did not exit within {STEP:?}\n{}",
-                    self.name,
-                    self.context()
-                ),
-            }
-        }
-        let status = loop {
-            match self.child.try_wait().expect("waiting for a child") {
-                Some(status) => break status,
-                None if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                None => panic!(
-                    "{} closed its stdout but did not exit within {STEP:?}\n{}",
-                    self.name,
-                    self.context()
-                ),
-            }
-        };
-        if let Some(reader) = self.stderr_reader.take() {
-            let _ = reader.join();
-        }
-        let stderr = std::mem::take(&mut *self.stderr.lock().unwrap_or_else(|p| p.into_inner()));
-        Finished {
-            name: std::mem::take(&mut self.name),
-            status,
-            stdout: std::mem::take(&mut self.stdout),
-            stderr,
-        }
+    fn finish(self) -> Finished {
+        self.running.finish()
     }
 
     /// Ctrl-C, then checks the consumer's whole output: `expected`, then `Interrupted` and exit
     /// status 0 for a Rust example; a Python one (the official programs of these tutorials do
     /// not catch Ctrl-C) prints nothing more and dies of its `KeyboardInterrupt`.
     fn stop(self, expected: &[&str]) {
-        self.interrupt();
-        let lang = self.lang;
-        let done = self.finish();
-        match lang {
+        self.running.interrupt();
+        let done = self.running.finish();
+        match self.lang {
             Rust => {
                 let mut lines = expected.to_vec();
                 lines.push(INTERRUPTED);
@@ -459,24 +192,6 @@ impl Running {
                     done.stderr
                 );
             }
-        }
-    }
-}
-
-/// What an exited program printed.
-struct Finished {
-    name: String,
-    status: ExitStatus,
-    /// Its stdout, line by line.
-    stdout: Vec<String>,
-    stderr: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }
@@ -655,7 +370,7 @@ fn start_log_consumer(
     exchange: &str,
     keys: &[&str],
     expected_keys: Option<&[&str]>,
-) -> (Running, String) {
+) -> (Program, String) {
     let before = bindings_from(exchange);
     let mut consumer = spawn(lang, program, keys);
     consumer.expect_line(WAITING_FOR_LOGS);
@@ -1219,8 +934,10 @@ fn routing_receive_logs_direct_without_severity_prints_usage() {
     for lang in [Rust, Python] {
         let done = run(lang, "receive_logs_direct", &[]);
         let program = match lang {
-            Rust => examples()["receive_logs_direct"].display().to_string(),
-            Python => script("receive_logs_direct").display().to_string(),
+            Rust => process::examples(&PROGRAMS)["receive_logs_direct"]
+                .display()
+                .to_string(),
+            Python => script("receive_logs_direct.py").display().to_string(),
         };
         assert_eq!(
             (
@@ -1418,8 +1135,10 @@ fn topics_receive_logs_topic_without_binding_key_prints_usage() {
     for lang in [Rust, Python] {
         let done = run(lang, "receive_logs_topic", &[]);
         let program = match lang {
-            Rust => examples()["receive_logs_topic"].display().to_string(),
-            Python => script("receive_logs_topic").display().to_string(),
+            Rust => process::examples(&PROGRAMS)["receive_logs_topic"]
+                .display()
+                .to_string(),
+            Python => script("receive_logs_topic.py").display().to_string(),
         };
         assert_eq!(
             (
