@@ -48,9 +48,12 @@
 //! append into an empty buffer wakes the I/O thread with a `mio::Waker`. The I/O thread swaps
 //! the buffer out and writes it; whatever callers queue meanwhile goes out in the next single
 //! write, so a burst of publishes or acks costs the broker one read instead of one per frame.
-//! An ack or publish is therefore on the wire one I/O-thread pass after the call returns
-//! (tens of microseconds); [`Connection::close`] writes everything queued before closing.
-//! See `BENCHMARKS.md` for the measurements behind this choice.
+//! On plain TCP, a caller that finds nothing queued and nothing half-written writes its frames
+//! to the socket itself (non-blocking, under the buffer's lock), saving the wake-up; what the
+//! socket does not take is queued. An ack or publish is therefore on the wire when the call
+//! returns or one I/O-thread pass later (tens of microseconds); [`Connection::close`] writes
+//! everything queued before closing. See `BENCHMARKS.md` for the measurements behind this
+//! choice.
 //!
 //! Every buffer is bounded: callers wait when more than 4 MiB is queued for writing
 //! (back-pressure, bounded by `rpc_timeout`; publishes also wait while the broker has the

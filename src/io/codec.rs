@@ -315,6 +315,60 @@ pub(crate) fn encode_body(buf: &mut Vec<u8>, channel: u16, body: &[u8], frame_ma
     }
 }
 
+/// Bytes that [`encode_body`] produces for a body of `len` bytes.
+pub(crate) fn body_frames_len(len: usize, frame_max: u32) -> usize {
+    let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
+    len + len.div_ceil(chunk) * FRAME_OVERHEAD
+}
+
+/// Bodies up to this size are written directly by the caller (a few body frames, a handful
+/// of I/O slices); larger ones go through the I/O thread.
+const DIRECT_BODY_MAX: usize = 256 * 1024;
+
+/// Writes `frames` and `body` (as body frames, as [`encode_body`] would) to a non-blocking
+/// socket with one vectored write; returns how many bytes it took (0 when it would block,
+/// on error, or for a body too large to write directly: the caller queues the rest).
+pub(crate) fn write_direct(
+    mut tcp: &std::net::TcpStream,
+    frames: &[u8],
+    body: Option<(u16, &[u8])>,
+    frame_max: u32,
+) -> usize {
+    use std::io::{IoSlice, Write};
+    let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
+    let pieces = body.map_or(0, |(_, b)| b.len().div_ceil(chunk));
+    if body.is_some_and(|(_, b)| b.len() > DIRECT_BODY_MAX) {
+        return 0;
+    }
+    let mut headers: Vec<[u8; 7]> = Vec::with_capacity(pieces);
+    if let Some((channel, b)) = body {
+        for piece in b.chunks(chunk) {
+            let mut h = [constants::FRAME_BODY, 0, 0, 0, 0, 0, 0];
+            h[1..3].copy_from_slice(&channel.to_be_bytes());
+            h[3..7].copy_from_slice(&(piece.len() as u32).to_be_bytes());
+            headers.push(h);
+        }
+    }
+    let end = [constants::FRAME_END];
+    let mut slices = Vec::with_capacity(1 + pieces * 3);
+    slices.push(IoSlice::new(frames));
+    if let Some((_, b)) = body {
+        for (h, piece) in headers.iter().zip(b.chunks(chunk)) {
+            slices.push(IoSlice::new(h));
+            slices.push(IoSlice::new(piece));
+            slices.push(IoSlice::new(&end));
+        }
+    }
+    loop {
+        match tcp.write_vectored(&slices) {
+            Ok(n) => return n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // WouldBlock, or an error the I/O thread will meet and report on its next write.
+            Err(_) => return 0,
+        }
+    }
+}
+
 /// Appends a heartbeat frame.
 pub(crate) fn encode_heartbeat(buf: &mut Vec<u8>) {
     buf.extend_from_slice(&[

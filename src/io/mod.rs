@@ -50,6 +50,9 @@ pub(crate) struct Link {
     pub(crate) blocked: bool,
     /// update-secret-ok replies received (a counter, so a waiter can tell a new one).
     pub(crate) secret_updates: u64,
+    /// The I/O thread holds bytes it has taken from `buf` and not finished writing: callers
+    /// must not write directly to the socket (their bytes would land inside those).
+    pub(crate) io_writing: bool,
 }
 
 /// Activity the user-side dispatcher (`process_data_events`) waits for.
@@ -72,6 +75,9 @@ pub(crate) struct Core {
     /// Signalled when the outbound buffer drains and when the connection closes.
     pub(crate) link_cond: Condvar,
     waker: mio::Waker,
+    /// A second handle on a plain TCP socket, for callers to write to directly when nothing is
+    /// queued (see [`Core::append`]); `None` for TLS, whose state only the I/O thread touches.
+    direct: Option<std::net::TcpStream>,
     pub(crate) channels: Mutex<HashMap<u16, Arc<ChannelCore>>>,
     pub(crate) activity: Mutex<Activity>,
     pub(crate) activity_cond: Condvar,
@@ -93,6 +99,11 @@ impl Core {
     pub(crate) fn open(params: ConnectionParameters) -> Result<Arc<Core>> {
         let deadline = Instant::now() + params.stack_timeout;
         let stream = Stream::connect(&params, deadline)?;
+        let direct = match &stream {
+            Stream::Tcp(tcp) => tcp.try_clone().ok(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => None,
+        };
         let poll = mio::Poll::new().map_err(|e| Error::io("creating the poller", &e))?;
         let waker = mio::Waker::new(poll.registry(), thread::WAKER)
             .map_err(|e| Error::io("creating the waker", &e))?;
@@ -148,11 +159,13 @@ impl Core {
                 closing: None,
                 blocked: false,
                 secret_updates: 0,
+                io_writing: false,
             }),
             link_cond: Condvar::new(),
             activity: Mutex::new(Activity::default()),
             activity_cond: Condvar::new(),
             waker,
+            direct,
             channels: Mutex::new(HashMap::new()),
             conn_work: std::sync::atomic::AtomicU64::new(0),
             read_paused: AtomicBool::new(false),
@@ -212,6 +225,11 @@ impl Core {
     }
 
     /// Appends whole frames (and a body, split into body frames) to the outbound buffer.
+    ///
+    /// On a plain TCP connection with nothing queued and nothing half-written by the I/O
+    /// thread, the caller writes the frames to the socket itself (non-blocking, under the
+    /// buffer's lock, so nothing can come between): a request then costs no wake-up of the
+    /// I/O thread. Whatever the socket does not take is queued for the I/O thread as usual.
     fn append(&self, frames: &[u8], body: Option<(u16, &[u8])>) -> Result<()> {
         let mut link = self.lock_link();
         if let Some(e) = &link.closed {
@@ -224,10 +242,27 @@ impl Core {
                 reply_text: reply_text.clone(),
             });
         }
+        let mut written = 0;
+        if link.buf.is_empty() && !link.io_writing {
+            if let Some(tcp) = &self.direct {
+                written = codec::write_direct(tcp, frames, body, self.tuned.frame_max);
+            }
+        }
+        let total = frames.len()
+            + body.map_or(0, |(_, b)| {
+                codec::body_frames_len(b.len(), self.tuned.frame_max)
+            });
+        if written == total {
+            return Ok(());
+        }
         let was_empty = link.buf.is_empty();
         link.buf.extend_from_slice(frames);
         if let Some((channel, body)) = body {
             codec::encode_body(&mut link.buf, channel, body, self.tuned.frame_max);
+        }
+        if written > 0 {
+            // The socket took the first `written` bytes already.
+            link.buf.drain(..written);
         }
         drop(link);
         if was_empty {

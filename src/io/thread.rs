@@ -191,11 +191,9 @@ impl IoThread {
                 Due::Nothing => {}
                 Due::Send => {
                     log::trace!("sending heartbeat");
-                    if self.wpos == self.wbuf.len() {
-                        self.wbuf.clear();
-                        self.wpos = 0;
-                    }
-                    codec::encode_heartbeat(&mut self.wbuf);
+                    // Through the shared buffer, like every other write, so it cannot land
+                    // inside a caller's direct write.
+                    codec::encode_heartbeat(&mut self.core.lock_link().buf);
                     self.flush()?;
                     // Even if the socket is full, a heartbeat is queued: do not queue another.
                     self.heartbeat.sent(now);
@@ -283,9 +281,11 @@ impl IoThread {
                 self.wpos = 0;
                 let mut link = self.core.lock_link();
                 if link.buf.is_empty() {
+                    link.io_writing = false;
                     return Ok(());
                 }
                 std::mem::swap(&mut link.buf, &mut self.wbuf);
+                link.io_writing = true;
                 let was_full = self.wbuf.len() >= super::OUTBOUND_HIGH_WATER;
                 drop(link);
                 if was_full {
