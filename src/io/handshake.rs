@@ -173,7 +173,7 @@ impl<'a> Handshake<'a> {
             client_properties: client_properties(&self.params.client_properties),
             mechanism: mechanism.name().into(),
             response: credentials.sasl_auth_string(mechanism),
-            locale: short(&self.params.locale)?,
+            locale: super::short(&self.params.locale)?,
         };
         self.stage = Stage::AwaitTune;
         Ok(Step::Send(vec![AMQPClass::Connection(
@@ -198,11 +198,6 @@ impl<'a> Handshake<'a> {
             AMQPClass::Connection(connection::AMQPMethod::Open(open)),
         ])
     }
-}
-
-fn short(s: &str) -> Result<amq_protocol::types::ShortString> {
-    amq_protocol::types::ShortString::try_new(s)
-        .map_err(|e| Error::InvalidArgument(format!("{s:?}: {e}")))
 }
 
 /// pika's `_negotiate_integer_value`: 0 means "no limit", so the other side's value wins; else

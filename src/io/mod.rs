@@ -4,8 +4,10 @@
 //! Callers encode frames on their own thread and append them, one whole unit at a time, to the
 //! outbound buffer; the first append into an empty buffer wakes the I/O thread through a
 //! `mio::Waker`. The I/O thread swaps the buffer out and writes it, so whatever piled up while it
-//! was writing goes out in one `write` (coalescing). It also reads and parses frames, assembles
-//! content, routes everything by channel id, and keeps heartbeats.
+//! was writing goes out in one `write` (coalescing). On plain TCP, a caller that finds the
+//! buffer empty and nothing half-written writes its frames itself ([`Core::append`]). The I/O
+//! thread also reads and parses frames, assembles content, routes everything by channel id,
+//! and keeps heartbeats.
 
 pub(crate) mod ack_frames;
 pub(crate) mod chan;
