@@ -57,6 +57,21 @@ pub(crate) struct Link {
     pub(crate) io_writing: bool,
 }
 
+impl Link {
+    /// Why nothing more may be queued: the connection is closed, or closing (nothing may
+    /// follow connection.close on the wire).
+    fn refusal(&self) -> Option<Error> {
+        if let Some(e) = &self.closed {
+            return Some(e.clone());
+        }
+        let (reply_code, reply_text) = self.closing.as_ref()?;
+        Some(Error::ConnectionClosedByClient {
+            reply_code: *reply_code,
+            reply_text: reply_text.clone(),
+        })
+    }
+}
+
 /// Activity the user-side dispatcher (`process_data_events`) waits for.
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
@@ -233,16 +248,18 @@ impl Core {
     /// buffer's lock, so nothing can come between): a request then costs no wake-up of the
     /// I/O thread. Whatever the socket does not take is queued for the I/O thread as usual.
     fn append(&self, frames: &[u8], body: Option<(u16, &[u8])>) -> Result<()> {
-        let mut link = self.lock_link();
-        if let Some(e) = &link.closed {
-            return Err(e.clone());
-        }
-        if let Some((reply_code, reply_text)) = &link.closing {
-            // Nothing may follow connection.close on the wire.
-            return Err(Error::ConnectionClosedByClient {
-                reply_code: *reply_code,
-                reply_text: reply_text.clone(),
-            });
+        self.append_locked(self.lock_link(), frames, body)
+    }
+
+    /// [`append`](Self::append) with the buffer's lock already held.
+    fn append_locked(
+        &self,
+        mut link: MutexGuard<'_, Link>,
+        frames: &[u8],
+        body: Option<(u16, &[u8])>,
+    ) -> Result<()> {
+        if let Some(e) = link.refusal() {
+            return Err(e);
         }
         let mut written = 0;
         if link.buf.is_empty() && !link.io_writing {
@@ -296,14 +313,26 @@ impl Core {
         body: Option<&[u8]>,
         check: impl FnOnce(&mut ChanState) -> Result<Option<T>>,
     ) -> Result<Option<T>> {
-        self.wait_for_room(body.is_some())?;
-        let mut st = channel.lock();
-        let value = check(&mut st)?;
-        if value.is_some() {
-            self.append(frames, body.map(|b| (channel.id, b)))?;
+        let content = body.is_some();
+        loop {
+            // The common case takes each lock once: the channel's, then the buffer's.
+            let mut st = channel.lock();
+            let link = self.lock_link();
+            if let Some(e) = link.refusal() {
+                return Err(e);
+            }
+            if !(content && link.blocked) && link.buf.len() < OUTBOUND_HIGH_WATER {
+                let value = check(&mut st)?;
+                if value.is_some() {
+                    self.append_locked(link, frames, body.map(|b| (channel.id, b)))?;
+                }
+                return Ok(value);
+            }
+            // Wait without the channel's lock: the I/O thread needs it to make progress.
+            drop(link);
+            drop(st);
+            self.wait_for_room(content)?;
         }
-        drop(st);
-        Ok(value)
     }
 
     pub(crate) fn lock_activity(&self) -> MutexGuard<'_, Activity> {
