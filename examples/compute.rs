@@ -13,9 +13,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
 use cottontail::{
     BasicConsumeOptions, BasicProperties, Connection, ConnectionParameters, QueueDeclareOptions,
 };
@@ -30,6 +27,8 @@ fn main() -> cottontail::Result<()> {
     let channel = connection.channel()?;
 
     channel.queue_declare("compute_queue", QueueDeclareOptions::default())?;
+    // Installed before the first line, so a Ctrl-C once it shows always prints `Interrupted`.
+    let interrupt = support::Interrupt::close_on_ctrl_c(&connection);
     println!(" [*] Waiting for n");
 
     channel.basic_qos(0, 1, false)?;
@@ -65,20 +64,5 @@ fn main() -> cottontail::Result<()> {
         BasicConsumeOptions::default(),
     )?;
 
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let on_ctrl_c = connection.clone();
-    let flag = interrupted.clone();
-    ctrlc::set_handler(move || {
-        flag.store(true, Ordering::SeqCst);
-        let _ = on_ctrl_c.close();
-    })
-    .expect("installing the Ctrl-C handler");
-
-    match channel.start_consuming() {
-        Err(_) if interrupted.load(Ordering::SeqCst) => {
-            println!("Interrupted");
-            Ok(())
-        }
-        other => other,
-    }
+    interrupt.finish(channel.start_consuming())
 }

@@ -29,21 +29,8 @@ fn main() -> cottontail::Result<()> {
         },
     )?;
 
-    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let on_ctrl_c = connection.clone();
-    let flag = interrupted.clone();
-    ctrlc::set_handler(move || {
-        flag.store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = on_ctrl_c.close();
-    })
-    .expect("installing the Ctrl-C handler");
+    let interrupt = support::Interrupt::close_on_ctrl_c(&connection);
 
     println!(" [*] Waiting for messages. To exit press CTRL+C");
-    match channel.start_consuming() {
-        Err(_) if interrupted.load(std::sync::atomic::Ordering::SeqCst) => {
-            println!("Interrupted");
-            Ok(())
-        }
-        other => other,
-    }
+    interrupt.finish(channel.start_consuming())
 }

@@ -15,9 +15,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
 use cottontail::{
     BasicConsumeOptions, Connection, ConnectionParameters, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
@@ -26,22 +23,9 @@ use cottontail::{
 fn main() -> cottontail::Result<()> {
     let connection = Connection::open(ConnectionParameters::new(support::broker_host()))?;
 
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let on_ctrl_c = connection.clone();
-    let flag = interrupted.clone();
-    ctrlc::set_handler(move || {
-        flag.store(true, Ordering::SeqCst);
-        let _ = on_ctrl_c.close();
-    })
-    .expect("installing the Ctrl-C handler");
+    let interrupt = support::Interrupt::close_on_ctrl_c(&connection);
 
-    match receive_logs_topic(&connection) {
-        Err(_) if interrupted.load(Ordering::SeqCst) => {
-            println!("Interrupted");
-            Ok(())
-        }
-        other => other,
-    }
+    interrupt.finish(receive_logs_topic(&connection))
 }
 
 /// The tutorial's program, from the channel on. Returns when consuming ends: on an error

@@ -13,9 +13,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
 use cottontail::{
     BasicConsumeOptions, BasicProperties, Connection, ConnectionParameters, QueueDeclareOptions,
 };
@@ -72,21 +69,8 @@ fn main() -> cottontail::Result<()> {
         BasicConsumeOptions::default(),
     )?;
 
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let on_ctrl_c = connection.clone();
-    let flag = interrupted.clone();
-    ctrlc::set_handler(move || {
-        flag.store(true, Ordering::SeqCst);
-        let _ = on_ctrl_c.close();
-    })
-    .expect("installing the Ctrl-C handler");
+    let interrupt = support::Interrupt::close_on_ctrl_c(&connection);
 
     println!(" [x] Awaiting RPC requests");
-    match channel.start_consuming() {
-        Err(_) if interrupted.load(Ordering::SeqCst) => {
-            println!("Interrupted");
-            Ok(())
-        }
-        other => other,
-    }
+    interrupt.finish(channel.start_consuming())
 }

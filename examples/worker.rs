@@ -17,64 +17,20 @@
 
 mod support;
 
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use cottontail::{BasicConsumeOptions, Connection, ConnectionParameters, QueueDeclareOptions};
 
-/// Set by Ctrl-C; a task's sleep waits on it, so Ctrl-C interrupts the work at once, as it
-/// interrupts Python's `time.sleep`.
-#[derive(Default)]
-struct Interrupted {
-    flag: Mutex<bool>,
-    changed: Condvar,
-}
-
-impl Interrupted {
-    fn set(&self) {
-        *self.flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.changed.notify_all();
-    }
-
-    fn is_set(&self) -> bool {
-        *self.flag.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Sleeps for `duration`, or less if Ctrl-C comes first; true if it did.
-    fn sleep(&self, duration: Duration) -> bool {
-        let flag = self.flag.lock().unwrap_or_else(|p| p.into_inner());
-        let (flag, _) = self
-            .changed
-            .wait_timeout_while(flag, duration, |interrupted| !*interrupted)
-            .unwrap_or_else(|p| p.into_inner());
-        *flag
-    }
-}
-
 fn main() -> cottontail::Result<()> {
     let connection = Connection::open(ConnectionParameters::new(support::broker_host()))?;
 
-    let interrupted = Arc::new(Interrupted::default());
-    let on_ctrl_c = connection.clone();
-    let flag = interrupted.clone();
-    ctrlc::set_handler(move || {
-        flag.set();
-        let _ = on_ctrl_c.close();
-    })
-    .expect("installing the Ctrl-C handler");
-
-    match work(&connection, interrupted.clone()) {
-        Err(_) if interrupted.is_set() => {
-            println!("Interrupted");
-            Ok(())
-        }
-        other => other,
-    }
+    let interrupt = support::Interrupt::close_on_ctrl_c(&connection);
+    interrupt.finish(work(&connection, interrupt.clone()))
 }
 
 /// The tutorial's program, from the channel on. Returns when consuming ends: on an error
 /// (Ctrl-C closes the connection), or once the broker cancels the consumer.
-fn work(connection: &Connection, interrupted: Arc<Interrupted>) -> cottontail::Result<()> {
+fn work(connection: &Connection, interrupt: support::Interrupt) -> cottontail::Result<()> {
     let channel = connection.channel()?;
 
     channel.queue_declare(
@@ -92,7 +48,8 @@ fn work(connection: &Connection, interrupted: Arc<Interrupted>) -> cottontail::R
         move |ch, method, _properties, body| {
             println!(" [x] Received {}", String::from_utf8_lossy(body));
             let dots = body.iter().filter(|&&b| b == b'.').count() as u64;
-            if interrupted.sleep(Duration::from_secs(dots)) {
+            // Ctrl-C interrupts the work at once, as it interrupts Python's `time.sleep`.
+            if interrupt.sleep(Duration::from_secs(dots)) {
                 // Ctrl-C: the connection is closing; the task goes back to the queue unacked.
                 return Ok(());
             }
