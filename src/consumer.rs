@@ -322,6 +322,56 @@ impl Channel {
         Ok(())
     }
 
+    /// Cancels the consumers made by [`consume`](Self::consume) on this channel (pika's
+    /// `BlockingChannel.cancel()`): their messages received but not yet yielded are rejected
+    /// with requeue; returns how many. Their iterators end.
+    pub fn cancel(&self) -> Result<usize> {
+        let tags: Vec<String> = self
+            .lock_consumers()
+            .iter()
+            .filter(|(_, e)| e.callback.is_none() && !e.cancelling)
+            .map(|(tag, _)| tag.clone())
+            .collect();
+        let mut requeued = 0;
+        for tag in tags {
+            requeued += self.cancel_consumer(&tag)?.1;
+        }
+        Ok(requeued)
+    }
+
+    /// Messages received for this channel's [`consume`](Self::consume) iterators and not yet
+    /// yielded (pika's `BlockingChannel.get_waiting_message_count()`).
+    pub fn get_waiting_message_count(&self) -> usize {
+        // The consumers' lock is released before the channel's is taken (the pump takes them
+        // in the other order).
+        let (iterators, pending) = {
+            let consumers = self.lock_consumers();
+            let iterators: Vec<String> = consumers
+                .iter()
+                .filter(|(_, e)| e.callback.is_none())
+                .map(|(tag, _)| tag.clone())
+                .collect();
+            let pending: usize = consumers
+                .values()
+                .filter(|e| e.callback.is_none())
+                .map(|e| e.pending.len())
+                .sum();
+            (iterators, pending)
+        };
+        let queued = self
+            .core()
+            .lock()
+            .deliveries
+            .iter()
+            .filter(|d| {
+                iterators
+                    .iter()
+                    .any(|t| t.as_str() == d.method.consumer_tag.as_str())
+            })
+            .count();
+        pending + queued
+    }
+
     /// Registers a callback for mandatory messages the broker returns as unroutable (pika's
     /// `add_on_return_callback`). It runs on the consuming thread, inside
     /// [`start_consuming`](Self::start_consuming) or while iterating [`consume`](Self::consume).

@@ -1522,3 +1522,46 @@ fn channel_close_with_over_16_mib_buffered_returns_promptly_and_the_connection_s
         BACKLOG as u32
     );
 }
+
+#[test]
+fn channel_cancel_ends_consume_iterators_and_requeues_what_they_held() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = unique("channel-cancel");
+    channel
+        .queue_declare(&queue, QueueDeclareOptions::default())
+        .unwrap();
+    for i in 0..5u8 {
+        channel
+            .basic_publish("", &queue, &[i], &BasicProperties::default(), false)
+            .unwrap();
+    }
+    let mut consumer = channel
+        .consume(
+            &queue,
+            ConsumeOptions {
+                inactivity_timeout: Some(Duration::from_secs(2)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let first = match consumer.next().unwrap().unwrap() {
+        Consumed::Delivery(d) => d,
+        Consumed::Inactive => panic!("no delivery"),
+    };
+    assert_eq!(first.body, vec![0]);
+    channel.basic_ack(first.method.delivery_tag, false).unwrap();
+    assert!(eventually(Duration::from_secs(5), || {
+        channel.get_waiting_message_count() == 4
+    }));
+    assert_eq!(consumer.get_waiting_message_count(), 4);
+    // pika's channel.cancel(): the four not yet yielded go back to the queue.
+    assert_eq!(channel.cancel().unwrap(), 4);
+    assert!(
+        consumer.next().is_none(),
+        "the iterator ends once cancelled"
+    );
+    assert_eq!(channel.get_waiting_message_count(), 0);
+    assert_eq!(broker_eventually_holds(&queue, 4), 4);
+    channel.queue_delete(&queue, Default::default()).unwrap();
+}
