@@ -18,7 +18,7 @@ use amq_protocol::types::FieldTable;
 use crate::channel::Channel;
 use crate::delivery::{Delivery, Returned};
 use crate::error::{Error, Result};
-use crate::io::chan::Reply;
+use crate::io::chan::{weight, Reply};
 use crate::io::{short, wait_until, INBOUND_CHANNEL_LIMIT};
 use crate::options::BasicConsumeOptions;
 
@@ -289,7 +289,7 @@ impl Channel {
             .into_iter()
             .partition(|d| d.method.consumer_tag.as_str() == consumer_tag);
         st.deliveries = kept.into();
-        st.buffered -= taken.iter().map(|d| d.body.len()).sum::<usize>();
+        st.buffered -= taken.iter().map(weight).sum::<usize>();
         drop(st);
         let conn = &self.inner.owner.core;
         if conn.read_paused.load(Ordering::SeqCst) {
@@ -447,7 +447,7 @@ impl Channel {
                 }
             }
             if let Some(delivery) = st.deliveries.pop_front() {
-                st.buffered -= delivery.body.len();
+                st.buffered -= weight(&delivery);
                 let buffered = st.buffered;
                 drop(st);
                 if buffered <= INBOUND_CHANNEL_LIMIT / 2 && conn.read_paused.load(Ordering::SeqCst)

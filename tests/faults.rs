@@ -793,3 +793,66 @@ fn deeply_nested_server_properties_do_not_overflow_the_stack() {
     assert_protocol(&err, 501);
     join(fake);
 }
+
+#[test]
+fn a_flood_of_empty_deliveries_nobody_consumes_stops_reading_with_bounded_memory() {
+    // 0-byte messages cost nothing in body bytes; back-pressure must count them anyway.
+    const OFFERED: usize = 400_000;
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        let tag = match peer.expect_method() {
+            (1, AMQPClass::Basic(basic::AMQPMethod::Consume(consume))) => consume.consumer_tag,
+            other => panic!("fake broker: expected basic.consume, got {other:?}"),
+        };
+        peer.send_method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                consumer_tag: tag.clone(),
+            })),
+        );
+        let mut one = Peer::encode(&AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                consumer_tag: tag,
+                delivery_tag: 1,
+                redelivered: false,
+                exchange: "".into(),
+                routing_key: "q".into(),
+            })),
+        ));
+        one.extend(Peer::encode(&AMQPFrame::Header(
+            1,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size: 0,
+                properties: BasicProperties::default(),
+            },
+        )));
+        let burst: Vec<u8> = one.repeat(1000);
+        let stream = peer.stream();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(1)))
+            .expect("write timeout");
+        // Count what the client lets through before its reading stops.
+        let mut sent = 0;
+        while sent < OFFERED && stream.write_all(&burst).is_ok() {
+            sent += 1000;
+        }
+        sent
+    });
+    let connection = Connection::open(params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    let before = vm_rss();
+    channel
+        .basic_consume("q", |_, _, _, _| Ok(()), Default::default())
+        .expect("basic.consume");
+    let sent = join(fake);
+    assert!(
+        sent < OFFERED,
+        "the client kept reading all {OFFERED} deliveries nobody consumed"
+    );
+    let grown = vm_rss().saturating_sub(before);
+    assert!(grown < 64 * 1024 * 1024, "memory grew by {grown} bytes");
+    assert!(connection.is_open());
+}

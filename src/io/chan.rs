@@ -13,6 +13,14 @@ use crate::error::Error;
 
 /// Returns kept for a channel that has no return callback yet; older ones are dropped beyond it.
 pub(crate) const RETURNS_KEPT: usize = 10_000;
+/// Broker cancels kept until the consumer loop sees them; a peer repeating them gains nothing.
+pub(crate) const CANCELS_KEPT: usize = 1_000;
+
+/// What a queued delivery counts for inbound back-pressure: its body plus what the message
+/// costs besides (method, properties, queue slot), so a flood of empty messages is bounded too.
+pub(crate) fn weight(delivery: &Delivery) -> usize {
+    delivery.body.len() + 512
+}
 
 /// A reply to a synchronous method. Lives only in the reply slot, one at a time per channel, so
 /// its size does not matter.
@@ -44,7 +52,7 @@ pub(crate) struct ChanState {
     /// Replies still to come for requests whose caller gave up (timed out): dropped on arrival.
     pub(crate) stale: u32,
     pub(crate) deliveries: VecDeque<Delivery>,
-    /// Body bytes held in `deliveries` (inbound back-pressure counts these).
+    /// What `deliveries` weighs ([`weight`]); inbound back-pressure counts this.
     pub(crate) buffered: usize,
     pub(crate) returns: VecDeque<Returned>,
     pub(crate) confirms: Option<ConfirmTracker>,
@@ -122,6 +130,13 @@ impl ChanState {
         self.awaiting = false;
         self.reply = Some(reply);
         true
+    }
+
+    /// Records a broker cancel of `consumer_tag` (once, and at most [`CANCELS_KEPT`]).
+    pub(crate) fn push_cancel(&mut self, consumer_tag: String) {
+        if self.cancelled.len() < CANCELS_KEPT && !self.cancelled.contains(&consumer_tag) {
+            self.cancelled.push(consumer_tag);
+        }
     }
 
     pub(crate) fn push_return(&mut self, returned: Returned) {

@@ -13,7 +13,7 @@ use amq_protocol::protocol::{channel, connection, AMQPClass, BasicProperties};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use super::chan::{ChannelCore, Life, Reply};
+use super::chan::{weight, ChannelCore, Life, Reply};
 use super::codec::{self, FrameReader, Inbound};
 use super::heartbeat::{Due, Heartbeat};
 use super::{Core, INBOUND_CHANNEL_LIMIT};
@@ -570,12 +570,13 @@ impl Router {
         }
         match partial.kind {
             ContentKind::Deliver(method) => {
-                st.buffered += body.len();
-                st.deliveries.push_back(Delivery {
+                let delivery = Delivery {
                     method,
                     properties,
                     body,
-                });
+                };
+                st.buffered += weight(&delivery);
+                st.deliveries.push_back(delivery);
                 if st.buffered > INBOUND_CHANNEL_LIMIT
                     && self.core.sync_waiters.load(Ordering::SeqCst) == 0
                     && !self.paused.iter().any(|c| Arc::ptr_eq(c, &core))
@@ -698,7 +699,7 @@ impl Router {
                     }));
                     self.queue_reply(channel, ok);
                 }
-                core.lock().cancelled.push(cancel.consumer_tag.to_string());
+                core.lock().push_cancel(cancel.consumer_tag.to_string());
             }
             AMQPClass::Channel(channel::AMQPMethod::Close(close)) => {
                 let mut st = core.lock();
