@@ -110,6 +110,8 @@
 //! | `channel.exchange_declare(exchange='logs', exchange_type='fanout')` (pika 0.x: `type='fanout'`) | `channel.exchange_declare("logs", ExchangeDeclareOptions { exchange_type: "fanout".into(), ..Default::default() })` |
 //! | `channel.queue_bind(exchange=..., queue=..., routing_key=...)` | `channel.queue_bind(queue, exchange, QueueBindOptions { routing_key: Some(..), ..Default::default() })` |
 //! | `channel.basic_publish(exchange, routing_key, body, properties=pika.BasicProperties(delivery_mode=2))` | `channel.basic_publish(exchange, routing_key, body, &BasicProperties::default().with_delivery_mode(2), false)` |
+//! | `pika.DeliveryMode.Persistent`, `pika.spec.PERSISTENT_DELIVERY_MODE` | [`DeliveryMode::Persistent`]`.into()` |
+//! | `ExchangeType.fanout` | [`ExchangeType::Fanout`]`.into()` |
 //! | `channel.basic_qos(prefetch_count=1)` | `channel.basic_qos(0, 1, false)` |
 //! | `channel.basic_consume(queue, on_message_callback, auto_ack=True)` (pika 0.x: `basic_consume(callback, queue=..., no_ack=True)`) | `channel.basic_consume(queue, callback, BasicConsumeOptions { auto_ack: true, ..Default::default() })` |
 //! | `def callback(ch, method, properties, body)` | `\|ch, method, properties, body\| -> Result<()>` |
@@ -151,8 +153,8 @@ pub use crate::events::{
     BlockedCallback, ThreadsafeCallback, TimeoutId, TimerCallback, UnblockedCallback,
 };
 pub use crate::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOk,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, DeliveryMode, ExchangeDeclareOptions, ExchangeType, QueueBindOptions,
+    QueueDeclareOk, QueueDeclareOptions, QueueDeleteOptions,
 };
 pub use crate::params::{
     ConnectionParameters, Credentials, ExternalCredentials, PlainCredentials, SslOptions,

@@ -90,3 +90,62 @@ pub struct BasicConsumeOptions {
     /// Consumer arguments (`x-priority`...). Defaults to empty.
     pub arguments: FieldTable,
 }
+
+/// pika's `DeliveryMode`: the values of the `delivery_mode` property.
+///
+/// ```
+/// use cottontail::{BasicProperties, DeliveryMode};
+/// let persistent = BasicProperties::default().with_delivery_mode(DeliveryMode::Persistent.into());
+/// assert_eq!(persistent.delivery_mode(), &Some(2));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeliveryMode {
+    /// 1: kept in memory only (pika's `DeliveryMode.Transient`).
+    Transient = 1,
+    /// 2: written to disk on a durable queue (pika's `DeliveryMode.Persistent`,
+    /// `spec.PERSISTENT_DELIVERY_MODE`).
+    Persistent = 2,
+}
+
+impl From<DeliveryMode> for u8 {
+    fn from(mode: DeliveryMode) -> u8 {
+        mode as u8
+    }
+}
+
+/// pika's `ExchangeType`: the exchange types every RabbitMQ has.
+///
+/// ```
+/// use cottontail::{ExchangeDeclareOptions, ExchangeType};
+/// let options = ExchangeDeclareOptions { exchange_type: ExchangeType::Fanout.into(), ..Default::default() };
+/// assert_eq!(options.exchange_type, "fanout");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExchangeType {
+    /// `direct`: routes on an exact routing-key match.
+    Direct,
+    /// `fanout`: routes to every bound queue.
+    Fanout,
+    /// `headers`: routes on header values (`x-match` all or any).
+    Headers,
+    /// `topic`: routes on dotted patterns with `*` and `#`.
+    Topic,
+}
+
+impl ExchangeType {
+    /// The type's name as the broker knows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeType::Direct => "direct",
+            ExchangeType::Fanout => "fanout",
+            ExchangeType::Headers => "headers",
+            ExchangeType::Topic => "topic",
+        }
+    }
+}
+
+impl From<ExchangeType> for String {
+    fn from(kind: ExchangeType) -> String {
+        kind.as_str().to_string()
+    }
+}
