@@ -265,11 +265,13 @@ fn explicit_channel_numbers_are_checked() {
 
 #[test]
 fn failover_tries_parameter_sets_in_order() {
-    // Nothing listens on port 1: the second set is used.
-    let dead = ConnectionParameters::new("127.0.0.1")
-        .port(1)
-        .retry_delay(Duration::from_millis(50));
-    let connection = Connection::open(vec![dead, params()]).unwrap();
+    // Nothing listens on ports 1 and 2: the third set is used.
+    let dead = |port| {
+        ConnectionParameters::new("127.0.0.1")
+            .port(port)
+            .retry_delay(Duration::from_millis(50))
+    };
+    let connection = Connection::open(vec![dead(1), dead(2), params()]).unwrap();
     assert!(connection.is_open());
     connection.channel().unwrap();
 }
@@ -281,7 +283,7 @@ fn every_attempt_is_made_and_reported_when_all_fail() {
         .connection_attempts(3)
         .retry_delay(Duration::from_millis(100));
     let started = Instant::now();
-    let err = Connection::open([dead.clone(), dead.connection_attempts(1)]).unwrap_err();
+    let err = Connection::open([dead.clone(), dead.port(2).connection_attempts(1)]).unwrap_err();
     match &err {
         Error::AllAttemptsFailed { attempts } => {
             assert_eq!(attempts.len(), 4);
@@ -301,6 +303,14 @@ fn every_attempt_is_made_and_reported_when_all_fail() {
         err.to_string().starts_with("4 connection attempts failed"),
         "{err}"
     );
+    // Every host is named by its attempt's error.
+    let Error::AllAttemptsFailed { attempts } = &err else {
+        unreachable!()
+    };
+    let errors: Vec<String> = attempts.iter().map(ToString::to_string).collect();
+    let naming = |host: &str| errors.iter().filter(|e| e.contains(host)).count();
+    assert_eq!(naming("127.0.0.1:1:"), 3, "{errors:?}");
+    assert_eq!(naming("127.0.0.1:2:"), 1, "{errors:?}");
 }
 
 #[test]
