@@ -1,0 +1,273 @@
+//! A scripted fake broker for what a real RabbitMQ will not do: a `TcpListener` on 127.0.0.1
+//! (port 0) driven by a thread of the test, speaking just enough AMQP 0-9-1 (frames encoded and
+//! parsed with amq-protocol) to get a client through the handshake and channel.open, then doing
+//! whatever the test scripts. Used by tests/faults.rs and benches/hot_paths.rs.
+#![allow(dead_code)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame, WriteContext};
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
+use amq_protocol::types::FieldTable;
+
+// ---------------------------------------------------------------------------------------------
+// The fake broker
+// ---------------------------------------------------------------------------------------------
+
+/// How long the fake waits for the client (to connect, or to send a frame) before giving up, so
+/// that a client bug fails the test instead of hanging it.
+pub const FAKE_PATIENCE: Duration = Duration::from_secs(8);
+
+/// A listening fake broker.
+pub struct FakeBroker {
+    listener: TcpListener,
+}
+
+impl FakeBroker {
+    pub fn bind() -> FakeBroker {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake broker");
+        FakeBroker { listener }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().expect("local address").port()
+    }
+
+    /// Accepts one client (within [`FAKE_PATIENCE`]).
+    pub fn accept(&self) -> Peer {
+        self.listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let deadline = Instant::now() + FAKE_PATIENCE;
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false).expect("blocking stream");
+                    stream
+                        .set_read_timeout(Some(FAKE_PATIENCE))
+                        .expect("read timeout");
+                    stream.set_nodelay(true).expect("nodelay");
+                    return Peer {
+                        stream: Some(stream),
+                        buf: Vec::new(),
+                    };
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "fake broker: no client connected"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("fake broker: accept failed: {e}"),
+            }
+        }
+    }
+
+    /// Accepts one client and runs the whole opening handshake with it (start, tune with
+    /// `heartbeat` and `frame_max`, open).
+    pub fn accept_and_handshake(&self, heartbeat: u16, frame_max: u32) -> Peer {
+        let mut peer = self.accept();
+        peer.read_protocol_header();
+        peer.send_start();
+        peer.expect_start_ok();
+        peer.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                channel_max: 2047,
+                frame_max,
+                heartbeat,
+            })),
+        );
+        match peer.expect_method() {
+            (0, AMQPClass::Connection(connection::AMQPMethod::TuneOk(ok))) => {
+                assert_eq!(ok.heartbeat, heartbeat, "client's tune-ok heartbeat");
+                assert!(ok.frame_max <= frame_max, "client's tune-ok frame_max");
+            }
+            other => panic!("fake broker: expected connection.tune-ok, got {other:?}"),
+        }
+        match peer.expect_method() {
+            (0, AMQPClass::Connection(connection::AMQPMethod::Open(_))) => {}
+            other => panic!("fake broker: expected connection.open, got {other:?}"),
+        }
+        peer.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+        );
+        peer
+    }
+}
+
+/// The fake broker's side of one client connection.
+pub struct Peer {
+    /// `None` once the fake closed the socket.
+    stream: Option<TcpStream>,
+    /// Bytes read from the client and not yet parsed.
+    buf: Vec<u8>,
+}
+
+impl Peer {
+    pub fn stream(&mut self) -> &mut TcpStream {
+        self.stream.as_mut().expect("the fake closed this socket")
+    }
+
+    /// Encodes one frame with amq-protocol.
+    pub fn encode(frame: &AMQPFrame) -> Vec<u8> {
+        gen_frame(frame)(WriteContext::from(Vec::new()))
+            .expect("encoding a frame")
+            .into_inner()
+            .0
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let stream = self.stream();
+        stream.write_all(bytes).expect("fake broker: write");
+        stream.flush().expect("fake broker: flush");
+    }
+
+    pub fn send_frame(&mut self, frame: &AMQPFrame) {
+        self.send_raw(&Self::encode(frame));
+    }
+
+    pub fn send_method(&mut self, channel: u16, method: AMQPClass) {
+        self.send_frame(&AMQPFrame::Method(channel, method));
+    }
+
+    pub fn send_start(&mut self) {
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: FieldTable::default(),
+                mechanisms: "PLAIN".into(),
+                locales: "en_US".into(),
+            })),
+        );
+    }
+
+    /// The next frame from the client; `None` at EOF, on a reset or after [`FAKE_PATIENCE`] of
+    /// silence. Streaming: an incomplete frame means "read more".
+    pub fn read_frame(&mut self) -> Option<AMQPFrame> {
+        loop {
+            if !self.buf.is_empty() {
+                match parse_frame(&self.buf[..]) {
+                    Ok((rest, frame)) => {
+                        let used = self.buf.len() - rest.len();
+                        self.buf.drain(..used);
+                        return Some(frame);
+                    }
+                    Err(e) if e.is_incomplete() => {}
+                    Err(e) => panic!("fake broker: the client sent an unparsable frame: {e}"),
+                }
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.as_mut()?.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next method frame, skipping heartbeats; panics on anything else.
+    pub fn expect_method(&mut self) -> (u16, AMQPClass) {
+        loop {
+            match self.read_frame() {
+                Some(AMQPFrame::Heartbeat) => {}
+                Some(AMQPFrame::Method(channel, method)) => return (channel, method),
+                other => panic!("fake broker: expected a method frame, got {other:?}"),
+            }
+        }
+    }
+
+    pub fn read_protocol_header(&mut self) {
+        match self.read_frame() {
+            Some(AMQPFrame::ProtocolHeader(_)) => {}
+            other => panic!("fake broker: expected the protocol header, got {other:?}"),
+        }
+    }
+
+    pub fn expect_start_ok(&mut self) {
+        match self.expect_method() {
+            (0, AMQPClass::Connection(connection::AMQPMethod::StartOk(ok))) => {
+                assert_eq!(ok.mechanism.as_str(), "PLAIN");
+            }
+            other => panic!("fake broker: expected connection.start-ok, got {other:?}"),
+        }
+    }
+
+    /// Reads channel.open on `channel` and answers open-ok.
+    pub fn open_channel(&mut self, channel: u16) {
+        match self.expect_method() {
+            (ch, AMQPClass::Channel(channel::AMQPMethod::Open(_))) if ch == channel => {}
+            other => panic!("fake broker: expected channel.open on {channel}, got {other:?}"),
+        }
+        self.send_method(
+            channel,
+            AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+        );
+    }
+
+    /// Reads the client's basic.get on `channel`.
+    pub fn expect_get(&mut self, channel: u16) {
+        match self.expect_method() {
+            (ch, AMQPClass::Basic(basic::AMQPMethod::Get(_))) if ch == channel => {}
+            other => panic!("fake broker: expected basic.get on {channel}, got {other:?}"),
+        }
+    }
+
+    /// Reads the client's basic.qos on `channel`.
+    pub fn expect_qos(&mut self, channel: u16) {
+        match self.expect_method() {
+            (ch, AMQPClass::Basic(basic::AMQPMethod::Qos(_))) if ch == channel => {}
+            other => panic!("fake broker: expected basic.qos on {channel}, got {other:?}"),
+        }
+    }
+
+    /// Everything the client sends until it closes the socket (or goes silent).
+    pub fn drain(&mut self) -> Vec<AMQPFrame> {
+        let mut frames = Vec::new();
+        while let Some(frame) = self.read_frame() {
+            frames.push(frame);
+        }
+        frames
+    }
+
+    /// Closes the socket (FIN).
+    pub fn close(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// The reply code of the first connection.close among `frames`, if any.
+pub fn connection_close_code(frames: &[AMQPFrame]) -> Option<u16> {
+    frames.iter().find_map(|f| match f {
+        AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(c))) => {
+            Some(c.reply_code)
+        }
+        _ => None,
+    })
+}
+
+/// Starts a fake broker running `script` on its own thread; returns its port and the thread.
+pub fn spawn_fake<T: Send + 'static>(
+    script: impl FnOnce(FakeBroker) -> T + Send + 'static,
+) -> (u16, JoinHandle<T>) {
+    let broker = FakeBroker::bind();
+    let port = broker.port();
+    (port, std::thread::spawn(move || script(broker)))
+}
+
+pub fn join<T>(fake: JoinHandle<T>) -> T {
+    match fake.join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
