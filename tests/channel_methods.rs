@@ -1435,10 +1435,12 @@ fn consumer_cancel_with_over_16_mib_waiting_returns_promptly_and_requeues_them()
     let queue = declare_queue(&channel, &mut cleanup, "cancel-backlog");
     fill_with_backlog(&queue);
     let consumer = channel.consume(&queue, ConsumeOptions::default()).unwrap();
+    // Reading pauses once the channel holds 16 MiB (each message counts its 1 MiB body and a
+    // little more): 16 of these messages.
     assert!(
         eventually(Duration::from_secs(5), || consumer
             .get_waiting_message_count()
-            > 16),
+            >= 16),
         "waiting: {}",
         consumer.get_waiting_message_count()
     );
@@ -1505,9 +1507,10 @@ fn channel_close_with_over_16_mib_buffered_returns_promptly_and_the_connection_s
     let queue = declare_queue(&channel, &mut cleanup, "close-backlog");
     fill_with_backlog(&queue);
     let consumer = channel.consume(&queue, ConsumeOptions::default()).unwrap();
+    // 16 MiB held: reading has paused (see the test above).
     assert!(eventually(Duration::from_secs(5), || consumer
         .get_waiting_message_count()
-        > 16));
+        >= 16));
     let started = Instant::now();
     let closed = channel.close();
     let elapsed = started.elapsed();
