@@ -1,0 +1,121 @@
+//! A broker that stops answering (the real RabbitMQ, frozen with SIGSTOP): heartbeats detect it
+//! and every waiter gets `HeartbeatTimeout`, and `close()` returns within its deadline (pika
+//! #764). Its own test binary: freezing the broker stalls every connection to it.
+
+mod support;
+
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cottontail::{Connection, Error, QueueDeclareOptions};
+
+/// The pid of the process listening on the test broker's port.
+fn broker_pid() -> String {
+    let out = Command::new("ss")
+        .args(["-ltnpH", &format!("sport = :{}", support::PORT)])
+        .output()
+        .expect("running ss");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pid = text
+        .split("pid=")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no process listens on {}: {text}", support::PORT));
+    pid.to_string()
+}
+
+/// Freezes the broker until dropped (also when a test panics).
+struct Frozen(String);
+
+impl Frozen {
+    fn new() -> Frozen {
+        let pid = broker_pid();
+        assert!(Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success());
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
+/// The tests of this file take turns: each freezes the whole broker.
+static FREEZE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn frozen_broker_is_a_heartbeat_timeout_for_every_waiter() {
+    let _turn = FREEZE.lock().unwrap_or_else(|p| p.into_inner());
+    let connection = Connection::open(
+        support::params()
+            .heartbeat(Some(1))
+            .rpc_timeout(Duration::from_secs(30)),
+    )
+    .unwrap();
+    let channel = connection.channel().unwrap();
+    let queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .queue;
+    channel
+        .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let consumer = channel.clone();
+    std::thread::spawn(move || tx.send(consumer.start_consuming()).unwrap());
+    let other = connection.channel().unwrap();
+
+    let frozen = Frozen::new();
+    let started = Instant::now();
+    // An RPC whose reply never comes: the heartbeat, not the 30 s rpc_timeout, ends it.
+    let err = other
+        .queue_declare("anything", Default::default())
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(err, Error::HeartbeatTimeout { heartbeat: 1, .. }),
+        "{err:?}"
+    );
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    let consuming = rx
+        .recv_timeout(Duration::from_secs(2))
+        .expect("start_consuming returned");
+    assert!(
+        matches!(consuming, Err(Error::HeartbeatTimeout { .. })),
+        "{consuming:?}"
+    );
+    assert!(connection.is_closed());
+    drop(frozen);
+}
+
+#[test]
+fn close_returns_within_its_deadline_while_the_broker_is_frozen() {
+    let _turn = FREEZE.lock().unwrap_or_else(|p| p.into_inner());
+    let connection = Connection::open(
+        support::params()
+            .heartbeat(Some(0))
+            .rpc_timeout(Duration::from_secs(2)),
+    )
+    .unwrap();
+    connection.channel().unwrap();
+    let frozen = Frozen::new();
+    let started = Instant::now();
+    let result = connection.close();
+    let elapsed = started.elapsed();
+    drop(frozen);
+    assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+    assert!(elapsed < Duration::from_secs(4), "close took {elapsed:?}");
+    assert!(connection.is_closed());
+}
