@@ -6,7 +6,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cottontail::{BasicProperties, QueueDeclareOptions};
+use cottontail::BasicProperties;
 use support::{connect, rabbitmqctl};
 
 /// The alarm is broker-wide: the tests of this file take turns.
@@ -42,16 +42,7 @@ fn memory_alarm_blocks_then_unblocks_the_connection_with_callbacks() {
         });
     }
     let channel = connection.channel().unwrap();
-    let queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .queue;
+    let queue = support::exclusive_queue(&channel);
     let _restore = RestoreWatermark;
     rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
     // RabbitMQ blocks a connection when it publishes during the alarm.
@@ -105,16 +96,7 @@ fn blocked_connection_timeout_tears_down_the_connection_and_wakes_publishers() {
     )
     .unwrap();
     let channel = connection.channel().unwrap();
-    let queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .queue;
+    let queue = support::exclusive_queue(&channel);
     let _restore = RestoreWatermark;
     rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
     channel
@@ -148,16 +130,7 @@ fn close_returns_within_its_deadline_while_the_broker_blocks() {
         cottontail::Connection::open(support::params().rpc_timeout(Duration::from_secs(2)))
             .unwrap();
     let channel = connection.channel().unwrap();
-    let queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .queue;
+    let queue = support::exclusive_queue(&channel);
     let _restore = RestoreWatermark;
     rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
     channel

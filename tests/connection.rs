@@ -138,16 +138,7 @@ fn broker_forced_close_reaches_a_waiting_consumer() {
     let name = unique("forced");
     let connection = Connection::open(params().connection_name(&name)).unwrap();
     let channel = connection.channel().unwrap();
-    let queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .queue;
+    let queue = support::exclusive_queue(&channel);
     channel
         .basic_consume(&queue, |_, _, _, _| Ok(()), BasicConsumeOptions::default())
         .unwrap();

@@ -7,21 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cottontail::{BasicConsumeOptions, BasicProperties, Connection, QueueDeclareOptions};
-use support::{connect, params};
-
-fn exclusive_queue(channel: &cottontail::Channel) -> String {
-    channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .queue
-}
+use cottontail::{BasicConsumeOptions, BasicProperties, Connection};
+use support::{connect, exclusive_queue, params};
 
 #[test]
 fn process_data_events_runs_consumer_callbacks_of_every_channel() {

@@ -90,16 +90,7 @@ fn consume_10000_with_manual_ack_in_order_and_the_queue_empties() {
 fn stop_consuming_from_another_thread_returns_promptly() {
     let connection = connect();
     let channel = connection.channel().unwrap();
-    let queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .queue;
+    let queue = support::exclusive_queue(&channel);
     channel
         .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
         .unwrap();
@@ -127,16 +118,7 @@ fn stop_consuming_from_another_thread_returns_promptly() {
 fn start_consuming_from_a_callback_is_a_reentrancy_error() {
     let connection = connect();
     let channel = connection.channel().unwrap();
-    let queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .queue;
+    let queue = support::exclusive_queue(&channel);
     channel
         .basic_publish("", &queue, b"x", &BasicProperties::default(), false)
         .unwrap();
@@ -162,16 +144,7 @@ fn start_consuming_from_a_callback_is_a_reentrancy_error() {
 fn duplicate_consumer_tag_is_rejected_without_touching_the_broker() {
     let connection = connect();
     let channel = connection.channel().unwrap();
-    let queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .queue;
+    let queue = support::exclusive_queue(&channel);
     let options = BasicConsumeOptions {
         consumer_tag: Some("my-tag".into()),
         ..Default::default()
@@ -221,16 +194,7 @@ fn queue_deleted_while_consuming_ends_start_consuming() {
 fn callback_error_ends_start_consuming_with_it() {
     let connection = connect();
     let channel = connection.channel().unwrap();
-    let queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .queue;
+    let queue = support::exclusive_queue(&channel);
     channel
         .basic_publish("", &queue, b"x", &BasicProperties::default(), false)
         .unwrap();

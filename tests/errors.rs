@@ -183,16 +183,7 @@ fn reserved_amq_name_is_403() {
 fn exclusive_consumer_conflict_is_403_and_ends_nothing_else() {
     let connection = connect();
     let first = connection.channel().unwrap();
-    let queue = first
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .queue;
+    let queue = support::exclusive_queue(&first);
     first
         .basic_consume(
             &queue,

@@ -6,7 +6,7 @@ mod support;
 
 use std::sync::Mutex;
 
-use cottontail::{BasicProperties, Connection, PlainCredentials, QueueDeclareOptions};
+use cottontail::{BasicProperties, Connection, PlainCredentials};
 use support::{params, rabbitmqctl, unique};
 
 static CAPTURED: Mutex<String> = Mutex::new(String::new());
@@ -37,16 +37,7 @@ fn passwords_appear_in_no_log_record_at_any_level() {
     let url = format!("amqp://{user}:{password}@127.0.0.1:5672/%2f?heartbeat=5");
     let connection = Connection::open_url(&url).unwrap();
     let channel = connection.channel().unwrap();
-    let queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .queue;
+    let queue = support::exclusive_queue(&channel);
     channel
         .basic_publish("", &queue, b"logged?", &BasicProperties::default(), false)
         .unwrap();

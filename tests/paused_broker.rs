@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cottontail::{Connection, Error, QueueDeclareOptions};
+use cottontail::{Connection, Error};
 
 /// The pid of the process listening on the test broker's port.
 fn broker_pid() -> String {
@@ -59,16 +59,7 @@ fn frozen_broker_is_a_heartbeat_timeout_for_every_waiter() {
     )
     .unwrap();
     let channel = connection.channel().unwrap();
-    let queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .queue;
+    let queue = support::exclusive_queue(&channel);
     channel
         .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
         .unwrap();

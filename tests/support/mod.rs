@@ -103,3 +103,17 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// Declares a broker-named exclusive queue on `channel` and returns its name.
+pub fn exclusive_queue(channel: &cottontail::Channel) -> String {
+    channel
+        .queue_declare(
+            "",
+            cottontail::QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .expect("declaring an exclusive queue")
+        .queue
+}
