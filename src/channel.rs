@@ -194,29 +194,17 @@ impl Channel {
             })
         })?;
         let timeout = self.rpc_timeout();
-        let deadline = Instant::now() + timeout;
         let _waiting = SyncWait::new(&self.inner.owner.core);
-        let mut st = core.lock();
-        loop {
-            if let Some(reply) = st.reply.take() {
-                return Ok(reply);
-            }
-            if let Some(e) = st.closed_error() {
-                return Err(e);
-            }
-            st = match wait_until(&core.cond, st, deadline) {
-                Ok(guard) => guard,
-                Err(mut st) => {
-                    // The reply may still come: drop it then, so it is not taken for the next one.
-                    st.awaiting = false;
-                    st.stale += 1;
-                    return Err(Error::timeout(
-                        format!("waiting for the reply to {what}"),
-                        timeout,
-                    ));
-                }
-            };
-        }
+        core.wait_for(
+            Instant::now() + timeout,
+            |st| st.reply.take(),
+            |st| {
+                // The reply may still come: drop it then, so it is not taken for the next one.
+                st.awaiting = false;
+                st.stale += 1;
+                Error::timeout(format!("waiting for the reply to {what}"), timeout)
+            },
+        )
     }
 
     /// Closes the channel with pika's defaults (200, "Normal shutdown") and waits for the broker.
@@ -572,33 +560,27 @@ impl Channel {
         let Some(seq) = self.publish(exchange, routing_key, body, properties, mandatory)? else {
             return Ok(());
         };
-        let core = self.core();
         let timeout = self.rpc_timeout();
-        let deadline = Instant::now() + timeout;
         let _waiting = SyncWait::new(&self.inner.owner.core);
-        let mut st = core.lock();
-        loop {
-            let settled = st.confirms.as_ref().is_none_or(|t| !t.is_outstanding(seq));
-            if settled {
-                break;
-            }
-            if let Some(e) = st.closed_error() {
-                return Err(e);
-            }
-            st = wait_until(&core.cond, st, deadline).map_err(|_| {
-                Error::timeout(format!("waiting for the confirm of message {seq}"), timeout)
-            })?;
-        }
-        let outcome = st
-            .confirms
-            .as_mut()
-            .map(|t| t.take_outcome_of(seq))
-            .unwrap_or_default();
+        let (outcome, returned) = self.core().wait_for(
+            Instant::now() + timeout,
+            |st| {
+                let tracker = st.confirms.as_mut()?;
+                if tracker.is_outstanding(seq) {
+                    return None;
+                }
+                let outcome = tracker.take_outcome_of(seq);
+                let returned = (!outcome.returned.is_empty())
+                    .then(|| st.returns.pop_back())
+                    .flatten();
+                Some((outcome, returned))
+            },
+            |_| Error::timeout(format!("waiting for the confirm of message {seq}"), timeout),
+        )?;
         if !outcome.nacked.is_empty() {
             return Err(Error::Nack { delivery_tag: seq });
         }
         if !outcome.returned.is_empty() {
-            let returned = st.returns.pop_back();
             return Err(Error::Unroutable {
                 reply_code: returned.as_ref().map_or(312, |r| r.method.reply_code),
                 reply_text: returned
@@ -681,43 +663,29 @@ impl Channel {
     pub fn wait_for_confirms(&self, timeout: Option<Duration>) -> Result<ConfirmOutcome> {
         let core = self.core();
         let timeout = timeout.unwrap_or_else(|| self.rpc_timeout());
-        let deadline = Instant::now() + timeout;
-        let _waiting = SyncWait::new(&self.inner.owner.core);
-        let mut st = core.lock();
-        if st.confirms.is_none() {
+        if core.lock().confirms.is_none() {
             return Err(Error::InvalidArgument(
                 "wait_for_confirms needs confirm_delivery() first".into(),
             ));
         }
-        loop {
-            if !st
-                .confirms
-                .as_ref()
-                .is_some_and(ConfirmTracker::has_outstanding)
-            {
-                return Ok(st
+        let _waiting = SyncWait::new(&self.inner.owner.core);
+        core.wait_for(
+            Instant::now() + timeout,
+            |st| {
+                let tracker = st.confirms.as_mut()?;
+                (!tracker.has_outstanding()).then(|| tracker.take_outcomes())
+            },
+            |st| {
+                let last = st
                     .confirms
-                    .as_mut()
-                    .map(ConfirmTracker::take_outcomes)
-                    .unwrap_or_default());
-            }
-            if let Some(e) = st.closed_error() {
-                return Err(e);
-            }
-            st = match wait_until(&core.cond, st, deadline) {
-                Ok(guard) => guard,
-                Err(st) => {
-                    let last = st
-                        .confirms
-                        .as_ref()
-                        .map_or(0, ConfirmTracker::last_published);
-                    return Err(Error::timeout(
-                        format!("waiting for confirms up to message {last}"),
-                        timeout,
-                    ));
-                }
-            };
-        }
+                    .as_ref()
+                    .map_or(0, ConfirmTracker::last_published);
+                Error::timeout(
+                    format!("waiting for confirms up to message {last}"),
+                    timeout,
+                )
+            },
+        )
     }
 }
 

@@ -258,7 +258,7 @@ impl Connection {
 
     /// True while the broker has the connection blocked (memory or disk alarm).
     pub fn is_blocked(&self) -> bool {
-        self.core().lock_link().blocked
+        self.core().lock_link().blocked_since.is_some()
     }
 
     /// Replaces the secret (password or token) the connection authenticated with and waits

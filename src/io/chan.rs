@@ -4,12 +4,14 @@
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use amq_protocol::protocol::AMQPClass;
 
 use crate::confirms::ConfirmTracker;
 use crate::delivery::{Delivery, GetMessage, Returned};
 use crate::error::Error;
+use crate::io::wait_until;
 
 /// Returns kept for a channel that has no return callback yet; older ones are dropped beyond it.
 pub(crate) const RETURNS_KEPT: usize = 10_000;
@@ -106,6 +108,32 @@ impl ChannelCore {
         st.awaiting = false;
         drop(st);
         self.cond.notify_all();
+    }
+}
+
+impl ChannelCore {
+    /// Waits until `ready` gives a value (it runs under the lock, first at once, then on every
+    /// change), the channel closes (its error), or `deadline` passes: then `on_expiry` runs under
+    /// the lock (to undo what the waiter set up) and its error is returned.
+    pub(crate) fn wait_for<T>(
+        &self,
+        deadline: Instant,
+        mut ready: impl FnMut(&mut ChanState) -> Option<T>,
+        on_expiry: impl FnOnce(&mut ChanState) -> Error,
+    ) -> Result<T, Error> {
+        let mut st = self.lock();
+        loop {
+            if let Some(value) = ready(&mut st) {
+                return Ok(value);
+            }
+            if let Some(e) = st.closed_error() {
+                return Err(e);
+            }
+            st = match wait_until(&self.cond, st, deadline) {
+                Ok(guard) => guard,
+                Err(mut st) => return Err(on_expiry(&mut st)),
+            };
+        }
     }
 }
 

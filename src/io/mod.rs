@@ -48,8 +48,9 @@ pub(crate) struct Link {
     pub(crate) closed: Option<Error>,
     /// We sent connection.close (with this code and text) and wait for close-ok.
     pub(crate) closing: Option<(u16, String)>,
-    /// The broker sent connection.blocked (resource alarm) and no unblocked yet.
-    pub(crate) blocked: bool,
+    /// Since when the broker has the connection blocked (connection.blocked, resource alarm),
+    /// until connection.unblocked.
+    pub(crate) blocked_since: Option<Instant>,
     /// update-secret-ok replies received (a counter, so a waiter can tell a new one).
     pub(crate) secret_updates: u64,
     /// The I/O thread holds bytes it has taken from `buf` and not finished writing: callers
@@ -58,6 +59,12 @@ pub(crate) struct Link {
 }
 
 impl Link {
+    /// Whether frames may be queued now without waiting: the buffer is under its high-water
+    /// mark and, for content, the broker does not block the connection.
+    fn has_room(&self, content: bool) -> bool {
+        !(content && self.blocked_since.is_some()) && self.buf.len() < OUTBOUND_HIGH_WATER
+    }
+
     /// Why nothing more may be queued: the connection is closed, or closing (nothing may
     /// follow connection.close on the wire).
     fn refusal(&self) -> Option<Error> {
@@ -112,7 +119,8 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    /// Connects, runs the handshake on the caller's thread and starts the I/O thread.
+    /// Connects on the caller's thread, then runs the handshake and the I/O loop on the
+    /// `cottontail-io` thread; returns once the handshake is done.
     pub(crate) fn open(params: ConnectionParameters) -> Result<Arc<Core>> {
         let deadline = Instant::now() + params.stack_timeout;
         let stream = Stream::connect(&params, deadline)?;
@@ -174,7 +182,7 @@ impl Core {
                 buf: Vec::with_capacity(64 * 1024),
                 closed: None,
                 closing: None,
-                blocked: false,
+                blocked_since: None,
                 secret_updates: 0,
                 io_writing: false,
             }),
@@ -217,18 +225,18 @@ impl Core {
     /// connection (without that timeout, as long as the broker blocks, as in pika).
     fn wait_for_room(&self, content: bool) -> Result<()> {
         let mut link = self.lock_link();
-        // Set when a wait starts: the common case never waits, nor reads the clock.
+        // Set when a wait for the I/O thread starts: the common case never reads the clock.
         let mut deadline = None;
         loop {
-            if let Some(e) = &link.closed {
-                return Err(e.clone());
+            if let Some(e) = link.refusal() {
+                return Err(e);
             }
-            if content && link.blocked && link.closing.is_none() {
+            if link.has_room(content) {
+                return Ok(());
+            }
+            if content && link.blocked_since.is_some() {
                 link = self.link_cond.wait(link).unwrap_or_else(|p| p.into_inner());
                 continue;
-            }
-            if link.buf.len() < OUTBOUND_HIGH_WATER {
-                return Ok(());
             }
             let deadline =
                 *deadline.get_or_insert_with(|| Instant::now() + self.params.rpc_timeout);
@@ -321,7 +329,7 @@ impl Core {
             if let Some(e) = link.refusal() {
                 return Err(e);
             }
-            if !(content && link.blocked) && link.buf.len() < OUTBOUND_HIGH_WATER {
+            if link.has_room(content) {
                 let value = check(&mut st)?;
                 if value.is_some() {
                     self.append_locked(link, frames, body.map(|b| (channel.id, b)))?;

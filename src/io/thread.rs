@@ -77,7 +77,6 @@ pub(crate) fn run(core: Arc<Core>, stream: Stream, reader: FrameReader, poll: Po
             channels: Vec::new(),
             dirty: Vec::new(),
             paused: Vec::new(),
-            blocked_since: None,
         },
         core,
         stream,
@@ -156,10 +155,13 @@ impl IoThread {
                         .unwrap_or_default(),
                 });
             }
-            let timeout = match (self.heartbeat.next_wakeup(now), blocked_deadline) {
-                (Some(h), Some(b)) => Some(h.min(b - now)),
-                (h, b) => h.or(b.map(|b| b - now)),
-            };
+            let timeout = [
+                self.heartbeat.next_wakeup(now),
+                blocked_deadline.map(|b| b - now),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
@@ -210,8 +212,8 @@ impl IoThread {
 
     /// When a connection blocked by the broker must be given up (`blocked_connection_timeout`).
     fn blocked_deadline(&self) -> Option<Instant> {
-        let since = self.router.blocked_since?;
-        Some(since + self.core.params.blocked_connection_timeout?)
+        let timeout = self.core.params.blocked_connection_timeout?;
+        Some(self.core.lock_link().blocked_since? + timeout)
     }
 
     /// Reads until the socket would block (or reading pauses), routing every complete frame.
@@ -374,8 +376,6 @@ struct Router {
     dirty: Vec<Arc<ChannelCore>>,
     /// Channels holding more than the inbound limit: reading is paused while any is here.
     paused: Vec<Arc<ChannelCore>>,
-    /// Since when the broker has blocked the connection (connection.blocked), if it has.
-    blocked_since: Option<Instant>,
 }
 
 impl Router {
@@ -624,8 +624,10 @@ impl Router {
             connection::AMQPMethod::CloseOk(_) => Ok(Some(Exit::CloseOk)),
             connection::AMQPMethod::Blocked(blocked) => {
                 log::warn!("the broker blocked the connection: {}", blocked.reason);
-                self.core.lock_link().blocked = true;
-                self.blocked_since.get_or_insert_with(Instant::now);
+                self.core
+                    .lock_link()
+                    .blocked_since
+                    .get_or_insert_with(Instant::now);
                 let reason = blocked.reason.to_string();
                 self.core
                     .lock_activity()
@@ -636,8 +638,7 @@ impl Router {
             }
             connection::AMQPMethod::Unblocked(_) => {
                 log::info!("the broker unblocked the connection");
-                self.core.lock_link().blocked = false;
-                self.blocked_since = None;
+                self.core.lock_link().blocked_since = None;
                 // Publishers waiting for the unblock.
                 self.core.link_cond.notify_all();
                 self.core.lock_activity().blocked_events.push_back(None);
