@@ -18,6 +18,7 @@ use amq_protocol::types::FieldTable;
 use crate::channel::Channel;
 use crate::delivery::{Delivery, Returned};
 use crate::error::{Error, Result};
+use crate::events::run_callbacks;
 use crate::io::chan::{weight, Reply};
 use crate::io::{short, wait_until, INBOUND_CHANNEL_LIMIT};
 use crate::options::BasicConsumeOptions;
@@ -342,34 +343,34 @@ impl Channel {
     /// Messages received for this channel's [`consume`](Self::consume) iterators and not yet
     /// yielded (pika's `BlockingChannel.get_waiting_message_count()`).
     pub fn get_waiting_message_count(&self) -> usize {
-        // The consumers' lock is released before the channel's is taken (the pump takes them
-        // in the other order).
-        let (iterators, pending) = {
-            let consumers = self.lock_consumers();
-            let iterators: Vec<String> = consumers
-                .iter()
-                .filter(|(_, e)| e.callback.is_none())
-                .map(|(tag, _)| tag.clone())
-                .collect();
-            let pending: usize = consumers
-                .values()
-                .filter(|e| e.callback.is_none())
-                .map(|e| e.pending.len())
-                .sum();
-            (iterators, pending)
-        };
+        let iterators: Vec<String> = self
+            .lock_consumers()
+            .iter()
+            .filter(|(_, e)| e.callback.is_none())
+            .map(|(tag, _)| tag.clone())
+            .collect();
+        self.waiting_for(&iterators)
+    }
+
+    /// Deliveries of the consumers `tags` received and not yet handed out: queued on the
+    /// channel or held for an iterator.
+    fn waiting_for(&self, tags: &[String]) -> usize {
+        let mine = |tag: &str| tags.iter().any(|t| t == tag);
+        // One lock at a time: the pump takes the channel's, then the consumers'.
         let queued = self
             .core()
             .lock()
             .deliveries
             .iter()
-            .filter(|d| {
-                iterators
-                    .iter()
-                    .any(|t| t.as_str() == d.method.consumer_tag.as_str())
-            })
+            .filter(|d| mine(d.method.consumer_tag.as_str()))
             .count();
-        pending + queued
+        let held: usize = self
+            .lock_consumers()
+            .iter()
+            .filter(|(tag, _)| mine(tag))
+            .map(|(_, e)| e.pending.len())
+            .sum();
+        queued + held
     }
 
     /// Registers a callback for mandatory messages the broker returns as unroutable (pika's
@@ -524,23 +525,19 @@ impl Channel {
     }
 
     fn run_return_callbacks(&self, returned: Returned) {
-        let mut callbacks = std::mem::take(&mut self.lock_callbacks().on_return);
-        for cb in &mut callbacks {
-            cb(self, &returned.method, &returned.properties, &returned.body);
-        }
-        let mut slot = self.lock_callbacks();
-        callbacks.append(&mut slot.on_return);
-        slot.on_return = callbacks;
+        run_callbacks(
+            || self.lock_callbacks(),
+            |c| &mut c.on_return,
+            |cb| cb(self, &returned.method, &returned.properties, &returned.body),
+        );
     }
 
     fn run_cancel_callbacks(&self, tag: &str) {
-        let mut callbacks = std::mem::take(&mut self.lock_callbacks().on_cancel);
-        for cb in &mut callbacks {
-            cb(self, tag);
-        }
-        let mut slot = self.lock_callbacks();
-        callbacks.append(&mut slot.on_cancel);
-        slot.on_cancel = callbacks;
+        run_callbacks(
+            || self.lock_callbacks(),
+            |c| &mut c.on_cancel,
+            |cb| cb(self, tag),
+        );
     }
 }
 
@@ -562,20 +559,7 @@ impl Consumer {
     /// Messages received for this consumer and not yet yielded (pika's
     /// `get_waiting_message_count`).
     pub fn get_waiting_message_count(&self) -> usize {
-        let queued = self
-            .channel
-            .core()
-            .lock()
-            .deliveries
-            .iter()
-            .filter(|d| d.method.consumer_tag.as_str() == self.tag)
-            .count();
-        let pending = self
-            .channel
-            .lock_consumers()
-            .get(&self.tag)
-            .map_or(0, |e| e.pending.len());
-        queued + pending
+        self.channel.waiting_for(std::slice::from_ref(&self.tag))
     }
 
     /// Cancels the consumer (pika's `cancel()`): messages received but not yet yielded are

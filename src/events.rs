@@ -35,6 +35,26 @@ pub(crate) struct Dispatch {
     channels: Vec<Weak<ChannelHandle>>,
 }
 
+/// Runs every callback of a list kept behind a lock, without holding the lock while they run
+/// (a callback may use the connection, or register more callbacks: those are kept, after the
+/// ones that were there).
+pub(crate) fn run_callbacks<S, G, C>(
+    lock: impl Fn() -> G,
+    list: impl Fn(&mut S) -> &mut Vec<C>,
+    mut call: impl FnMut(&mut C),
+) where
+    G: std::ops::DerefMut<Target = S>,
+{
+    let mut taken = std::mem::take(list(&mut lock()));
+    for callback in &mut taken {
+        call(callback);
+    }
+    let mut guard = lock();
+    let slot = list(&mut guard);
+    taken.append(slot);
+    *slot = taken;
+}
+
 impl Owner {
     pub(crate) fn lock_dispatch(&self) -> MutexGuard<'_, Dispatch> {
         self.dispatch.lock().unwrap_or_else(|p| p.into_inner())
@@ -62,24 +82,16 @@ impl Owner {
             let Some(event) = event else { break };
             ran += 1;
             match event {
-                Some(reason) => {
-                    let mut callbacks = std::mem::take(&mut self.lock_dispatch().on_blocked);
-                    for cb in &mut callbacks {
-                        cb(&connection, &reason);
-                    }
-                    let mut dispatch = self.lock_dispatch();
-                    callbacks.append(&mut dispatch.on_blocked);
-                    dispatch.on_blocked = callbacks;
-                }
-                None => {
-                    let mut callbacks = std::mem::take(&mut self.lock_dispatch().on_unblocked);
-                    for cb in &mut callbacks {
-                        cb(&connection);
-                    }
-                    let mut dispatch = self.lock_dispatch();
-                    callbacks.append(&mut dispatch.on_unblocked);
-                    dispatch.on_unblocked = callbacks;
-                }
+                Some(reason) => run_callbacks(
+                    || self.lock_dispatch(),
+                    |d| &mut d.on_blocked,
+                    |cb| cb(&connection, &reason),
+                ),
+                None => run_callbacks(
+                    || self.lock_dispatch(),
+                    |d| &mut d.on_unblocked,
+                    |cb| cb(&connection),
+                ),
             }
         }
         loop {
