@@ -307,9 +307,7 @@ pub(crate) fn encode_body(buf: &mut Vec<u8>, channel: u16, body: &[u8], frame_ma
     let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
     buf.reserve(body.len() + body.len().div_ceil(chunk) * FRAME_OVERHEAD);
     for piece in body.chunks(chunk) {
-        buf.push(constants::FRAME_BODY);
-        buf.extend_from_slice(&channel.to_be_bytes());
-        buf.extend_from_slice(&(piece.len() as u32).to_be_bytes());
+        buf.extend_from_slice(&body_frame_header(channel, piece.len()));
         buf.extend_from_slice(piece);
         buf.push(constants::FRAME_END);
     }
@@ -321,13 +319,22 @@ pub(crate) fn body_frames_len(len: usize, frame_max: u32) -> usize {
     len + len.div_ceil(chunk) * FRAME_OVERHEAD
 }
 
-/// Bodies up to this size are written directly by the caller (a few body frames, a handful
-/// of I/O slices); larger ones go through the I/O thread.
-const DIRECT_BODY_MAX: usize = 256 * 1024;
+/// Body frames a caller writes directly at most (a few, so the I/O slices fit on the stack);
+/// larger bodies go through the I/O thread.
+const DIRECT_BODY_FRAMES: usize = 4;
+
+/// The 7-byte header of a body frame of `len` payload bytes on `channel`.
+fn body_frame_header(channel: u16, len: usize) -> [u8; 7] {
+    let mut header = [constants::FRAME_BODY, 0, 0, 0, 0, 0, 0];
+    header[1..3].copy_from_slice(&channel.to_be_bytes());
+    header[3..7].copy_from_slice(&(len as u32).to_be_bytes());
+    header
+}
 
 /// Writes `frames` and `body` (as body frames, as [`encode_body`] would) to a non-blocking
-/// socket with one vectored write; returns how many bytes it took (0 when it would block,
-/// on error, or for a body too large to write directly: the caller queues the rest).
+/// socket with one vectored write, allocating nothing; returns how many bytes it took (0 when
+/// it would block, on error, or for a body of more than [`DIRECT_BODY_FRAMES`] frames: the
+/// caller queues the rest).
 pub(crate) fn write_direct(
     mut tcp: &std::net::TcpStream,
     frames: &[u8],
@@ -336,31 +343,26 @@ pub(crate) fn write_direct(
 ) -> usize {
     use std::io::{IoSlice, Write};
     let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
-    let pieces = body.map_or(0, |(_, b)| b.len().div_ceil(chunk));
-    if body.is_some_and(|(_, b)| b.len() > DIRECT_BODY_MAX) {
+    let (channel, body) = body.unwrap_or((0, &[]));
+    if body.len().div_ceil(chunk) > DIRECT_BODY_FRAMES {
         return 0;
     }
-    let mut headers: Vec<[u8; 7]> = Vec::with_capacity(pieces);
-    if let Some((channel, b)) = body {
-        for piece in b.chunks(chunk) {
-            let mut h = [constants::FRAME_BODY, 0, 0, 0, 0, 0, 0];
-            h[1..3].copy_from_slice(&channel.to_be_bytes());
-            h[3..7].copy_from_slice(&(piece.len() as u32).to_be_bytes());
-            headers.push(h);
-        }
+    let mut headers = [[0u8; 7]; DIRECT_BODY_FRAMES];
+    for (header, piece) in headers.iter_mut().zip(body.chunks(chunk)) {
+        *header = body_frame_header(channel, piece.len());
     }
     let end = [constants::FRAME_END];
-    let mut slices = Vec::with_capacity(1 + pieces * 3);
-    slices.push(IoSlice::new(frames));
-    if let Some((_, b)) = body {
-        for (h, piece) in headers.iter().zip(b.chunks(chunk)) {
-            slices.push(IoSlice::new(h));
-            slices.push(IoSlice::new(piece));
-            slices.push(IoSlice::new(&end));
-        }
+    let mut slices = [IoSlice::new(&[]); 1 + 3 * DIRECT_BODY_FRAMES];
+    slices[0] = IoSlice::new(frames);
+    let mut used = 1;
+    for (header, piece) in headers.iter().zip(body.chunks(chunk)) {
+        slices[used] = IoSlice::new(header);
+        slices[used + 1] = IoSlice::new(piece);
+        slices[used + 2] = IoSlice::new(&end);
+        used += 3;
     }
     loop {
-        match tcp.write_vectored(&slices) {
+        match tcp.write_vectored(&slices[..used]) {
             Ok(n) => return n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             // WouldBlock, or an error the I/O thread will meet and report on its next write.
@@ -444,6 +446,33 @@ mod tests {
         outer.insert("a".into(), AMQPValue::FieldArray(array));
         assert_eq!(table_depth(&FieldTable::default()), 1);
         assert_eq!(table_depth(&outer), 3);
+    }
+
+    #[test]
+    fn direct_writes_send_the_same_bytes_as_the_queue() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let frames = b"method and header frames";
+        let body: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        // 20000 bytes at frame_max 8192: 3 body frames.
+        let written = write_direct(&client, frames, Some((5, &body)), 8192);
+        let mut expected = frames.to_vec();
+        encode_body(&mut expected, 5, &body, 8192);
+        assert_eq!(written, expected.len());
+        assert_eq!(
+            body_frames_len(body.len(), 8192),
+            expected.len() - frames.len()
+        );
+        let mut got = vec![0; expected.len()];
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(got, expected);
+        // Too many body frames for a direct write: nothing is written, the caller queues.
+        assert_eq!(
+            write_direct(&client, frames, Some((5, &[0; 50_000])), 8192),
+            0
+        );
     }
 
     #[test]
