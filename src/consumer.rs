@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::basic::{self, Deliver, Return};
@@ -16,6 +17,7 @@ use amq_protocol::protocol::{AMQPClass, BasicProperties};
 use amq_protocol::types::FieldTable;
 
 use crate::channel::Channel;
+use crate::connection::Owner;
 use crate::delivery::{Delivery, Returned};
 use crate::error::{Error, Result};
 use crate::events::run_callbacks;
@@ -88,6 +90,32 @@ pub struct Consumer {
     tag: String,
     inactivity_timeout: Option<Duration>,
     done: bool,
+    turn: ConnTurn,
+}
+
+/// When a consuming thread runs the connection's callbacks (timers, threadsafe, blocked): only
+/// when connection work was announced since the last run, or a wait ended at a timer's
+/// deadline; not once per delivery, which would cost several locks on the consume path.
+#[derive(Debug, Default)]
+struct ConnTurn {
+    /// `conn_work` when the callbacks last ran.
+    seen: Option<u64>,
+    /// The earliest timer then.
+    next_timer: Option<Instant>,
+}
+
+impl ConnTurn {
+    /// Runs the connection callbacks if something may be due; returns the `conn_work` to pass
+    /// to the pump and the next timer's deadline.
+    fn take(&mut self, owner: &Arc<Owner>, timer_fired: bool) -> (u64, Option<Instant>) {
+        let work = owner.core.conn_work.load(Ordering::SeqCst);
+        if self.seen != Some(work) || timer_fired {
+            owner.run_connection_callbacks();
+            self.next_timer = owner.next_timer();
+            self.seen = Some(work);
+        }
+        (work, self.next_timer)
+    }
 }
 
 pub(crate) enum Pumped {
@@ -167,6 +195,7 @@ impl Channel {
             tag,
             inactivity_timeout: options.inactivity_timeout,
             done: false,
+            turn: ConnTurn::default(),
         })
     }
 
@@ -402,13 +431,14 @@ impl Channel {
     /// it, is [`Error::Reentrancy`].
     pub fn start_consuming(&self) -> Result<()> {
         let _guard = self.enter_consuming()?;
-        let owner = &self.inner.owner;
+        let mut turn = ConnTurn::default();
+        let mut timer_fired = false;
         loop {
-            let seen = owner.core.conn_work.load(Ordering::SeqCst);
-            owner.run_connection_callbacks();
-            match self.pump(None, owner.next_timer(), Some(seen))? {
+            let (work, next_timer) = turn.take(&self.inner.owner, timer_fired);
+            match self.pump(None, next_timer, Some(work))? {
                 Pumped::Finished => return Ok(()),
-                Pumped::Mine(_) | Pumped::Progress | Pumped::TimedOut => {}
+                Pumped::TimedOut => timer_fired = true,
+                Pumped::Mine(_) | Pumped::Progress => timer_fired = false,
             }
         }
     }
@@ -583,17 +613,16 @@ impl Iterator for Consumer {
             Err(e) => return Some(Err(e)),
         };
         let deadline = self.inactivity_timeout.map(|t| Instant::now() + t);
-        let owner = &self.channel.inner.owner;
+        let mut timer_fired = false;
         loop {
-            let seen = owner.core.conn_work.load(Ordering::SeqCst);
-            owner.run_connection_callbacks();
-            let wake = match (deadline, owner.next_timer()) {
-                (Some(d), Some(t)) => Some(d.min(t)),
-                (d, t) => d.or(t),
-            };
-            let pumped = guard.0.pump(Some(&self.tag), wake, Some(seen));
+            let (work, next_timer) = self.turn.take(&self.channel.inner.owner, timer_fired);
+            let wake = [deadline, next_timer].into_iter().flatten().min();
+            let pumped = guard.0.pump(Some(&self.tag), wake, Some(work));
+            timer_fired = false;
             match pumped {
-                Ok(Pumped::TimedOut) if deadline.is_some_and(|d| Instant::now() < d) => {}
+                Ok(Pumped::TimedOut) if deadline.is_none_or(|d| Instant::now() < d) => {
+                    timer_fired = true;
+                }
                 Ok(Pumped::Mine(delivery)) => return Some(Ok(Consumed::Delivery(*delivery))),
                 Ok(Pumped::Progress) => {}
                 Ok(Pumped::TimedOut) => return Some(Ok(Consumed::Inactive)),

@@ -198,3 +198,53 @@ fn process_data_events_returns_once_it_handled_an_event() {
         started.elapsed()
     );
 }
+
+#[test]
+fn call_later_fires_inside_start_consuming_and_consume() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    channel
+        .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
+        .unwrap();
+    let stopper = channel.clone();
+    let started = Instant::now();
+    connection.call_later(Duration::from_millis(300), move || {
+        stopper.stop_consuming().unwrap();
+    });
+    channel.start_consuming().unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(2),
+        "{elapsed:?}"
+    );
+
+    // A timer inside a consume() iteration with no inactivity timeout: it runs, and the
+    // iterator goes on waiting for messages instead of reporting inactivity.
+    let publisher = connection.channel().unwrap();
+    let queue_name = queue.clone();
+    connection.call_later(Duration::from_millis(200), move || {
+        publisher
+            .basic_publish(
+                "",
+                &queue_name,
+                b"after the timer",
+                &BasicProperties::default(),
+                false,
+            )
+            .unwrap();
+    });
+    let mut consumer = channel
+        .consume(
+            &queue,
+            cottontail::ConsumeOptions {
+                auto_ack: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    match consumer.next() {
+        Some(Ok(cottontail::Consumed::Delivery(d))) => assert_eq!(d.body, b"after the timer"),
+        other => panic!("expected the delivery the timer published, got {other:?}"),
+    }
+}
