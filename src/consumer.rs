@@ -508,6 +508,10 @@ impl Channel {
             if want.is_none() && self.lock_consumers().is_empty() {
                 return Ok(Pumped::Finished);
             }
+            if st.acks.holding() {
+                // Nothing to hand out: held acks go now, not after the wait.
+                conn.flush_acks(core.id, &mut st)?;
+            }
             st = match deadline {
                 None => core.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
                 Some(deadline) => match wait_until(&core.cond, st, deadline) {

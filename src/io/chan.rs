@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use amq_protocol::protocol::AMQPClass;
 
+use super::acks::AckRun;
 use crate::confirms::ConfirmTracker;
 use crate::delivery::{Delivery, GetMessage, Returned};
 use crate::error::Error;
@@ -60,6 +61,8 @@ pub(crate) struct ChanState {
     pub(crate) confirms: Option<ConfirmTracker>,
     /// Consumer tags the broker cancelled (queue deleted...), not yet seen by the consumer loop.
     pub(crate) cancelled: Vec<String>,
+    /// Which deliveries are settled, and acks held for merging.
+    pub(crate) acks: AckRun,
 }
 
 /// One channel as the connection knows it.
@@ -87,6 +90,7 @@ impl ChannelCore {
                 returns: VecDeque::new(),
                 confirms: None,
                 cancelled: Vec::new(),
+                acks: AckRun::default(),
             }),
             cond: Condvar::new(),
             rpc_lock: Mutex::new(()),

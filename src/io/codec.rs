@@ -331,12 +331,13 @@ fn body_frame_header(channel: u16, len: usize) -> [u8; 7] {
     header
 }
 
-/// Writes `frames` and `body` (as body frames, as [`encode_body`] would) to a non-blocking
+/// Writes `prefix`, `frames` and `body` (as body frames, as [`encode_body`] would) to a non-blocking
 /// socket with one vectored write, allocating nothing; returns how many bytes it took (0 when
 /// it would block, on error, or for a body of more than [`DIRECT_BODY_FRAMES`] frames: the
 /// caller queues the rest).
 pub(crate) fn write_direct(
     mut tcp: &std::net::TcpStream,
+    prefix: &[u8],
     frames: &[u8],
     body: Option<(u16, &[u8])>,
     frame_max: u32,
@@ -352,9 +353,10 @@ pub(crate) fn write_direct(
         *header = body_frame_header(channel, piece.len());
     }
     let end = [constants::FRAME_END];
-    let mut slices = [IoSlice::new(&[]); 1 + 3 * DIRECT_BODY_FRAMES];
-    slices[0] = IoSlice::new(frames);
-    let mut used = 1;
+    let mut slices = [IoSlice::new(&[]); 2 + 3 * DIRECT_BODY_FRAMES];
+    slices[0] = IoSlice::new(prefix);
+    slices[1] = IoSlice::new(frames);
+    let mut used = 2;
     for (header, piece) in headers.iter().zip(body.chunks(chunk)) {
         slices[used] = IoSlice::new(header);
         slices[used + 1] = IoSlice::new(piece);
@@ -457,7 +459,7 @@ mod tests {
         let frames = b"method and header frames";
         let body: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
         // 20000 bytes at frame_max 8192: 3 body frames.
-        let written = write_direct(&client, frames, Some((5, &body)), 8192);
+        let written = write_direct(&client, &[], frames, Some((5, &body)), 8192);
         let mut expected = frames.to_vec();
         encode_body(&mut expected, 5, &body, 8192);
         assert_eq!(written, expected.len());
@@ -470,7 +472,7 @@ mod tests {
         assert_eq!(got, expected);
         // Too many body frames for a direct write: nothing is written, the caller queues.
         assert_eq!(
-            write_direct(&client, frames, Some((5, &[0; 50_000])), 8192),
+            write_direct(&client, &[], frames, Some((5, &[0; 50_000])), 8192),
             0
         );
     }

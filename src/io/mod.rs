@@ -10,6 +10,7 @@
 //! and keeps heartbeats.
 
 pub(crate) mod ack_frames;
+pub(crate) mod acks;
 pub(crate) mod chan;
 pub(crate) mod codec;
 pub(crate) mod handshake;
@@ -27,7 +28,8 @@ use amq_protocol::frame::{AMQPFrame, ProtocolVersion};
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::FieldTable;
 
-use self::chan::{ChanState, ChannelCore};
+use self::ack_frames::{AckFrames, Settle};
+use self::chan::{ChanState, ChannelCore, Life};
 use self::codec::{FrameReader, Inbound};
 use self::handshake::{Handshake, Step, Tuned};
 use crate::error::{Error, Result};
@@ -115,6 +117,11 @@ pub(crate) struct Core {
     pub(crate) sync_waiters: std::sync::atomic::AtomicUsize,
     /// Tells the I/O thread to stop now (close deadline passed).
     shutdown: AtomicBool,
+    /// Some channel may hold merged acks (see [`acks`]): the I/O thread writes them within
+    /// [`acks::ACK_FLUSH_DELAY`].
+    pub(crate) acks_held: AtomicBool,
+    /// The I/O thread is (about to be) asleep in `poll` without a deadline for held acks.
+    pub(crate) io_parked: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -196,6 +203,8 @@ impl Core {
             read_paused: AtomicBool::new(false),
             sync_waiters: std::sync::atomic::AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
+            acks_held: AtomicBool::new(false),
+            io_parked: AtomicBool::new(false),
             thread: Mutex::new(Some(handle)),
         });
         core_tx.send(core.clone()).map_err(|_| Error::StreamLost {
@@ -256,13 +265,15 @@ impl Core {
     /// buffer's lock, so nothing can come between): a request then costs no wake-up of the
     /// I/O thread. Whatever the socket does not take is queued for the I/O thread as usual.
     fn append(&self, frames: &[u8], body: Option<(u16, &[u8])>) -> Result<()> {
-        self.append_locked(self.lock_link(), frames, body)
+        self.append_locked(self.lock_link(), &[], frames, body)
     }
 
-    /// [`append`](Self::append) with the buffer's lock already held.
+    /// [`append`](Self::append) with the buffer's lock already held; `prefix` (whole frames)
+    /// goes first.
     fn append_locked(
         &self,
         mut link: MutexGuard<'_, Link>,
+        prefix: &[u8],
         frames: &[u8],
         body: Option<(u16, &[u8])>,
     ) -> Result<()> {
@@ -272,10 +283,11 @@ impl Core {
         let mut written = 0;
         if link.buf.is_empty() && !link.io_writing {
             if let Some(tcp) = &self.direct {
-                written = codec::write_direct(tcp, frames, body, self.tuned.frame_max);
+                written = codec::write_direct(tcp, prefix, frames, body, self.tuned.frame_max);
             }
         }
-        let total = frames.len()
+        let total = prefix.len()
+            + frames.len()
             + body.map_or(0, |(_, b)| {
                 codec::body_frames_len(b.len(), self.tuned.frame_max)
             });
@@ -283,6 +295,7 @@ impl Core {
             return Ok(());
         }
         let was_empty = link.buf.is_empty();
+        link.buf.extend_from_slice(prefix);
         link.buf.extend_from_slice(frames);
         if let Some((channel, body)) = body {
             codec::encode_body(&mut link.buf, channel, body, self.tuned.frame_max);
@@ -332,7 +345,18 @@ impl Core {
             if link.has_room(content) {
                 let value = check(&mut st)?;
                 if value.is_some() {
-                    self.append_locked(link, frames, body.map(|b| (channel.id, b)))?;
+                    // Acks held for merging go first: the broker sees the channel's frames in
+                    // the order they were asked for.
+                    let mut held = AckFrames::new();
+                    if let Some((settle, tag)) = st.acks.take_held() {
+                        held.push(channel.id, settle, tag)?;
+                    }
+                    self.append_locked(
+                        link,
+                        held.as_slice(),
+                        frames,
+                        body.map(|b| (channel.id, b)),
+                    )?;
                 }
                 return Ok(value);
             }
@@ -340,6 +364,80 @@ impl Core {
             drop(link);
             drop(st);
             self.wait_for_room(content)?;
+        }
+    }
+
+    /// Settles deliveries on `channel` (basic.ack, nack, reject): merges consecutive acks
+    /// where that settles exactly the same messages (see [`acks`]), writes the rest at once.
+    pub(crate) fn settle_on(
+        &self,
+        channel: &ChannelCore,
+        settle: Settle,
+        delivery_tag: u64,
+        check: impl FnOnce(&ChanState) -> Result<()>,
+    ) -> Result<()> {
+        loop {
+            let mut st = channel.lock();
+            let link = self.lock_link();
+            if let Some(e) = link.refusal() {
+                return Err(e);
+            }
+            if link.has_room(false) {
+                check(&st)?;
+                let more_queued = !st.deliveries.is_empty();
+                let plan = st.acks.settle(settle, delivery_tag, more_queued);
+                let mut frames = AckFrames::new();
+                for (settle, tag) in [plan.flush, plan.send].into_iter().flatten() {
+                    frames.push(channel.id, settle, tag)?;
+                }
+                if frames.as_slice().is_empty() {
+                    drop(link);
+                    drop(st);
+                    if plan.started {
+                        self.note_acks_held();
+                    }
+                    return Ok(());
+                }
+                return self.append_locked(link, &[], frames.as_slice(), None);
+            }
+            drop(link);
+            drop(st);
+            self.wait_for_room(false)?;
+        }
+    }
+
+    /// Writes `channel`'s held acks, if any (its state is locked by the caller).
+    pub(crate) fn flush_acks(&self, channel_id: u16, st: &mut ChanState) -> Result<()> {
+        if !matches!(st.life, Life::Open) {
+            st.acks.discard();
+            return Ok(());
+        }
+        let Some((settle, tag)) = st.acks.take_held() else {
+            return Ok(());
+        };
+        let mut frames = AckFrames::new();
+        frames.push(channel_id, settle, tag)?;
+        self.append_locked(self.lock_link(), &[], frames.as_slice(), None)
+    }
+
+    /// Writes every channel's held acks (before the connection closes).
+    fn flush_all_acks(&self) {
+        let channels: Vec<_> = self.lock_channels().values().cloned().collect();
+        for channel in channels {
+            let mut st = channel.lock();
+            if st.acks.holding() {
+                if let Err(e) = self.flush_acks(channel.id, &mut st) {
+                    log::debug!("channel {}: held acks not written: {e}", channel.id);
+                }
+            }
+        }
+    }
+
+    /// A channel started holding acks: make sure the I/O thread writes them in time. It is
+    /// woken only if it sleeps without that deadline (once per quiet spell, not per run).
+    fn note_acks_held(&self) {
+        if !self.acks_held.swap(true, Ordering::SeqCst) && self.io_parked.load(Ordering::SeqCst) {
+            self.wake();
         }
     }
 
@@ -439,6 +537,7 @@ impl Core {
         }));
         let mut frame = Vec::new();
         codec::encode_method(&mut frame, 0, method)?;
+        self.flush_all_acks();
         let mut link = self.lock_link();
         let mut result = Ok(());
         if link.closed.is_none() {

@@ -5,7 +5,7 @@ use std::io::{ErrorKind, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::basic::{self, Deliver, GetOk, Return};
@@ -13,6 +13,8 @@ use amq_protocol::protocol::{channel, connection, AMQPClass, BasicProperties};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+use super::ack_frames::AckFrames;
+use super::acks::ACK_FLUSH_DELAY;
 use super::chan::{weight, ChannelCore, Life, Reply};
 use super::codec::{self, FrameReader, Inbound};
 use super::heartbeat::{Due, Heartbeat};
@@ -86,6 +88,7 @@ pub(crate) fn run(core: Arc<Core>, stream: Stream, reader: FrameReader, poll: Po
         wpos: 0,
         heartbeat,
         read_ready: true,
+        ack_deadline: None,
     };
     io.main();
 }
@@ -102,6 +105,8 @@ struct IoThread {
     heartbeat: Heartbeat,
     /// The socket may have bytes to read (edge-triggered: set by an event, cleared by WouldBlock).
     read_ready: bool,
+    /// When held acks are written (set once the I/O thread sees `Core::acks_held`).
+    ack_deadline: Option<Instant>,
 }
 
 impl IoThread {
@@ -155,14 +160,18 @@ impl IoThread {
                         .unwrap_or_default(),
                 });
             }
-            let timeout = [
-                self.heartbeat.next_wakeup(now),
-                blocked_deadline.map(|b| b - now),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            self.acks_due(now)?;
+            let mut timeout = self.timeout(now, blocked_deadline);
+            // Parked: a channel that starts holding acks from now on wakes us (see
+            // `Core::note_acks_held`); one that did before is seen here.
+            self.core.io_parked.store(true, Ordering::SeqCst);
+            if self.ack_deadline.is_none() && self.core.acks_held.load(Ordering::SeqCst) {
+                self.ack_deadline = Some(now + ACK_FLUSH_DELAY);
+                timeout = self.timeout(now, blocked_deadline);
+            }
+            let polled = self.poll.poll(&mut events, timeout);
+            self.core.io_parked.store(false, Ordering::SeqCst);
+            if let Err(e) = polled {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
                 }
@@ -210,6 +219,59 @@ impl IoThread {
         }
     }
 
+    /// How long `poll` may sleep: until the next heartbeat duty, blocked-connection deadline
+    /// or held-acks deadline.
+    fn timeout(&self, now: Instant, blocked_deadline: Option<Instant>) -> Option<Duration> {
+        [
+            self.heartbeat.next_wakeup(now),
+            blocked_deadline.map(|b| b.saturating_duration_since(now)),
+            self.ack_deadline.map(|d| d.saturating_duration_since(now)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Writes held acks if their deadline has passed.
+    fn acks_due(&mut self, now: Instant) -> Result<()> {
+        if self.ack_deadline.is_none() && self.core.acks_held.load(Ordering::SeqCst) {
+            self.ack_deadline = Some(now + ACK_FLUSH_DELAY);
+        }
+        if self.ack_deadline.is_some_and(|d| d <= now) {
+            self.ack_deadline = None;
+            self.flush_held_acks();
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Queues every channel's held acks (their deadline passed). Clears the flag first: a
+    /// channel that starts holding after its check here sets it again.
+    fn flush_held_acks(&mut self) {
+        self.core.acks_held.store(false, Ordering::SeqCst);
+        for entry in self.router.channels.iter().flatten() {
+            let mut st = entry.core.lock();
+            if !st.acks.holding() {
+                continue;
+            }
+            if !matches!(st.life, Life::Open) {
+                st.acks.discard();
+                continue;
+            }
+            if let Some((settle, tag)) = st.acks.take_held() {
+                let mut frames = AckFrames::new();
+                match frames.push(entry.core.id, settle, tag) {
+                    Ok(()) => self
+                        .core
+                        .lock_link()
+                        .buf
+                        .extend_from_slice(frames.as_slice()),
+                    Err(e) => log::error!("channel {}: cannot write acks: {e}", entry.core.id),
+                }
+            }
+        }
+    }
+
     /// When a connection blocked by the broker must be given up (`blocked_connection_timeout`).
     fn blocked_deadline(&self) -> Option<Instant> {
         let timeout = self.core.params.blocked_connection_timeout?;
@@ -235,7 +297,10 @@ impl IoThread {
                     });
                 }
                 Ok(_) => {
-                    self.heartbeat.received(Instant::now());
+                    let now = Instant::now();
+                    self.heartbeat.received(now);
+                    // A long burst of reads must not delay held acks past their deadline.
+                    self.acks_due(now)?;
                     let exit = self.route_buffered();
                     self.router.notify_dirty();
                     if let Some(exit) = exit? {
@@ -570,6 +635,7 @@ impl Router {
         }
         match partial.kind {
             ContentKind::Deliver(method) => {
+                st.acks.delivered(method.delivery_tag);
                 let delivery = Delivery {
                     method,
                     properties,
@@ -590,6 +656,7 @@ impl Router {
                 }
             }
             ContentKind::Get(method) => {
+                st.acks.delivered(method.delivery_tag);
                 if !st.deliver_reply(Reply::Get(GetMessage {
                     method,
                     properties,
@@ -722,6 +789,8 @@ impl Router {
                     st.life = Life::Closed(error);
                 }
                 st.awaiting = false;
+                // The broker requeued everything unacked; nothing may follow the close-ok.
+                st.acks.discard();
                 let ok = AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}));
                 self.queue_reply(channel, ok);
                 drop(st);
