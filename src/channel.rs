@@ -504,7 +504,9 @@ impl Channel {
             prefetch_count,
             global: global_qos,
         }));
-        match self.rpc(method, "basic.qos")? {
+        match self.rpc_with(method, "basic.qos", |st| {
+            st.acks.set_prefetch(prefetch_count)
+        })? {
             Reply::Method(AMQPClass::Basic(basic::AMQPMethod::QosOk(_))) => Ok(()),
             other => Err(unexpected("basic.qos", other)),
         }

@@ -55,6 +55,14 @@
 //! everything queued before closing. See `BENCHMARKS.md` for the measurements behind this
 //! choice.
 //!
+//! One exception, for acks: while more deliveries wait in a channel's queue, consecutive
+//! `basic_ack(tag, false)` calls (each tag right after the last) are held and written as one
+//! `basic.ack(multiple=true)`, which settles exactly the messages acked and costs the broker
+//! one ack instead of many. A held ack is written when the run ends or reaches 256 acks, before
+//! any other frame of its channel, when a consumer of the channel waits for messages, before a
+//! close, and otherwise by the I/O thread within 5 ms. Merging stops for good on a channel in
+//! transaction mode or after `basic_recover`.
+//!
 //! Every buffer is bounded: callers wait when more than 4 MiB is queued for writing
 //! (back-pressure, bounded by `rpc_timeout`; publishes also wait while the broker has the
 //! connection blocked, up to `blocked_connection_timeout`), and the I/O thread stops reading

@@ -13,7 +13,8 @@
 //! the user's order.
 //!
 //! A run is held only while more deliveries wait in the channel's queue (the consumer is about
-//! to come back and ack the next one), up to [`MAX_RUN`] acks. It is written when the run ends,
+//! to come back and ack the next one), up to [`MAX_RUN`] acks and a quarter of the prefetch
+//! window (none below a window of 8, so the broker keeps refilling a small window as before). It is written when the run ends,
 //! before any other frame of the channel, when a consumer of the channel waits for deliveries,
 //! before the channel or connection closes, and otherwise by the I/O thread within
 //! [`ACK_FLUSH_DELAY`].
@@ -28,6 +29,10 @@ use super::ack_frames::Settle;
 
 /// Most acks held in one run before it is written.
 pub(crate) const MAX_RUN: u64 = 256;
+
+/// The share of the channel's prefetch window a run may hold: the broker keeps refilling the
+/// rest while the consumer works, so a small window is not turned into stop-and-go.
+const WINDOW_SHARE: u64 = 4;
 
 /// Longest an ack is held before the I/O thread writes it (documented on `Channel::basic_ack`).
 pub(crate) const ACK_FLUSH_DELAY: Duration = Duration::from_millis(5);
@@ -48,6 +53,8 @@ pub(crate) struct AckRun {
     held: u64,
     /// Tags above `floor` already settled on the wire out of order.
     above: BTreeSet<u64>,
+    /// Most acks one run holds: [`MAX_RUN`], less for a small prefetch window.
+    run_cap: u64,
 }
 
 /// The frames one settlement needs: the held run first, then the user's own frame.
@@ -67,6 +74,7 @@ impl Default for AckRun {
             floor: 0,
             held: 0,
             above: BTreeSet::new(),
+            run_cap: MAX_RUN,
         }
     }
 }
@@ -75,6 +83,14 @@ impl AckRun {
     /// A delivery with this tag arrived.
     pub(crate) fn delivered(&mut self, tag: u64) {
         self.delivered = self.delivered.max(tag);
+    }
+
+    /// The channel's prefetch count (basic.qos; 0 for none) changed.
+    pub(crate) fn set_prefetch(&mut self, prefetch_count: u16) {
+        self.run_cap = match u64::from(prefetch_count) {
+            0 => MAX_RUN,
+            n => (n / WINDOW_SHARE).min(MAX_RUN),
+        };
     }
 
     /// Turns merging off for good (tx.select, basic.recover); the caller writes the held run
@@ -116,7 +132,7 @@ impl AckRun {
             }
             let was_holding = self.holding();
             self.held = tag;
-            if more_queued && self.held - self.floor < MAX_RUN {
+            if more_queued && self.held - self.floor < self.run_cap {
                 return Plan {
                     started: !was_holding,
                     ..Plan::default()
@@ -261,6 +277,22 @@ mod tests {
             }
         }
         assert_eq!(written, 1000 / MAX_RUN as usize);
+    }
+
+    #[test]
+    fn runs_hold_a_quarter_of_the_prefetch_window_at_most() {
+        for (prefetch, cap) in [(0u16, MAX_RUN), (1000, 250), (10, 2), (7, 1), (1, 1)] {
+            let mut r = run(2000);
+            r.set_prefetch(prefetch);
+            let mut flushed_at = None;
+            for tag in 1..=MAX_RUN + 1 {
+                if r.settle(ACK, tag, true).flush.is_some() {
+                    flushed_at = Some(tag);
+                    break;
+                }
+            }
+            assert_eq!(flushed_at, Some(cap.max(1)), "prefetch {prefetch}");
+        }
     }
 
     #[test]
