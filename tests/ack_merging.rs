@@ -346,3 +346,20 @@ fn acks_of_a_manual_consumer_next_to_an_auto_ack_one_stay_exact() {
     assert_eq!(left_in(&manual), [42, 142, 242].into());
     assert_eq!(left_in(&auto), BTreeSet::new());
 }
+
+#[test]
+fn acks_held_when_the_connection_closes_reach_the_broker_first() {
+    const N: u32 = 50;
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = queue_with(&channel, "merge-close", N);
+    let mut consumer = consume_all_buffered(&channel, &queue, N as usize);
+    for _ in 0..10 {
+        let d = next_delivery(&mut consumer);
+        channel.basic_ack(d.method.delivery_tag, false).unwrap();
+    }
+    // At once, with 40 more deliveries waiting: the held acks go out before connection.close.
+    connection.close().unwrap();
+    drop(consumer);
+    assert_eq!(left_in(&queue), (10..N).collect());
+}

@@ -14,10 +14,10 @@
 //!
 //! A run is held only while more deliveries wait in the channel's queue (the consumer is about
 //! to come back and ack the next one), up to [`MAX_RUN`] acks and a quarter of the prefetch
-//! window (none below a window of 8, so the broker keeps refilling a small window as before). It is written when the run ends,
-//! before any other frame of the channel, when a consumer of the channel waits for deliveries,
-//! before the channel or connection closes, and otherwise by the I/O thread within
-//! [`ACK_FLUSH_DELAY`].
+//! window (none below a window of 8, so the broker keeps refilling a small window as before).
+//! It is written when the run ends, before any other frame of the channel, when a consumer of
+//! the channel waits for deliveries, before the channel or connection closes, and otherwise by
+//! the I/O thread within [`ACK_FLUSH_DELAY`].
 //!
 //! Merging is off for good once the channel enters transaction mode (a rollback makes acked
 //! tags unsettled again) or after `basic.recover` (it makes the old tags unknown).

@@ -331,10 +331,10 @@ fn body_frame_header(channel: u16, len: usize) -> [u8; 7] {
     header
 }
 
-/// Writes `prefix`, `frames` and `body` (as body frames, as [`encode_body`] would) to a non-blocking
-/// socket with one vectored write, allocating nothing; returns how many bytes it took (0 when
-/// it would block, on error, or for a body of more than [`DIRECT_BODY_FRAMES`] frames: the
-/// caller queues the rest).
+/// Writes `prefix`, `frames` and `body` (as body frames, as [`encode_body`] would) to a
+/// non-blocking socket with one vectored write, allocating nothing; returns how many bytes it
+/// took (0 when it would block, on error, or for a body of more than [`DIRECT_BODY_FRAMES`]
+/// frames: the caller queues the rest).
 pub(crate) fn write_direct(
     mut tcp: &std::net::TcpStream,
     prefix: &[u8],

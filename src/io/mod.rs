@@ -58,6 +58,8 @@ pub(crate) struct Link {
     /// The I/O thread holds bytes it has taken from `buf` and not finished writing: callers
     /// must not write directly to the socket (their bytes would land inside those).
     pub(crate) io_writing: bool,
+    /// `close` is writing the held acks before connection.close: acks are not held any more.
+    pub(crate) closing_soon: bool,
 }
 
 impl Link {
@@ -192,6 +194,7 @@ impl Core {
                 blocked_since: None,
                 secret_updates: 0,
                 io_writing: false,
+                closing_soon: false,
             }),
             link_cond: Condvar::new(),
             activity: Mutex::new(Activity::default()),
@@ -384,7 +387,8 @@ impl Core {
             }
             if link.has_room(false) {
                 check(&st)?;
-                let more_queued = !st.deliveries.is_empty();
+                // Nothing is held once the connection is about to close.
+                let more_queued = !st.deliveries.is_empty() && !link.closing_soon;
                 let plan = st.acks.settle(settle, delivery_tag, more_queued);
                 let mut frames = AckFrames::new();
                 for (settle, tag) in [plan.flush, plan.send].into_iter().flatten() {
@@ -406,9 +410,12 @@ impl Core {
         }
     }
 
-    /// Writes `channel`'s held acks, if any (its state is locked by the caller).
+    /// Writes `channel`'s held acks, if any (its state is locked by the caller). Acks of a
+    /// channel or connection that is closed or closing are dropped: the broker requeues
+    /// those messages anyway, and nothing may follow a close on the wire.
     pub(crate) fn flush_acks(&self, channel_id: u16, st: &mut ChanState) -> Result<()> {
-        if !matches!(st.life, Life::Open) {
+        let link = self.lock_link();
+        if !matches!(st.life, Life::Open) || link.refusal().is_some() {
             st.acks.discard();
             return Ok(());
         }
@@ -417,11 +424,11 @@ impl Core {
         };
         let mut frames = AckFrames::new();
         frames.push(channel_id, settle, tag)?;
-        self.append_locked(self.lock_link(), &[], frames.as_slice(), None)
+        self.append_locked(link, &[], frames.as_slice(), None)
     }
 
-    /// Writes every channel's held acks (before the connection closes).
-    fn flush_all_acks(&self) {
+    /// Writes every channel's held acks (their deadline passed, or the connection closes).
+    pub(crate) fn flush_all_acks(&self) {
         let channels: Vec<_> = self.lock_channels().values().cloned().collect();
         for channel in channels {
             let mut st = channel.lock();
@@ -537,6 +544,9 @@ impl Core {
         }));
         let mut frame = Vec::new();
         codec::encode_method(&mut frame, 0, method)?;
+        // First no new acks are held, then the held ones are written: an ack made before
+        // this call reaches the broker ahead of the close.
+        self.lock_link().closing_soon = true;
         self.flush_all_acks();
         let mut link = self.lock_link();
         let mut result = Ok(());

@@ -13,7 +13,6 @@ use amq_protocol::protocol::{channel, connection, AMQPClass, BasicProperties};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use super::ack_frames::AckFrames;
 use super::acks::ACK_FLUSH_DELAY;
 use super::chan::{weight, ChannelCore, Life, Reply};
 use super::codec::{self, FrameReader, Inbound};
@@ -245,31 +244,11 @@ impl IoThread {
         Ok(())
     }
 
-    /// Queues every channel's held acks (their deadline passed). Clears the flag first: a
+    /// Writes every channel's held acks (their deadline passed). Clears the flag first: a
     /// channel that starts holding after its check here sets it again.
     fn flush_held_acks(&mut self) {
         self.core.acks_held.store(false, Ordering::SeqCst);
-        for entry in self.router.channels.iter().flatten() {
-            let mut st = entry.core.lock();
-            if !st.acks.holding() {
-                continue;
-            }
-            if !matches!(st.life, Life::Open) {
-                st.acks.discard();
-                continue;
-            }
-            if let Some((settle, tag)) = st.acks.take_held() {
-                let mut frames = AckFrames::new();
-                match frames.push(entry.core.id, settle, tag) {
-                    Ok(()) => self
-                        .core
-                        .lock_link()
-                        .buf
-                        .extend_from_slice(frames.as_slice()),
-                    Err(e) => log::error!("channel {}: cannot write acks: {e}", entry.core.id),
-                }
-            }
-        }
+        self.core.flush_all_acks();
     }
 
     /// When a connection blocked by the broker must be given up (`blocked_connection_timeout`).
