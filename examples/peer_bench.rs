@@ -3,7 +3,8 @@
 //! and `ok` semantics, so `run.sh` can put cottontail next to pika, amiquip and lapin.
 //!
 //! Usage: `peer_bench SCENARIO [N]`, SCENARIO one of `s1 | s2a | s2b | fill3 | s3 | s3noack |
-//! s4server | s4client | s5`. It connects to `amqp://guest:guest@127.0.0.1:5672/%2f`, runs one
+//! s4server | s4client | s5`, or `idle [SECONDS]` (not in the shared harness: the memory and
+//! CPU one open, idle connection costs). It connects to `amqp://guest:guest@127.0.0.1:5672/%2f`, runs one
 //! scenario and prints exactly one JSON line on stdout (`s4server` first prints `READY` on its
 //! own line once it consumes). On failure it prints a JSON line with `"ok": false` and an
 //! `error`, and exits 1.
@@ -480,6 +481,70 @@ fn s5(n: usize) -> Result<String> {
     ))
 }
 
+/// A field of `/proc/self/status` in KiB (`VmRSS`...), 0 if unreadable.
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time (ns) and times scheduled of this process's `cottontail-io` threads, from
+/// `/proc/self/task/*/schedstat`.
+fn io_thread_schedstat() -> (u64, u64) {
+    let mut total = (0, 0);
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let dir = task.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != "cottontail-io" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        let fields: Vec<u64> = stat
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        if let [cpu_ns, _, slices, ..] = fields[..] {
+            total.0 += cpu_ns;
+            total.1 += slices;
+        }
+    }
+    total
+}
+
+/// Idle cost: resident memory one open connection with one channel adds, and the CPU time and
+/// wake-ups of its I/O thread over `secs` seconds of idleness (heartbeats as the broker
+/// proposes them: 60 s on RabbitMQ, so one is sent every 30 s).
+fn idle(secs: u64) -> Result<String> {
+    let before = status_kib("VmRSS:");
+    let c = connect()?;
+    let ch = c.channel()?;
+    std::thread::sleep(Duration::from_millis(200));
+    let connected = status_kib("VmRSS:");
+    let (cpu0, slices0) = io_thread_schedstat();
+    std::thread::sleep(Duration::from_secs(secs));
+    let (cpu1, slices1) = io_thread_schedstat();
+    let after = status_kib("VmRSS:");
+    let ok = ch.is_open();
+    c.close()?;
+    Ok(format!(
+        "\"scenario\": \"idle\", \"secs\": {secs}, \"ok\": {ok}, \"heartbeat_s\": {}, \
+         \"rss_before_kib\": {before}, \"rss_connected_kib\": {connected}, \
+         \"rss_after_kib\": {after}, \"connection_kib\": {}, \"io_cpu_us\": {}, \
+         \"io_wakeups\": {}",
+        c.heartbeat(),
+        connected.saturating_sub(before),
+        (cpu1 - cpu0) / 1000,
+        slices1 - slices0
+    ))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let scenario = args.get(1).map(String::as_str).unwrap_or("");
@@ -501,10 +566,11 @@ fn main() {
         "s4server" => s4server(),
         "s4client" => s4client(n.unwrap_or(10_000), S4_WARMUP),
         "s5" => s5(n.unwrap_or(500)),
+        "idle" => idle(n.unwrap_or(10) as u64),
         _ => {
             eprintln!(
                 "usage: peer_bench SCENARIO [N]; SCENARIO: s1 | s2a | s2b | fill3 | s3 | \
-                 s3noack | s4server | s4client | s5 (got {scenario:?})"
+                 s3noack | s4server | s4client | s5 | idle (got {scenario:?})"
             );
             std::process::exit(2);
         }
