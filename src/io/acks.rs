@@ -158,14 +158,15 @@ impl AckRun {
         if !self.merging || tag > self.delivered || tag <= self.held {
             return false;
         }
-        let mut end = self.held;
-        for &t in self.above.range(end + 1..tag) {
-            if t != end + 1 {
+        // `tag > held`, so none of these additions overflows.
+        let mut next = self.held + 1;
+        for &t in self.above.range(next..tag) {
+            if t != next {
                 return false;
             }
-            end = t;
+            next = t + 1;
         }
-        tag == end + 1
+        tag == next
     }
 
     /// Records a settlement written as the user asked (after the held run).
@@ -185,7 +186,7 @@ impl AckRun {
                 self.floor = upto;
                 self.held = upto;
             }
-        } else if tag == self.floor + 1 {
+        } else if Some(tag) == self.floor.checked_add(1) {
             self.floor = tag;
             self.held = tag;
         } else if tag > self.floor && tag <= self.delivered && self.above.len() < ABOVE_KEPT {
@@ -196,9 +197,10 @@ impl AckRun {
 
     /// Moves the floor over settled tags right above it.
     fn absorb(&mut self) {
-        while self.above.first().is_some_and(|&t| t <= self.floor + 1) {
+        let next = |floor: u64| floor.saturating_add(1);
+        while self.above.first().is_some_and(|&t| t <= next(self.floor)) {
             let t = self.above.pop_first().expect("not empty");
-            if t == self.floor + 1 && !self.holding() {
+            if t == next(self.floor) && t > self.floor && !self.holding() {
                 self.floor = t;
                 self.held = t;
             }
@@ -377,6 +379,25 @@ mod tests {
         let plan = r.settle(ACK_MULTI, 0, false);
         assert_eq!(plan.send, Some((ACK_MULTI, 0)));
         assert_eq!(r.floor, 5);
+    }
+
+    #[test]
+    fn tags_at_the_top_of_the_range_do_not_overflow() {
+        // A peer may send any tag; u64::MAX must not wrap or panic.
+        let mut unsettled: BTreeSet<u64> = [u64::MAX - 2, u64::MAX - 1, u64::MAX].into();
+        let mut r = run(u64::MAX);
+        r.floor = u64::MAX - 3;
+        r.held = u64::MAX - 3;
+        write(&mut unsettled, &r.settle(ACK, u64::MAX - 1, true));
+        write(&mut unsettled, &r.settle(ACK, u64::MAX - 2, true));
+        write(&mut unsettled, &r.settle(ACK, u64::MAX, false));
+        assert!(unsettled.is_empty());
+        assert_eq!(r.floor, u64::MAX);
+        // Anything after that goes out unchanged.
+        let plan = r.settle(ACK, u64::MAX, true);
+        assert_eq!(plan.send, Some((ACK, u64::MAX)));
+        let plan = r.settle(Settle::Reject { requeue: true }, 5, true);
+        assert_eq!(plan.send, Some((Settle::Reject { requeue: true }, 5)));
     }
 
     #[test]
