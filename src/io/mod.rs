@@ -119,6 +119,11 @@ pub(crate) struct Core {
     pub(crate) sync_waiters: std::sync::atomic::AtomicUsize,
     /// Tells the I/O thread to stop now (close deadline passed).
     shutdown: AtomicBool,
+    /// The outbound buffer may hold bytes: set under the buffer's lock whenever bytes are
+    /// queued, cleared by the I/O thread under it when it finds the buffer empty. The I/O
+    /// thread reads it without the lock, so it does not contend with a caller's direct write
+    /// when there is nothing for it to write.
+    pub(crate) queued: AtomicBool,
     /// Some channel may hold merged acks (see [`acks`]): the I/O thread writes them within
     /// [`acks::ACK_FLUSH_DELAY`].
     pub(crate) acks_held: AtomicBool,
@@ -206,6 +211,7 @@ impl Core {
             read_paused: AtomicBool::new(false),
             sync_waiters: std::sync::atomic::AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
+            queued: AtomicBool::new(false),
             acks_held: AtomicBool::new(false),
             io_parked: AtomicBool::new(false),
             thread: Mutex::new(Some(handle)),
@@ -298,6 +304,7 @@ impl Core {
             return Ok(());
         }
         let was_empty = link.buf.is_empty();
+        self.queued.store(true, Ordering::SeqCst);
         link.buf.extend_from_slice(prefix);
         link.buf.extend_from_slice(frames);
         if let Some((channel, body)) = body {
@@ -554,6 +561,7 @@ impl Core {
             if link.closing.is_none() {
                 link.closing = Some((reply_code, reply_text.to_string()));
                 let was_empty = link.buf.is_empty();
+                self.queued.store(true, Ordering::SeqCst);
                 link.buf.extend_from_slice(&frame);
                 if was_empty {
                     self.wake();

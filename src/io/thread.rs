@@ -203,7 +203,10 @@ impl IoThread {
                     log::trace!("sending heartbeat");
                     // Through the shared buffer, like every other write, so it cannot land
                     // inside a caller's direct write.
-                    codec::encode_heartbeat(&mut self.core.lock_link().buf);
+                    let mut link = self.core.lock_link();
+                    self.core.queued.store(true, Ordering::SeqCst);
+                    codec::encode_heartbeat(&mut link.buf);
+                    drop(link);
                     self.flush()?;
                     // Even if the socket is full, a heartbeat is queued: do not queue another.
                     self.heartbeat.sent(now);
@@ -325,9 +328,15 @@ impl IoThread {
             if self.wpos == self.wbuf.len() {
                 self.wbuf.clear();
                 self.wpos = 0;
+                // Nothing queued: no need to take the lock (a caller may hold it for a direct
+                // write). Whoever queues next into the empty buffer wakes us.
+                if !self.core.queued.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
                 let mut link = self.core.lock_link();
                 if link.buf.is_empty() {
                     link.io_writing = false;
+                    self.core.queued.store(false, Ordering::SeqCst);
                     return Ok(());
                 }
                 std::mem::swap(&mut link.buf, &mut self.wbuf);
@@ -815,7 +824,9 @@ impl Router {
             log::error!("cannot encode a reply on channel {channel}: {e}");
             return;
         }
-        self.core.lock_link().buf.extend_from_slice(&frame);
+        let mut link = self.core.lock_link();
+        self.core.queued.store(true, Ordering::SeqCst);
+        link.buf.extend_from_slice(&frame);
     }
 }
 
