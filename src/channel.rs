@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::io::ack_frames::Settle;
 use crate::io::chan::{ChanState, ChannelCore, Life, Reply};
 use crate::io::publish_cache::PublishCache;
-use crate::io::{codec, short, wait_until, with_scratch, SyncWait};
+use crate::io::{codec, short, with_scratch, SyncWait};
 use crate::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOk, QueueDeclareOptions,
     QueueDeleteOptions,
@@ -234,7 +234,8 @@ impl Channel {
         let _waiting = SyncWait::new(&self.inner.owner.core);
         let mut st = core.lock();
         while !matches!(st.life, Life::Closed(_)) {
-            st = wait_until(&core.cond, st, deadline)
+            st = core
+                .wait(st, Some(deadline))
                 .map_err(|_| Error::timeout("waiting for channel.close-ok", timeout))?;
         }
         Ok(())

@@ -22,7 +22,8 @@ use crate::delivery::{Delivery, Returned};
 use crate::error::{Error, Result};
 use crate::events::run_callbacks;
 use crate::io::chan::{weight, Reply};
-use crate::io::{short, wait_until, INBOUND_CHANNEL_LIMIT};
+use crate::io::thread::ConsumerRead;
+use crate::io::{short, INBOUND_CHANNEL_LIMIT};
 use crate::options::BasicConsumeOptions;
 
 /// A consumer callback: pika's `on_message_callback(channel, method, properties, body)`.
@@ -330,7 +331,8 @@ impl Channel {
 
     fn wake_consumer_loop(&self) {
         let _st = self.core().lock();
-        self.core().cond.notify_all();
+        self.inner.owner.core.wake_reader();
+        self.core().notify();
     }
 
     /// The tags of this channel's consumers (pika's `consumer_tags`).
@@ -462,7 +464,11 @@ impl Channel {
         let core = self.core();
         let conn = &self.inner.owner.core;
         let mut st = core.lock();
+        // Whether this call may still read the socket itself (see `read_as_consumer`).
+        let mut may_read = true;
         loop {
+            // Read before looking at the state: anything that changes it after this bumps it.
+            let generation = conn.reader_gen.load(Ordering::SeqCst);
             if seen_work.is_some_and(|seen| conn.conn_work.load(Ordering::SeqCst) != seen) {
                 return Ok(Pumped::Progress);
             }
@@ -512,12 +518,24 @@ impl Channel {
                 // Nothing to hand out: held acks go now, not after the wait.
                 conn.flush_acks(core.id, &mut st)?;
             }
-            st = match deadline {
-                None => core.cond.wait(st).unwrap_or_else(|p| p.into_inner()),
-                Some(deadline) => match wait_until(&core.cond, st, deadline) {
-                    Ok(guard) => guard,
-                    Err(_) => return Ok(Pumped::TimedOut),
-                },
+            if may_read {
+                // Read the socket on this thread rather than wait for the I/O thread to.
+                drop(st);
+                let read = conn.read_as_consumer(core, generation, deadline);
+                st = core.lock();
+                match read {
+                    ConsumerRead::Read => continue,
+                    ConsumerRead::TimedOut => return Ok(Pumped::TimedOut),
+                    // Look once more, then wait on the condition variable.
+                    ConsumerRead::Busy => {
+                        may_read = false;
+                        continue;
+                    }
+                }
+            }
+            st = match core.wait(st, deadline) {
+                Ok(guard) => guard,
+                Err(_) => return Ok(Pumped::TimedOut),
             };
         }
     }

@@ -3,6 +3,7 @@
 //! queue of deliveries, returns, confirm tracking and the close reason.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -70,8 +71,11 @@ pub(crate) struct ChanState {
 pub(crate) struct ChannelCore {
     pub(crate) id: u16,
     pub(crate) state: Mutex<ChanState>,
-    /// Signalled on every change of `state`.
-    pub(crate) cond: Condvar,
+    /// Signalled on every change of `state` (through [`notify`](Self::notify)).
+    cond: Condvar,
+    /// Threads waiting on `cond`: a notification costs a system call, so none is made
+    /// without them.
+    waiters: AtomicUsize,
     /// Held across a synchronous method: AMQP allows one outstanding per channel.
     pub(crate) rpc_lock: Mutex<()>,
 }
@@ -93,6 +97,7 @@ impl ChannelCore {
                 acks: AckRun::default(),
             }),
             cond: Condvar::new(),
+            waiters: AtomicUsize::new(0),
             rpc_lock: Mutex::new(()),
         }
     }
@@ -111,7 +116,33 @@ impl ChannelCore {
         }
         st.awaiting = false;
         drop(st);
-        self.cond.notify_all();
+        self.notify();
+    }
+
+    /// Wakes the threads waiting for a change of the state (made before this call, under
+    /// the lock).
+    pub(crate) fn notify(&self) {
+        // A waiter counts itself under the lock before it waits, and the change was made
+        // under the lock: a waiter that missed the change is counted here.
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.cond.notify_all();
+        }
+    }
+
+    /// Waits for a notification (or a spurious wake-up), at most until `deadline`; `Err`
+    /// with the guard back once the deadline has passed.
+    pub(crate) fn wait<'a>(
+        &self,
+        st: MutexGuard<'a, ChanState>,
+        deadline: Option<Instant>,
+    ) -> Result<MutexGuard<'a, ChanState>, MutexGuard<'a, ChanState>> {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let woken = match deadline {
+            None => Ok(self.cond.wait(st).unwrap_or_else(|p| p.into_inner())),
+            Some(deadline) => wait_until(&self.cond, st, deadline),
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        woken
     }
 }
 
@@ -133,7 +164,7 @@ impl ChannelCore {
             if let Some(e) = st.closed_error() {
                 return Err(e);
             }
-            st = match wait_until(&self.cond, st, deadline) {
+            st = match self.wait(st, Some(deadline)) {
                 Ok(guard) => guard,
                 Err(mut st) => return Err(on_expiry(&mut st)),
             };

@@ -38,7 +38,7 @@ impl Heartbeat {
 
     /// Something arrived from the peer (or we chose not to read: see the module docs).
     pub(crate) fn received(&mut self, now: Instant) {
-        self.last_recv = now;
+        self.last_recv = self.last_recv.max(now);
     }
 
     /// Something was written to the peer.

@@ -16,7 +16,7 @@ pub(crate) mod codec;
 pub(crate) mod handshake;
 pub(crate) mod heartbeat;
 pub(crate) mod publish_cache;
-mod thread;
+pub(crate) mod thread;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -119,6 +119,26 @@ pub(crate) struct Core {
     pub(crate) sync_waiters: std::sync::atomic::AtomicUsize,
     /// Tells the I/O thread to stop now (close deadline passed).
     shutdown: AtomicBool,
+    /// The reading half (frame reader and router): the I/O thread's, lent to a consuming thread
+    /// with nothing to do (plain TCP; see `thread::read_as_consumer`). `None` once the I/O
+    /// thread has ended.
+    read_side: Mutex<Option<thread::ReadSide>>,
+    /// Wakes a consuming thread that reads (see [`wake_reader`](Self::wake_reader)).
+    reader_waker: std::sync::OnceLock<mio::Waker>,
+    /// A consuming thread holds the reading half and may sleep in its poll.
+    user_reading: AtomicBool,
+    /// Bumped by everything a waiting consumer must look at (deliveries routed, a channel or
+    /// the connection failing, connection work, a consumer cancelled).
+    pub(crate) reader_gen: std::sync::atomic::AtomicU64,
+    /// The I/O thread found the socket readable while a consuming thread read: that thread
+    /// wakes the I/O thread when it stops.
+    read_pending: AtomicBool,
+    /// A consuming thread left how the connection ended in the reading half.
+    read_outcome: AtomicBool,
+    /// When a consuming thread last read bytes (ns since `epoch`, 0 for never): traffic for
+    /// the heartbeat check.
+    last_read_ns: std::sync::atomic::AtomicU64,
+    epoch: Instant,
     /// The outbound buffer may hold bytes: set under the buffer's lock whenever bytes are
     /// queued, cleared by the I/O thread under it when it finds the buffer empty. The I/O
     /// thread reads it without the lock, so it does not contend with a caller's direct write
@@ -212,6 +232,14 @@ impl Core {
             sync_waiters: std::sync::atomic::AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             queued: AtomicBool::new(false),
+            read_side: Mutex::new(None),
+            reader_waker: std::sync::OnceLock::new(),
+            user_reading: AtomicBool::new(false),
+            reader_gen: std::sync::atomic::AtomicU64::new(0),
+            read_pending: AtomicBool::new(false),
+            read_outcome: AtomicBool::new(false),
+            last_read_ns: std::sync::atomic::AtomicU64::new(0),
+            epoch: Instant::now(),
             acks_held: AtomicBool::new(false),
             io_parked: AtomicBool::new(false),
             thread: Mutex::new(Some(handle)),
@@ -224,6 +252,48 @@ impl Core {
 
     pub(crate) fn lock_link(&self) -> MutexGuard<'_, Link> {
         self.link.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_read_side(&self) -> MutexGuard<'_, Option<thread::ReadSide>> {
+        self.read_side.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells a consuming thread that reads to stop and look at its state again (and every
+    /// consumer about to start reading, through the generation).
+    pub(crate) fn wake_reader(&self) {
+        self.reader_gen.fetch_add(1, Ordering::SeqCst);
+        if self.user_reading.load(Ordering::SeqCst) {
+            if let Some(waker) = self.reader_waker.get() {
+                if let Err(e) = waker.wake() {
+                    log::warn!("could not wake the reading consumer: {e}");
+                }
+            }
+        }
+    }
+
+    /// A consuming thread read bytes now.
+    fn note_read(&self) {
+        let ns = self.epoch.elapsed().as_nanos().max(1) as u64;
+        self.last_read_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// When a consuming thread last read bytes, if ever.
+    fn last_consumer_read(&self) -> Option<Instant> {
+        match self.last_read_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(self.epoch + Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Reads the socket on this consuming thread while it has nothing to hand out (see
+    /// `thread::read_as_consumer`).
+    pub(crate) fn read_as_consumer(
+        &self,
+        channel: &ChannelCore,
+        seen: u64,
+        deadline: Option<Instant>,
+    ) -> thread::ConsumerRead {
+        thread::read_as_consumer(self, channel, seen, deadline)
     }
 
     pub(crate) fn lock_channels(&self) -> MutexGuard<'_, HashMap<u16, Arc<ChannelCore>>> {
@@ -499,10 +569,11 @@ impl Core {
     /// wakes each channel's waiters under its lock (so none misses it) and the activity waiters.
     pub(crate) fn kick(&self) {
         self.conn_work.fetch_add(1, Ordering::SeqCst);
+        self.wake_reader();
         let channels: Vec<_> = self.lock_channels().values().cloned().collect();
         for channel in channels {
             let _st = channel.lock();
-            channel.cond.notify_all();
+            channel.notify();
         }
         self.signal_activity();
     }
@@ -615,6 +686,7 @@ impl Core {
         for channel in channels {
             channel.fail(&error);
         }
+        self.wake_reader();
     }
 
     /// The broker's server properties from connection.start.

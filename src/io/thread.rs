@@ -72,16 +72,23 @@ pub(crate) fn run(core: Arc<Core>, stream: Stream, reader: FrameReader, poll: Po
         return;
     }
     let heartbeat = Heartbeat::new(core.tuned.heartbeat, Instant::now());
-    let io = IoThread {
+    let user_poll = consumer_poll(&core);
+    let read_side = ReadSide {
+        reader,
         router: Router {
             core: core.clone(),
             channels: Vec::new(),
             dirty: Vec::new(),
             paused: Vec::new(),
         },
+        user_poll,
+        user_events: Events::with_capacity(4),
+        outcome: None,
+    };
+    *core.lock_read_side() = Some(read_side);
+    let io = IoThread {
         core,
         stream,
-        reader,
         poll,
         wbuf: Vec::with_capacity(64 * 1024),
         wpos: 0,
@@ -92,11 +99,218 @@ pub(crate) fn run(core: Arc<Core>, stream: Stream, reader: FrameReader, poll: Po
     io.main();
 }
 
+/// The poller a consuming thread waits in while it reads (plain TCP only): the socket, and the
+/// waker that tells it to stop reading (`Core::wake_reader`). `None` if it cannot be made;
+/// consumers then always wait for the I/O thread.
+fn consumer_poll(core: &Core) -> Option<Poll> {
+    let tcp = core.direct.as_ref()?;
+    let made = Poll::new().and_then(|poll| {
+        poll.registry()
+            .register(&mut SourceFd(&tcp.as_raw_fd()), SOCKET, Interest::READABLE)?;
+        let waker = mio::Waker::new(poll.registry(), WAKER)?;
+        Ok((poll, waker))
+    });
+    match made {
+        Ok((poll, waker)) => {
+            let _ = core.reader_waker.set(waker);
+            Some(poll)
+        }
+        Err(e) => {
+            log::debug!("consumers will not read the socket themselves: {e}");
+            None
+        }
+    }
+}
+
+/// The reading half of the connection: whoever holds it (the I/O thread, or a consuming thread
+/// with nothing else to do, see [`read_as_consumer`]) reads and routes frames.
+pub(crate) struct ReadSide {
+    reader: FrameReader,
+    router: Router,
+    /// See [`consumer_poll`].
+    user_poll: Option<Poll>,
+    user_events: Events,
+    /// How reading ended when a consuming thread met the end (an error, the broker's close):
+    /// the I/O thread takes it and ends the connection as if it had read it itself.
+    outcome: Option<Result<Exit>>,
+}
+
+impl std::fmt::Debug for ReadSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadSide").finish_non_exhaustive()
+    }
+}
+
+impl ReadSide {
+    fn route_buffered(&mut self) -> Result<Option<Exit>> {
+        while let Some(inbound) = self.reader.next_frame()? {
+            let exit = match inbound {
+                Inbound::Frame(frame) => self.router.on_frame(frame)?,
+                Inbound::Body(channel, range) => {
+                    self.router.on_body(channel, self.reader.bytes(range))?;
+                    None
+                }
+            };
+            if exit.is_some() {
+                return Ok(exit);
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// What a consuming thread's turn at reading ended with.
+pub(crate) enum ConsumerRead {
+    /// It read (something may have arrived for it) or was told to look again.
+    Read,
+    /// Someone else reads (or nobody may): wait for them as usual.
+    Busy,
+    /// The deadline passed.
+    TimedOut,
+}
+
+/// Lets a consuming thread that has nothing to hand out read the socket itself instead of
+/// sleeping until the I/O thread has read and routed for it: a reply then reaches it without
+/// a hand-over between threads (on two cores, that wake-up costs more than the rest of the
+/// client's work for a message). Plain TCP only; one thread reads at a time.
+///
+/// Returns once something was routed to `channel`, when anything else a consumer waits for
+/// happens (signalled through `Core::wake_reader`, which bumps the generation the caller
+/// read as `seen` before it looked at its state), or at `deadline`.
+pub(crate) fn read_as_consumer(
+    core: &Core,
+    channel: &ChannelCore,
+    seen: u64,
+    deadline: Option<Instant>,
+) -> ConsumerRead {
+    let Some(tcp) = core.direct.as_ref() else {
+        return ConsumerRead::Busy;
+    };
+    let Ok(mut guard) = core.read_side.try_lock() else {
+        return ConsumerRead::Busy;
+    };
+    let Some(rs) = guard.as_mut() else {
+        return ConsumerRead::Busy;
+    };
+    if rs.outcome.is_some() || !rs.router.paused.is_empty() || rs.user_poll.is_none() {
+        return ConsumerRead::Busy;
+    }
+    core.user_reading.store(true, Ordering::SeqCst);
+    let (result, drained) = consumer_read_loop(core, rs, tcp, channel, seen, deadline);
+    core.user_reading.store(false, Ordering::SeqCst);
+    if drained {
+        // The socket was empty when we stopped: what the I/O thread saw is read. Data that
+        // arrives from now on shows it a new edge (and sets the flag again if we still hold
+        // the reading half).
+        core.read_pending.store(false, Ordering::SeqCst);
+    }
+    if core.queued.load(Ordering::SeqCst) {
+        // Routing queued replies of its own (close-ok, cancel-ok...): the I/O thread writes.
+        core.wake();
+    }
+    drop(guard);
+    if core.read_pending.swap(false, Ordering::SeqCst) {
+        core.wake();
+    }
+    result
+}
+
+/// The reading loop of [`read_as_consumer`]; also says whether it stopped with the socket
+/// drained (it read until the socket would block).
+fn consumer_read_loop(
+    core: &Core,
+    rs: &mut ReadSide,
+    mut tcp: &std::net::TcpStream,
+    channel: &ChannelCore,
+    seen: u64,
+    deadline: Option<Instant>,
+) -> (ConsumerRead, bool) {
+    // Checked after `user_reading` is set: a signal before that is seen here, one after it
+    // wakes the poll below.
+    if core.reader_gen.load(Ordering::SeqCst) != seen {
+        return (ConsumerRead::Read, false);
+    }
+    let stop = |rs: &mut ReadSide, outcome: Result<Exit>| {
+        rs.outcome = Some(outcome);
+        core.read_outcome.store(true, Ordering::SeqCst);
+        core.wake();
+        (ConsumerRead::Read, false)
+    };
+    // Something arrived for `channel`: one more read to see whether the socket is empty.
+    let mut mine = false;
+    loop {
+        match rs.reader.read_from(&mut tcp) {
+            Ok(0) => {
+                let message = if rs.reader.has_partial() {
+                    "the broker closed the socket in the middle of a frame"
+                } else {
+                    "the broker closed the socket"
+                };
+                return stop(
+                    rs,
+                    Err(Error::StreamLost {
+                        message: message.into(),
+                    }),
+                );
+            }
+            Ok(_) => {
+                core.note_read();
+                let routed = rs.route_buffered();
+                let got_mine = rs.router.dirty.iter().any(|c| std::ptr::eq(&**c, channel));
+                rs.router.notify_dirty();
+                match routed {
+                    Ok(None) => {}
+                    Ok(Some(exit)) => return stop(rs, Ok(exit)),
+                    Err(e) => return stop(rs, Err(e)),
+                }
+                if mine || !rs.router.paused.is_empty() {
+                    return (ConsumerRead::Read, false);
+                }
+                mine = got_mine;
+                continue;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if mine {
+                    return (ConsumerRead::Read, true);
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return stop(
+                    rs,
+                    Err(Error::StreamLost {
+                        message: format!("reading from the socket failed: {e}"),
+                    }),
+                )
+            }
+        }
+        let timeout = match deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return (ConsumerRead::TimedOut, true);
+                }
+                Some(left)
+            }
+        };
+        let Some(poll) = rs.user_poll.as_mut() else {
+            return (ConsumerRead::Busy, true);
+        };
+        match poll.poll(&mut rs.user_events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return (ConsumerRead::Busy, false),
+        }
+        if rs.user_events.iter().any(|e| e.token() == WAKER) {
+            return (ConsumerRead::Read, false);
+        }
+    }
+}
+
 struct IoThread {
     core: Arc<Core>,
-    router: Router,
     stream: Stream,
-    reader: FrameReader,
     poll: Poll,
     /// Bytes taken from the shared buffer and being written; `wpos` of them are written.
     wbuf: Vec<u8>,
@@ -140,6 +354,10 @@ impl IoThread {
         };
         let _ = self.stream.tcp().shutdown(std::net::Shutdown::Both);
         self.core.fail(error);
+        // The reading half holds the core (its router does): dropping it ends that cycle. A
+        // consuming thread that reads was told to stop by `fail`.
+        let read_side = self.core.lock_read_side().take();
+        drop(read_side);
     }
 
     fn run(&mut self) -> Result<Exit> {
@@ -183,19 +401,41 @@ impl IoThread {
                     self.read_ready = true;
                 }
             }
-            if self.router.resume_check() {
+            if self.core.read_outcome.load(Ordering::SeqCst) {
+                // A consuming thread met the end of the connection while reading.
+                let outcome = self
+                    .core
+                    .lock_read_side()
+                    .as_mut()
+                    .and_then(|rs| rs.outcome.take());
+                if let Some(outcome) = outcome {
+                    return outcome;
+                }
+            }
+            let (resumed, paused) = match self.core.read_side.try_lock() {
+                Ok(mut guard) => match guard.as_mut() {
+                    Some(rs) => (rs.router.resume_check(), !rs.router.paused.is_empty()),
+                    None => (false, false),
+                },
+                // A consuming thread reads.
+                Err(_) => (false, false),
+            };
+            if resumed {
                 self.read_ready = true;
             }
-            if self.read_ready && self.router.paused.is_empty() {
+            if self.read_ready && !paused {
                 if let Some(exit) = self.read()? {
                     return Ok(exit);
                 }
             }
             self.flush()?;
             let now = Instant::now();
-            if !self.router.paused.is_empty() {
+            if paused {
                 // We chose not to read: the peer's silence is ours.
                 self.heartbeat.received(now);
+            }
+            if let Some(at) = self.core.last_consumer_read() {
+                self.heartbeat.received(at);
             }
             match self.heartbeat.poll(now) {
                 Due::Nothing => {}
@@ -261,15 +501,36 @@ impl IoThread {
     }
 
     /// Reads until the socket would block (or reading pauses), routing every complete frame.
+    /// If a consuming thread is reading, leaves it to that thread (which wakes us when it
+    /// stops, see `Core::read_pending`).
     fn read(&mut self) -> Result<Option<Exit>> {
+        let core = self.core.clone();
+        let mut guard = match core.read_side.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                core.read_pending.store(true, Ordering::SeqCst);
+                // It may have stopped between the two: then it did not see the flag.
+                match core.read_side.try_lock() {
+                    Ok(guard) => guard,
+                    Err(_) => return Ok(None),
+                }
+            }
+        };
+        let Some(rs) = guard.as_mut() else {
+            return Ok(None);
+        };
+        if let Some(outcome) = rs.outcome.take() {
+            return outcome.map(Some);
+        }
         loop {
-            if !self.router.paused.is_empty() {
+            if !rs.router.paused.is_empty() {
                 return Ok(None);
             }
-            match self.reader.read_from(&mut self.stream) {
+            match rs.reader.read_from(&mut self.stream) {
                 Ok(0) => {
                     self.read_ready = false;
-                    let message = if self.reader.has_partial() {
+                    let message = if rs.reader.has_partial() {
                         "the broker closed the socket in the middle of a frame"
                     } else {
                         "the broker closed the socket"
@@ -283,8 +544,8 @@ impl IoThread {
                     self.heartbeat.received(now);
                     // A long burst of reads must not delay held acks past their deadline.
                     self.acks_due(now)?;
-                    let exit = self.route_buffered();
-                    self.router.notify_dirty();
+                    let exit = rs.route_buffered();
+                    rs.router.notify_dirty();
                     if let Some(exit) = exit? {
                         return Ok(Some(exit));
                     }
@@ -304,22 +565,6 @@ impl IoThread {
                 }
             }
         }
-    }
-
-    fn route_buffered(&mut self) -> Result<Option<Exit>> {
-        while let Some(inbound) = self.reader.next_frame()? {
-            let exit = match inbound {
-                Inbound::Frame(frame) => self.router.on_frame(frame)?,
-                Inbound::Body(channel, range) => {
-                    self.router.on_body(channel, self.reader.bytes(range))?;
-                    None
-                }
-            };
-            if exit.is_some() {
-                return Ok(exit);
-            }
-        }
-        Ok(None)
     }
 
     /// Writes queued bytes until everything is out or the socket is full.
@@ -470,8 +715,11 @@ impl Router {
         if self.dirty.is_empty() {
             return;
         }
+        // Before the notifications: a consumer about to read sees the change (see
+        // `read_as_consumer`).
+        self.core.reader_gen.fetch_add(1, Ordering::SeqCst);
         for channel in self.dirty.drain(..) {
-            channel.cond.notify_all();
+            channel.notify();
         }
         self.core.signal_activity();
     }
