@@ -537,6 +537,8 @@ impl Channel {
                 Ok(guard) => guard,
                 Err(_) => return Ok(Pumped::TimedOut),
             };
+            // Whoever read for us may have stopped: try again next time round.
+            may_read = true;
         }
     }
 

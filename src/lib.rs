@@ -55,6 +55,13 @@
 //! everything queued before closing. See `BENCHMARKS.md` for the measurements behind this
 //! choice.
 //!
+//! Reading works the same way round: on plain TCP, a thread that consumes (in
+//! [`Channel::start_consuming`] or a [`Channel::consume`] iteration) and has nothing to hand
+//! out reads and routes the socket itself while it waits, instead of sleeping until the I/O thread has done so, so an
+//! RPC reply reaches it without a hand-over between threads. One thread reads at a time (the
+//! others wait as before and are woken by it); the I/O thread keeps heartbeats, writes and
+//! timers, and reads whenever no consumer does.
+//!
 //! One exception, for acks: while more deliveries wait in a channel's queue, consecutive
 //! `basic_ack(tag, false)` calls (each tag right after the last) are held and written as one
 //! `basic.ack(multiple=true)`, which settles exactly the messages acked and costs the broker

@@ -196,14 +196,8 @@ pub(crate) fn read_as_consumer(
         return ConsumerRead::Busy;
     }
     core.user_reading.store(true, Ordering::SeqCst);
-    let (result, drained) = consumer_read_loop(core, rs, tcp, channel, seen, deadline);
+    let result = consumer_read_loop(core, rs, tcp, channel, seen, deadline);
     core.user_reading.store(false, Ordering::SeqCst);
-    if drained {
-        // The socket was empty when we stopped: what the I/O thread saw is read. Data that
-        // arrives from now on shows it a new edge (and sets the flag again if we still hold
-        // the reading half).
-        core.read_pending.store(false, Ordering::SeqCst);
-    }
     if core.queued.load(Ordering::SeqCst) {
         // Routing queued replies of its own (close-ok, cancel-ok...): the I/O thread writes.
         core.wake();
@@ -215,8 +209,7 @@ pub(crate) fn read_as_consumer(
     result
 }
 
-/// The reading loop of [`read_as_consumer`]; also says whether it stopped with the socket
-/// drained (it read until the socket would block).
+/// The reading loop of [`read_as_consumer`].
 fn consumer_read_loop(
     core: &Core,
     rs: &mut ReadSide,
@@ -224,17 +217,17 @@ fn consumer_read_loop(
     channel: &ChannelCore,
     seen: u64,
     deadline: Option<Instant>,
-) -> (ConsumerRead, bool) {
+) -> ConsumerRead {
     // Checked after `user_reading` is set: a signal before that is seen here, one after it
     // wakes the poll below.
     if core.reader_gen.load(Ordering::SeqCst) != seen {
-        return (ConsumerRead::Read, false);
+        return ConsumerRead::Read;
     }
     let stop = |rs: &mut ReadSide, outcome: Result<Exit>| {
         rs.outcome = Some(outcome);
         core.read_outcome.store(true, Ordering::SeqCst);
         core.wake();
-        (ConsumerRead::Read, false)
+        ConsumerRead::Read
     };
     // Something arrived for `channel`: one more read to see whether the socket is empty.
     let mut mine = false;
@@ -264,14 +257,23 @@ fn consumer_read_loop(
                     Err(e) => return stop(rs, Err(e)),
                 }
                 if mine || !rs.router.paused.is_empty() {
-                    return (ConsumerRead::Read, false);
+                    // More may be waiting in the socket: the I/O thread reads it (we wake
+                    // it when we give the reading half back).
+                    core.read_pending.store(true, Ordering::SeqCst);
+                    return ConsumerRead::Read;
                 }
-                mine = got_mine;
+                if got_mine {
+                    // What the I/O thread saw until now, the read below takes (or the flag
+                    // is set again and we wake it when we stop): it need not be woken for
+                    // input that is gone, which would cost it a wake-up per message.
+                    core.read_pending.store(false, Ordering::SeqCst);
+                    mine = true;
+                }
                 continue;
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 if mine {
-                    return (ConsumerRead::Read, true);
+                    return ConsumerRead::Read;
                 }
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -289,21 +291,21 @@ fn consumer_read_loop(
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return (ConsumerRead::TimedOut, true);
+                    return ConsumerRead::TimedOut;
                 }
                 Some(left)
             }
         };
         let Some(poll) = rs.user_poll.as_mut() else {
-            return (ConsumerRead::Busy, true);
+            return ConsumerRead::Busy;
         };
         match poll.poll(&mut rs.user_events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => return (ConsumerRead::Busy, false),
+            Err(_) => return ConsumerRead::Busy,
         }
         if rs.user_events.iter().any(|e| e.token() == WAKER) {
-            return (ConsumerRead::Read, false);
+            return ConsumerRead::Read;
         }
     }
 }
