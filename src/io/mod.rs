@@ -123,6 +123,11 @@ pub(crate) struct Core {
     /// with nothing to do (plain TCP; see `thread::read_as_consumer`). `None` once the I/O
     /// thread has ended.
     read_side: Mutex<Option<thread::ReadSide>>,
+    /// The I/O thread's poller registry (plain TCP), for a consuming thread that reads to
+    /// switch the I/O thread's input watch off meanwhile.
+    io_registry: std::sync::OnceLock<mio::Registry>,
+    /// A consuming thread failed to give the input watch back: the I/O thread takes it.
+    input_unwatched: AtomicBool,
     /// Wakes a consuming thread that reads (see [`wake_reader`](Self::wake_reader)).
     reader_waker: std::sync::OnceLock<mio::Waker>,
     /// A consuming thread holds the reading half and may sleep in its poll.
@@ -233,6 +238,8 @@ impl Core {
             shutdown: AtomicBool::new(false),
             queued: AtomicBool::new(false),
             read_side: Mutex::new(None),
+            io_registry: std::sync::OnceLock::new(),
+            input_unwatched: AtomicBool::new(false),
             reader_waker: std::sync::OnceLock::new(),
             user_reading: AtomicBool::new(false),
             reader_gen: std::sync::atomic::AtomicU64::new(0),

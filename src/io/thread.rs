@@ -23,6 +23,8 @@ use crate::error::{Error, Result, CHANNEL_ERROR, COMMAND_INVALID, FRAME_ERROR, U
 use crate::transport::Stream;
 
 pub(crate) const SOCKET: Token = Token(0);
+/// The socket's output, on plain TCP (see [`register_socket`]).
+const SOCKET_OUT: Token = Token(2);
 pub(crate) const WAKER: Token = Token(1);
 
 /// Largest message body accepted (RabbitMQ's own hard limit is 512 MiB).
@@ -60,13 +62,7 @@ pub(crate) fn run(core: Arc<Core>, stream: Stream, reader: FrameReader, poll: Po
         .set_read_timeout(None)
         .and_then(|()| tcp.set_write_timeout(None))
         .and_then(|()| tcp.set_nonblocking(true))
-        .and_then(|()| {
-            poll.registry().register(
-                &mut SourceFd(&tcp.as_raw_fd()),
-                SOCKET,
-                Interest::READABLE | Interest::WRITABLE,
-            )
-        });
+        .and_then(|()| register_socket(&core, &poll, &stream));
     if let Err(e) = ready {
         core.fail(Error::io("preparing the socket for the I/O thread", &e));
         return;
@@ -99,11 +95,41 @@ pub(crate) fn run(core: Arc<Core>, stream: Stream, reader: FrameReader, poll: Po
     io.main();
 }
 
+/// Registers the socket with the I/O thread's poller. On plain TCP, input is watched through
+/// the second handle (`Core::direct`) under [`SOCKET`] and output through the stream under
+/// [`SOCKET_OUT`], so that a consuming thread that reads can switch the I/O thread's input
+/// watch off and on without touching its output watch (see [`read_as_consumer`]).
+fn register_socket(core: &Core, poll: &Poll, stream: &Stream) -> std::io::Result<()> {
+    let fd = stream.tcp().as_raw_fd();
+    let Some(direct) = core.direct.as_ref() else {
+        return poll.registry().register(
+            &mut SourceFd(&fd),
+            SOCKET,
+            Interest::READABLE | Interest::WRITABLE,
+        );
+    };
+    poll.registry()
+        .register(&mut SourceFd(&fd), SOCKET_OUT, Interest::WRITABLE)?;
+    poll.registry().register(
+        &mut SourceFd(&direct.as_raw_fd()),
+        SOCKET,
+        Interest::READABLE,
+    )?;
+    match poll.registry().try_clone() {
+        Ok(registry) => {
+            let _ = core.io_registry.set(registry);
+        }
+        Err(e) => log::debug!("consumers will not read the socket themselves: {e}"),
+    }
+    Ok(())
+}
+
 /// The poller a consuming thread waits in while it reads (plain TCP only): the socket, and the
 /// waker that tells it to stop reading (`Core::wake_reader`). `None` if it cannot be made;
 /// consumers then always wait for the I/O thread.
 fn consumer_poll(core: &Core) -> Option<Poll> {
     let tcp = core.direct.as_ref()?;
+    core.io_registry.get()?;
     let made = Poll::new().and_then(|poll| {
         poll.registry()
             .register(&mut SourceFd(&tcp.as_raw_fd()), SOCKET, Interest::READABLE)?;
@@ -195,9 +221,24 @@ pub(crate) fn read_as_consumer(
     if rs.outcome.is_some() || !rs.router.paused.is_empty() || rs.user_poll.is_none() {
         return ConsumerRead::Busy;
     }
+    let (Some(registry), Some(_)) = (core.io_registry.get(), rs.user_poll.as_ref()) else {
+        return ConsumerRead::Busy;
+    };
+    // While we read, the I/O thread does not watch for input: it would only wake up to find
+    // the reading half taken (a wake-up per message).
+    let fd = tcp.as_raw_fd();
+    if registry.deregister(&mut SourceFd(&fd)).is_err() {
+        return ConsumerRead::Busy;
+    }
     core.user_reading.store(true, Ordering::SeqCst);
     let result = consumer_read_loop(core, rs, tcp, channel, seen, deadline);
     core.user_reading.store(false, Ordering::SeqCst);
+    // Input that is already waiting shows up for the I/O thread at once.
+    if let Err(e) = registry.register(&mut SourceFd(&fd), SOCKET, Interest::READABLE) {
+        log::warn!("giving the socket's input back to the I/O thread: {e}");
+        core.input_unwatched.store(true, Ordering::SeqCst);
+        core.wake();
+    }
     if core.queued.load(Ordering::SeqCst) {
         // Routing queued replies of its own (close-ok, cancel-ok...): the I/O thread writes.
         core.wake();
@@ -229,8 +270,6 @@ fn consumer_read_loop(
         core.wake();
         ConsumerRead::Read
     };
-    // Something arrived for `channel`: one more read to see whether the socket is empty.
-    let mut mine = false;
     loop {
         match rs.reader.read_from(&mut tcp) {
             Ok(0) => {
@@ -256,26 +295,14 @@ fn consumer_read_loop(
                     Ok(Some(exit)) => return stop(rs, Ok(exit)),
                     Err(e) => return stop(rs, Err(e)),
                 }
-                if mine || !rs.router.paused.is_empty() {
-                    // More may be waiting in the socket: the I/O thread reads it (we wake
-                    // it when we give the reading half back).
-                    core.read_pending.store(true, Ordering::SeqCst);
+                if got_mine || !rs.router.paused.is_empty() {
+                    // Whatever else waits in the socket is the I/O thread's once it watches
+                    // the input again.
                     return ConsumerRead::Read;
-                }
-                if got_mine {
-                    // What the I/O thread saw until now, the read below takes (or the flag
-                    // is set again and we wake it when we stop): it need not be woken for
-                    // input that is gone, which would cost it a wake-up per message.
-                    core.read_pending.store(false, Ordering::SeqCst);
-                    mine = true;
                 }
                 continue;
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                if mine {
-                    return ConsumerRead::Read;
-                }
-            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => {
                 return stop(
@@ -397,11 +424,25 @@ impl IoThread {
                 return Err(Error::io("polling the socket", &e));
             }
             for event in events.iter() {
-                if event.token() == SOCKET
-                    && (event.is_readable() || event.is_read_closed() || event.is_error())
-                {
+                let socket = event.token() == SOCKET || event.token() == SOCKET_OUT;
+                if socket && (event.is_readable() || event.is_read_closed() || event.is_error()) {
                     self.read_ready = true;
                 }
+            }
+            if self.core.input_unwatched.swap(false, Ordering::SeqCst) {
+                // A consuming thread could not give the input watch back: take it ourselves.
+                if let (Some(direct), Some(registry)) =
+                    (self.core.direct.as_ref(), self.core.io_registry.get())
+                {
+                    registry
+                        .register(
+                            &mut SourceFd(&direct.as_raw_fd()),
+                            SOCKET,
+                            Interest::READABLE,
+                        )
+                        .map_err(|e| Error::io("watching the socket", &e))?;
+                }
+                self.read_ready = true;
             }
             if self.core.read_outcome.load(Ordering::SeqCst) {
                 // A consuming thread met the end of the connection while reading.
