@@ -307,8 +307,9 @@ fn rpc_call(ch: &Channel, st: &mut Rpc, reply_to: &ShortString) -> Result<()> {
 }
 
 /// S4 client: 200 warm-up calls then `n` sequential calls, each waiting for its reply on an
-/// exclusive server-named queue. cottontail has no `process_data_events` yet, so the reply
-/// callback drives the sequence: it records the call's latency and sends the next request.
+/// exclusive server-named queue. The reply callback (inside `start_consuming`, whose thread
+/// reads the socket itself while it waits) drives the sequence: it records the call's latency
+/// and sends the next request.
 fn s4client(n: usize, warmup: usize) -> Result<String> {
     let c = connect()?;
     let ch = c.channel()?;
