@@ -218,12 +218,12 @@ pub(crate) fn read_as_consumer(
     let Some(rs) = guard.as_mut() else {
         return ConsumerRead::Busy;
     };
+    let Some(registry) = core.io_registry.get() else {
+        return ConsumerRead::Busy;
+    };
     if rs.outcome.is_some() || !rs.router.paused.is_empty() || rs.user_poll.is_none() {
         return ConsumerRead::Busy;
     }
-    let (Some(registry), Some(_)) = (core.io_registry.get(), rs.user_poll.as_ref()) else {
-        return ConsumerRead::Busy;
-    };
     // While we read, the I/O thread does not watch for input: it would only wake up to find
     // the reading half taken (a wake-up per message).
     let fd = tcp.as_raw_fd();
