@@ -267,6 +267,57 @@ fn deliveries_and_replies_for_other_channels_arrive_while_a_consumer_reads() {
 }
 
 #[test]
+fn a_channel_the_broker_closes_while_a_consumer_reads_can_be_replaced_at_once() {
+    // The broker's channel.close (here a 404) is routed by the reading consumer; its close-ok
+    // must reach the broker right away, or a channel opened next with the same number is not
+    // usable (the broker still waits for the close-ok of the old one).
+    let connection = Connection::open(params().rpc_timeout(Duration::from_secs(3))).unwrap();
+    let channel_a = connection.channel().unwrap();
+    let queue_a = exclusive_queue(&channel_a);
+    let (thread_a, items_a) = iterate_on_a_thread(
+        channel_a
+            .consume(
+                &queue_a,
+                ConsumeOptions {
+                    auto_ack: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+    );
+    nudge(&connection, thread_a);
+    for round in 0..5 {
+        let doomed = connection.channel().unwrap();
+        let number = doomed.channel_number();
+        let missing = unique("no-such-queue");
+        match doomed.queue_declare(&missing, passive()) {
+            Err(Error::ChannelClosed {
+                reply_code: 404, ..
+            }) => {}
+            other => panic!("round {round}: expected a 404 channel close, got {other:?}"),
+        }
+        drop(doomed);
+        let fresh = connection.channel().unwrap();
+        assert_eq!(
+            fresh.channel_number(),
+            number,
+            "round {round}: the number is reused"
+        );
+        let ok = promptly("queue.declare on the new channel", || {
+            fresh.queue_declare(&queue_a, passive())
+        })
+        .unwrap_or_else(|e| panic!("round {round}: the new channel failed: {e}"));
+        assert_eq!(ok.consumer_count, 1, "round {round}");
+        drop(fresh);
+        // The consumer may have stopped reading when the channels changed: make it read again.
+        nudge(&connection, thread_a);
+    }
+    assert!(items_a.try_recv().is_err(), "A yielded something");
+    assert!(connection.is_open(), "{:?}", connection.close_reason());
+    connection.close().unwrap();
+}
+
+#[test]
 fn stop_consuming_from_another_thread_while_the_consumer_reads() {
     let connection = connect();
     let channel = connection.channel().unwrap();

@@ -1116,8 +1116,15 @@ impl Router {
             return;
         }
         let mut link = self.core.lock_link();
+        let was_empty = link.buf.is_empty();
         self.core.queued.store(true, Ordering::SeqCst);
         link.buf.extend_from_slice(&frame);
+        drop(link);
+        if was_empty {
+            // Routing may run on a consuming thread that goes on reading: the I/O thread
+            // must write this now (on the I/O thread itself this is a spare wake-up).
+            self.core.wake();
+        }
     }
 }
 
