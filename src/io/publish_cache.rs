@@ -3,8 +3,9 @@
 //! Most publishers send many messages to the same exchange and routing key with the same
 //! properties. Encoding basic.publish and its content header through amq-protocol costs a
 //! handful of allocations and ~2,000 instructions per message; reusing the last encoding and
-//! patching the body size (8 bytes) costs a few comparisons. A miss encodes afresh with
-//! `gen_frame`, so the bytes are always amq-protocol's.
+//! patching the body size (8 bytes) costs a few comparisons. When only the properties differ
+//! (an RPC's fresh correlation id), the method frame is kept and only the header re-encoded.
+//! A miss encodes afresh with `gen_frame`, so the bytes are always amq-protocol's.
 
 use amq_protocol::protocol::{basic, AMQPClass, BasicProperties};
 
@@ -38,12 +39,11 @@ impl PublishCache {
         properties: &BasicProperties,
         body_size: u64,
     ) -> Result<&[u8]> {
-        let hit = self.header_at > 0
+        let method_hit = self.header_at > 0
             && self.mandatory == mandatory
             && self.exchange == exchange
-            && self.routing_key == routing_key
-            && &self.properties == properties;
-        if !hit {
+            && self.routing_key == routing_key;
+        if !method_hit {
             self.header_at = 0;
             self.frames.clear();
             let method = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
@@ -53,13 +53,23 @@ impl PublishCache {
                 immediate: false,
             }));
             codec::encode_method(&mut self.frames, channel, method)?;
-            let header_at = self.frames.len();
-            codec::encode_content_header(&mut self.frames, channel, body_size, properties)?;
             self.exchange.clear();
             self.exchange.push_str(exchange);
             self.routing_key.clear();
             self.routing_key.push_str(routing_key);
             self.mandatory = mandatory;
+        }
+        if !method_hit || &self.properties != properties {
+            // Same method, new properties (an RPC's correlation id): only the header is new.
+            let header_at = if method_hit {
+                self.header_at
+            } else {
+                self.frames.len()
+            };
+            self.frames.truncate(header_at);
+            // Unusable until the header is encoded: an error leaves nothing to reuse.
+            self.header_at = 0;
+            codec::encode_content_header(&mut self.frames, channel, body_size, properties)?;
             self.properties = properties.clone();
             self.header_at = header_at;
         }
