@@ -518,8 +518,9 @@ impl Channel {
                 // Nothing to hand out: held acks go now, not after the wait.
                 conn.flush_acks(core.id, &mut st)?;
             }
-            if may_read {
-                // Read the socket on this thread rather than wait for the I/O thread to.
+            if may_read && deadline.is_none_or(|d| d > Instant::now()) {
+                // Read the socket on this thread rather than wait for the I/O thread to (not
+                // when there is no time to wait: `process_data_events` only looks).
                 drop(st);
                 let read = conn.read_as_consumer(core, generation, deadline);
                 st = core.lock();
