@@ -224,6 +224,10 @@ pub(crate) fn read_as_consumer(
     if rs.outcome.is_some() || !rs.router.paused.is_empty() || rs.user_poll.is_none() {
         return ConsumerRead::Busy;
     }
+    if core.reader_gen.load(Ordering::SeqCst) != seen {
+        // Something changed since the caller looked: let it look again first.
+        return ConsumerRead::Read;
+    }
     // While we read, the I/O thread does not watch for input: it would only wake up to find
     // the reading half taken (a wake-up per message).
     let fd = tcp.as_raw_fd();
