@@ -15,21 +15,12 @@ use std::time::{Duration, Instant};
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass, BasicProperties};
 use amq_protocol::types::ShortString;
-use cottontail::{Connection, ConnectionParameters, ConsumeOptions, Consumed, Consumer, Delivery};
+use cottontail::{Connection, ConsumeOptions, Consumed, Consumer, Delivery};
 
 #[path = "support/fake_broker.rs"]
 mod fake_broker;
 
-use fake_broker::{join, spawn_fake, Peer, FAKE_PATIENCE};
-
-/// Client parameters for the fake on `port`: short timeouts so that a bug fails, not hangs.
-fn params(port: u16) -> ConnectionParameters {
-    ConnectionParameters::new("127.0.0.1")
-        .port(port)
-        .socket_timeout(Duration::from_secs(1))
-        .stack_timeout(Duration::from_secs(2))
-        .rpc_timeout(Duration::from_secs(2))
-}
+use fake_broker::{client_params, join, spawn_fake, Peer, FAKE_PATIENCE};
 
 /// How long either side waits for the other's signal before failing the test.
 const SIGNAL_PATIENCE: Duration = Duration::from_secs(5);
@@ -320,7 +311,7 @@ fn in_order_acks_reach_the_wire_merged_and_exact() {
         peer.send_raw(&deliveries(&tag, 1..=N));
         serve_until_closed(&mut peer)
     });
-    let connection = Connection::open(params(port)).expect("open");
+    let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let mut consumer = consume(&channel);
     wait_for_waiting(&consumer, N as usize);
@@ -411,7 +402,7 @@ fn in_order_acks_without_a_gap_collapse_into_few_frames() {
         peer.send_raw(&deliveries(&tag, 1..=N));
         serve_until_closed(&mut peer)
     });
-    let connection = Connection::open(params(port)).expect("open");
+    let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let mut consumer = consume(&channel);
     wait_for_waiting(&consumer, N as usize);
@@ -469,7 +460,7 @@ fn a_lone_ack_is_written_at_once() {
         fake_saw.send(()).expect("signalling the client");
         serve_until_closed(&mut peer)
     });
-    let connection = Connection::open(params(port)).expect("open");
+    let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let mut consumer = consume(&channel);
     wait_for_waiting(&consumer, 1);
@@ -508,7 +499,7 @@ fn held_acks_are_written_within_the_deadline() {
         fake_saw.send(()).expect("signalling the client");
         (read, serve_until_closed(&mut peer))
     });
-    let connection = Connection::open(params(port)).expect("open");
+    let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let mut consumer = consume(&channel);
     wait_for_waiting(&consumer, 10);
@@ -551,7 +542,7 @@ fn other_frames_flush_the_run_first() {
         peer.send_raw(&deliveries(&tag, 1..=10));
         serve_until_closed(&mut peer)
     });
-    let connection = Connection::open(params(port)).expect("open");
+    let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let mut consumer = consume(&channel);
     wait_for_waiting(&consumer, 10);

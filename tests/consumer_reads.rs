@@ -565,15 +565,6 @@ fn many_messages_in_bursts_are_all_received_in_order_by_a_reading_consumer() {
 // Against the fake broker
 // ---------------------------------------------------------------------------------------------
 
-/// Client parameters for the fake on `port`: short timeouts so that a bug fails, not hangs.
-fn fake_params(port: u16) -> ConnectionParameters {
-    ConnectionParameters::new("127.0.0.1")
-        .port(port)
-        .socket_timeout(Duration::from_secs(1))
-        .stack_timeout(Duration::from_secs(2))
-        .rpc_timeout(Duration::from_secs(2))
-}
-
 #[test]
 fn a_hostile_frame_read_by_the_consumer_thread_closes_the_connection_with_the_protocol_error() {
     // The test tells the fake when the consumer waits by reading the socket.
@@ -598,7 +589,7 @@ fn a_hostile_frame_read_by_the_consumer_thread_closes_the_connection_with_the_pr
         peer.send_raw(&[3, 0, 1, 0x80, 0, 0, 0]);
         peer.drain()
     });
-    let connection = Connection::open(fake_params(port)).expect("open");
+    let connection = Connection::open(fake_broker::client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let (consumer_thread, items) =
         iterate_on_a_thread(channel.consume("q", Default::default()).expect("consume"));

@@ -12,21 +12,12 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{basic, connection, AMQPClass, BasicProperties};
-use cottontail::{Connection, ConnectionParameters, Error};
+use cottontail::{Connection, Error};
 
 #[path = "support/fake_broker.rs"]
 mod fake_broker;
 
-use fake_broker::{connection_close_code, join, spawn_fake, Peer};
-
-/// Client parameters for the fake on `port`: short timeouts so that a bug fails, not hangs.
-fn params(port: u16) -> ConnectionParameters {
-    ConnectionParameters::new("127.0.0.1")
-        .port(port)
-        .socket_timeout(Duration::from_secs(1))
-        .stack_timeout(Duration::from_secs(2))
-        .rpc_timeout(Duration::from_secs(2))
-}
+use fake_broker::{client_params, connection_close_code, join, spawn_fake, Peer};
 
 fn must_fail<T>(result: cottontail::Result<T>, what: &str) -> Error {
     match result {
@@ -81,7 +72,7 @@ fn frame_larger_than_frame_max_closes_connection_with_frame_error() {
         peer.drain()
     });
     let rss_before = vm_rss();
-    let connection = Connection::open(params(port)).expect("open");
+    let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let started = Instant::now();
     let err = must_fail(channel.basic_get("q", true), "basic.get");
@@ -114,7 +105,7 @@ fn bad_frame_end_octet_closes_connection_with_frame_error() {
         peer.send_raw(&frame);
         peer.drain()
     });
-    let connection = Connection::open(params(port)).expect("open");
+    let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let started = Instant::now();
     let err = must_fail(channel.basic_qos(0, 1, false), "basic.qos");
@@ -139,7 +130,7 @@ fn frame_on_unopened_channel_closes_with_channel_error() {
         );
         peer.drain()
     });
-    let connection = Connection::open(params(port)).expect("open");
+    let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let started = Instant::now();
     let err = must_fail(channel.basic_qos(0, 1, false), "basic.qos");
@@ -181,7 +172,7 @@ fn body_longer_than_header_announces_is_a_frame_error() {
         peer.send_raw(&bytes);
         peer.drain()
     });
-    let connection = Connection::open(params(port)).expect("open");
+    let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let started = Instant::now();
     let err = must_fail(channel.basic_get("q", false), "basic.get");
@@ -214,7 +205,7 @@ fn garbage_case(first: u8) {
         peer.send_raw(&garbage);
         peer.drain()
     });
-    let connection = Connection::open(params(port)).expect("open");
+    let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let started = Instant::now();
     let err = must_fail(channel.basic_qos(0, 1, false), "basic.qos");
@@ -260,7 +251,7 @@ fn peer_closing_socket_mid_frame_is_stream_lost() {
         std::thread::sleep(Duration::from_millis(50));
         peer.close();
     });
-    let connection = Connection::open(params(port)).expect("open");
+    let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let started = Instant::now();
     let err = must_fail(channel.basic_get("q", true), "basic.get");
@@ -285,7 +276,7 @@ fn peer_silent_after_start_makes_open_time_out() {
         peer.drain()
     });
     let started = Instant::now();
-    let err = must_fail(Connection::open(params(port)), "Connection::open");
+    let err = must_fail(Connection::open(client_params(port)), "Connection::open");
     let elapsed = started.elapsed();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     assert!(
@@ -307,7 +298,7 @@ fn peer_that_never_sends_start_times_out() {
         peer.drain()
     });
     let started = Instant::now();
-    let err = must_fail(Connection::open(params(port)), "Connection::open");
+    let err = must_fail(Connection::open(client_params(port)), "Connection::open");
     let elapsed = started.elapsed();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     assert!(
@@ -326,7 +317,7 @@ fn silent_peer_after_open_is_a_heartbeat_timeout() {
         peer.drain()
     });
     let connection =
-        Connection::open(params(port).rpc_timeout(Duration::from_secs(10))).expect("open");
+        Connection::open(client_params(port).rpc_timeout(Duration::from_secs(10))).expect("open");
     assert_eq!(connection.heartbeat(), 1, "the broker's heartbeat is taken");
     let channel = connection.channel().expect("channel");
     let started = Instant::now();
@@ -377,7 +368,7 @@ fn broker_close_reaches_every_waiter() {
         );
         peer.drain()
     });
-    let connection = Connection::open(params(port)).expect("open");
+    let connection = Connection::open(client_params(port)).expect("open");
     let first = connection.channel().expect("channel 1");
     let second = connection.channel().expect("channel 2");
     assert_eq!((first.channel_number(), second.channel_number()), (1, 2));
@@ -465,7 +456,7 @@ fn deeply_nested_headers_in_a_full_frame_do_not_overflow_the_stack() {
         peer.send_raw(&bytes);
         peer.drain()
     });
-    let connection = Connection::open(params(port)).expect("open");
+    let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let started = Instant::now();
     let err = must_fail(channel.basic_get("q", false), "basic.get");
@@ -502,7 +493,7 @@ fn headers_nested_within_the_limit_arrive() {
         peer.send_raw(&bytes);
         peer.drain()
     });
-    let connection = Connection::open(params(port)).expect("open");
+    let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let message = channel
         .basic_get("q", false)
@@ -532,7 +523,7 @@ fn deeply_nested_server_properties_do_not_overflow_the_stack() {
         peer.send_raw(&raw_frame(1, 0, &start));
         peer.drain();
     });
-    let err = must_fail(Connection::open(params(port)), "open");
+    let err = must_fail(Connection::open(client_params(port)), "open");
     assert_protocol(&err, 501);
     join(fake);
 }
@@ -584,7 +575,7 @@ fn a_flood_of_empty_deliveries_nobody_consumes_stops_reading_with_bounded_memory
         }
         sent
     });
-    let connection = Connection::open(params(port)).expect("open");
+    let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let before = vm_rss();
     channel

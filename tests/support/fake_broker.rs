@@ -21,6 +21,16 @@ use amq_protocol::types::FieldTable;
 /// that a client bug fails the test instead of hanging it.
 pub const FAKE_PATIENCE: Duration = Duration::from_secs(8);
 
+/// Client parameters for a fake broker on `port`: short timeouts, so that a bug fails the
+/// test instead of hanging it.
+pub fn client_params(port: u16) -> cottontail::ConnectionParameters {
+    cottontail::ConnectionParameters::new("127.0.0.1")
+        .port(port)
+        .socket_timeout(Duration::from_secs(1))
+        .stack_timeout(Duration::from_secs(2))
+        .rpc_timeout(Duration::from_secs(2))
+}
+
 /// A listening fake broker.
 pub struct FakeBroker {
     listener: TcpListener,
