@@ -22,7 +22,7 @@ use crate::delivery::{Delivery, Returned};
 use crate::error::{Error, Result};
 use crate::events::run_callbacks;
 use crate::io::chan::{weight, Reply};
-use crate::io::thread::ConsumerRead;
+use crate::io::thread::{read_as_consumer, ConsumerRead};
 use crate::io::{short, INBOUND_CHANNEL_LIMIT};
 use crate::options::BasicConsumeOptions;
 
@@ -522,7 +522,7 @@ impl Channel {
                 // Read the socket on this thread rather than wait for the I/O thread to (not
                 // when there is no time to wait: `process_data_events` only looks).
                 drop(st);
-                let read = conn.read_as_consumer(core, generation, deadline);
+                let read = read_as_consumer(conn, core, generation, deadline);
                 st = core.lock();
                 match read {
                     ConsumerRead::Read => continue,

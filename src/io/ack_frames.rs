@@ -10,6 +10,7 @@ use std::cell::RefCell;
 
 use amq_protocol::protocol::{basic, AMQPClass};
 
+use super::acks::AckRun;
 use super::codec;
 use crate::error::{Error, Result};
 
@@ -64,6 +65,16 @@ impl AckFrames {
             buf: [0; 2 * FRAME_ROOM],
             len: 0,
         }
+    }
+
+    /// The frame writing `acks`' held run (none if nothing is held); the run counts as
+    /// written from now on.
+    pub(crate) fn held(channel: u16, acks: &mut AckRun) -> Result<Self> {
+        let mut frames = AckFrames::new();
+        if let Some((settle, tag)) = acks.take_held() {
+            frames.push(channel, settle, tag)?;
+        }
+        Ok(frames)
     }
 
     /// The frames so far, in order.

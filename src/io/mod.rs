@@ -292,17 +292,6 @@ impl Core {
         }
     }
 
-    /// Reads the socket on this consuming thread while it has nothing to hand out (see
-    /// `thread::read_as_consumer`).
-    pub(crate) fn read_as_consumer(
-        &self,
-        channel: &ChannelCore,
-        seen: u64,
-        deadline: Option<Instant>,
-    ) -> thread::ConsumerRead {
-        thread::read_as_consumer(self, channel, seen, deadline)
-    }
-
     pub(crate) fn lock_channels(&self) -> MutexGuard<'_, HashMap<u16, Arc<ChannelCore>>> {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -421,7 +410,27 @@ impl Core {
         body: Option<&[u8]>,
         check: impl FnOnce(&mut ChanState) -> Result<Option<T>>,
     ) -> Result<Option<T>> {
-        let content = body.is_some();
+        self.with_room(channel, body.is_some(), |st, link| {
+            let value = check(st)?;
+            if value.is_some() {
+                // Acks held for merging go first: the broker sees the channel's frames in the
+                // order they were asked for.
+                let held = AckFrames::held(channel.id, &mut st.acks)?;
+                self.append_locked(link, held.as_slice(), frames, body.map(|b| (channel.id, b)))?;
+            }
+            Ok(value)
+        })
+    }
+
+    /// Runs `f` with the channel's state and the outbound buffer locked (in that order) once
+    /// the connection is usable and the buffer has room (see [`wait_for_room`](Self::wait_for_room),
+    /// which runs without the channel's lock: the I/O thread needs it to make progress).
+    fn with_room<T>(
+        &self,
+        channel: &ChannelCore,
+        content: bool,
+        f: impl FnOnce(&mut ChanState, MutexGuard<'_, Link>) -> Result<T>,
+    ) -> Result<T> {
         loop {
             // The common case takes each lock once: the channel's, then the buffer's.
             let mut st = channel.lock();
@@ -430,24 +439,8 @@ impl Core {
                 return Err(e);
             }
             if link.has_room(content) {
-                let value = check(&mut st)?;
-                if value.is_some() {
-                    // Acks held for merging go first: the broker sees the channel's frames in
-                    // the order they were asked for.
-                    let mut held = AckFrames::new();
-                    if let Some((settle, tag)) = st.acks.take_held() {
-                        held.push(channel.id, settle, tag)?;
-                    }
-                    self.append_locked(
-                        link,
-                        held.as_slice(),
-                        frames,
-                        body.map(|b| (channel.id, b)),
-                    )?;
-                }
-                return Ok(value);
+                return f(&mut st, link);
             }
-            // Wait without the channel's lock: the I/O thread needs it to make progress.
             drop(link);
             drop(st);
             self.wait_for_room(content)?;
@@ -463,35 +456,24 @@ impl Core {
         delivery_tag: u64,
         check: impl FnOnce(&ChanState) -> Result<()>,
     ) -> Result<()> {
-        loop {
-            let mut st = channel.lock();
-            let link = self.lock_link();
-            if let Some(e) = link.refusal() {
-                return Err(e);
+        let started = self.with_room(channel, false, |st, link| {
+            check(st)?;
+            // Nothing is held once the connection is about to close.
+            let more_queued = !st.deliveries.is_empty() && !link.closing_soon;
+            let plan = st.acks.settle(settle, delivery_tag, more_queued);
+            let mut frames = AckFrames::new();
+            for (settle, tag) in [plan.flush, plan.send].into_iter().flatten() {
+                frames.push(channel.id, settle, tag)?;
             }
-            if link.has_room(false) {
-                check(&st)?;
-                // Nothing is held once the connection is about to close.
-                let more_queued = !st.deliveries.is_empty() && !link.closing_soon;
-                let plan = st.acks.settle(settle, delivery_tag, more_queued);
-                let mut frames = AckFrames::new();
-                for (settle, tag) in [plan.flush, plan.send].into_iter().flatten() {
-                    frames.push(channel.id, settle, tag)?;
-                }
-                if frames.as_slice().is_empty() {
-                    drop(link);
-                    drop(st);
-                    if plan.started {
-                        self.note_acks_held();
-                    }
-                    return Ok(());
-                }
-                return self.append_locked(link, &[], frames.as_slice(), None);
+            if !frames.as_slice().is_empty() {
+                self.append_locked(link, &[], frames.as_slice(), None)?;
             }
-            drop(link);
-            drop(st);
-            self.wait_for_room(false)?;
+            Ok(plan.started)
+        })?;
+        if started {
+            self.note_acks_held();
         }
+        Ok(())
     }
 
     /// Writes `channel`'s held acks, if any (its state is locked by the caller). Acks of a
@@ -503,11 +485,10 @@ impl Core {
             st.acks.discard();
             return Ok(());
         }
-        let Some((settle, tag)) = st.acks.take_held() else {
+        let frames = AckFrames::held(channel_id, &mut st.acks)?;
+        if frames.as_slice().is_empty() {
             return Ok(());
-        };
-        let mut frames = AckFrames::new();
-        frames.push(channel_id, settle, tag)?;
+        }
         self.append_locked(link, &[], frames.as_slice(), None)
     }
 
