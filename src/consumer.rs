@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::events::run_callbacks;
 use crate::io::chan::{weight, Reply};
 use crate::io::thread::{read_as_consumer, ConsumerRead};
-use crate::io::{short, INBOUND_CHANNEL_LIMIT};
+use crate::io::{short, WantInput, INBOUND_CHANNEL_LIMIT};
 use crate::options::BasicConsumeOptions;
 
 /// A consumer callback: pika's `on_message_callback(channel, method, properties, body)`.
@@ -534,10 +534,12 @@ impl Channel {
                     }
                 }
             }
+            let want_input = WantInput::new(conn);
             st = match core.wait(st, deadline) {
                 Ok(guard) => guard,
                 Err(_) => return Ok(Pumped::TimedOut),
             };
+            drop(want_input);
             // Whoever read for us may have stopped: try again next time round.
             may_read = true;
         }

@@ -41,6 +41,10 @@ pub(crate) const OUTBOUND_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Delivered-but-unconsumed body bytes on one channel past which the I/O thread stops reading
 /// the socket until the consumer catches up (TCP back-pressure instead of memory growth).
 pub(crate) const INBOUND_CHANNEL_LIMIT: usize = 16 * 1024 * 1024;
+/// How long after reading a consuming thread may keep the I/O thread's input watch off while
+/// it runs user code that writes (see `Core::input_lent`): about one broker round trip, so a
+/// broker's answer to what it writes is read no later than the I/O thread would read it.
+pub(crate) const LEND_GRACE: Duration = Duration::from_micros(100);
 
 /// State behind [`Core::link`]: the outbound buffer and whether the connection is usable.
 #[derive(Debug)]
@@ -128,6 +132,14 @@ pub(crate) struct Core {
     io_registry: std::sync::OnceLock<mio::Registry>,
     /// A consuming thread failed to give the input watch back: the I/O thread takes it.
     input_unwatched: AtomicBool,
+    /// A consuming thread read a delivery for itself and left the I/O thread's input watch
+    /// off (lent) while it runs the user's code, so that reading again costs it no switch.
+    /// Whoever swaps it back to false owns the watch: it reads itself, or gives it back to the
+    /// I/O thread (see [`restore_input`](Self::restore_input)).
+    input_lent: AtomicBool,
+    /// Threads about to wait for something only reading brings (see [`WantInput`]): a
+    /// consuming thread that stops reading while there are any gives the input watch back.
+    input_wanted: std::sync::atomic::AtomicUsize,
     /// Wakes a consuming thread that reads (see [`wake_reader`](Self::wake_reader)).
     reader_waker: std::sync::OnceLock<mio::Waker>,
     /// A consuming thread holds the reading half and may sleep in its poll.
@@ -240,6 +252,8 @@ impl Core {
             read_side: Mutex::new(None),
             io_registry: std::sync::OnceLock::new(),
             input_unwatched: AtomicBool::new(false),
+            input_lent: AtomicBool::new(false),
+            input_wanted: std::sync::atomic::AtomicUsize::new(0),
             reader_waker: std::sync::OnceLock::new(),
             user_reading: AtomicBool::new(false),
             reader_gen: std::sync::atomic::AtomicU64::new(0),
@@ -278,6 +292,49 @@ impl Core {
         }
     }
 
+    /// Gives the socket's input watch back to the I/O thread if a consuming thread lent it
+    /// (see `input_lent`). If that fails, the I/O thread is asked to take it itself.
+    pub(crate) fn restore_input(&self) {
+        if self.input_lent.load(Ordering::SeqCst) && self.input_lent.swap(false, Ordering::SeqCst) {
+            self.watch_input();
+        }
+    }
+
+    /// Called after every write: gives a lent input watch back once it has been lent for
+    /// longer than [`LEND_GRACE`]. What the broker says about what we write (a channel closed
+    /// for a bad publish) is then read at most about that long after the write, as if the I/O
+    /// thread watched all along; a consuming thread that writes its reply right after reading
+    /// (the common case) keeps the watch.
+    fn after_write(&self) {
+        if !self.input_lent.load(Ordering::SeqCst) {
+            return;
+        }
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let read = self.last_read_ns.load(Ordering::Relaxed);
+        if now.saturating_sub(read) > LEND_GRACE.as_nanos() as u64 {
+            self.restore_input();
+        }
+    }
+
+    /// Puts the I/O thread's input watch back (plain TCP). Input already waiting shows up for
+    /// the I/O thread at once.
+    fn watch_input(&self) {
+        let (Some(direct), Some(registry)) = (self.direct.as_ref(), self.io_registry.get()) else {
+            return;
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(direct);
+        let watched = registry.register(
+            &mut mio::unix::SourceFd(&fd),
+            thread::SOCKET,
+            mio::Interest::READABLE,
+        );
+        if let Err(e) = watched {
+            log::warn!("giving the socket's input back to the I/O thread: {e}");
+            self.input_unwatched.store(true, Ordering::SeqCst);
+            self.wake();
+        }
+    }
+
     /// A consuming thread read bytes now.
     fn note_read(&self) {
         let ns = self.epoch.elapsed().as_nanos().max(1) as u64;
@@ -311,6 +368,8 @@ impl Core {
         let mut link = self.lock_link();
         // Set when a wait for the I/O thread starts: the common case never reads the clock.
         let mut deadline = None;
+        // What ends the wait (unblocked, a close) is read from the socket.
+        let mut want_input = None;
         loop {
             if let Some(e) = link.refusal() {
                 return Err(e);
@@ -318,6 +377,7 @@ impl Core {
             if link.has_room(content) {
                 return Ok(());
             }
+            want_input.get_or_insert_with(|| WantInput::new(self));
             if content && link.blocked_since.is_some() {
                 link = self.link_cond.wait(link).unwrap_or_else(|p| p.into_inner());
                 continue;
@@ -367,6 +427,8 @@ impl Core {
                 codec::body_frames_len(b.len(), self.tuned.frame_max)
             });
         if written == total {
+            drop(link);
+            self.after_write();
             return Ok(());
         }
         let was_empty = link.buf.is_empty();
@@ -384,6 +446,7 @@ impl Core {
         if was_empty {
             self.wake();
         }
+        self.after_write();
         Ok(())
     }
 
@@ -533,6 +596,7 @@ impl Core {
     /// Waits until [`signal_activity`](Self::signal_activity) is called after `generation` was
     /// read, or until `deadline`.
     pub(crate) fn wait_activity(&self, generation: u64, deadline: Instant) {
+        let _want_input = WantInput::new(self);
         let mut activity = self.lock_activity();
         activity.waiters += 1;
         while activity.generation == generation && self.closed_error().is_none() {
@@ -688,7 +752,11 @@ impl Core {
 /// what it waits for may sit behind the deliveries that caused the pause: a consumer callback
 /// that makes an RPC or publishes with confirms must not deadlock.
 #[derive(Debug)]
-pub(crate) struct SyncWait<'a>(&'a Core);
+pub(crate) struct SyncWait<'a> {
+    core: &'a Core,
+    /// What it waits for is read from the socket.
+    _input: WantInput<'a>,
+}
 
 impl<'a> SyncWait<'a> {
     pub(crate) fn new(core: &'a Core) -> Self {
@@ -696,13 +764,37 @@ impl<'a> SyncWait<'a> {
         if core.read_paused.load(Ordering::SeqCst) {
             core.wake();
         }
-        SyncWait(core)
+        SyncWait {
+            core,
+            _input: WantInput::new(core),
+        }
+    }
+}
+
+/// Held by a thread while it waits for something that only reading the socket brings: no
+/// consuming thread keeps the input watch lent meanwhile (see `Core::input_lent`). Counted
+/// before it looks, so that either it sees the watch lent and gives it back, or the consuming
+/// thread that lends it afterwards sees it counted and gives it back itself.
+#[derive(Debug)]
+pub(crate) struct WantInput<'a>(&'a Core);
+
+impl<'a> WantInput<'a> {
+    pub(crate) fn new(core: &'a Core) -> Self {
+        core.input_wanted.fetch_add(1, Ordering::SeqCst);
+        core.restore_input();
+        WantInput(core)
+    }
+}
+
+impl Drop for WantInput<'_> {
+    fn drop(&mut self) {
+        self.0.input_wanted.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl Drop for SyncWait<'_> {
     fn drop(&mut self) {
-        self.0.sync_waiters.fetch_sub(1, Ordering::SeqCst);
+        self.core.sync_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

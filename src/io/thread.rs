@@ -229,19 +229,28 @@ pub(crate) fn read_as_consumer(
         return ConsumerRead::Read;
     }
     // While we read, the I/O thread does not watch for input: it would only wake up to find
-    // the reading half taken (a wake-up per message).
+    // the reading half taken (a wake-up per message). If our last turn lent us the watch, it
+    // is off already.
     let fd = tcp.as_raw_fd();
-    if registry.deregister(&mut SourceFd(&fd)).is_err() {
+    if !core.input_lent.swap(false, Ordering::SeqCst)
+        && registry.deregister(&mut SourceFd(&fd)).is_err()
+    {
         return ConsumerRead::Busy;
     }
     core.user_reading.store(true, Ordering::SeqCst);
-    let result = consumer_read_loop(core, rs, tcp, channel, seen, deadline);
+    let (result, got_mine) = consumer_read_loop(core, rs, tcp, channel, seen, deadline);
     core.user_reading.store(false, Ordering::SeqCst);
-    // Input that is already waiting shows up for the I/O thread at once.
-    if let Err(e) = registry.register(&mut SourceFd(&fd), SOCKET, Interest::READABLE) {
-        log::warn!("giving the socket's input back to the I/O thread: {e}");
-        core.input_unwatched.store(true, Ordering::SeqCst);
-        core.wake();
+    if got_mine && rs.router.paused.is_empty() && !core.read_pending.load(Ordering::SeqCst) {
+        // We are likely back to read once the user's code has handled what we read: keep the
+        // watch off until then (two system calls less per message), unless someone waits for
+        // input meanwhile (they give it back, see `WantInput`). The I/O thread takes it back
+        // whenever it wakes up (a heartbeat tick at the latest).
+        core.input_lent.store(true, Ordering::SeqCst);
+        if core.input_wanted.load(Ordering::SeqCst) > 0 {
+            core.restore_input();
+        }
+    } else {
+        core.watch_input();
     }
     if core.queued.load(Ordering::SeqCst) {
         // Routing queued replies of its own (close-ok, cancel-ok...): the I/O thread writes.
@@ -262,17 +271,17 @@ fn consumer_read_loop(
     channel: &ChannelCore,
     seen: u64,
     deadline: Option<Instant>,
-) -> ConsumerRead {
+) -> (ConsumerRead, bool) {
     // Checked after `user_reading` is set: a signal before that is seen here, one after it
     // wakes the poll below.
     if core.reader_gen.load(Ordering::SeqCst) != seen {
-        return ConsumerRead::Read;
+        return (ConsumerRead::Read, false);
     }
     let stop = |rs: &mut ReadSide, outcome: Result<Exit>| {
         rs.outcome = Some(outcome);
         core.read_outcome.store(true, Ordering::SeqCst);
         core.wake();
-        ConsumerRead::Read
+        (ConsumerRead::Read, false)
     };
     loop {
         match rs.reader.read_from(&mut tcp) {
@@ -301,8 +310,8 @@ fn consumer_read_loop(
                 }
                 if got_mine || !rs.router.paused.is_empty() {
                     // Whatever else waits in the socket is the I/O thread's once it watches
-                    // the input again.
-                    return ConsumerRead::Read;
+                    // the input again (or ours, next time round).
+                    return (ConsumerRead::Read, got_mine);
                 }
                 continue;
             }
@@ -322,21 +331,21 @@ fn consumer_read_loop(
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return ConsumerRead::TimedOut;
+                    return (ConsumerRead::TimedOut, false);
                 }
                 Some(left)
             }
         };
         let Some(poll) = rs.user_poll.as_mut() else {
-            return ConsumerRead::Busy;
+            return (ConsumerRead::Busy, false);
         };
         match poll.poll(&mut rs.user_events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => return ConsumerRead::Busy,
+            Err(_) => return (ConsumerRead::Busy, false),
         }
         if rs.user_events.iter().any(|e| e.token() == WAKER) {
-            return ConsumerRead::Read;
+            return (ConsumerRead::Read, false);
         }
     }
 }
@@ -432,6 +441,12 @@ impl IoThread {
                 if socket && (event.is_readable() || event.is_read_closed() || event.is_error()) {
                     self.read_ready = true;
                 }
+            }
+            if self.core.input_lent.swap(false, Ordering::SeqCst) {
+                // A consuming thread left the input watch off while it runs user code: we are
+                // awake anyway, so take it back (what waits is read below).
+                self.core.watch_input();
+                self.read_ready = true;
             }
             if self.core.input_unwatched.swap(false, Ordering::SeqCst) {
                 // A consuming thread could not give the input watch back: take it ourselves.
