@@ -16,32 +16,18 @@ mod support;
 mod fake_broker;
 
 use std::sync::{mpsc, Arc, Mutex};
-use std::thread::{self, ThreadId};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{basic, AMQPClass};
 use cottontail::{
-    BasicConsumeOptions, BasicProperties, Channel, Connection, ConnectionParameters,
-    ConsumeOptions, Consumed, Consumer, Error, QueueDeclareOptions,
+    BasicConsumeOptions, Connection, ConsumeOptions, Consumed, Error, QueueDeclareOptions,
+};
+use support::consuming::{
+    expect_all_in_order, iterate_on_a_thread, nudge, passive, publish, record_in_order, settle,
+    start_consuming_on_a_thread, Cleanup, Item,
 };
 use support::{broker_connections_named, connect, eventually, exclusive_queue, params, unique};
-
-/// What a consumer thread reports: each item its iterator yields, then `None` once it ended.
-type Item = Option<cottontail::Result<Consumed>>;
-
-/// Iterates `consumer` on a thread of its own, sending every item (and the final `None`);
-/// returns the thread's id and where the items arrive.
-fn iterate_on_a_thread(mut consumer: Consumer) -> (ThreadId, mpsc::Receiver<Item>) {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || loop {
-        let item = consumer.next();
-        let end = item.is_none();
-        if tx.send(item).is_err() || end {
-            break;
-        }
-    });
-    (handle.thread().id(), rx)
-}
 
 /// The next item of a consumer thread, within `within`.
 fn next_item(rx: &mpsc::Receiver<Item>, within: Duration, what: &str) -> Item {
@@ -57,32 +43,6 @@ fn next_body(rx: &mpsc::Receiver<Item>, within: Duration, what: &str) -> Vec<u8>
     }
 }
 
-/// Runs `start_consuming` on a thread of its own; returns the thread's id and where its result
-/// arrives.
-fn start_consuming_on_a_thread(
-    channel: &Channel,
-) -> (ThreadId, mpsc::Receiver<cottontail::Result<()>>) {
-    let (tx, rx) = mpsc::channel();
-    let channel = channel.clone();
-    let handle = thread::spawn(move || {
-        let _ = tx.send(channel.start_consuming());
-    });
-    (handle.thread().id(), rx)
-}
-
-fn passive() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    }
-}
-
-fn publish(channel: &Channel, queue: &str, body: &[u8]) {
-    channel
-        .basic_publish("", queue, body, &BasicProperties::default(), false)
-        .expect("publishing");
-}
-
 /// Runs `f` and checks that it took less than a second (well under the RPC timeout).
 fn promptly<T>(what: &str, f: impl FnOnce() -> T) -> T {
     let started = Instant::now();
@@ -90,51 +50,6 @@ fn promptly<T>(what: &str, f: impl FnOnce() -> T) -> T {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(1), "{what} took {took:?}");
     value
-}
-
-/// Lets a consumer that was just started settle into waiting (reading the socket).
-fn settle() {
-    thread::sleep(Duration::from_millis(300));
-}
-
-/// Makes sure the consumer on `consumer_thread` waits by reading the socket itself: a consumer
-/// whose wait began while the I/O thread held the reading half (it keeps it for a moment after
-/// routing the reply that let `consume`/`basic_consume` return) sleeps until an event instead.
-/// A threadsafe callback is such an event: it runs on the consuming thread (checked), and the
-/// wait that follows starts by taking the idle reading half.
-fn nudge(connection: &Connection, consumer_thread: ThreadId) {
-    settle();
-    let (tx, rx) = mpsc::channel();
-    connection.add_callback_threadsafe(move || {
-        let _ = tx.send(thread::current().id());
-    });
-    let ran_on = rx
-        .recv_timeout(Duration::from_secs(2))
-        .expect("a threadsafe callback ran within 2 s");
-    assert_eq!(
-        ran_on, consumer_thread,
-        "the threadsafe callback ran on another thread"
-    );
-    settle();
-}
-
-/// Deletes the test's named queues when it ends, even when it fails.
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        // No panics here: this may run while a failed test unwinds.
-        let params = ConnectionParameters::new(support::HOST).port(support::PORT);
-        let Ok(connection) = Connection::open(params) else {
-            return;
-        };
-        for queue in &self.0 {
-            if let Ok(channel) = connection.channel() {
-                let _ = channel.queue_delete(queue, Default::default());
-            }
-        }
-        let _ = connection.close();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -499,19 +414,7 @@ fn many_messages_in_bursts_are_all_received_in_order_by_a_reading_consumer() {
             .basic_consume(
                 &queue,
                 move |ch, method, _, body| {
-                    let n =
-                        u32::from_be_bytes(body.try_into().map_err(|_| {
-                            Error::Callback(format!("a body of {} bytes", body.len()))
-                        })?);
-                    let mut got = received.lock().unwrap();
-                    let expected = got.len() as u32;
-                    got.push(n);
-                    drop(got);
-                    if n != expected {
-                        return Err(Error::Callback(format!(
-                            "message {n} arrived when {expected} was expected"
-                        )));
-                    }
+                    let n = record_in_order(&received, body)?;
                     ch.basic_ack(method.delivery_tag, false)?;
                     if n + 1 == N {
                         ch.stop_consuming()?;
@@ -534,16 +437,7 @@ fn many_messages_in_bursts_are_all_received_in_order_by_a_reading_consumer() {
         // The consumer catches up and goes back to reading the socket.
         thread::sleep(Duration::from_millis(50));
     }
-    let outcome = result
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| {
-            panic!(
-                "start_consuming did not return; {} of {N} received",
-                received.lock().unwrap().len()
-            )
-        });
-    outcome.expect("start_consuming ended with an error");
-    assert_eq!(*received.lock().unwrap(), (0..N).collect::<Vec<_>>());
+    expect_all_in_order(&result, &received, N, Duration::from_secs(30));
     assert!(channel.consumer_tags().is_empty());
 
     // From the other connection: nothing ready...

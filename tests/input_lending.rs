@@ -21,12 +21,16 @@
 mod support;
 
 use std::sync::{mpsc, Arc, Mutex};
-use std::thread::{self, ThreadId};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use cottontail::{
-    BasicConsumeOptions, BasicProperties, Channel, Connection, ConnectionParameters,
-    ConsumeOptions, Consumed, Consumer, Deliver, Error, QueueDeclareOptions,
+    BasicConsumeOptions, BasicProperties, Channel, Connection, ConsumeOptions, Consumed, Deliver,
+    Error, QueueDeclareOptions,
+};
+use support::consuming::{
+    expect_all_in_order, iterate_on_a_thread, nudge, passive, publish, record_in_order, settle,
+    start_consuming_on_a_thread, Cleanup, Item,
 };
 use support::{broker_connections_named, connect, eventually, exclusive_queue, params, unique};
 
@@ -37,36 +41,6 @@ const REPORT_PATIENCE: Duration = Duration::from_secs(15);
 /// The RPC timeout of the connections under test: well within `CALLBACK_PATIENCE`, so that a
 /// reply nobody reads ends the RPC with `Error::Timeout`, which the callback reports.
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What a consumer thread reports: each item its iterator yields, then `None` once it ended.
-type Item = Option<cottontail::Result<Consumed>>;
-
-/// Iterates `consumer` on a thread of its own, sending every item (and the final `None`);
-/// returns the thread's id and where the items arrive.
-fn iterate_on_a_thread(mut consumer: Consumer) -> (ThreadId, mpsc::Receiver<Item>) {
-    let (tx, rx) = mpsc::channel();
-    let handle = thread::spawn(move || loop {
-        let item = consumer.next();
-        let end = item.is_none();
-        if tx.send(item).is_err() || end {
-            break;
-        }
-    });
-    (handle.thread().id(), rx)
-}
-
-/// Runs `start_consuming` on a thread of its own; returns the thread's id and where its result
-/// arrives.
-fn start_consuming_on_a_thread(
-    channel: &Channel,
-) -> (ThreadId, mpsc::Receiver<cottontail::Result<()>>) {
-    let (tx, rx) = mpsc::channel();
-    let channel = channel.clone();
-    let handle = thread::spawn(move || {
-        let _ = tx.send(channel.start_consuming());
-    });
-    (handle.thread().id(), rx)
-}
 
 /// Starts a callback consumer on `queue` and `start_consuming` on a thread of its own, and
 /// makes that thread the socket's reader (see [`nudge`]); returns where its result arrives.
@@ -121,19 +95,6 @@ fn report<T>(rx: &mpsc::Receiver<T>, what: &str) -> T {
     })
 }
 
-fn passive() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    }
-}
-
-fn publish(channel: &Channel, queue: &str, body: &[u8]) {
-    channel
-        .basic_publish("", queue, body, &BasicProperties::default(), false)
-        .expect("publishing");
-}
-
 /// Publishes to `exchange` (which does not exist) every 5 ms until `basic_publish` fails, at
 /// most 5 s; returns the error and when it came, or `None` if none came.
 fn publish_until_refused(channel: &Channel, exchange: &str) -> Option<(Error, Duration)> {
@@ -176,51 +137,6 @@ fn assert_refused_publish(outcome: &Option<(Error, Duration)>, exchange: &str) -
         "the close came after {after:?}"
     );
     err.clone()
-}
-
-/// Lets a consumer that was just started settle into waiting (reading the socket).
-fn settle() {
-    thread::sleep(Duration::from_millis(300));
-}
-
-/// Makes sure the consumer on `consumer_thread` waits by reading the socket itself: a consumer
-/// whose wait began while the I/O thread held the reading half (it keeps it for a moment after
-/// routing the reply that let `consume`/`basic_consume` return) sleeps until an event instead.
-/// A threadsafe callback is such an event: it runs on the consuming thread (checked), and the
-/// wait that follows starts by taking the idle reading half.
-fn nudge(connection: &Connection, consumer_thread: ThreadId) {
-    settle();
-    let (tx, rx) = mpsc::channel();
-    connection.add_callback_threadsafe(move || {
-        let _ = tx.send(thread::current().id());
-    });
-    let ran_on = rx
-        .recv_timeout(Duration::from_secs(2))
-        .expect("a threadsafe callback ran within 2 s");
-    assert_eq!(
-        ran_on, consumer_thread,
-        "the threadsafe callback ran on another thread"
-    );
-    settle();
-}
-
-/// Deletes the test's named queues when it ends, even when it fails.
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        // No panics here: this may run while a failed test unwinds.
-        let params = ConnectionParameters::new(support::HOST).port(support::PORT);
-        let Ok(connection) = Connection::open(params) else {
-            return;
-        };
-        for queue in &self.0 {
-            if let Ok(channel) = connection.channel() {
-                let _ = channel.queue_delete(queue, Default::default());
-            }
-        }
-        let _ = connection.close();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -520,19 +436,7 @@ fn a_burst_with_acks_and_rpcs_from_the_callback_arrives_in_order() {
     let result = {
         let (received, rpcs, own_queue) = (received.clone(), rpcs.clone(), queue.clone());
         consume_and_read(&consuming, &channel, &queue, move |ch, method, _, body| {
-            let n = u32::from_be_bytes(
-                body.try_into()
-                    .map_err(|_| Error::Callback(format!("a body of {} bytes", body.len())))?,
-            );
-            let mut got = received.lock().unwrap();
-            let expected = got.len() as u32;
-            got.push(n);
-            drop(got);
-            if n != expected {
-                return Err(Error::Callback(format!(
-                    "message {n} arrived when {expected} was expected"
-                )));
-            }
+            let n = record_in_order(&received, body)?;
             ch.basic_ack(method.delivery_tag, false)?;
             if (n + 1) % RPC_EVERY == 0 {
                 let ok = ch.queue_declare(&own_queue, passive())?;
@@ -556,16 +460,7 @@ fn a_burst_with_acks_and_rpcs_from_the_callback_arrives_in_order() {
     for i in 0..N {
         publish(&publishing, &queue, &i.to_be_bytes());
     }
-    let outcome = result
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| {
-            panic!(
-                "start_consuming did not return; {} of {N} received",
-                received.lock().unwrap().len()
-            )
-        });
-    outcome.expect("start_consuming ended with an error");
-    assert_eq!(*received.lock().unwrap(), (0..N).collect::<Vec<_>>());
+    expect_all_in_order(&result, &received, N, Duration::from_secs(60));
     assert_eq!(
         *rpcs.lock().unwrap(),
         N / RPC_EVERY,

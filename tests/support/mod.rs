@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use cottontail::{Connection, ConnectionParameters};
 
+pub mod consuming;
+
 pub const HOST: &str = "127.0.0.1";
 pub const PORT: u16 = 5672;
 
