@@ -14,7 +14,7 @@ use cottontail::{
     Consumed, Error, ExternalCredentials, PlainCredentials, QueueDeclareOptions, SslOptions,
 };
 use support::unique;
-use tls_broker::{broker, CLIENT_CN, TCP_PORT, TLS_PORT};
+use tls_broker::{broker, CLIENT_CN, CLIENT_KEY_PASSWORD, TCP_PORT, TLS_PORT};
 
 /// Parameters for the TLS listener on 127.0.0.1, with tight timeouts so a failure is quick.
 fn tls_params(ssl: SslOptions) -> ConnectionParameters {
@@ -341,6 +341,79 @@ fn mutual_tls_with_external_auth() {
     assert_eq!(seen[1], "PLAIN", "{seen:?}");
     assert!(seen[2].contains(&format!("CN={CLIENT_CN}")), "{seen:?}");
     connection.close().unwrap();
+}
+
+#[test]
+fn pkcs1_and_encrypted_client_keys_work_as_in_pika() {
+    // pika hands certfile/keyfile/password to Python's load_cert_chain, which reads PKCS#1 and
+    // encrypted keys; native-tls alone takes unencrypted PKCS#8 only.
+    let b = broker();
+    let external_login = |ssl: SslOptions, what: &str| {
+        let name = unique("key-forms");
+        let connection = Connection::open(
+            tls_params(ssl)
+                .credentials(ExternalCredentials)
+                .connection_name(&name),
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e:?}\n{}", b.log_tail()));
+        let seen = broker_connection(&name, &["user", "auth_mechanism", "ssl"]);
+        assert_eq!(seen, [CLIENT_CN, "EXTERNAL", "true"], "{what}");
+        connection.close().unwrap();
+    };
+    let pkcs1 = std::fs::read_to_string(b.client_pkcs1_key_file()).unwrap();
+    assert!(pkcs1.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    external_login(
+        trusting_our_ca()
+            .client_certificate_files(b.client_cert_file(), b.client_pkcs1_key_file())
+            .unwrap(),
+        "PKCS#1 key",
+    );
+    let encrypted = || {
+        trusting_our_ca()
+            .client_certificate_files(b.client_cert_file(), b.client_encrypted_key_file())
+            .unwrap()
+    };
+    external_login(
+        encrypted().client_key_password(CLIENT_KEY_PASSWORD),
+        "encrypted PKCS#8 key with its password",
+    );
+
+    // From a URL, as pika's ssl_options dict.
+    let name = unique("url-key-password");
+    let dict = format!(
+        "{{'cafile': '{}', 'certfile': '{}', 'keyfile': '{}', 'password': '{CLIENT_KEY_PASSWORD}'}}",
+        b.ca_file().display(),
+        b.client_cert_file().display(),
+        b.client_encrypted_key_file().display()
+    );
+    let url = format!(
+        "amqps://localhost:{TLS_PORT}/%2f?auth_mechanism=external&client_properties={}&ssl_options={}",
+        url_encode(&format!("{{'connection_name': '{name}'}}")),
+        url_encode(&dict)
+    );
+    let connection =
+        Connection::open_url(&url).unwrap_or_else(|e| panic!("{e:?}\n{}", b.log_tail()));
+    let seen = broker_connection(&name, &["user", "auth_mechanism"]);
+    assert_eq!(seen, [CLIENT_CN, "EXTERNAL"]);
+    connection.close().unwrap();
+
+    // Without the password, or with a wrong one: a TLS error naming it, at once (no prompt),
+    // and the password is in no error or Debug text.
+    let started = Instant::now();
+    let missing = Connection::open(tls_params(encrypted())).unwrap_err();
+    let message = expect_tls_error(missing, "encrypted key without a password");
+    assert!(message.contains("no password was given"), "{message}");
+    let wrong = Connection::open(tls_params(encrypted().client_key_password("guess"))).unwrap_err();
+    let message = expect_tls_error(wrong, "encrypted key with a wrong password");
+    assert!(message.contains("wrong password"), "{message}");
+    assert!(!message.contains("guess"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let debug = format!(
+        "{:?}",
+        tls_params(encrypted().client_key_password(CLIENT_KEY_PASSWORD))
+    );
+    assert!(!debug.contains(CLIENT_KEY_PASSWORD), "{debug}");
+    assert!(debug.contains("<redacted>"), "{debug}");
 }
 
 #[test]

@@ -95,6 +95,7 @@ impl From<ExternalCredentials> for Credentials {
 pub struct SslOptions {
     pub(crate) ca_pem: Vec<Vec<u8>>,
     pub(crate) identity: Option<(Vec<u8>, Vec<u8>)>,
+    pub(crate) key_password: Option<String>,
     pub(crate) server_hostname: Option<String>,
     pub(crate) skip_verify: bool,
     pub(crate) skip_hostname: bool,
@@ -105,6 +106,10 @@ impl std::fmt::Debug for SslOptions {
         f.debug_struct("SslOptions")
             .field("ca_certificates", &self.ca_pem.len())
             .field("client_certificate", &self.identity.is_some())
+            .field(
+                "client_key_password",
+                &self.key_password.as_ref().map(|_| "<redacted>"),
+            )
             .field("server_hostname", &self.server_hostname)
             .field("verify_certificate", &!self.skip_verify)
             .field("verify_hostname", &!self.skip_hostname)
@@ -129,8 +134,12 @@ impl SslOptions {
         Ok(self.ca_certificate_pem(read_file("CA file", path.as_ref())?))
     }
 
-    /// Presents this client certificate (PEM) with its PKCS#8 private key (PEM), for mutual TLS
-    /// and SASL EXTERNAL (pika's `certfile` / `keyfile`).
+    /// Presents this client certificate (PEM) with its private key (PEM), for mutual TLS and
+    /// SASL EXTERNAL (pika's `certfile` / `keyfile`). On Linux and the BSDs (OpenSSL) the key
+    /// may be PKCS#8 (`BEGIN PRIVATE KEY`), PKCS#1 (`BEGIN RSA PRIVATE KEY`) or SEC1
+    /// (`BEGIN EC PRIVATE KEY`), and encrypted (give its
+    /// [`client_key_password`](Self::client_key_password)); on Windows and Apple systems it
+    /// must be unencrypted PKCS#8.
     pub fn client_certificate_pem(
         mut self,
         cert: impl Into<Vec<u8>>,
@@ -149,6 +158,14 @@ impl SslOptions {
         let cert = read_file("certificate file", cert.as_ref())?;
         let key = read_file("key file", key.as_ref())?;
         Ok(self.client_certificate_pem(cert, key))
+    }
+
+    /// The password of an encrypted client key (pika's `password` of `ssl_options`, as in
+    /// Python's `load_cert_chain`). It never appears in `Debug` output. Without it an
+    /// encrypted key is an [`Error::Tls`] naming the missing password, never a prompt.
+    pub fn client_key_password(mut self, password: impl Into<String>) -> Self {
+        self.key_password = Some(password.into());
+        self
     }
 
     /// The name to send (SNI) and verify the broker's certificate against. Defaults to the
@@ -288,8 +305,8 @@ impl ConnectionParameters {
     /// (integers); `socket_timeout`, `stack_timeout`, `retry_delay`,
     /// `blocked_connection_timeout` (seconds, may be fractional); `locale`; and as
     /// URL-encoded Python dicts: `client_properties` (e.g. `{'connection_name': 'worker-1'}`),
-    /// `ssl_options` (`cafile`/`ca_certs`, `certfile`, `keyfile`, `server_hostname`,
-    /// `verify_certificate`, `verify_hostname`) and `tcp_options` (`TCP_KEEPIDLE`,
+    /// `ssl_options` (`cafile`/`ca_certs`, `cadata`, `certfile`, `keyfile`, `password`,
+    /// `server_hostname`, `verify_certificate`, `verify_hostname`) and `tcp_options` (`TCP_KEEPIDLE`,
     /// `TCP_KEEPINTVL`, `TCP_KEEPCNT`, `TCP_USER_TIMEOUT`). amq-protocol's
     /// `connection_timeout` (milliseconds, sets `socket_timeout`) and `auth_mechanism`
     /// (`plain` or `external`) are accepted too. Any other option is an error naming it, as
@@ -681,6 +698,7 @@ fn ssl_options_from_dict(
 ) -> Result<SslOptions> {
     let mut certfile = None;
     let mut keyfile = None;
+    let mut password = None;
     for (key, value) in dict {
         let text = || {
             value
@@ -692,6 +710,7 @@ fn ssl_options_from_dict(
             "cadata" => options = options.ca_certificate_pem(text()?),
             "certfile" => certfile = Some(text()?),
             "keyfile" => keyfile = Some(text()?),
+            "password" => password = Some(text()?),
             "server_hostname" => options = options.server_hostname(text()?),
             "verify_certificate" | "verify_hostname" => {
                 let verify = value
@@ -709,6 +728,9 @@ fn ssl_options_from_dict(
                 )))
             }
         }
+    }
+    if let Some(password) = password {
+        options = options.client_key_password(password);
     }
     match (certfile, keyfile) {
         (Some(cert), Some(key)) => options.client_certificate_files(cert, key),

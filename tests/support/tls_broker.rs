@@ -30,6 +30,8 @@ pub const TCP_PORT: u16 = 5682;
 pub const DIST_PORT: u16 = 25682;
 /// The client certificate's common name, which is also the broker user for SASL EXTERNAL.
 pub const CLIENT_CN: &str = "cottontail-client";
+/// The password of [`TlsBroker::client_encrypted_key_file`].
+pub const CLIENT_KEY_PASSWORD: &str = "s3cret-key";
 
 const RABBITMQ_SERVER: &str = "/usr/sbin/rabbitmq-server";
 const RABBITMQCTL: &str = "/usr/sbin/rabbitmqctl";
@@ -65,6 +67,17 @@ impl TlsBroker {
     /// The client certificate's private key (PKCS#8 PEM).
     pub fn client_key_file(&self) -> PathBuf {
         self.dir.join("client.key")
+    }
+
+    /// The client certificate's private key as PKCS#1 PEM (`BEGIN RSA PRIVATE KEY`).
+    pub fn client_pkcs1_key_file(&self) -> PathBuf {
+        self.dir.join("client.pkcs1.key")
+    }
+
+    /// The client certificate's private key as encrypted PKCS#8 PEM, password
+    /// [`CLIENT_KEY_PASSWORD`].
+    pub fn client_encrypted_key_file(&self) -> PathBuf {
+        self.dir.join("client.enc.key")
     }
 
     /// Runs `rabbitmqctl -n NODE -q ARGS` and returns its stdout; panics if it fails.
@@ -276,11 +289,17 @@ fn make_certificates(dir: &Path) -> Result<(), String> {
             "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -set_serial {serial} -days 2 \
              -extfile {name}.ext -out {name}.pem"
         ))?;
-        // PKCS#8 PEM, as cottontail (native-tls) wants for the client's key.
+        // PKCS#8 PEM, what native-tls itself takes.
         openssl(&format!(
             "pkcs8 -topk8 -nocrypt -in {name}.raw.key -out {name}.key"
         ))?;
     }
+    // The client's key in the other forms pika users have: PKCS#1, and encrypted PKCS#8.
+    openssl("rsa -in client.raw.key -traditional -out client.pkcs1.key")?;
+    openssl(&format!(
+        "pkcs8 -topk8 -v2 aes-256-cbc -passout pass:{CLIENT_KEY_PASSWORD} \
+         -in client.raw.key -out client.enc.key"
+    ))?;
     Ok(())
 }
 
