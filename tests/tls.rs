@@ -417,6 +417,53 @@ fn pkcs1_and_encrypted_client_keys_work_as_in_pika() {
 }
 
 #[test]
+fn a_ca_directory_is_trusted_as_pika_capath() {
+    let b = broker();
+    // A directory as c_rehash leaves it: the CA's file, a hash-named link to it, and a file
+    // that holds no certificate.
+    let dir = b.dir().join(unique("capath"));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(b.ca_file(), dir.join("our-ca.pem")).unwrap();
+    std::os::unix::fs::symlink(dir.join("our-ca.pem"), dir.join("1a2b3c4d.0")).unwrap();
+    std::fs::write(dir.join("README"), "not a certificate\n").unwrap();
+    let by_builder = SslOptions::new().ca_path(&dir).unwrap();
+    open(tls_params(by_builder)).close().unwrap();
+
+    let dict = format!("{{'capath': '{}'}}", dir.display());
+    let url = format!(
+        "amqps://guest:guest@localhost:{TLS_PORT}/%2f?ssl_options={}",
+        url_encode(&dict)
+    );
+    Connection::open_url(&url)
+        .unwrap_or_else(|e| panic!("{url}: {e:?}\n{}", b.log_tail()))
+        .close()
+        .unwrap();
+
+    // A directory with only an unrelated CA verifies nothing of ours.
+    let other = b.dir().join(unique("capath-other"));
+    std::fs::create_dir(&other).unwrap();
+    std::fs::copy(b.other_ca_file(), other.join("other.pem")).unwrap();
+    let err = Connection::open(tls_params(SslOptions::new().ca_path(&other).unwrap())).unwrap_err();
+    let message = expect_tls_error(err, "a CA directory with an unrelated CA");
+    assert!(message.contains("certificate verify failed"), "{message}");
+
+    // No certificate at all, or no directory: an error before connecting.
+    let empty = b.dir().join(unique("capath-empty"));
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::write(empty.join("README"), "nothing here\n").unwrap();
+    match SslOptions::new().ca_path(&empty) {
+        Err(Error::InvalidArgument(message)) => {
+            assert!(message.contains("no PEM certificate"), "{message}")
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    match SslOptions::new().ca_path(b.dir().join("no-such-directory")) {
+        Err(Error::Io { .. }) => {}
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+}
+
+#[test]
 fn external_auth_without_a_client_certificate_is_refused() {
     broker();
     let started = Instant::now();

@@ -134,6 +134,41 @@ impl SslOptions {
         Ok(self.ca_certificate_pem(read_file("CA file", path.as_ref())?))
     }
 
+    /// Also trusts every CA certificate in the PEM files of this directory (pika's `capath`),
+    /// symbolic links such as `c_rehash`'s hash names included; files without a certificate
+    /// are skipped. An unreadable directory, or one with no certificate, is an error.
+    pub fn ca_path(mut self, dir: impl AsRef<std::path::Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(format!("reading the CA directory {}", dir.display()), &e))?;
+        let mut paths = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| {
+                Error::io(format!("reading the CA directory {}", dir.display()), &e)
+            })?;
+            if entry.path().is_file() {
+                paths.push(entry.path());
+            }
+        }
+        // In name order, so a failure is the same on every run.
+        paths.sort();
+        let mut found = 0;
+        for path in paths {
+            let pem = read_file("CA file", &path)?;
+            if pem.windows(CERTIFICATE.len()).any(|w| w == CERTIFICATE) {
+                self.ca_pem.push(pem);
+                found += 1;
+            }
+        }
+        if found == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "no PEM certificate in the CA directory {}",
+                dir.display()
+            )));
+        }
+        Ok(self)
+    }
+
     /// Presents this client certificate (PEM) with its private key (PEM), for mutual TLS and
     /// SASL EXTERNAL (pika's `certfile` / `keyfile`). On Linux and the BSDs (OpenSSL) the key
     /// may be PKCS#8 (`BEGIN PRIVATE KEY`), PKCS#1 (`BEGIN RSA PRIVATE KEY`) or SEC1
@@ -189,6 +224,9 @@ impl SslOptions {
         self
     }
 }
+
+/// What starts a PEM certificate.
+const CERTIFICATE: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
 fn read_file(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(format!("reading the {what} {}", path.display()), &e))
@@ -305,12 +343,12 @@ impl ConnectionParameters {
     /// (integers); `socket_timeout`, `stack_timeout`, `retry_delay`,
     /// `blocked_connection_timeout` (seconds, may be fractional); `locale`; and as
     /// URL-encoded Python dicts: `client_properties` (e.g. `{'connection_name': 'worker-1'}`),
-    /// `ssl_options` (`cafile`/`ca_certs`, `cadata`, `certfile`, `keyfile`, `password`,
-    /// `server_hostname`, `verify_certificate`, `verify_hostname`) and `tcp_options` (`TCP_KEEPIDLE`,
-    /// `TCP_KEEPINTVL`, `TCP_KEEPCNT`, `TCP_USER_TIMEOUT`). amq-protocol's
-    /// `connection_timeout` (milliseconds, sets `socket_timeout`) and `auth_mechanism`
-    /// (`plain` or `external`) are accepted too. Any other option is an error naming it, as
-    /// pika raises `ValueError`.
+    /// `ssl_options` (`cafile`/`ca_certs`, `capath`, `cadata`, `certfile`, `keyfile`,
+    /// `password`, `server_hostname`, `verify_certificate`, `verify_hostname`) and
+    /// `tcp_options` (`TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT`, `TCP_USER_TIMEOUT`).
+    /// amq-protocol's `connection_timeout` (milliseconds, sets `socket_timeout`) and
+    /// `auth_mechanism` (`plain` or `external`) are accepted too. Any other option is an error
+    /// naming it, as pika raises `ValueError`.
     pub fn from_url(url: &str) -> Result<Self> {
         let uri: AMQPUri = url
             .parse()
@@ -708,6 +746,7 @@ fn ssl_options_from_dict(
         match key.as_str() {
             "cafile" | "ca_certs" => options = options.ca_file(text()?)?,
             "cadata" => options = options.ca_certificate_pem(text()?),
+            "capath" => options = options.ca_path(text()?)?,
             "certfile" => certfile = Some(text()?),
             "keyfile" => keyfile = Some(text()?),
             "password" => password = Some(text()?),
