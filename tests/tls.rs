@@ -54,6 +54,16 @@ fn expect_tls_error(err: Error, what: &str) -> String {
     }
 }
 
+/// An `amqps://` URL logging in with EXTERNAL as a connection named `name`, with `ssl_options`
+/// (a Python dict) `dict`.
+fn external_url(name: &str, dict: &str) -> String {
+    format!(
+        "amqps://localhost:{TLS_PORT}/%2f?auth_mechanism=external&client_properties={}&ssl_options={}",
+        url_encode(&format!("{{'connection_name': '{name}'}}")),
+        url_encode(dict)
+    )
+}
+
 /// The broker's view of the connection named `name`: the columns asked for, in order.
 fn broker_connection(name: &str, columns: &[&str]) -> Vec<String> {
     let mut args = vec!["list_connections"];
@@ -386,11 +396,7 @@ fn pkcs1_and_encrypted_client_keys_work_as_in_pika() {
         b.client_cert_file().display(),
         b.client_encrypted_key_file().display()
     );
-    let url = format!(
-        "amqps://localhost:{TLS_PORT}/%2f?auth_mechanism=external&client_properties={}&ssl_options={}",
-        url_encode(&format!("{{'connection_name': '{name}'}}")),
-        url_encode(&dict)
-    );
+    let url = external_url(&name, &dict);
     let connection =
         Connection::open_url(&url).unwrap_or_else(|e| panic!("{e:?}\n{}", b.log_tail()));
     let seen = broker_connection(&name, &["user", "auth_mechanism"]);
@@ -511,11 +517,7 @@ fn amqps_url_with_ssl_options() {
         b.client_cert_file().display(),
         b.client_key_file().display()
     );
-    let url = format!(
-        "amqps://localhost:{TLS_PORT}/%2f?auth_mechanism=external&client_properties={}&ssl_options={}",
-        url_encode(&format!("{{'connection_name': '{name}'}}")),
-        url_encode(&dict)
-    );
+    let url = external_url(&name, &dict);
     let connection =
         Connection::open_url(&url).unwrap_or_else(|e| panic!("{url}: {e:?}\n{}", b.log_tail()));
     connection
