@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::io::ack_frames::Settle;
 use crate::io::chan::{ChanState, ChannelCore, Life, Reply};
 use crate::io::publish_cache::PublishCache;
-use crate::io::{codec, short, with_scratch, SyncWait};
+use crate::io::{codec, short, with_scratch};
 use crate::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOk, QueueDeclareOptions,
     QueueDeleteOptions,
@@ -172,6 +172,8 @@ impl Channel {
 
     /// True until the channel is closed by either side or its connection goes.
     pub fn is_open(&self) -> bool {
+        // What may have closed it is read from the socket: looking hands it to the I/O thread.
+        self.inner.owner.core.restore_input();
         matches!(self.core().lock().life, Life::Open)
     }
 
@@ -205,8 +207,8 @@ impl Channel {
             })
         })?;
         let timeout = self.rpc_timeout();
-        let _waiting = SyncWait::new(&self.inner.owner.core);
-        core.wait_for(
+        self.inner.owner.core.wait_on(
+            core,
             Instant::now() + timeout,
             |st| st.reply.take(),
             |st| {
@@ -230,15 +232,12 @@ impl Channel {
         let _one_at_a_time = core.rpc_lock.lock().unwrap_or_else(|p| p.into_inner());
         begin_close(&self.inner.owner, core, reply_code, reply_text)?;
         let timeout = self.rpc_timeout();
-        let deadline = Instant::now() + timeout;
-        let _waiting = SyncWait::new(&self.inner.owner.core);
-        let mut st = core.lock();
-        while !matches!(st.life, Life::Closed(_)) {
-            st = core
-                .wait(st, Some(deadline))
-                .map_err(|_| Error::timeout("waiting for channel.close-ok", timeout))?;
-        }
-        Ok(())
+        self.inner.owner.core.wait_on(
+            core,
+            Instant::now() + timeout,
+            |st| matches!(st.life, Life::Closed(_)).then_some(()),
+            |_| Error::timeout("waiting for channel.close-ok", timeout),
+        )
     }
 
     /// Declares a queue (pika's `queue_declare`). Pass `""` to let the broker name it; the name
@@ -581,8 +580,8 @@ impl Channel {
             return Ok(());
         };
         let timeout = self.rpc_timeout();
-        let _waiting = SyncWait::new(&self.inner.owner.core);
-        let (outcome, returned) = self.core().wait_for(
+        let (outcome, returned) = self.inner.owner.core.wait_on(
+            self.core(),
             Instant::now() + timeout,
             |st| {
                 let tracker = st.confirms.as_mut()?;
@@ -688,8 +687,8 @@ impl Channel {
                 "wait_for_confirms needs confirm_delivery() first".into(),
             ));
         }
-        let _waiting = SyncWait::new(&self.inner.owner.core);
-        core.wait_for(
+        self.inner.owner.core.wait_on(
+            core,
             Instant::now() + timeout,
             |st| {
                 let tracker = st.confirms.as_mut()?;

@@ -206,7 +206,7 @@ impl Connection {
 
     /// True until the connection is closed or lost (pika's `is_open`).
     pub fn is_open(&self) -> bool {
-        self.core().closed_error().is_none()
+        self.close_reason().is_none()
     }
 
     /// True once the connection is closed or lost (pika's `is_closed`).
@@ -216,6 +216,9 @@ impl Connection {
 
     /// Why the connection closed, `None` while it is open.
     pub fn close_reason(&self) -> Option<Error> {
+        // What may have closed it is read from the socket: looking hands it to the I/O thread
+        // (a waiting thread may have it, see `Core::input_lent`).
+        self.core().restore_input();
         self.core().closed_error()
     }
 
@@ -258,6 +261,7 @@ impl Connection {
 
     /// True while the broker has the connection blocked (memory or disk alarm).
     pub fn is_blocked(&self) -> bool {
+        self.core().restore_input();
         self.core().lock_link().blocked_since.is_some()
     }
 

@@ -22,7 +22,7 @@ use crate::delivery::{Delivery, Returned};
 use crate::error::{Error, Result};
 use crate::events::run_callbacks;
 use crate::io::chan::{weight, Reply};
-use crate::io::thread::{read_as_consumer, ConsumerRead};
+use crate::io::thread::{read_while_waiting, WaitRead};
 use crate::io::{short, WantInput, INBOUND_CHANNEL_LIMIT};
 use crate::options::BasicConsumeOptions;
 
@@ -337,6 +337,8 @@ impl Channel {
 
     /// The tags of this channel's consumers (pika's `consumer_tags`).
     pub fn consumer_tags(&self) -> Vec<String> {
+        // A broker's cancel arrives through the socket: looking hands it to the I/O thread.
+        self.inner.owner.core.restore_input();
         self.lock_consumers()
             .iter()
             .filter(|(_, e)| !e.cancelling)
@@ -386,6 +388,9 @@ impl Channel {
     /// Deliveries of the consumers `tags` received and not yet handed out: queued on the
     /// channel or held for an iterator.
     fn waiting_for(&self, tags: &[String]) -> usize {
+        // Messages arrive through the socket: looking hands it to the I/O thread (a waiting
+        // thread may have it, see `Core::input_lent`).
+        self.inner.owner.core.restore_input();
         let mine = |tag: &str| tags.iter().any(|t| t == tag);
         // One lock at a time: the pump takes the channel's, then the consumers'.
         let queued = self
@@ -464,7 +469,7 @@ impl Channel {
         let core = self.core();
         let conn = &self.inner.owner.core;
         let mut st = core.lock();
-        // Whether this call may still read the socket itself (see `read_as_consumer`).
+        // Whether this call may still read the socket itself (see `read_while_waiting`).
         let mut may_read = true;
         loop {
             // Read before looking at the state: anything that changes it after this bumps it.
@@ -522,13 +527,13 @@ impl Channel {
                 // Read the socket on this thread rather than wait for the I/O thread to (not
                 // when there is no time to wait: `process_data_events` only looks).
                 drop(st);
-                let read = read_as_consumer(conn, core, generation, deadline);
+                let read = read_while_waiting(conn, core, generation, deadline);
                 st = core.lock();
                 match read {
-                    ConsumerRead::Read => continue,
-                    ConsumerRead::TimedOut => return Ok(Pumped::TimedOut),
+                    WaitRead::Read => continue,
+                    WaitRead::TimedOut => return Ok(Pumped::TimedOut),
                     // Look once more, then wait on the condition variable.
-                    ConsumerRead::Busy => {
+                    WaitRead::Busy => {
                         may_read = false;
                         continue;
                     }

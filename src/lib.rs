@@ -55,17 +55,20 @@
 //! everything queued before closing. See `BENCHMARKS.md` for the measurements behind this
 //! choice.
 //!
-//! Reading works the same way round: on plain TCP, a thread that consumes (in
-//! [`Channel::start_consuming`] or a [`Channel::consume`] iteration) and has nothing to hand
-//! out reads and routes the socket itself while it waits, instead of sleeping until the I/O thread has done so, so an
-//! RPC reply reaches it without a hand-over between threads. One thread reads at a time (the
-//! others wait as before and are woken by it); the I/O thread keeps heartbeats, writes and
-//! timers, and reads whenever no consumer does. A consumer that has just read a message for
-//! itself keeps the reading for itself while its code runs, since it is likely back soon: the
+//! Reading works the same way round: on plain TCP, a thread that waits on a channel (a
+//! consumer in [`Channel::start_consuming`] or a [`Channel::consume`] iteration with nothing
+//! to hand out, a caller waiting for a method's reply or a confirm) reads and routes the
+//! socket itself while it waits, instead of sleeping until the I/O thread has done so, so what
+//! it waits for reaches it without a hand-over between threads. One thread reads at a time
+//! (the others wait as before and are woken by it); the I/O thread keeps heartbeats, writes
+//! and timers, and reads whenever no one else does. A thread that has just read something for
+//! itself keeps the reading while its caller's code runs, since it is likely back soon: the
 //! I/O thread takes the reading back as soon as any thread waits for a reply, a confirm or a
 //! message, any write is made more than 100 microseconds after that read (so the broker's
-//! answer to it, such as a channel closed for a bad publish, is read as promptly as before), or
-//! the I/O thread wakes up for its own reasons (a heartbeat tick at the latest).
+//! answer to it, such as a channel closed for a bad publish, is read as promptly as before),
+//! any thread looks at what the socket feeds ([`Connection::is_open`],
+//! [`Channel::get_waiting_message_count`]...), or the I/O thread wakes up for its own reasons
+//! (a heartbeat tick at the latest).
 //!
 //! One exception, for acks: while more deliveries wait in a channel's queue, consecutive
 //! `basic_ack(tag, false)` calls (each tag right after the last) are held and written as one

@@ -375,6 +375,86 @@ fn a_bad_publish_from_another_thread_gets_its_channel_close_while_the_callback_r
 }
 
 #[test]
+fn a_thread_that_only_looks_sees_the_broker_close_the_connection_while_the_callback_runs() {
+    // A health check polling is_open() from another thread must see a broker's close while a
+    // consumer callback runs, without waiting or writing (default heartbeat: the I/O thread
+    // does not wake up on its own for tens of seconds).
+    let name = unique("lent-close");
+    let connection = Connection::open(params().connection_name(&name)).unwrap();
+    let channel = connection.channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    let (reports, report_rx) = mpsc::channel();
+    let watcher = connection.clone();
+    let result = consume_and_read(&connection, &channel, &queue, move |_, _, _, _| {
+        let names = broker_connections_named(&name);
+        support::rabbitmqctl(&["close_connection", &names[0], "closed by the test"]);
+        let watcher = watcher.clone();
+        let seen = on_another_thread("polling is_open", move || {
+            let started = Instant::now();
+            while watcher.is_open() {
+                if started.elapsed() > Duration::from_secs(5) {
+                    return None;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            watcher.close_reason()
+        });
+        let _ = reports.send(seen);
+        Ok(())
+    });
+    let publisher = connect();
+    publish(&publisher.channel().unwrap(), &queue, b"start");
+    match report(&report_rx, "the watcher") {
+        Ok(Some(Error::ConnectionClosed { reply_code, .. })) => assert_eq!(reply_code, 320),
+        other => panic!("expected the broker's close (320) while the callback ran: {other:?}"),
+    }
+    assert!(matches!(
+        consuming_result(&result, "after the close"),
+        Err(Error::ConnectionClosed {
+            reply_code: 320,
+            ..
+        })
+    ));
+    publisher.close().unwrap();
+}
+
+#[test]
+fn messages_keep_arriving_for_an_iterator_whose_caller_only_looks() {
+    // After a consume() step hands a message over, the caller may only poll
+    // get_waiting_message_count(): messages published meanwhile must still be read for it.
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    let mut consumer = channel.consume(&queue, ConsumeOptions::default()).unwrap();
+    let publisher = connect();
+    let publishing = publisher.channel().unwrap();
+    publish(&publishing, &queue, b"first");
+    match consumer.next() {
+        Some(Ok(Consumed::Delivery(d))) => assert_eq!(d.body, b"first"),
+        other => panic!("expected the first delivery, got {other:?}"),
+    }
+    for i in 0..5u8 {
+        publish(&publishing, &queue, &[i]);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || consumer
+            .get_waiting_message_count()
+            == 5),
+        "only {} of 5 messages arrived while the caller looked",
+        consumer.get_waiting_message_count()
+    );
+    assert_eq!(channel.get_waiting_message_count(), 5);
+    for i in 0..5u8 {
+        match consumer.next() {
+            Some(Ok(Consumed::Delivery(d))) => assert_eq!(d.body, [i]),
+            other => panic!("expected delivery {i}, got {other:?}"),
+        }
+    }
+    publisher.close().unwrap();
+    connection.close().unwrap();
+}
+
+#[test]
 fn a_long_callback_does_not_starve_a_short_heartbeat() {
     let name = unique("long-callback-heartbeat");
     let connection = Connection::open(

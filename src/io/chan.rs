@@ -146,32 +146,6 @@ impl ChannelCore {
     }
 }
 
-impl ChannelCore {
-    /// Waits until `ready` gives a value (it runs under the lock, first at once, then on every
-    /// change), the channel closes (its error), or `deadline` passes: then `on_expiry` runs under
-    /// the lock (to undo what the waiter set up) and its error is returned.
-    pub(crate) fn wait_for<T>(
-        &self,
-        deadline: Instant,
-        mut ready: impl FnMut(&mut ChanState) -> Option<T>,
-        on_expiry: impl FnOnce(&mut ChanState) -> Error,
-    ) -> Result<T, Error> {
-        let mut st = self.lock();
-        loop {
-            if let Some(value) = ready(&mut st) {
-                return Ok(value);
-            }
-            if let Some(e) = st.closed_error() {
-                return Err(e);
-            }
-            st = match self.wait(st, Some(deadline)) {
-                Ok(guard) => guard,
-                Err(mut st) => return Err(on_expiry(&mut st)),
-            };
-        }
-    }
-}
-
 impl ChanState {
     /// The error a call on this channel gets now, if it is closed.
     pub(crate) fn closed_error(&self) -> Option<Error> {

@@ -41,7 +41,7 @@ pub(crate) const OUTBOUND_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Delivered-but-unconsumed body bytes on one channel past which the I/O thread stops reading
 /// the socket until the consumer catches up (TCP back-pressure instead of memory growth).
 pub(crate) const INBOUND_CHANNEL_LIMIT: usize = 16 * 1024 * 1024;
-/// How long after reading a consuming thread may keep the I/O thread's input watch off while
+/// How long after reading a waiting thread may keep the I/O thread's input watch off while
 /// it runs user code that writes (see `Core::input_lent`): about one broker round trip, so a
 /// broker's answer to what it writes is read no later than the I/O thread would read it.
 pub(crate) const LEND_GRACE: Duration = Duration::from_micros(100);
@@ -123,36 +123,37 @@ pub(crate) struct Core {
     pub(crate) sync_waiters: std::sync::atomic::AtomicUsize,
     /// Tells the I/O thread to stop now (close deadline passed).
     shutdown: AtomicBool,
-    /// The reading half (frame reader and router): the I/O thread's, lent to a consuming thread
-    /// with nothing to do (plain TCP; see `thread::read_as_consumer`). `None` once the I/O
+    /// The reading half (frame reader and router): the I/O thread's, lent to a waiting thread
+    /// with nothing to do (plain TCP; see `thread::read_while_waiting`). `None` once the I/O
     /// thread has ended.
     read_side: Mutex<Option<thread::ReadSide>>,
-    /// The I/O thread's poller registry (plain TCP), for a consuming thread that reads to
+    /// The I/O thread's poller registry (plain TCP), for a waiting thread that reads to
     /// switch the I/O thread's input watch off meanwhile.
     io_registry: std::sync::OnceLock<mio::Registry>,
-    /// A consuming thread failed to give the input watch back: the I/O thread takes it.
+    /// A waiting thread failed to give the input watch back: the I/O thread takes it.
     input_unwatched: AtomicBool,
-    /// A consuming thread read a delivery for itself and left the I/O thread's input watch
-    /// off (lent) while it runs the user's code, so that reading again costs it no switch.
+    /// A waiting thread read something for itself (a delivery, a reply, a confirm) and left
+    /// the I/O thread's input watch off (lent) while it runs the user's code, so that reading
+    /// again costs it no switch.
     /// Whoever swaps it back to false owns the watch: it reads itself, or gives it back to the
     /// I/O thread (see [`restore_input`](Self::restore_input)).
     input_lent: AtomicBool,
     /// Threads about to wait for something only reading brings (see [`WantInput`]): a
-    /// consuming thread that stops reading while there are any gives the input watch back.
+    /// waiting thread that stops reading while there are any gives the input watch back.
     input_wanted: std::sync::atomic::AtomicUsize,
-    /// Wakes a consuming thread that reads (see [`wake_reader`](Self::wake_reader)).
+    /// Wakes a waiting thread that reads (see [`wake_reader`](Self::wake_reader)).
     reader_waker: std::sync::OnceLock<mio::Waker>,
-    /// A consuming thread holds the reading half and may sleep in its poll.
+    /// A waiting thread holds the reading half and may sleep in its poll.
     user_reading: AtomicBool,
     /// Bumped by everything a waiting consumer must look at (deliveries routed, a channel or
     /// the connection failing, connection work, a consumer cancelled).
     pub(crate) reader_gen: std::sync::atomic::AtomicU64,
-    /// The I/O thread found the socket readable while a consuming thread read: that thread
+    /// The I/O thread found the socket readable while a waiting thread read: that thread
     /// wakes the I/O thread when it stops.
     read_pending: AtomicBool,
-    /// A consuming thread left how the connection ended in the reading half.
+    /// A waiting thread left how the connection ended in the reading half.
     read_outcome: AtomicBool,
-    /// When a consuming thread last read bytes (ns since `epoch`, 0 for never): traffic for
+    /// When a waiting thread last read bytes (ns since `epoch`, 0 for never): traffic for
     /// the heartbeat check.
     last_read_ns: std::sync::atomic::AtomicU64,
     epoch: Instant,
@@ -279,7 +280,7 @@ impl Core {
         self.read_side.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Tells a consuming thread that reads to stop and look at its state again (and every
+    /// Tells a waiting thread that reads to stop and look at its state again (and every
     /// consumer about to start reading, through the generation).
     pub(crate) fn wake_reader(&self) {
         self.reader_gen.fetch_add(1, Ordering::SeqCst);
@@ -292,7 +293,7 @@ impl Core {
         }
     }
 
-    /// Gives the socket's input watch back to the I/O thread if a consuming thread lent it
+    /// Gives the socket's input watch back to the I/O thread if a waiting thread lent it
     /// (see `input_lent`). If that fails, the I/O thread is asked to take it itself.
     pub(crate) fn restore_input(&self) {
         if self.input_lent.load(Ordering::SeqCst) && self.input_lent.swap(false, Ordering::SeqCst) {
@@ -303,7 +304,7 @@ impl Core {
     /// Called after every write: gives a lent input watch back once it has been lent for
     /// longer than [`LEND_GRACE`]. What the broker says about what we write (a channel closed
     /// for a bad publish) is then read at most about that long after the write, as if the I/O
-    /// thread watched all along; a consuming thread that writes its reply right after reading
+    /// thread watched all along; a waiting thread that writes its reply right after reading
     /// (the common case) keeps the watch.
     fn after_write(&self) {
         if !self.input_lent.load(Ordering::SeqCst) {
@@ -335,13 +336,13 @@ impl Core {
         }
     }
 
-    /// A consuming thread read bytes now.
+    /// A waiting thread read bytes now.
     fn note_read(&self) {
         let ns = self.epoch.elapsed().as_nanos().max(1) as u64;
         self.last_read_ns.store(ns, Ordering::Relaxed);
     }
 
-    /// When a consuming thread last read bytes, if ever.
+    /// When a waiting thread last read bytes, if ever.
     fn last_consumer_read(&self) -> Option<Instant> {
         match self.last_read_ns.load(Ordering::Relaxed) {
             0 => None,
@@ -593,6 +594,57 @@ impl Core {
         }
     }
 
+    /// Waits until `ready` gives a value (it runs under `channel`'s lock, first at once, then on
+    /// every change), the channel closes (its error), or `deadline` passes: then `on_expiry`
+    /// runs under the lock (to undo what the waiter set up) and its error is returned. For
+    /// what the broker sends: a method's reply, confirms, a close-ok. While it waits, the
+    /// caller reads the socket itself when it can (see `thread::read_while_waiting`), else it
+    /// sleeps until whoever reads routes something to the channel.
+    pub(crate) fn wait_on<T>(
+        &self,
+        channel: &ChannelCore,
+        deadline: Instant,
+        mut ready: impl FnMut(&mut ChanState) -> Option<T>,
+        on_expiry: impl FnOnce(&mut ChanState) -> Error,
+    ) -> Result<T> {
+        let _waiting = SyncWait::new(self);
+        let mut st = channel.lock();
+        // Whether this wait may still read the socket itself.
+        let mut may_read = true;
+        loop {
+            // Read before looking at the state: anything that changes it after this bumps it.
+            let generation = self.reader_gen.load(Ordering::SeqCst);
+            if let Some(value) = ready(&mut st) {
+                return Ok(value);
+            }
+            if let Some(e) = st.closed_error() {
+                return Err(e);
+            }
+            if may_read {
+                drop(st);
+                let read = thread::read_while_waiting(self, channel, generation, Some(deadline));
+                st = channel.lock();
+                match read {
+                    thread::WaitRead::Read => continue,
+                    thread::WaitRead::TimedOut => return Err(on_expiry(&mut st)),
+                    // Look once more, then wait on the condition variable.
+                    thread::WaitRead::Busy => {
+                        may_read = false;
+                        continue;
+                    }
+                }
+            }
+            let want_input = WantInput::new(self);
+            st = match channel.wait(st, Some(deadline)) {
+                Ok(guard) => guard,
+                Err(mut st) => return Err(on_expiry(&mut st)),
+            };
+            drop(want_input);
+            // Whoever read for us may have stopped: try again next time round.
+            may_read = true;
+        }
+    }
+
     /// Waits until [`signal_activity`](Self::signal_activity) is called after `generation` was
     /// read, or until `deadline`.
     pub(crate) fn wait_activity(&self, generation: u64, deadline: Instant) {
@@ -642,6 +694,7 @@ impl Core {
     /// Waits until the update-secret-ok counter passes `seen`, at most `timeout`.
     pub(crate) fn wait_secret_update(&self, seen: u64, timeout: Duration) -> Result<()> {
         let _waiting = SyncWait::new(self);
+        let _input = WantInput::new(self);
         let deadline = Instant::now() + timeout;
         let mut link = self.lock_link();
         loop {
@@ -693,6 +746,7 @@ impl Core {
                 self.link_cond.notify_all();
             }
             let _waiting = SyncWait::new(self);
+            let _input = WantInput::new(self);
             let deadline = Instant::now() + timeout;
             while link.closed.is_none() {
                 match wait_until(&self.link_cond, link, deadline) {
@@ -752,11 +806,7 @@ impl Core {
 /// what it waits for may sit behind the deliveries that caused the pause: a consumer callback
 /// that makes an RPC or publishes with confirms must not deadlock.
 #[derive(Debug)]
-pub(crate) struct SyncWait<'a> {
-    core: &'a Core,
-    /// What it waits for is read from the socket.
-    _input: WantInput<'a>,
-}
+pub(crate) struct SyncWait<'a>(&'a Core);
 
 impl<'a> SyncWait<'a> {
     pub(crate) fn new(core: &'a Core) -> Self {
@@ -764,15 +814,12 @@ impl<'a> SyncWait<'a> {
         if core.read_paused.load(Ordering::SeqCst) {
             core.wake();
         }
-        SyncWait {
-            core,
-            _input: WantInput::new(core),
-        }
+        SyncWait(core)
     }
 }
 
 /// Held by a thread while it waits for something that only reading the socket brings: no
-/// consuming thread keeps the input watch lent meanwhile (see `Core::input_lent`). Counted
+/// waiting thread keeps the input watch lent meanwhile (see `Core::input_lent`). Counted
 /// before it looks, so that either it sees the watch lent and gives it back, or the consuming
 /// thread that lends it afterwards sees it counted and gives it back itself.
 #[derive(Debug)]
@@ -794,7 +841,7 @@ impl Drop for WantInput<'_> {
 
 impl Drop for SyncWait<'_> {
     fn drop(&mut self) {
-        self.core.sync_waiters.fetch_sub(1, Ordering::SeqCst);
+        self.0.sync_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -97,8 +97,8 @@ pub(crate) fn run(core: Arc<Core>, stream: Stream, reader: FrameReader, poll: Po
 
 /// Registers the socket with the I/O thread's poller. On plain TCP, input is watched through
 /// the second handle (`Core::direct`) under [`SOCKET`] and output through the stream under
-/// [`SOCKET_OUT`], so that a consuming thread that reads can switch the I/O thread's input
-/// watch off and on without touching its output watch (see [`read_as_consumer`]).
+/// [`SOCKET_OUT`], so that a waiting thread that reads can switch the I/O thread's input
+/// watch off and on without touching its output watch (see [`read_while_waiting`]).
 fn register_socket(core: &Core, poll: &Poll, stream: &Stream) -> std::io::Result<()> {
     let fd = stream.tcp().as_raw_fd();
     let Some(direct) = core.direct.as_ref() else {
@@ -124,7 +124,7 @@ fn register_socket(core: &Core, poll: &Poll, stream: &Stream) -> std::io::Result
     Ok(())
 }
 
-/// The poller a consuming thread waits in while it reads (plain TCP only): the socket, and the
+/// The poller a waiting thread waits in while it reads (plain TCP only): the socket, and the
 /// waker that tells it to stop reading (`Core::wake_reader`). `None` if it cannot be made;
 /// consumers then always wait for the I/O thread.
 fn consumer_poll(core: &Core) -> Option<Poll> {
@@ -148,15 +148,15 @@ fn consumer_poll(core: &Core) -> Option<Poll> {
     }
 }
 
-/// The reading half of the connection: whoever holds it (the I/O thread, or a consuming thread
-/// with nothing else to do, see [`read_as_consumer`]) reads and routes frames.
+/// The reading half of the connection: whoever holds it (the I/O thread, or a waiting thread
+/// with nothing else to do, see [`read_while_waiting`]) reads and routes frames.
 pub(crate) struct ReadSide {
     reader: FrameReader,
     router: Router,
     /// See [`consumer_poll`].
     user_poll: Option<Poll>,
     user_events: Events,
-    /// How reading ended when a consuming thread met the end (an error, the broker's close):
+    /// How reading ended when a waiting thread met the end (an error, the broker's close):
     /// the I/O thread takes it and ends the connection as if it had read it itself.
     outcome: Option<Result<Exit>>,
 }
@@ -185,8 +185,8 @@ impl ReadSide {
     }
 }
 
-/// What a consuming thread's turn at reading ended with.
-pub(crate) enum ConsumerRead {
+/// What a waiting thread's turn at reading ended with.
+pub(crate) enum WaitRead {
     /// It read (something may have arrived for it) or was told to look again.
     Read,
     /// Someone else reads (or nobody may): wait for them as usual.
@@ -195,38 +195,42 @@ pub(crate) enum ConsumerRead {
     TimedOut,
 }
 
-/// Lets a consuming thread that has nothing to hand out read the socket itself instead of
-/// sleeping until the I/O thread has read and routed for it: a reply then reaches it without
+/// Lets a thread that waits on `channel` (a consumer with nothing to hand out, a caller
+/// waiting for a method's reply or for confirms) read the socket itself instead of sleeping
+/// until the I/O thread has read and routed for it: what it waits for then reaches it without
 /// a hand-over between threads (on two cores, that wake-up costs more than the rest of the
 /// client's work for a message). Plain TCP only; one thread reads at a time.
 ///
-/// Returns once something was routed to `channel`, when anything else a consumer waits for
+/// Returns once something was routed to `channel`, when anything else a waiter looks at
 /// happens (signalled through `Core::wake_reader`, which bumps the generation the caller
 /// read as `seen` before it looked at its state), or at `deadline`.
-pub(crate) fn read_as_consumer(
+///
+/// After a read that brought something for `channel`, the I/O thread's input watch stays off
+/// (lent, see `Core::input_lent`): the caller is likely back to wait soon.
+pub(crate) fn read_while_waiting(
     core: &Core,
     channel: &ChannelCore,
     seen: u64,
     deadline: Option<Instant>,
-) -> ConsumerRead {
+) -> WaitRead {
     let Some(tcp) = core.direct.as_ref() else {
-        return ConsumerRead::Busy;
+        return WaitRead::Busy;
     };
     let Ok(mut guard) = core.read_side.try_lock() else {
-        return ConsumerRead::Busy;
+        return WaitRead::Busy;
     };
     let Some(rs) = guard.as_mut() else {
-        return ConsumerRead::Busy;
+        return WaitRead::Busy;
     };
     let Some(registry) = core.io_registry.get() else {
-        return ConsumerRead::Busy;
+        return WaitRead::Busy;
     };
     if rs.outcome.is_some() || !rs.router.paused.is_empty() || rs.user_poll.is_none() {
-        return ConsumerRead::Busy;
+        return WaitRead::Busy;
     }
     if core.reader_gen.load(Ordering::SeqCst) != seen {
         // Something changed since the caller looked: let it look again first.
-        return ConsumerRead::Read;
+        return WaitRead::Read;
     }
     // While we read, the I/O thread does not watch for input: it would only wake up to find
     // the reading half taken (a wake-up per message). If our last turn lent us the watch, it
@@ -235,16 +239,18 @@ pub(crate) fn read_as_consumer(
     if !core.input_lent.swap(false, Ordering::SeqCst)
         && registry.deregister(&mut SourceFd(&fd)).is_err()
     {
-        return ConsumerRead::Busy;
+        return WaitRead::Busy;
     }
     core.user_reading.store(true, Ordering::SeqCst);
-    let (result, got_mine) = consumer_read_loop(core, rs, tcp, channel, seen, deadline);
+    let (result, got_mine) = waiter_read_loop(core, rs, tcp, channel, seen, deadline);
     core.user_reading.store(false, Ordering::SeqCst);
     if got_mine && rs.router.paused.is_empty() && !core.read_pending.load(Ordering::SeqCst) {
         // We are likely back to read once the user's code has handled what we read: keep the
-        // watch off until then (two system calls less per message), unless someone waits for
-        // input meanwhile (they give it back, see `WantInput`). The I/O thread takes it back
-        // whenever it wakes up (a heartbeat tick at the latest).
+        // watch off until then (two system calls less per message). It goes back to the I/O
+        // thread when someone waits for input meanwhile (see `WantInput`), writes a while
+        // after this read (`Core::after_write`) or looks at what the socket feeds (`is_open`,
+        // `get_waiting_message_count`...), and whenever the I/O thread wakes up (a heartbeat
+        // tick at the latest).
         core.input_lent.store(true, Ordering::SeqCst);
         if core.input_wanted.load(Ordering::SeqCst) > 0 {
             core.restore_input();
@@ -263,25 +269,25 @@ pub(crate) fn read_as_consumer(
     result
 }
 
-/// The reading loop of [`read_as_consumer`].
-fn consumer_read_loop(
+/// The reading loop of [`read_while_waiting`].
+fn waiter_read_loop(
     core: &Core,
     rs: &mut ReadSide,
     mut tcp: &std::net::TcpStream,
     channel: &ChannelCore,
     seen: u64,
     deadline: Option<Instant>,
-) -> (ConsumerRead, bool) {
+) -> (WaitRead, bool) {
     // Checked after `user_reading` is set: a signal before that is seen here, one after it
     // wakes the poll below.
     if core.reader_gen.load(Ordering::SeqCst) != seen {
-        return (ConsumerRead::Read, false);
+        return (WaitRead::Read, false);
     }
     let stop = |rs: &mut ReadSide, outcome: Result<Exit>| {
         rs.outcome = Some(outcome);
         core.read_outcome.store(true, Ordering::SeqCst);
         core.wake();
-        (ConsumerRead::Read, false)
+        (WaitRead::Read, false)
     };
     loop {
         match rs.reader.read_from(&mut tcp) {
@@ -311,7 +317,7 @@ fn consumer_read_loop(
                 if got_mine || !rs.router.paused.is_empty() {
                     // Whatever else waits in the socket is the I/O thread's once it watches
                     // the input again (or ours, next time round).
-                    return (ConsumerRead::Read, got_mine);
+                    return (WaitRead::Read, got_mine);
                 }
                 continue;
             }
@@ -331,21 +337,21 @@ fn consumer_read_loop(
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return (ConsumerRead::TimedOut, false);
+                    return (WaitRead::TimedOut, false);
                 }
                 Some(left)
             }
         };
         let Some(poll) = rs.user_poll.as_mut() else {
-            return (ConsumerRead::Busy, false);
+            return (WaitRead::Busy, false);
         };
         match poll.poll(&mut rs.user_events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => return (ConsumerRead::Busy, false),
+            Err(_) => return (WaitRead::Busy, false),
         }
         if rs.user_events.iter().any(|e| e.token() == WAKER) {
-            return (ConsumerRead::Read, false);
+            return (WaitRead::Read, false);
         }
     }
 }
@@ -397,7 +403,7 @@ impl IoThread {
         let _ = self.stream.tcp().shutdown(std::net::Shutdown::Both);
         self.core.fail(error);
         // The reading half holds the core (its router does): dropping it ends that cycle. A
-        // consuming thread that reads was told to stop by `fail`.
+        // waiting thread that reads was told to stop by `fail`.
         let read_side = self.core.lock_read_side().take();
         drop(read_side);
     }
@@ -443,13 +449,13 @@ impl IoThread {
                 }
             }
             if self.core.input_lent.swap(false, Ordering::SeqCst) {
-                // A consuming thread left the input watch off while it runs user code: we are
+                // A waiting thread left the input watch off while it runs user code: we are
                 // awake anyway, so take it back (what waits is read below).
                 self.core.watch_input();
                 self.read_ready = true;
             }
             if self.core.input_unwatched.swap(false, Ordering::SeqCst) {
-                // A consuming thread could not give the input watch back: take it ourselves.
+                // A waiting thread could not give the input watch back: take it ourselves.
                 if let (Some(direct), Some(registry)) =
                     (self.core.direct.as_ref(), self.core.io_registry.get())
                 {
@@ -464,7 +470,7 @@ impl IoThread {
                 self.read_ready = true;
             }
             if self.core.read_outcome.load(Ordering::SeqCst) {
-                // A consuming thread met the end of the connection while reading.
+                // A waiting thread met the end of the connection while reading.
                 let outcome = self
                     .core
                     .lock_read_side()
@@ -479,7 +485,7 @@ impl IoThread {
                     Some(rs) => (rs.router.resume_check(), !rs.router.paused.is_empty()),
                     None => (false, false),
                 },
-                // A consuming thread reads.
+                // A waiting thread reads.
                 Err(_) => (false, false),
             };
             if resumed {
@@ -563,7 +569,7 @@ impl IoThread {
     }
 
     /// Reads until the socket would block (or reading pauses), routing every complete frame.
-    /// If a consuming thread is reading, leaves it to that thread (which wakes us when it
+    /// If a waiting thread is reading, leaves it to that thread (which wakes us when it
     /// stops, see `Core::read_pending`).
     fn read(&mut self) -> Result<Option<Exit>> {
         let core = self.core.clone();
@@ -778,7 +784,7 @@ impl Router {
             return;
         }
         // Before the notifications: a consumer about to read sees the change (see
-        // `read_as_consumer`).
+        // `read_while_waiting`).
         self.core.reader_gen.fetch_add(1, Ordering::SeqCst);
         for channel in self.dirty.drain(..) {
             channel.notify();
@@ -1140,7 +1146,7 @@ impl Router {
         link.buf.extend_from_slice(&frame);
         drop(link);
         if was_empty {
-            // Routing may run on a consuming thread that goes on reading: the I/O thread
+            // Routing may run on a waiting thread that goes on reading: the I/O thread
             // must write this now (on the I/O thread itself this is a spare wake-up).
             self.core.wake();
         }
