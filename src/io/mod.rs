@@ -434,15 +434,15 @@ impl Core {
         }
         let was_empty = link.buf.is_empty();
         self.queued.store(true, Ordering::SeqCst);
-        link.buf.extend_from_slice(prefix);
-        link.buf.extend_from_slice(frames);
-        if let Some((channel, body)) = body {
-            codec::encode_body(&mut link.buf, channel, body, self.tuned.frame_max);
-        }
-        if written > 0 {
-            // The socket took the first `written` bytes already.
-            link.buf.drain(..written);
-        }
+        // The socket took the first `written` bytes already: queue the rest.
+        codec::encode_tail(
+            &mut link.buf,
+            written,
+            prefix,
+            frames,
+            body,
+            self.tuned.frame_max,
+        );
         drop(link);
         if was_empty {
             self.wake();
