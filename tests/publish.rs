@@ -164,6 +164,45 @@ fn one_mebibyte_body_crosses_frame_max_intact() {
 }
 
 #[test]
+fn large_bodies_published_faster_than_the_broker_reads_arrive_intact() {
+    // 40 x 2 MiB in a tight loop: the socket fills, so publishes are written partly by the
+    // caller and partly queued (only the part the socket did not take), or queued whole.
+    const N: u32 = 40;
+    const SIZE: u32 = 2 * 1024 * 1024;
+    let body_of = |n: u32| -> Vec<u8> {
+        (0..SIZE)
+            .map(|i| (i.wrapping_add(n).wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect()
+    };
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = temp_queue(&channel, "big-burst");
+    let bodies: Vec<Vec<u8>> = (0..N).map(body_of).collect();
+    for body in &bodies {
+        channel
+            .basic_publish("", &queue, body, &BasicProperties::default(), false)
+            .unwrap();
+    }
+    let reader = connect();
+    let reading = reader.channel().unwrap();
+    for (n, body) in bodies.iter().enumerate() {
+        let got = (0..200)
+            .find_map(|_| {
+                let got = reading.basic_get(&queue, true).unwrap();
+                if got.is_none() {
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                got
+            })
+            .unwrap_or_else(|| panic!("message {n} did not arrive"));
+        assert_eq!(got.body.len(), body.len(), "message {n}");
+        assert!(got.body == *body, "message {n} differs");
+    }
+    assert!(reading.basic_get(&queue, true).unwrap().is_none());
+    channel.queue_delete(&queue, Default::default()).unwrap();
+}
+
+#[test]
 fn publishes_are_all_on_the_broker_after_close() {
     let connection = connect();
     let channel = connection.channel().unwrap();
