@@ -22,8 +22,7 @@ use crate::delivery::{Delivery, Returned};
 use crate::error::{Error, Result};
 use crate::events::run_callbacks;
 use crate::io::chan::{weight, Reply};
-use crate::io::thread::{read_while_waiting, WaitRead};
-use crate::io::{short, WantInput, INBOUND_CHANNEL_LIMIT};
+use crate::io::{short, INBOUND_CHANNEL_LIMIT};
 use crate::options::BasicConsumeOptions;
 
 /// A consumer callback: pika's `on_message_callback(channel, method, properties, body)`.
@@ -469,7 +468,7 @@ impl Channel {
         let core = self.core();
         let conn = &self.inner.owner.core;
         let mut st = core.lock();
-        // Whether this call may still read the socket itself (see `read_while_waiting`).
+        // Whether this call may still read the socket itself (see `Core::wait_turn`).
         let mut may_read = true;
         loop {
             // Read before looking at the state: anything that changes it after this bumps it.
@@ -523,30 +522,13 @@ impl Channel {
                 // Nothing to hand out: held acks go now, not after the wait.
                 conn.flush_acks(core.id, &mut st)?;
             }
-            if may_read && deadline.is_none_or(|d| d > Instant::now()) {
-                // Read the socket on this thread rather than wait for the I/O thread to (not
-                // when there is no time to wait: `process_data_events` only looks).
-                drop(st);
-                let read = read_while_waiting(conn, core, generation, deadline);
-                st = core.lock();
-                match read {
-                    WaitRead::Read => continue,
-                    WaitRead::TimedOut => return Ok(Pumped::TimedOut),
-                    // Look once more, then wait on the condition variable.
-                    WaitRead::Busy => {
-                        may_read = false;
-                        continue;
-                    }
-                }
+            // Reads the socket on this thread rather than wait for the I/O thread to (not when
+            // there is no time to wait: `process_data_events` only looks).
+            let timed_out;
+            (st, timed_out) = conn.wait_turn(core, st, generation, deadline, &mut may_read);
+            if timed_out {
+                return Ok(Pumped::TimedOut);
             }
-            let want_input = WantInput::new(conn);
-            st = match core.wait(st, deadline) {
-                Ok(guard) => guard,
-                Err(_) => return Ok(Pumped::TimedOut),
-            };
-            drop(want_input);
-            // Whoever read for us may have stopped: try again next time round.
-            may_read = true;
         }
     }
 

@@ -16,7 +16,7 @@ pub(crate) mod codec;
 pub(crate) mod handshake;
 pub(crate) mod heartbeat;
 pub(crate) mod publish_cache;
-pub(crate) mod thread;
+mod thread;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -318,22 +318,28 @@ impl Core {
     }
 
     /// Puts the I/O thread's input watch back (plain TCP). Input already waiting shows up for
-    /// the I/O thread at once.
+    /// the I/O thread at once. If that fails, the I/O thread is asked to try itself (and ends
+    /// the connection if it fails too).
     fn watch_input(&self) {
-        let (Some(direct), Some(registry)) = (self.direct.as_ref(), self.io_registry.get()) else {
-            return;
-        };
-        let fd = std::os::fd::AsRawFd::as_raw_fd(direct);
-        let watched = registry.register(
-            &mut mio::unix::SourceFd(&fd),
-            thread::SOCKET,
-            mio::Interest::READABLE,
-        );
-        if let Err(e) = watched {
+        if let Err(e) = self.register_input() {
             log::warn!("giving the socket's input back to the I/O thread: {e}");
             self.input_unwatched.store(true, Ordering::SeqCst);
             self.wake();
         }
+    }
+
+    /// Registers the socket's input with the I/O thread's poller (plain TCP; nothing to do
+    /// otherwise). Only the holder of a watch that is off may call it.
+    fn register_input(&self) -> std::io::Result<()> {
+        let (Some(direct), Some(registry)) = (self.direct.as_ref(), self.io_registry.get()) else {
+            return Ok(());
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(direct);
+        registry.register(
+            &mut mio::unix::SourceFd(&fd),
+            thread::SOCKET,
+            mio::Interest::READABLE,
+        )
     }
 
     /// A waiting thread read bytes now.
@@ -343,7 +349,7 @@ impl Core {
     }
 
     /// When a waiting thread last read bytes, if ever.
-    fn last_consumer_read(&self) -> Option<Instant> {
+    fn last_waiter_read(&self) -> Option<Instant> {
         match self.last_read_ns.load(Ordering::Relaxed) {
             0 => None,
             ns => Some(self.epoch + Duration::from_nanos(ns)),
@@ -408,7 +414,7 @@ impl Core {
     /// goes first.
     fn append_locked(
         &self,
-        mut link: MutexGuard<'_, Link>,
+        link: MutexGuard<'_, Link>,
         prefix: &[u8],
         frames: &[u8],
         body: Option<(u16, &[u8])>,
@@ -432,23 +438,25 @@ impl Core {
             self.after_write();
             return Ok(());
         }
+        // The socket took the first `written` bytes already: queue the rest.
+        self.enqueue(link, |buf| {
+            codec::encode_tail(buf, written, prefix, frames, body, self.tuned.frame_max)
+        });
+        self.after_write();
+        Ok(())
+    }
+
+    /// Queues frames for the I/O thread: `encode` appends them to the outbound buffer (locked
+    /// by the caller), `queued` tells the I/O thread there is something, and it is woken, once
+    /// the lock is released, if the buffer was empty (it writes a non-empty one on its own).
+    fn enqueue(&self, mut link: MutexGuard<'_, Link>, encode: impl FnOnce(&mut Vec<u8>)) {
         let was_empty = link.buf.is_empty();
         self.queued.store(true, Ordering::SeqCst);
-        // The socket took the first `written` bytes already: queue the rest.
-        codec::encode_tail(
-            &mut link.buf,
-            written,
-            prefix,
-            frames,
-            body,
-            self.tuned.frame_max,
-        );
+        encode(&mut link.buf);
         drop(link);
         if was_empty {
             self.wake();
         }
-        self.after_write();
-        Ok(())
     }
 
     /// Queues `frames` (whole encoded frames for `channel`) and, for content, `body` split into
@@ -620,29 +628,50 @@ impl Core {
             if let Some(e) = st.closed_error() {
                 return Err(e);
             }
-            if may_read {
-                drop(st);
-                let read = thread::read_while_waiting(self, channel, generation, Some(deadline));
-                st = channel.lock();
-                match read {
-                    thread::WaitRead::Read => continue,
-                    thread::WaitRead::TimedOut => return Err(on_expiry(&mut st)),
-                    // Look once more, then wait on the condition variable.
-                    thread::WaitRead::Busy => {
-                        may_read = false;
-                        continue;
-                    }
-                }
+            let timed_out;
+            (st, timed_out) =
+                self.wait_turn(channel, st, generation, Some(deadline), &mut may_read);
+            if timed_out {
+                return Err(on_expiry(&mut st));
             }
-            let want_input = WantInput::new(self);
-            st = match channel.wait(st, Some(deadline)) {
-                Ok(guard) => guard,
-                Err(mut st) => return Err(on_expiry(&mut st)),
-            };
-            drop(want_input);
-            // Whoever read for us may have stopped: try again next time round.
-            may_read = true;
         }
+    }
+
+    /// One turn of a wait on `channel`, whose state the caller looked at (under `st`) after
+    /// reading the reader generation `generation`: reads the socket on this thread while it
+    /// waits if it `may_read` (see `thread::read_while_waiting`) and `deadline` has not passed,
+    /// else sleeps on the channel's condition variable until whoever reads routes something
+    /// to it. Returns the state locked again and whether `deadline` passed; the caller looks
+    /// again either way. `may_read` is cleared when someone else reads (look once more, then
+    /// sleep) and set again after a sleep (whoever read for us may have stopped).
+    pub(crate) fn wait_turn<'a>(
+        &self,
+        channel: &'a ChannelCore,
+        st: MutexGuard<'a, ChanState>,
+        generation: u64,
+        deadline: Option<Instant>,
+        may_read: &mut bool,
+    ) -> (MutexGuard<'a, ChanState>, bool) {
+        if *may_read && deadline.is_none_or(|d| d > Instant::now()) {
+            drop(st);
+            let read = thread::read_while_waiting(self, channel, generation, deadline);
+            let st = channel.lock();
+            return match read {
+                thread::WaitRead::Read => (st, false),
+                thread::WaitRead::TimedOut => (st, true),
+                thread::WaitRead::Busy => {
+                    *may_read = false;
+                    (st, false)
+                }
+            };
+        }
+        let _want_input = WantInput::new(self);
+        let (st, timed_out) = match channel.wait(st, deadline) {
+            Ok(guard) => (guard, false),
+            Err(guard) => (guard, true),
+        };
+        *may_read = true;
+        (st, timed_out)
     }
 
     /// Waits until [`signal_activity`](Self::signal_activity) is called after `generation` was
@@ -736,14 +765,10 @@ impl Core {
         if link.closed.is_none() {
             if link.closing.is_none() {
                 link.closing = Some((reply_code, reply_text.to_string()));
-                let was_empty = link.buf.is_empty();
-                self.queued.store(true, Ordering::SeqCst);
-                link.buf.extend_from_slice(&frame);
-                if was_empty {
-                    self.wake();
-                }
+                self.enqueue(link, |buf| buf.extend_from_slice(&frame));
                 // Publishers waiting on a blocked connection give up now.
                 self.link_cond.notify_all();
+                link = self.lock_link();
             }
             let _waiting = SyncWait::new(self);
             let _input = WantInput::new(self);

@@ -448,25 +448,13 @@ impl IoThread {
                     self.read_ready = true;
                 }
             }
-            if self.core.input_lent.swap(false, Ordering::SeqCst) {
-                // A waiting thread left the input watch off while it runs user code: we are
-                // awake anyway, so take it back (what waits is read below).
-                self.core.watch_input();
-                self.read_ready = true;
-            }
-            if self.core.input_unwatched.swap(false, Ordering::SeqCst) {
-                // A waiting thread could not give the input watch back: take it ourselves.
-                if let (Some(direct), Some(registry)) =
-                    (self.core.direct.as_ref(), self.core.io_registry.get())
-                {
-                    registry
-                        .register(
-                            &mut SourceFd(&direct.as_raw_fd()),
-                            SOCKET,
-                            Interest::READABLE,
-                        )
-                        .map_err(|e| Error::io("watching the socket", &e))?;
-                }
+            // A waiting thread left the input watch off while it runs user code (lent), or could
+            // not give it back: we are awake anyway, so take it back (what waits is read below).
+            let lent = self.core.input_lent.swap(false, Ordering::SeqCst);
+            if self.core.input_unwatched.swap(false, Ordering::SeqCst) || lent {
+                self.core
+                    .register_input()
+                    .map_err(|e| Error::io("watching the socket", &e))?;
                 self.read_ready = true;
             }
             if self.core.read_outcome.load(Ordering::SeqCst) {
@@ -502,7 +490,7 @@ impl IoThread {
                 // We chose not to read: the peer's silence is ours.
                 self.heartbeat.received(now);
             }
-            if let Some(at) = self.core.last_consumer_read() {
+            if let Some(at) = self.core.last_waiter_read() {
                 self.heartbeat.received(at);
             }
             match self.heartbeat.poll(now) {
@@ -1140,16 +1128,10 @@ impl Router {
             log::error!("cannot encode a reply on channel {channel}: {e}");
             return;
         }
-        let mut link = self.core.lock_link();
-        let was_empty = link.buf.is_empty();
-        self.core.queued.store(true, Ordering::SeqCst);
-        link.buf.extend_from_slice(&frame);
-        drop(link);
-        if was_empty {
-            // Routing may run on a waiting thread that goes on reading: the I/O thread
-            // must write this now (on the I/O thread itself this is a spare wake-up).
-            self.core.wake();
-        }
+        // Routing may run on a waiting thread that goes on reading: the I/O thread must be
+        // woken to write this (on the I/O thread itself that is a spare wake-up).
+        self.core
+            .enqueue(self.core.lock_link(), |buf| buf.extend_from_slice(&frame));
     }
 }
 
