@@ -9,10 +9,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cottontail::{
-    BasicProperties, Channel, ConsumeOptions, Consumed, Consumer, Delivery, Error,
-    QueueDeclareOptions,
+    Channel, ConsumeOptions, Consumed, Consumer, Delivery, Error, QueueDeclareOptions,
 };
-use support::{connect, eventually, rabbitmqctl, unique};
+use support::{connect, eventually, publish_numbered, rabbitmqctl, unique};
 
 /// Declares a durable-less queue named after `what` holding messages `0..n` (4-byte bodies).
 fn queue_with(channel: &Channel, what: &str, n: u32) -> String {
@@ -20,17 +19,7 @@ fn queue_with(channel: &Channel, what: &str, n: u32) -> String {
     channel
         .queue_declare(&queue, QueueDeclareOptions::default())
         .unwrap();
-    for i in 0..n {
-        channel
-            .basic_publish(
-                "",
-                &queue,
-                &i.to_be_bytes(),
-                &BasicProperties::default(),
-                false,
-            )
-            .unwrap();
-    }
+    publish_numbered(channel, &queue, 0..n);
     queue
 }
 

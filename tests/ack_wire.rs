@@ -286,6 +286,25 @@ fn next_delivery(consumer: &mut Consumer) -> Delivery {
     }
 }
 
+/// The fake broker's thread, returning the methods the client sent (see [`serve_until_closed`]).
+type Recording = std::thread::JoinHandle<Vec<(u16, AMQPClass)>>;
+
+/// A fake broker that delivers messages 1..=`n` to a consumer, then records what the client
+/// sends until it closes; the client's connection, channel and consumer, once all `n`
+/// messages wait in the client.
+fn consuming_deliveries(n: u64) -> (Recording, Connection, cottontail::Channel, Consumer) {
+    let (port, fake) = spawn_fake(move |broker| {
+        let (mut peer, tag) = open_consumer(broker);
+        peer.send_raw(&deliveries(&tag, 1..=n));
+        serve_until_closed(&mut peer)
+    });
+    let connection = Connection::open(client_params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    let consumer = consume(&channel);
+    wait_for_waiting(&consumer, n as usize);
+    (fake, connection, channel, consumer)
+}
+
 fn consume(channel: &cottontail::Channel) -> Consumer {
     channel
         .consume("q", ConsumeOptions::default())
@@ -306,15 +325,7 @@ fn consume(channel: &cottontail::Channel) -> Consumer {
 fn in_order_acks_reach_the_wire_merged_and_exact() {
     const N: u64 = 100;
     const SKIPPED: u64 = 37;
-    let (port, fake) = spawn_fake(|broker| {
-        let (mut peer, tag) = open_consumer(broker);
-        peer.send_raw(&deliveries(&tag, 1..=N));
-        serve_until_closed(&mut peer)
-    });
-    let connection = Connection::open(client_params(port)).expect("open");
-    let channel = connection.channel().expect("channel");
-    let mut consumer = consume(&channel);
-    wait_for_waiting(&consumer, N as usize);
+    let (fake, connection, channel, mut consumer) = consuming_deliveries(N);
     for expected in 1..=N {
         let delivery = next_delivery(&mut consumer);
         let tag = delivery.method.delivery_tag;
@@ -397,15 +408,7 @@ fn in_order_acks_reach_the_wire_merged_and_exact() {
 #[test]
 fn in_order_acks_without_a_gap_collapse_into_few_frames() {
     const N: u64 = 100;
-    let (port, fake) = spawn_fake(|broker| {
-        let (mut peer, tag) = open_consumer(broker);
-        peer.send_raw(&deliveries(&tag, 1..=N));
-        serve_until_closed(&mut peer)
-    });
-    let connection = Connection::open(client_params(port)).expect("open");
-    let channel = connection.channel().expect("channel");
-    let mut consumer = consume(&channel);
-    wait_for_waiting(&consumer, N as usize);
+    let (fake, connection, channel, mut consumer) = consuming_deliveries(N);
     for expected in 1..=N {
         let tag = next_delivery(&mut consumer).method.delivery_tag;
         assert_eq!(tag, expected, "deliveries out of order");

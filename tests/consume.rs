@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cottontail::{BasicConsumeOptions, BasicProperties, Error, QueueDeclareOptions};
-use support::{connect, rabbitmqctl, unique};
+use support::{connect, publish_numbered, rabbitmqctl, unique};
 
 #[test]
 fn consume_10000_with_manual_ack_in_order_and_the_queue_empties() {
@@ -17,17 +17,7 @@ fn consume_10000_with_manual_ack_in_order_and_the_queue_empties() {
     channel
         .queue_declare(&queue, QueueDeclareOptions::default())
         .unwrap();
-    for i in 0..N {
-        channel
-            .basic_publish(
-                "",
-                &queue,
-                &i.to_be_bytes(),
-                &BasicProperties::default(),
-                false,
-            )
-            .unwrap();
-    }
+    publish_numbered(&channel, &queue, 0..N);
     channel.basic_qos(0, 500, false).unwrap();
     let mut next = 0u32;
     channel

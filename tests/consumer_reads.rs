@@ -27,7 +27,10 @@ use support::consuming::{
     expect_all_in_order, iterate_on_a_thread, nudge, passive, publish, record_in_order, settle,
     start_consuming_on_a_thread, Cleanup, Item,
 };
-use support::{broker_connections_named, connect, eventually, exclusive_queue, params, unique};
+use support::{
+    broker_connections_named, connect, eventually, exclusive_queue, params, publish_numbered,
+    unique,
+};
 
 /// The next item of a consumer thread, within `within`.
 fn next_item(rx: &mpsc::Receiver<Item>, within: Duration, what: &str) -> Item {
@@ -126,9 +129,7 @@ fn deliveries_and_replies_for_other_channels_arrive_while_a_consumer_reads() {
 
     let publisher = connect();
     let publishing = publisher.channel().unwrap();
-    for i in 0..N {
-        publish(&publishing, &queue_b, &i.to_be_bytes());
-    }
+    publish_numbered(&publishing, &queue_b, 0..N);
     // Meanwhile, RPCs on a third channel of the consumers' connection get their replies, each
     // promptly: well within the RPC timeout, so that a reply routed by the reading consumer
     // without waking its waiter fails here instead of passing late.
@@ -431,9 +432,11 @@ fn many_messages_in_bursts_are_all_received_in_order_by_a_reading_consumer() {
     let publisher = connect();
     let publishing = publisher.channel().unwrap();
     for burst in 0..BURSTS {
-        for i in 0..PER_BURST {
-            publish(&publishing, &queue, &(burst * PER_BURST + i).to_be_bytes());
-        }
+        publish_numbered(
+            &publishing,
+            &queue,
+            burst * PER_BURST..(burst + 1) * PER_BURST,
+        );
         // The consumer catches up and goes back to reading the socket.
         thread::sleep(Duration::from_millis(50));
     }

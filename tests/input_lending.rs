@@ -32,7 +32,10 @@ use support::consuming::{
     expect_all_in_order, iterate_on_a_thread, nudge, passive, publish, record_in_order, settle,
     start_consuming_on_a_thread, Cleanup, Item,
 };
-use support::{broker_connections_named, connect, eventually, exclusive_queue, params, unique};
+use support::{
+    broker_connections_named, connect, eventually, exclusive_queue, params, publish_numbered,
+    unique,
+};
 
 /// How long a callback waits for what another thread does meanwhile.
 const CALLBACK_PATIENCE: Duration = Duration::from_secs(10);
@@ -537,9 +540,7 @@ fn a_burst_with_acks_and_rpcs_from_the_callback_arrives_in_order() {
 
     let publisher = connect();
     let publishing = publisher.channel().unwrap();
-    for i in 0..N {
-        publish(&publishing, &queue, &i.to_be_bytes());
-    }
+    publish_numbered(&publishing, &queue, 0..N);
     expect_all_in_order(&result, &received, N, Duration::from_secs(60));
     assert_eq!(
         *rpcs.lock().unwrap(),

@@ -8,7 +8,7 @@ use cottontail::{
     AMQPValue, BasicProperties, Channel, Connection, Error, FieldArray, FieldTable,
     QueueDeclareOptions,
 };
-use support::{connect, unique};
+use support::{connect, publish_numbered, unique};
 
 fn temp_queue(channel: &Channel, prefix: &str) -> String {
     let queue = unique(prefix);
@@ -207,17 +207,7 @@ fn publishes_are_all_on_the_broker_after_close() {
     let connection = connect();
     let channel = connection.channel().unwrap();
     let queue = temp_queue(&channel, "close-flushes");
-    for i in 0..5000u32 {
-        channel
-            .basic_publish(
-                "",
-                &queue,
-                &i.to_be_bytes(),
-                &BasicProperties::default(),
-                false,
-            )
-            .unwrap();
-    }
+    publish_numbered(&channel, &queue, 0..5000);
     connection.close().unwrap();
     let other = connect();
     // The broker's queue process may still be enqueueing what the closed channel handed it.

@@ -106,6 +106,22 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// Publishes messages `numbers` to `queue` through the default exchange, each body the
+/// number's 4 big-endian bytes.
+pub fn publish_numbered(channel: &cottontail::Channel, queue: &str, numbers: std::ops::Range<u32>) {
+    for i in numbers {
+        channel
+            .basic_publish(
+                "",
+                queue,
+                &i.to_be_bytes(),
+                &cottontail::BasicProperties::default(),
+                false,
+            )
+            .expect("publishing");
+    }
+}
+
 /// Declares a broker-named exclusive queue on `channel` and returns its name.
 pub fn exclusive_queue(channel: &cottontail::Channel) -> String {
     channel
