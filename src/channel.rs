@@ -10,19 +10,20 @@ use amq_protocol::protocol::{
 };
 use amq_protocol::types::FieldTable;
 
-use crate::confirms::{ConfirmOutcome, ConfirmTracker};
 use crate::connection::Owner;
 use crate::consumer::{CancelCallback, ConsumerEntry, ReturnCallback};
 use crate::delivery::GetMessage;
+use crate::engine::chan::{ChanState, ChannelCore, Life, Reply};
+use crate::engine::with_scratch;
 use crate::error::{Error, Result};
-use crate::io::ack_frames::Settle;
-use crate::io::chan::{ChanState, ChannelCore, Life, Reply};
-use crate::io::publish_cache::PublishCache;
-use crate::io::{codec, short, with_scratch};
 use crate::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOk, QueueDeclareOptions,
     QueueDeleteOptions,
 };
+use crate::protocol::ack_frames::Settle;
+use crate::protocol::codec::{self, short};
+use crate::protocol::confirms::{ConfirmOutcome, ConfirmTracker};
+use crate::protocol::publish_cache::PublishCache;
 
 /// A channel of a [`Connection`](crate::Connection): pika's `BlockingChannel`.
 ///

@@ -6,9 +6,9 @@ use amq_protocol::protocol::{channel, connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 use crate::channel::Channel;
+use crate::engine::chan::{ChannelCore, Reply};
+use crate::engine::Core;
 use crate::error::{Error, Result};
-use crate::io::chan::{ChannelCore, Reply};
-use crate::io::Core;
 use crate::params::ConnectionParameters;
 
 /// A connection to RabbitMQ: pika's `BlockingConnection`.
@@ -274,7 +274,7 @@ impl Connection {
         let method = AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(
             connection::UpdateSecret {
                 new_secret: new_secret.into(),
-                reason: crate::io::short(reason)?,
+                reason: crate::protocol::codec::short(reason)?,
             },
         ));
         core.send_connection_method(method)?;

@@ -19,11 +19,12 @@ use amq_protocol::types::FieldTable;
 use crate::channel::Channel;
 use crate::connection::Owner;
 use crate::delivery::{Delivery, Returned};
+use crate::engine::chan::{weight, Reply};
+use crate::engine::INBOUND_CHANNEL_LIMIT;
 use crate::error::{Error, Result};
 use crate::events::run_callbacks;
-use crate::io::chan::{weight, Reply};
-use crate::io::{short, INBOUND_CHANNEL_LIMIT};
 use crate::options::BasicConsumeOptions;
+use crate::protocol::codec::short;
 
 /// A consumer callback: pika's `on_message_callback(channel, method, properties, body)`.
 ///

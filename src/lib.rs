@@ -153,19 +153,18 @@
 #![warn(missing_debug_implementations)]
 
 mod channel;
-mod confirms;
 mod connection;
 mod consumer;
 mod delivery;
+mod engine;
 mod error;
 mod events;
-mod io;
 mod options;
 mod params;
+mod protocol;
 mod transport;
 
 pub use crate::channel::{BlockingChannel, Channel};
-pub use crate::confirms::ConfirmOutcome;
 pub use crate::connection::{BlockingConnection, Connection, IntoParameterList};
 pub use crate::consumer::{
     CancelCallback, ConsumeOptions, Consumed, Consumer, ConsumerCallback, ReturnCallback,
@@ -183,6 +182,7 @@ pub use crate::params::{
     ConnectionParameters, Credentials, ExternalCredentials, PlainCredentials, SslOptions,
     TcpOptions,
 };
+pub use crate::protocol::confirms::ConfirmOutcome;
 
 /// AMQP reply codes, as constants.
 pub mod reply_code {

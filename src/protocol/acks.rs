@@ -25,7 +25,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::ack_frames::Settle;
+use crate::protocol::ack_frames::Settle;
 
 /// Most acks held in one run before it is written.
 pub(crate) const MAX_RUN: u64 = 256;

@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use amq_protocol::protocol::AMQPClass;
 
-use super::acks::AckRun;
-use crate::confirms::ConfirmTracker;
 use crate::delivery::{Delivery, GetMessage, Returned};
+use crate::engine::wait_until;
 use crate::error::Error;
-use crate::io::wait_until;
+use crate::protocol::acks::AckRun;
+use crate::protocol::confirms::ConfirmTracker;
 
 /// Returns kept for a channel that has no return callback yet; older ones are dropped beyond it.
 pub(crate) const RETURNS_KEPT: usize = 10_000;

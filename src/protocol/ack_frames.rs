@@ -10,9 +10,9 @@ use std::cell::RefCell;
 
 use amq_protocol::protocol::{basic, AMQPClass};
 
-use super::acks::AckRun;
-use super::codec;
 use crate::error::{Error, Result};
+use crate::protocol::acks::AckRun;
+use crate::protocol::codec;
 
 /// Offset of the delivery tag: frame header (7), class id (2), method id (2).
 const TAG_OFFSET: usize = 11;

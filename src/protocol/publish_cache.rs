@@ -9,8 +9,8 @@
 
 use amq_protocol::protocol::{basic, AMQPClass, BasicProperties};
 
-use super::{codec, short};
 use crate::error::Result;
+use crate::protocol::codec::{self, short};
 
 /// Offset of the body size in a content header frame: frame header (7), class id (2), weight (2).
 const BODY_SIZE_OFFSET: usize = 11;

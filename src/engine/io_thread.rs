@@ -13,13 +13,13 @@ use amq_protocol::protocol::{channel, connection, AMQPClass, BasicProperties};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use super::acks::ACK_FLUSH_DELAY;
 use super::chan::{weight, ChannelCore, Life, Reply};
-use super::codec::{self, FrameReader, Inbound};
-use super::heartbeat::{Due, Heartbeat};
 use super::{Core, INBOUND_CHANNEL_LIMIT};
 use crate::delivery::{Delivery, GetMessage, Returned};
 use crate::error::{Error, Result, CHANNEL_ERROR, COMMAND_INVALID, FRAME_ERROR, UNEXPECTED_FRAME};
+use crate::protocol::acks::ACK_FLUSH_DELAY;
+use crate::protocol::codec::{self, FrameReader, Inbound};
+use crate::protocol::heartbeat::{Due, Heartbeat};
 use crate::transport::Stream;
 
 pub(crate) const SOCKET: Token = Token(0);

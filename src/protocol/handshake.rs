@@ -173,7 +173,7 @@ impl<'a> Handshake<'a> {
             client_properties: client_properties(&self.params.client_properties),
             mechanism: mechanism.name().into(),
             response: credentials.sasl_auth_string(mechanism),
-            locale: super::short(&self.params.locale)?,
+            locale: crate::protocol::codec::short(&self.params.locale)?,
         };
         self.stage = Stage::AwaitTune;
         Ok(Step::Send(vec![AMQPClass::Connection(

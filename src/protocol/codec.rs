@@ -413,6 +413,24 @@ pub(crate) fn encode_heartbeat(buf: &mut Vec<u8>) {
     ]);
 }
 
+/// `s` as an AMQP short string, or a clear error when it is longer than 255 bytes.
+pub(crate) fn short(s: &str) -> Result<amq_protocol::types::ShortString> {
+    amq_protocol::types::ShortString::try_new(s).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "{:?} is {} bytes long; AMQP short strings hold at most 255",
+            truncate_for_display(s),
+            s.len()
+        ))
+    })
+}
+
+fn truncate_for_display(s: &str) -> String {
+    match s.char_indices().nth(40) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

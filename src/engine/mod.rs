@@ -9,14 +9,8 @@
 //! thread also reads and parses frames, assembles content, routes everything by channel id,
 //! and keeps heartbeats.
 
-pub(crate) mod ack_frames;
-pub(crate) mod acks;
 pub(crate) mod chan;
-pub(crate) mod codec;
-pub(crate) mod handshake;
-pub(crate) mod heartbeat;
-pub(crate) mod publish_cache;
-mod thread;
+mod io_thread;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -28,12 +22,12 @@ use amq_protocol::frame::{AMQPFrame, ProtocolVersion};
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::FieldTable;
 
-use self::ack_frames::{AckFrames, Settle};
 use self::chan::{ChanState, ChannelCore, Life};
-use self::codec::{FrameReader, Inbound};
-use self::handshake::{Handshake, Step, Tuned};
 use crate::error::{Error, Result};
 use crate::params::ConnectionParameters;
+use crate::protocol::ack_frames::{AckFrames, Settle};
+use crate::protocol::codec::{self, short, FrameReader, Inbound};
+use crate::protocol::handshake::{Handshake, Step, Tuned};
 use crate::transport::Stream;
 
 /// Outbound bytes past which callers wait for the I/O thread to drain (back-pressure).
@@ -124,9 +118,9 @@ pub(crate) struct Core {
     /// Tells the I/O thread to stop now (close deadline passed).
     shutdown: AtomicBool,
     /// The reading half (frame reader and router): the I/O thread's, lent to a waiting thread
-    /// with nothing to do (plain TCP; see `thread::read_while_waiting`). `None` once the I/O
+    /// with nothing to do (plain TCP; see `io_thread::read_while_waiting`). `None` once the I/O
     /// thread has ended.
-    read_side: Mutex<Option<thread::ReadSide>>,
+    read_side: Mutex<Option<io_thread::ReadSide>>,
     /// The I/O thread's poller registry (plain TCP), for a waiting thread that reads to
     /// switch the I/O thread's input watch off meanwhile.
     io_registry: std::sync::OnceLock<mio::Registry>,
@@ -182,14 +176,14 @@ impl Core {
             Stream::Tls(_) => None,
         };
         let poll = mio::Poll::new().map_err(|e| Error::io("creating the poller", &e))?;
-        let waker = mio::Waker::new(poll.registry(), thread::WAKER)
+        let waker = mio::Waker::new(poll.registry(), io_thread::WAKER)
             .map_err(|e| Error::io("creating the waker", &e))?;
         // The handshake runs on the I/O thread too, so what parsing a peer's frames needs
         // does not depend on the caller's thread.
         let (tuned_tx, tuned_rx) = std::sync::mpsc::channel();
         let (core_tx, core_rx) = std::sync::mpsc::channel::<Arc<Core>>();
         let handshake_params = params.clone();
-        let handle = thread::spawn(move || {
+        let handle = io_thread::spawn(move || {
             let mut stream = stream;
             let mut reader = FrameReader::new(crate::params::FRAME_MAX_SIZE);
             match handshake(&handshake_params, &mut stream, &mut reader, deadline) {
@@ -197,7 +191,7 @@ impl Core {
                     reader.set_frame_max(tuned.frame_max);
                     if tuned_tx.send(Ok(tuned)).is_ok() {
                         if let Ok(core) = core_rx.recv() {
-                            thread::run(core, stream, reader, poll);
+                            io_thread::run(core, stream, reader, poll);
                         }
                     }
                 }
@@ -276,7 +270,7 @@ impl Core {
         self.link.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_read_side(&self) -> MutexGuard<'_, Option<thread::ReadSide>> {
+    fn lock_read_side(&self) -> MutexGuard<'_, Option<io_thread::ReadSide>> {
         self.read_side.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -337,7 +331,7 @@ impl Core {
         let fd = std::os::fd::AsRawFd::as_raw_fd(direct);
         registry.register(
             &mut mio::unix::SourceFd(&fd),
-            thread::SOCKET,
+            io_thread::SOCKET,
             mio::Interest::READABLE,
         )
     }
@@ -606,7 +600,7 @@ impl Core {
     /// every change), the channel closes (its error), or `deadline` passes: then `on_expiry`
     /// runs under the lock (to undo what the waiter set up) and its error is returned. For
     /// what the broker sends: a method's reply, confirms, a close-ok. While it waits, the
-    /// caller reads the socket itself when it can (see `thread::read_while_waiting`), else it
+    /// caller reads the socket itself when it can (see `io_thread::read_while_waiting`), else it
     /// sleeps until whoever reads routes something to the channel.
     pub(crate) fn wait_on<T>(
         &self,
@@ -639,7 +633,7 @@ impl Core {
 
     /// One turn of a wait on `channel`, whose state the caller looked at (under `st`) after
     /// reading the reader generation `generation`: reads the socket on this thread while it
-    /// waits if it `may_read` (see `thread::read_while_waiting`) and `deadline` has not passed,
+    /// waits if it `may_read` (see `io_thread::read_while_waiting`) and `deadline` has not passed,
     /// else sleeps on the channel's condition variable until whoever reads routes something
     /// to it. Returns the state locked again and whether `deadline` passed; the caller looks
     /// again either way. `may_read` is cleared when someone else reads (look once more, then
@@ -654,12 +648,12 @@ impl Core {
     ) -> (MutexGuard<'a, ChanState>, bool) {
         if *may_read && deadline.is_none_or(|d| d > Instant::now()) {
             drop(st);
-            let read = thread::read_while_waiting(self, channel, generation, deadline);
+            let read = io_thread::read_while_waiting(self, channel, generation, deadline);
             let st = channel.lock();
             return match read {
-                thread::WaitRead::Read => (st, false),
-                thread::WaitRead::TimedOut => (st, true),
-                thread::WaitRead::Busy => {
+                io_thread::WaitRead::Read => (st, false),
+                io_thread::WaitRead::TimedOut => (st, true),
+                io_thread::WaitRead::Busy => {
                     *may_read = false;
                     (st, false)
                 }
@@ -905,23 +899,6 @@ pub(crate) fn with_scratch<T>(f: impl FnOnce(&mut Vec<u8>) -> Result<T>) -> Resu
         // Re-entered (cannot happen today): use a fresh buffer.
         Err(_) => f(&mut Vec::new()),
     })
-}
-
-pub(crate) fn short(s: &str) -> Result<amq_protocol::types::ShortString> {
-    amq_protocol::types::ShortString::try_new(s).map_err(|_| {
-        Error::InvalidArgument(format!(
-            "{:?} is {} bytes long; AMQP short strings hold at most 255",
-            truncate_for_display(s),
-            s.len()
-        ))
-    })
-}
-
-fn truncate_for_display(s: &str) -> String {
-    match s.char_indices().nth(40) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s.to_string(),
-    }
 }
 
 /// Runs the blocking handshake on a fresh stream, bounded by `socket_timeout` per wait and by
