@@ -13,8 +13,8 @@ use amq_protocol::types::FieldTable;
 use crate::connection::Owner;
 use crate::consumer::{CancelCallback, ConsumerEntry, ReturnCallback};
 use crate::delivery::GetMessage;
-use crate::engine::chan::{ChanState, ChannelCore, Life, Reply};
-use crate::engine::with_scratch;
+use crate::engine::chan::{ChanState, ChannelCore, Life, Reply, Stale};
+use crate::engine::{deadline_after, with_scratch};
 use crate::error::{Error, Result};
 use crate::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOk, QueueDeclareOptions,
@@ -22,7 +22,7 @@ use crate::options::{
 };
 use crate::protocol::ack_frames::Settle;
 use crate::protocol::codec::{self, short};
-use crate::protocol::confirms::{ConfirmOutcome, ConfirmTracker};
+use crate::protocol::confirms::{fingerprint, ConfirmOutcome, ConfirmTracker, Settled};
 use crate::protocol::publish_cache::PublishCache;
 
 /// A channel of a [`Connection`](crate::Connection): pika's `BlockingChannel`.
@@ -91,7 +91,7 @@ fn begin_close(
     }));
     let sent = with_scratch(|buf| {
         codec::encode_method(buf, core.id, method)?;
-        owner.core.send_on_if(core, buf, None, |st| {
+        owner.core.send_on_if(core, buf, None, None, |st| {
             if !matches!(st.life, Life::Open) {
                 return Ok(None);
             }
@@ -99,17 +99,9 @@ fn begin_close(
             // Nobody will consume these any more; unacked ones go back to their queues when
             // the broker closes the channel. Freeing them also lifts inbound back-pressure.
             st.deliveries.clear();
-            st.buffered = 0;
             Ok(Some(()))
         })
     });
-    if owner
-        .core
-        .read_paused
-        .load(std::sync::atomic::Ordering::SeqCst)
-    {
-        owner.core.wake();
-    }
     match sent {
         Ok(sent) => Ok(sent.is_some()),
         // The connection is gone, and the channel with it.
@@ -173,8 +165,6 @@ impl Channel {
 
     /// True until the channel is closed by either side or its connection goes.
     pub fn is_open(&self) -> bool {
-        // What may have closed it is read from the socket: looking hands it to the I/O thread.
-        self.inner.owner.core.restore_input();
         matches!(self.core().lock().life, Life::Open)
     }
 
@@ -185,40 +175,96 @@ impl Channel {
 
     /// Sends a synchronous method and waits for its reply, at most the RPC timeout.
     pub(crate) fn rpc(&self, method: AMQPClass, what: &str) -> Result<Reply> {
-        self.rpc_with(method, what, |_| {})
+        self.rpc_with(method, what, Stale::Method, |_| {})
     }
 
     /// [`rpc`](Self::rpc), running `on_send` under the channel's lock as the method is queued.
-    fn rpc_with(
+    /// `stale` says what to do with the reply if it comes after the deadline. The deadline
+    /// covers the whole call: the turn after other callers on the channel, room to send, and
+    /// the reply.
+    pub(crate) fn rpc_with(
         &self,
         method: AMQPClass,
         what: &str,
+        stale: Stale,
         on_send: impl FnOnce(&mut ChanState),
     ) -> Result<Reply> {
         let core = self.core();
-        let _one_at_a_time = core.rpc_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let timeout = self.rpc_timeout();
+        let deadline = deadline_after(timeout);
+        let _turn = self.rpc_turn(what, deadline)?;
         with_scratch(|buf| {
             codec::encode_method(buf, core.id, method)?;
-            self.inner.owner.core.send_on(core, buf, None, |st| {
-                ensure_open(st)?;
-                st.awaiting = true;
-                st.reply = None;
-                on_send(st);
-                Ok(())
-            })
+            self.inner
+                .owner
+                .core
+                .send_on(core, buf, None, deadline, |st| {
+                    ensure_open(st)?;
+                    st.awaiting = true;
+                    st.reply = None;
+                    on_send(st);
+                    Ok(())
+                })
         })?;
-        let timeout = self.rpc_timeout();
         self.inner.owner.core.wait_on(
             core,
-            Instant::now() + timeout,
+            deadline,
             |st| st.reply.take(),
             |st| {
-                // The reply may still come: drop it then, so it is not taken for the next one.
+                // The reply may still come: it is dealt with then (dropped, or a get-ok
+                // requeued), not taken for the next request's.
                 st.awaiting = false;
-                st.stale += 1;
+                st.stale.push_back(stale);
                 Error::timeout(format!("waiting for the reply to {what}"), timeout)
             },
         )
+    }
+
+    /// Sends a method that has no reply (nowait), without taking the channel's turn at
+    /// synchronous methods.
+    pub(crate) fn send_method(&self, method: AMQPClass) -> Result<()> {
+        let core = self.core();
+        with_scratch(|buf| {
+            codec::encode_method(buf, core.id, method)?;
+            self.inner
+                .owner
+                .core
+                .send_on(core, buf, None, None, |st| ensure_open(st))
+        })
+    }
+
+    /// Waits for the channel's turn at a synchronous method (AMQP allows one outstanding per
+    /// channel), at most until `deadline`.
+    fn rpc_turn(&self, what: &str, deadline: Option<Instant>) -> Result<RpcTurn<'_>> {
+        let core = self.core();
+        {
+            let mut st = core.lock();
+            if !st.rpc_busy {
+                st.rpc_busy = true;
+                return Ok(RpcTurn(self));
+            }
+            st.rpc_queued += 1;
+        }
+        let got = self.inner.owner.core.wait_until(deadline, || {
+            let mut st = core.lock();
+            if let Some(e) = st.closed_error() {
+                return Some(Err(e));
+            }
+            if st.rpc_busy {
+                return None;
+            }
+            st.rpc_busy = true;
+            Some(Ok(()))
+        });
+        core.lock().rpc_queued -= 1;
+        match got {
+            Some(Ok(())) => Ok(RpcTurn(self)),
+            Some(Err(e)) => Err(e),
+            None => Err(Error::timeout(
+                format!("waiting for the channel's previous method to finish before {what}"),
+                self.rpc_timeout(),
+            )),
+        }
     }
 
     /// Closes the channel with pika's defaults (200, "Normal shutdown") and waits for the broker.
@@ -230,12 +276,23 @@ impl Channel {
     /// Closing a closed channel does nothing.
     pub fn close_with(&self, reply_code: u16, reply_text: &str) -> Result<()> {
         let core = self.core();
-        let _one_at_a_time = core.rpc_lock.lock().unwrap_or_else(|p| p.into_inner());
-        begin_close(&self.inner.owner, core, reply_code, reply_text)?;
         let timeout = self.rpc_timeout();
+        let deadline = deadline_after(timeout);
+        if core.lock().closed_error().is_some() {
+            return Ok(());
+        }
+        let _turn = match self.rpc_turn("channel.close", deadline) {
+            Ok(turn) => turn,
+            Err(e) if core.lock().closed_error().is_some() => {
+                log::debug!("channel {} closed while waiting to close it: {e}", core.id);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        begin_close(&self.inner.owner, core, reply_code, reply_text)?;
         self.inner.owner.core.wait_on(
             core,
-            Instant::now() + timeout,
+            deadline,
             |st| matches!(st.life, Life::Closed(_)).then_some(()),
             |_| Error::timeout("waiting for channel.close-ok", timeout),
         )
@@ -428,7 +485,9 @@ impl Channel {
     pub fn basic_recover(&self, requeue: bool) -> Result<()> {
         let method = AMQPClass::Basic(basic::AMQPMethod::Recover(basic::Recover { requeue }));
         // Redelivered messages get new tags and the old ones become unknown: stop merging acks.
-        match self.rpc_with(method, "basic.recover", |st| st.acks.stop_merging())? {
+        match self.rpc_with(method, "basic.recover", Stale::Method, |st| {
+            st.acks.stop_merging()
+        })? {
             Reply::Method(AMQPClass::Basic(basic::AMQPMethod::RecoverOk(_))) => Ok(()),
             other => Err(unexpected("basic.recover", other)),
         }
@@ -454,6 +513,7 @@ impl Channel {
         match self.rpc_with(
             AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {})),
             "tx.select",
+            Stale::Method,
             |st| st.acks.stop_merging(),
         )? {
             Reply::Method(AMQPClass::Tx(tx::AMQPMethod::SelectOk(_))) => Ok(()),
@@ -505,7 +565,7 @@ impl Channel {
             prefetch_count,
             global: global_qos,
         }));
-        match self.rpc_with(method, "basic.qos", |st| {
+        match self.rpc_with(method, "basic.qos", Stale::Method, |st| {
             st.acks.set_prefetch(prefetch_count)
         })? {
             Reply::Method(AMQPClass::Basic(basic::AMQPMethod::QosOk(_))) => Ok(()),
@@ -520,7 +580,7 @@ impl Channel {
             queue: short(queue)?,
             no_ack: auto_ack,
         }));
-        match self.rpc(method, "basic.get")? {
+        match self.rpc_with(method, "basic.get", Stale::Get { auto_ack }, |_| {})? {
             Reply::Get(message) => Ok(Some(message)),
             Reply::Method(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(_))) => Ok(None),
             other => Err(unexpected("basic.get", other)),
@@ -556,7 +616,7 @@ impl Channel {
         self.inner
             .owner
             .core
-            .settle_on(self.core(), settle, delivery_tag, ensure_open)
+            .settle_on(self.core(), settle, delivery_tag, None, ensure_open)
     }
 
     /// Publishes a message (pika's `basic_publish(exchange, routing_key, body, properties=None,
@@ -581,33 +641,35 @@ impl Channel {
             return Ok(());
         };
         let timeout = self.rpc_timeout();
-        let (outcome, returned) = self.inner.owner.core.wait_on(
+        let settled = self.inner.owner.core.wait_on(
             self.core(),
-            Instant::now() + timeout,
+            deadline_after(timeout),
             |st| {
                 let tracker = st.confirms.as_mut()?;
                 if tracker.is_outstanding(seq) {
                     return None;
                 }
-                let outcome = tracker.take_outcome_of(seq);
-                let returned = (!outcome.returned.is_empty())
-                    .then(|| st.returns.pop_back())
-                    .flatten();
-                Some((outcome, returned))
+                let settled = tracker.take_outcome_of(seq);
+                if matches!(settled, Settled::Returned { .. }) {
+                    // Reported as the error below, so it leaves the queue for the return
+                    // callbacks: this message's own return, not another one.
+                    st.take_return_of(seq);
+                }
+                Some(settled)
             },
             |_| Error::timeout(format!("waiting for the confirm of message {seq}"), timeout),
         )?;
-        if !outcome.nacked.is_empty() {
-            return Err(Error::Nack { delivery_tag: seq });
+        match settled {
+            Settled::Acked => Ok(()),
+            Settled::Nacked => Err(Error::Nack { delivery_tag: seq }),
+            Settled::Returned {
+                reply_code,
+                reply_text,
+            } => Err(Error::Unroutable {
+                reply_code,
+                reply_text,
+            }),
         }
-        if !outcome.returned.is_empty() {
-            return Err(Error::Unroutable {
-                reply_code: returned.as_ref().map_or(312, |r| r.method.reply_code),
-                reply_text: returned
-                    .map_or_else(|| "NO_ROUTE".into(), |r| r.method.reply_text.to_string()),
-            });
-        }
-        Ok(())
     }
 
     /// Publishes without waiting for the confirm, returning the message's publish sequence
@@ -635,12 +697,37 @@ impl Channel {
         properties: &BasicProperties,
         mandatory: bool,
     ) -> Result<Option<u64>> {
+        // Only a mandatory message can come back, so only it needs telling apart from the rest.
+        let mandatory_fingerprint = mandatory.then(|| fingerprint(exchange, routing_key, body));
         let core = self.core();
-        let mut cache = self
-            .inner
-            .publish_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let send = |frames: &[u8]| {
+            self.inner
+                .owner
+                .core
+                .send_on(core, frames, Some(body), None, |st| {
+                    ensure_open(st)?;
+                    Ok(st
+                        .confirms
+                        .as_mut()
+                        .map(|t| t.publish(mandatory_fingerprint)))
+                })
+        };
+        // Another thread publishing on this channel has the cache (and may be waiting for
+        // room): encode afresh rather than wait for it.
+        let Ok(mut cache) = self.inner.publish_cache.try_lock() else {
+            return with_scratch(|buf| {
+                PublishCache::encode(
+                    buf,
+                    core.id,
+                    exchange,
+                    routing_key,
+                    mandatory,
+                    properties,
+                    body.len() as u64,
+                )?;
+                send(buf)
+            });
+        };
         let frames = cache.frames(
             core.id,
             exchange,
@@ -649,13 +736,7 @@ impl Channel {
             properties,
             body.len() as u64,
         )?;
-        self.inner
-            .owner
-            .core
-            .send_on(core, frames, Some(body), |st| {
-                ensure_open(st)?;
-                Ok(st.confirms.as_mut().map(ConfirmTracker::publish))
-            })
+        send(frames)
     }
 
     /// Turns on publisher confirms (pika's `confirm_delivery`): from now on
@@ -690,7 +771,7 @@ impl Channel {
         }
         self.inner.owner.core.wait_on(
             core,
-            Instant::now() + timeout,
+            deadline_after(timeout),
             |st| {
                 let tracker = st.confirms.as_mut()?;
                 (!tracker.has_outstanding()).then(|| tracker.take_outcomes())
@@ -719,4 +800,19 @@ fn unexpected(what: &str, reply: Reply) -> Error {
         crate::error::COMMAND_INVALID,
         format!("unexpected reply to {what}: {got}"),
     )
+}
+
+/// The channel's turn at a synchronous method; ends when dropped, waking whoever waits for it.
+struct RpcTurn<'a>(&'a Channel);
+
+impl Drop for RpcTurn<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.core().lock();
+        st.rpc_busy = false;
+        let queued = st.rpc_queued > 0;
+        drop(st);
+        if queued {
+            self.0.inner.owner.core.nudge();
+        }
+    }
 }

@@ -216,9 +216,6 @@ impl Connection {
 
     /// Why the connection closed, `None` while it is open.
     pub fn close_reason(&self) -> Option<Error> {
-        // What may have closed it is read from the socket: looking hands it to the I/O thread
-        // (a waiting thread may have it, see `Core::input_lent`).
-        self.core().restore_input();
         self.core().closed_error()
     }
 
@@ -261,7 +258,6 @@ impl Connection {
 
     /// True while the broker has the connection blocked (memory or disk alarm).
     pub fn is_blocked(&self) -> bool {
-        self.core().restore_input();
         self.core().lock_link().blocked_since.is_some()
     }
 
@@ -277,7 +273,10 @@ impl Connection {
                 reason: crate::protocol::codec::short(reason)?,
             },
         ));
-        core.send_connection_method(method)?;
+        core.send_connection_method(
+            method,
+            crate::engine::deadline_after(core.params.rpc_timeout),
+        )?;
         core.wait_secret_update(seen, core.params.rpc_timeout)
     }
 

@@ -19,8 +19,8 @@ use amq_protocol::types::FieldTable;
 use crate::channel::Channel;
 use crate::connection::Owner;
 use crate::delivery::{Delivery, Returned};
-use crate::engine::chan::{weight, Reply};
-use crate::engine::INBOUND_CHANNEL_LIMIT;
+use crate::engine::chan::{Held, Reply};
+use crate::engine::deadline_after;
 use crate::error::{Error, Result};
 use crate::events::run_callbacks;
 use crate::options::BasicConsumeOptions;
@@ -44,8 +44,9 @@ pub(crate) struct ConsumerEntry {
     /// out so it may call channel methods). `None` for a `consume()` iterator.
     callback: Option<Option<ConsumerCallback>>,
     auto_ack: bool,
-    /// Deliveries waiting for an iterator, or for a consumer being cancelled.
-    pending: VecDeque<Delivery>,
+    /// Deliveries waiting for an iterator, or for a consumer being cancelled (still counted
+    /// for inbound back-pressure).
+    pending: VecDeque<Held>,
     /// basic.cancel sent: deliveries are kept in `pending`, no callback runs.
     cancelling: bool,
 }
@@ -246,12 +247,56 @@ impl Channel {
             other => {
                 self.lock_consumers().remove(&tag);
                 match other {
-                    Err(e) => Err(e),
+                    Err(e) => {
+                        if matches!(e, Error::Timeout { .. }) {
+                            // The broker may have the consumer: cancel it, and requeue what
+                            // it delivers meanwhile.
+                            self.orphan(&tag, auto_ack, true);
+                        }
+                        Err(e)
+                    }
                     Ok(_) => Err(Error::protocol(
                         crate::error::COMMAND_INVALID,
                         "unexpected reply to basic.consume",
                     )),
                 }
+            }
+        }
+    }
+
+    /// A consumer whose basic.consume or basic.cancel timed out: the broker may still deliver
+    /// to it, and nobody will consume what it does. From now on the router requeues its
+    /// deliveries (manual ack) or reports them lost (auto ack); those already here are
+    /// requeued now. With `cancel`, a basic.cancel (nowait) ends it at the broker.
+    fn orphan(&self, tag: &str, auto_ack: bool, cancel: bool) {
+        self.core().lock().orphans.push((tag.to_string(), auto_ack));
+        if cancel {
+            let method = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                consumer_tag: match short(tag) {
+                    Ok(tag) => tag,
+                    Err(_) => return,
+                },
+                nowait: true,
+            }));
+            if let Err(e) = self.send_method(method) {
+                log::debug!("cancelling timed-out consumer {tag}: {e}");
+            }
+        }
+        self.requeue(self.take_queued(tag), auto_ack);
+    }
+
+    /// Rejects `held` with requeue (manual ack), or reports it lost (auto ack).
+    fn requeue(&self, held: Vec<Held>, auto_ack: bool) {
+        for h in held {
+            if auto_ack {
+                log::warn!(
+                    "delivery {} of cancelled consumer {} was auto-acked and nobody will consume \
+                     it: it is lost",
+                    h.delivery_tag(),
+                    h.consumer_tag()
+                );
+            } else if let Err(e) = self.basic_reject(h.delivery_tag(), true) {
+                log::debug!("requeueing delivery {}: {e}", h.delivery_tag());
             }
         }
     }
@@ -287,58 +332,55 @@ impl Channel {
             .map(|e| e.pending)
             .unwrap_or_default();
         pending.extend(self.take_queued(consumer_tag));
-        self.wake_consumer_loop();
-        match reply? {
+        self.inner.owner.core.nudge();
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => {
+                if matches!(e, Error::Timeout { .. }) {
+                    // The cancel may still be on its way: what arrives meanwhile is requeued.
+                    self.orphan(consumer_tag, auto_ack, false);
+                }
+                self.requeue(pending.into(), auto_ack);
+                return Err(e);
+            }
+        };
+        match reply {
             Reply::Method(AMQPClass::Basic(basic::AMQPMethod::CancelOk(_))) => {}
             _ => {
+                self.requeue(pending.into(), auto_ack);
                 return Err(Error::protocol(
                     crate::error::COMMAND_INVALID,
                     "unexpected reply to basic.cancel",
-                ))
+                ));
             }
         }
         if auto_ack {
-            return Ok((pending.into(), 0));
+            return Ok((pending.into_iter().map(Held::take).collect(), 0));
         }
-        for delivery in &pending {
-            self.basic_reject(delivery.method.delivery_tag, true)?;
-        }
-        Ok((Vec::new(), pending.len()))
+        let requeued = pending.len();
+        self.requeue(pending.into(), false);
+        Ok((Vec::new(), requeued))
     }
 
     /// Removes the channel-queued, undispatched deliveries of one consumer.
-    fn take_queued(&self, consumer_tag: &str) -> Vec<Delivery> {
+    fn take_queued(&self, consumer_tag: &str) -> Vec<Held> {
         let mut st = self.core().lock();
         if !st
             .deliveries
             .iter()
-            .any(|d| d.method.consumer_tag.as_str() == consumer_tag)
+            .any(|d| d.consumer_tag() == consumer_tag)
         {
             return Vec::new();
         }
         let (taken, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut st.deliveries)
             .into_iter()
-            .partition(|d| d.method.consumer_tag.as_str() == consumer_tag);
+            .partition(|d| d.consumer_tag() == consumer_tag);
         st.deliveries = kept.into();
-        st.buffered -= taken.iter().map(weight).sum::<usize>();
-        drop(st);
-        let conn = &self.inner.owner.core;
-        if conn.read_paused.load(Ordering::SeqCst) {
-            conn.wake();
-        }
         taken
-    }
-
-    fn wake_consumer_loop(&self) {
-        let _st = self.core().lock();
-        self.inner.owner.core.wake_reader();
-        self.core().notify();
     }
 
     /// The tags of this channel's consumers (pika's `consumer_tags`).
     pub fn consumer_tags(&self) -> Vec<String> {
-        // A broker's cancel arrives through the socket: looking hands it to the I/O thread.
-        self.inner.owner.core.restore_input();
         self.lock_consumers()
             .iter()
             .filter(|(_, e)| !e.cancelling)
@@ -388,9 +430,6 @@ impl Channel {
     /// Deliveries of the consumers `tags` received and not yet handed out: queued on the
     /// channel or held for an iterator.
     fn waiting_for(&self, tags: &[String]) -> usize {
-        // Messages arrive through the socket: looking hands it to the I/O thread (a waiting
-        // thread may have it, see `Core::input_lent`).
-        self.inner.owner.core.restore_input();
         let mine = |tag: &str| tags.iter().any(|t| t == tag);
         // One lock at a time: the pump takes the channel's, then the consumers'.
         let queued = self
@@ -398,7 +437,7 @@ impl Channel {
             .lock()
             .deliveries
             .iter()
-            .filter(|d| mine(d.method.consumer_tag.as_str()))
+            .filter(|d| mine(d.consumer_tag()))
             .count();
         let held: usize = self
             .lock_consumers()
@@ -417,7 +456,7 @@ impl Channel {
         F: FnMut(&Channel, &Return, &BasicProperties, &[u8]) + Send + 'static,
     {
         self.lock_callbacks().on_return.push(Box::new(callback));
-        self.wake_consumer_loop();
+        self.inner.owner.core.nudge();
     }
 
     /// Registers a callback for consumers the broker cancels, e.g. because their queue was
@@ -459,91 +498,96 @@ impl Channel {
 
     /// Waits (until `deadline`, for ever if `None`) for the channel's next event and handles
     /// it. `want` is the tag of the iterator asking, if any. With `seen_work`, it also returns
-    /// as soon as connection-level work (timers, threadsafe callbacks) appears.
+    /// as soon as connection-level work (timers, threadsafe callbacks) appears. While it waits
+    /// this thread reads the socket itself when it can (see `engine::token`); callbacks run
+    /// after the wait, never while reading.
     pub(crate) fn pump(
         &self,
         want: Option<&str>,
         deadline: Option<Instant>,
         seen_work: Option<u64>,
     ) -> Result<Pumped> {
-        let core = self.core();
         let conn = &self.inner.owner.core;
-        let mut st = core.lock();
-        // Whether this call may still read the socket itself (see `Core::wait_turn`).
-        let mut may_read = true;
-        loop {
-            // Read before looking at the state: anything that changes it after this bumps it.
-            let generation = conn.reader_gen.load(Ordering::SeqCst);
-            if seen_work.is_some_and(|seen| conn.conn_work.load(Ordering::SeqCst) != seen) {
-                return Ok(Pumped::Progress);
-            }
-            if let Some(tag) = want {
-                let mut consumers = self.lock_consumers();
-                match consumers.get_mut(tag) {
-                    Some(entry) if !entry.cancelling => {
-                        if let Some(d) = entry.pending.pop_front() {
-                            return Ok(Pumped::Mine(Box::new(d)));
-                        }
-                    }
-                    _ => return Ok(Pumped::Finished),
-                }
-            }
-            if let Some(delivery) = st.deliveries.pop_front() {
-                st.buffered -= weight(&delivery);
-                let buffered = st.buffered;
-                drop(st);
-                if buffered <= INBOUND_CHANNEL_LIMIT / 2 && conn.read_paused.load(Ordering::SeqCst)
-                {
-                    conn.wake();
-                }
-                return self.route(delivery, want);
-            }
-            if !st.returns.is_empty() && !self.lock_callbacks().on_return.is_empty() {
-                let returned = st.returns.pop_front().expect("not empty");
-                drop(st);
+        let next = conn.wait_until(deadline, || self.next_event(want, seen_work));
+        match next {
+            None => Ok(Pumped::TimedOut),
+            Some(Next::Work) => Ok(Pumped::Progress),
+            Some(Next::Mine(held)) => Ok(Pumped::Mine(Box::new(held.take()))),
+            Some(Next::Delivery(held)) => self.route(held, want),
+            Some(Next::Return(returned)) => {
                 self.run_return_callbacks(returned);
-                return Ok(Pumped::Progress);
+                Ok(Pumped::Progress)
             }
-            if !st.cancelled.is_empty() {
-                let tags: Vec<String> = st.cancelled.drain(..).collect();
-                drop(st);
+            Some(Next::Cancelled(tags)) => {
                 for tag in &tags {
                     self.lock_consumers().remove(tag);
                     self.run_cancel_callbacks(tag);
                 }
-                return Ok(Pumped::Progress);
+                Ok(Pumped::Progress)
             }
-            if let Some(e) = st.closed_error() {
-                return Err(e);
-            }
-            if want.is_none() && self.lock_consumers().is_empty() {
-                return Ok(Pumped::Finished);
-            }
-            if st.acks.holding() {
-                // Nothing to hand out: held acks go now, not after the wait.
-                conn.flush_acks(core.id, &mut st)?;
-            }
-            // Reads the socket on this thread rather than wait for the I/O thread to (not when
-            // there is no time to wait: `process_data_events` only looks).
-            let timed_out;
-            (st, timed_out) = conn.wait_turn(core, st, generation, deadline, &mut may_read);
-            if timed_out {
-                return Ok(Pumped::TimedOut);
-            }
+            Some(Next::Finished) => Ok(Pumped::Finished),
+            Some(Next::Failed(e)) => Err(e),
         }
     }
 
+    /// The channel's next event, if any (runs with no engine lock held; takes the channel's
+    /// state, then the consumer table).
+    fn next_event(&self, want: Option<&str>, seen_work: Option<u64>) -> Option<Next> {
+        let conn = &self.inner.owner.core;
+        if seen_work.is_some_and(|seen| conn.conn_work.load(Ordering::SeqCst) != seen) {
+            return Some(Next::Work);
+        }
+        if let Some(tag) = want {
+            let mut consumers = self.lock_consumers();
+            match consumers.get_mut(tag) {
+                Some(entry) if !entry.cancelling => {
+                    if let Some(held) = entry.pending.pop_front() {
+                        return Some(Next::Mine(held));
+                    }
+                }
+                _ => return Some(Next::Finished),
+            }
+        }
+        let core = self.core();
+        let mut st = core.lock();
+        if let Some(held) = st.deliveries.pop_front() {
+            return Some(Next::Delivery(held));
+        }
+        if st.has_returns() && !self.lock_callbacks().on_return.is_empty() {
+            return st.pop_return().map(Next::Return);
+        }
+        if !st.cancelled.is_empty() {
+            return Some(Next::Cancelled(st.cancelled.drain(..).collect()));
+        }
+        if let Some(e) = st.closed_error() {
+            return Some(Next::Failed(e));
+        }
+        if want.is_none() && self.lock_consumers().is_empty() {
+            return Some(Next::Finished);
+        }
+        if st.acks.holding() {
+            // Nothing to hand out: held acks go now, not after the wait.
+            if let Err(e) = conn.flush_acks(core.id, &mut st) {
+                return Some(Next::Failed(e));
+            }
+        }
+        None
+    }
+
     /// Hands a delivery to whoever it belongs to.
-    fn route(&self, delivery: Delivery, want: Option<&str>) -> Result<Pumped> {
-        let tag = delivery.method.consumer_tag.as_str();
-        if want == Some(tag) {
-            return Ok(Pumped::Mine(Box::new(delivery)));
+    fn route(&self, held: Held, want: Option<&str>) -> Result<Pumped> {
+        let tag = held.consumer_tag().to_string();
+        if want == Some(tag.as_str()) {
+            return Ok(Pumped::Mine(Box::new(held.take())));
         }
         let mut consumers = self.lock_consumers();
-        let Some(entry) = consumers.get_mut(tag) else {
+        let Some(entry) = consumers.get_mut(&tag) else {
             // Cannot happen while cancels keep their entry until cancel-ok; if it does, leave
             // the message unacked: the broker requeues it when the channel closes.
-            log::warn!("dropping a delivery for unknown consumer {tag}");
+            log::warn!(
+                "a delivery (tag {}) for unknown consumer {tag} is left unacked",
+                held.delivery_tag()
+            );
             return Ok(Pumped::Progress);
         };
         let callback = match &mut entry.callback {
@@ -552,21 +596,32 @@ impl Channel {
         };
         let Some(mut callback) = callback else {
             // An iterator's message (or a cancelling consumer's): keep it for its owner.
-            entry.pending.push_back(delivery);
+            entry.pending.push_back(held);
             drop(consumers);
-            self.wake_consumer_loop();
+            self.inner.owner.core.nudge();
             return Ok(Pumped::Progress);
         };
         drop(consumers);
-        let result = callback(self, &delivery.method, &delivery.properties, &delivery.body);
+        let delivery = held.take();
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            callback(self, &delivery.method, &delivery.properties, &delivery.body)
+        }));
+        // Back in its slot whatever happened, so the consumer's next messages reach it.
         if let Some(Some(slot)) = self
             .lock_consumers()
-            .get_mut(tag)
+            .get_mut(&tag)
             .map(|e| e.callback.as_mut())
         {
             *slot = Some(callback);
         }
-        result.map(|()| Pumped::Progress)
+        match ran {
+            Ok(result) => result.map(|()| Pumped::Progress),
+            Err(panic) => Err(Error::Callback(format!(
+                "the callback of consumer {tag} panicked on delivery {}: {}",
+                delivery.method.delivery_tag,
+                panic_message(&*panic)
+            ))),
+        }
     }
 
     fn run_return_callbacks(&self, returned: Returned) {
@@ -588,6 +643,33 @@ impl Channel {
 
 /// Clears the channel's "a thread is consuming" flag when the consuming call returns.
 pub(crate) struct ConsumingGuard<'a>(&'a Channel);
+
+/// The text of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// What [`Channel::pump`] found to do.
+enum Next {
+    /// Connection-level work appeared.
+    Work,
+    /// A delivery for the iterator that asked.
+    Mine(Held),
+    /// A delivery to route.
+    Delivery(Held),
+    /// A returned message for the return callbacks.
+    Return(Returned),
+    /// Consumers the broker cancelled.
+    Cancelled(Vec<String>),
+    /// No consumer left, or the iterator's consumer is gone.
+    Finished,
+    /// The channel is closed.
+    Failed(Error),
+}
 
 impl Drop for ConsumingGuard<'_> {
     fn drop(&mut self) {
@@ -627,7 +709,8 @@ impl Iterator for Consumer {
             Ok(guard) => guard,
             Err(e) => return Some(Err(e)),
         };
-        let deadline = self.inactivity_timeout.map(|t| Instant::now() + t);
+        // No deadline for an inactivity timeout too large to be one.
+        let deadline = self.inactivity_timeout.and_then(deadline_after);
         let mut timer_fired = false;
         loop {
             let (work, next_timer) = self.turn.take(&self.channel.inner.owner, timer_fired);

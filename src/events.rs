@@ -78,7 +78,7 @@ impl Owner {
         let connection = Connection::from_owner(self.clone());
         let mut ran = 0;
         loop {
-            let event = self.core.lock_activity().blocked_events.pop_front();
+            let event = self.core.lock_link().blocked_events.pop_front();
             let Some(event) = event else { break };
             ran += 1;
             match event {
@@ -142,7 +142,7 @@ impl Connection {
         let owner = self.owner();
         let deadline = Instant::now().checked_add(time_limit);
         loop {
-            let generation = owner.core.activity_generation();
+            let generation = owner.core.generation();
             let mut handled = owner.run_connection_callbacks();
             for channel in owner.live_channels() {
                 handled += channel.drain_events()?;
@@ -158,7 +158,9 @@ impl Connection {
             let wake = owner
                 .next_timer()
                 .map_or(deadline.unwrap_or(far), |t| t.min(deadline.unwrap_or(far)));
-            owner.core.wait_activity(generation, wake);
+            owner.core.wait_until(Some(wake), || {
+                (owner.core.generation() != generation).then_some(())
+            });
         }
     }
 
@@ -166,7 +168,7 @@ impl Connection {
     /// [`process_data_events`](Self::process_data_events) does (pika's `sleep`): it returns
     /// after `duration`, not at the first event.
     pub fn sleep(&self, duration: Duration) -> Result<()> {
-        let deadline = Instant::now() + duration;
+        let deadline = crate::engine::saturating_deadline(duration);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             self.process_data_events(left)?;
@@ -188,9 +190,10 @@ impl Connection {
             let mut dispatch = owner.lock_dispatch();
             dispatch.next_timer_id += 1;
             let id = dispatch.next_timer_id;
-            dispatch
-                .timers
-                .insert((Instant::now() + delay, id), Box::new(callback));
+            dispatch.timers.insert(
+                (crate::engine::saturating_deadline(delay), id),
+                Box::new(callback),
+            );
             id
         };
         owner.core.kick();

@@ -1,29 +1,83 @@
-//! Per-channel state shared between the I/O thread (which fills it) and the channel handles
-//! (which wait on it): the reply slot of the one outstanding synchronous method, the bounded
-//! queue of deliveries, returns, confirm tracking and the close reason.
+//! Per-channel state shared between whoever reads (which fills it) and the channel handles
+//! (which take from it): the reply slot of the one outstanding synchronous method, the queue of
+//! deliveries, returns, confirm tracking and the close reason.
+//!
+//! The state is behind the channel's own mutex. Nobody sleeps on it: a thread waiting for a
+//! change waits for its turn at reading (see `token`), and every change made by reading bumps
+//! the read token's generation, which wakes it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use amq_protocol::protocol::AMQPClass;
 
 use crate::delivery::{Delivery, GetMessage, Returned};
-use crate::engine::wait_until;
 use crate::error::Error;
 use crate::protocol::acks::AckRun;
-use crate::protocol::confirms::ConfirmTracker;
+use crate::protocol::confirms::{fingerprint, ConfirmTracker};
 
-/// Returns kept for a channel that has no return callback yet; older ones are dropped beyond it.
-pub(crate) const RETURNS_KEPT: usize = 10_000;
+/// Body bytes of unhandled returned messages kept for a channel that has no return callback
+/// yet; the oldest are dropped (with a warning) beyond it.
+pub(crate) const RETURNS_KEPT_BYTES: usize = 16 * 1024 * 1024;
 /// Broker cancels kept until the consumer loop sees them; a peer repeating them gains nothing.
 pub(crate) const CANCELS_KEPT: usize = 1_000;
 
-/// What a queued delivery counts for inbound back-pressure: its body plus what the message
+/// What a held message counts for inbound back-pressure: its body plus what the message
 /// costs besides (method, properties, queue slot), so a flood of empty messages is bounded too.
-pub(crate) fn weight(delivery: &Delivery) -> usize {
-    delivery.body.len() + 512
+pub(crate) fn weight(body: &[u8]) -> usize {
+    body.len() + 512
+}
+
+/// The bytes of messages the connection holds for its callers (deliveries queued on channels
+/// or kept for `consume()` iterators). Reading pauses while it is over the inbound limits (see
+/// `token`). Shared by the connection and every [`Held`] message.
+pub(crate) type InboundMeter = Arc<AtomicUsize>;
+
+/// A delivery held for a caller, counted in the [`InboundMeter`] for as long as it is held:
+/// whichever way it leaves (handed out, requeued, dropped with its channel), the count goes
+/// down, so the meter cannot drift.
+#[derive(Debug)]
+pub(crate) struct Held {
+    /// Always `Some` until taken.
+    delivery: Option<Delivery>,
+    meter: InboundMeter,
+    weight: usize,
+}
+
+impl Held {
+    pub(crate) fn new(delivery: Delivery, meter: &InboundMeter) -> Held {
+        let weight = weight(&delivery.body);
+        meter.fetch_add(weight, Ordering::SeqCst);
+        Held {
+            delivery: Some(delivery),
+            meter: meter.clone(),
+            weight,
+        }
+    }
+
+    /// The consumer tag the delivery is for.
+    pub(crate) fn consumer_tag(&self) -> &str {
+        self.delivery
+            .as_ref()
+            .map_or("", |d| d.method.consumer_tag.as_str())
+    }
+
+    /// The delivery tag.
+    pub(crate) fn delivery_tag(&self) -> u64 {
+        self.delivery.as_ref().map_or(0, |d| d.method.delivery_tag)
+    }
+
+    /// Hands the delivery out; it no longer counts.
+    pub(crate) fn take(mut self) -> Delivery {
+        self.delivery.take().expect("a held delivery is taken once")
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.meter.fetch_sub(self.weight, Ordering::SeqCst);
+    }
 }
 
 /// A reply to a synchronous method. Lives only in the reply slot, one at a time per channel, so
@@ -35,6 +89,29 @@ pub(crate) enum Reply {
     Get(GetMessage),
 }
 
+/// A request whose caller gave up (timed out) and whose reply is still to come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stale {
+    /// Any method: its reply is dropped on arrival.
+    Method,
+    /// A basic.get: a get-ok that arrives is rejected with requeue (manual ack), or reported
+    /// as lost (auto ack: the broker already counts it delivered).
+    Get { auto_ack: bool },
+}
+
+/// What became of a reply that arrived.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Delivered {
+    /// Its waiter has it.
+    ToWaiter,
+    /// Its caller gave up; dropped.
+    Stale,
+    /// A get-ok whose caller gave up, manual ack: reject this delivery tag with requeue.
+    StaleGet { delivery_tag: u64 },
+    /// Nobody asked for it.
+    Unwanted,
+}
+
 /// Where a channel is in its life.
 #[derive(Debug)]
 pub(crate) enum Life {
@@ -42,7 +119,8 @@ pub(crate) enum Life {
     Open,
     /// We sent channel.close and wait for close-ok.
     Closing,
-    /// Closed, with the reason every later call gets.
+    /// Closed, with the reason every later call gets. The number stays taken until the
+    /// broker has answered our channel.close, if we sent one (see `router`).
     Closed(Error),
 }
 
@@ -53,17 +131,28 @@ pub(crate) struct ChanState {
     /// A synchronous method was sent and its reply is awaited.
     pub(crate) awaiting: bool,
     pub(crate) reply: Option<Reply>,
-    /// Replies still to come for requests whose caller gave up (timed out): dropped on arrival.
-    pub(crate) stale: u32,
-    pub(crate) deliveries: VecDeque<Delivery>,
-    /// What `deliveries` weighs ([`weight`]); inbound back-pressure counts this.
-    pub(crate) buffered: usize,
-    pub(crate) returns: VecDeque<Returned>,
+    /// Replies still to come for requests whose caller gave up, oldest first.
+    pub(crate) stale: VecDeque<Stale>,
+    pub(crate) deliveries: VecDeque<Held>,
+    /// Returned messages for the return callbacks, each with the publish sequence number the
+    /// confirm tracker charged it to (see `protocol::confirms`), if any.
+    returns: VecDeque<(Option<u64>, Returned)>,
+    /// Body bytes in `returns`.
+    returns_bytes: usize,
     pub(crate) confirms: Option<ConfirmTracker>,
     /// Consumer tags the broker cancelled (queue deleted...), not yet seen by the consumer loop.
     pub(crate) cancelled: Vec<String>,
+    /// Consumers whose basic.consume or basic.cancel timed out: the broker may still deliver
+    /// to them, and nobody will consume what it does. Their deliveries are rejected with
+    /// requeue on arrival (manual ack) or reported lost (auto ack). `(tag, auto_ack)`.
+    pub(crate) orphans: Vec<(String, bool)>,
     /// Which deliveries are settled, and acks held for merging.
     pub(crate) acks: AckRun,
+    /// A synchronous method is outstanding (AMQP allows one per channel); the next caller
+    /// waits for its turn, within its own deadline.
+    pub(crate) rpc_busy: bool,
+    /// Callers waiting for `rpc_busy` to clear: the one that clears it nudges them.
+    pub(crate) rpc_queued: usize,
 }
 
 /// One channel as the connection knows it.
@@ -71,13 +160,6 @@ pub(crate) struct ChanState {
 pub(crate) struct ChannelCore {
     pub(crate) id: u16,
     pub(crate) state: Mutex<ChanState>,
-    /// Signalled on every change of `state` (through [`notify`](Self::notify)).
-    cond: Condvar,
-    /// Threads waiting on `cond`: a notification costs a system call, so none is made
-    /// without them.
-    waiters: AtomicUsize,
-    /// Held across a synchronous method: AMQP allows one outstanding per channel.
-    pub(crate) rpc_lock: Mutex<()>,
 }
 
 impl ChannelCore {
@@ -88,17 +170,17 @@ impl ChannelCore {
                 life: Life::Open,
                 awaiting: false,
                 reply: None,
-                stale: 0,
+                stale: VecDeque::new(),
                 deliveries: VecDeque::new(),
-                buffered: 0,
                 returns: VecDeque::new(),
+                returns_bytes: 0,
                 confirms: None,
                 cancelled: Vec::new(),
+                orphans: Vec::new(),
                 acks: AckRun::default(),
+                rpc_busy: false,
+                rpc_queued: 0,
             }),
-            cond: Condvar::new(),
-            waiters: AtomicUsize::new(0),
-            rpc_lock: Mutex::new(()),
         }
     }
 
@@ -108,41 +190,14 @@ impl ChannelCore {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Marks the channel closed with `error` (unless it already is) and wakes every waiter.
+    /// Marks the channel closed with `error` (unless it already is). The caller wakes the
+    /// waiters (`Core::nudge`).
     pub(crate) fn fail(&self, error: &Error) {
         let mut st = self.lock();
         if !matches!(st.life, Life::Closed(_)) {
             st.life = Life::Closed(error.clone());
         }
         st.awaiting = false;
-        drop(st);
-        self.notify();
-    }
-
-    /// Wakes the threads waiting for a change of the state (made before this call, under
-    /// the lock).
-    pub(crate) fn notify(&self) {
-        // A waiter counts itself under the lock before it waits, and the change was made
-        // under the lock: a waiter that missed the change is counted here.
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            self.cond.notify_all();
-        }
-    }
-
-    /// Waits for a notification (or a spurious wake-up), at most until `deadline`; `Err`
-    /// with the guard back once the deadline has passed.
-    pub(crate) fn wait<'a>(
-        &self,
-        st: MutexGuard<'a, ChanState>,
-        deadline: Option<Instant>,
-    ) -> Result<MutexGuard<'a, ChanState>, MutexGuard<'a, ChanState>> {
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        let woken = match deadline {
-            None => Ok(self.cond.wait(st).unwrap_or_else(|p| p.into_inner())),
-            Some(deadline) => wait_until(&self.cond, st, deadline),
-        };
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
-        woken
     }
 }
 
@@ -155,18 +210,32 @@ impl ChanState {
         }
     }
 
-    /// Hands a synchronous reply to its waiter. Returns false when nobody asked for it.
-    pub(crate) fn deliver_reply(&mut self, reply: Reply) -> bool {
-        if self.stale > 0 {
-            self.stale -= 1;
-            return true;
+    /// Hands a synchronous reply to its waiter, or says why not.
+    pub(crate) fn deliver_reply(&mut self, reply: Reply) -> Delivered {
+        if let Some(stale) = self.stale.pop_front() {
+            return match (stale, &reply) {
+                (Stale::Get { auto_ack: false }, Reply::Get(m)) => Delivered::StaleGet {
+                    delivery_tag: m.method.delivery_tag,
+                },
+                (Stale::Get { auto_ack: true }, Reply::Get(m)) => {
+                    log::warn!(
+                        "a basic.get-ok (delivery tag {}, {} bytes) arrived after its caller \
+                         gave up; it was fetched with auto_ack, so the broker counts it \
+                         delivered: it is lost",
+                        m.method.delivery_tag,
+                        m.body.len()
+                    );
+                    Delivered::Stale
+                }
+                _ => Delivered::Stale,
+            };
         }
         if !self.awaiting {
-            return false;
+            return Delivered::Unwanted;
         }
         self.awaiting = false;
         self.reply = Some(reply);
-        true
+        Delivered::ToWaiter
     }
 
     /// Records a broker cancel of `consumer_tag` (once, and at most [`CANCELS_KEPT`]).
@@ -176,14 +245,62 @@ impl ChanState {
         }
     }
 
+    /// Keeps a returned message for the return callbacks, at most [`RETURNS_KEPT_BYTES`] of
+    /// bodies (the oldest go first, with a warning); in confirm mode, first marks the publish
+    /// it belongs to as returned.
     pub(crate) fn push_return(&mut self, returned: Returned) {
-        if let Some(tracker) = self.confirms.as_mut() {
-            tracker.on_return();
+        let seq = self.confirms.as_mut().and_then(|tracker| {
+            let method = &returned.method;
+            tracker.on_return(
+                fingerprint(
+                    method.exchange.as_str(),
+                    method.routing_key.as_str(),
+                    &returned.body,
+                ),
+                method.reply_code,
+                method.reply_text.as_str(),
+            )
+        });
+        self.returns_bytes += returned.body.len();
+        self.returns.push_back((seq, returned));
+        while self.returns_bytes > RETURNS_KEPT_BYTES && self.returns.len() > 1 {
+            if let Some((_, old)) = self.returns.pop_front() {
+                self.returns_bytes -= old.body.len();
+                log::warn!(
+                    "dropping an unhandled returned message ({} bytes, routing key {:?}): more \
+                     than {RETURNS_KEPT_BYTES} bytes of returns wait for a return callback",
+                    old.body.len(),
+                    old.method.routing_key.as_str()
+                );
+            }
         }
-        if self.returns.len() >= RETURNS_KEPT {
-            log::warn!("dropping the oldest of {RETURNS_KEPT} unhandled returned messages");
-            self.returns.pop_front();
-        }
-        self.returns.push_back(returned);
+    }
+
+    /// Whether returned messages wait for the return callbacks.
+    pub(crate) fn has_returns(&self) -> bool {
+        !self.returns.is_empty()
+    }
+
+    /// Takes the oldest returned message, if any.
+    pub(crate) fn pop_return(&mut self) -> Option<Returned> {
+        let (_, returned) = self.returns.pop_front()?;
+        self.returns_bytes -= returned.body.len();
+        Some(returned)
+    }
+
+    /// Takes the returned message charged to publish `seq`, if it is still kept.
+    pub(crate) fn take_return_of(&mut self, seq: u64) -> Option<Returned> {
+        let i = self.returns.iter().position(|(s, _)| *s == Some(seq))?;
+        let (_, returned) = self.returns.remove(i)?;
+        self.returns_bytes -= returned.body.len();
+        Some(returned)
+    }
+
+    /// Whether deliveries for `consumer_tag` belong to nobody (see `orphans`); its ack mode.
+    pub(crate) fn orphan(&self, consumer_tag: &str) -> Option<bool> {
+        self.orphans
+            .iter()
+            .find(|(tag, _)| tag == consumer_tag)
+            .map(|(_, auto_ack)| *auto_ack)
     }
 }

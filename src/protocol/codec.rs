@@ -302,7 +302,7 @@ pub(crate) fn encode_content_header(
     )
 }
 
-/// Appends what [`write_direct`] would write for `prefix`, `frames` and `body` to `buf`,
+/// Appends what a direct write (`engine::outbound::write_direct`) writes for `prefix`, `frames` and `body` to `buf`,
 /// leaving out the first `skip` bytes (what a direct write already took): each byte is copied
 /// once, whatever part the socket took.
 pub(crate) fn encode_tail(
@@ -344,59 +344,12 @@ pub(crate) fn body_frames_len(len: usize, frame_max: u32) -> usize {
     len + len.div_ceil(chunk) * FRAME_OVERHEAD
 }
 
-/// Body frames a caller writes directly at most (8 MiB at RabbitMQ's 128 KiB `frame_max`; the
-/// I/O slices, ~3 KiB, fit on the stack); larger bodies go through the I/O thread.
-const DIRECT_BODY_FRAMES: usize = 64;
-
 /// The 7-byte header of a body frame of `len` payload bytes on `channel`.
-fn body_frame_header(channel: u16, len: usize) -> [u8; 7] {
+pub(crate) fn body_frame_header(channel: u16, len: usize) -> [u8; 7] {
     let mut header = [constants::FRAME_BODY, 0, 0, 0, 0, 0, 0];
     header[1..3].copy_from_slice(&channel.to_be_bytes());
     header[3..7].copy_from_slice(&(len as u32).to_be_bytes());
     header
-}
-
-/// Writes `prefix`, `frames` and `body` (as body frames of at most `frame_max - 8` payload
-/// bytes each) to a
-/// non-blocking socket with one vectored write, allocating nothing; returns how many bytes it
-/// took (0 when it would block, on error, or for a body of more than [`DIRECT_BODY_FRAMES`]
-/// frames: the caller queues the rest).
-pub(crate) fn write_direct(
-    mut tcp: &std::net::TcpStream,
-    prefix: &[u8],
-    frames: &[u8],
-    body: Option<(u16, &[u8])>,
-    frame_max: u32,
-) -> usize {
-    use std::io::{IoSlice, Write};
-    let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
-    let (channel, body) = body.unwrap_or((0, &[]));
-    if body.len().div_ceil(chunk) > DIRECT_BODY_FRAMES {
-        return 0;
-    }
-    let mut headers = [[0u8; 7]; DIRECT_BODY_FRAMES];
-    for (header, piece) in headers.iter_mut().zip(body.chunks(chunk)) {
-        *header = body_frame_header(channel, piece.len());
-    }
-    let end = [constants::FRAME_END];
-    let mut slices = [IoSlice::new(&[]); 2 + 3 * DIRECT_BODY_FRAMES];
-    slices[0] = IoSlice::new(prefix);
-    slices[1] = IoSlice::new(frames);
-    let mut used = 2;
-    for (header, piece) in headers.iter().zip(body.chunks(chunk)) {
-        slices[used] = IoSlice::new(header);
-        slices[used + 1] = IoSlice::new(piece);
-        slices[used + 2] = IoSlice::new(&end);
-        used += 3;
-    }
-    loop {
-        match tcp.write_vectored(&slices[..used]) {
-            Ok(n) => return n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            // WouldBlock, or an error the I/O thread will meet and report on its next write.
-            Err(_) => return 0,
-        }
-    }
 }
 
 /// Appends a heartbeat frame.
@@ -521,34 +474,6 @@ mod tests {
         outer.insert("a".into(), AMQPValue::FieldArray(array));
         assert_eq!(table_depth(&FieldTable::default()), 1);
         assert_eq!(table_depth(&outer), 3);
-    }
-
-    #[test]
-    fn direct_writes_send_the_same_bytes_as_the_queue() {
-        use std::io::Read;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut server, _) = listener.accept().unwrap();
-        let frames = b"method and header frames";
-        let body: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
-        // 20000 bytes at frame_max 8192: 3 body frames.
-        let written = write_direct(&client, &[], frames, Some((5, &body)), 8192);
-        let mut expected = frames.to_vec();
-        encode_body(&mut expected, 5, &body, 8192);
-        assert_eq!(written, expected.len());
-        assert_eq!(
-            body_frames_len(body.len(), 8192),
-            expected.len() - frames.len()
-        );
-        let mut got = vec![0; expected.len()];
-        server.read_exact(&mut got).unwrap();
-        assert_eq!(got, expected);
-        // Too many body frames for a direct write: nothing is written, the caller queues.
-        let too_many = vec![0; (8192 - FRAME_OVERHEAD) * DIRECT_BODY_FRAMES + 1];
-        assert_eq!(
-            write_direct(&client, &[], frames, Some((5, &too_many)), 8192),
-            0
-        );
     }
 
     #[test]

@@ -3,10 +3,72 @@
 //! After `confirm.select` every publish on the channel gets the next sequence number (1, 2, ...).
 //! The broker answers each with `basic.ack` or `basic.nack`, possibly `multiple` (everything up to
 //! and including the tag). A mandatory message that cannot be routed is first returned with
-//! `basic.return`, then acked; a return carries no sequence number, so it is matched to the next
-//! ack, as RabbitMQ sends them back to back.
+//! `basic.return`, then acked.
+//!
+//! # Which publish a return belongs to
+//!
+//! A `basic.return` carries no sequence number, only the message's exchange, routing key,
+//! properties and body. Charging it to "the next ack" is wrong as soon as that ack is
+//! `multiple`: it settles routable messages along with the returned one, and nothing says which
+//! of them came back. So each outstanding *mandatory* publish keeps a [`fingerprint`] (a hash of
+//! exchange, routing key, body length and at most the first and last 32 bytes of the body,
+//! computed without allocating), and a return marks the **oldest outstanding mandatory publish
+//! with the same fingerprint**, keeping the return's reply code and text with that sequence
+//! number. Non-mandatory messages are never returned and are not considered.
+//!
+//! This is exact for RabbitMQ because a channel handles its publishes in order and sends a
+//! message's `basic.return` before its `basic.ack`. When a return arrives, its message is still
+//! outstanding, and every earlier return has already claimed its own, older message. Any older
+//! candidate left with the same fingerprint has the same exchange and routing key, so RabbitMQ
+//! routed it the same way: had it been unroutable it would have been returned (and claimed)
+//! first, and had it been routable the message at hand would have been routed too. So the oldest
+//! candidate is the returned message itself.
+//!
+//! The one limit: two mandatory messages outstanding at once with identical fingerprints whose
+//! routing differs anyway, because it reads more than the exchange and routing key (a headers
+//! exchange matching their properties, `CC`/`BCC` headers) or because a binding was added or
+//! removed between the two publishes (or the 64-bit hashes collide). If then only the newer one
+//! is returned, the older one is blamed for it and the newer one reports a plain ack.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Bytes of the body's start and of its end that go into a [`fingerprint`].
+const FINGERPRINT_EDGE: usize = 32;
+
+/// A cheap hash identifying a mandatory message, from what both `basic.publish` and
+/// `basic.return` carry: exchange, routing key, body length and at most the first and last
+/// [`FINGERPRINT_EDGE`] bytes of the body (FNV-1a; no allocation).
+pub(crate) fn fingerprint(exchange: &str, routing_key: &str, body: &[u8]) -> u64 {
+    let mut hash = Fnv1a::new();
+    hash.write_len(exchange.len());
+    hash.write(exchange.as_bytes());
+    hash.write_len(routing_key.len());
+    hash.write(routing_key.as_bytes());
+    hash.write_len(body.len());
+    hash.write(&body[..body.len().min(FINGERPRINT_EDGE)]);
+    hash.write(&body[body.len().saturating_sub(FINGERPRINT_EDGE)..]);
+    hash.0
+}
+
+/// 64-bit FNV-1a.
+struct Fnv1a(u64);
+
+impl Fnv1a {
+    fn new() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    /// Lengths go in too, so `("ab", "c")` and `("a", "bc")` differ.
+    fn write_len(&mut self, len: usize) {
+        self.write(&(len as u64).to_le_bytes());
+    }
+}
 
 /// Outstanding and settled publish sequence numbers of one channel in confirm mode.
 #[derive(Debug, Default)]
@@ -14,12 +76,14 @@ pub(crate) struct ConfirmTracker {
     next: u64,
     /// Published, not yet confirmed, ascending.
     outstanding: VecDeque<u64>,
+    /// The outstanding mandatory publishes not returned yet, as (sequence number,
+    /// [`fingerprint`]), ascending: the candidates for the next return.
+    mandatory: VecDeque<(u64, u64)>,
     /// Sequence numbers the broker nacked and nobody has looked at yet.
     nacked: BTreeSet<u64>,
-    /// Sequence numbers that were returned as unroutable before their ack.
-    returned: BTreeSet<u64>,
-    /// Returns seen whose ack has not arrived yet.
-    pending_returns: usize,
+    /// Sequence numbers returned as unroutable, with the return's reply code and text, that
+    /// nobody has looked at yet.
+    returned: BTreeMap<u64, (u16, String)>,
 }
 
 /// How one publish (or a window) ended.
@@ -38,6 +102,18 @@ impl ConfirmOutcome {
     }
 }
 
+/// How one settled publish ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Settled {
+    Acked,
+    Nacked,
+    /// Returned as unroutable (then acked), with the return's reply code and text.
+    Returned {
+        reply_code: u16,
+        reply_text: String,
+    },
+}
+
 impl ConfirmTracker {
     pub(crate) fn new() -> Self {
         ConfirmTracker {
@@ -46,40 +122,57 @@ impl ConfirmTracker {
         }
     }
 
-    /// Takes the next sequence number for a publish about to be sent.
-    pub(crate) fn publish(&mut self) -> u64 {
+    /// Takes the next sequence number for a publish about to be sent; `mandatory` is the
+    /// message's [`fingerprint`] when it was published mandatory, `None` otherwise.
+    pub(crate) fn publish(&mut self, mandatory: Option<u64>) -> u64 {
         let seq = self.next;
         self.next += 1;
         self.outstanding.push_back(seq);
+        if let Some(fingerprint) = mandatory {
+            self.mandatory.push_back((seq, fingerprint));
+        }
         seq
     }
 
-    /// The broker returned a message (basic.return): it belongs to the next ack.
-    pub(crate) fn on_return(&mut self) {
-        self.pending_returns += 1;
+    /// The broker returned a message (basic.return) whose [`fingerprint`] is `fingerprint`:
+    /// marks the oldest outstanding mandatory publish with that fingerprint as returned (see the
+    /// module docs) and gives its sequence number; `None` when no outstanding publish matches
+    /// (one published before `confirm.select`, say).
+    pub(crate) fn on_return(
+        &mut self,
+        fingerprint: u64,
+        reply_code: u16,
+        reply_text: &str,
+    ) -> Option<u64> {
+        let i = self.mandatory.iter().position(|&(_, f)| f == fingerprint)?;
+        let (seq, _) = self.mandatory.remove(i)?;
+        self.returned
+            .insert(seq, (reply_code, reply_text.to_string()));
+        Some(seq)
     }
 
     /// The broker acked (`nack == false`) or nacked `tag`, `multiple` meaning everything up to it.
     pub(crate) fn on_confirm(&mut self, tag: u64, multiple: bool, nack: bool) {
-        let mut settled = Vec::new();
         if multiple {
             while let Some(&front) = self.outstanding.front() {
                 if front > tag {
                     break;
                 }
-                settled.push(front);
                 self.outstanding.pop_front();
+                if nack {
+                    self.nacked.insert(front);
+                }
+            }
+            while self.mandatory.front().is_some_and(|&(seq, _)| seq <= tag) {
+                self.mandatory.pop_front();
             }
         } else if let Ok(i) = self.outstanding.binary_search(&tag) {
             self.outstanding.remove(i);
-            settled.push(tag);
-        }
-        if nack {
-            self.nacked.extend(settled.iter().copied());
-        } else if self.pending_returns > 0 {
-            if let Some(&last) = settled.last() {
-                self.pending_returns -= 1;
-                self.returned.insert(last);
+            if nack {
+                self.nacked.insert(tag);
+            }
+            if let Ok(i) = self.mandatory.binary_search_by_key(&tag, |&(seq, _)| seq) {
+                self.mandatory.remove(i);
             }
         }
     }
@@ -99,11 +192,18 @@ impl ConfirmTracker {
         self.next - 1
     }
 
-    /// Removes and reports what happened to `seq` once it is settled.
-    pub(crate) fn take_outcome_of(&mut self, seq: u64) -> ConfirmOutcome {
-        ConfirmOutcome {
-            nacked: self.nacked.take(&seq).into_iter().collect(),
-            returned: self.returned.take(&seq).into_iter().collect(),
+    /// Removes and reports what happened to `seq` once it is settled. A nack wins over a
+    /// return.
+    pub(crate) fn take_outcome_of(&mut self, seq: u64) -> Settled {
+        let nacked = self.nacked.remove(&seq);
+        let returned = self.returned.remove(&seq);
+        match (nacked, returned) {
+            (true, _) => Settled::Nacked,
+            (false, Some((reply_code, reply_text))) => Settled::Returned {
+                reply_code,
+                reply_text,
+            },
+            (false, None) => Settled::Acked,
         }
     }
 
@@ -111,7 +211,7 @@ impl ConfirmTracker {
     pub(crate) fn take_outcomes(&mut self) -> ConfirmOutcome {
         ConfirmOutcome {
             nacked: std::mem::take(&mut self.nacked).into_iter().collect(),
-            returned: std::mem::take(&mut self.returned).into_iter().collect(),
+            returned: std::mem::take(&mut self.returned).into_keys().collect(),
         }
     }
 }
@@ -120,11 +220,18 @@ impl ConfirmTracker {
 mod tests {
     use super::*;
 
+    fn returned(reply_code: u16, reply_text: &str) -> Settled {
+        Settled::Returned {
+            reply_code,
+            reply_text: reply_text.into(),
+        }
+    }
+
     #[test]
     fn multiple_ack_settles_everything_up_to_the_tag() {
         let mut t = ConfirmTracker::new();
         for _ in 0..5 {
-            t.publish();
+            t.publish(None);
         }
         t.on_confirm(3, true, false);
         assert!(!t.is_outstanding(1) && !t.is_outstanding(3));
@@ -143,15 +250,123 @@ mod tests {
     }
 
     #[test]
-    fn a_return_belongs_to_the_next_ack() {
+    fn a_return_is_charged_to_its_own_publish() {
         let mut t = ConfirmTracker::new();
-        let a = t.publish();
-        let b = t.publish();
+        let a = t.publish(Some(fingerprint("", "queue", b"a")));
+        let b = t.publish(Some(fingerprint("", "nowhere", b"b")));
         t.on_confirm(a, false, false);
-        t.on_return();
+        assert_eq!(
+            t.on_return(fingerprint("", "nowhere", b"b"), 312, "NO_ROUTE"),
+            Some(b)
+        );
         t.on_confirm(b, false, false);
-        assert!(t.take_outcome_of(a).all_confirmed());
-        assert_eq!(t.take_outcome_of(b).returned, vec![b]);
+        assert_eq!(t.take_outcome_of(a), Settled::Acked);
+        assert_eq!(t.take_outcome_of(b), returned(312, "NO_ROUTE"));
+    }
+
+    #[test]
+    fn a_multiple_ack_over_routable_and_returned_messages_marks_only_the_returned_one() {
+        // Routable 1 and 2, unroutable 3, routable 4: the broker returns 3, then acks all four
+        // at once. The old rule charged the return to 4, the highest tag of that ack.
+        let mut t = ConfirmTracker::new();
+        let seqs: Vec<u64> = ["queue", "queue", "nowhere", "queue"]
+            .iter()
+            .enumerate()
+            .map(|(i, key)| t.publish(Some(fingerprint("", key, &[i as u8]))))
+            .collect();
+        assert_eq!(
+            t.on_return(fingerprint("", "nowhere", &[2]), 312, "NO_ROUTE"),
+            Some(seqs[2])
+        );
+        t.on_confirm(seqs[3], true, false);
+        assert!(!t.has_outstanding());
+        assert_eq!(
+            t.take_outcomes(),
+            ConfirmOutcome {
+                nacked: vec![],
+                returned: vec![seqs[2]]
+            }
+        );
+    }
+
+    #[test]
+    fn interleaved_publishes_returns_and_acks_each_find_their_message() {
+        // Two publishers sharing the channel: one to a queue, one to nowhere, alternating, with
+        // a non-mandatory message to nowhere in between (never returned, never a candidate).
+        let mut t = ConfirmTracker::new();
+        let mut unroutable = Vec::new();
+        for i in 0..10u32 {
+            let body = i.to_be_bytes();
+            t.publish(Some(fingerprint("amq.direct", "queue", &body)));
+            t.publish(None);
+            unroutable.push(t.publish(Some(fingerprint("amq.direct", "nowhere", &body))));
+        }
+        // The broker returns them in publish order and acks in two multiple acks, the first
+        // landing between returns.
+        for (i, &seq) in unroutable.iter().enumerate() {
+            let body = (i as u32).to_be_bytes();
+            let fp = fingerprint("amq.direct", "nowhere", &body);
+            assert_eq!(t.on_return(fp, 312, "NO_ROUTE"), Some(seq));
+            if i == 4 {
+                t.on_confirm(seq + 1, true, false);
+            }
+        }
+        t.on_confirm(t.last_published(), true, false);
+        assert_eq!(t.take_outcomes().returned, unroutable);
+        // A return nothing outstanding matches is not charged to anyone.
+        assert_eq!(
+            t.on_return(fingerprint("", "x", b""), 312, "NO_ROUTE"),
+            None
+        );
+    }
+
+    #[test]
+    fn returns_of_identical_messages_go_to_the_oldest_first_and_keep_their_reply() {
+        let mut t = ConfirmTracker::new();
+        let fp = fingerprint("", "nowhere", b"same");
+        let a = t.publish(Some(fp));
+        let b = t.publish(Some(fp));
+        let c = t.publish(Some(fp));
+        // The same return twice: the first goes to a, the second to b, not to a again.
+        assert_eq!(t.on_return(fp, 312, "NO_ROUTE"), Some(a));
+        assert_eq!(t.on_return(fp, 313, "NO_CONSUMERS"), Some(b));
+        t.on_confirm(c, true, false);
+        assert_eq!(t.take_outcome_of(c), Settled::Acked);
+        assert_eq!(t.take_outcome_of(b), returned(313, "NO_CONSUMERS"));
+        assert_eq!(t.take_outcome_of(a), returned(312, "NO_ROUTE"));
+        // Once acked, c is no candidate any more.
+        assert_eq!(t.on_return(fp, 312, "NO_ROUTE"), None);
+    }
+
+    #[test]
+    fn a_nack_wins_over_a_return_and_settled_messages_stop_being_candidates() {
+        let mut t = ConfirmTracker::new();
+        let fp = fingerprint("", "nowhere", b"x");
+        let a = t.publish(Some(fp));
+        assert_eq!(t.on_return(fp, 312, "NO_ROUTE"), Some(a));
+        t.on_confirm(a, false, true);
+        assert_eq!(t.take_outcome_of(a), Settled::Nacked);
+        assert!(t.take_outcomes().all_confirmed());
+        let b = t.publish(Some(fp));
+        t.on_confirm(b, false, false);
+        assert_eq!(t.on_return(fp, 312, "NO_ROUTE"), None);
+    }
+
+    #[test]
+    fn fingerprints_tell_apart_what_a_return_carries() {
+        let fp = fingerprint("ex", "key", b"body");
+        assert_eq!(fp, fingerprint("ex", "key", b"body"));
+        assert_ne!(fp, fingerprint("exk", "ey", b"body"));
+        assert_ne!(fp, fingerprint("ex", "key", b"bodY"));
+        assert_ne!(fp, fingerprint("ex", "key", b"body "));
+        // Only the first and last 32 bytes of a long body count, and its length.
+        let mut long = vec![0u8; 1000];
+        let base = fingerprint("", "q", &long);
+        long[500] = 1;
+        assert_eq!(fingerprint("", "q", &long), base);
+        long[999] = 1;
+        assert_ne!(fingerprint("", "q", &long), base);
+        assert_ne!(fingerprint("", "q", &long[..999]), base);
     }
 
     #[test]

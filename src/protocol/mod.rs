@@ -9,6 +9,7 @@ pub(crate) mod ack_frames;
 pub(crate) mod acks;
 pub(crate) mod codec;
 pub(crate) mod confirms;
+pub(crate) mod content;
 pub(crate) mod handshake;
 pub(crate) mod heartbeat;
 pub(crate) mod publish_cache;

@@ -28,6 +28,27 @@ pub(crate) struct PublishCache {
 }
 
 impl PublishCache {
+    /// Encodes a publish's method and header frames into `buf` without the cache (for when
+    /// another thread is using it).
+    pub(crate) fn encode(
+        buf: &mut Vec<u8>,
+        channel: u16,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        properties: &BasicProperties,
+        body_size: u64,
+    ) -> Result<()> {
+        let method = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: short(exchange)?,
+            routing_key: short(routing_key)?,
+            mandatory,
+            immediate: false,
+        }));
+        codec::encode_method(buf, channel, method)?;
+        codec::encode_content_header(buf, channel, body_size, properties)
+    }
+
     /// The method and header frames for this publish, encoded anew only when something other
     /// than the body size differs from the last one.
     pub(crate) fn frames(

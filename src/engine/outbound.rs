@@ -1,0 +1,489 @@
+//! The writing side: the shared outbound buffer ([`Link`]) and every way a caller's frames
+//! reach the socket.
+//!
+//! # Rules
+//!
+//! 1. **Whole units.** Callers encode on their own thread and append whole frames (a publish's
+//!    method, header and body frames at once) under the `Link` lock, so nothing from another
+//!    thread lands between them.
+//! 2. **Who writes.** On plain TCP, a caller that finds the buffer empty and nothing
+//!    half-written by the I/O thread (`io_writing`) writes its frames itself, non-blocking,
+//!    under the `Link` lock, with `MSG_NOSIGNAL` (a peer's reset never raises SIGPIPE in the
+//!    host process); what the socket does not take is queued. Everything else is written by
+//!    the I/O thread: the first append into an empty buffer wakes it (`io_waker`); it swaps the
+//!    buffer out and writes it, so whatever piles up meanwhile goes out in one write.
+//! 3. **Back-pressure.** Past [`OUTBOUND_HIGH_WATER`] callers wait for room on `link_cond`
+//!    (signalled when the I/O thread drains the buffer and when the connection closes), at
+//!    most until their call's deadline. Content also waits while the broker blocks the
+//!    connection (until connection.unblocked, or until `blocked_connection_timeout` makes the
+//!    I/O thread end the connection). A thread waiting for room counts as wanting input (see
+//!    `token`), so reading never pauses while the unblock it waits for is unread.
+//! 4. **Lock order.** A channel's state, then `Link`. No waiting (for room or anything else)
+//!    with a channel lock held.
+//! 5. **Held acks.** Merged acks (see `protocol::acks`) are written before any other frame of
+//!    their channel; when a channel starts holding some, `acks_due` gets a deadline and the
+//!    I/O thread is woken to write them by then.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::MutexGuard;
+use std::time::{Duration, Instant};
+
+use amq_protocol::protocol::{connection, AMQPClass};
+
+use super::chan::{ChanState, ChannelCore, Life};
+use super::router::BLOCKED_EVENTS_KEPT;
+use super::token::Wanting;
+use super::{with_scratch, Core};
+use crate::error::{Error, Result};
+use crate::protocol::ack_frames::{AckFrames, Settle};
+use crate::protocol::acks::ACK_FLUSH_DELAY;
+use crate::protocol::codec::{self, short};
+
+/// Outbound bytes past which callers wait for the I/O thread to drain (back-pressure).
+pub(crate) const OUTBOUND_HIGH_WATER: usize = 4 * 1024 * 1024;
+/// Capacity an emptied outbound buffer keeps; a larger one (after one big message) is freed.
+pub(crate) const OUTBOUND_KEPT_CAPACITY: usize = 256 * 1024;
+
+/// State behind [`Core::link`]: the outbound buffer and whether the connection is usable.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) buf: Vec<u8>,
+    /// Set once the connection is closed or dead; every later call gets this error.
+    pub(crate) closed: Option<Error>,
+    /// We sent connection.close (with this code and text) and wait for close-ok.
+    pub(crate) closing: Option<(u16, String)>,
+    /// Since when the broker has the connection blocked (connection.blocked, resource alarm),
+    /// until connection.unblocked.
+    pub(crate) blocked_since: Option<Instant>,
+    /// connection.blocked (`Some(reason)`) and unblocked (`None`) not yet seen by callbacks,
+    /// at most [`BLOCKED_EVENTS_KEPT`].
+    pub(crate) blocked_events: VecDeque<Option<String>>,
+    /// update-secret-ok replies received (a counter, so a waiter can tell a new one).
+    pub(crate) secret_updates: u64,
+    /// The I/O thread holds bytes it has taken from `buf` and not finished writing: callers
+    /// must not write directly to the socket (their bytes would land inside those).
+    pub(crate) io_writing: bool,
+    /// `close` is writing the held acks before connection.close: acks are not held any more.
+    pub(crate) closing_soon: bool,
+    /// When the I/O thread must write held acks (rule 5); `None` when none may be held.
+    pub(crate) acks_due: Option<Instant>,
+    /// Tells the I/O thread to stop now (the close deadline passed).
+    pub(crate) shutdown: bool,
+}
+
+impl Link {
+    pub(crate) fn new() -> Link {
+        Link {
+            buf: Vec::with_capacity(64 * 1024),
+            closed: None,
+            closing: None,
+            blocked_since: None,
+            blocked_events: VecDeque::new(),
+            secret_updates: 0,
+            io_writing: false,
+            closing_soon: false,
+            acks_due: None,
+            shutdown: false,
+        }
+    }
+
+    /// Whether frames may be queued now without waiting: the buffer is under its high-water
+    /// mark and, for content, the broker does not block the connection.
+    fn has_room(&self, content: bool) -> bool {
+        !(content && self.blocked_since.is_some()) && self.buf.len() < OUTBOUND_HIGH_WATER
+    }
+
+    /// Why nothing more may be queued: the connection is closed, or closing (nothing may
+    /// follow connection.close on the wire).
+    fn refusal(&self) -> Option<Error> {
+        if let Some(e) = &self.closed {
+            return Some(e.clone());
+        }
+        let (reply_code, reply_text) = self.closing.as_ref()?;
+        Some(Error::ConnectionClosedByClient {
+            reply_code: *reply_code,
+            reply_text: reply_text.clone(),
+        })
+    }
+
+    /// Records a blocked (`Some(reason)`) or unblocked event for the callbacks.
+    pub(crate) fn push_blocked_event(&mut self, event: Option<String>) {
+        if self.blocked_events.len() >= BLOCKED_EVENTS_KEPT {
+            self.blocked_events.pop_front();
+        }
+        self.blocked_events.push_back(event);
+    }
+}
+
+impl Core {
+    pub(crate) fn lock_link(&self) -> MutexGuard<'_, Link> {
+        self.link.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The error of a closed connection, `None` while it is open.
+    pub(crate) fn closed_error(&self) -> Option<Error> {
+        self.lock_link().closed.clone()
+    }
+
+    /// Waits while the outbound buffer is over its high-water mark (at most until
+    /// `deadline`), or, for content, while the broker blocks the connection (rule 3).
+    /// Called without any channel lock held.
+    ///
+    /// `deadline` is the call's own; `None` means `rpc_timeout` from when the wait starts (so
+    /// publishes and acks read no clock unless they wait), or no deadline for a timeout too
+    /// large to be one.
+    fn wait_for_room(&self, content: bool, deadline: Option<Instant>) -> Result<()> {
+        let deadline = deadline.or_else(|| super::deadline_after(self.params.rpc_timeout));
+        let _wanting = Wanting::new(self);
+        let mut link = self.lock_link();
+        loop {
+            if let Some(e) = link.refusal() {
+                return Err(e);
+            }
+            if link.has_room(content) {
+                return Ok(());
+            }
+            if content && link.blocked_since.is_some() {
+                link = self.link_cond.wait(link).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            let left = match deadline {
+                None => Duration::MAX,
+                Some(d) => d.saturating_duration_since(Instant::now()),
+            };
+            if left.is_zero() {
+                return Err(Error::timeout(
+                    "waiting for room in the outbound buffer (the broker is not reading)",
+                    self.params.rpc_timeout,
+                ));
+            }
+            link = match deadline {
+                None => self.link_cond.wait(link).unwrap_or_else(|p| p.into_inner()),
+                Some(_) => {
+                    self.link_cond
+                        .wait_timeout(link, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Appends whole frames (and a body, split into body frames) with the buffer's lock held;
+    /// `prefix` (whole frames) goes first. Writes them directly when it may (rule 2).
+    fn append_locked(
+        &self,
+        link: MutexGuard<'_, Link>,
+        prefix: &[u8],
+        frames: &[u8],
+        body: Option<(u16, &[u8])>,
+    ) -> Result<()> {
+        if let Some(e) = link.refusal() {
+            return Err(e);
+        }
+        let mut written = 0;
+        if link.buf.is_empty() && !link.io_writing {
+            if let Some(tcp) = &self.direct {
+                written = write_direct(tcp, prefix, frames, body, self.tuned.frame_max);
+            }
+        }
+        let total = prefix.len()
+            + frames.len()
+            + body.map_or(0, |(_, b)| {
+                codec::body_frames_len(b.len(), self.tuned.frame_max)
+            });
+        if written == total {
+            return Ok(());
+        }
+        // The socket took the first `written` bytes already: queue the rest.
+        self.enqueue(link, |buf| {
+            codec::encode_tail(buf, written, prefix, frames, body, self.tuned.frame_max)
+        });
+        Ok(())
+    }
+
+    /// Queues frames for the I/O thread: `encode` appends them to the outbound buffer (locked
+    /// by the caller); the I/O thread is woken, once the lock is released, if the buffer was
+    /// empty (it writes a non-empty one on its own).
+    pub(crate) fn enqueue(
+        &self,
+        mut link: MutexGuard<'_, Link>,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) {
+        let was_empty = link.buf.is_empty();
+        encode(&mut link.buf);
+        drop(link);
+        if was_empty {
+            self.wake();
+        }
+    }
+
+    /// Queues `frames` (whole encoded frames for `channel`) and, for content, `body` split into
+    /// body frames, waiting for room at most until `deadline`. `check` runs under the
+    /// channel's lock right before the frames are queued: it refuses a closed channel and may
+    /// take a confirm sequence number, so that numbers and wire order agree and nothing is
+    /// queued behind the close-ok of a channel the broker closed. It may return `Ok(None)` to
+    /// send nothing.
+    pub(crate) fn send_on_if<T>(
+        &self,
+        channel: &ChannelCore,
+        frames: &[u8],
+        body: Option<&[u8]>,
+        deadline: Option<Instant>,
+        check: impl FnOnce(&mut ChanState) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
+        self.with_room(channel, body.is_some(), deadline, |st, link| {
+            let value = check(st)?;
+            if value.is_some() {
+                // Held acks go first: the broker sees the channel's frames in the order they
+                // were asked for.
+                let held = AckFrames::held(channel.id, &mut st.acks)?;
+                self.append_locked(link, held.as_slice(), frames, body.map(|b| (channel.id, b)))?;
+            }
+            Ok(value)
+        })
+    }
+
+    /// [`send_on_if`](Self::send_on_if) for a `check` that always sends.
+    pub(crate) fn send_on<T>(
+        &self,
+        channel: &ChannelCore,
+        frames: &[u8],
+        body: Option<&[u8]>,
+        deadline: Option<Instant>,
+        check: impl FnOnce(&mut ChanState) -> Result<T>,
+    ) -> Result<T> {
+        let sent = self.send_on_if(channel, frames, body, deadline, |st| check(st).map(Some))?;
+        Ok(sent.expect("check always asks to send"))
+    }
+
+    /// Runs `f` with the channel's state and the outbound buffer locked (in that order) once
+    /// the connection is usable and the buffer has room (rule 3; the wait runs without the
+    /// channel's lock).
+    fn with_room<T>(
+        &self,
+        channel: &ChannelCore,
+        content: bool,
+        deadline: Option<Instant>,
+        f: impl FnOnce(&mut ChanState, MutexGuard<'_, Link>) -> Result<T>,
+    ) -> Result<T> {
+        loop {
+            // The common case takes each lock once: the channel's, then the buffer's.
+            let mut st = channel.lock();
+            let link = self.lock_link();
+            if let Some(e) = link.refusal() {
+                return Err(e);
+            }
+            if link.has_room(content) {
+                return f(&mut st, link);
+            }
+            drop(link);
+            drop(st);
+            self.wait_for_room(content, deadline)?;
+        }
+    }
+
+    /// Settles deliveries on `channel` (basic.ack, nack, reject): merges consecutive acks
+    /// where that settles exactly the same messages (see `protocol::acks`), writes the rest
+    /// at once.
+    pub(crate) fn settle_on(
+        &self,
+        channel: &ChannelCore,
+        settle: Settle,
+        delivery_tag: u64,
+        deadline: Option<Instant>,
+        check: impl FnOnce(&ChanState) -> Result<()>,
+    ) -> Result<()> {
+        let wake = self.with_room(channel, false, deadline, |st, mut link| {
+            check(st)?;
+            // Nothing is held once the connection is about to close.
+            let more_queued = !st.deliveries.is_empty() && !link.closing_soon;
+            let plan = st.acks.settle(settle, delivery_tag, more_queued);
+            let wake = plan.started && link.acks_due.is_none();
+            if wake {
+                link.acks_due = Some(Instant::now() + ACK_FLUSH_DELAY);
+            }
+            let mut frames = AckFrames::new();
+            for (settle, tag) in [plan.flush, plan.send].into_iter().flatten() {
+                frames.push(channel.id, settle, tag)?;
+            }
+            if !frames.as_slice().is_empty() {
+                self.append_locked(link, &[], frames.as_slice(), None)?;
+            }
+            Ok(wake)
+        })?;
+        if wake {
+            self.wake();
+        }
+        Ok(())
+    }
+
+    /// Writes `channel`'s held acks, if any (its state is locked by the caller). Acks of a
+    /// channel or connection that is closed or closing are dropped: the broker requeues
+    /// those messages anyway, and nothing may follow a close on the wire.
+    pub(crate) fn flush_acks(&self, channel_id: u16, st: &mut ChanState) -> Result<()> {
+        let link = self.lock_link();
+        if !matches!(st.life, Life::Open) || link.refusal().is_some() {
+            st.acks.discard();
+            return Ok(());
+        }
+        let frames = AckFrames::held(channel_id, &mut st.acks)?;
+        if frames.as_slice().is_empty() {
+            return Ok(());
+        }
+        self.append_locked(link, &[], frames.as_slice(), None)
+    }
+
+    /// Writes every channel's held acks (their deadline passed, or the connection closes).
+    pub(crate) fn flush_all_acks(&self) {
+        let channels: Vec<_> = self.lock_channels().values().cloned().collect();
+        for channel in channels {
+            let mut st = channel.lock();
+            if st.acks.holding() {
+                if let Err(e) = self.flush_acks(channel.id, &mut st) {
+                    log::debug!("channel {}: held acks not written: {e}", channel.id);
+                }
+            }
+        }
+    }
+
+    /// Queues a method on channel 0.
+    pub(crate) fn send_connection_method(
+        &self,
+        method: AMQPClass,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        with_scratch(|buf| {
+            codec::encode_method(buf, 0, method)?;
+            self.wait_for_room(false, deadline)?;
+            self.append_locked(self.lock_link(), &[], buf, None)
+        })
+    }
+
+    /// Closes the connection: sends connection.close, waits for close-ok (at most `timeout`),
+    /// then stops the I/O thread. Queued frames are written before the close.
+    pub(crate) fn close(&self, reply_code: u16, reply_text: &str, timeout: Duration) -> Result<()> {
+        let method = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code,
+            reply_text: short(reply_text)?,
+            class_id: 0,
+            method_id: 0,
+        }));
+        let mut frame = Vec::new();
+        codec::encode_method(&mut frame, 0, method)?;
+        // First no new acks are held, then the held ones are written: an ack made before
+        // this call reaches the broker ahead of the close.
+        self.lock_link().closing_soon = true;
+        self.flush_all_acks();
+        let mut link = self.lock_link();
+        let mut result = Ok(());
+        if link.closed.is_none() {
+            if link.closing.is_none() {
+                link.closing = Some((reply_code, reply_text.to_string()));
+                self.enqueue(link, |buf| buf.extend_from_slice(&frame));
+                // Publishers waiting on a blocked connection give up now.
+                self.link_cond.notify_all();
+            } else {
+                drop(link);
+            }
+            let closed = self.wait_until(super::deadline_after(timeout), || {
+                self.lock_link().closed.is_some().then_some(())
+            });
+            if closed.is_none() {
+                result = Err(Error::timeout("waiting for connection.close-ok", timeout));
+            }
+        } else {
+            drop(link);
+        }
+        self.stop_thread(Error::ConnectionClosedByClient {
+            reply_code,
+            reply_text: reply_text.to_string(),
+        });
+        result
+    }
+}
+
+/// Body frames a caller writes directly at most (8 MiB at RabbitMQ's 128 KiB `frame_max`; the
+/// I/O slices, ~3 KiB, fit on the stack); larger bodies go through the I/O thread.
+const DIRECT_BODY_FRAMES: usize = 64;
+
+/// `MSG_NOSIGNAL`: a write to a socket the peer reset fails with EPIPE instead of raising
+/// SIGPIPE, which kills a host process that did not ignore it.
+#[cfg(target_os = "linux")]
+const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL;
+#[cfg(not(target_os = "linux"))]
+const SEND_FLAGS: i32 = 0;
+
+/// Writes `prefix`, `frames` and `body` (as body frames of at most `frame_max - 8` payload
+/// bytes each) to a non-blocking socket with one vectored send, allocating nothing; returns
+/// how many bytes it took (0 when it would block, on error, or for a body of more than
+/// [`DIRECT_BODY_FRAMES`] frames: the caller queues the rest).
+pub(crate) fn write_direct(
+    tcp: &std::net::TcpStream,
+    prefix: &[u8],
+    frames: &[u8],
+    body: Option<(u16, &[u8])>,
+    frame_max: u32,
+) -> usize {
+    let chunk = (frame_max as usize)
+        .saturating_sub(codec::FRAME_OVERHEAD)
+        .max(1);
+    let (channel, body) = body.unwrap_or((0, &[]));
+    if body.len().div_ceil(chunk) > DIRECT_BODY_FRAMES {
+        return 0;
+    }
+    let mut headers = [[0u8; 7]; DIRECT_BODY_FRAMES];
+    for (header, piece) in headers.iter_mut().zip(body.chunks(chunk)) {
+        *header = codec::body_frame_header(channel, piece.len());
+    }
+    let end = [amq_protocol::protocol::constants::FRAME_END];
+    let mut slices = [IoSlice::new(&[]); 2 + 3 * DIRECT_BODY_FRAMES];
+    slices[0] = IoSlice::new(prefix);
+    slices[1] = IoSlice::new(frames);
+    let mut used = 2;
+    for (header, piece) in headers.iter().zip(body.chunks(chunk)) {
+        slices[used] = IoSlice::new(header);
+        slices[used + 1] = IoSlice::new(piece);
+        slices[used + 2] = IoSlice::new(&end);
+        used += 3;
+    }
+    let socket = socket2::SockRef::from(tcp);
+    loop {
+        match socket.send_vectored_with_flags(&slices[..used], SEND_FLAGS) {
+            Ok(n) => return n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // WouldBlock, or an error the I/O thread will meet and report on its next write.
+            Err(_) => return 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_writes_send_the_same_bytes_as_the_queue() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let frames = b"method and header frames";
+        let body: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
+        // 20000 bytes at frame_max 8192: 3 body frames.
+        let written = write_direct(&client, &[], frames, Some((5, &body)), 8192);
+        let mut expected = Vec::new();
+        codec::encode_tail(&mut expected, 0, &[], frames, Some((5, &body)), 8192);
+        assert_eq!(written, expected.len());
+        let mut got = vec![0; expected.len()];
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(got, expected);
+        // Too many body frames for a direct write: nothing is written, the caller queues.
+        let too_many = vec![0; (8192 - codec::FRAME_OVERHEAD) * DIRECT_BODY_FRAMES + 1];
+        assert_eq!(
+            write_direct(&client, &[], frames, Some((5, &too_many)), 8192),
+            0
+        );
+    }
+}

@@ -1,0 +1,416 @@
+//! Routing what the broker sends: each frame to its channel's state (replies, deliveries,
+//! confirms, returns, cancels, closes), connection-level methods to the connection.
+//!
+//! The router lives in the reading half and runs on whichever thread holds the read token
+//! (see `token`); it never blocks and never runs user code. It takes a channel's lock for
+//! each change and queues its own replies (close-ok, cancel-ok, flow-ok, rejects of orphaned
+//! deliveries) behind what callers queued. It notes whether anything changed that a waiter
+//! may look at; the read loop then bumps the token's generation once per batch.
+//!
+//! A channel number stays taken until the broker has answered our channel.close: when the
+//! broker closes a channel while our close is in flight (both sides closed at once), its
+//! close-ok to ours is still to come, and a new channel on that number would take it for its
+//! own.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
+
+use super::chan::{ChannelCore, Delivered, Held, Life, Reply};
+use super::Core;
+use crate::delivery::{Delivery, GetMessage, Returned};
+use crate::error::{Error, Result, CHANNEL_ERROR, COMMAND_INVALID, FRAME_ERROR};
+use crate::protocol::codec;
+use crate::protocol::content::{Assembly, Content, ContentMethod};
+
+/// connection.blocked / unblocked events kept for the callbacks; older ones are dropped.
+pub(crate) const BLOCKED_EVENTS_KEPT: usize = 16;
+
+/// How reading ended without an error of its own.
+#[derive(Debug)]
+pub(crate) enum Exit {
+    /// Our connection.close was answered.
+    CloseOk,
+    /// The broker closed the connection (close-ok is queued).
+    ClosedByBroker(Error),
+}
+
+struct Entry {
+    core: Arc<ChannelCore>,
+    assembly: Assembly,
+}
+
+/// Routes frames to channels (the reader's own cache of the connection's channel table).
+#[derive(Default)]
+pub(crate) struct Router {
+    /// Indexed by channel number (a lookup per frame, so no hashing); grows to the highest
+    /// number in use, at most `channel_max`.
+    channels: Vec<Option<Entry>>,
+    /// Something a waiter may look at changed since the last [`take_changed`](Self::take_changed).
+    changed: bool,
+}
+
+impl Router {
+    /// Whether anything a waiter may look at changed since the last call.
+    pub(crate) fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    fn entry(&mut self, core: &Core, channel: u16) -> Result<&mut Entry> {
+        let index = channel as usize;
+        if self.channels.get(index).is_none_or(Option::is_none) {
+            let known = core.lock_channels().get(&channel).cloned();
+            let known = known.ok_or_else(|| {
+                Error::protocol(
+                    CHANNEL_ERROR,
+                    format!("frame on channel {channel}, which is not open"),
+                )
+            })?;
+            if self.channels.len() <= index {
+                self.channels.resize_with(index + 1, || None);
+            }
+            self.channels[index] = Some(Entry {
+                core: known,
+                assembly: Assembly::default(),
+            });
+        }
+        Ok(self.channels[index].as_mut().expect("filled above"))
+    }
+
+    /// Frees a channel's number: removes it from the cache and the connection's table.
+    fn forget(&mut self, core: &Core, channel: u16) {
+        if let Some(entry) = self
+            .channels
+            .get_mut(channel as usize)
+            .and_then(Option::take)
+        {
+            let mut table = core.lock_channels();
+            if table
+                .get(&channel)
+                .is_some_and(|c| Arc::ptr_eq(c, &entry.core))
+            {
+                table.remove(&channel);
+            }
+        }
+    }
+
+    pub(crate) fn on_frame(&mut self, core: &Core, frame: AMQPFrame) -> Result<Option<Exit>> {
+        match frame {
+            AMQPFrame::Heartbeat => {
+                log::trace!("heartbeat received");
+                Ok(None)
+            }
+            AMQPFrame::Method(0, AMQPClass::Connection(method)) => self.on_connection(core, method),
+            AMQPFrame::Method(0, other) => Err(Error::protocol(
+                COMMAND_INVALID,
+                format!("method {other:?} on channel 0"),
+            )),
+            AMQPFrame::Method(channel, method) => {
+                log::trace!("channel {channel}: {method:?}");
+                self.on_method(core, channel, method).map(|()| None)
+            }
+            AMQPFrame::Header(channel, header) => {
+                let entry = self.entry(core, channel)?;
+                if let Some(content) = entry.assembly.header(channel, header)? {
+                    self.finish_content(core, channel, content);
+                }
+                Ok(None)
+            }
+            AMQPFrame::Body(channel, data) => self.on_body(core, channel, &data).map(|()| None),
+            AMQPFrame::InvalidHeartbeat(channel) => Err(Error::protocol(
+                FRAME_ERROR,
+                format!("heartbeat frame on channel {channel}"),
+            )),
+            AMQPFrame::ProtocolHeader(_) => Err(Error::protocol(
+                FRAME_ERROR,
+                "protocol header in the middle of the connection",
+            )),
+        }
+    }
+
+    pub(crate) fn on_body(&mut self, core: &Core, channel: u16, data: &[u8]) -> Result<()> {
+        let entry = self.entry(core, channel)?;
+        if let Some(content) = entry.assembly.body(channel, data)? {
+            self.finish_content(core, channel, content);
+        }
+        Ok(())
+    }
+
+    fn finish_content(&mut self, core: &Core, channel: u16, content: Content) {
+        let Some(entry) = self
+            .channels
+            .get_mut(channel as usize)
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        let chan = entry.core.clone();
+        let Content {
+            method,
+            properties,
+            body,
+        } = content;
+        let mut st = chan.lock();
+        if st.closed_error().is_some() || matches!(st.life, Life::Closing) {
+            return;
+        }
+        match method {
+            ContentMethod::Deliver(method) => {
+                st.acks.delivered(method.delivery_tag);
+                if let Some(auto_ack) = st.orphan(method.consumer_tag.as_str()) {
+                    drop(st);
+                    self.orphaned(core, channel, method.delivery_tag, auto_ack, &method);
+                    return;
+                }
+                let delivery = Delivery {
+                    method,
+                    properties,
+                    body,
+                };
+                st.deliveries.push_back(Held::new(delivery, &core.inbound));
+            }
+            ContentMethod::GetOk(method) => {
+                st.acks.delivered(method.delivery_tag);
+                let reply = Reply::Get(GetMessage {
+                    method,
+                    properties,
+                    body,
+                });
+                match st.deliver_reply(reply) {
+                    Delivered::ToWaiter | Delivered::Stale => {}
+                    Delivered::StaleGet { delivery_tag } => {
+                        drop(st);
+                        log::warn!(
+                            "channel {channel}: a basic.get-ok arrived after its caller gave \
+                             up: rejecting delivery {delivery_tag} with requeue"
+                        );
+                        self.queue_reject(core, channel, delivery_tag);
+                    }
+                    Delivered::Unwanted => {
+                        log::warn!("channel {channel}: basic.get-ok nobody asked for")
+                    }
+                }
+            }
+            ContentMethod::Return(method) => st.push_return(Returned {
+                method,
+                properties,
+                body,
+            }),
+        }
+        self.changed = true;
+    }
+
+    /// A delivery for a consumer whose basic.consume or basic.cancel timed out (nobody will
+    /// consume it): back to its queue, or, auto-acked, reported lost.
+    fn orphaned(
+        &mut self,
+        core: &Core,
+        channel: u16,
+        delivery_tag: u64,
+        auto_ack: bool,
+        method: &basic::Deliver,
+    ) {
+        if auto_ack {
+            log::warn!(
+                "channel {channel}: delivery {delivery_tag} for consumer {} whose basic.consume \
+                 or basic.cancel timed out was auto-acked by the broker: it is lost",
+                method.consumer_tag
+            );
+        } else {
+            log::debug!(
+                "channel {channel}: requeueing delivery {delivery_tag} for timed-out consumer {}",
+                method.consumer_tag
+            );
+            self.queue_reject(core, channel, delivery_tag);
+        }
+    }
+
+    fn queue_reject(&mut self, core: &Core, channel: u16, delivery_tag: u64) {
+        let reject = AMQPClass::Basic(basic::AMQPMethod::Reject(basic::Reject {
+            delivery_tag,
+            requeue: true,
+        }));
+        queue_reply(core, channel, reject);
+    }
+
+    fn on_connection(
+        &mut self,
+        core: &Core,
+        method: connection::AMQPMethod,
+    ) -> Result<Option<Exit>> {
+        match method {
+            connection::AMQPMethod::Close(close) => {
+                let close_ok =
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}));
+                queue_reply(core, 0, close_ok);
+                Ok(Some(Exit::ClosedByBroker(Error::ConnectionClosed {
+                    reply_code: close.reply_code,
+                    reply_text: close.reply_text.to_string(),
+                    class_id: close.class_id,
+                    method_id: close.method_id,
+                })))
+            }
+            connection::AMQPMethod::CloseOk(_) => Ok(Some(Exit::CloseOk)),
+            connection::AMQPMethod::Blocked(blocked) => {
+                log::warn!("the broker blocked the connection: {}", blocked.reason);
+                let mut link = core.lock_link();
+                link.blocked_since.get_or_insert_with(Instant::now);
+                link.push_blocked_event(Some(blocked.reason.to_string()));
+                drop(link);
+                self.connection_work(core);
+                Ok(None)
+            }
+            connection::AMQPMethod::Unblocked(_) => {
+                log::info!("the broker unblocked the connection");
+                let mut link = core.lock_link();
+                link.blocked_since = None;
+                link.push_blocked_event(None);
+                drop(link);
+                // Publishers waiting for the unblock.
+                core.link_cond.notify_all();
+                self.connection_work(core);
+                Ok(None)
+            }
+            connection::AMQPMethod::UpdateSecretOk(_) => {
+                core.lock_link().secret_updates += 1;
+                self.changed = true;
+                Ok(None)
+            }
+            other => Err(Error::protocol(
+                COMMAND_INVALID,
+                format!("unexpected connection method {other:?}"),
+            )),
+        }
+    }
+
+    /// Connection-level work for the consuming threads (blocked/unblocked callbacks).
+    fn connection_work(&mut self, core: &Core) {
+        core.conn_work.fetch_add(1, Ordering::SeqCst);
+        self.changed = true;
+    }
+
+    fn on_method(&mut self, core: &Core, channel: u16, method: AMQPClass) -> Result<()> {
+        let entry = self.entry(core, channel)?;
+        let content = match method {
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(m)) => Some(ContentMethod::Deliver(m)),
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(m)) => Some(ContentMethod::GetOk(m)),
+            AMQPClass::Basic(basic::AMQPMethod::Return(m)) => Some(ContentMethod::Return(m)),
+            other => {
+                entry.assembly.expect_method(channel)?;
+                return self.on_plain_method(core, channel, other);
+            }
+        };
+        if let Some(content) = content {
+            entry.assembly.start(channel, content)?;
+        }
+        Ok(())
+    }
+
+    fn on_plain_method(&mut self, core: &Core, channel: u16, method: AMQPClass) -> Result<()> {
+        let chan = self.entry(core, channel)?.core.clone();
+        match method {
+            AMQPClass::Basic(basic::AMQPMethod::Ack(ack)) => {
+                if let Some(t) = chan.lock().confirms.as_mut() {
+                    t.on_confirm(ack.delivery_tag, ack.multiple, false);
+                }
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Nack(nack)) => {
+                if let Some(t) = chan.lock().confirms.as_mut() {
+                    t.on_confirm(nack.delivery_tag, nack.multiple, true);
+                }
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Cancel(cancel)) => {
+                log::warn!(
+                    "channel {channel}: the broker cancelled consumer {}",
+                    cancel.consumer_tag
+                );
+                if !cancel.nowait {
+                    let ok = AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                        consumer_tag: cancel.consumer_tag.clone(),
+                    }));
+                    queue_reply(core, channel, ok);
+                }
+                chan.lock().push_cancel(cancel.consumer_tag.to_string());
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Close(close)) => {
+                let mut st = chan.lock();
+                let error = Error::ChannelClosed {
+                    reply_code: close.reply_code,
+                    reply_text: close.reply_text.to_string(),
+                    class_id: close.class_id,
+                    method_id: close.method_id,
+                };
+                log::debug!("channel {channel} closed by the broker: {error}");
+                // Both sides closed at once: the broker's close-ok to ours is still to come,
+                // so the number stays taken until then (see the module docs).
+                let ours_in_flight = matches!(st.life, Life::Closing);
+                st.life = Life::Closed(if ours_in_flight {
+                    Error::ChannelClosedByClient {
+                        reply_code: 200,
+                        reply_text: "Normal shutdown".into(),
+                    }
+                } else {
+                    error
+                });
+                st.awaiting = false;
+                // The broker requeued everything unacked; nothing may follow the close-ok.
+                st.acks.discard();
+                st.deliveries.clear();
+                // Marked closed before close-ok is queued, under the lock callers take to queue
+                // frames for the channel, so nothing of theirs follows the close-ok.
+                let ok = AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}));
+                queue_reply(core, channel, ok);
+                drop(st);
+                if !ours_in_flight {
+                    self.forget(core, channel);
+                }
+            }
+            AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
+                let mut st = chan.lock();
+                if !matches!(st.life, Life::Closed(_)) {
+                    st.life = Life::Closed(Error::ChannelClosedByClient {
+                        reply_code: 200,
+                        reply_text: "Normal shutdown".into(),
+                    });
+                }
+                st.awaiting = false;
+                st.deliveries.clear();
+                drop(st);
+                log::debug!("channel {channel} closed");
+                self.forget(core, channel);
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Flow(flow)) => {
+                log::info!(
+                    "channel {channel}: the broker asks flow active={}",
+                    flow.active
+                );
+                let ok = AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
+                    active: flow.active,
+                }));
+                queue_reply(core, channel, ok);
+            }
+            reply => match chan.lock().deliver_reply(Reply::Method(reply)) {
+                Delivered::Unwanted => {
+                    log::warn!("channel {channel}: ignoring a reply nobody waits for")
+                }
+                Delivered::ToWaiter | Delivered::Stale | Delivered::StaleGet { .. } => {}
+            },
+        }
+        self.changed = true;
+        Ok(())
+    }
+}
+
+/// Queues a reply of the reader's own behind everything callers queued before it; the I/O
+/// thread writes it (woken if the buffer was empty).
+fn queue_reply(core: &Core, channel: u16, method: AMQPClass) {
+    let mut frame = Vec::new();
+    if let Err(e) = codec::encode_method(&mut frame, channel, method) {
+        log::error!("cannot encode a reply on channel {channel}: {e}");
+        return;
+    }
+    core.enqueue(core.lock_link(), |buf| buf.extend_from_slice(&frame));
+}

@@ -1,0 +1,657 @@
+//! The read token: who reads the socket, and how every other thread waits for what reading
+//! brings.
+//!
+//! # Rules
+//!
+//! 1. **One reader.** The reading half ([`ReadSide`]: frame reader, router, on plain TCP the
+//!    socket's read half and a poll of its own) is owned by whoever holds the token. Holding
+//!    it means having the `ReadSide` moved out of [`Turn`]; nothing else reaches the socket's
+//!    read half, so there is one reader by construction.
+//! 2. **Who may hold it.** The I/O thread, or (plain TCP only) a user thread that waits for
+//!    something reading brings: a method's reply, a confirm, a delivery, a close-ok
+//!    ([`Core::wait_until`]). Under TLS the token never leaves the I/O thread (a native-tls
+//!    stream cannot be split); waiters then only sleep.
+//! 3. **The one read loop** ([`read_loop`]) serves every holder: read once, route every
+//!    complete frame, then report under the [`Turn`] lock (bump `generation` if anything was
+//!    routed, wake the sleepers) and ask the holder whether to leave. A user holder leaves
+//!    after every batch that routed something, when its deadline passes, or when it is
+//!    nudged; the I/O thread leaves when a user thread waits (`waiting > 0`) and hands the
+//!    token over. A holder never runs user code and never waits for outbound room: it leaves
+//!    the loop first.
+//! 4. **Parked.** A user holder that leaves puts the `ReadSide` back as
+//!    [`Holder::Parked`]: any waiter takes it at once, with no hand-over. This is how a
+//!    consumer "keeps" the token across its callback: nobody reads while the callback runs,
+//!    so the consumer is back to read its next message with no wake-up of any other thread.
+//!    That lasts only while no one else asks for it (a waiter takes a parked token at once)
+//!    and at most [`PARK_GRACE`]: the I/O thread takes a token that has lain parked that long.
+//!    If the I/O thread sleeps without that deadline (`io_idle`: the token was held by a
+//!    user when it went to sleep), whoever parks the token wakes it.
+//! 5. **Reading before polling.** Socket readiness is edge-triggered; a new holder reads
+//!    before it polls, since the last one may have left bytes unread.
+//! 6. **Polls.** The `ReadSide`'s own poll watches the socket's input and `read_waker`; its
+//!    registrations never change. The I/O thread's poll watches its `io_waker`, the socket's
+//!    output, and the socket's input only while the I/O thread holds the token; only the I/O
+//!    thread changes its registrations.
+//! 7. **Waking.** Every change a waiter may wait for bumps `generation` under the `Turn`
+//!    lock before sleepers are notified: routed frames (by the reader), and changes from
+//!    outside the socket (a channel or the connection closed, a consumer cancelled,
+//!    connection-level work) through [`Core::nudge`], which also wakes a user holder's poll.
+//!    A waiter sleeps only if `generation` is unchanged since it looked.
+//! 8. **The end.** When a holder meets the end of the connection (EOF, an error, the
+//!    broker's close, the close-ok to ours) it records it in `Turn::end`, marks the token
+//!    [`Holder::Ended`] and wakes the I/O thread, which ends the connection (one error for
+//!    everyone, see `io_thread`). A panic while holding is such an end. Nobody reads after.
+//! 9. **Inbound back-pressure.** The [`InboundMeter`] counts the bytes of messages held for
+//!    callers. Over [`INBOUND_SOFT_LIMIT`] reading pauses unless some thread waits for
+//!    something reading brings (`wanting > 0`: what it waits for may sit behind those
+//!    messages); over [`INBOUND_HARD_LIMIT`] it pauses regardless, and such a waiter's own
+//!    deadline ends its wait. A paused holder looks again every [`PAUSE_RECHECK`]. While
+//!    reading is paused the broker's silence is ours: heartbeat deadlines do not run.
+//!
+//! Lock order: a channel's state, then `Turn`; the outbound buffer (`Link`) is never held
+//! while taking `Turn`, nor `Turn` while taking it, except that `Turn` may be taken under
+//! nothing else. `look` closures passed to [`Core::wait_until`] run with no engine lock held.
+
+use std::io::ErrorKind;
+use std::sync::atomic::Ordering;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token};
+
+use super::chan::InboundMeter;
+use super::router::{Exit, Router};
+use super::Core;
+use crate::error::{Error, Result};
+use crate::protocol::codec::{FrameReader, Inbound};
+use crate::transport::Stream;
+
+/// How long a parked token may lie unused before the I/O thread takes it back (rule 4): about
+/// the time a consumer's code takes between two messages, so a busy consumer keeps reading
+/// for itself, while the broker's answer to what the user writes meanwhile (a channel closed
+/// for a bad publish) is still read within a millisecond.
+pub(crate) const PARK_GRACE: Duration = Duration::from_millis(1);
+/// How often a holder whose reading is paused looks again (rule 9).
+pub(crate) const PAUSE_RECHECK: Duration = Duration::from_millis(10);
+/// Bytes of held messages past which reading pauses while nobody waits for input (rule 9).
+pub(crate) const INBOUND_SOFT_LIMIT: usize = 16 * 1024 * 1024;
+/// Bytes of held messages past which reading pauses whoever waits (rule 9).
+pub(crate) const INBOUND_HARD_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Poll token of the socket's input (in both polls) and output (I/O thread's).
+pub(crate) const SOCKET: Token = Token(0);
+/// Poll token of the waker of each poll.
+pub(crate) const WAKER: Token = Token(1);
+
+/// Who holds the read token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Holder {
+    /// The I/O thread has the `ReadSide`.
+    Io,
+    /// A user thread waiting in [`Core::wait_until`] has it.
+    User,
+    /// It lies in [`Turn::side`], put there at this instant (rule 4).
+    Parked(Instant),
+    /// The connection is over; nobody reads.
+    Ended,
+}
+
+/// The token's state, behind [`ReadToken::turn`].
+#[derive(Debug)]
+pub(crate) struct Turn {
+    /// The reading half, while [`Holder::Parked`].
+    side: Option<ReadSide>,
+    pub(crate) holder: Holder,
+    /// Bumped by every change a waiter may wait for (rule 7).
+    pub(crate) generation: u64,
+    /// User threads asleep on [`ReadToken::cond`].
+    waiting: usize,
+    /// Threads waiting for something only reading brings (asleep here or on the outbound
+    /// buffer, or reading): while any, the soft inbound limit does not pause reading.
+    wanting: usize,
+    /// The I/O thread sleeps with no deadline for taking a parked token back (rule 4).
+    io_idle: bool,
+    /// When a holder last read bytes (heartbeat bookkeeping).
+    pub(crate) last_read: Instant,
+    /// How reading ended, for the I/O thread to act on (rule 8).
+    end: Option<Result<Exit>>,
+}
+
+/// The read token of one connection.
+#[derive(Debug)]
+pub(crate) struct ReadToken {
+    turn: Mutex<Turn>,
+    cond: Condvar,
+    /// Wakes a user holder's poll (`None` under TLS, where users never hold the token).
+    read_waker: Option<mio::Waker>,
+}
+
+/// The reading half of the connection.
+pub(crate) struct ReadSide {
+    reader: FrameReader,
+    router: Router,
+    /// Plain TCP: the socket's read half and the poll a user holder waits in.
+    user: Option<UserPoll>,
+}
+
+struct UserPoll {
+    tcp: std::net::TcpStream,
+    poll: Poll,
+    events: Events,
+}
+
+impl std::fmt::Debug for ReadSide {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadSide").finish_non_exhaustive()
+    }
+}
+
+impl ReadToken {
+    /// A token held by the I/O thread from the start, and its reading half. On plain TCP
+    /// (`read_half` given) user threads may take it; if the poll for them cannot be made,
+    /// they never do (a log line says so) and everything else works as under TLS.
+    pub(crate) fn new(
+        reader: FrameReader,
+        read_half: Option<std::net::TcpStream>,
+        now: Instant,
+    ) -> (ReadToken, ReadSide) {
+        let (user, read_waker) = match read_half.map(user_poll) {
+            Some(Ok((user, waker))) => (Some(user), Some(waker)),
+            Some(Err(e)) => {
+                log::debug!("waiting threads will not read the socket themselves: {e}");
+                (None, None)
+            }
+            None => (None, None),
+        };
+        let token = ReadToken {
+            turn: Mutex::new(Turn {
+                side: None,
+                holder: Holder::Io,
+                generation: 0,
+                waiting: 0,
+                wanting: 0,
+                io_idle: false,
+                last_read: now,
+                end: None,
+            }),
+            cond: Condvar::new(),
+            read_waker,
+        };
+        let side = ReadSide {
+            reader,
+            router: Router::default(),
+            user,
+        };
+        (token, side)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Turn> {
+        self.turn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether user threads may hold the token (plain TCP).
+    fn shared(&self) -> bool {
+        self.read_waker.is_some()
+    }
+}
+
+fn user_poll(tcp: std::net::TcpStream) -> std::io::Result<(UserPoll, mio::Waker)> {
+    use std::os::fd::AsRawFd;
+    let poll = Poll::new()?;
+    poll.registry().register(
+        &mut mio::unix::SourceFd(&tcp.as_raw_fd()),
+        SOCKET,
+        mio::Interest::READABLE,
+    )?;
+    let waker = mio::Waker::new(poll.registry(), WAKER)?;
+    Ok((
+        UserPoll {
+            tcp,
+            poll,
+            events: Events::with_capacity(4),
+        },
+        waker,
+    ))
+}
+
+/// What the read loop stopped for.
+pub(crate) enum Step {
+    /// Nothing more to read now: poll.
+    WouldBlock,
+    /// The holder asked to leave.
+    Leave,
+    /// Reading is paused (rule 9): look again within [`PAUSE_RECHECK`].
+    Paused,
+    /// The connection ended (rule 8).
+    End(Result<Exit>),
+}
+
+/// Whether reading must pause now (rule 9). While it is, the broker's silence is ours: the
+/// heartbeat deadline counts from now.
+fn paused(inbound: &InboundMeter, turn: &mut Turn) -> bool {
+    let held = inbound.load(Ordering::SeqCst);
+    let paused = held >= INBOUND_HARD_LIMIT || (held >= INBOUND_SOFT_LIMIT && turn.wanting == 0);
+    if paused {
+        turn.last_read = Instant::now();
+    }
+    paused
+}
+
+/// The one read loop (rule 3): reads from `tls` if given, else from the side's own read half,
+/// and routes every complete frame; after each batch reports under the `Turn` lock and asks
+/// `leave(turn, routed)` whether to stop.
+pub(crate) fn read_loop(
+    core: &Core,
+    side: &mut ReadSide,
+    mut tls: Option<&mut Stream>,
+    mut leave: impl FnMut(&Turn, bool) -> bool,
+) -> Step {
+    if paused(&core.inbound, &mut core.token.lock()) {
+        return Step::Paused;
+    }
+    loop {
+        let read = match (tls.as_deref_mut(), side.user.as_ref()) {
+            (Some(stream), _) => side.reader.read_from(stream),
+            (None, Some(user)) => side.reader.read_from(&mut &user.tcp),
+            (None, None) => return Step::WouldBlock,
+        };
+        match read {
+            Ok(0) => {
+                let message = if side.reader.has_partial() {
+                    "the broker closed the socket in the middle of a frame"
+                } else {
+                    "the broker closed the socket"
+                };
+                return Step::End(Err(Error::StreamLost {
+                    message: message.into(),
+                }));
+            }
+            Ok(_) => {
+                let routed = route_buffered(core, side);
+                let changed = side.router.take_changed();
+                let mut turn = core.token.lock();
+                turn.last_read = Instant::now();
+                if changed {
+                    turn.generation += 1;
+                    if turn.waiting > 0 {
+                        core.token.cond.notify_all();
+                    }
+                }
+                match routed {
+                    Ok(None) => {}
+                    Ok(Some(exit)) => return Step::End(Ok(exit)),
+                    Err(e) => return Step::End(Err(e)),
+                }
+                if leave(&turn, changed) {
+                    return Step::Leave;
+                }
+                if paused(&core.inbound, &mut turn) {
+                    return Step::Paused;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::WouldBlock,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Step::End(Err(Error::StreamLost {
+                    message: format!("reading from the socket failed: {e}"),
+                }))
+            }
+        }
+    }
+}
+
+/// Routes every complete frame buffered in the side's reader.
+fn route_buffered(core: &Core, side: &mut ReadSide) -> Result<Option<Exit>> {
+    while let Some(inbound) = side.reader.next_frame()? {
+        let exit = match inbound {
+            Inbound::Frame(frame) => side.router.on_frame(core, frame)?,
+            Inbound::Body(channel, range) => {
+                side.router
+                    .on_body(core, channel, side.reader.bytes(range))?;
+                None
+            }
+        };
+        if exit.is_some() {
+            return Ok(exit);
+        }
+    }
+    Ok(None)
+}
+
+/// The I/O thread's side of the token.
+pub(crate) struct IoTurn {
+    /// The reading half while the I/O thread holds the token.
+    pub(crate) side: Option<ReadSide>,
+}
+
+/// What the I/O thread should do after its turn at the token.
+pub(crate) struct IoRead {
+    /// The connection ended.
+    pub(crate) end: Option<Result<Exit>>,
+    /// It now holds the token (watch the socket's input), or not.
+    pub(crate) holding: bool,
+    /// When to look at the token again at the latest, besides its wakers.
+    pub(crate) recheck: Option<Instant>,
+}
+
+impl Core {
+    /// The I/O thread's turn (rules 2-4, 8): takes the token back if it lies parked long
+    /// enough and nobody waits, reads until the socket would block, and hands the token to
+    /// waiting user threads. `tls` is the stream to read under TLS.
+    pub(crate) fn io_read(&self, io: &mut IoTurn, tls: Option<&mut Stream>) -> IoRead {
+        let now = Instant::now();
+        let mut turn = self.token.lock();
+        if let Some(end) = turn.end.take() {
+            return IoRead {
+                end: Some(end),
+                holding: false,
+                recheck: None,
+            };
+        }
+        turn.io_idle = false;
+        let shared = self.token.shared();
+        match turn.holder {
+            Holder::Io if shared && turn.waiting > 0 => {
+                // A user thread asked for the token: hand it over before reading.
+                return self.hand_over(io, turn);
+            }
+            Holder::Io => {}
+            Holder::Parked(since) if turn.waiting == 0 && since + PARK_GRACE <= now => {
+                io.side = turn.side.take();
+                turn.holder = Holder::Io;
+            }
+            Holder::Parked(since) => {
+                return IoRead {
+                    end: None,
+                    holding: false,
+                    recheck: Some(since + PARK_GRACE),
+                }
+            }
+            Holder::User => {
+                // Whoever parks it wakes us (rule 4).
+                turn.io_idle = true;
+                return IoRead {
+                    end: None,
+                    holding: false,
+                    recheck: None,
+                };
+            }
+            Holder::Ended => {
+                return IoRead {
+                    end: None,
+                    holding: false,
+                    recheck: None,
+                }
+            }
+        }
+        drop(turn);
+        let Some(side) = io.side.as_mut() else {
+            return IoRead {
+                end: Some(Err(Error::StreamLost {
+                    message: "the reading half was lost".into(),
+                })),
+                holding: false,
+                recheck: None,
+            };
+        };
+        let step = read_loop(self, side, tls, |turn, _| shared && turn.waiting > 0);
+        match step {
+            Step::WouldBlock => IoRead {
+                end: None,
+                holding: true,
+                recheck: None,
+            },
+            Step::Paused => IoRead {
+                end: None,
+                holding: true,
+                recheck: Some(Instant::now() + PAUSE_RECHECK),
+            },
+            Step::Leave => self.hand_over(io, self.token.lock()),
+            Step::End(end) => IoRead {
+                end: Some(end),
+                holding: true,
+                recheck: None,
+            },
+        }
+    }
+
+    /// The I/O thread gives the token to the user threads waiting for it (rule 3).
+    fn hand_over(&self, io: &mut IoTurn, mut turn: MutexGuard<'_, Turn>) -> IoRead {
+        turn.side = io.side.take();
+        turn.holder = Holder::Parked(Instant::now());
+        drop(turn);
+        self.token.cond.notify_all();
+        IoRead {
+            end: None,
+            holding: false,
+            recheck: None,
+        }
+    }
+
+    /// Ends the token for good (rule 8): nobody reads any more. Returns the reading half if
+    /// it lay parked (the caller drops it); a user holder drops its own when it leaves.
+    pub(crate) fn end_reading(&self) -> Option<ReadSide> {
+        let mut turn = self.token.lock();
+        turn.holder = Holder::Ended;
+        turn.end = None;
+        let side = turn.side.take();
+        drop(turn);
+        self.token.cond.notify_all();
+        side
+    }
+
+    /// When a holder last read bytes.
+    pub(crate) fn last_read(&self) -> Instant {
+        self.token.lock().last_read
+    }
+
+    /// Tells waiters that something outside the socket changed (rule 7): bumps the
+    /// generation, wakes the sleepers and a user holder's poll.
+    pub(crate) fn nudge(&self) {
+        let mut turn = self.token.lock();
+        turn.generation += 1;
+        let waiting = turn.waiting > 0;
+        let holder = turn.holder;
+        drop(turn);
+        if waiting {
+            self.token.cond.notify_all();
+        }
+        if holder == Holder::User {
+            if let Some(waker) = &self.token.read_waker {
+                if let Err(e) = waker.wake() {
+                    log::warn!("could not wake the reading thread: {e}");
+                }
+            }
+        }
+    }
+
+    /// The current generation (rule 7).
+    pub(crate) fn generation(&self) -> u64 {
+        self.token.lock().generation
+    }
+
+    /// Waits until `look` gives a value (it runs first at once, then after every change, with
+    /// no engine lock held), or until `deadline` (`None`: no deadline), reading the socket
+    /// on this thread when the token is free (rules 2-5). Returns `None` at the deadline.
+    pub(crate) fn wait_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut look: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        let _wanting = Wanting::new(self);
+        let shared = self.token.shared();
+        loop {
+            let seen = self.generation();
+            if let Some(value) = look() {
+                return Some(value);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            let mut turn = self.token.lock();
+            if turn.generation != seen {
+                continue;
+            }
+            if shared && matches!(turn.holder, Holder::Parked(_)) {
+                let side = turn.side.take();
+                turn.holder = Holder::User;
+                drop(turn);
+                let mut taken = Taken { core: self, side };
+                self.read_as_user(&mut taken, deadline);
+                continue;
+            }
+            turn.waiting += 1;
+            if shared && turn.holder == Holder::Io {
+                // Asks for a hand-over (counted first, so the I/O thread sees it).
+                drop(turn);
+                self.wake();
+                turn = self.token.lock();
+            }
+            let handed = shared && matches!(turn.holder, Holder::Parked(_));
+            if turn.generation != seen || handed {
+                turn.waiting -= 1;
+                continue;
+            }
+            turn = match deadline {
+                None => self
+                    .token
+                    .cond
+                    .wait(turn)
+                    .unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    self.token
+                        .cond
+                        .wait_timeout(turn, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+            turn.waiting -= 1;
+        }
+    }
+
+    /// A user holder's reading (rules 3, 5): until a batch routed something, the deadline, a
+    /// nudge, or the end.
+    fn read_as_user(&self, taken: &mut Taken<'_>, deadline: Option<Instant>) {
+        let Some(side) = taken.side.as_mut() else {
+            return;
+        };
+        loop {
+            let step = read_loop(self, side, None, |_, routed| routed);
+            let recheck = match step {
+                Step::Leave => return,
+                Step::End(end) => {
+                    taken.end(end);
+                    return;
+                }
+                Step::WouldBlock => None,
+                Step::Paused => Some(Instant::now() + PAUSE_RECHECK),
+            };
+            let wake = match (deadline, recheck) {
+                (Some(d), Some(r)) => Some(d.min(r)),
+                (d, r) => d.or(r),
+            };
+            let timeout = match wake {
+                None => None,
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return;
+                    }
+                    Some(left)
+                }
+            };
+            let Some(user) = side.user.as_mut() else {
+                return;
+            };
+            match user.poll.poll(&mut user.events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    taken.end(Err(Error::io("polling the socket", &e)));
+                    return;
+                }
+            }
+            if user.events.is_empty() || user.events.iter().any(|e| e.token() == WAKER) {
+                // The deadline, a pause recheck or a nudge: the caller looks again.
+                return;
+            }
+        }
+    }
+}
+
+/// A user thread's hold of the token; puts it back (parked) when dropped, also on a panic,
+/// which ends the connection (rule 8).
+struct Taken<'a> {
+    core: &'a Core,
+    side: Option<ReadSide>,
+}
+
+impl Taken<'_> {
+    /// Records how the connection ended and leaves the token ended (rule 8).
+    fn end(&mut self, end: Result<Exit>) {
+        let mut turn = self.core.token.lock();
+        if turn.holder != Holder::Ended {
+            turn.holder = Holder::Ended;
+            turn.end = Some(end);
+        }
+        drop(turn);
+        self.side = None;
+        self.core.wake();
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if self.side.is_none() {
+            return;
+        }
+        if std::thread::panicking() {
+            self.end(Err(Error::StreamLost {
+                message: "a panic while reading the socket".into(),
+            }));
+            return;
+        }
+        let mut turn = self.core.token.lock();
+        if turn.holder == Holder::Ended {
+            drop(turn);
+            self.side = None;
+            return;
+        }
+        turn.side = self.side.take();
+        turn.holder = Holder::Parked(Instant::now());
+        let waiting = turn.waiting > 0;
+        let wake_io = std::mem::take(&mut turn.io_idle);
+        drop(turn);
+        if waiting {
+            self.core.token.cond.notify_all();
+        }
+        if wake_io {
+            self.core.wake();
+        }
+    }
+}
+
+/// Counted in `Turn::wanting` while alive (rule 9). A thread that starts wanting while the
+/// I/O thread reads wakes it, in case its reading is paused for the soft limit.
+pub(crate) struct Wanting<'a>(&'a Core);
+
+impl<'a> Wanting<'a> {
+    pub(crate) fn new(core: &'a Core) -> Self {
+        let mut turn = core.token.lock();
+        turn.wanting += 1;
+        let io_reads = turn.holder == Holder::Io;
+        drop(turn);
+        if io_reads && core.inbound.load(Ordering::SeqCst) >= INBOUND_SOFT_LIMIT {
+            core.wake();
+        }
+        Wanting(core)
+    }
+}
+
+impl Drop for Wanting<'_> {
+    fn drop(&mut self) {
+        self.0.token.lock().wanting -= 1;
+    }
+}

@@ -1,0 +1,218 @@
+//! Content assembly: a content method (basic.deliver, basic.get-ok or basic.return), then its
+//! content header, then body frames, into one message.
+//!
+//! One [`Assembly`] per channel. The sizes a peer announces are checked before anything is
+//! reserved: a body larger than [`MAX_BODY_SIZE`] is refused, at most [`MAX_BODY_PREALLOC`] is
+//! reserved up front, and a body frame that would make the body longer than its header
+//! announced is refused (501 FRAME_ERROR). Frames out of order are 505 UNEXPECTED_FRAME.
+
+use amq_protocol::frame::AMQPContentHeader;
+use amq_protocol::protocol::basic::{Deliver, GetOk, Return};
+use amq_protocol::protocol::BasicProperties;
+
+use crate::error::{Error, Result, FRAME_ERROR, UNEXPECTED_FRAME};
+
+/// Largest message body accepted (RabbitMQ's own hard limit is 512 MiB).
+pub(crate) const MAX_BODY_SIZE: u64 = 512 * 1024 * 1024;
+/// Largest body buffer reserved up front from a content header's (peer-controlled) size.
+pub(crate) const MAX_BODY_PREALLOC: u64 = 16 * 1024 * 1024;
+
+/// The method a content belongs to.
+#[derive(Debug)]
+pub(crate) enum ContentMethod {
+    Deliver(Deliver),
+    GetOk(GetOk),
+    Return(Return),
+}
+
+/// A whole message: its method, properties and body.
+#[derive(Debug)]
+pub(crate) struct Content {
+    pub(crate) method: ContentMethod,
+    pub(crate) properties: BasicProperties,
+    pub(crate) body: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Partial {
+    method: ContentMethod,
+    /// The properties and announced body size, once the header arrived.
+    header: Option<(BasicProperties, u64)>,
+    body: Vec<u8>,
+}
+
+/// The content being received on one channel, if any.
+#[derive(Debug, Default)]
+pub(crate) struct Assembly {
+    partial: Option<Partial>,
+}
+
+impl Assembly {
+    /// True between a content method and the end of its body: no other method may come.
+    pub(crate) fn in_progress(&self) -> bool {
+        self.partial.is_some()
+    }
+
+    /// A method other than content may arrive on `channel` now (not in the middle of content).
+    pub(crate) fn expect_method(&self, channel: u16) -> Result<()> {
+        if self.in_progress() {
+            return Err(Error::protocol(
+                UNEXPECTED_FRAME,
+                format!("method on channel {channel} while content was being received"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A content method arrived on `channel`.
+    pub(crate) fn start(&mut self, channel: u16, method: ContentMethod) -> Result<()> {
+        self.expect_method(channel)?;
+        self.partial = Some(Partial {
+            method,
+            header: None,
+            body: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// A content header arrived; returns the message if its body is empty.
+    pub(crate) fn header(
+        &mut self,
+        channel: u16,
+        header: AMQPContentHeader,
+    ) -> Result<Option<Content>> {
+        let partial = match self.partial.as_mut() {
+            Some(p) if p.header.is_none() => p,
+            _ => {
+                return Err(Error::protocol(
+                    UNEXPECTED_FRAME,
+                    format!("content header on channel {channel} without a content method"),
+                ))
+            }
+        };
+        if header.body_size > MAX_BODY_SIZE {
+            return Err(Error::protocol(
+                FRAME_ERROR,
+                format!("content of {} bytes announced", header.body_size),
+            ));
+        }
+        partial.body = Vec::with_capacity(header.body_size.min(MAX_BODY_PREALLOC) as usize);
+        partial.header = Some((header.properties, header.body_size));
+        Ok(self.finish_if_complete())
+    }
+
+    /// A body frame arrived; returns the message once its body is complete.
+    pub(crate) fn body(&mut self, channel: u16, data: &[u8]) -> Result<Option<Content>> {
+        let Some(Partial {
+            header: Some((_, size)),
+            body,
+            ..
+        }) = self.partial.as_mut()
+        else {
+            return Err(Error::protocol(
+                UNEXPECTED_FRAME,
+                format!("body frame on channel {channel} without a content header"),
+            ));
+        };
+        if (body.len() + data.len()) as u64 > *size {
+            return Err(Error::protocol(
+                FRAME_ERROR,
+                format!(
+                    "body on channel {channel} longer than the {size} bytes its header announced"
+                ),
+            ));
+        }
+        body.extend_from_slice(data);
+        Ok(self.finish_if_complete())
+    }
+
+    fn finish_if_complete(&mut self) -> Option<Content> {
+        let complete = matches!(
+            &self.partial,
+            Some(Partial { header: Some((_, size)), body, .. }) if body.len() as u64 == *size
+        );
+        if !complete {
+            return None;
+        }
+        let partial = self.partial.take()?;
+        let (properties, _) = partial.header?;
+        Some(Content {
+            method: partial.method,
+            properties,
+            body: partial.body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deliver(tag: u64) -> ContentMethod {
+        ContentMethod::Deliver(Deliver {
+            consumer_tag: "c".into(),
+            delivery_tag: tag,
+            redelivered: false,
+            exchange: "".into(),
+            routing_key: "q".into(),
+        })
+    }
+
+    fn header(size: u64) -> AMQPContentHeader {
+        AMQPContentHeader {
+            class_id: 60,
+            body_size: size,
+            properties: BasicProperties::default(),
+        }
+    }
+
+    #[test]
+    fn method_header_and_bodies_make_one_message() {
+        let mut a = Assembly::default();
+        a.start(1, deliver(7)).unwrap();
+        assert!(a.header(1, header(5)).unwrap().is_none());
+        assert!(a.body(1, b"he").unwrap().is_none());
+        let content = a.body(1, b"llo").unwrap().expect("complete");
+        assert_eq!(content.body, b"hello");
+        assert!(matches!(content.method, ContentMethod::Deliver(d) if d.delivery_tag == 7));
+        assert!(!a.in_progress());
+    }
+
+    #[test]
+    fn an_empty_body_completes_at_the_header() {
+        let mut a = Assembly::default();
+        a.start(1, deliver(1)).unwrap();
+        assert!(a.header(1, header(0)).unwrap().is_some());
+    }
+
+    #[test]
+    fn frames_out_of_order_or_too_long_are_refused() {
+        let mut a = Assembly::default();
+        assert_eq!(
+            a.body(1, b"x").unwrap_err().reply_code(),
+            Some(UNEXPECTED_FRAME)
+        );
+        assert_eq!(
+            a.header(1, header(1)).unwrap_err().reply_code(),
+            Some(UNEXPECTED_FRAME)
+        );
+        a.start(1, deliver(1)).unwrap();
+        assert_eq!(
+            a.start(1, deliver(2)).unwrap_err().reply_code(),
+            Some(UNEXPECTED_FRAME)
+        );
+        a.header(1, header(2)).unwrap();
+        assert_eq!(
+            a.body(1, b"xyz").unwrap_err().reply_code(),
+            Some(FRAME_ERROR)
+        );
+        let mut b = Assembly::default();
+        b.start(1, deliver(1)).unwrap();
+        assert_eq!(
+            b.header(1, header(MAX_BODY_SIZE + 1))
+                .unwrap_err()
+                .reply_code(),
+            Some(FRAME_ERROR)
+        );
+    }
+}

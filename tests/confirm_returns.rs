@@ -1,0 +1,143 @@
+//! Returns in confirm mode, against a real RabbitMQ: with many threads publishing mandatory
+//! messages on one channel, the broker acks several at once (`multiple`), and each
+//! `basic.return` must still be charged to the very message that was returned.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cottontail::{BasicProperties, Channel, Connection, Error, QueueDeclareOptions};
+use support::{connect, exclusive_queue, unique};
+
+const THREADS: u32 = 8;
+const PER_THREAD: u32 = 2_000;
+
+/// Every fourth message goes to a routing key no queue is bound to.
+fn unroutable(i: u32) -> bool {
+    i % 4 == 3
+}
+
+fn queued(connection: &Connection, queue: &str) -> u32 {
+    // A second channel, so the count is what the broker holds.
+    let channel = connection.channel().unwrap();
+    let ok = channel
+        .queue_declare(
+            queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    channel.close().unwrap();
+    ok.message_count
+}
+
+/// Runs `publish(thread, i, routing_key)` for every message of every thread, all threads on
+/// `channel` at once; returns, per thread, what each call gave back, in order.
+fn publish_from_threads<T: Send>(
+    channel: &Channel,
+    queue: &str,
+    nowhere: &str,
+    publish: impl Fn(&Channel, &str, &[u8]) -> T + Sync,
+) -> Vec<Vec<T>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let publish = &publish;
+                s.spawn(move || {
+                    (0..PER_THREAD)
+                        .map(|i| {
+                            let key = if unroutable(i) { nowhere } else { queue };
+                            let body = format!("thread {t} message {i}");
+                            publish(channel, key, body.as_bytes())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn concurrent_mandatory_publishes_each_report_their_own_return() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    let nowhere = unique("nowhere");
+    channel.confirm_delivery().unwrap();
+
+    let results = publish_from_threads(&channel, &queue, &nowhere, |ch, key, body| {
+        ch.basic_publish("", key, body, &BasicProperties::default(), true)
+    });
+
+    let mut wrong = Vec::new();
+    for (t, results) in results.iter().enumerate() {
+        for (i, result) in results.iter().enumerate() {
+            let ok = if unroutable(i as u32) {
+                matches!(result, Err(Error::Unroutable { reply_code: 312, reply_text })
+                    if reply_text == "NO_ROUTE")
+            } else {
+                result.is_ok()
+            };
+            if !ok {
+                wrong.push(format!("thread {t} message {i}: {result:?}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} publishes reported the wrong outcome, e.g. {:?}",
+        wrong.len(),
+        THREADS * PER_THREAD,
+        &wrong[..wrong.len().min(10)]
+    );
+    let routable = THREADS * (0..PER_THREAD).filter(|&i| !unroutable(i)).count() as u32;
+    assert_eq!(queued(&connection, &queue), routable);
+    channel.queue_delete(&queue, Default::default()).unwrap();
+}
+
+#[test]
+fn deferred_mandatory_publishes_report_exactly_the_returned_sequence_numbers() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    let nowhere = unique("nowhere");
+    channel.confirm_delivery().unwrap();
+
+    let seqs = publish_from_threads(&channel, &queue, &nowhere, |ch, key, body| {
+        ch.basic_publish_deferred("", key, body, &BasicProperties::default(), true)
+            .unwrap()
+    });
+    let outcome = channel
+        .wait_for_confirms(Some(Duration::from_secs(60)))
+        .unwrap();
+
+    let expected: BTreeSet<u64> = seqs
+        .iter()
+        .flat_map(|seqs| {
+            seqs.iter()
+                .enumerate()
+                .filter(|&(i, _)| unroutable(i as u32))
+                .map(|(_, &seq)| seq)
+        })
+        .collect();
+    let returned: BTreeSet<u64> = outcome.returned.iter().copied().collect();
+    assert_eq!(returned.len(), outcome.returned.len(), "no duplicates");
+    assert!(outcome.nacked.is_empty(), "{:?}", outcome.nacked);
+    let wrongly_returned: Vec<_> = returned.difference(&expected).collect();
+    let missed: Vec<_> = expected.difference(&returned).collect();
+    assert!(
+        wrongly_returned.is_empty() && missed.is_empty(),
+        "{} routable messages reported returned (e.g. {:?}), {} returned ones missed (e.g. {:?})",
+        wrongly_returned.len(),
+        &wrongly_returned[..wrongly_returned.len().min(10)],
+        missed.len(),
+        &missed[..missed.len().min(10)]
+    );
+    let routable = THREADS * (0..PER_THREAD).filter(|&i| !unroutable(i)).count() as u32;
+    assert_eq!(queued(&connection, &queue), routable);
+    channel.queue_delete(&queue, Default::default()).unwrap();
+}
