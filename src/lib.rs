@@ -55,20 +55,19 @@
 //! everything queued before closing. See `BENCHMARKS.md` for the measurements behind this
 //! choice.
 //!
-//! Reading works the same way round: on plain TCP, a thread that waits on a channel (a
-//! consumer in [`Channel::start_consuming`] or a [`Channel::consume`] iteration with nothing
-//! to hand out, a caller waiting for a method's reply or a confirm) reads and routes the
-//! socket itself while it waits, instead of sleeping until the I/O thread has done so, so what
-//! it waits for reaches it without a hand-over between threads. One thread reads at a time
-//! (the others wait as before and are woken by it); the I/O thread keeps heartbeats, writes
-//! and timers, and reads whenever no one else does. A thread that has just read something for
-//! itself keeps the reading while its caller's code runs, since it is likely back soon: the
-//! I/O thread takes the reading back as soon as any thread waits for a reply, a confirm or a
-//! message, any write is made more than 100 microseconds after that read (so the broker's
-//! answer to it, such as a channel closed for a bad publish, is read as promptly as before),
-//! any thread looks at what the socket feeds ([`Connection::is_open`],
-//! [`Channel::get_waiting_message_count`]...), or the I/O thread wakes up for its own reasons
-//! (a heartbeat tick at the latest).
+//! Reading works with one read token: whoever holds it reads and routes the socket for
+//! everyone. On plain TCP a thread that waits on the connection (a consumer in
+//! [`Channel::start_consuming`] or a [`Channel::consume`] iteration with nothing to hand out,
+//! a caller waiting for a method's reply, a confirm or a close-ok) takes the token when it is
+//! free and reads itself, so what it waits for reaches it without a hand-over between
+//! threads; the others sleep until what they wait for has been routed. The I/O thread keeps
+//! heartbeats, writes and timers, and reads whenever no user thread does. A thread that
+//! leaves the token after reading something for itself puts it down ("parks" it): it is back
+//! to read at no cost if it returns within a millisecond (a busy consumer), any other waiter
+//! takes it at once, and otherwise the I/O thread takes it back after that millisecond, so
+//! what the broker says meanwhile (a channel closed for a bad publish, connection.blocked) is
+//! read within about a millisecond. Under TLS only the I/O thread reads. The rules are
+//! written once, in the engine's `token` module.
 //!
 //! One exception, for acks: while more deliveries wait in a channel's queue, consecutive
 //! `basic_ack(tag, false)` calls (each tag right after the last) are held and written as one
@@ -80,12 +79,14 @@
 //!
 //! Every buffer is bounded: callers wait when more than 4 MiB is queued for writing
 //! (back-pressure, bounded by `rpc_timeout`; publishes also wait while the broker has the
-//! connection blocked, up to `blocked_connection_timeout`), and the I/O thread stops reading
-//! the socket when one channel holds more than 16 MiB of undelivered messages, until its
-//! consumer catches up (heartbeats keep going out meanwhile). Reading goes on while any thread
-//! waits for a reply, a confirm or a close-ok, so an RPC from a consumer callback cannot
-//! deadlock behind the deliveries that caused the pause. Use `basic_qos` prefetch to bound what
-//! the broker pushes.
+//! connection blocked, up to `blocked_connection_timeout`). Reading pauses when the messages
+//! the connection holds for its callers (deliveries queued for callbacks or `consume()`
+//! iterators) pass 16 MiB and nobody waits for anything reading brings, and whoever waits
+//! when they pass 64 MiB; heartbeat deadlines stand still meanwhile. Up to 64 MiB, reading goes
+//! on while any thread waits for a reply, a confirm, a close-ok, a message or outbound room,
+//! so an RPC or a publish from a consumer callback cannot deadlock behind the deliveries that
+//! caused the pause. Returned messages nobody handles are kept up to 16 MiB of bodies. Use
+//! `basic_qos` prefetch to bound what the broker pushes.
 //!
 //! ### Consuming and the event loop
 //!

@@ -23,9 +23,10 @@
 //!    consumer "keeps" the token across its callback: nobody reads while the callback runs,
 //!    so the consumer is back to read its next message with no wake-up of any other thread.
 //!    That lasts only while no one else asks for it (a waiter takes a parked token at once)
-//!    and at most [`PARK_GRACE`]: the I/O thread takes a token that has lain parked that long.
-//!    If the I/O thread sleeps without that deadline (`io_idle`: the token was held by a
-//!    user when it went to sleep), whoever parks the token wakes it.
+//!    and not much longer than [`PARK_GRACE`]: the I/O thread takes a token that has lain
+//!    parked that long. While it does not hold the token it looks at it at least every
+//!    [`IO_RECHECK`], so a parked token lies unread at most `IO_RECHECK + PARK_GRACE`; nobody
+//!    has to wake it for that, and a busy consumer costs it no wake-up per message.
 //! 5. **Reading before polling.** Socket readiness is edge-triggered; a new holder reads
 //!    before it polls, since the last one may have left bytes unread.
 //! 6. **Polls.** The `ReadSide`'s own poll watches the socket's input and `read_waker`; its
@@ -71,6 +72,8 @@ use crate::transport::Stream;
 /// for itself, while the broker's answer to what the user writes meanwhile (a channel closed
 /// for a bad publish) is still read within a millisecond.
 pub(crate) const PARK_GRACE: Duration = Duration::from_millis(1);
+/// How often the I/O thread looks at a token it does not hold (rule 4).
+pub(crate) const IO_RECHECK: Duration = Duration::from_millis(10);
 /// How often a holder whose reading is paused looks again (rule 9).
 pub(crate) const PAUSE_RECHECK: Duration = Duration::from_millis(10);
 /// Bytes of held messages past which reading pauses while nobody waits for input (rule 9).
@@ -109,8 +112,6 @@ pub(crate) struct Turn {
     /// Threads waiting for something only reading brings (asleep here or on the outbound
     /// buffer, or reading): while any, the soft inbound limit does not pause reading.
     wanting: usize,
-    /// The I/O thread sleeps with no deadline for taking a parked token back (rule 4).
-    io_idle: bool,
     /// When a holder last read bytes (heartbeat bookkeeping).
     pub(crate) last_read: Instant,
     /// How reading ended, for the I/O thread to act on (rule 8).
@@ -170,7 +171,6 @@ impl ReadToken {
                 generation: 0,
                 waiting: 0,
                 wanting: 0,
-                io_idle: false,
                 last_read: now,
                 end: None,
             }),
@@ -348,7 +348,6 @@ impl Core {
                 recheck: None,
             };
         }
-        turn.io_idle = false;
         let shared = self.token.shared();
         match turn.holder {
             Holder::Io if shared && turn.waiting > 0 => {
@@ -368,12 +367,10 @@ impl Core {
                 }
             }
             Holder::User => {
-                // Whoever parks it wakes us (rule 4).
-                turn.io_idle = true;
                 return IoRead {
                     end: None,
                     holding: false,
-                    recheck: None,
+                    recheck: Some(now + IO_RECHECK),
                 };
             }
             Holder::Ended => {
@@ -478,6 +475,10 @@ impl Core {
         deadline: Option<Instant>,
         mut look: impl FnMut() -> Option<T>,
     ) -> Option<T> {
+        // The common case (it is there already) takes no lock of the token's.
+        if let Some(value) = look() {
+            return Some(value);
+        }
         let _wanting = Wanting::new(self);
         let shared = self.token.shared();
         loop {
@@ -622,13 +623,9 @@ impl Drop for Taken<'_> {
         turn.side = self.side.take();
         turn.holder = Holder::Parked(Instant::now());
         let waiting = turn.waiting > 0;
-        let wake_io = std::mem::take(&mut turn.io_idle);
         drop(turn);
         if waiting {
             self.core.token.cond.notify_all();
-        }
-        if wake_io {
-            self.core.wake();
         }
     }
 }
