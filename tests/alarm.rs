@@ -1,5 +1,7 @@
-//! A broker memory alarm: connection.blocked / unblocked reach the callbacks. Its own test
-//! binary, because the alarm blocks every publisher of the broker while it lasts.
+//! A broker memory alarm: connection.blocked / unblocked reach the callbacks, and a consumer
+//! that republishes from its callback gets through an alarm (or fails with the blocked
+//! connection timeout) instead of hanging. Its own test binary, because the alarm blocks every
+//! publisher of the broker while it lasts; its tests take turns.
 
 mod support;
 
@@ -160,4 +162,203 @@ fn close_returns_within_its_deadline_while_the_broker_blocks() {
         matches!(result, Err(cottontail::Error::Timeout { .. })),
         "{result:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publishing from a consumer callback while the broker blocks the connection
+// ---------------------------------------------------------------------------------------------
+
+/// Messages prefilled for the consumer: 400 x 100 KiB, 40 MiB, well past the 16 MiB a channel
+/// buffers before the client stops reading the socket.
+const BACKLOG: usize = 400;
+const BACKLOG_BODY: usize = 100 * 1024;
+/// How long a consuming test may take before it counts as hung.
+const WATCHDOG: Duration = Duration::from_secs(30);
+
+/// A connection (from `params`) with one channel, a source queue holding the backlog (published
+/// on a second, confirmed channel of the same connection before any alarm) and an empty target
+/// queue, both exclusive. Returns (connection, channel, source, target).
+fn connection_with_a_backlog(
+    params: cottontail::ConnectionParameters,
+) -> (cottontail::Connection, cottontail::Channel, String, String) {
+    let connection = cottontail::Connection::open(params).unwrap();
+    let channel = connection.channel().unwrap();
+    let source = support::exclusive_queue(&channel);
+    let target = support::exclusive_queue(&channel);
+    let publisher = connection.channel().unwrap();
+    publisher.confirm_delivery().unwrap();
+    for i in 0..BACKLOG {
+        let mut body = vec![b'b'; BACKLOG_BODY];
+        body[..4].copy_from_slice(&(i as u32).to_be_bytes());
+        publisher
+            .basic_publish_deferred("", &source, &body, &BasicProperties::default(), false)
+            .unwrap();
+    }
+    let confirmed = publisher
+        .wait_for_confirms(Some(Duration::from_secs(30)))
+        .unwrap();
+    assert!(confirmed.nacked.is_empty());
+    publisher.close().unwrap();
+    (connection, channel, source, target)
+}
+
+/// Starts a manual-ack consumer on `source` whose callback republishes each message to
+/// `target`, then acks it, and stops consuming after the whole backlog; runs `start_consuming`
+/// on a thread of its own. Returns how many were republished so far and where the result of
+/// `start_consuming` arrives.
+fn republish_on_a_thread(
+    channel: &cottontail::Channel,
+    source: &str,
+    target: &str,
+) -> (
+    Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::mpsc::Receiver<cottontail::Result<()>>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let republished = Arc::new(AtomicUsize::new(0));
+    let count = republished.clone();
+    let target = target.to_string();
+    channel
+        .basic_consume(
+            source,
+            move |ch, method, properties, body| {
+                ch.basic_publish("", &target, body, properties, false)?;
+                ch.basic_ack(method.delivery_tag, false)?;
+                if count.fetch_add(1, Ordering::SeqCst) + 1 == BACKLOG {
+                    ch.stop_consuming()?;
+                }
+                Ok(())
+            },
+            Default::default(),
+        )
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let consuming = channel.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(consuming.start_consuming());
+    });
+    (republished, rx)
+}
+
+/// The ready and unacknowledged counts of `queue` as the broker lists them.
+fn broker_counts(queue: &str) -> Option<(usize, usize)> {
+    let out = rabbitmqctl(&[
+        "list_queues",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+    ]);
+    let line = out
+        .lines()
+        .find(|line| line.split('\t').next() == Some(queue))?;
+    let mut counts = line.split('\t').skip(1).map(|n| n.trim().parse().ok());
+    Some((counts.next()??, counts.next()??))
+}
+
+/// A consumer (manual ack, no prefetch limit) on a queue holding 40 MiB republishes every
+/// message from its callback; meanwhile the broker raises a memory alarm, which blocks the
+/// connection (connection.blocked), and lifts it 2 s later. The callback's publish waits while
+/// the connection is blocked, but the client must go on reading meanwhile (deliveries pile up
+/// past the channel's 16 MiB, and connection.unblocked comes behind them): every message is
+/// consumed and republished once the alarm is lifted.
+#[test]
+fn publishing_from_a_consumer_callback_through_a_memory_alarm_republishes_every_message() {
+    use std::sync::atomic::Ordering;
+    let _turn = one_alarm_at_a_time();
+    let (connection, channel, source, target) = connection_with_a_backlog(support::params());
+    let _restore = RestoreWatermark;
+    // Raised before consuming: the callback's first publish gets the connection blocked.
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
+    let watcher = connection.clone();
+    let lifter = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !watcher.is_blocked() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let seen_blocked = watcher.is_blocked();
+        std::thread::sleep(Duration::from_secs(2));
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+        seen_blocked
+    });
+    let (republished, result) = republish_on_a_thread(&channel, &source, &target);
+    let outcome = result.recv_timeout(WATCHDOG);
+    let seen_blocked = lifter.join().unwrap();
+    match outcome {
+        Ok(result) => assert_eq!(
+            result,
+            Ok(()),
+            "start_consuming failed after {} of {BACKLOG} messages were republished \
+             (connection.blocked seen: {seen_blocked})",
+            republished.load(Ordering::SeqCst)
+        ),
+        Err(_) => panic!(
+            "the consumer hung: {} of {BACKLOG} messages republished after {WATCHDOG:?} \
+             (connection.blocked seen: {seen_blocked}, still blocked for the client: {}); the \
+             alarm was lifted 2 s after the block",
+            republished.load(Ordering::SeqCst),
+            connection.is_blocked()
+        ),
+    }
+    assert!(
+        seen_blocked,
+        "the broker never blocked the connection: the scenario did not happen"
+    );
+    assert_eq!(republished.load(Ordering::SeqCst), BACKLOG);
+    let mut counts = (None, None);
+    let settled = support::eventually(Duration::from_secs(10), || {
+        counts = (broker_counts(&target), broker_counts(&source));
+        counts == (Some((BACKLOG, 0)), Some((0, 0)))
+    });
+    assert!(
+        settled,
+        "the broker holds (ready, unacked) {:?} in the target and {:?} in the source; \
+         expected ({BACKLOG}, 0) and (0, 0)",
+        counts.0, counts.1
+    );
+    connection.close().unwrap();
+}
+
+/// The same consumer, with `blocked_connection_timeout` of 2 s and an alarm that outlasts it:
+/// the callback's publish, waiting on the blocked connection while deliveries pile up, ends
+/// with `ConnectionBlockedTimeout` about 2 s after the block, and so does `start_consuming`.
+#[test]
+fn publish_in_a_consumer_callback_blocked_past_blocked_connection_timeout_ends_with_that_error() {
+    use std::sync::atomic::Ordering;
+    let _turn = one_alarm_at_a_time();
+    let blocked_timeout = Duration::from_secs(2);
+    let (connection, channel, source, target) = connection_with_a_backlog(
+        support::params().blocked_connection_timeout(Some(blocked_timeout)),
+    );
+    let _restore = RestoreWatermark;
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
+    let started = Instant::now();
+    let (republished, result) = republish_on_a_thread(&channel, &source, &target);
+    // The block comes with the callback's first publish, right after consuming starts.
+    let slack = Duration::from_secs(4);
+    let watchdog = blocked_timeout + slack + Duration::from_secs(15);
+    let result = result.recv_timeout(watchdog).unwrap_or_else(|_| {
+        panic!(
+            "the consumer hung: start_consuming did not return within {watchdog:?} with \
+             blocked_connection_timeout {blocked_timeout:?} ({} of {BACKLOG} messages \
+             republished; blocked for the client: {}, closed: {})",
+            republished.load(Ordering::SeqCst),
+            connection.is_blocked(),
+            connection.is_closed()
+        )
+    });
+    let elapsed = started.elapsed();
+    assert_eq!(
+        result,
+        Err(cottontail::Error::ConnectionBlockedTimeout {
+            after: blocked_timeout
+        }),
+        "after {elapsed:?}, {} of {BACKLOG} messages republished",
+        republished.load(Ordering::SeqCst)
+    );
+    assert!(
+        elapsed < blocked_timeout + slack,
+        "ConnectionBlockedTimeout came {elapsed:?} after consuming started (timeout \
+         {blocked_timeout:?})"
+    );
+    assert!(connection.is_closed());
 }
