@@ -189,38 +189,42 @@ fn prefill(channel: &cottontail::Channel, queue: &str, count: usize, size: usize
 
 /// Messages in each of the two queues (1 MiB each).
 const ITERATOR_BACKLOG: usize = 300;
-/// The peak the child must stay under: the channel's inbound limit (16 MiB) and the client's
-/// own buffers, with room to spare, but well under one queue's backlog (300 MiB).
+/// The peak the child must stay under: the connection's inbound limits (16 MiB while nobody
+/// waits, 64 MiB while a consumer waits) and the client's own buffers, with room to spare, but
+/// well under one queue's backlog (300 MiB).
 const ITERATOR_BOUND: u64 = 200 * MIB;
 
-/// Two `consume()` iterators on one channel, on two queues of 300 x 1 MiB each, no prefetch
-/// limit; the second is never iterated. Iterating the first to the end (until it has yielded
-/// nothing for 2 s) must not make the client hold the second's whole backlog: the messages
-/// kept for an iterator count against the channel's inbound limit like any other.
+/// Two `consume()` iterators on one channel, no prefetch limit, then 300 x 1 MiB published
+/// to each queue; the second iterator is never iterated. Iterating the first to the end (until
+/// it has yielded nothing for 2 s: it may stall once the unread one's messages fill the
+/// limit) must not make the client hold the second's whole backlog: the messages kept for an
+/// iterator count against the inbound limit like any other.
 #[test]
 fn unread_consume_iterator_does_not_grow_memory_while_another_iterator_on_its_channel_drains() {
     let report = measured_in_a_child(
         "unread_consume_iterator_does_not_grow_memory_while_another_iterator_on_its_channel_drains",
         |report| {
             let connection = support::connect();
-            let publisher = connection.channel().expect("channel");
-            let drained = support::exclusive_queue(&publisher);
-            let unread = support::exclusive_queue(&publisher);
-            publisher.confirm_delivery().expect("confirm mode");
-            prefill(&publisher, &drained, ITERATOR_BACKLOG, MIB as usize);
-            prefill(&publisher, &unread, ITERATOR_BACKLOG, MIB as usize);
-            report.set("after_prefill_peak_bytes", peak_rss());
-
             let channel = connection.channel().expect("channel");
+            let drained = support::exclusive_queue(&channel);
+            let unread = support::exclusive_queue(&channel);
             let auto_ack = ConsumeOptions {
                 auto_ack: true,
                 inactivity_timeout: Some(Duration::from_secs(2)),
                 ..Default::default()
             };
+            // Both consumers first, then the backlogs (from a second connection): each
+            // consume-ok comes back at once, and the deliveries of both queues arrive mixed.
             let mut iterated = channel
                 .consume(&drained, auto_ack.clone())
                 .expect("consume");
             let never_iterated = channel.consume(&unread, auto_ack).expect("consume");
+            let other = support::connect();
+            let publisher = other.channel().expect("channel");
+            publisher.confirm_delivery().expect("confirm mode");
+            prefill(&publisher, &drained, ITERATOR_BACKLOG, MIB as usize);
+            prefill(&publisher, &unread, ITERATOR_BACKLOG, MIB as usize);
+            report.set("after_prefill_peak_bytes", peak_rss());
             let started = Instant::now();
             let mut received = 0;
             // To the end: until it has yielded nothing for 2 s, as a consuming loop would.
@@ -238,6 +242,8 @@ fn unread_consume_iterator_does_not_grow_memory_while_another_iterator_on_its_ch
             std::mem::forget(never_iterated);
             std::mem::forget(channel);
             std::mem::forget(connection);
+            std::mem::forget(publisher);
+            std::mem::forget(other);
         },
     );
     let peak = report.bytes("peak_bytes");

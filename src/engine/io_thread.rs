@@ -27,7 +27,7 @@ use amq_protocol::protocol::{connection, AMQPClass};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
 
-use super::outbound::{OUTBOUND_HIGH_WATER, OUTBOUND_KEPT_CAPACITY};
+use super::outbound::{Link, OUTBOUND_HIGH_WATER, OUTBOUND_KEPT_CAPACITY};
 use super::router::Exit;
 use super::token::{IoTurn, ReadSide, SOCKET};
 use super::Core;
@@ -157,11 +157,7 @@ impl IoThread {
             if link.shutdown {
                 return Ok(End::Shutdown);
             }
-            let blocked_deadline = self
-                .core
-                .params
-                .blocked_connection_timeout
-                .and_then(|t| link.blocked_since?.checked_add(t));
+            let blocked_deadline = self.blocked_deadline(&link);
             let acks_due = link.acks_due.filter(|due| *due <= now).is_some();
             if acks_due {
                 link.acks_due = None;
@@ -205,7 +201,10 @@ impl IoThread {
                     })
                 }
             }
-            let acks_due = self.core.lock_link().acks_due;
+            // Read again: what was just read may have set them (connection.blocked).
+            let link = self.core.lock_link();
+            let (blocked_deadline, acks_due) = (self.blocked_deadline(&link), link.acks_due);
+            drop(link);
             let timeout = [
                 self.heartbeat
                     .next_wakeup(now)
@@ -224,6 +223,12 @@ impl IoThread {
                 Err(e) => return Err(Error::io("polling the socket", &e)),
             }
         }
+    }
+
+    /// When a connection the broker blocks must be given up (`blocked_connection_timeout`).
+    fn blocked_deadline(&self, link: &Link) -> Option<Instant> {
+        let timeout = self.core.params.blocked_connection_timeout?;
+        link.blocked_since?.checked_add(timeout)
     }
 
     /// Watches the socket's input in our poll exactly while we hold the read token (token
