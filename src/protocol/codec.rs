@@ -81,6 +81,18 @@ impl FrameReader {
         Ok(n)
     }
 
+    /// The size of the buffer (what it holds and its free room), for tests of its bound.
+    #[cfg(test)]
+    pub(crate) fn buffered_capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The most the buffer grows to: the largest frame accepted, plus one read's room.
+    #[cfg(test)]
+    pub(crate) fn capacity_bound(&self) -> usize {
+        self.frame_max + FRAME_OVERHEAD + READ_CHUNK
+    }
+
     /// The payload bytes of a body frame returned by [`next_frame`](Self::next_frame).
     pub(crate) fn bytes(&self, range: Range<usize>) -> &[u8] {
         &self.buf[range]

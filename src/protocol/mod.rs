@@ -12,4 +12,6 @@ pub(crate) mod confirms;
 pub(crate) mod content;
 pub(crate) mod handshake;
 pub(crate) mod heartbeat;
+#[cfg(test)]
+mod proptests;
 pub(crate) mod publish_cache;
