@@ -1,15 +1,15 @@
 //! A consuming thread that reads the socket itself (plain TCP) and gets a delivery of its own
-//! leaves the I/O thread's input watch off ("lent") while the user's callback runs, expecting
-//! to come back and read. Whatever needs reading meanwhile must still be read: the watch goes
-//! back to the I/O thread when another thread waits for something only reading brings (an
-//! RPC reply, a confirm, a delivery for another consumer), when anything is written a moment
-//! after the read (a publish the broker answers with a channel.close), and when the I/O thread
-//! wakes up on its own (its heartbeat timer).
+//! puts the read token down ("parks" it) while the user's callback runs, expecting to come
+//! back and read. Whatever needs reading meanwhile must still be read: another thread that
+//! waits for something only reading brings (an RPC reply, a confirm, a delivery for another
+//! consumer) takes the parked token at once, and otherwise the I/O thread takes it back within
+//! a few milliseconds (a publish the broker answers with a channel.close, a broker close seen
+//! by a thread that only looks).
 //!
 //! Each test here makes the consuming thread the socket's reader, has a separate publisher
 //! connection publish the message that starts the callback (so that the trigger is no write on
 //! the connection under test), and has the callback wait (bounded) for what only reading
-//! brings while it still runs: if the lent watch were never given back, nothing would read it
+//! brings while it still runs: if the parked token were never taken, nothing would read it
 //! until the callback returned (the I/O thread of a connection with the default 60 s heartbeat
 //! does not wake up on its own for tens of seconds). A last test checks a long run of
 //! deliveries, acks and RPCs from the callback.
@@ -381,9 +381,20 @@ fn a_bad_publish_from_another_thread_gets_its_channel_close_while_the_callback_r
 fn a_thread_that_only_looks_sees_the_broker_close_the_connection_while_the_callback_runs() {
     // A health check polling is_open() from another thread must see a broker's close while a
     // consumer callback runs, without waiting or writing (default heartbeat: the I/O thread
-    // does not wake up on its own for tens of seconds).
-    let name = unique("lent-close");
-    let connection = Connection::open(params().connection_name(&name)).unwrap();
+    // has no heartbeat duty for tens of seconds).
+    sees_the_broker_close_while_the_callback_runs(params());
+}
+
+#[test]
+fn with_heartbeats_off_a_parked_token_still_lets_a_broker_close_be_read() {
+    // heartbeat=0: the I/O thread has no timer at all; what it reads after the token was
+    // parked must not depend on one.
+    sees_the_broker_close_while_the_callback_runs(params().heartbeat(Some(0)));
+}
+
+fn sees_the_broker_close_while_the_callback_runs(params: cottontail::ConnectionParameters) {
+    let name = unique("parked-close");
+    let connection = Connection::open(params.connection_name(&name)).unwrap();
     let channel = connection.channel().unwrap();
     let queue = exclusive_queue(&channel);
     let (reports, report_rx) = mpsc::channel();
@@ -507,7 +518,7 @@ fn a_long_callback_does_not_starve_a_short_heartbeat() {
 fn a_burst_with_acks_and_rpcs_from_the_callback_arrives_in_order() {
     const N: u32 = 2000;
     const RPC_EVERY: u32 = 100;
-    let queue = unique("lent-burst");
+    let queue = unique("parked-burst");
     let _cleanup = Cleanup(vec![queue.clone()]);
     let consuming = Connection::open(params().rpc_timeout(RPC_TIMEOUT)).unwrap();
     let channel = consuming.channel().unwrap();
