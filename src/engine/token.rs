@@ -360,11 +360,17 @@ impl Core {
                 turn.holder = Holder::Io;
             }
             Holder::Parked(since) => {
+                // Waiters were told it lies here and will take it; else its grace ends then.
+                let recheck = if turn.waiting > 0 {
+                    now + IO_RECHECK
+                } else {
+                    since + PARK_GRACE
+                };
                 return IoRead {
                     end: None,
                     holding: false,
-                    recheck: Some(since + PARK_GRACE),
-                }
+                    recheck: Some(recheck),
+                };
             }
             Holder::User => {
                 return IoRead {

@@ -806,13 +806,32 @@ fn parse_seconds(key: &str, value: &str) -> Result<Duration> {
         .parse::<f64>()
         .ok()
         .filter(|v| v.is_finite() && *v >= 0.0)
-        .map(Duration::from_secs_f64)
         .ok_or_else(|| Error::InvalidArgument(format!("{key} must be seconds, got {value:?}")))
+        .and_then(|v| {
+            Duration::try_from_secs_f64(v).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "{key} of {value} seconds is more than a Duration holds"
+                ))
+            })
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_too_large_for_a_duration_are_an_error_not_a_panic() {
+        let err = parse_seconds("socket_timeout", "1e20").unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m.contains("socket_timeout")),
+            "{err:?}"
+        );
+        assert_eq!(
+            parse_seconds("socket_timeout", "1.5").unwrap(),
+            Duration::from_millis(1500)
+        );
+    }
 
     #[test]
     fn defaults_match_pika() {
