@@ -12,6 +12,7 @@ pub(crate) mod confirms;
 pub(crate) mod content;
 pub(crate) mod handshake;
 pub(crate) mod heartbeat;
+pub(crate) mod nesting;
 #[cfg(test)]
 mod proptests;
 pub(crate) mod publish_cache;
