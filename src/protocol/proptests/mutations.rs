@@ -51,10 +51,15 @@ fn frame_with_table(table: &[u8], as_start: bool) -> Vec<u8> {
     }
 }
 
-/// A frame whose tables nest 1 to 300 levels, tables and arrays mixed.
+/// A frame whose tables nest 1 to 8, 29 to 40 (around `MAX_NESTING`) or 101 to 300 levels,
+/// tables and arrays mixed.
 pub(super) fn nested_frame() -> impl Strategy<Value = Vec<u8>> {
     (
-        prop_oneof![vec(any::<bool>(), 0..8), vec(any::<bool>(), 100..300)],
+        prop_oneof![
+            vec(any::<bool>(), 0..8),
+            vec(any::<bool>(), 28..40),
+            vec(any::<bool>(), 100..300)
+        ],
         any::<bool>(),
     )
         .prop_map(|(kinds, as_start)| frame_with_table(&nested_table(&kinds), as_start))
