@@ -75,7 +75,8 @@ impl FrameReader {
         }
         if self.buf.len() - self.end < READ_CHUNK / 4 {
             // Only reached when one frame is larger than the buffer; bounded by frame_max.
-            let want = (self.end + READ_CHUNK).min(self.frame_max + FRAME_OVERHEAD + READ_CHUNK);
+            let bound = self.frame_max.saturating_add(FRAME_OVERHEAD + READ_CHUNK);
+            let want = (self.end + READ_CHUNK).min(bound);
             self.buf.resize(want.max(self.buf.len()), 0);
         }
         let n = r.read(&mut self.buf[self.end..])?;
@@ -92,7 +93,7 @@ impl FrameReader {
     /// The most the buffer grows to: the largest frame accepted, plus one read's room.
     #[cfg(test)]
     pub(crate) fn capacity_bound(&self) -> usize {
-        self.frame_max + FRAME_OVERHEAD + READ_CHUNK
+        self.frame_max.saturating_add(FRAME_OVERHEAD + READ_CHUNK)
     }
 
     /// The payload bytes of a body frame returned by [`next_frame`](Self::next_frame).
@@ -129,18 +130,20 @@ impl FrameReader {
             return Err(Error::protocol(FRAME_ERROR, reason));
         }
         let channel = u16::from_be_bytes([avail[1], avail[2]]);
-        let size = u32::from_be_bytes([avail[3], avail[4], avail[5], avail[6]]) as usize;
-        if size + FRAME_OVERHEAD > self.frame_max {
+        let size = u32::from_be_bytes([avail[3], avail[4], avail[5], avail[6]]);
+        // In u64: a forged size near u32::MAX plus the overhead would wrap a 32-bit usize.
+        let total = u64::from(size) + FRAME_OVERHEAD as u64;
+        if total > self.frame_max as u64 {
             return Err(Error::protocol(
                 FRAME_ERROR,
                 format!(
-                    "frame of {} bytes exceeds frame_max {}",
-                    size + FRAME_OVERHEAD,
+                    "frame of {total} bytes exceeds frame_max {}",
                     self.frame_max
                 ),
             ));
         }
-        let total = size + FRAME_OVERHEAD;
+        // Both fit in usize now: no more than frame_max.
+        let (size, total) = (size as usize, total as usize);
         if avail.len() < total {
             if self.buf.len() - self.start < total {
                 // Make room for this one frame (bounded by frame_max, checked above).
@@ -435,6 +438,28 @@ mod tests {
             "buffer grew to {}",
             reader.buf.len()
         );
+    }
+
+    #[test]
+    fn size_of_u32_max_is_rejected_without_overflow() {
+        // u32::MAX + 8 wraps a 32-bit usize to 7; the size must be refused all the same, even
+        // by a reader whose frame_max is u32::MAX.
+        for frame_max in [131_072, u32::MAX] {
+            for frame_type in [constants::FRAME_METHOD, constants::FRAME_BODY] {
+                let mut bytes = [frame_type, 0, 1, 0, 0, 0, 0, constants::FRAME_END];
+                bytes[3..7].copy_from_slice(&u32::MAX.to_be_bytes());
+                let mut reader = FrameReader::new(frame_max);
+                reader.read_from(&mut &bytes[..]).unwrap();
+                let err = reader.next_frame().unwrap_err();
+                assert_eq!(err.reply_code(), Some(FRAME_ERROR), "{err}");
+                assert!(err.to_string().contains("4294967303 bytes"), "{err}");
+                assert!(
+                    reader.buf.len() <= READ_CHUNK,
+                    "buffer grew to {}",
+                    reader.buf.len()
+                );
+            }
+        }
     }
 
     #[test]
