@@ -111,7 +111,7 @@
 //! Every frame size is checked against the negotiated `frame_max` before anything is buffered;
 //! a body longer than its header announced, content frames out of order, frames on channels
 //! that are not open, unknown frame types, a bad frame-end octet, and field tables nested
-//! deeper than 128 levels close the connection with the AMQP reply code that fits (501, 504,
+//! deeper than 32 levels close the connection with the AMQP reply code that fits (501, 504,
 //! 505) and reach every waiter as [`Error::Protocol`]. Nothing a peer sends makes cottontail
 //! panic or allocate more than the frames it actually sends.
 //!
