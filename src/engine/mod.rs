@@ -51,7 +51,7 @@ use self::token::ReadToken;
 use crate::error::{Error, Result};
 use crate::params::ConnectionParameters;
 use crate::protocol::codec::{self, FrameReader, Inbound};
-use crate::protocol::handshake::{Handshake, Step, Tuned};
+use crate::protocol::handshake::{Handshake, Login, Settings, Step, Tuned};
 use crate::transport::Stream;
 
 /// Everything the connection handles and the I/O thread share.
@@ -299,7 +299,8 @@ fn handshake(
     stream
         .write_all(&out)
         .map_err(|e| Error::io("sending the protocol header", &e))?;
-    let mut hs = Handshake::new(params);
+    let settings = Settings::from(params);
+    let mut hs = Handshake::new(&settings);
     loop {
         while let Some(inbound) = reader.next_frame()? {
             let frame = match inbound {
@@ -355,6 +356,26 @@ fn handshake(
                 return Err(Error::timeout(hs.waiting_for(), after));
             }
             Err(e) => return Err(Error::io(hs.waiting_for(), &e)),
+        }
+    }
+}
+
+impl From<&ConnectionParameters> for Settings {
+    fn from(params: &ConnectionParameters) -> Settings {
+        Settings {
+            login: match &params.credentials {
+                crate::params::Credentials::Plain(plain) => Login::Plain {
+                    username: plain.username().into(),
+                    password: plain.password().into(),
+                },
+                crate::params::Credentials::External(_) => Login::External,
+            },
+            virtual_host: params.virtual_host.clone(),
+            locale: params.locale.clone(),
+            client_properties: params.client_properties.clone(),
+            channel_max: params.channel_max,
+            frame_max: params.frame_max,
+            heartbeat: params.heartbeat,
         }
     }
 }

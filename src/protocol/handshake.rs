@@ -11,7 +11,44 @@ use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use amq_protocol::uri::SASLMechanism;
 
 use crate::error::{Error, Result, ACCESS_REFUSED};
-use crate::params::ConnectionParameters;
+
+/// What the handshake needs to know (taken from the connection parameters by the engine).
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) login: Login,
+    pub(crate) virtual_host: String,
+    pub(crate) locale: String,
+    pub(crate) client_properties: FieldTable,
+    pub(crate) channel_max: u16,
+    pub(crate) frame_max: u32,
+    /// `None` takes the broker's value.
+    pub(crate) heartbeat: Option<u16>,
+}
+
+/// How to log in.
+#[derive(Clone)]
+pub(crate) enum Login {
+    /// SASL PLAIN.
+    Plain { username: String, password: String },
+    /// SASL EXTERNAL (the TLS client certificate).
+    External,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let login = match &self.login {
+            Login::Plain { username, .. } => format!("PLAIN {username:?} (password redacted)"),
+            Login::External => "EXTERNAL".into(),
+        };
+        f.debug_struct("Settings")
+            .field("login", &login)
+            .field("virtual_host", &self.virtual_host)
+            .field("channel_max", &self.channel_max)
+            .field("frame_max", &self.frame_max)
+            .field("heartbeat", &self.heartbeat)
+            .finish_non_exhaustive()
+    }
+}
 
 /// What the handshake settled on.
 #[derive(Clone, Debug)]
@@ -42,14 +79,14 @@ pub(crate) enum Step {
 /// The client side of the opening handshake.
 #[derive(Debug)]
 pub(crate) struct Handshake<'a> {
-    params: &'a ConnectionParameters,
+    params: &'a Settings,
     stage: Stage,
     tuned: Option<Tuned>,
     server_properties: FieldTable,
 }
 
 impl<'a> Handshake<'a> {
-    pub(crate) fn new(params: &'a ConnectionParameters) -> Self {
+    pub(crate) fn new(params: &'a Settings) -> Self {
         Handshake {
             params,
             stage: Stage::AwaitStart,
@@ -150,14 +187,12 @@ impl<'a> Handshake<'a> {
                 ),
             ));
         }
-        let (mechanism, credentials) = match &self.params.credentials {
-            crate::params::Credentials::Plain(plain) => (
+        let (mechanism, credentials) = match &self.params.login {
+            Login::Plain { username, password } => (
                 SASLMechanism::Plain,
-                Credentials::new(plain.username().into(), plain.password().into()),
+                Credentials::new(username.as_str().into(), password.as_str().into()),
             ),
-            crate::params::Credentials::External(_) => {
-                (SASLMechanism::External, Credentials::default())
-            }
+            Login::External => (SASLMechanism::External, Credentials::default()),
         };
         let offered = String::from_utf8_lossy(start.mechanisms.as_bytes()).to_string();
         if !offered.split_whitespace().any(|m| m == mechanism.name()) {
@@ -211,7 +246,7 @@ fn negotiate_limit(client: u64, server: u64) -> u64 {
 }
 
 /// Settles channel_max, frame_max and heartbeat from our parameters and the broker's tune.
-pub(crate) fn negotiate(params: &ConnectionParameters, tune: &connection::Tune) -> Tuned {
+pub(crate) fn negotiate(params: &Settings, tune: &connection::Tune) -> Tuned {
     let channel_max =
         negotiate_limit(params.channel_max as u64, tune.channel_max as u64).min(65535) as u16;
     let channel_max = if channel_max == 0 { 65535 } else { channel_max };
@@ -260,6 +295,7 @@ fn client_properties(user: &FieldTable) -> FieldTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params::ConnectionParameters;
 
     fn tune(channel_max: u16, frame_max: u32, heartbeat: u16) -> connection::Tune {
         connection::Tune {
@@ -286,33 +322,43 @@ mod tests {
     #[test]
     fn heartbeat_none_takes_the_brokers_value() {
         let p = ConnectionParameters::default();
-        assert_eq!(negotiate(&p, &tune(2047, 131_072, 60)).heartbeat, 60);
+        assert_eq!(
+            negotiate(&Settings::from(&p), &tune(2047, 131_072, 60)).heartbeat,
+            60
+        );
     }
 
     #[test]
     fn heartbeat_number_wins_even_zero() {
         let p = ConnectionParameters::default().heartbeat(Some(5));
-        assert_eq!(negotiate(&p, &tune(0, 0, 60)).heartbeat, 5);
+        assert_eq!(negotiate(&Settings::from(&p), &tune(0, 0, 60)).heartbeat, 5);
         let p = ConnectionParameters::default().heartbeat(Some(0));
-        assert_eq!(negotiate(&p, &tune(0, 0, 60)).heartbeat, 0);
+        assert_eq!(negotiate(&Settings::from(&p), &tune(0, 0, 60)).heartbeat, 0);
     }
 
     #[test]
     fn limits_take_the_smaller_non_zero_value() {
         let p = ConnectionParameters::default();
-        let t = negotiate(&p, &tune(2047, 131_072, 60));
+        let t = negotiate(&Settings::from(&p), &tune(2047, 131_072, 60));
         assert_eq!((t.channel_max, t.frame_max), (2047, 131_072));
-        let t = negotiate(&p, &tune(0, 0, 0));
+        let t = negotiate(&Settings::from(&p), &tune(0, 0, 0));
         assert_eq!((t.channel_max, t.frame_max), (65535, 131_072));
         let p = ConnectionParameters::default().frame_max(10_000);
-        assert_eq!(negotiate(&p, &tune(0, 4096, 0)).frame_max, 4096);
-        assert_eq!(negotiate(&p, &tune(0, 0, 0)).frame_max, 10_000);
+        assert_eq!(
+            negotiate(&Settings::from(&p), &tune(0, 4096, 0)).frame_max,
+            4096
+        );
+        assert_eq!(
+            negotiate(&Settings::from(&p), &tune(0, 0, 0)).frame_max,
+            10_000
+        );
     }
 
     #[test]
     fn full_handshake_sends_start_ok_tune_ok_open() {
         let p = ConnectionParameters::default().virtual_host("v");
-        let mut hs = Handshake::new(&p);
+        let settings = Settings::from(&p);
+        let mut hs = Handshake::new(&settings);
         match hs
             .on_frame(method(connection::AMQPMethod::Start(start())))
             .unwrap()
@@ -354,7 +400,8 @@ mod tests {
     #[test]
     fn close_403_after_start_ok_is_authentication_failure() {
         let p = ConnectionParameters::default();
-        let mut hs = Handshake::new(&p);
+        let settings = Settings::from(&p);
+        let mut hs = Handshake::new(&settings);
         hs.on_frame(method(connection::AMQPMethod::Start(start())))
             .unwrap();
         let err = hs
@@ -371,7 +418,8 @@ mod tests {
     #[test]
     fn close_530_after_open_is_access_refused() {
         let p = ConnectionParameters::default().virtual_host("nope");
-        let mut hs = Handshake::new(&p);
+        let settings = Settings::from(&p);
+        let mut hs = Handshake::new(&settings);
         hs.on_frame(method(connection::AMQPMethod::Start(start())))
             .unwrap();
         hs.on_frame(method(connection::AMQPMethod::Tune(tune(0, 0, 0))))
@@ -396,7 +444,8 @@ mod tests {
     #[test]
     fn external_credentials_send_an_empty_external_response() {
         let p = ConnectionParameters::default().credentials(crate::params::ExternalCredentials);
-        let mut hs = Handshake::new(&p);
+        let settings = Settings::from(&p);
+        let mut hs = Handshake::new(&settings);
         let mut s = start();
         s.mechanisms = "EXTERNAL PLAIN".into();
         match hs
@@ -417,7 +466,8 @@ mod tests {
     #[test]
     fn broker_without_plain_is_rejected() {
         let p = ConnectionParameters::default();
-        let mut hs = Handshake::new(&p);
+        let settings = Settings::from(&p);
+        let mut hs = Handshake::new(&settings);
         let mut s = start();
         s.mechanisms = "EXTERNAL".into();
         assert!(matches!(

@@ -161,7 +161,8 @@ pub(super) fn run_handshake(
     bytes: &[u8],
     splits: &[usize],
 ) -> std::result::Result<(HandshakeEnd, Vec<Vec<AMQPClass>>), TestCaseError> {
-    let mut hs = Handshake::new(params);
+    let settings = super::super::handshake::Settings::from(params);
+    let mut hs = Handshake::new(&settings);
     let mut sent = Vec::new();
     let mut done = None;
     let mut failed_on = None;

@@ -238,7 +238,7 @@ fn valid_handshakes_finish(config: &Config) -> u64 {
             let HandshakeEnd::Done(tuned) = end else {
                 return Err(TestCaseError::fail(format!("{end:?}")));
             };
-            let expected = negotiate(&params, &tune);
+            let expected = negotiate(&super::handshake::Settings::from(&params), &tune);
             prop_assert_eq!(
                 (tuned.channel_max, tuned.frame_max, tuned.heartbeat),
                 (expected.channel_max, expected.frame_max, expected.heartbeat)
