@@ -242,6 +242,8 @@ impl Channel {
                 },
             );
         }
+        // A tag used before (and orphaned) is this consumer's now.
+        self.core().lock().forget_orphan(&tag);
         match self.rpc(method, "basic.consume") {
             Ok(Reply::Method(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))) => Ok(tag),
             other => {
@@ -269,7 +271,7 @@ impl Channel {
     /// deliveries (manual ack) or reports them lost (auto ack); those already here are
     /// requeued now. With `cancel`, a basic.cancel (nowait) ends it at the broker.
     fn orphan(&self, tag: &str, auto_ack: bool, cancel: bool) {
-        self.core().lock().orphans.push((tag.to_string(), auto_ack));
+        self.core().lock().push_orphan(tag, auto_ack);
         if cancel {
             let method = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
                 consumer_tag: match short(tag) {
@@ -354,6 +356,9 @@ impl Channel {
                 ));
             }
         }
+        // A consuming thread may have taken one of its deliveries before it went: it finds
+        // the consumer an orphan when it routes it.
+        self.core().lock().push_orphan(consumer_tag, auto_ack);
         if auto_ack {
             return Ok((pending.into_iter().map(Held::take).collect(), 0));
         }
@@ -582,12 +587,16 @@ impl Channel {
         }
         let mut consumers = self.lock_consumers();
         let Some(entry) = consumers.get_mut(&tag) else {
-            // Cannot happen while cancels keep their entry until cancel-ok; if it does, leave
-            // the message unacked: the broker requeues it when the channel closes.
-            log::warn!(
-                "a delivery (tag {}) for unknown consumer {tag} is left unacked",
-                held.delivery_tag()
-            );
+            // Its consumer went (cancelled by another thread) after this thread took it.
+            drop(consumers);
+            let orphan = self.core().lock().orphan(&tag);
+            match orphan {
+                Some(auto_ack) => self.requeue(vec![held], auto_ack),
+                None => log::warn!(
+                    "a delivery (tag {}) for unknown consumer {tag} is left unacked",
+                    held.delivery_tag()
+                ),
+            }
             return Ok(Pumped::Progress);
         };
         let callback = match &mut entry.callback {

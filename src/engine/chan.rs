@@ -20,6 +20,10 @@ use crate::protocol::confirms::{fingerprint, ConfirmTracker};
 /// Body bytes of unhandled returned messages kept for a channel that has no return callback
 /// yet; the oldest are dropped (with a warning) beyond it.
 pub(crate) const RETURNS_KEPT_BYTES: usize = 16 * 1024 * 1024;
+/// Consumer tags kept as orphans (see [`ChanState::orphans`]); the oldest are forgotten: an
+/// orphan matters only until the broker has seen its cancel, or until a consuming thread has
+/// routed what it took before the consumer went.
+pub(crate) const ORPHANS_KEPT: usize = 256;
 /// Broker cancels kept until the consumer loop sees them; a peer repeating them gains nothing.
 pub(crate) const CANCELS_KEPT: usize = 1_000;
 
@@ -142,10 +146,11 @@ pub(crate) struct ChanState {
     pub(crate) confirms: Option<ConfirmTracker>,
     /// Consumer tags the broker cancelled (queue deleted...), not yet seen by the consumer loop.
     pub(crate) cancelled: Vec<String>,
-    /// Consumers whose basic.consume or basic.cancel timed out: the broker may still deliver
-    /// to them, and nobody will consume what it does. Their deliveries are rejected with
-    /// requeue on arrival (manual ack) or reported lost (auto ack). `(tag, auto_ack)`.
-    pub(crate) orphans: Vec<(String, bool)>,
+    /// Consumers that are gone for us while the broker may still deliver to them (their
+    /// basic.consume or basic.cancel timed out) or while a consuming thread still routes what
+    /// it took for them (cancelled meanwhile). Their deliveries are rejected with requeue
+    /// (manual ack) or reported lost (auto ack). `(tag, auto_ack)`, at most [`ORPHANS_KEPT`].
+    orphans: VecDeque<(String, bool)>,
     /// Which deliveries are settled, and acks held for merging.
     pub(crate) acks: AckRun,
     /// A synchronous method is outstanding (AMQP allows one per channel); the next caller
@@ -176,7 +181,7 @@ impl ChannelCore {
                 returns_bytes: 0,
                 confirms: None,
                 cancelled: Vec::new(),
-                orphans: Vec::new(),
+                orphans: VecDeque::new(),
                 acks: AckRun::default(),
                 rpc_busy: false,
                 rpc_queued: 0,
@@ -294,6 +299,19 @@ impl ChanState {
         let (_, returned) = self.returns.remove(i)?;
         self.returns_bytes -= returned.body.len();
         Some(returned)
+    }
+
+    /// Records a consumer that is gone for us (see `orphans`).
+    pub(crate) fn push_orphan(&mut self, consumer_tag: &str, auto_ack: bool) {
+        if self.orphans.len() >= ORPHANS_KEPT {
+            self.orphans.pop_front();
+        }
+        self.orphans.push_back((consumer_tag.to_string(), auto_ack));
+    }
+
+    /// A consumer starts with `consumer_tag`: deliveries for that tag are its from now on.
+    pub(crate) fn forget_orphan(&mut self, consumer_tag: &str) {
+        self.orphans.retain(|(tag, _)| tag != consumer_tag);
     }
 
     /// Whether deliveries for `consumer_tag` belong to nobody (see `orphans`); its ack mode.

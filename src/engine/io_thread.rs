@@ -3,10 +3,11 @@
 //!
 //! # Rules
 //!
-//! 1. **One pass.** Each turn of the loop: stop if asked, check the timers (blocked-connection
-//!    timeout, held acks), write what is queued, take its turn at the token (`Core::io_read`),
-//!    write what routing queued, keep heartbeats; then sleep in `poll` until `io_waker`, the
-//!    socket, or the earliest deadline. It never runs user code and blocks nowhere else.
+//! 1. **One pass.** Each turn of the loop: stop if asked, write what is queued, take its turn
+//!    at the token (`Core::io_read`: read, leaving early for output or a due timer), then the
+//!    timers (blocked-connection timeout, held acks, heartbeats) with what was just read, write
+//!    again; then sleep in `poll` until `io_waker`, the socket, the earliest timer, or the
+//!    token's recheck. It never runs user code and blocks nowhere else.
 //! 2. **Heartbeats** go out whoever holds the token, through the outbound buffer (never into
 //!    the middle of a caller's direct write). The broker counts as heard from whenever any
 //!    holder read bytes (`Turn::last_read`) and while reading is paused on purpose.
@@ -152,13 +153,23 @@ impl IoThread {
     fn run(&mut self) -> Result<End> {
         let mut events = Events::with_capacity(16);
         loop {
-            let now = Instant::now();
-            let mut link = self.core.lock_link();
-            if link.shutdown {
+            if self.core.lock_link().shutdown {
                 return Ok(End::Shutdown);
             }
+            self.flush()?;
+            // Read first: what waits in the socket (connection.unblocked) decides the timers.
+            let due = self.next_timer(Instant::now());
+            let read = self
+                .core
+                .io_read(&mut self.turn, Some(&mut self.stream), due);
+            if let Some(end) = read.end {
+                return end.map(End::Read);
+            }
+            self.watch_input(read.holding)?;
+            let now = Instant::now();
+            let mut link = self.core.lock_link();
             let blocked_deadline = self.blocked_deadline(&link);
-            let acks_due = link.acks_due.filter(|due| *due <= now).is_some();
+            let acks_due = link.acks_due.is_some_and(|due| due <= now);
             if acks_due {
                 link.acks_due = None;
             }
@@ -175,14 +186,6 @@ impl IoThread {
             if acks_due {
                 self.core.flush_all_acks();
             }
-            self.flush()?;
-            let read = self.core.io_read(&mut self.turn, Some(&mut self.stream));
-            if let Some(end) = read.end {
-                return end.map(End::Read);
-            }
-            self.watch_input(read.holding)?;
-            self.flush()?;
-            let now = Instant::now();
             self.heartbeat.received(self.core.last_read());
             match self.heartbeat.poll(now) {
                 Due::Nothing => {}
@@ -190,7 +193,6 @@ impl IoThread {
                     log::trace!("sending heartbeat");
                     self.core
                         .enqueue(self.core.lock_link(), codec::encode_heartbeat);
-                    self.flush()?;
                     // Even if the socket is full, a heartbeat is queued: do not queue another.
                     self.heartbeat.sent(now);
                 }
@@ -201,28 +203,32 @@ impl IoThread {
                     })
                 }
             }
-            // Read again: what was just read may have set them (connection.blocked).
-            let link = self.core.lock_link();
-            let (blocked_deadline, acks_due) = (self.blocked_deadline(&link), link.acks_due);
-            drop(link);
-            let timeout = [
-                self.heartbeat
-                    .next_wakeup(now)
-                    .and_then(|d| now.checked_add(d)),
-                blocked_deadline,
-                acks_due,
-                read.recheck,
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|at| at.saturating_duration_since(now));
+            self.flush()?;
+            let timeout = [self.next_timer(now), read.recheck]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|at| at.saturating_duration_since(now));
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::io("polling the socket", &e)),
             }
         }
+    }
+
+    /// The earliest of this thread's timers: heartbeat duty, blocked-connection timeout, held
+    /// acks.
+    fn next_timer(&self, now: Instant) -> Option<Instant> {
+        let link = self.core.lock_link();
+        let blocked = self.blocked_deadline(&link);
+        let acks = link.acks_due;
+        drop(link);
+        let heartbeat = self
+            .heartbeat
+            .next_wakeup(now)
+            .and_then(|d| now.checked_add(d));
+        [heartbeat, blocked, acks].into_iter().flatten().min()
     }
 
     /// When a connection the broker blocks must be given up (`blocked_connection_timeout`).

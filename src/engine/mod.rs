@@ -206,7 +206,15 @@ impl Core {
             }
             st.closed_error().map(Err)
         });
-        got.unwrap_or_else(|| Err(on_expiry(&mut channel.lock())))
+        got.unwrap_or_else(|| {
+            // What arrived between the last look and now is still the caller's: once
+            // `on_expiry` has run, a reply left in the slot would be taken for the next one's.
+            let mut st = channel.lock();
+            if let Some(value) = ready(&mut st) {
+                return Ok(value);
+            }
+            Err(on_expiry(&mut st))
+        })
     }
 
     /// Announces connection-level work to every consuming thread: bumps `conn_work`, then

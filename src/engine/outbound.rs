@@ -121,6 +121,11 @@ impl Core {
         self.link.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether outbound bytes wait for the I/O thread.
+    pub(crate) fn has_output(&self) -> bool {
+        !self.lock_link().buf.is_empty()
+    }
+
     /// The error of a closed connection, `None` while it is open.
     pub(crate) fn closed_error(&self) -> Option<Error> {
         self.lock_link().closed.clone()

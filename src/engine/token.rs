@@ -112,6 +112,8 @@ pub(crate) struct Turn {
     /// Threads waiting for something only reading brings (asleep here or on the outbound
     /// buffer, or reading): while any, the soft inbound limit does not pause reading.
     wanting: usize,
+    /// Reading is paused at the hard inbound limit (logged once per pause).
+    hard_paused: bool,
     /// When a holder last read bytes (heartbeat bookkeeping).
     pub(crate) last_read: Instant,
     /// How reading ended, for the I/O thread to act on (rule 8).
@@ -171,6 +173,7 @@ impl ReadToken {
                 generation: 0,
                 waiting: 0,
                 wanting: 0,
+                hard_paused: false,
                 last_read: now,
                 end: None,
             }),
@@ -230,27 +233,58 @@ pub(crate) enum Step {
 /// heartbeat deadline counts from now.
 fn paused(inbound: &InboundMeter, turn: &mut Turn) -> bool {
     let held = inbound.load(Ordering::SeqCst);
-    let paused = held >= INBOUND_HARD_LIMIT || (held >= INBOUND_SOFT_LIMIT && turn.wanting == 0);
+    let hard = held >= INBOUND_HARD_LIMIT;
+    if hard && !turn.hard_paused {
+        log::warn!(
+            "{held} bytes of messages wait for consumers that do not take them (a consume() \
+             iterator nobody iterates, a callback consumer nobody runs start_consuming for?): \
+             reading pauses until they do; use basic_qos to bound what the broker pushes"
+        );
+    }
+    turn.hard_paused = hard;
+    let paused = hard || (held >= INBOUND_SOFT_LIMIT && turn.wanting == 0);
     if paused {
         turn.last_read = Instant::now();
     }
     paused
 }
 
-/// The one read loop (rule 3): reads from `tls` if given, else from the side's own read half,
-/// and routes every complete frame; after each batch reports under the `Turn` lock and asks
-/// `leave(turn, routed)` whether to stop.
+/// The one read loop (rule 3): routes what is buffered (the handshake may have left frames
+/// behind), then reads from `src` if given (the I/O thread's own stream), else from the side's
+/// read half, and routes every complete frame; after each batch it reports under the `Turn`
+/// lock and asks `leave(turn, routed)` whether to stop.
 pub(crate) fn read_loop(
     core: &Core,
     side: &mut ReadSide,
-    mut tls: Option<&mut Stream>,
+    mut src: Option<&mut Stream>,
     mut leave: impl FnMut(&Turn, bool) -> bool,
 ) -> Step {
-    if paused(&core.inbound, &mut core.token.lock()) {
-        return Step::Paused;
-    }
+    let mut fresh = side.reader.has_partial();
     loop {
-        let read = match (tls.as_deref_mut(), side.user.as_ref()) {
+        if fresh {
+            let routed = route_buffered(core, side);
+            let changed = side.router.take_changed();
+            let mut turn = core.token.lock();
+            turn.last_read = Instant::now();
+            if changed {
+                turn.generation += 1;
+                if turn.waiting > 0 {
+                    core.token.cond.notify_all();
+                }
+            }
+            match routed {
+                Ok(None) => {}
+                Ok(Some(exit)) => return Step::End(Ok(exit)),
+                Err(e) => return Step::End(Err(e)),
+            }
+            if leave(&turn, changed) {
+                return Step::Leave;
+            }
+        }
+        if paused(&core.inbound, &mut core.token.lock()) {
+            return Step::Paused;
+        }
+        let read = match (src.as_deref_mut(), side.user.as_ref()) {
             (Some(stream), _) => side.reader.read_from(stream),
             (None, Some(user)) => side.reader.read_from(&mut &user.tcp),
             (None, None) => return Step::WouldBlock,
@@ -266,31 +300,9 @@ pub(crate) fn read_loop(
                     message: message.into(),
                 }));
             }
-            Ok(_) => {
-                let routed = route_buffered(core, side);
-                let changed = side.router.take_changed();
-                let mut turn = core.token.lock();
-                turn.last_read = Instant::now();
-                if changed {
-                    turn.generation += 1;
-                    if turn.waiting > 0 {
-                        core.token.cond.notify_all();
-                    }
-                }
-                match routed {
-                    Ok(None) => {}
-                    Ok(Some(exit)) => return Step::End(Ok(exit)),
-                    Err(e) => return Step::End(Err(e)),
-                }
-                if leave(&turn, changed) {
-                    return Step::Leave;
-                }
-                if paused(&core.inbound, &mut turn) {
-                    return Step::Paused;
-                }
-            }
+            Ok(_) => fresh = true,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::WouldBlock,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => fresh = false,
             Err(e) => {
                 return Step::End(Err(Error::StreamLost {
                     message: format!("reading from the socket failed: {e}"),
@@ -337,8 +349,17 @@ pub(crate) struct IoRead {
 impl Core {
     /// The I/O thread's turn (rules 2-4, 8): takes the token back if it lies parked long
     /// enough and nobody waits, reads until the socket would block, and hands the token to
-    /// waiting user threads. `tls` is the stream to read under TLS.
-    pub(crate) fn io_read(&self, io: &mut IoTurn, tls: Option<&mut Stream>) -> IoRead {
+    /// waiting user threads. `src` is the I/O thread's own stream.
+    ///
+    /// It leaves the read loop when a user thread asks for the token, and also (keeping the
+    /// token) when outbound bytes wait or `due` (its next timer) has come, so that a flood of
+    /// input never holds up its writes, heartbeats or timers.
+    pub(crate) fn io_read(
+        &self,
+        io: &mut IoTurn,
+        src: Option<&mut Stream>,
+        due: Option<Instant>,
+    ) -> IoRead {
         let now = Instant::now();
         let mut turn = self.token.lock();
         if let Some(end) = turn.end.take() {
@@ -397,7 +418,11 @@ impl Core {
                 recheck: None,
             };
         };
-        let step = read_loop(self, side, tls, |turn, _| shared && turn.waiting > 0);
+        let step = read_loop(self, side, src, |turn, _| {
+            (shared && turn.waiting > 0)
+                || due.is_some_and(|d| Instant::now() >= d)
+                || self.has_output()
+        });
         match step {
             Step::WouldBlock => IoRead {
                 end: None,
@@ -409,7 +434,18 @@ impl Core {
                 holding: true,
                 recheck: Some(Instant::now() + PAUSE_RECHECK),
             },
-            Step::Leave => self.hand_over(io, self.token.lock()),
+            Step::Leave => {
+                let turn = self.token.lock();
+                if shared && turn.waiting > 0 {
+                    return self.hand_over(io, turn);
+                }
+                // More may wait in the socket (edge-triggered): look again at once.
+                IoRead {
+                    end: None,
+                    holding: true,
+                    recheck: Some(Instant::now()),
+                }
+            }
             Step::End(end) => IoRead {
                 end: Some(end),
                 holding: true,
@@ -421,13 +457,14 @@ impl Core {
     /// The I/O thread gives the token to the user threads waiting for it (rule 3).
     fn hand_over(&self, io: &mut IoTurn, mut turn: MutexGuard<'_, Turn>) -> IoRead {
         turn.side = io.side.take();
-        turn.holder = Holder::Parked(Instant::now());
+        let now = Instant::now();
+        turn.holder = Holder::Parked(now);
         drop(turn);
         self.token.cond.notify_all();
         IoRead {
             end: None,
             holding: false,
-            recheck: None,
+            recheck: Some(now + IO_RECHECK),
         }
     }
 
@@ -545,7 +582,9 @@ impl Core {
             return;
         };
         loop {
-            let step = read_loop(self, side, None, |_, routed| routed);
+            let step = read_loop(self, side, None, |_, routed| {
+                routed || deadline.is_some_and(|d| Instant::now() >= d)
+            });
             let recheck = match step {
                 Step::Leave => return,
                 Step::End(end) => {

@@ -1,0 +1,164 @@
+//! Races in the read token found in review, each shown with the fake broker (what a real
+//! broker does not do on cue: frames in one segment with open-ok, a peer that stops reading).
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{channel, connection, AMQPClass};
+use cottontail::Connection;
+
+#[path = "support/fake_broker.rs"]
+mod fake_broker;
+
+use fake_broker::{client_params, join, spawn_fake, Peer};
+
+/// Handshake by hand, so that open-ok and the next frame go out in ONE write (one segment).
+fn handshake_then(peer: &mut Peer, heartbeat: u16, after_open_ok: &[AMQPFrame]) {
+    peer.read_protocol_header();
+    peer.send_start();
+    peer.expect_start_ok();
+    peer.send_method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+            channel_max: 2047,
+            frame_max: 131_072,
+            heartbeat,
+        })),
+    );
+    let _tune_ok = peer.expect_method();
+    let _open = peer.expect_method();
+    let mut bytes = Peer::encode(&AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+    ));
+    for f in after_open_ok {
+        bytes.extend(Peer::encode(f));
+    }
+    peer.send_raw(&bytes);
+}
+
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if f() {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+/// frames the handshake read past connection.open-ok stay in the FrameReader and are
+/// routed only when the next byte arrives (read_loop reads before it routes).
+#[test]
+fn a_frame_in_the_same_segment_as_open_ok_is_routed() {
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (port, fake) = spawn_fake(move |broker| {
+        let mut peer = broker.accept();
+        let blocked = AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: "low on memory".into(),
+            })),
+        );
+        handshake_then(&mut peer, 0, &[blocked]);
+        // Any later byte makes the client route the stuck frame.
+        let _ = go_rx.recv_timeout(Duration::from_secs(5));
+        peer.send_frame(&AMQPFrame::Heartbeat);
+        peer.drain()
+    });
+    let connection = Connection::open(client_params(port)).expect("open");
+    let seen = eventually(Duration::from_secs(2), || connection.is_blocked());
+    go_tx.send(()).unwrap();
+    let after_next_byte = eventually(Duration::from_secs(2), || connection.is_blocked());
+    drop(connection);
+    join(fake);
+    assert!(
+        seen.is_some(),
+        "connection.blocked (sent with open-ok) was not routed within 2 s; it was routed {:?} \
+         after the broker's next byte",
+        after_next_byte
+    );
+}
+
+/// `hand_over` returns `recheck: None` with `io_idle == false`. When its input
+/// re-registration produces no event (socket not writable: the broker is not reading), the
+/// I/O thread sleeps with no deadline (heartbeat 0), the user parks the token after its wait,
+/// and nobody reads the socket any more.
+#[test]
+fn a_token_parked_after_a_hand_over_is_taken_back() {
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (port, fake) = spawn_fake(move |broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        // Stop reading: the client's socket fills up. Then close channel 1 when told.
+        let _ = go_rx.recv_timeout(Duration::from_secs(20));
+        peer.send_method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: 404,
+                reply_text: "NOT_FOUND - test".into(),
+                class_id: 60,
+                method_id: 40,
+            })),
+        );
+        let _ = go_rx.recv_timeout(Duration::from_secs(20));
+        let frames = peer.drain();
+        frames.iter().any(|f| {
+            matches!(
+                f,
+                AMQPFrame::Method(1, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)))
+            )
+        })
+    });
+    let params = client_params(port).rpc_timeout(Duration::from_secs(20));
+    let connection = Connection::open(params).expect("open");
+    let ch = connection.channel().expect("channel");
+    // Fill the socket and the outbound buffer (the fake does not read): the publisher ends up
+    // waiting for room, the I/O thread's last write hit WouldBlock.
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publisher = {
+        let ch = ch.clone();
+        let published = published.clone();
+        std::thread::spawn(move || {
+            let body = vec![0u8; 256 * 1024];
+            for _ in 0..160 {
+                if ch
+                    .basic_publish("", "q", &body, &Default::default(), false)
+                    .is_err()
+                {
+                    break;
+                }
+                published.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    // Until the publisher has been stuck (waiting for room) for 1.5 s.
+    let mut last = usize::MAX;
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = published.load(std::sync::atomic::Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    // A waiter asks the I/O thread for the token (hand_over), reads 100 ms, parks it.
+    connection
+        .process_data_events(Duration::from_millis(100))
+        .expect("process_data_events");
+    // Now the broker closes channel 1. Only a reader can notice.
+    go_tx.send(()).unwrap();
+    let noticed = eventually(Duration::from_secs(2), || ch.is_closed());
+    go_tx.send(()).unwrap(); // the fake drains from here on
+    let close_ok = join(fake);
+    let _ = publisher.join();
+    drop(ch);
+    drop(connection);
+    assert!(
+        noticed.is_some(),
+        "the broker's channel.close was not read within 2 s (token parked, I/O thread asleep); \
+         close-ok sent eventually: {close_ok}"
+    );
+}
