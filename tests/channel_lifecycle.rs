@@ -1,0 +1,456 @@
+//! How channels end and what may follow: a channel the broker closes while the client closes
+//! it too (the two closes cross), its number opened again at once, a consumer callback that
+//! panics, and a write to a socket the broker reset in a process that did not ignore SIGPIPE.
+//! Against a real RabbitMQ, except for the reset (the scripted fake broker of
+//! tests/support/fake_broker.rs). Every scenario runs under a watchdog, so a hang fails the
+//! test with a message instead of stalling the run.
+
+mod support;
+
+#[path = "support/fake_broker.rs"]
+mod fake_broker;
+
+use std::collections::BTreeSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{basic, AMQPClass};
+use cottontail::{
+    BasicConsumeOptions, BasicProperties, Connection, ConnectionParameters, Error,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use support::{connect, eventually, unique};
+
+/// Runs `scenario` on its own thread and returns its result; fails the test with `what` if it
+/// panics or does not finish within `limit` (a hang).
+fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    scenario: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let outcome = catch_unwind(AssertUnwindSafe(scenario)).map_err(|p| panic_text(&*p));
+        let _ = tx.send(outcome);
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(value)) => value,
+        Ok(Err(message)) => panic!("{what}: panicked: {message}"),
+        Err(_) => panic!("{what}: did not finish within {limit:?} (hung)"),
+    }
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a non-string panic payload)".into())
+}
+
+/// Deletes the test's queues when it ends, even when it fails.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        // No panics here: this may run while a failed test unwinds.
+        let params = ConnectionParameters::new(support::HOST).port(support::PORT);
+        let Ok(connection) = Connection::open(params) else {
+            return;
+        };
+        for queue in &self.0 {
+            if let Ok(channel) = connection.channel() {
+                let _ = channel.queue_delete(queue, QueueDeleteOptions::default());
+            }
+        }
+        let _ = connection.close();
+    }
+}
+
+fn passive() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    }
+}
+
+/// Declares a plain (non-exclusive) queue named after `prefix`, deleted when `cleanup` drops.
+fn test_queue(cleanup: &mut Cleanup, prefix: &str) -> String {
+    let queue = unique(prefix);
+    let connection = connect();
+    connection
+        .channel()
+        .unwrap()
+        .queue_declare(&queue, QueueDeclareOptions::default())
+        .unwrap();
+    connection.close().unwrap();
+    cleanup.0.push(queue.clone());
+    queue
+}
+
+/// Ready messages in `queue`, seen from a separate connection.
+fn ready_in(queue: &str) -> u32 {
+    let connection = connect();
+    let count = connection
+        .channel()
+        .unwrap()
+        .queue_declare(queue, passive())
+        .unwrap()
+        .message_count;
+    connection.close().unwrap();
+    count
+}
+
+// ---------------------------------------------------------------------------------------------
+// A close that crosses the broker's
+// ---------------------------------------------------------------------------------------------
+
+/// Each round: a new channel, a passive declare on it (it works), a publish to a missing
+/// exchange (the broker closes the channel with 404, asynchronously), then `close()` at once,
+/// so that the client's channel.close and the broker's usually cross on the wire.
+#[test]
+fn closing_a_channel_the_broker_is_closing_returns_ok_and_the_next_channel_works_2000_times() {
+    const ROUNDS: usize = 2000;
+    let mut cleanup = Cleanup(Vec::new());
+    let queue = test_queue(&mut cleanup, "crossed-close");
+    let missing = unique("no-such-exchange");
+    let result = within(Duration::from_secs(60), "the 2,000 rounds", move || {
+        let connection = connect();
+        for round in 0..ROUNDS {
+            let channel = connection
+                .channel()
+                .map_err(|e| format!("round {round}: channel() failed: {e:?}"))?;
+            let number = channel.channel_number();
+            channel.queue_declare(&queue, passive()).map_err(|e| {
+                format!("round {round}: queue_declare on the new channel {number} failed: {e:?}")
+            })?;
+            channel
+                .basic_publish(&missing, "k", b"x", &BasicProperties::default(), false)
+                .map_err(|e| format!("round {round}: basic_publish failed: {e:?}"))?;
+            channel.close().map_err(|e| {
+                format!("round {round}: close() of channel {number}, which the broker closes with 404, failed: {e:?}")
+            })?;
+        }
+        assert!(connection.is_open(), "{:?}", connection.close_reason());
+        connection
+            .close()
+            .map_err(|e| format!("closing the connection: {e:?}"))
+    });
+    if let Err(message) = result {
+        panic!("{message}");
+    }
+}
+
+/// As above, but the next channel asks for the very number just closed: it must open (at
+/// once, or after a short while if the client keeps the number until the broker's close-ok
+/// for it arrives) and work; a close-ok meant for the old channel must not close it.
+#[test]
+fn channel_number_opened_again_after_a_crossed_close_opens_and_works() {
+    const ROUNDS: usize = 500;
+    /// How long the number may stay taken after `close()` returned.
+    const NUMBER_HELD_AT_MOST: Duration = Duration::from_secs(2);
+    let mut cleanup = Cleanup(Vec::new());
+    let queue = test_queue(&mut cleanup, "same-number");
+    let missing = unique("no-such-exchange");
+    let result = within(Duration::from_secs(60), "the 500 rounds", move || {
+        let connection = connect();
+        let number = 7;
+        for round in 0..ROUNDS {
+            let asked = Instant::now();
+            let channel = loop {
+                match connection.channel_with_number(number) {
+                    Ok(channel) => break channel,
+                    Err(Error::InvalidChannelNumber { .. })
+                        if asked.elapsed() < NUMBER_HELD_AT_MOST =>
+                    {
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "round {round}: channel_with_number({number}) failed: {e:?}"
+                        ))
+                    }
+                }
+            };
+            assert_eq!(channel.channel_number(), number);
+            channel.queue_declare(&queue, passive()).map_err(|e| {
+                format!("round {round}: queue_declare on the reopened channel {number}: {e:?}")
+            })?;
+            match channel.basic_get(&queue, true) {
+                Ok(None) => {}
+                other => {
+                    return Err(format!(
+                        "round {round}: basic_get of the empty queue on the reopened channel: {other:?}"
+                    ))
+                }
+            }
+            channel
+                .basic_publish(&missing, "k", b"x", &BasicProperties::default(), false)
+                .map_err(|e| format!("round {round}: basic_publish failed: {e:?}"))?;
+            channel
+                .close()
+                .map_err(|e| format!("round {round}: close() failed: {e:?}"))?;
+        }
+        connection
+            .close()
+            .map_err(|e| format!("closing the connection: {e:?}"))
+    });
+    if let Err(message) = result {
+        panic!("{message}");
+    }
+}
+
+/// The plain order: the broker's close arrives first, then the client closes the closed
+/// channel (no error), and a new channel works.
+#[test]
+fn closing_a_channel_the_broker_already_closed_returns_ok_and_a_new_channel_works() {
+    let mut cleanup = Cleanup(Vec::new());
+    let queue = test_queue(&mut cleanup, "closed-first");
+    let missing = unique("no-such-exchange");
+    within(Duration::from_secs(20), "the scenario", move || {
+        let connection = connect();
+        for _ in 0..20 {
+            let channel = connection.channel().expect("channel()");
+            channel
+                .basic_publish(&missing, "k", b"x", &BasicProperties::default(), false)
+                .expect("basic_publish");
+            assert!(
+                eventually(Duration::from_secs(5), || channel.is_closed()),
+                "the broker did not close the channel"
+            );
+            assert_eq!(channel.close(), Ok(()));
+            let next = connection.channel().expect("the next channel()");
+            next.queue_declare(&queue, passive())
+                .expect("queue_declare on the next channel");
+            next.close().expect("closing the next channel");
+        }
+        connection.close().expect("closing the connection");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// A consumer callback that panics
+// ---------------------------------------------------------------------------------------------
+
+/// Three messages, manual acks; the callback panics on the first delivery. After the panic
+/// (caught around `start_consuming`, or turned into its `Err`), `start_consuming` again runs
+/// the callback for messages 2 and 3, which it acks; message 1 (never acked) is back in the
+/// queue once the connection closes: nothing is lost.
+#[test]
+fn consumer_callback_that_panicked_once_still_gets_the_next_deliveries() {
+    let mut cleanup = Cleanup(Vec::new());
+    let queue = test_queue(&mut cleanup, "panicking-callback");
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    support::publish_numbered(&channel, &queue, 1..4);
+    assert!(
+        eventually(Duration::from_secs(5), || ready_in(&queue) == 3),
+        "the three messages did not reach the queue"
+    );
+
+    let panicked = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    {
+        let (panicked, acked) = (panicked.clone(), acked.clone());
+        channel
+            .basic_consume(
+                &queue,
+                move |ch, method, _properties, body| {
+                    if !panicked.swap(true, Ordering::SeqCst) {
+                        panic!("deliberate panic in the consumer callback");
+                    }
+                    let number = u32::from_be_bytes(body.try_into().expect("a 4-byte body"));
+                    ch.basic_ack(method.delivery_tag, false)?;
+                    let mut acked = acked.lock().unwrap();
+                    acked.insert(number);
+                    if acked.contains(&2) && acked.contains(&3) {
+                        ch.stop_consuming()?;
+                    }
+                    Ok(())
+                },
+                BasicConsumeOptions::default(),
+            )
+            .unwrap();
+    }
+
+    let first = channel.clone();
+    let outcome = within(
+        Duration::from_secs(10),
+        "the first start_consuming",
+        move || match catch_unwind(AssertUnwindSafe(|| first.start_consuming())) {
+            Ok(result) => Ok(result),
+            Err(payload) => Err(panic_text(&*payload)),
+        },
+    );
+    assert!(
+        panicked.load(Ordering::SeqCst),
+        "the callback never ran: {outcome:?}"
+    );
+    assert!(
+        !matches!(outcome, Ok(Ok(()))),
+        "start_consuming returned Ok(()) although the callback panicked and no consumer was cancelled"
+    );
+
+    let second = channel.clone();
+    let again = within(
+        Duration::from_secs(10),
+        "start_consuming after the callback's panic (the callback did not get messages 2 and 3)",
+        move || second.start_consuming(),
+    );
+    assert_eq!(again, Ok(()), "the second start_consuming");
+    let acked_now = acked.lock().unwrap().clone();
+    assert!(
+        acked_now.contains(&2) && acked_now.contains(&3),
+        "the callback acked {acked_now:?}; messages 2 and 3 must reach it"
+    );
+
+    connection.close().unwrap();
+    let expected_ready = 3 - acked_now.len() as u32;
+    let mut ready = 0;
+    let settled = eventually(Duration::from_secs(5), || {
+        ready = ready_in(&queue);
+        ready == expected_ready
+    });
+    assert!(
+        settled,
+        "after the connection closed the queue holds {ready} messages; with {acked_now:?} acked it must hold {expected_ready}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A write to a socket the broker reset
+// ---------------------------------------------------------------------------------------------
+
+/// Selects the child role of [`write_to_a_reset_socket_is_an_error_not_a_sigpipe_death`].
+const SIGPIPE_CHILD: &str = "COTTONTAIL_TEST_SIGPIPE_CHILD";
+/// What the child prints once a publish failed.
+const CHILD_SAW_ERROR: &str = "sigpipe-child: publish failed";
+
+/// Rust's runtime ignores SIGPIPE for its binaries, but a library also lives in hosts that do
+/// not (a C program, a Python extension). The test binary runs itself again as such a host: the
+/// child restores SIGPIPE's default action (death), connects to a fake broker that resets the
+/// socket (SO_LINGER 0, then close) while the child publishes from several threads, and must
+/// see the failure as an `Err`, then exit normally, not be killed by signal 13.
+#[test]
+fn write_to_a_reset_socket_is_an_error_not_a_sigpipe_death() {
+    if std::env::var_os(SIGPIPE_CHILD).is_some() {
+        sigpipe_child();
+        return;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut child = Command::new(exe)
+        .env(SIGPIPE_CHILD, "1")
+        .args([
+            "--exact",
+            "write_to_a_reset_socket_is_an_error_not_a_sigpipe_death",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running the test binary again as the child");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the child") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the child did not finish within 30 s (hung)");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let output = child.wait_with_output().expect("the child's output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        status.signal() != Some(libc::SIGPIPE),
+        "the child was killed by SIGPIPE writing to the reset socket\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        status.success(),
+        "the child failed: {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains(CHILD_SAW_ERROR),
+        "the child never saw a publish fail\nstdout:\n{stdout}"
+    );
+}
+
+/// The child's side: many rounds (each a new connection that the fake resets while three
+/// threads publish), so that a write landing after the reset is all but certain.
+fn sigpipe_child() {
+    // SAFETY: restoring the default action of one signal; no handler runs Rust code.
+    let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    assert_ne!(previous, libc::SIG_ERR, "signal(SIGPIPE, SIG_DFL) failed");
+    // Which write lands first after the reset is a race: a round takes some 10 ms, and one in
+    // about ten ends with a write that raises SIGPIPE in the current code.
+    const ROUNDS: usize = 100;
+    for round in 0..ROUNDS {
+        let (port, fake) = fake_broker::spawn_fake(|broker| {
+            let mut peer = broker.accept_and_handshake(0, 131_072);
+            peer.open_channel(1);
+            // Let the publishers get going, then reset the socket under them.
+            let mut publishes = 0;
+            while publishes < 200 {
+                match peer.read_frame() {
+                    Some(AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Publish(_)))) => {
+                        publishes += 1
+                    }
+                    Some(_) => {}
+                    None => panic!("fake broker: the client went away before publishing"),
+                }
+            }
+            socket2::SockRef::from(&*peer.stream())
+                .set_linger(Some(Duration::ZERO))
+                .expect("SO_LINGER 0");
+            // Dropping the socket with linger 0 (and unread bytes) sends an RST.
+            drop(peer);
+        });
+        let connection =
+            Connection::open(fake_broker::client_params(port)).expect("connecting to the fake");
+        let channel = connection.channel().expect("channel()");
+        let failures: Vec<Option<Error>> = thread::scope(|scope| {
+            let publishers: Vec<_> = (0..3)
+                .map(|_| {
+                    let channel = channel.clone();
+                    scope.spawn(move || {
+                        let body = vec![0u8; 1024];
+                        let started = Instant::now();
+                        while started.elapsed() < Duration::from_millis(1500) {
+                            if let Err(e) = channel.basic_publish(
+                                "",
+                                "q",
+                                &body,
+                                &BasicProperties::default(),
+                                false,
+                            ) {
+                                return Some(e);
+                            }
+                        }
+                        None
+                    })
+                })
+                .collect();
+            publishers
+                .into_iter()
+                .map(|p| p.join().expect("a publisher thread panicked"))
+                .collect()
+        });
+        fake_broker::join(fake);
+        let error = failures
+            .into_iter()
+            .flatten()
+            .next()
+            .unwrap_or_else(|| panic!("round {round}: no publish failed after the reset"));
+        println!("{CHILD_SAW_ERROR} (round {round}): {error:?}");
+    }
+}
