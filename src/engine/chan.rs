@@ -28,9 +28,10 @@ pub(crate) const ORPHANS_KEPT: usize = 256;
 pub(crate) const CANCELS_KEPT: usize = 1_000;
 
 /// What a held message counts for inbound back-pressure: its body plus what the message
-/// costs besides (method, properties, queue slot), so a flood of empty messages is bounded too.
+/// costs besides (method, properties, queue slot and their allocations, ~500 bytes, counted
+/// twice for allocator slack), so a flood of empty messages is bounded too.
 pub(crate) fn weight(body: &[u8]) -> usize {
-    body.len() + 512
+    body.len() + 1024
 }
 
 /// The bytes of messages the connection holds for its callers (deliveries queued on channels
