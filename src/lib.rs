@@ -163,6 +163,7 @@ mod events;
 mod options;
 mod params;
 mod protocol;
+mod publish;
 mod transport;
 
 pub use crate::channel::{BlockingChannel, Channel};

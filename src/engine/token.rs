@@ -11,13 +11,14 @@
 //!    something reading brings: a method's reply, a confirm, a delivery, a close-ok
 //!    ([`Core::wait_until`]). Under TLS the token never leaves the I/O thread (a native-tls
 //!    stream cannot be split); waiters then only sleep.
-//! 3. **The one read loop** ([`read_loop`]) serves every holder: read once, route every
-//!    complete frame, then report under the [`Turn`] lock (bump `generation` if anything was
-//!    routed, wake the sleepers) and ask the holder whether to leave. A user holder leaves
-//!    after every batch that routed something, when its deadline passes, or when it is
-//!    nudged; the I/O thread leaves when a user thread waits (`waiting > 0`) and hands the
-//!    token over. A holder never runs user code and never waits for outbound room: it leaves
-//!    the loop first.
+//! 3. **The one read loop** ([`read_loop`]) serves every holder: route what is buffered,
+//!    read once, route every complete frame, then report under the [`Turn`] lock (bump
+//!    `generation` if anything was routed, wake the sleepers) and ask the holder whether to
+//!    leave. A user holder leaves after every batch that routed something, at its deadline,
+//!    or when it is nudged. The I/O thread leaves when a user thread waits (`waiting > 0`)
+//!    and hands the token over, or, keeping it, when outbound bytes wait or one of its timers
+//!    is due (a flood of input never holds up writes and heartbeats). A holder never runs
+//!    user code and never waits for outbound room: it leaves the loop first.
 //! 4. **Parked.** A user holder that leaves puts the `ReadSide` back as
 //!    [`Holder::Parked`]: any waiter takes it at once, with no hand-over. This is how a
 //!    consumer "keeps" the token across its callback: nobody reads while the callback runs,
@@ -49,9 +50,10 @@
 //!    deadline ends its wait. A paused holder looks again every [`PAUSE_RECHECK`]. While
 //!    reading is paused the broker's silence is ours: heartbeat deadlines do not run.
 //!
-//! Lock order: a channel's state, then `Turn`; the outbound buffer (`Link`) is never held
-//! while taking `Turn`, nor `Turn` while taking it, except that `Turn` may be taken under
-//! nothing else. `look` closures passed to [`Core::wait_until`] run with no engine lock held.
+//! Locks: `Turn` is taken with no other engine lock held, except that the I/O thread's leave
+//! check looks at the outbound buffer under it (order: `Turn`, then `Link`); it is held for a
+//! few instructions, never across a read, a poll or user code. `look` closures passed to
+//! [`Core::wait_until`] run with no engine lock held.
 
 use std::io::ErrorKind;
 use std::sync::atomic::Ordering;
