@@ -628,7 +628,7 @@ impl Channel {
             Err(panic) => Err(Error::Callback(format!(
                 "the callback of consumer {tag} panicked on delivery {}: {}",
                 delivery.method.delivery_tag,
-                panic_message(&*panic)
+                crate::error::panic_message(&*panic)
             ))),
         }
     }
@@ -652,15 +652,6 @@ impl Channel {
 
 /// Clears the channel's "a thread is consuming" flag when the consuming call returns.
 pub(crate) struct ConsumingGuard<'a>(&'a Channel);
-
-/// The text of a caught panic.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into())
-}
 
 /// What [`Channel::pump`] found to do.
 enum Next {

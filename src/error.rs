@@ -230,6 +230,15 @@ fn last_of(attempts: &[Error]) -> String {
         .map_or_else(|| "none".into(), ToString::to_string)
 }
 
+/// The text of a caught panic, for the error it becomes.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 impl Error {
     pub(crate) fn io(context: impl Into<String>, err: &io::Error) -> Self {
         Error::Io {

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,34 +24,7 @@ use cottontail::{
     BasicConsumeOptions, BasicProperties, Connection, ConnectionParameters, Error,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use support::{connect, eventually, unique};
-
-/// Runs `scenario` on its own thread and returns its result; fails the test with `what` if it
-/// panics or does not finish within `limit` (a hang).
-fn within<T: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    scenario: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let outcome = catch_unwind(AssertUnwindSafe(scenario)).map_err(|p| panic_text(&*p));
-        let _ = tx.send(outcome);
-    });
-    match rx.recv_timeout(limit) {
-        Ok(Ok(value)) => value,
-        Ok(Err(message)) => panic!("{what}: panicked: {message}"),
-        Err(_) => panic!("{what}: did not finish within {limit:?} (hung)"),
-    }
-}
-
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(a non-string panic payload)".into())
-}
+use support::{connect, eventually, panic_text, unique, within};
 
 /// Deletes the test's queues when it ends, even when it fails.
 struct Cleanup(Vec<String>);

@@ -29,34 +29,7 @@ use cottontail::{
     QueueDeleteOptions,
 };
 use fake_broker::{client_params, join, spawn_fake, Peer};
-use support::{connect, unique};
-
-/// Runs `scenario` on its own thread and returns its result; fails the test with `what` if it
-/// panics or does not finish within `limit` (a hang).
-fn within<T: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    scenario: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let outcome = catch_unwind(AssertUnwindSafe(scenario)).map_err(|p| panic_text(&*p));
-        let _ = tx.send(outcome);
-    });
-    match rx.recv_timeout(limit) {
-        Ok(Ok(value)) => value,
-        Ok(Err(message)) => panic!("{what}: panicked: {message}"),
-        Err(_) => panic!("{what}: did not finish within {limit:?} (hung)"),
-    }
-}
-
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(a non-string panic payload)".into())
-}
+use support::{connect, panic_text, unique, within};
 
 fn assert_timeout(err: &Error, what: &str) {
     assert!(

@@ -107,13 +107,11 @@ impl IoThread {
     fn main(mut self) {
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.run()));
         let outcome = outcome.unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
             Err(Error::StreamLost {
-                message: format!("the I/O thread panicked: {what}"),
+                message: format!(
+                    "the I/O thread panicked: {}",
+                    crate::error::panic_message(&*panic)
+                ),
             })
         });
         let error = match outcome {

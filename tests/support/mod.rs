@@ -135,3 +135,32 @@ pub fn exclusive_queue(channel: &cottontail::Channel) -> String {
         .expect("declaring an exclusive queue")
         .queue
 }
+
+/// Runs `scenario` on its own thread and returns its result; fails the test with `what` if it
+/// panics or does not finish within `limit` (a hang).
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    scenario: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(scenario))
+            .map_err(|p| panic_text(&*p));
+        let _ = tx.send(outcome);
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(value)) => value,
+        Ok(Err(message)) => panic!("{what}: panicked: {message}"),
+        Err(_) => panic!("{what}: did not finish within {limit:?} (hung)"),
+    }
+}
+
+/// The message of a caught panic.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a non-string panic payload)".into())
+}
