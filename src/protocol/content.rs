@@ -64,6 +64,15 @@ impl Assembly {
         Ok(())
     }
 
+    /// The body buffer of the content being received, if any: its length and its capacity
+    /// (what the announced size made it reserve). For the property tests' memory bound.
+    #[cfg(test)]
+    pub(crate) fn body_buffer(&self) -> Option<(usize, usize)> {
+        self.partial
+            .as_ref()
+            .map(|p| (p.body.len(), p.body.capacity()))
+    }
+
     /// A content method arrived on `channel`.
     pub(crate) fn start(&mut self, channel: u16, method: ContentMethod) -> Result<()> {
         self.expect_method(channel)?;

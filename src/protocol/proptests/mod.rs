@@ -1,6 +1,7 @@
 //! Property tests: random and mutated frame streams fed to the sans-IO pieces, the
-//! [`FrameReader`](super::codec::FrameReader) (in random read splits) and the
-//! [`Handshake`](super::handshake::Handshake).
+//! [`FrameReader`](super::codec::FrameReader) (in random read splits), the
+//! [`Handshake`](super::handshake::Handshake) and content
+//! [`Assembly`](super::content::Assembly).
 //!
 //! The properties:
 //! - a valid stream (methods, content headers with random properties and header tables, body
@@ -15,7 +16,15 @@
 //! - [`check_nesting`] never refuses a frame amq-protocol's parser accepts;
 //! - a valid handshake (heartbeats anywhere) finishes whatever the splits, and a random or
 //!   mutated one ends only in `FRAME_ERROR` or `UNEXPECTED_FRAME` (505) protocol errors or in
-//!   the typed refusals the broker's own frames ask for.
+//!   the typed refusals the broker's own frames ask for;
+//! - a valid stream, read in any splits and routed per channel to an `Assembly` as the
+//!   router does, yields exactly the generated messages (method, properties, body bytes) in
+//!   order on each channel; a stream with contents damaged (frames of a content dropped or
+//!   duplicated, a body longer than announced, a stray header, a method inside a content,
+//!   `body_size` forged up to `u64::MAX`, plus the byte mutations above) never panics, never
+//!   lets a body buffer's capacity pass the bytes received plus `MAX_BODY_PREALLOC`, and
+//!   fails only with `FRAME_ERROR` or `UNEXPECTED_FRAME`, the one a single mutation calls for
+//!   (see [`content`]).
 //!
 //! `cargo test` runs each property for 256 cases (`PROPTEST_CASES` changes that); failures
 //! are shrunk and saved under `proptest-regressions/` as usual. For a long run, set
@@ -29,12 +38,13 @@
 //! many seconds have passed, then prints the cases run per property and in total.
 //!
 //! The stream generators ([`generators::channel_stream`], [`generators::interleaved_stream`])
-//! produce what a broker may send, one message's frames contiguous per channel: a property for
-//! content assembly can take the same streams.
+//! produce what a broker may send, one message's frames contiguous per channel; the content
+//! properties take the same streams.
 //!
-//! The pieces: this file holds the properties and what runs them; [`generators`] what a broker
-//! sends, [`mutations`] the encoding of streams and the damage done to them, [`harness`] the
-//! feeding of bytes to the reader and of frames to the handshake.
+//! The pieces: this file holds the properties and what runs them; [`content`] the content
+//! assembly properties, with their routing and content-level damage; [`generators`] what a
+//! broker sends, [`mutations`] the encoding of streams and the damage done to them,
+//! [`harness`] the feeding of bytes to the reader and of frames to the handshake.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +69,7 @@ use generators::{
 use harness::{feed, protocol_code, run_handshake, Got, HandshakeEnd};
 use mutations::{encode, mutate, mutation, nested_frame};
 
+mod content;
 pub(crate) mod generators;
 mod harness;
 mod mutations;
@@ -397,6 +408,11 @@ const PROPERTIES: &[(&str, Property)] = &[
     (
         "handshake_fails_only_as_documented",
         handshake_fails_only_as_documented,
+    ),
+    ("valid_streams_assemble", content::valid_streams_assemble),
+    (
+        "mutated_contents_fail_cleanly",
+        content::mutated_contents_fail_cleanly,
     ),
 ];
 
