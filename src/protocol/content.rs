@@ -12,6 +12,8 @@ use amq_protocol::protocol::BasicProperties;
 
 use crate::error::{Error, Result, FRAME_ERROR, UNEXPECTED_FRAME};
 
+/// The class of every content method (basic); a content header must carry it.
+const BASIC_CLASS: u16 = 60;
 /// Largest message body accepted (RabbitMQ's own hard limit is 512 MiB).
 pub(crate) const MAX_BODY_SIZE: u64 = 512 * 1024 * 1024;
 /// Largest body buffer reserved up front from a content header's (peer-controlled) size.
@@ -99,6 +101,15 @@ impl Assembly {
                 ))
             }
         };
+        if header.class_id != BASIC_CLASS {
+            return Err(Error::protocol(
+                UNEXPECTED_FRAME,
+                format!(
+                    "content header of class {} on channel {channel}, for a basic-class method",
+                    header.class_id
+                ),
+            ));
+        }
         if header.body_size > MAX_BODY_SIZE {
             return Err(Error::protocol(
                 FRAME_ERROR,
@@ -214,6 +225,14 @@ mod tests {
         assert_eq!(
             a.body(1, b"xyz").unwrap_err().reply_code(),
             Some(FRAME_ERROR)
+        );
+        let mut c = Assembly::default();
+        c.start(1, deliver(1)).unwrap();
+        let mut wrong_class = header(1);
+        wrong_class.class_id = 50;
+        assert_eq!(
+            c.header(1, wrong_class).unwrap_err().reply_code(),
+            Some(UNEXPECTED_FRAME)
         );
         let mut b = Assembly::default();
         b.start(1, deliver(1)).unwrap();
