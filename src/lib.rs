@@ -64,9 +64,10 @@
 //! heartbeats, writes and timers, and reads whenever no user thread does. A thread that
 //! leaves the token after reading something for itself puts it down ("parks" it): it is back
 //! to read at no cost if it returns within a millisecond (a busy consumer), any other waiter
-//! takes it at once, and otherwise the I/O thread takes it back after that millisecond, so
+//! takes it at once, and otherwise the I/O thread takes it back when it next looks (it looks
+//! by itself, within 10 ms in busy traffic and at most a second after a long quiet spell), so
 //! what the broker says meanwhile (a channel closed for a bad publish, connection.blocked) is
-//! read within about a millisecond. Under TLS only the I/O thread reads. The rules are
+//! still read while the callback runs. Under TLS only the I/O thread reads. The rules are
 //! written once, in the engine's `token` module.
 //!
 //! One exception, for acks: while more deliveries wait in a channel's queue, consecutive

@@ -83,7 +83,7 @@ pub(crate) fn run(core: Arc<Core>, stream: Stream, side: ReadSide, poll: Poll) {
         poll,
         wbuf: Vec::with_capacity(64 * 1024),
         wpos: 0,
-        turn: IoTurn { side: Some(side) },
+        turn: IoTurn::holding(side),
         watching_input: true,
     };
     io.main();

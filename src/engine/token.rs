@@ -25,9 +25,12 @@
 //!    so the consumer is back to read its next message with no wake-up of any other thread.
 //!    That lasts only while no one else asks for it (a waiter takes a parked token at once)
 //!    and not much longer than [`PARK_GRACE`]: the I/O thread takes a token that has lain
-//!    parked that long. While it does not hold the token it looks at it at least every
-//!    [`IO_RECHECK`], so a parked token lies unread at most `IO_RECHECK + PARK_GRACE`; nobody
-//!    has to wake it for that, and a busy consumer costs it no wake-up per message.
+//!    parked that long. While it does not hold the token it looks at it by itself: every
+//!    [`IO_RECHECK`] at first, twice as long each time it finds a user thread still holding it,
+//!    up to [`IO_RECHECK_MAX`] (an idle consumer costs it one wake-up a second, not a hundred).
+//!    So a parked token lies unread at most `IO_RECHECK_MAX + PARK_GRACE`, usually about
+//!    `IO_RECHECK`; nobody has to wake the I/O thread for that, and a busy consumer costs it
+//!    no wake-up per message.
 //! 5. **Reading before polling.** Socket readiness is edge-triggered; a new holder reads
 //!    before it polls, since the last one may have left bytes unread.
 //! 6. **Polls.** The `ReadSide`'s own poll watches the socket's input and `read_waker`; its
@@ -74,8 +77,10 @@ use crate::transport::Stream;
 /// for itself, while the broker's answer to what the user writes meanwhile (a channel closed
 /// for a bad publish) is still read within a millisecond.
 pub(crate) const PARK_GRACE: Duration = Duration::from_millis(1);
-/// How often the I/O thread looks at a token it does not hold (rule 4).
+/// How soon the I/O thread looks again at a token it does not hold (rule 4).
 pub(crate) const IO_RECHECK: Duration = Duration::from_millis(10);
+/// The longest it waits to look again while a user thread keeps holding the token (rule 4).
+pub(crate) const IO_RECHECK_MAX: Duration = Duration::from_secs(1);
 /// How often a holder whose reading is paused looks again (rule 9).
 pub(crate) const PAUSE_RECHECK: Duration = Duration::from_millis(10);
 /// Bytes of held messages past which reading pauses while nobody waits for input (rule 9).
@@ -336,6 +341,19 @@ fn route_buffered(core: &Core, side: &mut ReadSide) -> Result<Option<Exit>> {
 pub(crate) struct IoTurn {
     /// The reading half while the I/O thread holds the token.
     pub(crate) side: Option<ReadSide>,
+    /// How long it waits before looking again while a user thread holds the token: doubles
+    /// from [`IO_RECHECK`] to [`IO_RECHECK_MAX`] each time it finds it held (rule 4).
+    pub(crate) user_recheck: Duration,
+}
+
+impl IoTurn {
+    /// The I/O thread's side of a token it holds from the start.
+    pub(crate) fn holding(side: ReadSide) -> IoTurn {
+        IoTurn {
+            side: Some(side),
+            user_recheck: IO_RECHECK,
+        }
+    }
 }
 
 /// What the I/O thread should do after its turn at the token.
@@ -372,6 +390,9 @@ impl Core {
             };
         }
         let shared = self.token.shared();
+        if turn.holder != Holder::User {
+            io.user_recheck = IO_RECHECK;
+        }
         match turn.holder {
             Holder::Io if shared && turn.waiting > 0 => {
                 // A user thread asked for the token: hand it over before reading.
@@ -396,10 +417,12 @@ impl Core {
                 };
             }
             Holder::User => {
+                let recheck = io.user_recheck;
+                io.user_recheck = (recheck * 2).min(IO_RECHECK_MAX);
                 return IoRead {
                     end: None,
                     holding: false,
-                    recheck: Some(now + IO_RECHECK),
+                    recheck: Some(now + recheck),
                 };
             }
             Holder::Ended => {
