@@ -3,8 +3,9 @@
 //! and `ok` semantics, so `run.sh` can put cottontail next to pika, amiquip and lapin.
 //!
 //! Usage: `peer_bench SCENARIO [N]`, SCENARIO one of `s1 | s2a | s2b | fill3 | s3 | s3noack |
-//! s4server | s4client | s5`, or `idle [SECONDS]` (not in the shared harness: the memory and
-//! CPU one open, idle connection costs). It connects to `amqp://guest:guest@127.0.0.1:5672/%2f`, runs one
+//! s4server | s4client | s5`, or `idle [SECONDS]` / `idleconsumer [SECONDS]` (not in the
+//! shared harness: the memory and CPU one open, idle connection costs, without or with a
+//! consumer waiting on it). It connects to `amqp://guest:guest@127.0.0.1:5672/%2f`, runs one
 //! scenario and prints exactly one JSON line on stdout (`s4server` first prints `READY` on its
 //! own line once it consumes). On failure it prints a JSON line with `"ok": false` and an
 //! `error`, and exits 1.
@@ -522,10 +523,33 @@ fn io_thread_schedstat() -> (u64, u64) {
 /// Idle cost: resident memory one open connection with one channel adds, and the CPU time and
 /// wake-ups of its I/O thread over `secs` seconds of idleness (heartbeats as the broker
 /// proposes them: 60 s on RabbitMQ, so one is sent every 30 s).
-fn idle(secs: u64) -> Result<String> {
+///
+/// With `consuming`, a thread waits in a `consume()` iteration on an empty queue meanwhile
+/// (it holds the read token; the I/O thread only looks at it now and then).
+fn idle(secs: u64, consuming: bool) -> Result<String> {
     let before = status_kib("VmRSS:");
     let c = connect()?;
     let ch = c.channel()?;
+    if consuming {
+        let consumer = c.channel()?;
+        let queue = consumer
+            .queue_declare(
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+            )?
+            .queue;
+        let iterator = consumer.consume(&queue, Default::default())?;
+        std::thread::spawn(move || {
+            for item in iterator {
+                if item.is_err() {
+                    break;
+                }
+            }
+        });
+    }
     std::thread::sleep(Duration::from_millis(200));
     let connected = status_kib("VmRSS:");
     let (cpu0, slices0) = io_thread_schedstat();
@@ -535,7 +559,8 @@ fn idle(secs: u64) -> Result<String> {
     let ok = ch.is_open();
     c.close()?;
     Ok(format!(
-        "\"scenario\": \"idle\", \"secs\": {secs}, \"ok\": {ok}, \"heartbeat_s\": {}, \
+        "\"scenario\": \"idle\", \"secs\": {secs}, \"consuming\": {consuming}, \"ok\": {ok}, \
+         \"heartbeat_s\": {}, \
          \"rss_before_kib\": {before}, \"rss_connected_kib\": {connected}, \
          \"rss_after_kib\": {after}, \"connection_kib\": {}, \"io_cpu_us\": {}, \
          \"io_wakeups\": {}",
@@ -567,11 +592,12 @@ fn main() {
         "s4server" => s4server(),
         "s4client" => s4client(n.unwrap_or(10_000), S4_WARMUP),
         "s5" => s5(n.unwrap_or(500)),
-        "idle" => idle(n.unwrap_or(10) as u64),
+        "idle" => idle(n.unwrap_or(10) as u64, false),
+        "idleconsumer" => idle(n.unwrap_or(10) as u64, true),
         _ => {
             eprintln!(
                 "usage: peer_bench SCENARIO [N]; SCENARIO: s1 | s2a | s2b | fill3 | s3 | \
-                 s3noack | s4server | s4client | s5 | idle (got {scenario:?})"
+                 s3noack | s4server | s4client | s5 | idle | idleconsumer (got {scenario:?})"
             );
             std::process::exit(2);
         }
