@@ -20,37 +20,9 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{basic, AMQPClass};
-use cottontail::{
-    BasicConsumeOptions, BasicProperties, Connection, ConnectionParameters, Error,
-    QueueDeclareOptions, QueueDeleteOptions,
-};
+use cottontail::{BasicConsumeOptions, BasicProperties, Connection, Error, QueueDeclareOptions};
+use support::consuming::{passive, Cleanup};
 use support::{connect, eventually, panic_text, unique, within};
-
-/// Deletes the test's queues when it ends, even when it fails.
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        // No panics here: this may run while a failed test unwinds.
-        let params = ConnectionParameters::new(support::HOST).port(support::PORT);
-        let Ok(connection) = Connection::open(params) else {
-            return;
-        };
-        for queue in &self.0 {
-            if let Ok(channel) = connection.channel() {
-                let _ = channel.queue_delete(queue, QueueDeleteOptions::default());
-            }
-        }
-        let _ = connection.close();
-    }
-}
-
-fn passive() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    }
-}
 
 /// Declares a plain (non-exclusive) queue named after `prefix`, deleted when `cleanup` drops.
 fn test_queue(cleanup: &mut Cleanup, prefix: &str) -> String {

@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cottontail::{BasicProperties, Channel, Connection, Error, QueueDeclareOptions};
+use cottontail::{BasicProperties, Channel, Error};
 use support::{connect, exclusive_queue, unique};
 
 const THREADS: u32 = 8;
@@ -16,22 +16,6 @@ const PER_THREAD: u32 = 2_000;
 /// Every fourth message goes to a routing key no queue is bound to.
 fn unroutable(i: u32) -> bool {
     i % 4 == 3
-}
-
-fn queued(connection: &Connection, queue: &str) -> u32 {
-    // A second channel, so the count is what the broker holds.
-    let channel = connection.channel().unwrap();
-    let ok = channel
-        .queue_declare(
-            queue,
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    channel.close().unwrap();
-    ok.message_count
 }
 
 /// Runs `publish(thread, i, routing_key)` for every message of every thread, all threads on
@@ -95,7 +79,7 @@ fn concurrent_mandatory_publishes_each_report_their_own_return() {
         &wrong[..wrong.len().min(10)]
     );
     let routable = THREADS * (0..PER_THREAD).filter(|&i| !unroutable(i)).count() as u32;
-    assert_eq!(queued(&connection, &queue), routable);
+    assert_eq!(support::message_count(&connection, &queue), routable);
     channel.queue_delete(&queue, Default::default()).unwrap();
 }
 
@@ -138,6 +122,6 @@ fn deferred_mandatory_publishes_report_exactly_the_returned_sequence_numbers() {
         &missed[..missed.len().min(10)]
     );
     let routable = THREADS * (0..PER_THREAD).filter(|&i| !unroutable(i)).count() as u32;
-    assert_eq!(queued(&connection, &queue), routable);
+    assert_eq!(support::message_count(&connection, &queue), routable);
     channel.queue_delete(&queue, Default::default()).unwrap();
 }

@@ -24,22 +24,6 @@ fn temp_queue(channel: &Channel, prefix: &str) -> String {
     queue
 }
 
-fn count(connection: &Connection, queue: &str) -> u32 {
-    // A second channel, so the count is what the broker holds.
-    let channel = connection.channel().unwrap();
-    let ok = channel
-        .queue_declare(
-            queue,
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    channel.close().unwrap();
-    ok.message_count
-}
-
 fn nested_headers() -> FieldTable {
     let mut inner = FieldTable::default();
     inner.insert("depth".into(), AMQPValue::LongLongInt(2));
@@ -214,7 +198,7 @@ fn publishes_are_all_on_the_broker_after_close() {
     let mut held = 0;
     assert!(
         support::eventually(Duration::from_secs(5), || {
-            held = count(&other, &queue);
+            held = support::message_count(&other, &queue);
             held == 5000
         }),
         "the broker holds {held} of 5000"
@@ -237,7 +221,7 @@ fn confirm_mode_publish_returns_once_the_broker_has_the_message() {
             .basic_publish("", &queue, b"confirmed", &BasicProperties::default(), false)
             .unwrap();
     }
-    assert_eq!(count(&connection, &queue), 50);
+    assert_eq!(support::message_count(&connection, &queue), 50);
     channel.queue_delete(&queue, Default::default()).unwrap();
 }
 
@@ -311,7 +295,7 @@ fn windowed_confirms_settle_every_message() {
         .unwrap();
     let outcome = channel.wait_for_confirms(None).unwrap();
     assert_eq!(outcome.returned, vec![returned]);
-    assert_eq!(count(&connection, &queue), 3000);
+    assert_eq!(support::message_count(&connection, &queue), 3000);
     channel.queue_delete(&queue, Default::default()).unwrap();
 }
 

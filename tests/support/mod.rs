@@ -164,3 +164,11 @@ pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(a non-string panic payload)".into())
 }
+
+/// How many messages the broker holds in `queue`, asked on a channel of its own.
+pub fn message_count(connection: &Connection, queue: &str) -> u32 {
+    let channel = connection.channel().unwrap();
+    let ok = channel.queue_declare(queue, consuming::passive()).unwrap();
+    channel.close().unwrap();
+    ok.message_count
+}
