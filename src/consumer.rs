@@ -247,16 +247,14 @@ impl Channel {
         match self.rpc(method, "basic.consume") {
             Ok(Reply::Method(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))) => Ok(tag),
             other => {
+                if matches!(other, Err(Error::Timeout { .. })) {
+                    // The broker may have the consumer: cancel it, and requeue what it
+                    // delivers meanwhile (an orphan before its entry goes, see `route`).
+                    self.abandon(&tag, auto_ack);
+                }
                 self.lock_consumers().remove(&tag);
                 match other {
-                    Err(e) => {
-                        if matches!(e, Error::Timeout { .. }) {
-                            // The broker may have the consumer: cancel it, and requeue what
-                            // it delivers meanwhile.
-                            self.orphan(&tag, auto_ack, true);
-                        }
-                        Err(e)
-                    }
+                    Err(e) => Err(e),
                     Ok(_) => Err(Error::protocol(
                         crate::error::COMMAND_INVALID,
                         "unexpected reply to basic.consume",
@@ -266,18 +264,15 @@ impl Channel {
         }
     }
 
-    /// A consumer whose basic.consume or basic.cancel timed out: the broker may still deliver
-    /// to it, and nobody will consume what it does. From now on the router requeues its
-    /// deliveries (manual ack) or reports them lost (auto ack); those already here are
-    /// requeued now. With `cancel`, a basic.cancel (nowait) ends it at the broker.
-    fn orphan(&self, tag: &str, auto_ack: bool, cancel: bool) {
+    /// A consumer whose basic.consume timed out: the broker may have it, and nobody will
+    /// consume what it delivers. It becomes an orphan (the router requeues its deliveries, or
+    /// reports auto-acked ones lost), those already here are requeued, and a basic.cancel
+    /// (nowait) ends it at the broker.
+    fn abandon(&self, tag: &str, auto_ack: bool) {
         self.core().lock().push_orphan(tag, auto_ack);
-        if cancel {
+        if let Ok(consumer_tag) = short(tag) {
             let method = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                consumer_tag: match short(tag) {
-                    Ok(tag) => tag,
-                    Err(_) => return,
-                },
+                consumer_tag,
                 nowait: true,
             }));
             if let Err(e) = self.send_method(method) {
@@ -328,6 +323,9 @@ impl Channel {
         }));
         let reply = self.rpc(method, "basic.cancel");
         // Whatever happened, the consumer is gone for us; what it had not handed out is taken.
+        // It is an orphan first: a consuming thread that took one of its deliveries before it
+        // went finds it one when it routes that delivery (and requeues it).
+        self.core().lock().push_orphan(consumer_tag, auto_ack);
         let mut pending = self
             .lock_consumers()
             .remove(consumer_tag)
@@ -338,10 +336,8 @@ impl Channel {
         let reply = match reply {
             Ok(reply) => reply,
             Err(e) => {
-                if matches!(e, Error::Timeout { .. }) {
-                    // The cancel may still be on its way: what arrives meanwhile is requeued.
-                    self.orphan(consumer_tag, auto_ack, false);
-                }
+                // After a timeout the cancel may still be on its way: what arrives meanwhile
+                // is requeued by the router (the consumer is an orphan).
                 self.requeue(pending.into(), auto_ack);
                 return Err(e);
             }
@@ -356,9 +352,6 @@ impl Channel {
                 ));
             }
         }
-        // A consuming thread may have taken one of its deliveries before it went: it finds
-        // the consumer an orphan when it routes it.
-        self.core().lock().push_orphan(consumer_tag, auto_ack);
         if auto_ack {
             return Ok((pending.into_iter().map(Held::take).collect(), 0));
         }
@@ -525,7 +518,16 @@ impl Channel {
             }
             Some(Next::Cancelled(tags)) => {
                 for tag in &tags {
-                    self.lock_consumers().remove(tag);
+                    // The broker ended it: what it held for an iterator goes back to the queue
+                    // (auto-acked ones are reported lost), like a delivery in flight.
+                    let auto_ack = self.lock_consumers().get(tag).map(|e| e.auto_ack);
+                    if let Some(auto_ack) = auto_ack {
+                        self.core().lock().push_orphan(tag, auto_ack);
+                    }
+                    let gone = self.lock_consumers().remove(tag);
+                    if let Some(entry) = gone {
+                        self.requeue(entry.pending.into(), entry.auto_ack);
+                    }
                     self.run_cancel_callbacks(tag);
                 }
                 Ok(Pumped::Progress)

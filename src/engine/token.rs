@@ -51,7 +51,9 @@
 //!    something reading brings (`wanting > 0`: what it waits for may sit behind those
 //!    messages); over [`INBOUND_HARD_LIMIT`] it pauses regardless, and such a waiter's own
 //!    deadline ends its wait. A paused holder looks again every [`PAUSE_RECHECK`]. While
-//!    reading is paused the broker's silence is ours: heartbeat deadlines do not run.
+//!    reading is paused the broker's silence is ours: heartbeat deadlines do not run. (The
+//!    blocked-connection timeout does: a connection.unblocked behind the held messages is
+//!    not read either, so a connection nobody consumes from may be given up as blocked.)
 //!
 //! Locks: `Turn` is taken with no other engine lock held, except that the I/O thread's leave
 //! check looks at the outbound buffer under it (order: `Turn`, then `Link`); it is held for a
@@ -267,12 +269,15 @@ pub(crate) fn read_loop(
     mut leave: impl FnMut(&Turn, bool) -> bool,
 ) -> Step {
     let mut fresh = side.reader.has_partial();
+    let mut have_read = false;
     loop {
         if fresh {
             let routed = route_buffered(core, side);
             let changed = side.router.take_changed();
             let mut turn = core.token.lock();
-            turn.last_read = Instant::now();
+            if have_read {
+                turn.last_read = Instant::now();
+            }
             if changed {
                 turn.generation += 1;
                 if turn.waiting > 0 {
@@ -284,7 +289,9 @@ pub(crate) fn read_loop(
                 Ok(Some(exit)) => return Step::End(Ok(exit)),
                 Err(e) => return Step::End(Err(e)),
             }
-            if leave(&turn, changed) {
+            // Before the first read, leave only if the buffered bytes routed something: a
+            // partial frame alone must be completed by reading, not left (a spin otherwise).
+            if (have_read || changed) && leave(&turn, changed) {
                 return Step::Leave;
             }
         }
@@ -307,7 +314,10 @@ pub(crate) fn read_loop(
                     message: message.into(),
                 }));
             }
-            Ok(_) => fresh = true,
+            Ok(_) => {
+                fresh = true;
+                have_read = true;
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::WouldBlock,
             Err(e) if e.kind() == ErrorKind::Interrupted => fresh = false,
             Err(e) => {
