@@ -1,0 +1,219 @@
+//! Credentials (SASL PLAIN and EXTERNAL) and TLS options, with secrets kept out of `Debug`.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// User name and password for SASL PLAIN (pika's `PlainCredentials`).
+///
+/// The password never appears in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PlainCredentials {
+    username: String,
+    password: String,
+}
+
+impl PlainCredentials {
+    /// Credentials for `username` with `password`.
+    pub fn new(username: impl Into<String>, password: impl Into<String>) -> Self {
+        PlainCredentials {
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+
+    /// The user name.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    pub(crate) fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+impl Default for PlainCredentials {
+    /// `guest` / `guest`, as pika.
+    fn default() -> Self {
+        PlainCredentials::new("guest", "guest")
+    }
+}
+
+impl fmt::Debug for PlainCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlainCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// SASL EXTERNAL: the broker authenticates the client by its TLS client certificate (pika's
+/// `ExternalCredentials`; needs RabbitMQ's `rabbitmq_auth_mechanism_ssl` plugin).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExternalCredentials;
+
+/// How the connection authenticates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credentials {
+    /// User name and password (SASL PLAIN).
+    Plain(PlainCredentials),
+    /// The TLS client certificate (SASL EXTERNAL).
+    External(ExternalCredentials),
+}
+
+impl From<PlainCredentials> for Credentials {
+    fn from(c: PlainCredentials) -> Self {
+        Credentials::Plain(c)
+    }
+}
+
+impl From<ExternalCredentials> for Credentials {
+    fn from(c: ExternalCredentials) -> Self {
+        Credentials::External(c)
+    }
+}
+
+/// TLS settings (pika's `SSLOptions`). Certificates are verified against the system's roots
+/// plus [`ca_certificate_pem`](Self::ca_certificate_pem), and the broker's name against the
+/// host (or [`server_hostname`](Self::server_hostname)), unless explicitly turned off.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SslOptions {
+    pub(crate) ca_pem: Vec<Vec<u8>>,
+    pub(crate) identity: Option<(Vec<u8>, Vec<u8>)>,
+    pub(crate) key_password: Option<String>,
+    pub(crate) server_hostname: Option<String>,
+    pub(crate) skip_verify: bool,
+    pub(crate) skip_hostname: bool,
+}
+
+impl std::fmt::Debug for SslOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SslOptions")
+            .field("ca_certificates", &self.ca_pem.len())
+            .field("client_certificate", &self.identity.is_some())
+            .field(
+                "client_key_password",
+                &self.key_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("server_hostname", &self.server_hostname)
+            .field("verify_certificate", &!self.skip_verify)
+            .field("verify_hostname", &!self.skip_hostname)
+            .finish()
+    }
+}
+
+impl SslOptions {
+    /// TLS with the system's trusted roots and full verification.
+    pub fn new() -> Self {
+        SslOptions::default()
+    }
+
+    /// Also trusts the CA certificate(s) in this PEM text (pika's `cadata`).
+    pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem.push(pem.into());
+        self
+    }
+
+    /// Also trusts the CA certificate(s) in this PEM file (pika's `cafile` / `ca_certs`).
+    pub fn ca_file(self, path: impl AsRef<std::path::Path>) -> Result<Self> {
+        Ok(self.ca_certificate_pem(read_file("CA file", path.as_ref())?))
+    }
+
+    /// Also trusts every CA certificate in the PEM files of this directory (pika's `capath`),
+    /// symbolic links such as `c_rehash`'s hash names included; files without a certificate
+    /// are skipped. An unreadable directory, or one with no certificate, is an error.
+    pub fn ca_path(mut self, dir: impl AsRef<std::path::Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(format!("reading the CA directory {}", dir.display()), &e))?;
+        let mut paths = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| {
+                Error::io(format!("reading the CA directory {}", dir.display()), &e)
+            })?;
+            if entry.path().is_file() {
+                paths.push(entry.path());
+            }
+        }
+        // In name order, so a failure is the same on every run.
+        paths.sort();
+        let mut found = 0;
+        for path in paths {
+            let pem = read_file("CA file", &path)?;
+            if pem.windows(CERTIFICATE.len()).any(|w| w == CERTIFICATE) {
+                self.ca_pem.push(pem);
+                found += 1;
+            }
+        }
+        if found == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "no PEM certificate in the CA directory {}",
+                dir.display()
+            )));
+        }
+        Ok(self)
+    }
+
+    /// Presents this client certificate (PEM) with its private key (PEM), for mutual TLS and
+    /// SASL EXTERNAL (pika's `certfile` / `keyfile`). On Linux and the BSDs (OpenSSL) the key
+    /// may be PKCS#8 (`BEGIN PRIVATE KEY`), PKCS#1 (`BEGIN RSA PRIVATE KEY`) or SEC1
+    /// (`BEGIN EC PRIVATE KEY`), and encrypted (give its
+    /// [`client_key_password`](Self::client_key_password)); on Windows and Apple systems it
+    /// must be unencrypted PKCS#8.
+    pub fn client_certificate_pem(
+        mut self,
+        cert: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.identity = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Like [`client_certificate_pem`](Self::client_certificate_pem), from files.
+    pub fn client_certificate_files(
+        self,
+        cert: impl AsRef<std::path::Path>,
+        key: impl AsRef<std::path::Path>,
+    ) -> Result<Self> {
+        let cert = read_file("certificate file", cert.as_ref())?;
+        let key = read_file("key file", key.as_ref())?;
+        Ok(self.client_certificate_pem(cert, key))
+    }
+
+    /// The password of an encrypted client key (pika's `password` of `ssl_options`, as in
+    /// Python's `load_cert_chain`). It never appears in `Debug` output. Without it an
+    /// encrypted key is an [`Error::Tls`] naming the missing password, never a prompt.
+    pub fn client_key_password(mut self, password: impl Into<String>) -> Self {
+        self.key_password = Some(password.into());
+        self
+    }
+
+    /// The name to send (SNI) and verify the broker's certificate against. Defaults to the
+    /// connection's host.
+    pub fn server_hostname(mut self, name: impl Into<String>) -> Self {
+        self.server_hostname = Some(name.into());
+        self
+    }
+
+    /// Turns certificate verification off (`false`): any certificate is accepted. Only for
+    /// tests; defaults to `true`.
+    pub fn verify_certificate(mut self, verify: bool) -> Self {
+        self.skip_verify = !verify;
+        self
+    }
+
+    /// Turns host name verification off (`false`) while still checking the chain. Defaults to
+    /// `true`.
+    pub fn verify_hostname(mut self, verify: bool) -> Self {
+        self.skip_hostname = !verify;
+        self
+    }
+}
+
+/// What starts a PEM certificate.
+const CERTIFICATE: &[u8] = b"-----BEGIN CERTIFICATE-----";
+
+fn read_file(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(format!("reading the {what} {}", path.display()), &e))
+}
