@@ -583,20 +583,20 @@ impl Channel {
 
     /// Hands a delivery to whoever it belongs to.
     fn route(&self, held: Held, want: Option<&str>) -> Result<Pumped> {
-        let tag = held.consumer_tag().to_string();
-        if want == Some(tag.as_str()) {
+        if want == Some(held.consumer_tag()) {
             return Ok(Pumped::Mine(Box::new(held.take())));
         }
         let mut consumers = self.lock_consumers();
-        let Some(entry) = consumers.get_mut(&tag) else {
+        let Some(entry) = consumers.get_mut(held.consumer_tag()) else {
             // Its consumer went (cancelled by another thread) after this thread took it.
             drop(consumers);
-            let orphan = self.core().lock().orphan(&tag);
+            let orphan = self.core().lock().orphan(held.consumer_tag());
             match orphan {
                 Some(auto_ack) => self.requeue(vec![held], auto_ack),
                 None => log::warn!(
-                    "a delivery (tag {}) for unknown consumer {tag} is left unacked",
-                    held.delivery_tag()
+                    "a delivery (tag {}) for unknown consumer {} is left unacked",
+                    held.delivery_tag(),
+                    held.consumer_tag()
                 ),
             }
             return Ok(Pumped::Progress);
@@ -614,13 +614,14 @@ impl Channel {
         };
         drop(consumers);
         let delivery = held.take();
+        let tag = delivery.method.consumer_tag.as_str();
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             callback(self, &delivery.method, &delivery.properties, &delivery.body)
         }));
         // Back in its slot whatever happened, so the consumer's next messages reach it.
         if let Some(Some(slot)) = self
             .lock_consumers()
-            .get_mut(&tag)
+            .get_mut(tag)
             .map(|e| e.callback.as_mut())
         {
             *slot = Some(callback);

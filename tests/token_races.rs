@@ -13,31 +13,6 @@ mod fake_broker;
 
 use fake_broker::{client_params, join, spawn_fake, Peer};
 
-/// Handshake by hand, so that open-ok and the next frame go out in ONE write (one segment).
-fn handshake_then(peer: &mut Peer, heartbeat: u16, after_open_ok: &[AMQPFrame]) {
-    peer.read_protocol_header();
-    peer.send_start();
-    peer.expect_start_ok();
-    peer.send_method(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
-            channel_max: 2047,
-            frame_max: 131_072,
-            heartbeat,
-        })),
-    );
-    let _tune_ok = peer.expect_method();
-    let _open = peer.expect_method();
-    let mut bytes = Peer::encode(&AMQPFrame::Method(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
-    ));
-    for f in after_open_ok {
-        bytes.extend(Peer::encode(f));
-    }
-    peer.send_raw(&bytes);
-}
-
 /// The tests here run one at a time: one of them measures the CPU of "the" cottontail-io
 /// thread of this process.
 fn one_at_a_time() -> MutexGuard<'static, ()> {
@@ -56,21 +31,20 @@ fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> 
     None
 }
 
-/// frames the handshake read past connection.open-ok stay in the FrameReader and are
-/// routed only when the next byte arrives (read_loop reads before it routes).
+/// A frame sent in the same segment as connection.open-ok (read by the handshake) is routed
+/// at once, not when the broker's next byte arrives.
 #[test]
 fn a_frame_in_the_same_segment_as_open_ok_is_routed() {
     let _turn = one_at_a_time();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let (port, fake) = spawn_fake(move |broker| {
-        let mut peer = broker.accept();
         let blocked = AMQPFrame::Method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
                 reason: "low on memory".into(),
             })),
         );
-        handshake_then(&mut peer, 0, &[blocked]);
+        let mut peer = broker.accept_and_open_with(0, 131_072, &[blocked]);
         // Any later byte makes the client route the stuck frame.
         let _ = go_rx.recv_timeout(Duration::from_secs(5));
         peer.send_frame(&AMQPFrame::Heartbeat);
@@ -90,10 +64,9 @@ fn a_frame_in_the_same_segment_as_open_ok_is_routed() {
     );
 }
 
-/// `hand_over` returns `recheck: None` with `io_idle == false`. When its input
-/// re-registration produces no event (socket not writable: the broker is not reading), the
-/// I/O thread sleeps with no deadline (heartbeat 0), the user parks the token after its wait,
-/// and nobody reads the socket any more.
+/// After the I/O thread hands the token to a waiting thread and that thread parks it, the
+/// socket is still read while the broker does not read ours (no writable event to wake the
+/// I/O thread, heartbeats off): a channel.close from the broker is seen within 2 s.
 #[test]
 fn a_token_parked_after_a_hand_over_is_taken_back() {
     let _turn = one_at_a_time();
@@ -188,6 +161,8 @@ fn io_thread_ticks() -> u64 {
     panic!("no cottontail-io thread");
 }
 
+/// Half a frame buffered while the broker does not read (our output stuck): the I/O thread
+/// neither spins nor stops reading (a connection.blocked that completes the stream is seen).
 #[test]
 fn half_a_frame_buffered_with_output_stuck_neither_spins_nor_stops_reading() {
     let _turn = one_at_a_time();
@@ -257,9 +232,8 @@ fn half_a_frame_buffered_with_output_stuck_neither_spins_nor_stops_reading() {
     );
 }
 
-/// A broker that dies (silently) in the middle of a frame must still be declared dead by the
-/// heartbeat: read_loop's pre-read pass sets `last_read = now` whenever a partial frame is
-/// buffered, though no byte was read.
+/// A broker that goes silent in the middle of a frame is still declared dead by the heartbeat
+/// (half a frame buffered is not hearing from it).
 #[test]
 fn a_peer_silent_after_half_a_frame_is_declared_dead() {
     let _turn = one_at_a_time();

@@ -39,13 +39,7 @@ impl PublishCache {
         properties: &BasicProperties,
         body_size: u64,
     ) -> Result<()> {
-        let method = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-            exchange: short(exchange)?,
-            routing_key: short(routing_key)?,
-            mandatory,
-            immediate: false,
-        }));
-        codec::encode_method(buf, channel, method)?;
+        encode_publish(buf, channel, exchange, routing_key, mandatory)?;
         codec::encode_content_header(buf, channel, body_size, properties)
     }
 
@@ -67,13 +61,7 @@ impl PublishCache {
         if !method_hit {
             self.header_at = 0;
             self.frames.clear();
-            let method = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
-                exchange: short(exchange)?,
-                routing_key: short(routing_key)?,
-                mandatory,
-                immediate: false,
-            }));
-            codec::encode_method(&mut self.frames, channel, method)?;
+            encode_publish(&mut self.frames, channel, exchange, routing_key, mandatory)?;
             self.exchange.clear();
             self.exchange.push_str(exchange);
             self.routing_key.clear();
@@ -98,6 +86,23 @@ impl PublishCache {
         self.frames[at..at + 8].copy_from_slice(&body_size.to_be_bytes());
         Ok(&self.frames)
     }
+}
+
+/// Appends a basic.publish method frame.
+fn encode_publish(
+    buf: &mut Vec<u8>,
+    channel: u16,
+    exchange: &str,
+    routing_key: &str,
+    mandatory: bool,
+) -> Result<()> {
+    let method = AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+        exchange: short(exchange)?,
+        routing_key: short(routing_key)?,
+        mandatory,
+        immediate: false,
+    }));
+    codec::encode_method(buf, channel, method)
 }
 
 #[cfg(test)]

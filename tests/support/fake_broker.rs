@@ -80,6 +80,17 @@ impl FakeBroker {
     /// Accepts one client and runs the whole opening handshake with it (start, tune with
     /// `heartbeat` and `frame_max`, open).
     pub fn accept_and_handshake(&self, heartbeat: u16, frame_max: u32) -> Peer {
+        self.accept_and_open_with(heartbeat, frame_max, &[])
+    }
+
+    /// Like [`accept_and_handshake`](Self::accept_and_handshake), and sends `after_open_ok`
+    /// in the same write as connection.open-ok (one segment).
+    pub fn accept_and_open_with(
+        &self,
+        heartbeat: u16,
+        frame_max: u32,
+        after_open_ok: &[AMQPFrame],
+    ) -> Peer {
         let mut peer = self.accept();
         peer.read_protocol_header();
         peer.send_start();
@@ -103,10 +114,14 @@ impl FakeBroker {
             (0, AMQPClass::Connection(connection::AMQPMethod::Open(_))) => {}
             other => panic!("fake broker: expected connection.open, got {other:?}"),
         }
-        peer.send_method(
+        let mut bytes = Peer::encode(&AMQPFrame::Method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
-        );
+        ));
+        for frame in after_open_ok {
+            bytes.extend(Peer::encode(frame));
+        }
+        peer.send_raw(&bytes);
         peer
     }
 }
