@@ -81,7 +81,7 @@ fn delivery_frames(tag: &str, delivery_tag: u64) -> Vec<u8> {
         AMQPContentHeader {
             class_id: 60,
             body_size: 64,
-            properties: BasicProperties::default(),
+            properties: amq_protocol::protocol::BasicProperties::default(),
         },
     )));
     bytes.extend(Peer::encode(&AMQPFrame::Body(1, vec![b'x'; 64])));

@@ -66,10 +66,10 @@ impl Center {
             move |_ch, _method, props, body| {
                 // Hand the reply to the thread that sent the request; a reply nobody waits for
                 // (a late duplicate, another client's) is ignored.
-                let sender = props.correlation_id().as_ref().and_then(|id| {
+                let sender = props.correlation_id().and_then(|id| {
                     lock(&on_response)
                         .as_mut()
-                        .and_then(|waiting| waiting.remove(id.as_str()))
+                        .and_then(|waiting| waiting.remove(id))
                 });
                 if let Some(sender) = sender {
                     let _ = sender.send(body.to_vec());
@@ -115,8 +115,8 @@ impl Center {
             "compute_queue",
             n.to_string().as_bytes(),
             &BasicProperties::default()
-                .with_reply_to(self.callback_queue.as_str().into())
-                .with_correlation_id(corr_id.as_str().into()),
+                .with_reply_to(self.callback_queue.as_str())
+                .with_correlation_id(corr_id.as_str()),
             false,
         );
         if let Err(e) = published {

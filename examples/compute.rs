@@ -47,12 +47,12 @@ fn main() -> cottontail::Result<()> {
 
             let mut properties = BasicProperties::default();
             if let Some(correlation_id) = props.correlation_id() {
-                properties = properties.with_correlation_id(correlation_id.clone());
+                properties = properties.with_correlation_id(correlation_id);
             }
             match props.reply_to() {
                 Some(reply_to) => ch.basic_publish(
                     "",
-                    reply_to.as_str(),
+                    reply_to,
                     response.to_string().as_bytes(),
                     &properties,
                     false,

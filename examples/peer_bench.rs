@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use cottontail::{
     BasicConsumeOptions, BasicProperties, Channel, Connection, QueueDeclareOptions, Result,
-    ShortString,
 };
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -257,9 +256,9 @@ fn s4server() -> Result<String> {
             }
             let mut reply = BasicProperties::default();
             if let Some(corr) = props.correlation_id() {
-                reply = reply.with_correlation_id(corr.clone());
+                reply = reply.with_correlation_id(corr);
             }
-            let reply_to = props.reply_to().as_ref().map_or("", |r| r.as_str());
+            let reply_to = props.reply_to().unwrap_or("");
             ch.basic_publish("", reply_to, body, &reply, false)?;
             ch.basic_ack(method.delivery_tag, false)?;
             counter.fetch_add(1, Ordering::Relaxed);
@@ -298,12 +297,12 @@ struct Rpc {
 }
 
 /// Sends one request with a fresh uuid4 correlation id; the latency clock starts before it.
-fn rpc_call(ch: &Channel, st: &mut Rpc, reply_to: &ShortString) -> Result<()> {
+fn rpc_call(ch: &Channel, st: &mut Rpc, reply_to: &str) -> Result<()> {
     st.started = Instant::now();
     st.corr = uuid::Uuid::new_v4().to_string();
     let props = BasicProperties::default()
-        .with_reply_to(reply_to.clone())
-        .with_correlation_id(st.corr.as_str().into());
+        .with_reply_to(reply_to)
+        .with_correlation_id(st.corr.as_str());
     ch.basic_publish("", "rpc_queue", &BODY64, &props, false)
 }
 
@@ -323,7 +322,7 @@ fn s4client(n: usize, warmup: usize) -> Result<String> {
             },
         )?
         .queue;
-    let reply_to: ShortString = cbq.as_str().into();
+    let reply_to = cbq.clone();
     let total = warmup + n;
     let state = Arc::new(Mutex::new(Rpc {
         corr: String::new(),
@@ -340,10 +339,7 @@ fn s4client(n: usize, warmup: usize) -> Result<String> {
         &cbq,
         move |ch, _method, props, body| {
             let mut st = shared.lock().unwrap_or_else(|p| p.into_inner());
-            let matches = props
-                .correlation_id()
-                .as_ref()
-                .is_some_and(|c| c.as_str() == st.corr);
+            let matches = props.correlation_id().is_some_and(|c| c == st.corr);
             if !matches {
                 return Ok(());
             }

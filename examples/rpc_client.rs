@@ -56,7 +56,7 @@ impl FibonacciRpcClient {
             &callback_queue,
             move |_ch, _method, props, body| {
                 let mut pending = on_response.lock().unwrap_or_else(|p| p.into_inner());
-                let corr_id = props.correlation_id().as_ref().map(|id| id.as_str());
+                let corr_id = props.correlation_id();
                 if pending.corr_id.is_some() && pending.corr_id.as_deref() == corr_id {
                     pending.response = Some(body.to_vec());
                 }
@@ -87,8 +87,8 @@ impl FibonacciRpcClient {
             "rpc_queue",
             n.to_string().as_bytes(),
             &BasicProperties::default()
-                .with_reply_to(self.callback_queue.as_str().into())
-                .with_correlation_id(corr_id.into()),
+                .with_reply_to(self.callback_queue.as_str())
+                .with_correlation_id(corr_id),
             false,
         )?;
         let response = loop {

@@ -32,7 +32,7 @@ fn main() -> cottontail::Result<()> {
         REPLY_TO,
         move |_ch, _method, props, body| {
             let mut pending = on_response.lock().unwrap_or_else(|p| p.into_inner());
-            if props.correlation_id().as_ref().map(|id| id.as_str()) == Some(pending.0.as_str()) {
+            if props.correlation_id() == Some(pending.0.as_str()) {
                 pending.1 = Some(body.to_vec());
             }
             Ok(())
@@ -51,8 +51,8 @@ fn main() -> cottontail::Result<()> {
         "rpc_queue",
         b"30",
         &BasicProperties::default()
-            .with_reply_to(REPLY_TO.into())
-            .with_correlation_id(corr_id.into()),
+            .with_reply_to(REPLY_TO)
+            .with_correlation_id(corr_id),
         false,
     )?;
     let response = loop {

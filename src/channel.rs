@@ -5,8 +5,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::protocol::table::{self, FieldTable};
 use amq_protocol::protocol::{basic, channel, exchange, queue, tx, AMQPClass};
-use amq_protocol::types::FieldTable;
 
 use crate::connection::Owner;
 use crate::consumer::{CancelCallback, ConsumerEntry, ReturnCallback};
@@ -318,7 +318,7 @@ impl Channel {
             exclusive: options.exclusive,
             auto_delete: options.auto_delete,
             nowait: false,
-            arguments: options.arguments,
+            arguments: table::to_wire(&options.arguments)?,
         }));
         match self.rpc(method, "queue.declare")? {
             Reply::Method(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))) => {
@@ -369,7 +369,7 @@ impl Channel {
             exchange: short(exchange)?,
             routing_key: short(routing_key)?,
             nowait: false,
-            arguments: options.arguments,
+            arguments: table::to_wire(&options.arguments)?,
         }));
         match self.rpc(method, "queue.bind")? {
             Reply::Method(AMQPClass::Queue(queue::AMQPMethod::BindOk(_))) => Ok(()),
@@ -387,7 +387,7 @@ impl Channel {
             auto_delete: options.auto_delete,
             internal: options.internal,
             nowait: false,
-            arguments: options.arguments,
+            arguments: table::to_wire(&options.arguments)?,
         }));
         match self.rpc(method, "exchange.declare")? {
             Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(_))) => Ok(()),
@@ -423,7 +423,7 @@ impl Channel {
             source: short(source)?,
             routing_key: short(routing_key)?,
             nowait: false,
-            arguments,
+            arguments: table::to_wire(&arguments)?,
         }));
         match self.rpc(method, "exchange.bind")? {
             Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::BindOk(_))) => Ok(()),
@@ -445,7 +445,7 @@ impl Channel {
             source: short(source)?,
             routing_key: short(routing_key)?,
             nowait: false,
-            arguments,
+            arguments: table::to_wire(&arguments)?,
         }));
         match self.rpc(method, "exchange.unbind")? {
             Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(_))) => Ok(()),
@@ -467,7 +467,7 @@ impl Channel {
             queue: short(queue)?,
             exchange: short(exchange)?,
             routing_key: short(routing_key)?,
-            arguments: options.arguments,
+            arguments: table::to_wire(&options.arguments)?,
         }));
         match self.rpc(method, "queue.unbind")? {
             Reply::Method(AMQPClass::Queue(queue::AMQPMethod::UnbindOk(_))) => Ok(()),

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::protocol::table::{FieldTable, FieldValue};
 use amq_protocol::protocol::{channel, connection, AMQPClass};
-use amq_protocol::types::{AMQPValue, FieldTable};
 
 use crate::channel::Channel;
 use crate::engine::chan::{ChannelCore, Reply};
@@ -226,9 +226,9 @@ impl Connection {
 
     /// True when the broker advertises the named capability in its server properties.
     fn capability(&self, name: &str) -> bool {
-        match self.server_properties().inner().get("capabilities") {
-            Some(AMQPValue::FieldTable(caps)) => {
-                matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
+        match self.server_properties().get("capabilities") {
+            Some(FieldValue::Table(caps)) => {
+                matches!(caps.get(name), Some(FieldValue::Bool(true)))
             }
             _ => false,
         }

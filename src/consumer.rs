@@ -12,9 +12,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amq_protocol::protocol::basic::{self, Deliver, Return};
-use amq_protocol::protocol::{AMQPClass, BasicProperties};
-use amq_protocol::types::FieldTable;
+use amq_protocol::protocol::basic;
+use amq_protocol::protocol::AMQPClass;
 
 use crate::channel::Channel;
 use crate::connection::Owner;
@@ -25,6 +24,9 @@ use crate::error::{Error, Result};
 use crate::events::run_callbacks;
 use crate::options::BasicConsumeOptions;
 use crate::protocol::codec::short;
+use crate::protocol::methods::{Deliver, Return};
+use crate::protocol::properties::BasicProperties;
+use crate::protocol::table::{self, FieldTable};
 
 /// A consumer callback: pika's `on_message_callback(channel, method, properties, body)`.
 ///
@@ -225,7 +227,7 @@ impl Channel {
             no_ack: auto_ack,
             exclusive,
             nowait: false,
-            arguments,
+            arguments: table::to_wire(&arguments)?,
         }));
         {
             let mut consumers = self.lock_consumers();

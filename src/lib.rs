@@ -196,13 +196,6 @@ pub mod reply_code {
     };
 }
 
-/// The method of a delivery: `consumer_tag`, `delivery_tag`, `redelivered`, `exchange`, `routing_key`.
-pub use amq_protocol::protocol::basic::Deliver;
-/// The method of a basic.get result.
-pub use amq_protocol::protocol::basic::GetOk;
-/// The method of a returned message.
-pub use amq_protocol::protocol::basic::Return;
-/// Message properties (pika's `BasicProperties`), with `with_*` builders for all 14 fields.
-pub use amq_protocol::protocol::BasicProperties;
-/// AMQP field tables (headers, arguments) and their values.
-pub use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+pub use crate::protocol::methods::{Deliver, GetOk, Return};
+pub use crate::protocol::properties::BasicProperties;
+pub use crate::protocol::table::{FieldTable, FieldValue};

@@ -2,7 +2,7 @@
 //! pika's default, so `Options { durable: true, ..Default::default() }` reads like
 //! `durable=True` in Python.
 
-use amq_protocol::types::FieldTable;
+use crate::protocol::table::FieldTable;
 
 /// Keyword arguments of [`Channel::queue_declare`](crate::Channel::queue_declare).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -95,8 +95,8 @@ pub struct BasicConsumeOptions {
 ///
 /// ```
 /// use cottontail::{BasicProperties, DeliveryMode};
-/// let persistent = BasicProperties::default().with_delivery_mode(DeliveryMode::Persistent.into());
-/// assert_eq!(persistent.delivery_mode(), &Some(2));
+/// let persistent = BasicProperties::default().with_delivery_mode(DeliveryMode::Persistent);
+/// assert_eq!(persistent.delivery_mode(), Some(2));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DeliveryMode {

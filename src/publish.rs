@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
-use amq_protocol::protocol::{confirm, AMQPClass, BasicProperties};
+use amq_protocol::protocol::{confirm, AMQPClass};
 
 use crate::channel::{ensure_open, unexpected, Channel};
 use crate::engine::chan::Reply;
 use crate::engine::{deadline_after, with_scratch};
 use crate::error::{Error, Result};
 use crate::protocol::confirms::{fingerprint, ConfirmOutcome, ConfirmTracker, Settled};
+use crate::protocol::properties::BasicProperties;
 use crate::protocol::publish_cache::PublishCache;
 
 impl Channel {

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use amq_protocol::protocol::{basic, channel, connection, AMQPClass, BasicProperties};
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use amq_protocol::types::ShortString;
 use cottontail::{Connection, ConsumeOptions, Consumed, Consumer, Delivery};
 
@@ -77,7 +77,7 @@ fn deliveries(consumer_tag: &ShortString, tags: RangeInclusive<u64>) -> Vec<u8> 
             AMQPContentHeader {
                 class_id: 60,
                 body_size: body.len() as u64,
-                properties: BasicProperties::default(),
+                properties: amq_protocol::protocol::BasicProperties::default(),
             },
         )));
         bytes.extend(Peer::encode(&AMQPFrame::Body(1, body)));

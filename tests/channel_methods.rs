@@ -12,8 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cottontail::{
-    AMQPValue, BasicConsumeOptions, BasicProperties, Channel, ConnectionParameters, ConsumeOptions,
-    Consumed, Error, ExchangeDeclareOptions, FieldTable, QueueBindOptions, QueueDeclareOk,
+    BasicConsumeOptions, BasicProperties, Channel, ConnectionParameters, ConsumeOptions, Consumed,
+    Error, ExchangeDeclareOptions, FieldTable, QueueBindOptions, QueueDeclareOk,
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use support::{connect, eventually, rabbitmqctl, unique};
@@ -145,11 +145,7 @@ fn drain(channel: &Channel, queue: &str) -> Vec<String> {
 }
 
 fn string_table(pairs: &[(&str, &str)]) -> FieldTable {
-    let mut table = FieldTable::default();
-    for (key, value) in pairs {
-        table.insert((*key).into(), AMQPValue::LongString((*value).into()));
-    }
-    table
+    pairs.iter().map(|&(key, value)| (key, value)).collect()
 }
 
 /// Asserts that `result` is a broker channel close with `code`, and returns the error.
@@ -586,7 +582,7 @@ fn basic_get_returns_none_on_empty_and_counts_what_is_left() {
     let mut cleanup = Cleanup::default();
     let queue = declare_queue(&channel, &mut cleanup, "get");
     assert!(channel.basic_get(&queue, false).unwrap().is_none());
-    let properties = BasicProperties::default().with_message_id("id-1".into());
+    let properties = BasicProperties::default().with_message_id("id-1");
     channel
         .basic_publish("", &queue, b"first", &properties, false)
         .unwrap();
@@ -596,10 +592,7 @@ fn basic_get_returns_none_on_empty_and_counts_what_is_left() {
     assert_eq!(message.method.message_count, 1);
     assert!(!message.method.redelivered);
     assert_eq!(message.method.routing_key.as_str(), queue);
-    assert_eq!(
-        message.properties.message_id().as_ref().map(|s| s.as_str()),
-        Some("id-1")
-    );
+    assert_eq!(message.properties.message_id(), Some("id-1"));
     channel
         .basic_ack(message.method.delivery_tag, false)
         .unwrap();
@@ -649,7 +642,7 @@ fn basic_nack_without_requeue_dead_letters_the_message() {
     let headers = dead_lettered
         .properties
         .headers()
-        .clone()
+        .cloned()
         .unwrap_or_default();
     assert!(headers.contains_key("x-death"), "{headers:?}");
     assert!(channel.basic_get(&queue, true).unwrap().is_none());
@@ -942,7 +935,7 @@ fn mandatory_unroutable_message_runs_the_return_callback_inside_start_consuming(
     let consuming = channel.clone();
     thread::spawn(move || done_tx.send(consuming.start_consuming()).unwrap());
     let key = unique("no-route");
-    let properties = BasicProperties::default().with_correlation_id("c-1".into());
+    let properties = BasicProperties::default().with_correlation_id("c-1");
     channel
         .basic_publish("", &key, b"lost", &properties, true)
         .unwrap();

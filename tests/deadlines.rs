@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use amq_protocol::protocol::{basic, channel, connection, queue, AMQPClass, BasicProperties};
+use amq_protocol::protocol::{basic, channel, connection, queue, AMQPClass};
 use cottontail::{
     BasicConsumeOptions, Connection, ConnectionParameters, Error, QueueDeclareOptions,
     QueueDeleteOptions,
@@ -65,7 +65,7 @@ fn contents(channel: u16, count: u64, method: impl Fn(u64) -> AMQPClass) -> Vec<
             AMQPContentHeader {
                 class_id: 60,
                 body_size: 64,
-                properties: BasicProperties::default(),
+                properties: amq_protocol::protocol::BasicProperties::default(),
             },
         )));
         bytes.extend(Peer::encode(&AMQPFrame::Body(channel, vec![b'f'; 64])));

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use amq_protocol::protocol::{basic, connection, AMQPClass, BasicProperties};
+use amq_protocol::protocol::{basic, connection, AMQPClass};
 use cottontail::{Connection, Error};
 
 #[path = "support/fake_broker.rs"]
@@ -165,7 +165,7 @@ fn body_longer_than_header_announces_is_a_frame_error() {
             AMQPContentHeader {
                 class_id: 60,
                 body_size: 5,
-                properties: BasicProperties::default(),
+                properties: amq_protocol::protocol::BasicProperties::default(),
             },
         )));
         bytes.extend(Peer::encode(&AMQPFrame::Body(1, b"0123456789".to_vec())));
@@ -560,7 +560,7 @@ fn a_flood_of_empty_deliveries_nobody_consumes_stops_reading_with_bounded_memory
             AMQPContentHeader {
                 class_id: 60,
                 body_size: 0,
-                properties: BasicProperties::default(),
+                properties: amq_protocol::protocol::BasicProperties::default(),
             },
         )));
         let burst: Vec<u8> = one.repeat(1000);

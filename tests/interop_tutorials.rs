@@ -483,7 +483,7 @@ fn producers_agree(
         );
         if program == "new_task" {
             assert_eq!(
-                *message.properties.delivery_mode(),
+                message.properties.delivery_mode(),
                 Some(2),
                 "{} should publish persistent messages (delivery_mode 2)",
                 label(lang, program, args)

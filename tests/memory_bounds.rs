@@ -343,7 +343,7 @@ fn push_a_pile_while_a_confirm_is_outstanding(
             AMQPContentHeader {
                 class_id: 60,
                 body_size: MIB,
-                properties: BasicProperties::default(),
+                properties: amq_protocol::protocol::BasicProperties::default(),
             },
         )));
         let stream = peer.stream();

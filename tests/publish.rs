@@ -5,8 +5,7 @@ mod support;
 use std::time::Duration;
 
 use cottontail::{
-    AMQPValue, BasicProperties, Channel, Connection, Error, FieldArray, FieldTable,
-    QueueDeclareOptions,
+    BasicProperties, Channel, Connection, Error, FieldTable, FieldValue, QueueDeclareOptions,
 };
 use support::{connect, publish_numbered, unique};
 
@@ -25,24 +24,20 @@ fn temp_queue(channel: &Channel, prefix: &str) -> String {
 }
 
 fn nested_headers() -> FieldTable {
-    let mut inner = FieldTable::default();
-    inner.insert("depth".into(), AMQPValue::LongLongInt(2));
-    inner.insert("name".into(), AMQPValue::LongString("inner table".into()));
-    let mut array = FieldArray::default();
-    array.push(AMQPValue::LongInt(-7));
-    array.push(AMQPValue::Boolean(true));
-    array.push(AMQPValue::LongString("in an array".into()));
-    let mut headers = FieldTable::default();
-    headers.insert("string".into(), AMQPValue::LongString("héllo wörld".into()));
-    headers.insert("int".into(), AMQPValue::LongInt(42));
-    headers.insert("long".into(), AMQPValue::LongLongInt(-1 << 40));
-    headers.insert("bool".into(), AMQPValue::Boolean(false));
-    headers.insert("double".into(), AMQPValue::Double(2.5));
-    headers.insert("timestamp".into(), AMQPValue::Timestamp(1_700_000_000));
-    headers.insert("void".into(), AMQPValue::Void);
-    headers.insert("table".into(), AMQPValue::FieldTable(inner));
-    headers.insert("array".into(), AMQPValue::FieldArray(array));
-    headers
+    let inner = FieldTable::new()
+        .with("depth", 2i64)
+        .with("name", "inner table");
+    let array: Vec<FieldValue> = vec![(-7).into(), true.into(), "in an array".into()];
+    FieldTable::new()
+        .with("string", "héllo wörld")
+        .with("int", 42)
+        .with("long", -1i64 << 40)
+        .with("bool", false)
+        .with("double", 2.5)
+        .with("timestamp", FieldValue::Timestamp(1_700_000_000))
+        .with("void", FieldValue::Void)
+        .with("table", inner)
+        .with("array", array)
 }
 
 #[test]
@@ -51,20 +46,20 @@ fn publish_then_get_round_trips_all_14_properties_and_nested_headers() {
     let channel = connection.channel().unwrap();
     let queue = temp_queue(&channel, "props");
     let properties = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_content_encoding("utf-8".into())
+        .with_content_type("application/json")
+        .with_content_encoding("utf-8")
         .with_headers(nested_headers())
         .with_delivery_mode(2)
         .with_priority(5)
-        .with_correlation_id("corr-1".into())
-        .with_reply_to("reply-queue".into())
-        .with_expiration("60000".into())
-        .with_message_id("msg-1".into())
+        .with_correlation_id("corr-1")
+        .with_reply_to("reply-queue")
+        .with_expiration("60000")
+        .with_message_id("msg-1")
         .with_timestamp(1_700_000_123)
-        .with_type("example.type".into())
-        .with_user_id("guest".into())
-        .with_app_id("cottontail-tests".into())
-        .with_cluster_id("cluster-a".into());
+        .with_message_type("example.type")
+        .with_user_id("guest")
+        .with_app_id("cottontail-tests")
+        .with_cluster_id("cluster-a");
     channel
         .basic_publish("", &queue, b"{\"hello\":1}", &properties, false)
         .unwrap();
@@ -76,14 +71,14 @@ fn publish_then_get_round_trips_all_14_properties_and_nested_headers() {
     assert_eq!(got.content_type(), properties.content_type());
     assert_eq!(got.content_encoding(), properties.content_encoding());
     assert_eq!(got.headers(), properties.headers());
-    assert_eq!(got.delivery_mode(), &Some(2));
-    assert_eq!(got.priority(), &Some(5));
+    assert_eq!(got.delivery_mode(), Some(2));
+    assert_eq!(got.priority(), Some(5));
     assert_eq!(got.correlation_id(), properties.correlation_id());
     assert_eq!(got.reply_to(), properties.reply_to());
     assert_eq!(got.expiration(), properties.expiration());
     assert_eq!(got.message_id(), properties.message_id());
-    assert_eq!(got.timestamp(), &Some(1_700_000_123));
-    assert_eq!(got.kind(), properties.kind());
+    assert_eq!(got.timestamp(), Some(1_700_000_123));
+    assert_eq!(got.message_type(), properties.message_type());
     assert_eq!(got.user_id(), properties.user_id());
     assert_eq!(got.app_id(), properties.app_id());
     assert_eq!(got.cluster_id(), properties.cluster_id());

@@ -397,7 +397,7 @@ fn late_get_ok_after_the_timeout_is_rejected_with_requeue() {
             AMQPContentHeader {
                 class_id: 60,
                 body_size: 4,
-                properties: BasicProperties::default(),
+                properties: amq_protocol::protocol::BasicProperties::default(),
             },
         )));
         bytes.extend(Peer::encode(&AMQPFrame::Body(1, b"late".to_vec())));

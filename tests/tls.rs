@@ -99,7 +99,7 @@ fn publish_and_consume_over_tls_with_a_custom_ca() {
     let channel = connection.channel().unwrap();
     let queue = channel.queue_declare("", exclusive()).unwrap().queue;
 
-    let properties = BasicProperties::default().with_content_type("text/plain".into());
+    let properties = BasicProperties::default().with_content_type("text/plain");
     channel
         .basic_publish("", &queue, b"hello over TLS", &properties, false)
         .unwrap();
@@ -108,10 +108,7 @@ fn publish_and_consume_over_tls_with_a_custom_ca() {
         .unwrap()
         .expect("the message just published");
     assert_eq!(got.body, b"hello over TLS");
-    assert_eq!(
-        got.properties.content_type().as_ref().map(|s| s.as_str()),
-        Some("text/plain")
-    );
+    assert_eq!(got.properties.content_type(), Some("text/plain"));
     assert_eq!(got.method.message_count, 0);
 
     // 1 MiB: many frames and many TLS records each way, written and read in non-blocking mode.

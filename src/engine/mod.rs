@@ -42,8 +42,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::protocol::table::FieldTable;
 use amq_protocol::frame::{AMQPFrame, ProtocolVersion};
-use amq_protocol::types::FieldTable;
 
 use self::chan::{ChanState, ChannelCore, InboundMeter};
 use self::outbound::Link;

@@ -25,6 +25,7 @@ use crate::delivery::{Delivery, GetMessage, Returned};
 use crate::error::{Error, Result, CHANNEL_ERROR, COMMAND_INVALID, FRAME_ERROR};
 use crate::protocol::codec;
 use crate::protocol::content::{Assembly, Content, ContentMethod};
+use crate::protocol::methods::Deliver;
 
 /// connection.blocked / unblocked events kept for the callbacks; older ones are dropped.
 pub(crate) const BLOCKED_EVENTS_KEPT: usize = 16;
@@ -165,20 +166,12 @@ impl Router {
                     self.orphaned(core, channel, method.delivery_tag, auto_ack, &method);
                     return;
                 }
-                let delivery = Delivery {
-                    method,
-                    properties,
-                    body,
-                };
+                let delivery = Delivery::new(method, properties, body);
                 st.deliveries.push_back(Held::new(delivery, &core.inbound));
             }
             ContentMethod::GetOk(method) => {
                 st.acks.delivered(method.delivery_tag);
-                let reply = Reply::Get(GetMessage {
-                    method,
-                    properties,
-                    body,
-                });
+                let reply = Reply::Get(GetMessage::new(method, properties, body));
                 match st.deliver_reply(reply) {
                     Delivered::ToWaiter | Delivered::Stale => {}
                     Delivered::StaleGet { delivery_tag } => {
@@ -194,11 +187,9 @@ impl Router {
                     }
                 }
             }
-            ContentMethod::Return(method) => st.push_return(Returned {
-                method,
-                properties,
-                body,
-            }),
+            ContentMethod::Return(method) => {
+                st.push_return(Returned::new(method, properties, body))
+            }
         }
         self.changed = true;
     }
@@ -211,7 +202,7 @@ impl Router {
         channel: u16,
         delivery_tag: u64,
         auto_ack: bool,
-        method: &basic::Deliver,
+        method: &Deliver,
     ) {
         if auto_ack {
             log::warn!(
@@ -295,9 +286,11 @@ impl Router {
     fn on_method(&mut self, core: &Core, channel: u16, method: AMQPClass) -> Result<()> {
         let entry = self.entry(core, channel)?;
         let content = match method {
-            AMQPClass::Basic(basic::AMQPMethod::Deliver(m)) => Some(ContentMethod::Deliver(m)),
-            AMQPClass::Basic(basic::AMQPMethod::GetOk(m)) => Some(ContentMethod::GetOk(m)),
-            AMQPClass::Basic(basic::AMQPMethod::Return(m)) => Some(ContentMethod::Return(m)),
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(m)) => {
+                Some(ContentMethod::Deliver(m.into()))
+            }
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(m)) => Some(ContentMethod::GetOk(m.into())),
+            AMQPClass::Basic(basic::AMQPMethod::Return(m)) => Some(ContentMethod::Return(m.into())),
             other => {
                 entry.assembly.expect_method(channel)?;
                 return self.on_plain_method(core, channel, other);

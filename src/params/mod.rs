@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use amq_protocol::types::{AMQPValue, FieldTable};
+use crate::protocol::table::{FieldTable, FieldValue};
 use amq_protocol::uri::{AMQPScheme, AMQPUri, SASLMechanism};
 
 use crate::error::{Error, Result};
@@ -200,9 +200,7 @@ impl ConnectionParameters {
                 "locale" => params.locale = value,
                 "client_properties" => {
                     for (k, v) in pydict::parse(&value).map_err(|e| bad_option(key, &value, &e))? {
-                        params
-                            .client_properties
-                            .insert(k.as_str().into(), v.into_amqp());
+                        params.client_properties.insert(k.as_str(), v.into_amqp());
                     }
                 }
                 "ssl_options" => {
@@ -351,10 +349,8 @@ impl ConnectionParameters {
     /// Sets the `connection_name` client property, shown by the management UI and
     /// `rabbitmqctl list_connections name`.
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
-        self.client_properties.insert(
-            "connection_name".into(),
-            AMQPValue::LongString(name.into().into()),
-        );
+        self.client_properties
+            .insert("connection_name", FieldValue::String(name.into()));
         self
     }
 
@@ -701,8 +697,8 @@ mod tests {
         assert_eq!(p.blocked_connection_timeout, Some(Duration::from_secs(30)));
         assert_eq!(p.locale, "de_DE");
         assert_eq!(
-            p.client_properties.inner().get("connection_name"),
-            Some(&AMQPValue::LongString("worker-1".into()))
+            p.client_properties.get("connection_name"),
+            Some(&FieldValue::String("worker-1".into()))
         );
         assert_eq!(
             p.tcp_options,

@@ -2,7 +2,7 @@
 //! way `ast.literal_eval` would for what those options hold: strings, numbers, booleans,
 //! `None` and nested dicts.
 
-use amq_protocol::types::{AMQPValue, FieldTable};
+use crate::protocol::table::{FieldTable, FieldValue};
 
 /// A value of the literal.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,19 +38,19 @@ impl Value {
     }
 
     /// The field-table value for client properties.
-    pub(crate) fn into_amqp(self) -> AMQPValue {
+    pub(crate) fn into_amqp(self) -> FieldValue {
         match self {
-            Value::Text(s) => AMQPValue::LongString(s.into()),
-            Value::Int(n) => AMQPValue::LongLongInt(n),
-            Value::Float(f) => AMQPValue::Double(f),
-            Value::Bool(b) => AMQPValue::Boolean(b),
-            Value::None => AMQPValue::Void,
+            Value::Text(s) => FieldValue::String(s),
+            Value::Int(n) => FieldValue::I64(n),
+            Value::Float(f) => FieldValue::F64(f),
+            Value::Bool(b) => FieldValue::Bool(b),
+            Value::None => FieldValue::Void,
             Value::Dict(entries) => {
                 let mut table = FieldTable::default();
                 for (k, v) in entries {
-                    table.insert(k.as_str().into(), v.into_amqp());
+                    table.insert(k, v.into_amqp());
                 }
-                AMQPValue::FieldTable(table)
+                FieldValue::Table(table)
             }
         }
     }

@@ -9,7 +9,9 @@ use std::io::{self, Read};
 use std::ops::Range;
 
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, WriteContext};
-use amq_protocol::protocol::{constants, AMQPClass, BasicProperties};
+use amq_protocol::protocol::{constants, AMQPClass};
+
+use super::properties::{self, BasicProperties};
 
 use super::nesting::check_nesting;
 use crate::error::{Error, Result, FRAME_ERROR};
@@ -214,7 +216,6 @@ pub(crate) fn encode_content_header(
     body_size: u64,
     properties: &BasicProperties,
 ) -> Result<()> {
-    // AMQPContentHeader owns its properties; the clone is a handful of small fields.
     encode_frame(
         buf,
         &AMQPFrame::Header(
@@ -222,7 +223,7 @@ pub(crate) fn encode_content_header(
             AMQPContentHeader {
                 class_id: 60,
                 body_size,
-                properties: properties.clone(),
+                properties: properties::to_wire(properties)?,
             },
         ),
     )
@@ -406,7 +407,7 @@ mod tests {
             immediate: false,
         }));
         encode_method(&mut buf, 3, publish.clone()).unwrap();
-        let props = BasicProperties::default().with_content_type("text/plain".into());
+        let props = BasicProperties::default().with_content_type("text/plain");
         encode_content_header(&mut buf, 3, 5, &props).unwrap();
         let mut reader = FrameReader::new(131_072);
         reader.read_from(&mut &buf[..]).unwrap();
@@ -417,7 +418,7 @@ mod tests {
         match reader.next_frame().unwrap() {
             Some(Inbound::Frame(AMQPFrame::Header(3, h))) => {
                 assert_eq!(h.body_size, 5);
-                assert_eq!(h.properties, props);
+                assert_eq!(properties::from_wire(&h.properties), props);
             }
             other => panic!("{other:?}"),
         }

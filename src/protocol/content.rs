@@ -7,8 +7,9 @@
 //! announced is refused (501 FRAME_ERROR). Frames out of order are 505 UNEXPECTED_FRAME.
 
 use amq_protocol::frame::AMQPContentHeader;
-use amq_protocol::protocol::basic::{Deliver, GetOk, Return};
-use amq_protocol::protocol::BasicProperties;
+
+use super::methods::{Deliver, GetOk, Return};
+use super::properties::{self, BasicProperties};
 
 use crate::error::{Error, Result, FRAME_ERROR, UNEXPECTED_FRAME};
 
@@ -117,7 +118,7 @@ impl Assembly {
             ));
         }
         partial.body = Vec::with_capacity(header.body_size.min(MAX_BODY_PREALLOC) as usize);
-        partial.header = Some((header.properties, header.body_size));
+        partial.header = Some((properties::from_wire(&header.properties), header.body_size));
         Ok(self.finish_if_complete())
     }
 
@@ -182,7 +183,7 @@ mod tests {
         AMQPContentHeader {
             class_id: 60,
             body_size: size,
-            properties: BasicProperties::default(),
+            properties: amq_protocol::protocol::BasicProperties::default(),
         }
     }
 

@@ -10,6 +10,8 @@ use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use amq_protocol::uri::SASLMechanism;
 
+use super::table;
+
 use crate::error::{Error, Result, ACCESS_REFUSED};
 
 /// What the handshake needs to know (taken from the connection parameters by the engine).
@@ -18,7 +20,7 @@ pub(crate) struct Settings {
     pub(crate) login: Login,
     pub(crate) virtual_host: String,
     pub(crate) locale: String,
-    pub(crate) client_properties: FieldTable,
+    pub(crate) client_properties: table::FieldTable,
     pub(crate) channel_max: u16,
     pub(crate) frame_max: u32,
     /// `None` takes the broker's value.
@@ -56,7 +58,7 @@ pub(crate) struct Tuned {
     pub(crate) channel_max: u16,
     pub(crate) frame_max: u32,
     pub(crate) heartbeat: u16,
-    pub(crate) server_properties: FieldTable,
+    pub(crate) server_properties: table::FieldTable,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -148,7 +150,8 @@ impl<'a> Handshake<'a> {
             (Stage::AwaitOpenOk, connection::AMQPMethod::OpenOk(_)) => {
                 self.stage = Stage::Done;
                 let mut tuned = self.tuned.take().expect("tuned before open-ok");
-                tuned.server_properties = std::mem::take(&mut self.server_properties);
+                tuned.server_properties =
+                    table::from_wire(&std::mem::take(&mut self.server_properties));
                 Ok(Step::Done(tuned))
             }
             (_, other) => Err(Error::protocol(
@@ -205,7 +208,7 @@ impl<'a> Handshake<'a> {
         }
         self.server_properties = start.server_properties;
         let start_ok = connection::StartOk {
-            client_properties: client_properties(&self.params.client_properties),
+            client_properties: client_properties(&self.params.client_properties)?,
             mechanism: mechanism.name().into(),
             response: credentials.sasl_auth_string(mechanism),
             locale: crate::protocol::codec::short(&self.params.locale)?,
@@ -260,12 +263,12 @@ pub(crate) fn negotiate(params: &Settings, tune: &connection::Tune) -> Tuned {
         channel_max,
         frame_max,
         heartbeat,
-        server_properties: FieldTable::default(),
+        server_properties: table::FieldTable::default(),
     }
 }
 
 /// The client properties pika sends, with the user's merged over them.
-fn client_properties(user: &FieldTable) -> FieldTable {
+fn client_properties(user: &table::FieldTable) -> Result<FieldTable> {
     let mut capabilities = FieldTable::default();
     for cap in [
         "authentication_failure_close",
@@ -286,10 +289,10 @@ fn client_properties(user: &FieldTable) -> FieldTable {
         long("A blocking RabbitMQ client for Rust with pika's API"),
     );
     props.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
-    for (k, v) in user {
+    for (k, v) in &table::to_wire(user)? {
         props.insert(k.clone(), v.clone());
     }
-    props
+    Ok(props)
 }
 
 #[cfg(test)]

@@ -12,7 +12,10 @@ pub(crate) mod confirms;
 pub(crate) mod content;
 pub(crate) mod handshake;
 pub(crate) mod heartbeat;
+pub(crate) mod methods;
 pub(crate) mod nesting;
+pub(crate) mod properties;
 #[cfg(test)]
 mod proptests;
 pub(crate) mod publish_cache;
+pub(crate) mod table;

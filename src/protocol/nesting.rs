@@ -293,7 +293,7 @@ mod tests {
     use crate::error::{Result, FRAME_ERROR};
     use crate::protocol::codec::{encode_content_header, encode_method, FrameReader, Inbound};
     use amq_protocol::frame::{parse_frame, AMQPFrame};
-    use amq_protocol::protocol::{basic, AMQPClass, BasicProperties};
+    use amq_protocol::protocol::{basic, AMQPClass};
     use amq_protocol::types::{AMQPValue, FieldTable};
 
     /// Runs `f` on a thread with a stack of `bytes`, passing on its panic.
@@ -361,13 +361,10 @@ mod tests {
 
     /// Headers holding a 300-byte value of only `A` and `F` (what uppercase hex or base64 can
     /// look like): more of those bytes than [`MAX_NESTING`], in a flat table.
-    fn af_properties() -> BasicProperties {
-        let mut headers = FieldTable::default();
-        let value: String = "AF".repeat(150);
-        headers.insert("x-hex".into(), AMQPValue::LongString(value.as_str().into()));
-        BasicProperties::default()
-            .with_content_type("text/plain".into())
-            .with_headers(headers)
+    fn af_properties() -> crate::protocol::properties::BasicProperties {
+        crate::protocol::properties::BasicProperties::default()
+            .with_content_type("text/plain")
+            .with_header("x-hex", "AF".repeat(150))
             .with_delivery_mode(2)
     }
 
@@ -381,7 +378,10 @@ mod tests {
         match read_one(&frame) {
             Ok(Some(Inbound::Frame(AMQPFrame::Header(4, header)))) => {
                 assert_eq!(header.body_size, 11);
-                assert_eq!(header.properties, props);
+                assert_eq!(
+                    crate::protocol::properties::from_wire(&header.properties),
+                    props
+                );
             }
             other => panic!("{other:?}"),
         }

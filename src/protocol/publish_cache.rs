@@ -7,7 +7,9 @@
 //! (an RPC's fresh correlation id), the method frame is kept and only the header re-encoded.
 //! A miss encodes afresh with `gen_frame`, so the bytes are always amq-protocol's.
 
-use amq_protocol::protocol::{basic, AMQPClass, BasicProperties};
+use amq_protocol::protocol::{basic, AMQPClass};
+
+use super::properties::BasicProperties;
 
 use crate::error::Result;
 use crate::protocol::codec::{self, short};
@@ -145,7 +147,7 @@ mod tests {
             .unwrap()
             .to_vec();
         assert_eq!(other_key, fresh(1, "ex", "b", &props, 1));
-        let with_id = props.clone().with_message_id("m".into());
+        let with_id = props.clone().with_message_id("m");
         let other_props = cache
             .frames(1, "ex", "b", false, &with_id, 1)
             .unwrap()

@@ -54,14 +54,33 @@ enum Event {
 
 impl From<Content> for Event {
     fn from(content: Content) -> Self {
+        // Back to the codec's types, to compare with what the frames held.
         let method = match content.method {
-            ContentMethod::Deliver(m) => basic::AMQPMethod::Deliver(m),
-            ContentMethod::GetOk(m) => basic::AMQPMethod::GetOk(m),
-            ContentMethod::Return(m) => basic::AMQPMethod::Return(m),
+            ContentMethod::Deliver(m) => basic::AMQPMethod::Deliver(basic::Deliver {
+                consumer_tag: m.consumer_tag.into(),
+                delivery_tag: m.delivery_tag,
+                redelivered: m.redelivered,
+                exchange: m.exchange.into(),
+                routing_key: m.routing_key.into(),
+            }),
+            ContentMethod::GetOk(m) => basic::AMQPMethod::GetOk(basic::GetOk {
+                delivery_tag: m.delivery_tag,
+                redelivered: m.redelivered,
+                exchange: m.exchange.into(),
+                routing_key: m.routing_key.into(),
+                message_count: m.message_count,
+            }),
+            ContentMethod::Return(m) => basic::AMQPMethod::Return(basic::Return {
+                reply_code: m.reply_code,
+                reply_text: m.reply_text.into(),
+                exchange: m.exchange.into(),
+                routing_key: m.routing_key.into(),
+            }),
         };
         Event::Message {
             method: AMQPClass::Basic(method),
-            properties: content.properties,
+            properties: crate::protocol::properties::to_wire(&content.properties)
+                .expect("properties that were read can be written"),
             body: content.body,
         }
     }
@@ -70,9 +89,15 @@ impl From<Content> for Event {
 /// The content method `method` is, if it opens content.
 fn as_content(method: &AMQPClass) -> Option<ContentMethod> {
     match method {
-        AMQPClass::Basic(basic::AMQPMethod::Deliver(m)) => Some(ContentMethod::Deliver(m.clone())),
-        AMQPClass::Basic(basic::AMQPMethod::GetOk(m)) => Some(ContentMethod::GetOk(m.clone())),
-        AMQPClass::Basic(basic::AMQPMethod::Return(m)) => Some(ContentMethod::Return(m.clone())),
+        AMQPClass::Basic(basic::AMQPMethod::Deliver(m)) => {
+            Some(ContentMethod::Deliver(m.clone().into()))
+        }
+        AMQPClass::Basic(basic::AMQPMethod::GetOk(m)) => {
+            Some(ContentMethod::GetOk(m.clone().into()))
+        }
+        AMQPClass::Basic(basic::AMQPMethod::Return(m)) => {
+            Some(ContentMethod::Return(m.clone().into()))
+        }
         _ => None,
     }
 }
