@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{basic, AMQPClass};
-use cottontail::{BasicProperties, Connection, ConnectionParameters, ConsumeOptions, Consumed};
+use cottontail::{
+    BasicProperties, Connection, ConnectionParameters, ConsumeOptions, Consumed, PublishOptions,
+};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fake_broker::{spawn_fake, Peer};
 
@@ -47,7 +49,15 @@ fn publish_and_ack(c: &mut Criterion) {
     group.bench_function("publish_64b", |b| {
         b.iter(|| {
             channel
-                .basic_publish("", "bench", &body, &properties, false)
+                .basic_publish_with(
+                    "",
+                    "bench",
+                    &body,
+                    &PublishOptions {
+                        properties: properties.clone(),
+                        ..Default::default()
+                    },
+                )
                 .unwrap()
         })
     });

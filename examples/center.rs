@@ -26,7 +26,7 @@ use std::thread;
 
 use cottontail::{
     BasicConsumeOptions, BasicProperties, Channel, Connection, ConnectionParameters,
-    QueueDeclareOptions,
+    PublishOptions, QueueDeclareOptions,
 };
 
 /// Errors of this example: the client's, or a reply that is not a number.
@@ -110,14 +110,16 @@ impl Center {
         };
         // Send the computation request with the reply queue and the correlation id. The
         // channel is shared: each publish goes out as one unit, whatever the other threads do.
-        let published = self.channel.basic_publish(
+        let published = self.channel.basic_publish_with(
             "",
             "compute_queue",
             n.to_string().as_bytes(),
-            &BasicProperties::default()
-                .with_reply_to(self.callback_queue.as_str())
-                .with_correlation_id(corr_id.as_str()),
-            false,
+            &PublishOptions {
+                properties: BasicProperties::default()
+                    .with_reply_to(self.callback_queue.as_str())
+                    .with_correlation_id(corr_id.as_str()),
+                ..Default::default()
+            },
         );
         if let Err(e) = published {
             if let Some(waiting) = lock(&self.waiting).as_mut() {

@@ -14,7 +14,8 @@
 mod support;
 
 use cottontail::{
-    BasicConsumeOptions, BasicProperties, Connection, ConnectionParameters, QueueDeclareOptions,
+    BasicConsumeOptions, BasicProperties, Connection, ConnectionParameters, PublishOptions,
+    QosOptions, QueueDeclareOptions, RejectOptions,
 };
 
 /// Adds 1 to `n`: the "computation".
@@ -31,7 +32,10 @@ fn main() -> cottontail::Result<()> {
     let interrupt = support::Interrupt::close_on_ctrl_c(&connection);
     println!(" [*] Waiting for n");
 
-    channel.basic_qos(0, 1, false)?;
+    channel.basic_qos(QosOptions {
+        prefetch_count: 1,
+        ..Default::default()
+    })?;
     channel.basic_consume(
         "compute_queue",
         |ch, method, props, body| {
@@ -40,7 +44,7 @@ fn main() -> cottontail::Result<()> {
             // bad request is dropped (rejected without requeue) instead.
             let Ok(n) = text.trim().parse::<i64>() else {
                 eprintln!(" [!] not a number: {}", support::python_bytes(body));
-                return ch.basic_reject(method.delivery_tag, false);
+                return ch.basic_reject(method.delivery_tag, RejectOptions { requeue: false });
             };
             println!(" [.] increase({text})");
             let response = increase(n);
@@ -50,12 +54,14 @@ fn main() -> cottontail::Result<()> {
                 properties = properties.with_correlation_id(correlation_id);
             }
             match props.reply_to() {
-                Some(reply_to) => ch.basic_publish(
+                Some(reply_to) => ch.basic_publish_with(
                     "",
                     reply_to,
                     response.to_string().as_bytes(),
-                    &properties,
-                    false,
+                    &PublishOptions {
+                        properties,
+                        ..Default::default()
+                    },
                 )?,
                 None => eprintln!(" [!] increase({n}) requested without reply_to: answer dropped"),
             }

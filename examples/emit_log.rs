@@ -12,7 +12,7 @@
 
 mod support;
 
-use cottontail::{BasicProperties, Connection, ConnectionParameters, ExchangeDeclareOptions};
+use cottontail::{Connection, ConnectionParameters, ExchangeDeclareOptions, ExchangeType};
 
 fn main() -> cottontail::Result<()> {
     let connection = Connection::open(ConnectionParameters::new(support::broker_host()))?;
@@ -21,7 +21,7 @@ fn main() -> cottontail::Result<()> {
     channel.exchange_declare(
         "logs",
         ExchangeDeclareOptions {
-            exchange_type: "fanout".into(),
+            exchange_type: ExchangeType::Fanout,
             ..Default::default()
         },
     )?;
@@ -30,13 +30,7 @@ fn main() -> cottontail::Result<()> {
     if message.is_empty() {
         message = "info: Hello World!".into();
     }
-    channel.basic_publish(
-        "logs",
-        "",
-        message.as_bytes(),
-        &BasicProperties::default(),
-        false,
-    )?;
+    channel.basic_publish("logs", "", message.as_bytes())?;
     println!(" [x] Sent {message}");
     connection.close()?;
     Ok(())

@@ -13,7 +13,7 @@
 
 mod support;
 
-use cottontail::{BasicProperties, Connection, ConnectionParameters, ExchangeDeclareOptions};
+use cottontail::{Connection, ConnectionParameters, ExchangeDeclareOptions, ExchangeType};
 
 fn main() -> cottontail::Result<()> {
     let connection = Connection::open(ConnectionParameters::new(support::broker_host()))?;
@@ -22,7 +22,7 @@ fn main() -> cottontail::Result<()> {
     channel.exchange_declare(
         "direct_logs",
         ExchangeDeclareOptions {
-            exchange_type: "direct".into(),
+            exchange_type: ExchangeType::Direct,
             ..Default::default()
         },
     )?;
@@ -33,13 +33,7 @@ fn main() -> cottontail::Result<()> {
     if message.is_empty() {
         message = "Hello World!".into();
     }
-    channel.basic_publish(
-        "direct_logs",
-        severity,
-        message.as_bytes(),
-        &BasicProperties::default(),
-        false,
-    )?;
+    channel.basic_publish("direct_logs", severity, message.as_bytes())?;
     println!(" [x] Sent {severity}:{message}");
     connection.close()?;
     Ok(())

@@ -15,7 +15,7 @@
 
 mod support;
 
-use cottontail::{BasicProperties, Connection, ConnectionParameters, ExchangeDeclareOptions};
+use cottontail::{Connection, ConnectionParameters, ExchangeDeclareOptions, ExchangeType};
 
 fn main() -> cottontail::Result<()> {
     let connection = Connection::open(ConnectionParameters::new(support::broker_host()))?;
@@ -24,7 +24,7 @@ fn main() -> cottontail::Result<()> {
     channel.exchange_declare(
         "topic_logs",
         ExchangeDeclareOptions {
-            exchange_type: "topic".into(),
+            exchange_type: ExchangeType::Topic,
             ..Default::default()
         },
     )?;
@@ -40,13 +40,7 @@ fn main() -> cottontail::Result<()> {
     if message.is_empty() {
         message = "Hello World!".into();
     }
-    channel.basic_publish(
-        "topic_logs",
-        routing_key,
-        message.as_bytes(),
-        &BasicProperties::default(),
-        false,
-    )?;
+    channel.basic_publish("topic_logs", routing_key, message.as_bytes())?;
     println!(" [x] Sent {routing_key}:{message}");
     connection.close()?;
     Ok(())

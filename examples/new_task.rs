@@ -12,7 +12,10 @@
 
 mod support;
 
-use cottontail::{BasicProperties, Connection, ConnectionParameters, QueueDeclareOptions};
+use cottontail::{
+    BasicProperties, Connection, ConnectionParameters, DeliveryMode, PublishOptions,
+    QueueDeclareOptions,
+};
 
 fn main() -> cottontail::Result<()> {
     let connection = Connection::open(ConnectionParameters::new(support::broker_host()))?;
@@ -30,13 +33,15 @@ fn main() -> cottontail::Result<()> {
     if message.is_empty() {
         message = "Hello World!".into();
     }
-    channel.basic_publish(
+    channel.basic_publish_with(
         "",
         "task_queue",
         message.as_bytes(),
-        // pika.DeliveryMode.Persistent
-        &BasicProperties::default().with_delivery_mode(2),
-        false,
+        &PublishOptions {
+            // pika.DeliveryMode.Persistent
+            properties: BasicProperties::default().with_delivery_mode(DeliveryMode::Persistent),
+            ..Default::default()
+        },
     )?;
     println!(" [x] Sent {message}");
     connection.close()?;

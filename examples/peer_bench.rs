@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cottontail::{
-    BasicConsumeOptions, BasicProperties, Channel, Connection, QueueDeclareOptions, Result,
+    BasicConsumeOptions, BasicProperties, Channel, Connection, PublishOptions, QosOptions,
+    QueueDeclareOptions, Result,
 };
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -109,9 +110,8 @@ fn ready(ch: &Channel, queue: &str) -> Result<u32> {
 }
 
 fn publish_plain(ch: &Channel, queue: &str, n: usize, body: &[u8]) -> Result<()> {
-    let props = BasicProperties::default();
     for _ in 0..n {
-        ch.basic_publish("", queue, body, &props, false)?;
+        ch.basic_publish("", queue, body)?;
     }
     Ok(())
 }
@@ -145,20 +145,20 @@ fn s2(n: usize, window: usize) -> Result<String> {
     let ch = c.channel()?;
     declare_purge(&ch, "bench_s2")?;
     ch.confirm_delivery()?;
-    let props = BasicProperties::default();
+    let options = PublishOptions::default();
     let mut nacks = 0usize;
     let t0 = Instant::now();
     if window == 1 {
         for _ in 0..n {
             // A nack or a return would be an error here.
-            ch.basic_publish("", "bench_s2", &BODY64, &props, false)?;
+            ch.basic_publish_with("", "bench_s2", &BODY64, &options)?;
         }
     } else {
         let mut sent = 0;
         while sent < n {
             let w = window.min(n - sent);
             for _ in 0..w {
-                ch.basic_publish_deferred("", "bench_s2", &BODY64, &props, false)?;
+                ch.basic_publish_deferred("", "bench_s2", &BODY64, &options)?;
             }
             let outcome = ch.wait_for_confirms(None)?;
             nacks += outcome.nacked.len() + outcome.returned.len();
@@ -201,7 +201,10 @@ fn s3(n: usize, auto_ack: bool) -> Result<String> {
     let have = ch
         .queue_declare("bench_s3", QueueDeclareOptions::default())?
         .message_count;
-    ch.basic_qos(0, 1000, false)?;
+    ch.basic_qos(QosOptions {
+        prefetch_count: 1000,
+        ..Default::default()
+    })?;
     let count = Arc::new(AtomicU64::new(0));
     let seen = Arc::clone(&count);
     let target = n as u64;
@@ -244,7 +247,10 @@ fn s4server() -> Result<String> {
     let c = connect()?;
     let ch = c.channel()?;
     declare_purge(&ch, "rpc_queue")?;
-    ch.basic_qos(0, 1, false)?;
+    ch.basic_qos(QosOptions {
+        prefetch_count: 1,
+        ..Default::default()
+    })?;
     let served = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&served);
     ch.basic_consume(
@@ -254,12 +260,12 @@ fn s4server() -> Result<String> {
                 ch.basic_ack(method.delivery_tag, false)?;
                 return ch.stop_consuming();
             }
-            let mut reply = BasicProperties::default();
+            let mut reply = PublishOptions::default();
             if let Some(corr) = props.correlation_id() {
-                reply = reply.with_correlation_id(corr);
+                reply.properties = reply.properties.with_correlation_id(corr);
             }
             let reply_to = props.reply_to().unwrap_or("");
-            ch.basic_publish("", reply_to, body, &reply, false)?;
+            ch.basic_publish_with("", reply_to, body, &reply)?;
             ch.basic_ack(method.delivery_tag, false)?;
             counter.fetch_add(1, Ordering::Relaxed);
             Ok(())
@@ -300,10 +306,13 @@ struct Rpc {
 fn rpc_call(ch: &Channel, st: &mut Rpc, reply_to: &str) -> Result<()> {
     st.started = Instant::now();
     st.corr = uuid::Uuid::new_v4().to_string();
-    let props = BasicProperties::default()
-        .with_reply_to(reply_to)
-        .with_correlation_id(st.corr.as_str());
-    ch.basic_publish("", "rpc_queue", &BODY64, &props, false)
+    let options = PublishOptions {
+        properties: BasicProperties::default()
+            .with_reply_to(reply_to)
+            .with_correlation_id(st.corr.as_str()),
+        ..Default::default()
+    };
+    ch.basic_publish_with("", "rpc_queue", &BODY64, &options)
 }
 
 /// S4 client: 200 warm-up calls then `n` sequential calls, each waiting for its reply on an
@@ -355,8 +364,7 @@ fn s4client(n: usize, warmup: usize) -> Result<String> {
             if st.answered == total {
                 st.t1 = Some(now);
                 drop(st);
-                let plain = BasicProperties::default();
-                ch.basic_publish("", "rpc_queue", b"STOP", &plain, false)?;
+                ch.basic_publish("", "rpc_queue", b"STOP")?;
                 return ch.stop_consuming();
             }
             if st.answered == warmup {
@@ -370,7 +378,7 @@ fn s4client(n: usize, warmup: usize) -> Result<String> {
         },
     )?;
     if total == 0 {
-        ch.basic_publish("", "rpc_queue", b"STOP", &BasicProperties::default(), false)?;
+        ch.basic_publish("", "rpc_queue", b"STOP")?;
     } else {
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         if warmup == 0 {
@@ -435,7 +443,10 @@ fn s5(n: usize) -> Result<String> {
     let c = connect()?;
     let ch = c.channel()?;
     declare_purge(&ch, "bench_s5")?;
-    ch.basic_qos(0, 10, false)?;
+    ch.basic_qos(QosOptions {
+        prefetch_count: 10,
+        ..Default::default()
+    })?;
     let t0 = Instant::now();
     publish_plain(&ch, "bench_s5", n, &body)?;
     let t1 = Instant::now();

@@ -35,7 +35,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cottontail::{BasicProperties, Channel, Connection, ConnectionParameters, QueueDeclareOptions};
+use cottontail::{Channel, Connection, ConnectionParameters, PublishOptions, QueueDeclareOptions};
 
 /// Errors of this example: the client's, or confirms that did not all come back positive.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -106,13 +106,7 @@ fn publish_messages_individually(args: &Args) -> Result<(), BoxError> {
         let body = i.to_string();
         // In confirm mode basic_publish returns once the broker confirmed the message, and
         // reports a nack as Error::Nack.
-        channel.basic_publish(
-            "",
-            &queue,
-            body.as_bytes(),
-            &BasicProperties::default(),
-            false,
-        )?;
+        channel.basic_publish("", &queue, body.as_bytes())?;
     }
     let elapsed = start.elapsed();
     println!(
@@ -133,13 +127,7 @@ fn publish_messages_in_batch(args: &Args) -> Result<(), BoxError> {
     let start = Instant::now();
     for i in 0..args.message_count {
         let body = i.to_string();
-        channel.basic_publish_deferred(
-            "",
-            &queue,
-            body.as_bytes(),
-            &BasicProperties::default(),
-            false,
-        )?;
+        channel.basic_publish_deferred("", &queue, body.as_bytes(), &PublishOptions::default())?;
         outstanding_message_count += 1;
 
         if outstanding_message_count == batch_size {
@@ -174,8 +162,7 @@ fn handle_publish_confirms_asynchronously(args: &Args) -> Result<(), BoxError> {
             "",
             &queue,
             body.as_bytes(),
-            &BasicProperties::default(),
-            false,
+            &PublishOptions::default(),
         )?;
         outstanding_confirms.insert(sequence_number, body);
     }

@@ -14,7 +14,7 @@
 mod support;
 
 use cottontail::{
-    BasicConsumeOptions, Connection, ConnectionParameters, ExchangeDeclareOptions,
+    BasicConsumeOptions, Connection, ConnectionParameters, ExchangeDeclareOptions, ExchangeType,
     QueueBindOptions, QueueDeclareOptions,
 };
 
@@ -34,7 +34,7 @@ fn receive_logs(connection: &Connection) -> cottontail::Result<()> {
     channel.exchange_declare(
         "logs",
         ExchangeDeclareOptions {
-            exchange_type: "fanout".into(),
+            exchange_type: ExchangeType::Fanout,
             ..Default::default()
         },
     )?;

@@ -15,7 +15,7 @@
 mod support;
 
 use cottontail::{
-    BasicConsumeOptions, Connection, ConnectionParameters, ExchangeDeclareOptions,
+    BasicConsumeOptions, Connection, ConnectionParameters, ExchangeDeclareOptions, ExchangeType,
     QueueBindOptions, QueueDeclareOptions,
 };
 
@@ -35,7 +35,7 @@ fn receive_logs_direct(connection: &Connection) -> cottontail::Result<()> {
     channel.exchange_declare(
         "direct_logs",
         ExchangeDeclareOptions {
-            exchange_type: "direct".into(),
+            exchange_type: ExchangeType::Direct,
             ..Default::default()
         },
     )?;

@@ -16,7 +16,7 @@
 mod support;
 
 use cottontail::{
-    BasicConsumeOptions, Connection, ConnectionParameters, ExchangeDeclareOptions,
+    BasicConsumeOptions, Connection, ConnectionParameters, ExchangeDeclareOptions, ExchangeType,
     QueueBindOptions, QueueDeclareOptions,
 };
 
@@ -36,7 +36,7 @@ fn receive_logs_topic(connection: &Connection) -> cottontail::Result<()> {
     channel.exchange_declare(
         "topic_logs",
         ExchangeDeclareOptions {
-            exchange_type: "topic".into(),
+            exchange_type: ExchangeType::Topic,
             ..Default::default()
         },
     )?;

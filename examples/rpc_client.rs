@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use cottontail::{
     BasicConsumeOptions, BasicProperties, Channel, Connection, ConnectionParameters,
-    QueueDeclareOptions,
+    PublishOptions, QueueDeclareOptions,
 };
 
 /// What the consumer callback and `call` share: the id being waited for and its reply.
@@ -82,14 +82,16 @@ impl FibonacciRpcClient {
             corr_id: Some(corr_id.clone()),
             response: None,
         };
-        self.channel.basic_publish(
+        self.channel.basic_publish_with(
             "",
             "rpc_queue",
             n.to_string().as_bytes(),
-            &BasicProperties::default()
-                .with_reply_to(self.callback_queue.as_str())
-                .with_correlation_id(corr_id),
-            false,
+            &PublishOptions {
+                properties: BasicProperties::default()
+                    .with_reply_to(self.callback_queue.as_str())
+                    .with_correlation_id(corr_id),
+                ..Default::default()
+            },
         )?;
         let response = loop {
             if let Some(response) = self.lock().response.take() {

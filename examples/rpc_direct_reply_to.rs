@@ -16,7 +16,9 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cottontail::{BasicConsumeOptions, BasicProperties, Connection, ConnectionParameters};
+use cottontail::{
+    BasicConsumeOptions, BasicProperties, Connection, ConnectionParameters, PublishOptions,
+};
 
 /// The pseudo-queue of direct reply-to.
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -46,14 +48,16 @@ fn main() -> cottontail::Result<()> {
     println!(" [x] Requesting fib(30)");
     let corr_id = uuid::Uuid::new_v4().to_string();
     pending.lock().unwrap_or_else(|p| p.into_inner()).0 = corr_id.clone();
-    channel.basic_publish(
+    channel.basic_publish_with(
         "",
         "rpc_queue",
         b"30",
-        &BasicProperties::default()
-            .with_reply_to(REPLY_TO)
-            .with_correlation_id(corr_id),
-        false,
+        &PublishOptions {
+            properties: BasicProperties::default()
+                .with_reply_to(REPLY_TO)
+                .with_correlation_id(corr_id),
+            ..Default::default()
+        },
     )?;
     let response = loop {
         if let Some(response) = pending.lock().unwrap_or_else(|p| p.into_inner()).1.take() {

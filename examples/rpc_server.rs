@@ -14,7 +14,8 @@
 mod support;
 
 use cottontail::{
-    BasicConsumeOptions, BasicProperties, Connection, ConnectionParameters, QueueDeclareOptions,
+    BasicConsumeOptions, BasicProperties, Connection, ConnectionParameters, PublishOptions,
+    QosOptions, QueueDeclareOptions, RejectOptions,
 };
 
 /// The tutorial's Fibonacci function, recursive on purpose ("probably the slowest recursive
@@ -33,7 +34,10 @@ fn main() -> cottontail::Result<()> {
 
     channel.queue_declare("rpc_queue", QueueDeclareOptions::default())?;
 
-    channel.basic_qos(0, 1, false)?;
+    channel.basic_qos(QosOptions {
+        prefetch_count: 1,
+        ..Default::default()
+    })?;
     channel.basic_consume(
         "rpc_queue",
         |ch, method, props, body| {
@@ -44,7 +48,7 @@ fn main() -> cottontail::Result<()> {
                 .and_then(|s| s.trim().parse::<u64>().ok())
             else {
                 eprintln!(" [!] not a number: {}", support::python_bytes(body));
-                return ch.basic_reject(method.delivery_tag, false);
+                return ch.basic_reject(method.delivery_tag, RejectOptions { requeue: false });
             };
 
             println!(" [.] fib({n})");
@@ -55,12 +59,14 @@ fn main() -> cottontail::Result<()> {
                 properties = properties.with_correlation_id(correlation_id);
             }
             match props.reply_to() {
-                Some(reply_to) => ch.basic_publish(
+                Some(reply_to) => ch.basic_publish_with(
                     "",
                     reply_to,
                     response.to_string().as_bytes(),
-                    &properties,
-                    false,
+                    &PublishOptions {
+                        properties,
+                        ..Default::default()
+                    },
                 )?,
                 None => eprintln!(" [!] fib({n}) requested without reply_to: answer dropped"),
             }

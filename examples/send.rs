@@ -8,7 +8,7 @@
 
 mod support;
 
-use cottontail::{BasicProperties, Connection, ConnectionParameters, QueueDeclareOptions};
+use cottontail::{Connection, ConnectionParameters, QueueDeclareOptions};
 
 fn main() -> cottontail::Result<()> {
     let connection = Connection::open(ConnectionParameters::new(support::broker_host()))?;
@@ -16,13 +16,7 @@ fn main() -> cottontail::Result<()> {
 
     channel.queue_declare("hello", QueueDeclareOptions::default())?;
 
-    channel.basic_publish(
-        "",
-        "hello",
-        b"Hello World!",
-        &BasicProperties::default(),
-        false,
-    )?;
+    channel.basic_publish("", "hello", b"Hello World!")?;
     println!(" [x] Sent 'Hello World!'");
     connection.close()?;
     Ok(())

@@ -19,7 +19,9 @@ mod support;
 
 use std::time::Duration;
 
-use cottontail::{BasicConsumeOptions, Connection, ConnectionParameters, QueueDeclareOptions};
+use cottontail::{
+    BasicConsumeOptions, Connection, ConnectionParameters, QosOptions, QueueDeclareOptions,
+};
 
 fn main() -> cottontail::Result<()> {
     let connection = Connection::open(ConnectionParameters::new(support::broker_host()))?;
@@ -42,7 +44,10 @@ fn work(connection: &Connection, interrupt: support::Interrupt) -> cottontail::R
     )?;
     println!(" [*] Waiting for messages. To exit press CTRL+C");
 
-    channel.basic_qos(0, 1, false)?;
+    channel.basic_qos(QosOptions {
+        prefetch_count: 1,
+        ..Default::default()
+    })?;
     channel.basic_consume(
         "task_queue",
         move |ch, method, _properties, body| {

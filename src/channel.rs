@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::protocol::table::{self, FieldTable};
+use crate::protocol::table;
 use amq_protocol::protocol::{basic, channel, exchange, queue, tx, AMQPClass};
 
 use crate::connection::Owner;
@@ -15,8 +15,8 @@ use crate::engine::chan::{ChanState, ChannelCore, Life, Reply, Stale};
 use crate::engine::{deadline_after, with_scratch};
 use crate::error::{Error, Result};
 use crate::options::{
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOk, QueueDeclareOptions,
-    QueueDeleteOptions,
+    ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, NackOptions, QosOptions,
+    QueueBindOptions, QueueDeclareOk, QueueDeclareOptions, QueueDeleteOptions, RejectOptions,
 };
 use crate::protocol::ack_frames::Settle;
 use crate::protocol::codec::{self, short};
@@ -69,7 +69,7 @@ impl std::fmt::Debug for ChannelHandle {
 impl Drop for ChannelHandle {
     fn drop(&mut self) {
         // No waiting: the I/O thread frees the number when close-ok arrives.
-        let _ = begin_close(&self.owner, &self.core, 200, "Normal shutdown");
+        let _ = begin_close(&self.owner, &self.core, 0, "Normal shutdown");
     }
 }
 
@@ -112,7 +112,7 @@ pub(crate) fn ensure_open(st: &ChanState) -> Result<()> {
     match &st.life {
         Life::Open => Ok(()),
         Life::Closing => Err(Error::ChannelClosedByClient {
-            reply_code: 200,
+            reply_code: 0,
             reply_text: "Normal shutdown".into(),
         }),
         Life::Closed(e) => Err(e.clone()),
@@ -153,6 +153,11 @@ impl Channel {
             .callbacks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection this channel belongs to (pika's `BlockingChannel.connection`).
+    pub fn connection(&self) -> crate::Connection {
+        crate::Connection::from_owner(self.inner.owner.clone())
     }
 
     /// The channel's number (pika's `channel_number`).
@@ -264,9 +269,10 @@ impl Channel {
         }
     }
 
-    /// Closes the channel with pika's defaults (200, "Normal shutdown") and waits for the broker.
+    /// Closes the channel with pika's defaults (reply code 0, "Normal shutdown") and waits
+    /// for the broker.
     pub fn close(&self) -> Result<()> {
-        self.close_with(200, "Normal shutdown")
+        self.close_with(0, "Normal shutdown")
     }
 
     /// Closes the channel with a reply code and text (pika's `close(reply_code, reply_text)`).
@@ -381,7 +387,7 @@ impl Channel {
     pub fn exchange_declare(&self, exchange: &str, options: ExchangeDeclareOptions) -> Result<()> {
         let method = AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
             exchange: short(exchange)?,
-            kind: short(&options.exchange_type)?,
+            kind: short(options.exchange_type.as_str())?,
             passive: options.passive,
             durable: options.durable,
             auto_delete: options.auto_delete,
@@ -395,12 +401,12 @@ impl Channel {
         }
     }
 
-    /// Deletes an exchange (pika's `exchange_delete`); with `if_unused`, only when it has no
-    /// bindings (406 otherwise).
-    pub fn exchange_delete(&self, exchange: &str, if_unused: bool) -> Result<()> {
+    /// Deletes an exchange (pika's `exchange_delete(exchange, if_unused=False)`); with
+    /// `if_unused`, only when it has no bindings (406 otherwise).
+    pub fn exchange_delete(&self, exchange: &str, options: ExchangeDeleteOptions) -> Result<()> {
         let method = AMQPClass::Exchange(exchange::AMQPMethod::Delete(exchange::Delete {
             exchange: short(exchange)?,
-            if_unused,
+            if_unused: options.if_unused,
             nowait: false,
         }));
         match self.rpc(method, "exchange.delete")? {
@@ -415,15 +421,14 @@ impl Channel {
         &self,
         destination: &str,
         source: &str,
-        routing_key: &str,
-        arguments: FieldTable,
+        options: ExchangeBindOptions,
     ) -> Result<()> {
         let method = AMQPClass::Exchange(exchange::AMQPMethod::Bind(exchange::Bind {
             destination: short(destination)?,
             source: short(source)?,
-            routing_key: short(routing_key)?,
+            routing_key: short(&options.routing_key)?,
             nowait: false,
-            arguments: table::to_wire(&arguments)?,
+            arguments: table::to_wire(&options.arguments)?,
         }));
         match self.rpc(method, "exchange.bind")? {
             Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::BindOk(_))) => Ok(()),
@@ -437,15 +442,14 @@ impl Channel {
         &self,
         destination: &str,
         source: &str,
-        routing_key: &str,
-        arguments: FieldTable,
+        options: ExchangeBindOptions,
     ) -> Result<()> {
         let method = AMQPClass::Exchange(exchange::AMQPMethod::Unbind(exchange::Unbind {
             destination: short(destination)?,
             source: short(source)?,
-            routing_key: short(routing_key)?,
+            routing_key: short(&options.routing_key)?,
             nowait: false,
-            arguments: table::to_wire(&arguments)?,
+            arguments: table::to_wire(&options.arguments)?,
         }));
         match self.rpc(method, "exchange.unbind")? {
             Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(_))) => Ok(()),
@@ -543,16 +547,24 @@ impl Channel {
     /// Sets the prefetch window (pika's `basic_qos(prefetch_size=0, prefetch_count=0,
     /// global_qos=False)`).
     ///
+    /// ```no_run
+    /// # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;
+    /// # let channel = connection.channel()?;
+    /// use cottontail::QosOptions;
+    /// channel.basic_qos(QosOptions { prefetch_count: 1, ..Default::default() })?;
+    /// # Ok::<(), cottontail::Error>(())
+    /// ```
+    ///
     /// RabbitMQ reads `global_qos` its own way: `false` applies `prefetch_count` to each
     /// consumer started afterwards on this channel, `true` shares it among all consumers of the
     /// channel. RabbitMQ does not implement `prefetch_size`; anything but 0 is rejected here
     /// before it would close the channel with 540 NOT_IMPLEMENTED.
-    pub fn basic_qos(
-        &self,
-        prefetch_size: u32,
-        prefetch_count: u16,
-        global_qos: bool,
-    ) -> Result<()> {
+    pub fn basic_qos(&self, options: QosOptions) -> Result<()> {
+        let QosOptions {
+            prefetch_size,
+            prefetch_count,
+            global_qos,
+        } = options;
         if prefetch_size != 0 {
             return Err(Error::InvalidArgument(
                 "prefetch_size must be 0: RabbitMQ does not implement it".into(),
@@ -599,14 +611,23 @@ impl Channel {
         self.settle(Settle::Ack { multiple }, delivery_tag)
     }
 
-    /// Rejects deliveries (pika's `basic_nack(delivery_tag=0, multiple=False, requeue=True)`).
-    pub fn basic_nack(&self, delivery_tag: u64, multiple: bool, requeue: bool) -> Result<()> {
+    /// Rejects deliveries (pika's `basic_nack(delivery_tag=0, multiple=False, requeue=True)`):
+    /// `NackOptions::default()` requeues one.
+    pub fn basic_nack(&self, delivery_tag: u64, options: NackOptions) -> Result<()> {
+        let NackOptions { multiple, requeue } = options;
         self.settle(Settle::Nack { multiple, requeue }, delivery_tag)
     }
 
-    /// Rejects one delivery (pika's `basic_reject(delivery_tag=0, requeue=True)`).
-    pub fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<()> {
-        self.settle(Settle::Reject { requeue }, delivery_tag)
+    /// Rejects one delivery (pika's `basic_reject(delivery_tag=0, requeue=True)`):
+    /// `RejectOptions::default()` requeues it; `RejectOptions { requeue: false }` dead-letters
+    /// or drops it.
+    pub fn basic_reject(&self, delivery_tag: u64, options: RejectOptions) -> Result<()> {
+        self.settle(
+            Settle::Reject {
+                requeue: options.requeue,
+            },
+            delivery_tag,
+        )
     }
 
     fn settle(&self, settle: Settle, delivery_tag: u64) -> Result<()> {

@@ -24,7 +24,7 @@ use crate::params::ConnectionParameters;
 ///
 /// let connection = Connection::open(ConnectionParameters::new("localhost"))?;
 /// let channel = connection.channel()?;
-/// channel.basic_publish("", "hello", b"Hello World!", &Default::default(), false)?;
+/// channel.basic_publish("", "hello", b"Hello World!")?;
 /// connection.close()?;
 /// # Ok::<(), cottontail::Error>(())
 /// ```

@@ -294,7 +294,7 @@ impl Channel {
                     h.delivery_tag(),
                     h.consumer_tag()
                 );
-            } else if let Err(e) = self.basic_reject(h.delivery_tag(), true) {
+            } else if let Err(e) = self.basic_reject(h.delivery_tag(), Default::default()) {
                 log::debug!("requeueing delivery {}: {e}", h.delivery_tag());
             }
         }

@@ -3,6 +3,8 @@
 use std::io;
 use std::time::Duration;
 
+use crate::delivery::Message;
+
 /// Result alias used throughout cottontail.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -196,6 +198,8 @@ pub enum Error {
     Nack {
         /// The publish sequence number that was nacked.
         delivery_tag: u64,
+        /// The message that was nacked, as it was published.
+        message: Box<Message>,
     },
     /// A mandatory message could not be routed and was returned (pika's `UnroutableError`).
     #[error("message returned as unroutable: {reply_code} {reply_text}")]
@@ -204,6 +208,8 @@ pub enum Error {
         reply_code: u16,
         /// The reply text of basic.return.
         reply_text: String,
+        /// The message that was returned, as it was published.
+        message: Box<Message>,
     },
     /// Every connection attempt failed (several parameter sets or `connection_attempts > 1`);
     /// the attempts' errors in order, the last one last.

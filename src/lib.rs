@@ -8,12 +8,12 @@
 //! ## Quick start
 //!
 //! ```no_run
-//! use cottontail::{BasicProperties, Connection, ConnectionParameters, QueueDeclareOptions};
+//! use cottontail::{Connection, ConnectionParameters, QueueDeclareOptions};
 //!
 //! let connection = Connection::open(ConnectionParameters::new("localhost"))?;
 //! let channel = connection.channel()?;
 //! channel.queue_declare("hello", QueueDeclareOptions::default())?;
-//! channel.basic_publish("", "hello", b"Hello World!", &BasicProperties::default(), false)?;
+//! channel.basic_publish("", "hello", b"Hello World!")?;
 //! println!(" [x] Sent 'Hello World!'");
 //!
 //! channel.basic_consume("hello", |_ch, _method, _properties, body| {
@@ -132,12 +132,16 @@
 //! | `connection.channel()` / `channel(channel_number=n)` | [`Connection::channel`] / [`Connection::channel_with_number`] |
 //! | `channel.queue_declare(queue='', exclusive=True)` | `channel.queue_declare("", QueueDeclareOptions { exclusive: true, ..Default::default() })` |
 //! | `result.method.queue` | `ok.queue` |
-//! | `channel.exchange_declare(exchange='logs', exchange_type='fanout')` (pika 0.x: `type='fanout'`) | `channel.exchange_declare("logs", ExchangeDeclareOptions { exchange_type: "fanout".into(), ..Default::default() })` |
+//! | `channel.exchange_declare(exchange='logs', exchange_type='fanout')` (pika 0.x: `type='fanout'`) | `channel.exchange_declare("logs", ExchangeDeclareOptions { exchange_type: ExchangeType::Fanout, ..Default::default() })` |
 //! | `channel.queue_bind(exchange=..., queue=..., routing_key=...)` | `channel.queue_bind(queue, exchange, QueueBindOptions { routing_key: Some(..), ..Default::default() })` |
-//! | `channel.basic_publish(exchange, routing_key, body, properties=pika.BasicProperties(delivery_mode=2))` | `channel.basic_publish(exchange, routing_key, body, &BasicProperties::default().with_delivery_mode(2), false)` |
-//! | `pika.DeliveryMode.Persistent`, `pika.spec.PERSISTENT_DELIVERY_MODE` | [`DeliveryMode::Persistent`]`.into()` |
-//! | `ExchangeType.fanout` | [`ExchangeType::Fanout`]`.into()` |
-//! | `channel.basic_qos(prefetch_count=1)` | `channel.basic_qos(0, 1, false)` |
+//! | `channel.basic_publish(exchange, routing_key, body)` | `channel.basic_publish(exchange, routing_key, body)` |
+//! | `channel.basic_publish(exchange, routing_key, body, properties=pika.BasicProperties(delivery_mode=2), mandatory=True)` | `channel.basic_publish_with(exchange, routing_key, body, &PublishOptions { properties: BasicProperties::default().with_delivery_mode(2), mandatory: true })` |
+//! | `properties.correlation_id`, `properties.headers['x']` | `properties.correlation_id()` (an `Option<&str>`), `properties.header("x")` (an `Option<&FieldValue>`) |
+//! | `pika.DeliveryMode.Persistent`, `pika.spec.PERSISTENT_DELIVERY_MODE` | [`DeliveryMode::Persistent`] |
+//! | `ExchangeType.fanout` | [`ExchangeType::Fanout`] |
+//! | `channel.basic_qos(prefetch_count=1)` | `channel.basic_qos(QosOptions { prefetch_count: 1, ..Default::default() })` |
+//! | `channel.basic_nack(tag, requeue=False)` / `basic_reject(tag, requeue=False)` | `channel.basic_nack(tag, NackOptions { requeue: false, ..Default::default() })` / `basic_reject(tag, RejectOptions { requeue: false })` |
+//! | `channel.exchange_bind(destination, source, routing_key='k')` | `channel.exchange_bind(destination, source, ExchangeBindOptions { routing_key: "k".into(), ..Default::default() })` |
 //! | `channel.basic_consume(queue, on_message_callback, auto_ack=True)` (pika 0.x: `basic_consume(callback, queue=..., no_ack=True)`) | `channel.basic_consume(queue, callback, BasicConsumeOptions { auto_ack: true, ..Default::default() })` |
 //! | `def callback(ch, method, properties, body)` | `\|ch, method, properties, body\| -> Result<()>` |
 //! | `ch.basic_ack(delivery_tag=method.delivery_tag)` | `ch.basic_ack(method.delivery_tag, false)` |
@@ -145,6 +149,16 @@
 //! | `channel.basic_get(queue, auto_ack)` → `(method, properties, body)` or `(None, None, None)` | `channel.basic_get(queue, auto_ack)` → `Option<GetMessage>` |
 //! | `channel.confirm_delivery()` | [`Channel::confirm_delivery`], plus [`Channel::basic_publish_deferred`] and [`Channel::wait_for_confirms`] for windows |
 //! | exceptions | [`Error`] variants (the table is on [`Error`]) |
+//!
+//! ## Types, and what is promised about them
+//!
+//! Everything in the public API is cottontail's own: [`BasicProperties`], [`FieldTable`] and
+//! [`FieldValue`], and the methods a callback receives ([`Deliver`], [`GetOk`], [`Return`]).
+//! The frame codec (amq-protocol) is an implementation detail; no signature names it, so a new
+//! major version of it changes no user code. Result structs and enums that may grow
+//! ([`Delivery`], [`QueueDeclareOk`], [`ConfirmOutcome`], [`Error`]...) are
+//! `#[non_exhaustive]`: read their fields, match them with `..`, but do not build them.
+//! Option structs are plain structs with `Default`, built with `..Default::default()`.
 //!
 //! ## Feature flags
 //!
@@ -172,20 +186,21 @@ pub use crate::connection::{BlockingConnection, Connection, IntoParameterList};
 pub use crate::consumer::{
     CancelCallback, ConsumeOptions, Consumed, Consumer, ConsumerCallback, ReturnCallback,
 };
-pub use crate::delivery::{Delivery, GetMessage, Returned};
+pub use crate::delivery::{Delivery, GetMessage, Message, Returned};
 pub use crate::error::{Error, Result};
 pub use crate::events::{
     BlockedCallback, ThreadsafeCallback, TimeoutId, TimerCallback, UnblockedCallback,
 };
 pub use crate::options::{
-    BasicConsumeOptions, DeliveryMode, ExchangeDeclareOptions, ExchangeType, QueueBindOptions,
-    QueueDeclareOk, QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, DeliveryMode, ExchangeBindOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, ExchangeType, NackOptions, PublishOptions, QosOptions, QueueBindOptions,
+    QueueDeclareOk, QueueDeclareOptions, QueueDeleteOptions, RejectOptions,
 };
 pub use crate::params::{
     ConnectionParameters, Credentials, ExternalCredentials, PlainCredentials, SslOptions,
     TcpOptions,
 };
-pub use crate::protocol::confirms::ConfirmOutcome;
+pub use crate::publish::ConfirmOutcome;
 
 /// AMQP reply codes, as constants.
 pub mod reply_code {

@@ -6,33 +6,95 @@ use std::time::Duration;
 use amq_protocol::protocol::{confirm, AMQPClass};
 
 use crate::channel::{ensure_open, unexpected, Channel};
+use crate::delivery::{Message, Returned};
 use crate::engine::chan::Reply;
 use crate::engine::{deadline_after, with_scratch};
 use crate::error::{Error, Result};
-use crate::protocol::confirms::{fingerprint, ConfirmOutcome, ConfirmTracker, Settled};
+use crate::options::PublishOptions;
+use crate::protocol::confirms::{fingerprint, ConfirmTracker, Settled};
 use crate::protocol::properties::BasicProperties;
 use crate::protocol::publish_cache::PublishCache;
 
+/// What happened to the messages published since the last
+/// [`wait_for_confirms`](Channel::wait_for_confirms): which were nacked and which came back
+/// unroutable. Not in pika, whose blocking channel confirms one message at a time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConfirmOutcome {
+    /// Publish sequence numbers (as [`basic_publish_deferred`](Channel::basic_publish_deferred)
+    /// returned them) that the broker nacked, ascending. cottontail keeps no copy of a body
+    /// after it is written, so a nacked message is known by its number: republish it from
+    /// your own copy.
+    pub nacked: Vec<u64>,
+    /// Sequence numbers of mandatory messages returned as unroutable (then acked), ascending.
+    pub returned: Vec<u64>,
+    /// The returned messages themselves, with their sequence numbers, taken from the
+    /// channel's returned messages so the return callbacks do not see them again. A return
+    /// that a return callback already handled (on a thread consuming this channel meanwhile)
+    /// is in [`returned`](Self::returned) but not here.
+    pub returned_messages: Vec<(u64, Returned)>,
+}
+
+impl ConfirmOutcome {
+    /// True when every message was acked and none was returned.
+    pub fn all_confirmed(&self) -> bool {
+        self.nacked.is_empty() && self.returned.is_empty()
+    }
+}
+
 impl Channel {
-    /// Publishes a message (pika's `basic_publish(exchange, routing_key, body, properties=None,
-    /// mandatory=False)`).
+    /// Publishes a message with no properties to `exchange` with `routing_key` (pika's
+    /// `basic_publish(exchange, routing_key, body)`): the common case. For properties or
+    /// `mandatory`, use [`basic_publish_with`](Self::basic_publish_with).
+    ///
+    /// ```no_run
+    /// # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;
+    /// # let channel = connection.channel()?;
+    /// channel.basic_publish("", "hello", b"Hello World!")?;
+    /// # Ok::<(), cottontail::Error>(())
+    /// ```
     ///
     /// The method, header and body frames are queued as one unit (bodies split at
     /// `frame_max - 8`). Without confirm mode this returns as soon as they are queued. In
     /// confirm mode (after [`confirm_delivery`](Self::confirm_delivery)) it waits for the
     /// broker's confirm, as pika does, and reports a nack as [`Error::Nack`] and a mandatory
-    /// message returned unroutable as [`Error::Unroutable`]. To publish many messages and wait
-    /// once, use [`basic_publish_deferred`](Self::basic_publish_deferred) and
+    /// message returned unroutable as [`Error::Unroutable`], each carrying the message. To
+    /// publish many messages and wait once, use
+    /// [`basic_publish_deferred`](Self::basic_publish_deferred) and
     /// [`wait_for_confirms`](Self::wait_for_confirms).
-    pub fn basic_publish(
+    pub fn basic_publish(&self, exchange: &str, routing_key: &str, body: &[u8]) -> Result<()> {
+        self.basic_publish_with(exchange, routing_key, body, &PublishOptions::default())
+    }
+
+    /// Publishes a message with properties and flags (pika's `basic_publish(exchange,
+    /// routing_key, body, properties=None, mandatory=False)`); otherwise as
+    /// [`basic_publish`](Self::basic_publish). The options are borrowed, so a loop can
+    /// publish many messages with one set of properties.
+    ///
+    /// ```no_run
+    /// # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;
+    /// # let channel = connection.channel()?;
+    /// use cottontail::{BasicProperties, DeliveryMode, PublishOptions};
+    ///
+    /// let options = PublishOptions {
+    ///     properties: BasicProperties::default().with_delivery_mode(DeliveryMode::Persistent),
+    ///     mandatory: true,
+    /// };
+    /// channel.basic_publish_with("", "task_queue", b"work", &options)?;
+    /// # Ok::<(), cottontail::Error>(())
+    /// ```
+    pub fn basic_publish_with(
         &self,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
-        properties: &BasicProperties,
-        mandatory: bool,
+        options: &PublishOptions,
     ) -> Result<()> {
-        let Some(seq) = self.publish(exchange, routing_key, body, properties, mandatory)? else {
+        let PublishOptions {
+            properties,
+            mandatory,
+        } = options;
+        let Some(seq) = self.publish(exchange, routing_key, body, properties, *mandatory)? else {
             return Ok(());
         };
         let timeout = self.rpc_timeout();
@@ -54,15 +116,28 @@ impl Channel {
             },
             |_| Error::timeout(format!("waiting for the confirm of message {seq}"), timeout),
         )?;
+        // The error path only: the caller's message is copied into the error.
+        let message = || {
+            Box::new(Message::new(
+                exchange,
+                routing_key,
+                properties.clone(),
+                body.to_vec(),
+            ))
+        };
         match settled {
             Settled::Acked => Ok(()),
-            Settled::Nacked => Err(Error::Nack { delivery_tag: seq }),
+            Settled::Nacked => Err(Error::Nack {
+                delivery_tag: seq,
+                message: message(),
+            }),
             Settled::Returned {
                 reply_code,
                 reply_text,
             } => Err(Error::Unroutable {
                 reply_code,
                 reply_text,
+                message: message(),
             }),
         }
     }
@@ -75,11 +150,16 @@ impl Channel {
         exchange: &str,
         routing_key: &str,
         body: &[u8],
-        properties: &BasicProperties,
-        mandatory: bool,
+        options: &PublishOptions,
     ) -> Result<u64> {
         Ok(self
-            .publish(exchange, routing_key, body, properties, mandatory)?
+            .publish(
+                exchange,
+                routing_key,
+                body,
+                &options.properties,
+                options.mandatory,
+            )?
             .unwrap_or(0))
     }
 
@@ -155,7 +235,7 @@ impl Channel {
 
     /// Waits until every message published so far in confirm mode is acked or nacked, at most
     /// `timeout` (the RPC timeout when `None`), and reports which were nacked or returned since
-    /// the last call. Not in pika.
+    /// the last call, with the returned messages. Not in pika.
     pub fn wait_for_confirms(&self, timeout: Option<Duration>) -> Result<ConfirmOutcome> {
         let core = self.core();
         let timeout = timeout.unwrap_or_else(|| self.rpc_timeout());
@@ -169,7 +249,20 @@ impl Channel {
             deadline_after(timeout),
             |st| {
                 let tracker = st.confirms.as_mut()?;
-                (!tracker.has_outstanding()).then(|| tracker.take_outcomes())
+                if tracker.has_outstanding() {
+                    return None;
+                }
+                let outcomes = tracker.take_outcomes();
+                let returned_messages = outcomes
+                    .returned
+                    .iter()
+                    .filter_map(|&seq| st.take_return_of(seq).map(|m| (seq, m)))
+                    .collect();
+                Some(ConfirmOutcome {
+                    nacked: outcomes.nacked,
+                    returned: outcomes.returned,
+                    returned_messages,
+                })
             },
             |st| {
                 let last = st

@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cottontail::{
-    Channel, ConsumeOptions, Consumed, Consumer, Delivery, Error, QueueDeclareOptions,
+    Channel, ConsumeOptions, Consumed, Consumer, Delivery, Error, NackOptions, QosOptions,
+    QueueDeclareOptions, RejectOptions,
 };
 use support::{connect, eventually, publish_numbered, rabbitmqctl, unique};
 
@@ -30,7 +31,12 @@ fn number(delivery: &Delivery) -> u32 {
 /// Starts a manual-ack consumer and waits until all `n` messages wait in the client, so that
 /// acks are made while more deliveries are queued (the case where they are merged).
 fn consume_all_buffered(channel: &Channel, queue: &str, n: usize) -> Consumer {
-    channel.basic_qos(0, n as u16, false).unwrap();
+    channel
+        .basic_qos(QosOptions {
+            prefetch_count: n as u16,
+            ..Default::default()
+        })
+        .unwrap();
     let consumer = channel.consume(queue, ConsumeOptions::default()).unwrap();
     assert!(
         eventually(Duration::from_secs(5), || consumer
@@ -150,9 +156,11 @@ fn rejects_nacks_and_multiple_acks_inside_runs_keep_their_meaning() {
         let (n, tag) = *tags.last().unwrap();
         match n {
             // Dropped for good.
-            9 => channel.basic_reject(tag, false).unwrap(),
+            9 => channel
+                .basic_reject(tag, RejectOptions { requeue: false })
+                .unwrap(),
             // Back to the queue.
-            19 => channel.basic_nack(tag, false, true).unwrap(),
+            19 => channel.basic_nack(tag, NackOptions::default()).unwrap(),
             // 20..=24 left for the multiple ack at 25.
             20..=24 => {}
             25 => channel.basic_ack(tag, true).unwrap(),
@@ -282,7 +290,12 @@ fn a_double_ack_still_closes_the_channel_with_406() {
         .basic_ack(second.method.delivery_tag, false)
         .unwrap();
     channel.basic_ack(first.method.delivery_tag, false).unwrap();
-    let error = channel.basic_qos(0, 10, false).unwrap_err();
+    let error = channel
+        .basic_qos(QosOptions {
+            prefetch_count: 10,
+            ..Default::default()
+        })
+        .unwrap_err();
     match &error {
         Error::ChannelClosed {
             reply_code: 406,
@@ -307,7 +320,7 @@ fn acks_of_a_manual_consumer_next_to_an_auto_ack_one_stay_exact() {
     let channel = connection.channel().unwrap();
     let manual = queue_with(&channel, "merge-manual", N);
     let auto = queue_with(&channel, "merge-auto", N);
-    channel.basic_qos(0, 0, false).unwrap();
+    channel.basic_qos(QosOptions::default()).unwrap();
     let mut auto_consumer = channel
         .consume(
             &auto,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use amq_protocol::types::ShortString;
-use cottontail::{Connection, ConsumeOptions, Consumed, Consumer, Delivery};
+use cottontail::{Connection, ConsumeOptions, Consumed, Consumer, Delivery, RejectOptions};
 
 #[path = "support/fake_broker.rs"]
 mod fake_broker;
@@ -557,7 +557,9 @@ fn other_frames_flush_the_run_first() {
     for tag in 1..=4 {
         channel.basic_ack(tag, false).expect("basic_ack");
     }
-    channel.basic_reject(5, true).expect("basic_reject");
+    channel
+        .basic_reject(5, RejectOptions::default())
+        .expect("basic_reject");
     channel.close().expect("channel.close");
     connection.close().expect("connection.close");
     drop(consumer);

@@ -8,7 +8,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cottontail::BasicProperties;
+use cottontail::PublishOptions;
 use support::{connect, rabbitmqctl};
 
 /// The alarm is broker-wide: the tests of this file take turns.
@@ -49,13 +49,7 @@ fn memory_alarm_blocks_then_unblocks_the_connection_with_callbacks() {
     rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
     // RabbitMQ blocks a connection when it publishes during the alarm.
     channel
-        .basic_publish(
-            "",
-            &queue,
-            b"during the alarm",
-            &BasicProperties::default(),
-            false,
-        )
+        .basic_publish("", &queue, b"during the alarm")
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !connection.is_blocked() && Instant::now() < deadline {
@@ -101,14 +95,12 @@ fn blocked_connection_timeout_tears_down_the_connection_and_wakes_publishers() {
     let queue = support::exclusive_queue(&channel);
     let _restore = RestoreWatermark;
     rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
-    channel
-        .basic_publish("", &queue, b"first", &BasicProperties::default(), false)
-        .unwrap();
+    channel.basic_publish("", &queue, b"first").unwrap();
     let started = Instant::now();
     // Once blocked, this publish waits, then gets the timeout.
     let mut result = Ok(());
     while result.is_ok() && started.elapsed() < Duration::from_secs(10) {
-        result = channel.basic_publish("", &queue, b"more", &BasicProperties::default(), false);
+        result = channel.basic_publish("", &queue, b"more");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
@@ -136,13 +128,7 @@ fn close_returns_within_its_deadline_while_the_broker_blocks() {
     let _restore = RestoreWatermark;
     rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
     channel
-        .basic_publish(
-            "",
-            &queue,
-            b"during the alarm",
-            &BasicProperties::default(),
-            false,
-        )
+        .basic_publish("", &queue, b"during the alarm")
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !connection.is_blocked() && Instant::now() < deadline {
@@ -191,7 +177,7 @@ fn connection_with_a_backlog(
         let mut body = vec![b'b'; BACKLOG_BODY];
         body[..4].copy_from_slice(&(i as u32).to_be_bytes());
         publisher
-            .basic_publish_deferred("", &source, &body, &BasicProperties::default(), false)
+            .basic_publish_deferred("", &source, &body, &PublishOptions::default())
             .unwrap();
     }
     let confirmed = publisher
@@ -222,7 +208,15 @@ fn republish_on_a_thread(
         .basic_consume(
             source,
             move |ch, method, properties, body| {
-                ch.basic_publish("", &target, body, properties, false)?;
+                ch.basic_publish_with(
+                    "",
+                    &target,
+                    body,
+                    &PublishOptions {
+                        properties: (*properties).clone(),
+                        ..Default::default()
+                    },
+                )?;
                 ch.basic_ack(method.delivery_tag, false)?;
                 if count.fetch_add(1, Ordering::SeqCst) + 1 == BACKLOG {
                     ch.stop_consuming()?;

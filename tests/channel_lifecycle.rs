@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{basic, AMQPClass};
-use cottontail::{BasicConsumeOptions, BasicProperties, Connection, Error, QueueDeclareOptions};
+use cottontail::{BasicConsumeOptions, Connection, Error, QueueDeclareOptions};
 use support::consuming::{passive, Cleanup};
 use support::{connect, eventually, panic_text, unique, within};
 
@@ -75,7 +75,7 @@ fn closing_a_channel_the_broker_is_closing_returns_ok_and_the_next_channel_works
                 format!("round {round}: queue_declare on the new channel {number} failed: {e:?}")
             })?;
             channel
-                .basic_publish(&missing, "k", b"x", &BasicProperties::default(), false)
+                .basic_publish(&missing, "k", b"x")
                 .map_err(|e| format!("round {round}: basic_publish failed: {e:?}"))?;
             channel.close().map_err(|e| {
                 format!("round {round}: close() of channel {number}, which the broker closes with 404, failed: {e:?}")
@@ -135,7 +135,7 @@ fn channel_number_opened_again_after_a_crossed_close_opens_and_works() {
                 }
             }
             channel
-                .basic_publish(&missing, "k", b"x", &BasicProperties::default(), false)
+                .basic_publish(&missing, "k", b"x")
                 .map_err(|e| format!("round {round}: basic_publish failed: {e:?}"))?;
             channel
                 .close()
@@ -162,7 +162,7 @@ fn closing_a_channel_the_broker_already_closed_returns_ok_and_a_new_channel_work
         for _ in 0..20 {
             let channel = connection.channel().expect("channel()");
             channel
-                .basic_publish(&missing, "k", b"x", &BasicProperties::default(), false)
+                .basic_publish(&missing, "k", b"x")
                 .expect("basic_publish");
             assert!(
                 eventually(Duration::from_secs(5), || channel.is_closed()),
@@ -371,13 +371,7 @@ fn sigpipe_child() {
                         let body = vec![0u8; 1024];
                         let started = Instant::now();
                         while started.elapsed() < Duration::from_millis(1500) {
-                            if let Err(e) = channel.basic_publish(
-                                "",
-                                "q",
-                                &body,
-                                &BasicProperties::default(),
-                                false,
-                            ) {
+                            if let Err(e) = channel.basic_publish("", "q", &body) {
                                 return Some(e);
                             }
                         }

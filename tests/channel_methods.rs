@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use cottontail::{
     BasicConsumeOptions, BasicProperties, Channel, ConnectionParameters, ConsumeOptions, Consumed,
-    Error, ExchangeDeclareOptions, FieldTable, QueueBindOptions, QueueDeclareOk,
-    QueueDeclareOptions, QueueDeleteOptions,
+    Error, ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, FieldTable,
+    NackOptions, PublishOptions, QosOptions, QueueBindOptions, QueueDeclareOk, QueueDeclareOptions,
+    QueueDeleteOptions, RejectOptions,
 };
 use support::{connect, eventually, rabbitmqctl, unique};
 
@@ -51,7 +52,7 @@ impl Drop for Cleanup {
         }
         for exchange in &self.exchanges {
             if let Ok(channel) = connection.channel() {
-                let _ = channel.exchange_delete(exchange, false);
+                let _ = channel.exchange_delete(exchange, Default::default());
             }
         }
         let _ = connection.close();
@@ -124,13 +125,7 @@ fn bind(channel: &Channel, queue: &str, exchange: &str, routing_key: &str) {
 
 fn publish(channel: &Channel, exchange: &str, routing_key: &str, body: &str) {
     channel
-        .basic_publish(
-            exchange,
-            routing_key,
-            body.as_bytes(),
-            &BasicProperties::default(),
-            false,
-        )
+        .basic_publish(exchange, routing_key, body.as_bytes())
         .unwrap();
 }
 
@@ -303,7 +298,15 @@ fn headers_exchange_matches_all_and_any() {
             properties = properties.with_headers(string_table(headers));
         }
         channel
-            .basic_publish(&exchange, "", body.as_bytes(), &properties, false)
+            .basic_publish_with(
+                &exchange,
+                "",
+                body.as_bytes(),
+                &PublishOptions {
+                    properties: properties.clone(),
+                    ..Default::default()
+                },
+            )
             .unwrap();
     }
     assert_eq!(drain(&channel, &all), ["both"]);
@@ -343,7 +346,14 @@ fn exchange_bind_routes_through_and_exchange_unbind_stops_it() {
     assert!(drain(&channel, &queue).is_empty());
 
     channel
-        .exchange_bind(&destination, &source, "k", FieldTable::default())
+        .exchange_bind(
+            &destination,
+            &source,
+            ExchangeBindOptions {
+                routing_key: "k".into(),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert!(broker_bindings(&source).contains(&(
         source.clone(),
@@ -356,7 +366,14 @@ fn exchange_bind_routes_through_and_exchange_unbind_stops_it() {
     assert_eq!(drain(&channel, &queue), ["bound"]);
 
     channel
-        .exchange_unbind(&destination, &source, "k", FieldTable::default())
+        .exchange_unbind(
+            &destination,
+            &source,
+            ExchangeBindOptions {
+                routing_key: "k".into(),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert!(broker_bindings(&source).is_empty());
     publish(&channel, &source, "k", "after-unbind");
@@ -505,7 +522,10 @@ fn exchange_delete_if_unused_on_a_bound_exchange_is_406() {
     let exchange = declare_exchange(&channel, &mut cleanup, "delete-bound", "direct");
     let queue = declare_queue(&channel, &mut cleanup, "delete-bound-q");
     bind(&channel, &queue, &exchange, "k");
-    expect_channel_closed(channel.exchange_delete(&exchange, true), 406);
+    expect_channel_closed(
+        channel.exchange_delete(&exchange, ExchangeDeleteOptions { if_unused: true }),
+        406,
+    );
     assert!(channel.is_closed());
     // Still there, and still routing.
     let fresh = connection.channel().unwrap();
@@ -528,7 +548,9 @@ fn exchange_delete_removes_the_exchange() {
     let channel = connection.channel().unwrap();
     let mut cleanup = Cleanup::default();
     let exchange = declare_exchange(&channel, &mut cleanup, "delete-unused", "fanout");
-    channel.exchange_delete(&exchange, true).unwrap();
+    channel
+        .exchange_delete(&exchange, ExchangeDeleteOptions { if_unused: true })
+        .unwrap();
     let check = connection.channel().unwrap();
     expect_channel_closed(
         check.exchange_declare(
@@ -584,7 +606,15 @@ fn basic_get_returns_none_on_empty_and_counts_what_is_left() {
     assert!(channel.basic_get(&queue, false).unwrap().is_none());
     let properties = BasicProperties::default().with_message_id("id-1");
     channel
-        .basic_publish("", &queue, b"first", &properties, false)
+        .basic_publish_with(
+            "",
+            &queue,
+            b"first",
+            &PublishOptions {
+                properties: properties.clone(),
+                ..Default::default()
+            },
+        )
         .unwrap();
     publish(&channel, "", &queue, "second");
     let message = channel.basic_get(&queue, false).unwrap().unwrap();
@@ -627,7 +657,13 @@ fn basic_nack_without_requeue_dead_letters_the_message() {
     publish(&channel, "", &queue, "poison");
     let message = channel.basic_get(&queue, false).unwrap().unwrap();
     channel
-        .basic_nack(message.method.delivery_tag, false, false)
+        .basic_nack(
+            message.method.delivery_tag,
+            NackOptions {
+                requeue: false,
+                ..Default::default()
+            },
+        )
         .unwrap();
     let mut dead_lettered = None;
     assert!(
@@ -660,7 +696,7 @@ fn basic_reject_with_requeue_redelivers_with_the_redelivered_flag() {
     let first = channel.basic_get(&queue, false).unwrap().unwrap();
     assert!(!first.method.redelivered);
     channel
-        .basic_reject(first.method.delivery_tag, true)
+        .basic_reject(first.method.delivery_tag, RejectOptions::default())
         .unwrap();
     let second = channel.basic_get(&queue, false).unwrap().unwrap();
     assert_eq!(second.body, b"again");
@@ -668,7 +704,7 @@ fn basic_reject_with_requeue_redelivers_with_the_redelivered_flag() {
     assert_ne!(second.method.delivery_tag, first.method.delivery_tag);
     // Reject without requeue drops it (no dead-letter exchange).
     channel
-        .basic_reject(second.method.delivery_tag, false)
+        .basic_reject(second.method.delivery_tag, RejectOptions { requeue: false })
         .unwrap();
     channel.close().unwrap();
     assert_eq!(broker_view(&queue).message_count, 0);
@@ -694,7 +730,15 @@ fn basic_nack_multiple_settles_every_delivery_up_to_the_tag() {
         })
         .collect();
     // Nack the first four at once, with requeue: they are ready again, the fifth stays unacked.
-    channel.basic_nack(tags[3], true, true).unwrap();
+    channel
+        .basic_nack(
+            tags[3],
+            NackOptions {
+                multiple: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(broker_eventually_holds(&queue, 4), 4);
     let mut again = Vec::new();
     let mut last = 0;
@@ -706,7 +750,15 @@ fn basic_nack_multiple_settles_every_delivery_up_to_the_tag() {
     assert_eq!(again, ["m0", "m1", "m2", "m3"]);
     assert!(last > tags[4]);
     // Nack everything (the fifth and the four redeliveries) without requeue: all gone.
-    channel.basic_nack(last, true, false).unwrap();
+    channel
+        .basic_nack(
+            last,
+            NackOptions {
+                multiple: true,
+                requeue: false,
+            },
+        )
+        .unwrap();
     channel.close().unwrap();
     let view = broker_view(&queue);
     assert_eq!((view.message_count, view.consumer_count), (0, 0));
@@ -811,7 +863,12 @@ fn basic_qos_prefetch_one_dispatches_fairly_to_a_slow_and_a_fast_consumer() {
     let queue = declare_queue(&setup, &mut cleanup, "qos");
     let spawn_consumer = |work: Duration| {
         let channel = connection.channel().unwrap();
-        channel.basic_qos(0, 1, false).unwrap();
+        channel
+            .basic_qos(QosOptions {
+                prefetch_count: 1,
+                ..Default::default()
+            })
+            .unwrap();
         let consumer = channel
             .consume(
                 &queue,
@@ -937,11 +994,27 @@ fn mandatory_unroutable_message_runs_the_return_callback_inside_start_consuming(
     let key = unique("no-route");
     let properties = BasicProperties::default().with_correlation_id("c-1");
     channel
-        .basic_publish("", &key, b"lost", &properties, true)
+        .basic_publish_with(
+            "",
+            &key,
+            b"lost",
+            &PublishOptions {
+                properties: properties.clone(),
+                mandatory: true,
+            },
+        )
         .unwrap();
     // Routable mandatory messages are not returned.
     channel
-        .basic_publish("", &queue, b"found", &properties, true)
+        .basic_publish_with(
+            "",
+            &queue,
+            b"found",
+            &PublishOptions {
+                properties: properties.clone(),
+                mandatory: true,
+            },
+        )
         .unwrap();
     let returned = returned_rx
         .recv_timeout(Duration::from_secs(5))
@@ -980,12 +1053,14 @@ fn mandatory_unroutable_message_runs_the_return_callback_while_iterating_consume
     });
     let exchange = declare_exchange(&channel, &mut cleanup, "return-iter-x", "direct");
     channel
-        .basic_publish(
+        .basic_publish_with(
             &exchange,
             "unbound-key",
             b"nowhere",
-            &BasicProperties::default(),
-            true,
+            &PublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
         )
         .unwrap();
     let mut consumer = channel
@@ -1016,21 +1091,37 @@ fn confirm_mode_unroutable_mandatory_publish_is_an_unroutable_error() {
     let queue = declare_queue(&channel, &mut cleanup, "confirm");
     channel.confirm_delivery().unwrap();
     let key = unique("no-route");
-    assert_eq!(
-        channel.basic_publish("", &key, b"lost", &BasicProperties::default(), true),
-        Err(Error::Unroutable {
-            reply_code: 312,
-            reply_text: "NO_ROUTE".into()
-        })
+    let result = channel.basic_publish_with(
+        "",
+        &key,
+        b"lost",
+        &PublishOptions {
+            mandatory: true,
+            ..Default::default()
+        },
+    );
+    assert!(
+        matches!(
+            &result,
+            Err(Error::Unroutable { reply_code: 312, reply_text, message })
+                if reply_text == "NO_ROUTE" && message.body == b"lost" && message.routing_key == key
+        ),
+        "{result:?}"
     );
     // Not mandatory: the broker drops it silently and confirms.
-    channel
-        .basic_publish("", &key, b"dropped", &BasicProperties::default(), false)
-        .unwrap();
+    channel.basic_publish("", &key, b"dropped").unwrap();
     // The channel is fine and routable mandatory messages are confirmed.
     assert!(channel.is_open());
     channel
-        .basic_publish("", &queue, b"kept", &BasicProperties::default(), true)
+        .basic_publish_with(
+            "",
+            &queue,
+            b"kept",
+            &PublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(broker_view(&queue).message_count, 1);
 }
@@ -1408,7 +1499,7 @@ fn fill_with_backlog(queue: &str) {
     let body = vec![b'x'; MIB];
     for _ in 0..BACKLOG {
         channel
-            .basic_publish_deferred("", queue, &body, &BasicProperties::default(), false)
+            .basic_publish_deferred("", queue, &body, &PublishOptions::default())
             .unwrap();
     }
     assert!(channel.wait_for_confirms(None).unwrap().nacked.is_empty());
@@ -1528,9 +1619,7 @@ fn channel_cancel_ends_consume_iterators_and_requeues_what_they_held() {
         .queue_declare(&queue, QueueDeclareOptions::default())
         .unwrap();
     for i in 0..5u8 {
-        channel
-            .basic_publish("", &queue, &[i], &BasicProperties::default(), false)
-            .unwrap();
+        channel.basic_publish("", &queue, &[i]).unwrap();
     }
     let mut consumer = channel
         .consume(

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cottontail::{
-    BasicProperties, ConnectionParameters, ConsumeOptions, Consumed, QueueDeclareOk,
+    ConnectionParameters, ConsumeOptions, Consumed, QosOptions, QueueDeclareOk,
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use support::{connect, eventually, unique};
@@ -99,7 +99,12 @@ fn sixteen_publisher_and_four_consumer_threads_on_one_connection_deliver_each_me
             let received = received.clone();
             thread::spawn(move || {
                 let channel = connection.channel().unwrap();
-                channel.basic_qos(0, 50, false).unwrap();
+                channel
+                    .basic_qos(QosOptions {
+                        prefetch_count: 50,
+                        ..Default::default()
+                    })
+                    .unwrap();
                 let mut consumer = channel
                     .consume(
                         &queue,
@@ -147,13 +152,7 @@ fn sixteen_publisher_and_four_consumer_threads_on_one_connection_deliver_each_me
                 let channel = connection.channel().unwrap();
                 for seq in 0..PER_PUBLISHER {
                     channel
-                        .basic_publish(
-                            "",
-                            &queue,
-                            format!("{publisher}:{seq}").as_bytes(),
-                            &BasicProperties::default(),
-                            false,
-                        )
+                        .basic_publish("", &queue, format!("{publisher}:{seq}").as_bytes())
                         .unwrap();
                 }
                 channel.close().unwrap();
@@ -216,13 +215,7 @@ fn eight_threads_publishing_on_one_shared_channel_deliver_each_message_once_and_
                 start.wait();
                 for seq in 0..PER_THREAD {
                     channel
-                        .basic_publish(
-                            "",
-                            &queue,
-                            &shared_channel_body(thread, seq),
-                            &BasicProperties::default(),
-                            false,
-                        )
+                        .basic_publish("", &queue, &shared_channel_body(thread, seq))
                         .unwrap();
                 }
             })
@@ -298,9 +291,7 @@ fn eight_threads_doing_queue_declare_on_one_shared_channel_each_get_their_own_re
             .queue_declare(queue, QueueDeclareOptions::default())
             .unwrap();
         for _ in 0..=i {
-            channel
-                .basic_publish("", queue, b"x", &BasicProperties::default(), false)
-                .unwrap();
+            channel.basic_publish("", queue, b"x").unwrap();
         }
     }
     for (i, queue) in queues.iter().enumerate() {
@@ -326,12 +317,8 @@ fn eight_threads_doing_queue_declare_on_one_shared_channel_each_get_their_own_re
                     };
                     let ok = channel.queue_declare(&queue, options).unwrap();
                     assert_eq!(
-                        ok,
-                        QueueDeclareOk {
-                            queue: queue.clone(),
-                            message_count: i as u32 + 1,
-                            consumer_count: 0,
-                        },
+                        (ok.queue.as_str(), ok.message_count, ok.consumer_count),
+                        (queue.as_str(), i as u32 + 1, 0),
                         "round {round}"
                     );
                 }

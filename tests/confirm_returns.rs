@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cottontail::{BasicProperties, Channel, Error};
+use cottontail::{Channel, Error, PublishOptions};
 use support::{connect, exclusive_queue, unique};
 
 const THREADS: u32 = 8;
@@ -54,14 +54,22 @@ fn concurrent_mandatory_publishes_each_report_their_own_return() {
     channel.confirm_delivery().unwrap();
 
     let results = publish_from_threads(&channel, &queue, &nowhere, |ch, key, body| {
-        ch.basic_publish("", key, body, &BasicProperties::default(), true)
+        ch.basic_publish_with(
+            "",
+            key,
+            body,
+            &PublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+        )
     });
 
     let mut wrong = Vec::new();
     for (t, results) in results.iter().enumerate() {
         for (i, result) in results.iter().enumerate() {
             let ok = if unroutable(i as u32) {
-                matches!(result, Err(Error::Unroutable { reply_code: 312, reply_text })
+                matches!(result, Err(Error::Unroutable { reply_code: 312, reply_text, .. })
                     if reply_text == "NO_ROUTE")
             } else {
                 result.is_ok()
@@ -92,8 +100,16 @@ fn deferred_mandatory_publishes_report_exactly_the_returned_sequence_numbers() {
     channel.confirm_delivery().unwrap();
 
     let seqs = publish_from_threads(&channel, &queue, &nowhere, |ch, key, body| {
-        ch.basic_publish_deferred("", key, body, &BasicProperties::default(), true)
-            .unwrap()
+        ch.basic_publish_deferred(
+            "",
+            key,
+            body,
+            &PublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
     });
     let outcome = channel
         .wait_for_confirms(Some(Duration::from_secs(60)))

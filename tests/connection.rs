@@ -6,8 +6,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cottontail::{
-    BasicConsumeOptions, BasicProperties, Channel, Connection, ConnectionParameters, Error,
-    PlainCredentials, QueueDeclareOptions,
+    BasicConsumeOptions, Channel, Connection, ConnectionParameters, Error, PlainCredentials,
+    QueueDeclareOptions,
 };
 use support::{broker_connections_named, connect, eventually, params, rabbitmqctl, unique};
 
@@ -186,9 +186,7 @@ fn slow_callback_does_not_starve_heartbeats() {
         .queue_declare(&queue, QueueDeclareOptions::default())
         .unwrap();
     for body in [&b"first"[..], b"second"] {
-        channel
-            .basic_publish("", &queue, body, &BasicProperties::default(), false)
-            .unwrap();
+        channel.basic_publish("", &queue, body).unwrap();
     }
     let mut seen = Vec::new();
     channel

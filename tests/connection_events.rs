@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cottontail::{BasicConsumeOptions, BasicProperties, Connection};
+use cottontail::{BasicConsumeOptions, Connection};
 use support::{connect, exclusive_queue, params};
 
 #[test]
@@ -34,15 +34,7 @@ fn process_data_events_runs_consumer_callbacks_of_every_channel() {
                 },
             )
             .unwrap();
-        channel
-            .basic_publish(
-                "",
-                &queue,
-                name.as_bytes(),
-                &BasicProperties::default(),
-                false,
-            )
-            .unwrap();
+        channel.basic_publish("", &queue, name.as_bytes()).unwrap();
         channels.push(channel);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -178,15 +170,7 @@ fn process_data_events_returns_once_it_handled_an_event() {
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(200));
         let channel = publisher.channel().unwrap();
-        channel
-            .basic_publish(
-                "",
-                &queue_name,
-                b"wake up",
-                &BasicProperties::default(),
-                false,
-            )
-            .unwrap();
+        channel.basic_publish("", &queue_name, b"wake up").unwrap();
     });
     let started = Instant::now();
     // pika's time_limit=None: wait until something happens.
@@ -225,13 +209,7 @@ fn call_later_fires_inside_start_consuming_and_consume() {
     let queue_name = queue.clone();
     connection.call_later(Duration::from_millis(200), move || {
         publisher
-            .basic_publish(
-                "",
-                &queue_name,
-                b"after the timer",
-                &BasicProperties::default(),
-                false,
-            )
+            .basic_publish("", &queue_name, b"after the timer")
             .unwrap();
     });
     let mut consumer = channel

@@ -5,7 +5,7 @@ mod support;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cottontail::{BasicConsumeOptions, BasicProperties, Error, QueueDeclareOptions};
+use cottontail::{BasicConsumeOptions, Error, QosOptions, QueueDeclareOptions};
 use support::{connect, publish_numbered, rabbitmqctl, unique};
 
 #[test]
@@ -18,7 +18,12 @@ fn consume_10000_with_manual_ack_in_order_and_the_queue_empties() {
         .queue_declare(&queue, QueueDeclareOptions::default())
         .unwrap();
     publish_numbered(&channel, &queue, 0..N);
-    channel.basic_qos(0, 500, false).unwrap();
+    channel
+        .basic_qos(QosOptions {
+            prefetch_count: 500,
+            ..Default::default()
+        })
+        .unwrap();
     let mut next = 0u32;
     channel
         .basic_consume(
@@ -109,9 +114,7 @@ fn start_consuming_from_a_callback_is_a_reentrancy_error() {
     let connection = connect();
     let channel = connection.channel().unwrap();
     let queue = support::exclusive_queue(&channel);
-    channel
-        .basic_publish("", &queue, b"x", &BasicProperties::default(), false)
-        .unwrap();
+    channel.basic_publish("", &queue, b"x").unwrap();
     let (tx, rx) = mpsc::channel();
     channel
         .basic_consume(
@@ -185,9 +188,7 @@ fn callback_error_ends_start_consuming_with_it() {
     let connection = connect();
     let channel = connection.channel().unwrap();
     let queue = support::exclusive_queue(&channel);
-    channel
-        .basic_publish("", &queue, b"x", &BasicProperties::default(), false)
-        .unwrap();
+    channel.basic_publish("", &queue, b"x").unwrap();
     channel
         .basic_consume(
             &queue,

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{basic, AMQPClass};
 use cottontail::{
-    BasicConsumeOptions, Connection, ConsumeOptions, Consumed, Error, QueueDeclareOptions,
+    BasicConsumeOptions, Connection, ConsumeOptions, Consumed, Error, QosOptions,
+    QueueDeclareOptions,
 };
 use support::consuming::{
     expect_all_in_order, iterate_on_a_thread, nudge, passive, publish, record_in_order, settle,
@@ -149,7 +150,13 @@ fn deliveries_and_replies_for_other_channels_arrive_while_a_consumer_reads() {
             (0, 1),
             "queue A, round {round}"
         );
-        promptly("basic.qos", || channel_c.basic_qos(0, round + 1, false)).unwrap();
+        promptly("basic.qos", || {
+            channel_c.basic_qos(QosOptions {
+                prefetch_count: round + 1,
+                ..Default::default()
+            })
+        })
+        .unwrap();
     }
 
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -350,7 +357,10 @@ fn broker_closing_the_connection_ends_a_reading_consumer_with_its_error() {
         connection.close_reason()
     );
     assert!(matches!(
-        channel.basic_qos(0, 1, false),
+        channel.basic_qos(QosOptions {
+            prefetch_count: 1,
+            ..Default::default()
+        }),
         Err(Error::ConnectionClosed {
             reply_code: 320,
             ..
@@ -407,7 +417,12 @@ fn many_messages_in_bursts_are_all_received_in_order_by_a_reading_consumer() {
     channel
         .queue_declare(&queue, QueueDeclareOptions::default())
         .unwrap();
-    channel.basic_qos(0, 20, false).unwrap();
+    channel
+        .basic_qos(QosOptions {
+            prefetch_count: 20,
+            ..Default::default()
+        })
+        .unwrap();
     let received = Arc::new(Mutex::new(Vec::with_capacity(N as usize)));
     {
         let received = received.clone();

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{basic, channel, connection, queue, AMQPClass};
 use cottontail::{
-    BasicConsumeOptions, Connection, ConnectionParameters, Error, QueueDeclareOptions,
-    QueueDeleteOptions,
+    BasicConsumeOptions, Connection, ConnectionParameters, Error, PublishOptions, QosOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use fake_broker::{client_params, join, spawn_fake, Peer};
 use support::{connect, panic_text, unique, within};
@@ -387,8 +387,11 @@ fn stop_idle_consumer_during_fake_flood(how: Stop) {
         let busy = connection.channel().expect("channel 2");
         let done = idle_consumer(&idle, "idle");
         thread::sleep(Duration::from_millis(200));
-        busy.basic_qos(0, 10, false)
-            .expect("basic_qos on channel 2");
+        busy.basic_qos(QosOptions {
+            prefetch_count: 10,
+            ..Default::default()
+        })
+        .expect("basic_qos on channel 2");
         thread::sleep(Duration::from_millis(500));
         let asked = Instant::now();
         ask_to_stop(how, &connection, &idle);
@@ -536,7 +539,7 @@ fn stop_idle_consumer_during_flood(how: Stop) {
                     let body = vec![b'p'; 1024];
                     while !stop.load(Ordering::Relaxed) {
                         if channel
-                            .basic_publish("", &queue, &body, &Default::default(), false)
+                            .basic_publish_with("", &queue, &body, &PublishOptions::default())
                             .is_err()
                         {
                             break;
@@ -707,7 +710,7 @@ fn blocked_connection_timeout_of_duration_max_works_without_panicking() {
             // The fake blocks right after channel.open-ok.
             thread::sleep(Duration::from_millis(100));
             channel
-                .basic_publish("", "q", b"after the block", &Default::default(), false)
+                .basic_publish_with("", "q", b"after the block", &PublishOptions::default())
                 .expect("publish after the unblock");
             channel.close().expect("channel close");
             connection.close().expect("connection close");

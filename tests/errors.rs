@@ -3,7 +3,8 @@
 mod support;
 
 use cottontail::{
-    BasicConsumeOptions, BasicProperties, Error, ExchangeDeclareOptions, QueueDeclareOptions,
+    BasicConsumeOptions, Error, ExchangeDeclareOptions, ExchangeType, QosOptions,
+    QueueDeclareOptions,
 };
 use support::{connect, unique};
 
@@ -41,10 +42,7 @@ fn passive_declare_of_missing_queue_closes_channel_with_404() {
         channel.queue_declare("other", Default::default()),
         Err(err.clone())
     );
-    assert_eq!(
-        channel.basic_publish("", "x", b"", &BasicProperties::default(), false),
-        Err(err)
-    );
+    assert_eq!(channel.basic_publish("", "x", b""), Err(err));
     // The connection is fine: a new channel works.
     assert!(connection.is_open());
     let fresh = connection.channel().unwrap();
@@ -108,7 +106,7 @@ fn exchange_redeclare_with_other_type_is_406() {
         .exchange_declare(
             &exchange,
             ExchangeDeclareOptions {
-                exchange_type: "fanout".into(),
+                exchange_type: ExchangeType::Fanout,
                 ..Default::default()
             },
         )
@@ -129,7 +127,7 @@ fn exchange_redeclare_with_other_type_is_406() {
     connection
         .channel()
         .unwrap()
-        .exchange_delete(&exchange, false)
+        .exchange_delete(&exchange, Default::default())
         .unwrap();
 }
 
@@ -138,15 +136,14 @@ fn publish_to_missing_exchange_closes_the_channel_for_the_next_call() {
     let connection = connect();
     let channel = connection.channel().unwrap();
     channel
-        .basic_publish(
-            &unique("no-exchange"),
-            "rk",
-            b"x",
-            &BasicProperties::default(),
-            false,
-        )
+        .basic_publish(&unique("no-exchange"), "rk", b"x")
         .unwrap();
-    let err = channel.basic_qos(0, 1, false).unwrap_err();
+    let err = channel
+        .basic_qos(QosOptions {
+            prefetch_count: 1,
+            ..Default::default()
+        })
+        .unwrap_err();
     assert!(
         matches!(
             err,

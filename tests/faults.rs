@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{basic, connection, AMQPClass};
-use cottontail::{Connection, Error};
+use cottontail::{Connection, Error, QosOptions};
 
 #[path = "support/fake_broker.rs"]
 mod fake_broker;
@@ -108,7 +108,13 @@ fn bad_frame_end_octet_closes_connection_with_frame_error() {
     let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let started = Instant::now();
-    let err = must_fail(channel.basic_qos(0, 1, false), "basic.qos");
+    let err = must_fail(
+        channel.basic_qos(QosOptions {
+            prefetch_count: 1,
+            ..Default::default()
+        }),
+        "basic.qos",
+    );
     assert_prompt(started, "the frame error");
     assert_protocol(&err, 501);
     assert!(connection.is_closed());
@@ -133,7 +139,13 @@ fn frame_on_unopened_channel_closes_with_channel_error() {
     let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let started = Instant::now();
-    let err = must_fail(channel.basic_qos(0, 1, false), "basic.qos");
+    let err = must_fail(
+        channel.basic_qos(QosOptions {
+            prefetch_count: 1,
+            ..Default::default()
+        }),
+        "basic.qos",
+    );
     assert_prompt(started, "the channel error");
     assert_protocol(&err, 504);
     assert!(connection.is_closed());
@@ -208,7 +220,13 @@ fn garbage_case(first: u8) {
     let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
     let started = Instant::now();
-    let err = must_fail(channel.basic_qos(0, 1, false), "basic.qos");
+    let err = must_fail(
+        channel.basic_qos(QosOptions {
+            prefetch_count: 1,
+            ..Default::default()
+        }),
+        "basic.qos",
+    );
     assert_prompt(started, "the protocol error");
     assert!(
         matches!(err, Error::Protocol { .. }),
@@ -321,7 +339,12 @@ fn silent_peer_after_open_is_a_heartbeat_timeout() {
     assert_eq!(connection.heartbeat(), 1, "the broker's heartbeat is taken");
     let channel = connection.channel().expect("channel");
     let started = Instant::now();
-    let waiter = std::thread::spawn(move || channel.basic_qos(0, 1, false));
+    let waiter = std::thread::spawn(move || {
+        channel.basic_qos(QosOptions {
+            prefetch_count: 1,
+            ..Default::default()
+        })
+    });
     let err = must_fail(join(waiter), "basic.qos");
     let elapsed = started.elapsed();
     assert!(matches!(err, Error::HeartbeatTimeout { .. }), "{err:?}");
@@ -375,7 +398,14 @@ fn broker_close_reaches_every_waiter() {
     let started = Instant::now();
     let waiters: Vec<_> = [first, second]
         .into_iter()
-        .map(|ch| std::thread::spawn(move || ch.basic_qos(0, 1, false)))
+        .map(|ch| {
+            std::thread::spawn(move || {
+                ch.basic_qos(QosOptions {
+                    prefetch_count: 1,
+                    ..Default::default()
+                })
+            })
+        })
         .collect();
     for waiter in waiters {
         let err = must_fail(join(waiter), "basic.qos");

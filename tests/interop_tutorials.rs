@@ -352,7 +352,7 @@ fn prepare_exchange(exchange: &str) {
     let connection = support::connect();
     let channel = connection.channel().expect("opening a channel");
     channel
-        .exchange_delete(exchange, false)
+        .exchange_delete(exchange, Default::default())
         .unwrap_or_else(|e| panic!("deleting the exchange `{exchange}`: {e}"));
     connection.close().expect("closing the connection");
     wait_for(&format!("no binding from `{exchange}`"), || {

@@ -6,7 +6,7 @@ mod support;
 
 use std::sync::Mutex;
 
-use cottontail::{BasicProperties, Connection, PlainCredentials};
+use cottontail::{Connection, PlainCredentials};
 use support::{params, rabbitmqctl, unique};
 
 static CAPTURED: Mutex<String> = Mutex::new(String::new());
@@ -38,9 +38,7 @@ fn passwords_appear_in_no_log_record_at_any_level() {
     let connection = Connection::open_url(&url).unwrap();
     let channel = connection.channel().unwrap();
     let queue = support::exclusive_queue(&channel);
-    channel
-        .basic_publish("", &queue, b"logged?", &BasicProperties::default(), false)
-        .unwrap();
+    channel.basic_publish("", &queue, b"logged?").unwrap();
     assert!(channel.basic_get(&queue, true).unwrap().is_some());
     connection.close().unwrap();
     let refused = Connection::open(

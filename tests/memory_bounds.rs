@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{basic, confirm, AMQPClass};
-use cottontail::{BasicProperties, Connection, ConsumeOptions, Consumed};
+use cottontail::{Connection, ConsumeOptions, Consumed, PublishOptions};
 use fake_broker::{client_params, spawn_fake, Peer};
 
 const MIB: u64 = 1 << 20;
@@ -174,7 +174,7 @@ fn prefill(channel: &cottontail::Channel, queue: &str, count: usize, size: usize
     let body = vec![b'm'; size];
     for _ in 0..count {
         channel
-            .basic_publish_deferred("", queue, &body, &BasicProperties::default(), false)
+            .basic_publish_deferred("", queue, &body, &PublishOptions::default())
             .expect("publishing the backlog");
     }
     let outcome = channel
@@ -394,13 +394,7 @@ fn thread_waiting_for_a_confirm_does_not_lift_back_pressure_on_another_channels_
                 .expect("consume");
             let (confirmed_tx, confirmed_rx) = mpsc::channel();
             thread::spawn(move || {
-                let confirmed = waiter.basic_publish(
-                    "",
-                    "q",
-                    b"confirm me",
-                    &BasicProperties::default(),
-                    false,
-                );
+                let confirmed = waiter.basic_publish("", "q", b"confirm me");
                 let _ = confirmed_tx.send(confirmed);
             });
             let pushed = pushed_rx
@@ -459,7 +453,15 @@ fn unhandled_returned_messages_are_bounded_in_bytes_not_only_in_count() {
             let started = Instant::now();
             for _ in 0..RETURNED_MESSAGES {
                 channel
-                    .basic_publish("", &nowhere, &body, &BasicProperties::default(), true)
+                    .basic_publish_with(
+                        "",
+                        &nowhere,
+                        &body,
+                        &PublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                    )
                     .expect("publishing");
             }
             // The broker answers this after every return of the publishes before it.
@@ -506,13 +508,13 @@ fn outbound_buffers_shrink_back_after_one_64_mib_publish() {
             // Warm up: one small publish, so the buffers every connection keeps are in the
             // baseline.
             channel
-                .basic_publish("", &queue, b"small", &BasicProperties::default(), false)
+                .basic_publish("", &queue, b"small")
                 .expect("publishing");
             channel.queue_purge(&queue).expect("purge");
             report.set("before_bytes", current_rss());
             let body = vec![b'L'; LARGE_BODY];
             channel
-                .basic_publish("", &queue, &body, &BasicProperties::default(), false)
+                .basic_publish("", &queue, &body)
                 .expect("publishing 64 MiB");
             drop(body);
             connection

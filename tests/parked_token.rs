@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use cottontail::{
     BasicConsumeOptions, BasicProperties, Channel, Connection, ConsumeOptions, Consumed, Deliver,
-    Error, QueueDeclareOptions,
+    Error, PublishOptions, QueueDeclareOptions,
 };
 use support::consuming::{
     expect_all_in_order, iterate_on_a_thread, nudge, passive, publish, record_in_order, settle,
@@ -103,13 +103,7 @@ fn report<T>(rx: &mpsc::Receiver<T>, what: &str) -> T {
 fn publish_until_refused(channel: &Channel, exchange: &str) -> Option<(Error, Duration)> {
     let started = Instant::now();
     loop {
-        if let Err(e) = channel.basic_publish(
-            exchange,
-            "nowhere",
-            b"lost",
-            &BasicProperties::default(),
-            false,
-        ) {
+        if let Err(e) = channel.basic_publish(exchange, "nowhere", b"lost") {
             return Some((e, started.elapsed()));
         }
         if started.elapsed() > Duration::from_secs(5) {
@@ -196,12 +190,12 @@ fn confirms_for_another_thread_arrive_while_the_callback_runs() {
         consume_and_read(&connection, &channel, &queue, move |ch, method, _, _| {
             let (c, q) = (confirming.clone(), confirmed_queue.clone());
             let one = on_another_thread("a confirmed basic_publish", move || {
-                c.basic_publish("", &q, b"one", &BasicProperties::default(), false)
+                c.basic_publish("", &q, b"one")
             });
             let (c, q) = (confirming.clone(), confirmed_queue.clone());
             let window = on_another_thread("wait_for_confirms", move || {
                 for body in [b"two", b"tri", b"for"] {
-                    c.basic_publish_deferred("", &q, body, &BasicProperties::default(), false)?;
+                    c.basic_publish_deferred("", &q, body, &PublishOptions::default())?;
                 }
                 c.wait_for_confirms(Some(RPC_TIMEOUT))
             });

@@ -5,7 +5,8 @@ mod support;
 use std::time::Duration;
 
 use cottontail::{
-    BasicProperties, Channel, Connection, Error, FieldTable, FieldValue, QueueDeclareOptions,
+    BasicProperties, Channel, Connection, Error, FieldTable, FieldValue, PublishOptions,
+    QueueDeclareOptions,
 };
 use support::{connect, publish_numbered, unique};
 
@@ -61,7 +62,15 @@ fn publish_then_get_round_trips_all_14_properties_and_nested_headers() {
         .with_app_id("cottontail-tests")
         .with_cluster_id("cluster-a");
     channel
-        .basic_publish("", &queue, b"{\"hello\":1}", &properties, false)
+        .basic_publish_with(
+            "",
+            &queue,
+            b"{\"hello\":1}",
+            &PublishOptions {
+                properties: properties.clone(),
+                ..Default::default()
+            },
+        )
         .unwrap();
     let message = channel.basic_get(&queue, true).unwrap().expect("a message");
     assert_eq!(message.body, b"{\"hello\":1}");
@@ -91,12 +100,8 @@ fn empty_body_round_trips() {
     let connection = connect();
     let channel = connection.channel().unwrap();
     let queue = temp_queue(&channel, "empty");
-    channel
-        .basic_publish("", &queue, b"", &BasicProperties::default(), false)
-        .unwrap();
-    channel
-        .basic_publish("", &queue, b"after", &BasicProperties::default(), false)
-        .unwrap();
+    channel.basic_publish("", &queue, b"").unwrap();
+    channel.basic_publish("", &queue, b"after").unwrap();
     let first = channel
         .basic_get(&queue, true)
         .unwrap()
@@ -120,17 +125,13 @@ fn one_mebibyte_body_crosses_frame_max_intact() {
     let body: Vec<u8> = (0..1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    channel
-        .basic_publish("", &queue, &body, &BasicProperties::default(), false)
-        .unwrap();
+    channel.basic_publish("", &queue, &body).unwrap();
     // With a small frame_max too: the body is split into many more frames.
     let small = Connection::open(support::params().frame_max(8192)).unwrap();
     let small_channel = small.channel().unwrap();
     // Confirmed, so it is in the queue before the other connection's basic.get looks.
     small_channel.confirm_delivery().unwrap();
-    small_channel
-        .basic_publish("", &queue, &body, &BasicProperties::default(), false)
-        .unwrap();
+    small_channel.basic_publish("", &queue, &body).unwrap();
     for _ in 0..2 {
         let got = channel
             .basic_get(&queue, true)
@@ -158,9 +159,7 @@ fn large_bodies_published_faster_than_the_broker_reads_arrive_intact() {
     let queue = temp_queue(&channel, "big-burst");
     let bodies: Vec<Vec<u8>> = (0..N).map(body_of).collect();
     for body in &bodies {
-        channel
-            .basic_publish("", &queue, body, &BasicProperties::default(), false)
-            .unwrap();
+        channel.basic_publish("", &queue, body).unwrap();
     }
     let reader = connect();
     let reading = reader.channel().unwrap();
@@ -212,9 +211,7 @@ fn confirm_mode_publish_returns_once_the_broker_has_the_message() {
     let queue = temp_queue(&channel, "confirm");
     channel.confirm_delivery().unwrap();
     for _ in 0..50 {
-        channel
-            .basic_publish("", &queue, b"confirmed", &BasicProperties::default(), false)
-            .unwrap();
+        channel.basic_publish("", &queue, b"confirmed").unwrap();
     }
     assert_eq!(support::message_count(&connection, &queue), 50);
     channel.queue_delete(&queue, Default::default()).unwrap();
@@ -226,30 +223,33 @@ fn confirm_mode_unroutable_mandatory_message_is_unroutable_error() {
     let channel = connection.channel().unwrap();
     channel.confirm_delivery().unwrap();
     let err = channel
-        .basic_publish(
+        .basic_publish_with(
             "",
             &unique("nowhere"),
             b"lost",
-            &BasicProperties::default(),
-            true,
+            &PublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
         )
         .unwrap_err();
-    assert_eq!(
-        err,
+    match err {
         Error::Unroutable {
             reply_code: 312,
-            reply_text: "NO_ROUTE".into()
+            reply_text,
+            message,
+        } => {
+            assert_eq!(reply_text, "NO_ROUTE");
+            // The error carries the message, as pika's UnroutableError does.
+            assert_eq!(message.body, b"lost");
+            assert_eq!(message.exchange, "");
+            assert!(message.routing_key.starts_with("nowhere"), "{message:?}");
         }
-    );
+        other => panic!("expected Unroutable, got {other:?}"),
+    }
     // Not mandatory: the broker acks and drops it, as pika reports no error.
     channel
-        .basic_publish(
-            "",
-            &unique("nowhere"),
-            b"dropped",
-            &BasicProperties::default(),
-            false,
-        )
+        .basic_publish("", &unique("nowhere"), b"dropped")
         .unwrap();
     assert!(channel.is_open());
 }
@@ -264,13 +264,7 @@ fn windowed_confirms_settle_every_message() {
     for window in 0..3 {
         for i in 0..1000u32 {
             last = channel
-                .basic_publish_deferred(
-                    "",
-                    &queue,
-                    &i.to_le_bytes(),
-                    &BasicProperties::default(),
-                    false,
-                )
+                .basic_publish_deferred("", &queue, &i.to_le_bytes(), &PublishOptions::default())
                 .unwrap();
         }
         assert_eq!(last, (window + 1) * 1000);
@@ -284,8 +278,10 @@ fn windowed_confirms_settle_every_message() {
             "",
             &unique("nowhere"),
             b"x",
-            &BasicProperties::default(),
-            true,
+            &PublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
         )
         .unwrap();
     let outcome = channel.wait_for_confirms(None).unwrap();
@@ -303,9 +299,7 @@ fn names_longer_than_255_bytes_are_rejected_before_sending() {
         .queue_declare(&long, Default::default())
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
-    let err = channel
-        .basic_publish("", &long, b"x", &BasicProperties::default(), false)
-        .unwrap_err();
+    let err = channel.basic_publish("", &long, b"x").unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
     // Nothing reached the broker: the channel is still usable.
     assert!(channel.is_open());

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
-use cottontail::{BasicProperties, Channel, Connection, Error, QueueDeclareOptions};
+use cottontail::{
+    BasicProperties, Channel, Connection, Error, PublishOptions, QueueDeclareOptions,
+};
 use fake_broker::{client_params, join, spawn_fake, Peer};
 
 /// The client's RPC timeout: short, so the held replies come late.
@@ -141,8 +143,7 @@ impl TestQueue {
                     "",
                     &self.name,
                     format!("message {i}").as_bytes(),
-                    &BasicProperties::default(),
-                    false,
+                    &PublishOptions::default(),
                 )
                 .unwrap();
         }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use cottontail::{
     BasicConsumeOptions, BasicProperties, Connection, ConnectionParameters, ConsumeOptions,
-    Consumed, Error, ExternalCredentials, PlainCredentials, QueueDeclareOptions, SslOptions,
+    Consumed, Error, ExternalCredentials, PlainCredentials, PublishOptions, QueueDeclareOptions,
+    SslOptions,
 };
 use support::unique;
 use tls_broker::{broker, CLIENT_CN, CLIENT_KEY_PASSWORD, TCP_PORT, TLS_PORT};
@@ -101,7 +102,15 @@ fn publish_and_consume_over_tls_with_a_custom_ca() {
 
     let properties = BasicProperties::default().with_content_type("text/plain");
     channel
-        .basic_publish("", &queue, b"hello over TLS", &properties, false)
+        .basic_publish_with(
+            "",
+            &queue,
+            b"hello over TLS",
+            &PublishOptions {
+                properties: properties.clone(),
+                ..Default::default()
+            },
+        )
         .unwrap();
     let got = channel
         .basic_get(&queue, true)
@@ -115,9 +124,7 @@ fn publish_and_consume_over_tls_with_a_custom_ca() {
     let big: Vec<u8> = (0..1024 * 1024u32)
         .map(|i| (i.wrapping_mul(31) % 251) as u8)
         .collect();
-    channel
-        .basic_publish("", &queue, &big, &BasicProperties::default(), false)
-        .unwrap();
+    channel.basic_publish("", &queue, &big).unwrap();
     let got = channel
         .basic_get(&queue, true)
         .unwrap()
@@ -163,7 +170,15 @@ fn publish_and_consume_over_tls_with_a_custom_ca() {
     );
     let publisher = connection.channel().unwrap();
     publisher
-        .basic_publish("", &queue, b"after the silence", &properties, false)
+        .basic_publish_with(
+            "",
+            &queue,
+            b"after the silence",
+            &PublishOptions {
+                properties: properties.clone(),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(
         got_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
@@ -203,9 +218,7 @@ fn a_burst_beyond_the_inbound_limit_flows_over_tls() {
     let consumer = open(tls_params(trusting_our_ca()));
     let consuming = consumer.channel().unwrap();
     for n in 0..COUNT {
-        channel
-            .basic_publish("", &queue, &body(n), &BasicProperties::default(), false)
-            .unwrap();
+        channel.basic_publish("", &queue, &body(n)).unwrap();
     }
     let options = ConsumeOptions {
         auto_ack: true,
@@ -493,15 +506,7 @@ fn amqps_url_with_ssl_options() {
     assert_eq!(connection.heartbeat(), 5);
     let channel = connection.channel().unwrap();
     let queue = channel.queue_declare("", exclusive()).unwrap().queue;
-    channel
-        .basic_publish(
-            "",
-            &queue,
-            b"via amqps url",
-            &BasicProperties::default(),
-            false,
-        )
-        .unwrap();
+    channel.basic_publish("", &queue, b"via amqps url").unwrap();
     let got = channel.basic_get(&queue, true).unwrap().unwrap();
     assert_eq!(got.body, b"via amqps url");
     connection.close().unwrap();

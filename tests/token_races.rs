@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{channel, connection, AMQPClass};
-use cottontail::{BasicProperties, Connection};
+use cottontail::{Connection, PublishOptions};
 
 #[path = "support/fake_broker.rs"]
 mod fake_broker;
@@ -107,7 +107,7 @@ fn a_token_parked_after_a_hand_over_is_taken_back() {
             let body = vec![0u8; 256 * 1024];
             for _ in 0..160 {
                 if ch
-                    .basic_publish("", "q", &body, &Default::default(), false)
+                    .basic_publish_with("", "q", &body, &PublishOptions::default())
                     .is_err()
                 {
                     break;
@@ -193,10 +193,7 @@ fn half_a_frame_buffered_with_output_stuck_neither_spins_nor_stops_reading() {
     let body = vec![0u8; 64 * 1024];
     let publisher = std::thread::spawn(move || {
         for _ in 0..400 {
-            if channel
-                .basic_publish("", "q", &body, &BasicProperties::default(), false)
-                .is_err()
-            {
+            if channel.basic_publish("", "q", &body).is_err() {
                 break;
             }
         }

@@ -86,18 +86,19 @@ pub(crate) struct ConfirmTracker {
     returned: BTreeMap<u64, (u16, String)>,
 }
 
-/// How one publish (or a window) ended.
+/// What went wrong with a window of publishes: the API's `ConfirmOutcome` is built from it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ConfirmOutcome {
-    /// Sequence numbers the broker nacked.
-    pub nacked: Vec<u64>,
-    /// Sequence numbers of mandatory messages returned as unroutable (then acked).
-    pub returned: Vec<u64>,
+pub(crate) struct Outcomes {
+    /// Sequence numbers the broker nacked, ascending.
+    pub(crate) nacked: Vec<u64>,
+    /// Sequence numbers of mandatory messages returned as unroutable (then acked), ascending.
+    pub(crate) returned: Vec<u64>,
 }
 
-impl ConfirmOutcome {
+impl Outcomes {
     /// True when every message was acked and none was returned.
-    pub fn all_confirmed(&self) -> bool {
+    #[cfg(test)]
+    fn all_confirmed(&self) -> bool {
         self.nacked.is_empty() && self.returned.is_empty()
     }
 }
@@ -208,8 +209,8 @@ impl ConfirmTracker {
     }
 
     /// Removes and reports everything settled badly so far.
-    pub(crate) fn take_outcomes(&mut self) -> ConfirmOutcome {
-        ConfirmOutcome {
+    pub(crate) fn take_outcomes(&mut self) -> Outcomes {
+        Outcomes {
             nacked: std::mem::take(&mut self.nacked).into_iter().collect(),
             returned: std::mem::take(&mut self.returned).into_keys().collect(),
         }
@@ -242,7 +243,7 @@ mod tests {
         assert!(!t.has_outstanding());
         assert_eq!(
             t.take_outcomes(),
-            ConfirmOutcome {
+            Outcomes {
                 nacked: vec![4],
                 returned: vec![]
             }
@@ -282,7 +283,7 @@ mod tests {
         assert!(!t.has_outstanding());
         assert_eq!(
             t.take_outcomes(),
-            ConfirmOutcome {
+            Outcomes {
                 nacked: vec![],
                 returned: vec![seqs[2]]
             }

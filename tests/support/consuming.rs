@@ -7,8 +7,7 @@ use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use cottontail::{
-    BasicProperties, Channel, Connection, ConnectionParameters, Consumed, Consumer, Error,
-    QueueDeclareOptions,
+    Channel, Connection, ConnectionParameters, Consumed, Consumer, Error, QueueDeclareOptions,
 };
 
 /// What a consumer thread reports: each item its iterator yields, then `None` once it ended.
@@ -49,9 +48,7 @@ pub fn passive() -> QueueDeclareOptions {
 }
 
 pub fn publish(channel: &Channel, queue: &str, body: &[u8]) {
-    channel
-        .basic_publish("", queue, body, &BasicProperties::default(), false)
-        .expect("publishing");
+    channel.basic_publish("", queue, body).expect("publishing");
 }
 
 /// Lets a consumer that was just started settle into waiting (reading the socket).

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use cottontail::{Connection, ConnectionParameters};
+use cottontail::{Connection, ConnectionParameters, PublishOptions};
 
 pub mod consuming;
 
@@ -111,12 +111,14 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn publish_numbered(channel: &cottontail::Channel, queue: &str, numbers: std::ops::Range<u32>) {
     for i in numbers {
         channel
-            .basic_publish(
+            .basic_publish_with(
                 "",
                 queue,
                 &i.to_be_bytes(),
-                &cottontail::BasicProperties::default(),
-                false,
+                &PublishOptions {
+                    properties: cottontail::BasicProperties::default().clone(),
+                    ..Default::default()
+                },
             )
             .expect("publishing");
     }
