@@ -92,7 +92,10 @@ fn begin_close(
             if !matches!(st.life, Life::Open) {
                 return Ok(None);
             }
-            st.life = Life::Closing;
+            st.life = Life::Closing(Error::ChannelClosedByClient {
+                reply_code,
+                reply_text: reply_text.to_owned(),
+            });
             // Nobody will consume these any more; unacked ones go back to their queues when
             // the broker closes the channel. Freeing them also lifts inbound back-pressure.
             st.deliveries.clear();
@@ -111,10 +114,7 @@ fn begin_close(
 pub(crate) fn ensure_open(st: &ChanState) -> Result<()> {
     match &st.life {
         Life::Open => Ok(()),
-        Life::Closing => Err(Error::ChannelClosedByClient {
-            reply_code: 0,
-            reply_text: "Normal shutdown".into(),
-        }),
+        Life::Closing(e) => Err(e.clone()),
         Life::Closed(e) => Err(e.clone()),
     }
 }

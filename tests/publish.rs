@@ -243,7 +243,7 @@ fn confirm_mode_unroutable_mandatory_message_is_unroutable_error() {
             // The error carries the message, as pika's UnroutableError does.
             assert_eq!(message.body, b"lost");
             assert_eq!(message.exchange, "");
-            assert!(message.routing_key.starts_with("nowhere"), "{message:?}");
+            assert!(message.routing_key.contains("nowhere"), "{message:?}");
         }
         other => panic!("expected Unroutable, got {other:?}"),
     }

@@ -122,8 +122,9 @@ pub(crate) enum Delivered {
 pub(crate) enum Life {
     /// channel.open sent, open-ok not yet seen, or open.
     Open,
-    /// We sent channel.close and wait for close-ok.
-    Closing,
+    /// We sent channel.close and wait for close-ok; the error is what calls get meanwhile and
+    /// once it is closed (`ChannelClosedByClient` with the code and text we sent).
+    Closing(Error),
     /// Closed, with the reason every later call gets. The number stays taken until the
     /// broker has answered our channel.close, if we sent one (see `router`).
     Closed(Error),

@@ -155,7 +155,7 @@ impl Router {
             body,
         } = content;
         let mut st = chan.lock();
-        if st.closed_error().is_some() || matches!(st.life, Life::Closing) {
+        if st.closed_error().is_some() || matches!(st.life, Life::Closing(_)) {
             return;
         }
         match method {
@@ -339,14 +339,10 @@ impl Router {
                 log::debug!("channel {channel} closed by the broker: {error}");
                 // Both sides closed at once: the broker's close-ok to ours is still to come,
                 // so the number stays taken until then (see the module docs).
-                let ours_in_flight = matches!(st.life, Life::Closing);
-                st.life = Life::Closed(if ours_in_flight {
-                    Error::ChannelClosedByClient {
-                        reply_code: 200,
-                        reply_text: "Normal shutdown".into(),
-                    }
-                } else {
-                    error
+                let ours_in_flight = matches!(st.life, Life::Closing(_));
+                st.life = Life::Closed(match &st.life {
+                    Life::Closing(ours) => ours.clone(),
+                    _ => error,
                 });
                 st.awaiting = false;
                 // The broker requeued everything unacked; nothing may follow the close-ok.
@@ -363,9 +359,12 @@ impl Router {
             }
             AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
                 let mut st = chan.lock();
-                if !matches!(st.life, Life::Closed(_)) {
+                if let Life::Closing(ours) = &st.life {
+                    st.life = Life::Closed(ours.clone());
+                } else if !matches!(st.life, Life::Closed(_)) {
+                    // A close-ok nobody asked for: closed all the same.
                     st.life = Life::Closed(Error::ChannelClosedByClient {
-                        reply_code: 200,
+                        reply_code: 0,
                         reply_text: "Normal shutdown".into(),
                     });
                 }

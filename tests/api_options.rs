@@ -1,0 +1,224 @@
+//! The keyword-like option structs and the message-carrying results against a real broker:
+//! what reaches the broker with each option's default and non-default values, the messages
+//! `Error::Unroutable` and `ConfirmOutcome` carry, headers through cottontail's own table
+//! types, and `Channel::connection`.
+
+mod support;
+
+use cottontail::{
+    BasicProperties, Error, ExchangeDeclareOptions, ExchangeType, FieldTable, FieldValue,
+    NackOptions, PublishOptions, QosOptions, QueueBindOptions, QueueDeclareOptions, RejectOptions,
+};
+use support::{connect, exclusive_queue, message_count, unique};
+
+#[test]
+fn wait_for_confirms_hands_back_the_returned_messages_with_their_sequence_numbers() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    channel.confirm_delivery().unwrap();
+    let mandatory = PublishOptions {
+        properties: BasicProperties::default().with_message_id("m-2"),
+        mandatory: true,
+    };
+    let nowhere = unique("nowhere");
+    let first = channel
+        .basic_publish_deferred("", &queue, b"one", &PublishOptions::default())
+        .unwrap();
+    let lost = channel
+        .basic_publish_deferred("", &nowhere, b"lost", &mandatory)
+        .unwrap();
+    let third = channel
+        .basic_publish_deferred("", &queue, b"three", &mandatory)
+        .unwrap();
+    assert_eq!((first, lost, third), (1, 2, 3));
+    let outcome = channel.wait_for_confirms(None).unwrap();
+    assert!(!outcome.all_confirmed());
+    assert!(outcome.nacked.is_empty(), "{outcome:?}");
+    assert_eq!(outcome.returned, vec![2]);
+    assert_eq!(outcome.returned_messages.len(), 1, "{outcome:?}");
+    let (seq, returned) = &outcome.returned_messages[0];
+    assert_eq!(*seq, 2);
+    assert_eq!(returned.body, b"lost");
+    assert_eq!(returned.reply_code(), 312);
+    assert_eq!(returned.reply_text(), "NO_ROUTE");
+    assert_eq!(returned.routing_key(), nowhere);
+    assert_eq!(returned.properties.message_id(), Some("m-2"));
+    assert_eq!(message_count(&connection, &queue), 2);
+    // Taken by the outcome: the next window starts clean.
+    assert!(channel.wait_for_confirms(None).unwrap().all_confirmed());
+}
+
+#[test]
+fn nack_and_reject_requeue_by_default_as_pika_does() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    channel.basic_publish("", &queue, b"a").unwrap();
+    channel.basic_publish("", &queue, b"b").unwrap();
+    let a = channel.basic_get(&queue, false).unwrap().expect("a");
+    let b = channel.basic_get(&queue, false).unwrap().expect("b");
+    channel
+        .basic_nack(a.delivery_tag(), NackOptions::default())
+        .unwrap();
+    channel
+        .basic_reject(b.delivery_tag(), RejectOptions::default())
+        .unwrap();
+    // Both back in the queue, redelivered.
+    let again = channel.basic_get(&queue, false).unwrap().expect("requeued");
+    assert!(again.redelivered());
+    let again2 = channel.basic_get(&queue, false).unwrap().expect("requeued");
+    channel
+        .basic_nack(
+            again.delivery_tag(),
+            NackOptions {
+                requeue: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    channel
+        .basic_reject(again2.delivery_tag(), RejectOptions { requeue: false })
+        .unwrap();
+    assert_eq!(message_count(&connection, &queue), 0);
+    assert!(channel.basic_get(&queue, false).unwrap().is_none());
+}
+
+#[test]
+fn a_prefetch_size_is_refused_before_it_reaches_the_broker() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let err = channel
+        .basic_qos(QosOptions {
+            prefetch_size: 1024,
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidArgument(m) if m.contains("prefetch_size")),
+        "{err:?}"
+    );
+    assert!(channel.is_open());
+    channel
+        .basic_qos(QosOptions {
+            prefetch_count: 10,
+            ..Default::default()
+        })
+        .unwrap();
+}
+
+#[test]
+fn headers_exchange_routes_on_own_table_types_and_headers_read_back_as_str() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let exchange = unique("headers-x");
+    channel
+        .exchange_declare(
+            &exchange,
+            ExchangeDeclareOptions {
+                exchange_type: ExchangeType::Headers,
+                auto_delete: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let queue = exclusive_queue(&channel);
+    channel
+        .queue_bind(
+            &queue,
+            &exchange,
+            QueueBindOptions {
+                routing_key: Some(String::new()),
+                arguments: FieldTable::new()
+                    .with("x-match", "all")
+                    .with("format", "pdf")
+                    .with("pages", 3),
+            },
+        )
+        .unwrap();
+    let matching = PublishOptions {
+        properties: BasicProperties::default()
+            .with_header("format", "pdf")
+            .with_header("pages", 3),
+        ..Default::default()
+    };
+    let other = PublishOptions {
+        properties: BasicProperties::default().with_header("format", "zip"),
+        ..Default::default()
+    };
+    channel
+        .basic_publish_with(&exchange, "", b"yes", &matching)
+        .unwrap();
+    channel
+        .basic_publish_with(&exchange, "", b"no", &other)
+        .unwrap();
+    let got = channel.basic_get(&queue, true).unwrap().expect("routed");
+    assert_eq!(got.body, b"yes");
+    assert_eq!(
+        got.properties.header("format").and_then(FieldValue::as_str),
+        Some("pdf")
+    );
+    assert_eq!(
+        got.properties.header("pages").and_then(FieldValue::as_i64),
+        Some(3)
+    );
+    assert!(channel.basic_get(&queue, true).unwrap().is_none());
+}
+
+#[test]
+fn a_custom_exchange_type_reaches_the_broker_by_its_name() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let kind: ExchangeType = "x-no-such-plugin".parse().unwrap();
+    let err = channel
+        .exchange_declare(
+            &unique("custom-x"),
+            ExchangeDeclareOptions {
+                exchange_type: kind,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    // RabbitMQ names the type it does not know, so it was sent as given.
+    assert_eq!(err.reply_code(), Some(503), "{err:?}");
+    assert!(
+        err.reply_text().unwrap_or("").contains("x-no-such-plugin"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_channel_knows_its_connection() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let same = channel.connection();
+    let second = same.channel().unwrap();
+    assert_ne!(second.channel_number(), channel.channel_number());
+    let queue = exclusive_queue(&second);
+    // The exclusive queue belongs to the connection both channels share.
+    channel
+        .queue_declare(
+            &queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    same.close().unwrap();
+    assert!(connection.is_closed());
+}
+
+#[test]
+fn close_sends_pikas_reply_code_zero() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    channel.close().unwrap();
+    match channel.queue_declare("", QueueDeclareOptions::default()) {
+        Err(Error::ChannelClosedByClient {
+            reply_code,
+            reply_text,
+        }) => assert_eq!((reply_code, reply_text.as_str()), (0, "Normal shutdown")),
+        other => panic!("expected ChannelClosedByClient, got {other:?}"),
+    }
+}
