@@ -1,6 +1,7 @@
 //! The methods that carry a message (`basic.deliver`, `basic.get-ok`, `basic.return`) as
 //! cottontail's own types, with plain `String` fields, and their conversion from the codec's.
-//! They are what a consumer callback gets as pika's `method` argument.
+//! They are what a consumer callback gets as pika's `method` argument. The conversion moves
+//! the codec's strings, so it costs no allocation.
 
 use amq_protocol::protocol::basic;
 
@@ -56,11 +57,11 @@ pub struct Return {
 impl From<basic::Deliver> for Deliver {
     fn from(m: basic::Deliver) -> Self {
         Deliver {
-            consumer_tag: m.consumer_tag.as_str().to_owned(),
+            consumer_tag: m.consumer_tag.into(),
             delivery_tag: m.delivery_tag,
             redelivered: m.redelivered,
-            exchange: m.exchange.as_str().to_owned(),
-            routing_key: m.routing_key.as_str().to_owned(),
+            exchange: m.exchange.into(),
+            routing_key: m.routing_key.into(),
         }
     }
 }
@@ -70,8 +71,8 @@ impl From<basic::GetOk> for GetOk {
         GetOk {
             delivery_tag: m.delivery_tag,
             redelivered: m.redelivered,
-            exchange: m.exchange.as_str().to_owned(),
-            routing_key: m.routing_key.as_str().to_owned(),
+            exchange: m.exchange.into(),
+            routing_key: m.routing_key.into(),
             message_count: m.message_count,
         }
     }
@@ -81,9 +82,9 @@ impl From<basic::Return> for Return {
     fn from(m: basic::Return) -> Self {
         Return {
             reply_code: m.reply_code,
-            reply_text: m.reply_text.as_str().to_owned(),
-            exchange: m.exchange.as_str().to_owned(),
-            routing_key: m.routing_key.as_str().to_owned(),
+            reply_text: m.reply_text.into(),
+            exchange: m.exchange.into(),
+            routing_key: m.routing_key.into(),
         }
     }
 }
