@@ -98,6 +98,12 @@
 //! `start_consuming` serves its own channel (so threads can each consume their own channel of
 //! one connection), `process_data_events` every channel nobody else is consuming.
 //!
+//! ### Request/reply
+//!
+//! [`RpcClient`] makes calls over RabbitMQ's direct reply-to from any number of threads of one
+//! connection: each call waits for the reply with its own correlation id, at most its own
+//! timeout, and one waiting caller at a time reads the replies for all (see the [`rpc`] module).
+//!
 //! ## Deadlines
 //!
 //! Nothing waits for ever on a broker that stopped answering: `socket_timeout` bounds each
@@ -179,6 +185,7 @@ mod options;
 mod params;
 mod protocol;
 mod publish;
+pub mod rpc;
 mod transport;
 
 pub use crate::channel::{BlockingChannel, Channel};
@@ -201,6 +208,7 @@ pub use crate::params::{
     TcpOptions,
 };
 pub use crate::publish::ConfirmOutcome;
+pub use crate::rpc::{CallOptions, RpcClient};
 
 /// AMQP reply codes, as constants.
 pub mod reply_code {

@@ -1,0 +1,446 @@
+//! Request/reply over RabbitMQ's [direct reply-to](https://www.rabbitmq.com/docs/direct-reply-to):
+//! [`RpcClient`], one client shared by the threads of a connection, and [`serve`], a small
+//! server loop.
+//!
+//! [`RpcClient::new`] opens a channel of its own and, before anything is published on it,
+//! starts an auto-ack consumer on the pseudo-queue `amq.rabbitmq.reply-to` ([`REPLY_TO`]), as
+//! RabbitMQ requires. [`RpcClient::call`] publishes a request on that channel with
+//! `reply_to = amq.rabbitmq.reply-to` and a fresh uuid4 correlation id, and returns the reply
+//! that carries that id. Servers need nothing special: they publish their answer to the
+//! request's `reply_to` through the default exchange, with its `correlation_id`, which is
+//! what [`serve`] does.
+//!
+//! ## How calls wait: who pumps, who wakes whom, by when
+//!
+//! Each waiting call has an entry in one table: its correlation id, a slot for its reply and a
+//! condition variable of its own. At most one of the waiting calls is the *pumper*: it takes
+//! the replies from the reply consumer (waiting in the channel's pump, where it reads the socket
+//! itself as a consumer does) and files them. The table and the pumping flag change only under
+//! the table's lock; the pumper does not hold it while it pumps.
+//!
+//! - **Who pumps.** A call that is waiting and finds nobody pumping becomes the pumper. The
+//!   other waiting calls sleep on their own condition variables.
+//! - **Who wakes whom.** The pumper files each reply under its correlation id and wakes that
+//!   call alone. A reply whose id has no entry (its caller timed out, or it was never this
+//!   client's) is dropped with a warning, never handed to another call. When the pumper stops
+//!   (its own reply came, its deadline passed, or the channel failed) it clears the pumping
+//!   flag and wakes one call that still waits, which takes over. A call that leaves while
+//!   nobody pumps (its deadline passed, its publish failed) passes that wake-up on the same
+//!   way; so while any call waits, one is pumping or has been woken to. When the channel or the
+//!   connection fails, the pumper records the error and wakes every call: each returns that
+//!   error, and so does every later call.
+//! - **By when.** Each call waits at most until its own deadline: the pumper pumps with that
+//!   deadline, a sleeper sleeps with it. Nothing polls: a thread wakes for its reply, its turn
+//!   to pump, a failure or its deadline. A reply that arrives while no call waits stays queued
+//!   on the channel until the next pumper drops it.
+//!
+//! The pump handles only this client's channel: it does not run the connection's timers or
+//! threadsafe callbacks, which run where they always do ([`Connection::process_data_events`],
+//! [`Channel::start_consuming`], a [`Channel::consume`] iteration).
+//!
+//! Once the client's channel is closed (by [`RpcClient::close`], by the broker, e.g. for a
+//! request published to an exchange that does not exist, or with the connection) every call
+//! fails with that error; make a new client on a new channel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use amq_protocol::protocol::BasicProperties;
+
+use crate::channel::Channel;
+use crate::connection::Connection;
+use crate::consumer::{ConsumeOptions, Consumer, Pumped};
+use crate::delivery::Delivery;
+use crate::engine::deadline_after;
+use crate::error::{Error, Result};
+use crate::options::BasicConsumeOptions;
+
+/// The pseudo-queue of direct reply-to: a client consumes it and sends it as `reply_to`.
+pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Options of [`RpcClient::call`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CallOptions {
+    /// The request's properties (headers, content type, expiration...). The client sets
+    /// `reply_to` and `correlation_id` itself, replacing any given here. Defaults to none.
+    pub properties: BasicProperties,
+    /// How long to wait for the reply, from the call. Defaults to `None`: the connection's
+    /// `rpc_timeout`. A duration too large for a deadline waits for ever.
+    pub timeout: Option<Duration>,
+}
+
+/// A client for request/reply over direct reply-to, shared by many threads (module docs:
+/// [`rpc`](crate::rpc)).
+///
+/// A cheap handle: clones share the client's channel and reply consumer, and it can move to
+/// and be shared between threads (`Send + Sync`). Any number of threads may be inside
+/// [`call`](Self::call) at once; each gets the reply to its own request. The channel is closed
+/// when the last handle is dropped (waiting for the broker's close-ok, at most the RPC
+/// timeout).
+///
+/// ```no_run
+/// use cottontail::{CallOptions, Connection, ConnectionParameters, RpcClient};
+///
+/// let connection = Connection::open(ConnectionParameters::new("localhost"))?;
+/// let client = RpcClient::new(&connection)?;
+/// let threads: Vec<_> = (0..4)
+///     .map(|i| {
+///         let client = client.clone();
+///         std::thread::spawn(move || {
+///             let n = (20 + i).to_string();
+///             let reply = client.call("", "rpc_queue", n.as_bytes(), CallOptions::default())?;
+///             println!("fib({n}) = {}", String::from_utf8_lossy(&reply.body));
+///             Ok::<(), cottontail::Error>(())
+///         })
+///     })
+///     .collect();
+/// for thread in threads {
+///     thread.join().expect("a calling thread panicked")?;
+/// }
+/// # Ok::<(), cottontail::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct RpcClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    channel: Channel,
+    /// The consumer of [`REPLY_TO`]; the pumper pumps the channel for its tag. Never iterated:
+    /// kept so that the consumer lives as long as the client.
+    replies: Consumer,
+    table: Mutex<Table>,
+}
+
+/// The waiting calls and who pumps (module docs).
+#[derive(Default)]
+struct Table {
+    /// By correlation id.
+    waiting: HashMap<String, Waiter>,
+    /// A call is the pumper.
+    pumping: bool,
+    /// The error that ended the client's channel.
+    failed: Option<Error>,
+}
+
+struct Waiter {
+    /// Filed by the pumper.
+    reply: Option<Delivery>,
+    /// The call sleeps on it (with the table's lock).
+    wake: Arc<Condvar>,
+}
+
+impl RpcClient {
+    /// Opens a channel on `connection` and starts the consumer of direct reply-to on it.
+    pub fn new(connection: &Connection) -> Result<RpcClient> {
+        let channel = connection.channel()?;
+        let replies = channel.consume(
+            REPLY_TO,
+            ConsumeOptions {
+                auto_ack: true,
+                ..Default::default()
+            },
+        )?;
+        Ok(RpcClient {
+            inner: Arc::new(Inner {
+                channel,
+                replies,
+                table: Mutex::new(Table::default()),
+            }),
+        })
+    }
+
+    /// Publishes `body` to `exchange` with `routing_key` as a request and waits for its reply:
+    /// the message that comes back with the request's correlation id, with its properties and
+    /// body. Waits at most `options.timeout` (the connection's `rpc_timeout` by default), then
+    /// returns [`Error::Timeout`]; a reply that comes later is dropped.
+    ///
+    /// A request nobody receives (no queue bound, no server) is dropped by the broker, and the
+    /// call times out. If the client's channel or connection fails meanwhile, the call returns
+    /// that error.
+    pub fn call(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        options: CallOptions,
+    ) -> Result<Delivery> {
+        let inner = &*self.inner;
+        let timeout = options
+            .timeout
+            .unwrap_or_else(|| inner.channel.rpc_timeout());
+        let deadline = deadline_after(timeout);
+        let id = uuid::Uuid::new_v4().to_string();
+        let wake = Arc::new(Condvar::new());
+        {
+            // Entered before publishing, so the reply cannot come first.
+            let mut table = inner.lock();
+            if let Some(e) = &table.failed {
+                return Err(e.clone());
+            }
+            table.waiting.insert(
+                id.clone(),
+                Waiter {
+                    reply: None,
+                    wake: wake.clone(),
+                },
+            );
+        }
+        let properties = request_properties(options.properties, &id);
+        let published =
+            inner
+                .channel
+                .basic_publish(exchange, routing_key, body, &properties, false);
+        if let Err(e) = published {
+            inner.lock().leave(&id);
+            return Err(e);
+        }
+        inner.wait(&id, &wake, deadline)?.ok_or_else(|| {
+            Error::timeout(
+                format!(
+                    "waiting for the reply to request {id} (exchange {exchange:?}, routing key \
+                     {routing_key:?})"
+                ),
+                timeout,
+            )
+        })
+    }
+
+    /// Closes the client's channel and waits for the broker (at most the RPC timeout). Calls
+    /// waiting meanwhile, and every later call, fail with [`Error::ChannelClosedByClient`].
+    /// Closing a closed client does nothing.
+    pub fn close(&self) -> Result<()> {
+        self.inner.channel.close()
+    }
+
+    /// True until the client's channel is closed (by [`close`](Self::close), the broker, or
+    /// with the connection).
+    pub fn is_open(&self) -> bool {
+        self.inner.channel.is_open() && self.inner.lock().failed.is_none()
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for the reply of call `id` (entered in the table): sleeps, or pumps when nobody
+    /// does. `None` when the deadline passed.
+    fn wait(
+        &self,
+        id: &str,
+        wake: &Condvar,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Delivery>> {
+        let mut table = self.lock();
+        loop {
+            if let Some(reply) = table.waiting.get_mut(id).and_then(|w| w.reply.take()) {
+                table.leave(id);
+                return Ok(Some(reply));
+            }
+            if let Some(e) = table.failed.clone() {
+                table.leave(id);
+                return Err(e);
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                table.leave(id);
+                return Ok(None);
+            }
+            if !table.pumping {
+                table.pumping = true;
+                drop(table);
+                return self.pump(id, deadline);
+            }
+            table = match deadline {
+                Some(d) => match wake.wait_timeout(table, d - now) {
+                    Ok((table, _)) => table,
+                    Err(p) => p.into_inner().0,
+                },
+                None => wake.wait(table).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
+    }
+
+    /// The pumper's loop: files the replies of others until call `id`'s own reply comes, its
+    /// deadline passes or the channel fails; then hands the pumping over.
+    fn pump(&self, id: &str, deadline: Option<Instant>) -> Result<Option<Delivery>> {
+        let tag = self.replies.consumer_tag();
+        loop {
+            // Without the channel's consuming flag: the channel has no callbacks to keep to one
+            // thread, and `process_data_events` on another thread may take a turn at it too
+            // (it keeps the replies for this consumer).
+            let pumped = self.channel.pump(Some(tag), deadline, None);
+            if let Ok(Pumped::Finished) = pumped {
+                // The reply consumer is gone (RabbitMQ does not cancel direct reply-to
+                // consumers; this is for a broker that would): no reply can come any more.
+                if let Err(e) = self.channel.close() {
+                    log::debug!("closing the RPC client's channel: {e}");
+                }
+            }
+            let mut table = self.lock();
+            let outcome = match pumped {
+                Ok(Pumped::Mine(reply)) => table.file(*reply, id).map(|mine| Ok(Some(mine))),
+                Ok(Pumped::Progress) => None,
+                Ok(Pumped::TimedOut) => deadline
+                    .is_some_and(|d| Instant::now() >= d)
+                    .then_some(Ok(None)),
+                Ok(Pumped::Finished) => Some(Err(table.fail(Error::ChannelClosedByClient {
+                    reply_code: crate::error::REPLY_SUCCESS,
+                    reply_text: "the RPC client's reply consumer was cancelled".into(),
+                }))),
+                Err(e) => Some(Err(table.fail(e))),
+            };
+            if let Some(outcome) = outcome {
+                table.pumping = false;
+                table.leave(id);
+                return outcome;
+            }
+        }
+    }
+}
+
+impl Table {
+    /// Removes call `id`'s entry. If nobody pumps, wakes one call still waiting for its reply,
+    /// to pump: the hand-over that keeps a pumper while any call waits.
+    fn leave(&mut self, id: &str) {
+        self.waiting.remove(id);
+        if !self.pumping {
+            if let Some(next) = self.waiting.values().find(|w| w.reply.is_none()) {
+                next.wake.notify_one();
+            }
+        }
+    }
+
+    /// Files `reply` for the call waiting for its correlation id and wakes that call; returns it
+    /// instead when it is the pumper's own (`mine`). A reply nobody waits for is dropped.
+    fn file(&mut self, reply: Delivery, mine: &str) -> Option<Delivery> {
+        let id = correlation_id(&reply.properties);
+        if id == Some(mine) {
+            return Some(reply);
+        }
+        match id.and_then(|id| self.waiting.get_mut(id)) {
+            Some(waiter) if waiter.reply.is_none() => {
+                waiter.reply = Some(reply);
+                waiter.wake.notify_one();
+            }
+            _ => log::warn!(
+                "RpcClient: dropping a reply with correlation id {:?} (routing key {:?}, {} \
+                 bytes): no call waits for it (it timed out, was answered already, or never was)",
+                id,
+                reply.method.routing_key.as_str(),
+                reply.body.len()
+            ),
+        }
+        None
+    }
+
+    /// Records the error that ended the channel (the first one stays) and wakes every call.
+    fn fail(&mut self, error: Error) -> Error {
+        let error = self.failed.get_or_insert(error).clone();
+        for waiter in self.waiting.values() {
+            waiter.wake.notify_one();
+        }
+        error
+    }
+}
+
+impl std::fmt::Debug for RpcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let table = self.lock();
+        f.debug_struct("RpcClient")
+            .field("channel_number", &self.channel.channel_number())
+            .field("waiting", &table.waiting.len())
+            .field("pumping", &table.pumping)
+            .field("failed", &table.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing first: the consumer's own drop then has nothing to cancel at the broker.
+        if let Err(e) = self.channel.close() {
+            log::debug!("closing the RPC client's channel: {e}");
+        }
+    }
+}
+
+/// Serves requests from `queue` on this thread until the channel's consumers are cancelled
+/// ([`Channel::stop_consuming`] from another thread) or the channel or connection fails, as
+/// [`Channel::start_consuming`] does.
+///
+/// For each request, `handler` gets its properties and body and returns the reply's body,
+/// which is published through the default exchange to the request's `reply_to` with its
+/// `correlation_id`; then the request is acked. A request without `reply_to` is acked and its
+/// answer dropped, with a warning. An error from `handler` ends `serve` with that error, the
+/// request unacked (the broker delivers it again once the channel closes). Set a prefetch
+/// with [`Channel::basic_qos`] first to share requests between servers.
+///
+/// ```no_run
+/// # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;
+/// let channel = connection.channel()?;
+/// channel.queue_declare("echo", Default::default())?;
+/// cottontail::rpc::serve(&channel, "echo", |_properties, body| Ok(body.to_vec()))?;
+/// # Ok::<(), cottontail::Error>(())
+/// ```
+pub fn serve<F>(channel: &Channel, queue: &str, mut handler: F) -> Result<()>
+where
+    F: FnMut(&BasicProperties, &[u8]) -> Result<Vec<u8>> + Send + 'static,
+{
+    let served = queue.to_string();
+    channel.basic_consume(
+        queue,
+        move |ch, method, properties, body| {
+            let answer = handler(properties, body)?;
+            match reply_to(properties) {
+                Some(reply_to) => {
+                    ch.basic_publish("", reply_to, &answer, &reply_properties(properties), false)?
+                }
+                None => log::warn!(
+                    "rpc::serve: request {} from {served:?} has no reply_to: its answer is dropped",
+                    method.delivery_tag
+                ),
+            }
+            ch.basic_ack(method.delivery_tag, false)
+        },
+        BasicConsumeOptions::default(),
+    )?;
+    channel.start_consuming()
+}
+
+// The only places that read or build properties, kept together for the switch to
+// cottontail's own property types.
+
+/// The correlation id of a message.
+fn correlation_id(properties: &BasicProperties) -> Option<&str> {
+    properties.correlation_id().as_ref().map(|id| id.as_str())
+}
+
+/// The `reply_to` of a request.
+fn reply_to(properties: &BasicProperties) -> Option<&str> {
+    properties.reply_to().as_ref().map(|queue| queue.as_str())
+}
+
+/// The caller's properties with direct reply-to and the call's correlation id.
+fn request_properties(properties: BasicProperties, id: &str) -> BasicProperties {
+    properties
+        .with_reply_to(REPLY_TO.into())
+        .with_correlation_id(id.into())
+}
+
+/// A reply's properties: the request's correlation id, if it has one.
+fn reply_properties(request: &BasicProperties) -> BasicProperties {
+    match correlation_id(request) {
+        Some(id) => BasicProperties::default().with_correlation_id(id.into()),
+        None => BasicProperties::default(),
+    }
+}

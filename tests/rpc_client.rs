@@ -1,0 +1,760 @@
+//! `RpcClient` against the real broker: many threads sharing one client each get exactly their
+//! own replies; deadlines (per call and the connection's `rpc_timeout`) hold; pumping passes
+//! from a caller that leaves to one that still waits; a reply that comes after its caller timed
+//! out is dropped with a warning, never handed to the next call; a failed channel or connection
+//! reaches every waiting caller; the caller's properties reach the server and the server's
+//! reach the caller.
+//!
+//! Servers run `cottontail::rpc::serve` on connections of their own; a request body
+//! `slow:<ms>:...` makes them wait that long before answering `echo:<body>`.
+
+mod support;
+
+use std::sync::{mpsc, Mutex, Once};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use cottontail::{
+    rpc, AMQPValue, BasicConsumeOptions, BasicProperties, CallOptions, Channel, Connection,
+    Delivery, Error, FieldTable, QueueDeclareOptions, RpcClient,
+};
+use support::consuming::{passive, Cleanup};
+use support::{connect, params, unique, within};
+
+/// How much later than its deadline a call may return on a loaded machine.
+const SLACK: Duration = Duration::from_millis(700);
+
+/// Longest a scenario may take before it counts as hung.
+const HANG: Duration = Duration::from_secs(60);
+
+fn _assert_shareable() {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    shareable::<RpcClient>();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers, queues, logs
+// ---------------------------------------------------------------------------------------------
+
+/// Declares a queue named for this test, deleted when the returned guard goes.
+fn request_queue(prefix: &str) -> (String, Cleanup) {
+    let queue = unique(prefix);
+    let connection = connect();
+    connection
+        .channel()
+        .unwrap()
+        .queue_declare(&queue, QueueDeclareOptions::default())
+        .unwrap();
+    connection.close().unwrap();
+    (queue.clone(), Cleanup(vec![queue]))
+}
+
+/// `rpc::serve` on a channel of its own, on a thread of its own: answers `echo:<body>`, after
+/// sleeping `<ms>` for a body `slow:<ms>:...`. Stopped (and joined) when dropped.
+struct Server {
+    channel: Channel,
+    thread: Option<JoinHandle<cottontail::Result<()>>>,
+}
+
+impl Server {
+    fn start(connection: &Connection, queue: &str, prefetch: u16) -> Server {
+        let channel = connection.channel().unwrap();
+        channel.basic_qos(0, prefetch, false).unwrap();
+        let serving = channel.clone();
+        let queue = queue.to_string();
+        let thread = thread::spawn(move || {
+            rpc::serve(&serving, &queue, |_properties, body| {
+                if let Some(ms) = slow_ms(body) {
+                    thread::sleep(Duration::from_millis(ms));
+                }
+                Ok([b"echo:", body].concat())
+            })
+        });
+        Server {
+            channel,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.channel.stop_consuming();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The `<ms>` of a body `slow:<ms>:...`.
+fn slow_ms(body: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(body).ok()?;
+    text.strip_prefix("slow:")?.split(':').next()?.parse().ok()
+}
+
+/// Starts `count` servers on `connection` and waits until the broker has all their consumers.
+fn servers(connection: &Connection, queue: &str, count: usize, prefetch: u16) -> Vec<Server> {
+    let servers = (0..count)
+        .map(|_| Server::start(connection, queue, prefetch))
+        .collect();
+    let channel = connection.channel().unwrap();
+    assert!(
+        support::eventually(Duration::from_secs(10), || {
+            channel
+                .queue_declare(queue, passive())
+                .unwrap()
+                .consumer_count
+                == count as u32
+        }),
+        "the {count} servers did not start consuming `{queue}`"
+    );
+    channel.close().unwrap();
+    servers
+}
+
+fn call(
+    client: &RpcClient,
+    queue: &str,
+    body: &str,
+    timeout: Duration,
+) -> cottontail::Result<Delivery> {
+    client.call(
+        "",
+        queue,
+        body.as_bytes(),
+        CallOptions {
+            timeout: Some(timeout),
+            ..Default::default()
+        },
+    )
+}
+
+fn body_of(reply: &Delivery) -> String {
+    String::from_utf8_lossy(&reply.body).into_owned()
+}
+
+/// The correlation id a timed-out call names in its error.
+fn request_id(error: &Error) -> String {
+    let Error::Timeout { context, .. } = error else {
+        panic!("expected a timeout, got {error:?}");
+    };
+    context
+        .strip_prefix("waiting for the reply to request ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no request id in {context:?}"))
+        .to_string()
+}
+
+/// Warnings logged in this process.
+static WARNINGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let mut warnings = WARNINGS.lock().unwrap_or_else(|p| p.into_inner());
+            warnings.push(record.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn capture_warnings() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        log::set_logger(&Capture).expect("installing the test logger");
+        log::set_max_level(log::LevelFilter::Warn);
+    });
+}
+
+/// Whether a warning says the reply with correlation id `id` was dropped.
+fn dropped_with_warning(id: &str) -> bool {
+    let quoted = format!("{id:?}");
+    WARNINGS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|w| w.contains("dropping a reply") && w.contains(&quoted))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Many threads, one client
+// ---------------------------------------------------------------------------------------------
+
+/// 8 threads x 250 calls on one client, served by two servers that take 20 requests at a time
+/// (so replies come back in another order than the requests went out): every call gets the
+/// echo of its own body, and nothing is left waiting afterwards.
+#[test]
+fn eight_threads_get_exactly_their_own_replies() {
+    const THREADS: usize = 8;
+    const CALLS: usize = 250;
+    let (queue, _cleanup) = request_queue("rpc-threads");
+    let server_connection = connect();
+    let _servers = servers(&server_connection, &queue, 2, 20);
+    let connection = connect();
+    let client = RpcClient::new(&connection).unwrap();
+
+    let checked = within(HANG, "8 threads x 250 calls", {
+        let client = client.clone();
+        move || {
+            let threads: Vec<_> = (0..THREADS)
+                .map(|i| {
+                    let client = client.clone();
+                    let queue = queue.clone();
+                    thread::spawn(move || {
+                        for k in 0..CALLS {
+                            let body = format!("thread {i} call {k}");
+                            let reply = call(&client, &queue, &body, Duration::from_secs(20))
+                                .unwrap_or_else(|e| panic!("{body}: {e}"));
+                            assert_eq!(
+                                body_of(&reply),
+                                format!("echo:{body}"),
+                                "a reply to another call"
+                            );
+                            assert!(
+                                reply.properties.correlation_id().is_some(),
+                                "the reply has no correlation id"
+                            );
+                        }
+                        CALLS
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("a calling thread panicked"))
+                .sum::<usize>()
+        }
+    });
+    assert_eq!(checked, THREADS * CALLS);
+    let state = format!("{client:?}");
+    assert!(
+        state.contains("waiting: 0") && state.contains("pumping: false"),
+        "{state}"
+    );
+    connection.close().unwrap();
+    server_connection.close().unwrap();
+}
+
+/// Another thread running `process_data_events` on the connection meanwhile (it handles every
+/// channel nobody else consumes, the client's included, between pumps) takes no reply away.
+#[test]
+fn process_data_events_on_another_thread_takes_no_reply() {
+    let (queue, _cleanup) = request_queue("rpc-events");
+    let server_connection = connect();
+    let _servers = servers(&server_connection, &queue, 2, 20);
+    let connection = connect();
+    let client = RpcClient::new(&connection).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let events = {
+        let connection = connection.clone();
+        let stop = stop.clone();
+        thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                connection.process_data_events(Duration::from_millis(5))?;
+            }
+            Ok::<(), Error>(())
+        })
+    };
+
+    within(HANG, "calls beside process_data_events", move || {
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let client = client.clone();
+                let queue = queue.clone();
+                thread::spawn(move || {
+                    for k in 0..100 {
+                        let body = format!("thread {i} call {k}");
+                        let reply = call(&client, &queue, &body, Duration::from_secs(20))
+                            .unwrap_or_else(|e| panic!("{body}: {e}"));
+                        assert_eq!(body_of(&reply), format!("echo:{body}"));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("a calling thread panicked");
+        }
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    events.join().unwrap().unwrap();
+    connection.close().unwrap();
+    server_connection.close().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deadlines and the hand-over
+// ---------------------------------------------------------------------------------------------
+
+/// With no server, a call times out after its own timeout, or after the connection's
+/// `rpc_timeout` when it gives none; 8 concurrent calls with timeouts of 100..800 ms each
+/// return at their own deadline, not at another's.
+#[test]
+fn calls_time_out_at_their_own_deadline() {
+    let (queue, _cleanup) = request_queue("rpc-timeout");
+    let connection = Connection::open(params().rpc_timeout(Duration::from_millis(400))).unwrap();
+    let client = RpcClient::new(&connection).unwrap();
+
+    within(HANG, "timeouts", move || {
+        let started = Instant::now();
+        let e = client
+            .call("", &queue, b"nobody listens", CallOptions::default())
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            matches!(e, Error::Timeout { after, .. } if after == Duration::from_millis(400)),
+            "{e:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_millis(400) + SLACK,
+            "{took:?}"
+        );
+
+        let started = Instant::now();
+        let e = call(
+            &client,
+            &queue,
+            "nobody listens",
+            Duration::from_millis(150),
+        )
+        .unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+        assert!(
+            took >= Duration::from_millis(150) && took < Duration::from_millis(150) + SLACK,
+            "{took:?}"
+        );
+
+        let threads: Vec<_> = (1..=8u64)
+            .map(|i| {
+                let client = client.clone();
+                let queue = queue.clone();
+                thread::spawn(move || {
+                    let timeout = Duration::from_millis(100 * i);
+                    let started = Instant::now();
+                    let e = call(&client, &queue, "nobody listens", timeout).unwrap_err();
+                    let took = started.elapsed();
+                    assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+                    assert!(
+                        took >= timeout && took < timeout + SLACK,
+                        "a call with a timeout of {timeout:?} returned after {took:?}"
+                    );
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("a calling thread failed");
+        }
+    });
+    connection.close().unwrap();
+}
+
+/// Caller A waits alone (so it pumps) with a short timeout; caller B, whose reply comes later,
+/// waits behind it. When A leaves (timed out, or with its own reply) B must take over the
+/// pumping and get its reply as soon as it arrives, long before B's own deadline.
+#[test]
+fn the_pumping_passes_to_a_caller_still_waiting() {
+    let (queue, _cleanup) = request_queue("rpc-handover");
+    let server_connection = connect();
+    // Two servers taking one request each: A's and B's are answered side by side.
+    let _servers = servers(&server_connection, &queue, 2, 1);
+    let connection = connect();
+    let client = RpcClient::new(&connection).unwrap();
+
+    within(HANG, "hand-over", move || {
+        for (a_body, a_timeout, a_answered) in [
+            // A times out at 200 ms (its answer comes at 1 s and is dropped).
+            ("slow:1000:a", Duration::from_millis(200), false),
+            // A gets its own answer at 200 ms.
+            ("slow:200:a", Duration::from_secs(20), true),
+        ] {
+            let a = {
+                let client = client.clone();
+                let queue = queue.clone();
+                thread::spawn(move || call(&client, &queue, a_body, a_timeout))
+            };
+            thread::sleep(Duration::from_millis(50));
+            let started = Instant::now();
+            let b =
+                call(&client, &queue, "slow:600:b", Duration::from_secs(20)).expect("B's reply");
+            let took = started.elapsed();
+            assert_eq!(body_of(&b), "echo:slow:600:b");
+            assert!(
+                took < Duration::from_millis(600) + SLACK,
+                "B got its reply after {took:?}: nobody pumped for it after A left"
+            );
+            match a.join().expect("A's thread panicked") {
+                Ok(reply) => {
+                    assert!(a_answered, "A should have timed out");
+                    assert_eq!(body_of(&reply), format!("echo:{a_body}"));
+                }
+                Err(e) => {
+                    assert!(!a_answered, "A failed: {e}");
+                    assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+                }
+            }
+            // The servers are free again before the next round.
+            thread::sleep(Duration::from_millis(1000));
+        }
+    });
+    connection.close().unwrap();
+    server_connection.close().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Late replies
+// ---------------------------------------------------------------------------------------------
+
+/// A server that answers slowly: a call with a short timeout gets `Error::Timeout`, and the
+/// next call gets its own reply, not the late one, whether the late one arrives while the next
+/// call waits or before it starts; each late reply is dropped with a warning naming its
+/// correlation id.
+#[test]
+fn a_late_reply_is_dropped_not_given_to_the_next_call() {
+    capture_warnings();
+    let (queue, _cleanup) = request_queue("rpc-late");
+    let server_connection = connect();
+    // One server, one request at a time: the late answer goes out before the next call's.
+    let _servers = servers(&server_connection, &queue, 1, 1);
+    let connection = connect();
+    let client = RpcClient::new(&connection).unwrap();
+
+    within(HANG, "late replies", move || {
+        // The late reply arrives while the next call waits (and pumps).
+        let e = call(
+            &client,
+            &queue,
+            "slow:600:first",
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
+        let late = request_id(&e);
+        let reply =
+            call(&client, &queue, "second", Duration::from_secs(20)).expect("the second call");
+        assert_eq!(
+            body_of(&reply),
+            "echo:second",
+            "the second call got another reply"
+        );
+        assert!(
+            dropped_with_warning(&late),
+            "no warning dropped the late reply {late}"
+        );
+
+        // The late reply arrives while no call waits; the next call finds it queued.
+        let e = call(
+            &client,
+            &queue,
+            "slow:300:third",
+            Duration::from_millis(100),
+        )
+        .unwrap_err();
+        let late = request_id(&e);
+        thread::sleep(Duration::from_millis(800));
+        let reply =
+            call(&client, &queue, "fourth", Duration::from_secs(20)).expect("the fourth call");
+        assert_eq!(
+            body_of(&reply),
+            "echo:fourth",
+            "the fourth call got another reply"
+        );
+        assert!(
+            dropped_with_warning(&late),
+            "no warning dropped the late reply {late}"
+        );
+    });
+    connection.close().unwrap();
+    server_connection.close().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failures reach every waiting caller
+// ---------------------------------------------------------------------------------------------
+
+/// Starts `count` calls that nobody answers (30 s timeouts) on threads of their own, and lets
+/// them settle into waiting.
+fn waiting_calls(
+    client: &RpcClient,
+    queue: &str,
+    count: usize,
+) -> Vec<JoinHandle<(cottontail::Result<Delivery>, Duration)>> {
+    let calls = (0..count)
+        .map(|_| {
+            let client = client.clone();
+            let queue = queue.to_string();
+            thread::spawn(move || {
+                let started = Instant::now();
+                let result = call(&client, &queue, "unanswered", Duration::from_secs(30));
+                (result, started.elapsed())
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    calls
+}
+
+/// Each waiting call's error, checked to have come at once (well before its 30 s timeout).
+fn errors_of(calls: Vec<JoinHandle<(cottontail::Result<Delivery>, Duration)>>) -> Vec<Error> {
+    calls
+        .into_iter()
+        .map(|c| {
+            let (result, took) = c.join().expect("a calling thread panicked");
+            let e = result.expect_err("a waiting call got a reply from nobody");
+            assert!(
+                took < Duration::from_secs(5),
+                "a waiting call returned after {took:?}"
+            );
+            e
+        })
+        .collect()
+}
+
+/// A request to an exchange that does not exist makes the broker close the client's channel
+/// (404): that call and the 4 waiting ones return the error at once, and so does a later call.
+#[test]
+fn a_channel_closed_by_the_broker_fails_every_waiting_call() {
+    let (queue, _cleanup) = request_queue("rpc-channel-closed");
+    let connection = connect();
+    let client = RpcClient::new(&connection).unwrap();
+
+    within(HANG, "channel closed by the broker", move || {
+        let calls = waiting_calls(&client, &queue, 4);
+        let missing = unique("no-such-exchange");
+        let e = client
+            .call(&missing, "x", b"", CallOptions::default())
+            .expect_err("a call to a missing exchange");
+        assert!(
+            matches!(
+                e,
+                Error::ChannelClosed {
+                    reply_code: 404,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        for e in errors_of(calls) {
+            assert!(
+                matches!(
+                    e,
+                    Error::ChannelClosed {
+                        reply_code: 404,
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+        }
+        let e = call(&client, &queue, "after", Duration::from_secs(30)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::ChannelClosed {
+                    reply_code: 404,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(!client.is_open());
+        // The connection is fine: a new client works.
+        assert!(RpcClient::new(&connection).unwrap().is_open());
+    });
+}
+
+/// Closing the connection from another thread fails the 4 waiting calls at once, with the
+/// connection's error; a later call gets it too.
+#[test]
+fn a_closed_connection_fails_every_waiting_call() {
+    let (queue, _cleanup) = request_queue("rpc-connection-closed");
+    let connection = connect();
+    let client = RpcClient::new(&connection).unwrap();
+
+    within(HANG, "connection closed", move || {
+        let calls = waiting_calls(&client, &queue, 4);
+        connection.close().unwrap();
+        for e in errors_of(calls) {
+            assert!(matches!(e, Error::ConnectionClosedByClient { .. }), "{e:?}");
+        }
+        let e = call(&client, &queue, "after", Duration::from_secs(30)).unwrap_err();
+        assert!(e.is_connection_error(), "{e:?}");
+    });
+}
+
+/// `RpcClient::close` from another thread fails the 4 waiting calls at once.
+#[test]
+fn closing_the_client_fails_every_waiting_call() {
+    let (queue, _cleanup) = request_queue("rpc-client-closed");
+    let connection = connect();
+    let client = RpcClient::new(&connection).unwrap();
+
+    within(HANG, "client closed", move || {
+        let calls = waiting_calls(&client, &queue, 4);
+        client.close().unwrap();
+        for e in errors_of(calls) {
+            assert!(matches!(e, Error::ChannelClosedByClient { .. }), "{e:?}");
+        }
+        assert!(!client.is_open());
+        let e = call(&client, &queue, "after", Duration::from_secs(30)).unwrap_err();
+        assert!(matches!(e, Error::ChannelClosedByClient { .. }), "{e:?}");
+        connection.close().unwrap();
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+// ---------------------------------------------------------------------------------------------
+
+fn header(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(value) => Some(value.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+/// The caller's headers and content type reach the server, with the client's own `reply_to`
+/// and correlation id in place of those the caller tried to set; the server's headers and
+/// content type reach the caller.
+#[test]
+fn properties_pass_through_both_ways() {
+    let (queue, _cleanup) = request_queue("rpc-properties");
+    let server_connection = connect();
+    let server = server_connection.channel().unwrap();
+    let (seen_tx, seen_rx) = mpsc::channel();
+    server
+        .basic_consume(
+            &queue,
+            move |ch, _method, props, _body| {
+                let _ = seen_tx.send(props.clone());
+                let mut headers = FieldTable::default();
+                headers.insert(
+                    "x-reply".into(),
+                    AMQPValue::LongString("from the server".into()),
+                );
+                let mut reply = BasicProperties::default()
+                    .with_headers(headers)
+                    .with_content_type("application/json".into());
+                if let Some(id) = props.correlation_id() {
+                    reply = reply.with_correlation_id(id.clone());
+                }
+                let reply_to = props.reply_to().clone().expect("a reply_to");
+                ch.basic_publish("", reply_to.as_str(), b"{}", &reply, false)
+            },
+            BasicConsumeOptions {
+                auto_ack: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let serving = {
+        let server = server.clone();
+        thread::spawn(move || server.start_consuming())
+    };
+
+    let connection = connect();
+    let client = RpcClient::new(&connection).unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-request".into(),
+        AMQPValue::LongString("from the caller".into()),
+    );
+    let reply = client
+        .call(
+            "",
+            &queue,
+            b"hello",
+            CallOptions {
+                properties: BasicProperties::default()
+                    .with_headers(headers)
+                    .with_content_type("text/plain".into())
+                    .with_correlation_id("set by the caller".into())
+                    .with_reply_to("elsewhere".into()),
+                timeout: Some(Duration::from_secs(20)),
+            },
+        )
+        .expect("the reply");
+
+    let request = seen_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        header(&request, "x-request").as_deref(),
+        Some("from the caller")
+    );
+    assert_eq!(
+        request.content_type().as_ref().map(|c| c.as_str()),
+        Some("text/plain")
+    );
+    let reply_to = request
+        .reply_to()
+        .as_ref()
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    assert!(
+        reply_to.starts_with("amq.rabbitmq.reply-to."),
+        "the server saw reply_to {reply_to:?}"
+    );
+    let request_id = request.correlation_id().as_ref().map(|c| c.to_string());
+    assert!(
+        request_id
+            .as_deref()
+            .is_some_and(|id| id != "set by the caller" && !id.is_empty()),
+        "the server saw correlation id {request_id:?}"
+    );
+
+    assert_eq!(reply.body, b"{}");
+    assert_eq!(
+        header(&reply.properties, "x-reply").as_deref(),
+        Some("from the server")
+    );
+    assert_eq!(
+        reply.properties.content_type().as_ref().map(|c| c.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(
+        reply
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.to_string()),
+        request_id
+    );
+
+    server.stop_consuming().unwrap();
+    serving.join().unwrap().unwrap();
+    connection.close().unwrap();
+    server_connection.close().unwrap();
+}
+
+/// `rpc::serve` acks a request without `reply_to` and drops its answer; the next request is
+/// served. Once the server's connection is closed nothing is requeued: both were acked.
+#[test]
+fn serve_acks_a_request_without_reply_to() {
+    let (queue, _cleanup) = request_queue("rpc-no-reply-to");
+    let server_connection = connect();
+    let servers = servers(&server_connection, &queue, 1, 1);
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    channel
+        .basic_publish(
+            "",
+            &queue,
+            b"no reply_to",
+            &BasicProperties::default(),
+            false,
+        )
+        .unwrap();
+    let client = RpcClient::new(&connection).unwrap();
+    let reply = call(&client, &queue, "next", Duration::from_secs(20)).expect("the next call");
+    assert_eq!(body_of(&reply), "echo:next");
+    drop(servers);
+    server_connection.close().unwrap();
+    let ok = channel.queue_declare(&queue, passive()).unwrap();
+    assert_eq!(
+        ok.message_count, 0,
+        "a request was left unacked and requeued"
+    );
+    connection.close().unwrap();
+}
