@@ -16,6 +16,10 @@
 //! `k` in `0..REQUESTS` (REQUESTS defaults to 1), so every number is distinct and a reply
 //! delivered to the wrong thread would show. The broker is `localhost` unless `AMQP_HOST` says
 //! otherwise.
+//!
+//! This port keeps the original's callback queue and dictionary. With cottontail's `RpcClient`
+//! (direct reply-to, replies routed to their callers by the client) the threads need no
+//! dispatcher of their own: see `rpc_threads`.
 
 mod support;
 

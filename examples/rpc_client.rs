@@ -5,7 +5,8 @@
 //! a fresh uuid4 `correlation_id`, and runs the connection's events
 //! (`process_data_events`, as the Python client does) until the reply with that correlation id
 //! arrives; replies with any other id are ignored. It prints ` [x] Requesting fib(30)`, then
-//! ` [.] Got 832040`, and exits.
+//! ` [.] Got 832040`, and exits. It keeps the tutorial's callback queue and hand-written
+//! matching; `rpc_direct_reply_to` makes the same call with cottontail's `RpcClient`.
 //!
 //! Run: `cargo run --example rpc_client` (pairs with `cargo run --example rpc_server`, or the
 //! Python `rpc_server.py`, which must be running). The broker is `localhost` unless `AMQP_HOST`
