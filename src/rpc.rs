@@ -46,15 +46,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use amq_protocol::protocol::BasicProperties;
-
 use crate::channel::Channel;
 use crate::connection::Connection;
 use crate::consumer::{ConsumeOptions, Consumer, Pumped};
 use crate::delivery::Delivery;
 use crate::engine::deadline_after;
 use crate::error::{Error, Result};
-use crate::options::BasicConsumeOptions;
+use crate::options::{BasicConsumeOptions, PublishOptions};
+use crate::protocol::properties::BasicProperties;
 
 /// The pseudo-queue of direct reply-to: a client consumes it and sends it as `reply_to`.
 pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -187,11 +186,13 @@ impl RpcClient {
                 },
             );
         }
-        let properties = request_properties(options.properties, &id);
-        let published =
-            inner
-                .channel
-                .basic_publish(exchange, routing_key, body, &properties, false);
+        let request = PublishOptions {
+            properties: request_properties(options.properties, &id),
+            ..Default::default()
+        };
+        let published = inner
+            .channel
+            .basic_publish_with(exchange, routing_key, body, &request);
         if let Err(e) = published {
             inner.lock().leave(&id);
             return Err(e);
@@ -317,7 +318,7 @@ impl Table {
     /// Files `reply` for the call waiting for its correlation id and wakes that call; returns it
     /// instead when it is the pumper's own (`mine`). A reply nobody waits for is dropped.
     fn file(&mut self, reply: Delivery, mine: &str) -> Option<Delivery> {
-        let id = correlation_id(&reply.properties);
+        let id = reply.properties.correlation_id();
         if id == Some(mine) {
             return Some(reply);
         }
@@ -401,9 +402,13 @@ where
         queue,
         move |ch, method, properties, body| {
             let answer = handler(properties, body)?;
-            match reply_to(properties) {
+            match properties.reply_to() {
                 Some(reply_to) => {
-                    ch.basic_publish("", reply_to, &answer, &reply_properties(properties), false)?
+                    let reply = PublishOptions {
+                        properties: reply_properties(properties),
+                        ..Default::default()
+                    };
+                    ch.basic_publish_with("", reply_to, &answer, &reply)?
                 }
                 None => log::warn!(
                     "rpc::serve: request {} from {served:?} has no reply_to: its answer is dropped",
@@ -417,30 +422,15 @@ where
     channel.start_consuming()
 }
 
-// The only places that read or build properties, kept together for the switch to
-// cottontail's own property types.
-
-/// The correlation id of a message.
-fn correlation_id(properties: &BasicProperties) -> Option<&str> {
-    properties.correlation_id().as_ref().map(|id| id.as_str())
-}
-
-/// The `reply_to` of a request.
-fn reply_to(properties: &BasicProperties) -> Option<&str> {
-    properties.reply_to().as_ref().map(|queue| queue.as_str())
-}
-
 /// The caller's properties with direct reply-to and the call's correlation id.
 fn request_properties(properties: BasicProperties, id: &str) -> BasicProperties {
-    properties
-        .with_reply_to(REPLY_TO.into())
-        .with_correlation_id(id.into())
+    properties.with_reply_to(REPLY_TO).with_correlation_id(id)
 }
 
 /// A reply's properties: the request's correlation id, if it has one.
 fn reply_properties(request: &BasicProperties) -> BasicProperties {
-    match correlation_id(request) {
-        Some(id) => BasicProperties::default().with_correlation_id(id.into()),
+    match request.correlation_id() {
+        Some(id) => BasicProperties::default().with_correlation_id(id),
         None => BasicProperties::default(),
     }
 }

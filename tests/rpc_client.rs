@@ -15,8 +15,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use cottontail::{
-    rpc, AMQPValue, BasicConsumeOptions, BasicProperties, CallOptions, Channel, Connection,
-    Delivery, Error, FieldTable, QueueDeclareOptions, RpcClient,
+    rpc, BasicConsumeOptions, BasicProperties, CallOptions, Channel, Connection, Delivery, Error,
+    FieldTable, PublishOptions, QueueDeclareOptions, RpcClient,
 };
 use support::consuming::{passive, Cleanup};
 use support::{connect, params, unique, within};
@@ -59,7 +59,12 @@ struct Server {
 impl Server {
     fn start(connection: &Connection, queue: &str, prefetch: u16) -> Server {
         let channel = connection.channel().unwrap();
-        channel.basic_qos(0, prefetch, false).unwrap();
+        channel
+            .basic_qos(cottontail::QosOptions {
+                prefetch_count: prefetch,
+                ..Default::default()
+            })
+            .unwrap();
         let serving = channel.clone();
         let queue = queue.to_string();
         let thread = thread::spawn(move || {
@@ -610,10 +615,12 @@ fn closing_the_client_fails_every_waiting_call() {
 // ---------------------------------------------------------------------------------------------
 
 fn header(properties: &BasicProperties, name: &str) -> Option<String> {
-    match properties.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongString(value) => Some(value.to_string()),
-        other => Some(format!("{other:?}")),
-    }
+    let value = properties.header(name)?;
+    Some(
+        value
+            .as_str()
+            .map_or_else(|| format!("{value:?}"), str::to_owned),
+    )
 }
 
 /// The caller's headers and content type reach the server, with the client's own `reply_to`
@@ -630,19 +637,18 @@ fn properties_pass_through_both_ways() {
             &queue,
             move |ch, _method, props, _body| {
                 let _ = seen_tx.send(props.clone());
-                let mut headers = FieldTable::default();
-                headers.insert(
-                    "x-reply".into(),
-                    AMQPValue::LongString("from the server".into()),
-                );
                 let mut reply = BasicProperties::default()
-                    .with_headers(headers)
-                    .with_content_type("application/json".into());
+                    .with_headers(FieldTable::new().with("x-reply", "from the server"))
+                    .with_content_type("application/json");
                 if let Some(id) = props.correlation_id() {
-                    reply = reply.with_correlation_id(id.clone());
+                    reply = reply.with_correlation_id(id);
                 }
-                let reply_to = props.reply_to().clone().expect("a reply_to");
-                ch.basic_publish("", reply_to.as_str(), b"{}", &reply, false)
+                let reply_to = props.reply_to().expect("a reply_to");
+                let reply = PublishOptions {
+                    properties: reply,
+                    ..Default::default()
+                };
+                ch.basic_publish_with("", reply_to, b"{}", &reply)
             },
             BasicConsumeOptions {
                 auto_ack: true,
@@ -657,11 +663,7 @@ fn properties_pass_through_both_ways() {
 
     let connection = connect();
     let client = RpcClient::new(&connection).unwrap();
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "x-request".into(),
-        AMQPValue::LongString("from the caller".into()),
-    );
+    let headers = FieldTable::new().with("x-request", "from the caller");
     let reply = client
         .call(
             "",
@@ -670,9 +672,9 @@ fn properties_pass_through_both_ways() {
             CallOptions {
                 properties: BasicProperties::default()
                     .with_headers(headers)
-                    .with_content_type("text/plain".into())
-                    .with_correlation_id("set by the caller".into())
-                    .with_reply_to("elsewhere".into()),
+                    .with_content_type("text/plain")
+                    .with_correlation_id("set by the caller")
+                    .with_reply_to("elsewhere"),
                 timeout: Some(Duration::from_secs(20)),
             },
         )
@@ -683,10 +685,7 @@ fn properties_pass_through_both_ways() {
         header(&request, "x-request").as_deref(),
         Some("from the caller")
     );
-    assert_eq!(
-        request.content_type().as_ref().map(|c| c.as_str()),
-        Some("text/plain")
-    );
+    assert_eq!(request.content_type(), Some("text/plain"));
     let reply_to = request
         .reply_to()
         .as_ref()
@@ -709,10 +708,7 @@ fn properties_pass_through_both_ways() {
         header(&reply.properties, "x-reply").as_deref(),
         Some("from the server")
     );
-    assert_eq!(
-        reply.properties.content_type().as_ref().map(|c| c.as_str()),
-        Some("application/json")
-    );
+    assert_eq!(reply.properties.content_type(), Some("application/json"));
     assert_eq!(
         reply
             .properties
@@ -737,15 +733,7 @@ fn serve_acks_a_request_without_reply_to() {
     let servers = servers(&server_connection, &queue, 1, 1);
     let connection = connect();
     let channel = connection.channel().unwrap();
-    channel
-        .basic_publish(
-            "",
-            &queue,
-            b"no reply_to",
-            &BasicProperties::default(),
-            false,
-        )
-        .unwrap();
+    channel.basic_publish("", &queue, b"no reply_to").unwrap();
     let client = RpcClient::new(&connection).unwrap();
     let reply = call(&client, &queue, "next", Duration::from_secs(20)).expect("the next call");
     assert_eq!(body_of(&reply), "echo:next");
