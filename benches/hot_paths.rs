@@ -33,7 +33,7 @@ fn connect_to_fake(
         peer.open_channel(1);
         script(&mut peer);
     });
-    let connection = Connection::open(ConnectionParameters::new("127.0.0.1").port(port))
+    let connection = Connection::open(ConnectionParameters::new("127.0.0.1").with_port(port))
         .expect("connecting to the fake broker");
     let channel = connection.channel().expect("channel 1");
     (connection, channel, fake)

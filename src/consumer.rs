@@ -417,7 +417,7 @@ impl Channel {
 
     /// Messages received for this channel's [`consume`](Self::consume) iterators and not yet
     /// yielded (pika's `BlockingChannel.get_waiting_message_count()`).
-    pub fn get_waiting_message_count(&self) -> usize {
+    pub fn waiting_message_count(&self) -> usize {
         let iterators: Vec<String> = self
             .lock_consumers()
             .iter()
@@ -690,7 +690,7 @@ impl Consumer {
 
     /// Messages received for this consumer and not yet yielded (pika's
     /// `get_waiting_message_count`).
-    pub fn get_waiting_message_count(&self) -> usize {
+    pub fn waiting_message_count(&self) -> usize {
         self.channel.waiting_for(std::slice::from_ref(&self.tag))
     }
 

@@ -124,7 +124,7 @@
 //!
 //! ## TLS and failover
 //!
-//! `amqps://` URLs or [`ConnectionParameters::ssl_options`] connect through native-tls,
+//! `amqps://` URLs or [`ConnectionParameters::with_ssl_options`] connect through native-tls,
 //! verifying the certificate and host name unless told otherwise ([`SslOptions`]); a client
 //! certificate with [`ExternalCredentials`] logs in with SASL EXTERNAL. [`Connection::open`]
 //! takes a list of parameter sets to fail over between cluster nodes.
@@ -205,7 +205,7 @@ pub use crate::options::{
 };
 pub use crate::params::{
     ConnectionParameters, Credentials, ExternalCredentials, PlainCredentials, SslOptions,
-    TcpOptions,
+    TcpOptions, TlsVersion,
 };
 pub use crate::publish::ConfirmOutcome;
 pub use crate::rpc::{CallOptions, RpcClient};

@@ -39,11 +39,10 @@ fn consume_all_buffered(channel: &Channel, queue: &str, n: usize) -> Consumer {
         .unwrap();
     let consumer = channel.consume(queue, ConsumeOptions::default()).unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || consumer
-            .get_waiting_message_count()
+        eventually(Duration::from_secs(5), || consumer.waiting_message_count()
             == n),
         "only {} of {n} messages arrived",
-        consumer.get_waiting_message_count()
+        consumer.waiting_message_count()
     );
     consumer
 }
@@ -332,8 +331,8 @@ fn acks_of_a_manual_consumer_next_to_an_auto_ack_one_stay_exact() {
         .unwrap();
     let mut consumer = channel.consume(&manual, ConsumeOptions::default()).unwrap();
     assert!(eventually(Duration::from_secs(5), || {
-        consumer.get_waiting_message_count() == N as usize
-            && auto_consumer.get_waiting_message_count() == N as usize
+        consumer.waiting_message_count() == N as usize
+            && auto_consumer.waiting_message_count() == N as usize
     }));
     for _ in 0..N {
         let d = next_delivery(&mut consumer);

@@ -267,11 +267,11 @@ fn read_settlements_until(
 /// Waits (bounded) until `count` deliveries wait for the iterator.
 fn wait_for_waiting(consumer: &Consumer, count: usize) {
     let deadline = Instant::now() + SIGNAL_PATIENCE;
-    while consumer.get_waiting_message_count() != count {
+    while consumer.waiting_message_count() != count {
         assert!(
             Instant::now() < deadline,
             "only {} of {count} deliveries arrived",
-            consumer.get_waiting_message_count()
+            consumer.waiting_message_count()
         );
         std::thread::sleep(Duration::from_millis(1));
     }

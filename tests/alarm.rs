@@ -88,7 +88,7 @@ fn memory_alarm_blocks_then_unblocks_the_connection_with_callbacks() {
 fn blocked_connection_timeout_tears_down_the_connection_and_wakes_publishers() {
     let _turn = one_alarm_at_a_time();
     let connection = cottontail::Connection::open(
-        support::params().blocked_connection_timeout(Some(Duration::from_secs(1))),
+        support::params().with_blocked_connection_timeout(Some(Duration::from_secs(1))),
     )
     .unwrap();
     let channel = connection.channel().unwrap();
@@ -121,7 +121,7 @@ fn blocked_connection_timeout_tears_down_the_connection_and_wakes_publishers() {
 fn close_returns_within_its_deadline_while_the_broker_blocks() {
     let _turn = one_alarm_at_a_time();
     let connection =
-        cottontail::Connection::open(support::params().rpc_timeout(Duration::from_secs(2)))
+        cottontail::Connection::open(support::params().with_rpc_timeout(Duration::from_secs(2)))
             .unwrap();
     let channel = connection.channel().unwrap();
     let queue = support::exclusive_queue(&channel);
@@ -321,7 +321,7 @@ fn publish_in_a_consumer_callback_blocked_past_blocked_connection_timeout_ends_w
     let _turn = one_alarm_at_a_time();
     let blocked_timeout = Duration::from_secs(2);
     let (connection, channel, source, target) = connection_with_a_backlog(
-        support::params().blocked_connection_timeout(Some(blocked_timeout)),
+        support::params().with_blocked_connection_timeout(Some(blocked_timeout)),
     );
     let _restore = RestoreWatermark;
     rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);

@@ -41,7 +41,7 @@ impl Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         // No panics here: this may run while a failed test unwinds.
-        let params = ConnectionParameters::new(support::HOST).port(support::PORT);
+        let params = ConnectionParameters::new(support::HOST).with_port(support::PORT);
         let Ok(connection) = cottontail::Connection::open(params) else {
             return;
         };
@@ -1271,11 +1271,10 @@ fn consumer_cancel_requeues_waiting_messages_and_returns_their_number() {
     assert_eq!(first.body, b"m0");
     channel.basic_ack(first.method.delivery_tag, false).unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || consumer
-            .get_waiting_message_count()
+        eventually(Duration::from_secs(5), || consumer.waiting_message_count()
             == 4),
         "waiting: {}",
-        consumer.get_waiting_message_count()
+        consumer.waiting_message_count()
     );
     assert_eq!(consumer.cancel(), Ok(4));
     assert!(channel.consumer_tags().is_empty());
@@ -1360,7 +1359,7 @@ fn basic_cancel_of_an_auto_ack_consumer_returns_the_undispatched_messages() {
         )
         .unwrap();
     assert!(eventually(Duration::from_secs(5), || consumer
-        .get_waiting_message_count()
+        .waiting_message_count()
         == 3));
     let tag = consumer.consumer_tag().to_string();
     let returned = channel.basic_cancel(&tag).unwrap();
@@ -1505,7 +1504,8 @@ fn fill_with_backlog(queue: &str) {
 
 /// A connection whose RPCs give up after 3 s, so a hang fails fast.
 fn connect_impatient() -> cottontail::Connection {
-    cottontail::Connection::open(support::params().rpc_timeout(Duration::from_secs(3))).unwrap()
+    cottontail::Connection::open(support::params().with_rpc_timeout(Duration::from_secs(3)))
+        .unwrap()
 }
 
 #[test]
@@ -1519,14 +1519,13 @@ fn consumer_cancel_with_over_16_mib_waiting_returns_promptly_and_requeues_them()
     // Reading pauses once the channel holds 16 MiB (each message counts its 1 MiB body and a
     // little more): 16 of these messages.
     assert!(
-        eventually(Duration::from_secs(5), || consumer
-            .get_waiting_message_count()
+        eventually(Duration::from_secs(5), || consumer.waiting_message_count()
             >= 16),
         "waiting: {}",
-        consumer.get_waiting_message_count()
+        consumer.waiting_message_count()
     );
     thread::sleep(Duration::from_millis(100));
-    let waiting = consumer.get_waiting_message_count();
+    let waiting = consumer.waiting_message_count();
     let started = Instant::now();
     let cancelled = consumer.cancel();
     let elapsed = started.elapsed();
@@ -1590,7 +1589,7 @@ fn channel_close_with_over_16_mib_buffered_returns_promptly_and_the_connection_s
     let consumer = channel.consume(&queue, ConsumeOptions::default()).unwrap();
     // 16 MiB held: reading has paused (see the test above).
     assert!(eventually(Duration::from_secs(5), || consumer
-        .get_waiting_message_count()
+        .waiting_message_count()
         >= 16));
     let started = Instant::now();
     let closed = channel.close();
@@ -1634,16 +1633,16 @@ fn channel_cancel_ends_consume_iterators_and_requeues_what_they_held() {
     assert_eq!(first.body, vec![0]);
     channel.basic_ack(first.method.delivery_tag, false).unwrap();
     assert!(eventually(Duration::from_secs(5), || {
-        channel.get_waiting_message_count() == 4
+        channel.waiting_message_count() == 4
     }));
-    assert_eq!(consumer.get_waiting_message_count(), 4);
+    assert_eq!(consumer.waiting_message_count(), 4);
     // pika's channel.cancel(): the four not yet yielded go back to the queue.
     assert_eq!(channel.cancel().unwrap(), 4);
     assert!(
         consumer.next().is_none(),
         "the iterator ends once cancelled"
     );
-    assert_eq!(channel.get_waiting_message_count(), 0);
+    assert_eq!(channel.waiting_message_count(), 0);
     assert_eq!(broker_eventually_holds(&queue, 4), 4);
     channel.queue_delete(&queue, Default::default()).unwrap();
 }

@@ -22,7 +22,7 @@ struct Cleanup(Vec<String>);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         // No panics here: this may run while a failed test unwinds.
-        let params = ConnectionParameters::new(support::HOST).port(support::PORT);
+        let params = ConnectionParameters::new(support::HOST).with_port(support::PORT);
         let Ok(connection) = cottontail::Connection::open(params) else {
             return;
         };

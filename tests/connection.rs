@@ -57,15 +57,15 @@ fn open_negotiates_rabbitmq_defaults_and_close_is_clean() {
 fn heartbeat_and_frame_max_requests_are_honoured() {
     let connection = Connection::open(
         params()
-            .heartbeat(Some(7))
-            .frame_max(16_384)
-            .channel_max(10),
+            .with_heartbeat(Some(7))
+            .with_frame_max(16_384)
+            .with_channel_max(10),
     )
     .unwrap();
     assert_eq!(connection.heartbeat(), 7);
     assert_eq!(connection.frame_max(), 16_384);
     assert_eq!(connection.channel_max(), 10);
-    let off = Connection::open(params().heartbeat(Some(0))).unwrap();
+    let off = Connection::open(params().with_heartbeat(Some(0))).unwrap();
     assert_eq!(off.heartbeat(), 0);
 }
 
@@ -74,8 +74,8 @@ fn wrong_password_is_an_authentication_error_within_the_deadline() {
     let started = Instant::now();
     let err = Connection::open(
         params()
-            .credentials(PlainCredentials::new("guest", "not-the-password"))
-            .stack_timeout(Duration::from_secs(5)),
+            .with_credentials(PlainCredentials::new("guest", "not-the-password"))
+            .with_stack_timeout(Duration::from_secs(5)),
     )
     .unwrap_err();
     assert!(matches!(err, Error::AuthenticationFailed { .. }), "{err:?}");
@@ -85,7 +85,7 @@ fn wrong_password_is_an_authentication_error_within_the_deadline() {
 
 #[test]
 fn unknown_vhost_is_access_refused() {
-    let err = Connection::open(params().virtual_host("no-such-vhost")).unwrap_err();
+    let err = Connection::open(params().with_virtual_host("no-such-vhost")).unwrap_err();
     match err {
         Error::AccessRefused { vhost, reply_text } => {
             assert_eq!(vhost, "no-such-vhost");
@@ -98,7 +98,7 @@ fn unknown_vhost_is_access_refused() {
 #[test]
 fn nothing_listening_is_an_io_error() {
     // Port 1 on loopback: nothing listens there.
-    let err = Connection::open(ConnectionParameters::new("127.0.0.1").port(1)).unwrap_err();
+    let err = Connection::open(ConnectionParameters::new("127.0.0.1").with_port(1)).unwrap_err();
     assert!(
         matches!(
             err,
@@ -123,7 +123,7 @@ fn open_url_connects_with_percent_encoded_vhost() {
 #[test]
 fn connection_name_shows_on_the_broker_and_drop_closes_the_connection() {
     let name = unique("named-connection");
-    let connection = Connection::open(params().connection_name(&name)).unwrap();
+    let connection = Connection::open(params().with_connection_name(&name)).unwrap();
     let _channel = connection.channel().unwrap();
     assert_eq!(broker_connections_named(&name).len(), 1);
     drop(connection);
@@ -139,7 +139,7 @@ fn connection_name_shows_on_the_broker_and_drop_closes_the_connection() {
 #[test]
 fn broker_forced_close_reaches_a_waiting_consumer() {
     let name = unique("forced");
-    let connection = Connection::open(params().connection_name(&name)).unwrap();
+    let connection = Connection::open(params().with_connection_name(&name)).unwrap();
     let channel = connection.channel().unwrap();
     let queue = support::exclusive_queue(&channel);
     channel
@@ -178,7 +178,7 @@ fn broker_forced_close_reaches_a_waiting_consumer() {
 #[test]
 fn slow_callback_does_not_starve_heartbeats() {
     // pika's best-known bug: a callback longer than two heartbeat intervals kills the connection.
-    let connection = Connection::open(params().heartbeat(Some(1))).unwrap();
+    let connection = Connection::open(params().with_heartbeat(Some(1))).unwrap();
     assert_eq!(connection.heartbeat(), 1);
     let channel = connection.channel().unwrap();
     let queue = unique("slow-callback");
@@ -224,7 +224,7 @@ fn slow_callback_does_not_starve_heartbeats() {
 
 #[test]
 fn explicit_channel_numbers_are_checked() {
-    let connection = Connection::open(params().channel_max(5)).unwrap();
+    let connection = Connection::open(params().with_channel_max(5)).unwrap();
     let three = connection.channel_with_number(3).unwrap();
     assert_eq!(three.channel_number(), 3);
     assert!(matches!(
@@ -260,8 +260,8 @@ fn failover_tries_parameter_sets_in_order() {
     // Nothing listens on ports 1 and 2: the third set is used.
     let dead = |port| {
         ConnectionParameters::new("127.0.0.1")
-            .port(port)
-            .retry_delay(Duration::from_millis(50))
+            .with_port(port)
+            .with_retry_delay(Duration::from_millis(50))
     };
     let connection = Connection::open(vec![dead(1), dead(2), params()]).unwrap();
     assert!(connection.is_open());
@@ -271,11 +271,12 @@ fn failover_tries_parameter_sets_in_order() {
 #[test]
 fn every_attempt_is_made_and_reported_when_all_fail() {
     let dead = ConnectionParameters::new("127.0.0.1")
-        .port(1)
-        .connection_attempts(3)
-        .retry_delay(Duration::from_millis(100));
+        .with_port(1)
+        .with_connection_attempts(3)
+        .with_retry_delay(Duration::from_millis(100));
     let started = Instant::now();
-    let err = Connection::open([dead.clone(), dead.port(2).connection_attempts(1)]).unwrap_err();
+    let err = Connection::open([dead.clone(), dead.with_port(2).with_connection_attempts(1)])
+        .unwrap_err();
     match &err {
         Error::AllAttemptsFailed { attempts } => {
             assert_eq!(attempts.len(), 4);
@@ -310,9 +311,9 @@ fn a_refused_login_is_not_retried() {
     let started = Instant::now();
     let err = Connection::open(
         params()
-            .credentials(PlainCredentials::new("guest", "wrong"))
-            .connection_attempts(5)
-            .retry_delay(Duration::from_secs(1)),
+            .with_credentials(PlainCredentials::new("guest", "wrong"))
+            .with_connection_attempts(5)
+            .with_retry_delay(Duration::from_secs(1)),
     )
     .unwrap_err();
     assert!(matches!(err, Error::AuthenticationFailed { .. }), "{err:?}");
@@ -322,7 +323,7 @@ fn a_refused_login_is_not_retried() {
 #[test]
 fn tcp_options_apply_keepalive_to_the_socket() {
     let name = unique("keepalive");
-    let connection = Connection::open(params().connection_name(&name).tcp_options(
+    let connection = Connection::open(params().with_connection_name(&name).with_tcp_options(
         cottontail::TcpOptions {
             keepalive_idle: Some(Duration::from_secs(42)),
             keepalive_interval: Some(Duration::from_secs(5)),
@@ -361,13 +362,13 @@ fn invalid_parameters_are_refused_before_connecting() {
     // Port 1 would be refused by the OS; the validation error comes first.
     let err = Connection::open(
         ConnectionParameters::new("127.0.0.1")
-            .port(1)
-            .socket_timeout(Duration::ZERO),
+            .with_port(1)
+            .with_socket_timeout(Duration::ZERO),
     )
     .unwrap_err();
     assert_eq!(
         err,
-        Error::InvalidArgument("socket_timeout must be longer than 0".into())
+        Error::InvalidArgument("socket_timeout must be more than 0 seconds, got 0".into())
     );
     assert!(started.elapsed() < Duration::from_millis(100));
 }

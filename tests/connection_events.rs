@@ -117,7 +117,7 @@ fn add_callback_threadsafe_runs_on_the_consuming_thread() {
 
 #[test]
 fn sleep_keeps_a_one_second_heartbeat_connection_alive() {
-    let connection = Connection::open(params().heartbeat(Some(1))).unwrap();
+    let connection = Connection::open(params().with_heartbeat(Some(1))).unwrap();
     connection.sleep(Duration::from_millis(3200)).unwrap();
     assert!(connection.is_open());
     std::thread::sleep(Duration::from_millis(3200));

@@ -62,7 +62,7 @@ fn promptly<T>(what: &str, f: impl FnOnce() -> T) -> T {
 
 #[test]
 fn a_waiting_consumer_keeps_a_short_heartbeat_connection_alive() {
-    let connection = Connection::open(params().heartbeat(Some(1))).unwrap();
+    let connection = Connection::open(params().with_heartbeat(Some(1))).unwrap();
     assert_eq!(connection.heartbeat(), 1);
     let channel = connection.channel().unwrap();
     let queue = exclusive_queue(&channel);
@@ -112,7 +112,7 @@ fn a_waiting_consumer_keeps_a_short_heartbeat_connection_alive() {
 #[test]
 fn deliveries_and_replies_for_other_channels_arrive_while_a_consumer_reads() {
     const N: u32 = 100;
-    let connection = Connection::open(params().rpc_timeout(Duration::from_secs(5))).unwrap();
+    let connection = Connection::open(params().with_rpc_timeout(Duration::from_secs(5))).unwrap();
     let channel_a = connection.channel().unwrap();
     let queue_a = exclusive_queue(&channel_a);
     let channel_b = connection.channel().unwrap();
@@ -194,7 +194,7 @@ fn a_channel_the_broker_closes_while_a_consumer_reads_can_be_replaced_at_once() 
     // The broker's channel.close (here a 404) is routed by the reading consumer; its close-ok
     // must reach the broker right away, or a channel opened next with the same number is not
     // usable (the broker still waits for the close-ok of the old one).
-    let connection = Connection::open(params().rpc_timeout(Duration::from_secs(3))).unwrap();
+    let connection = Connection::open(params().with_rpc_timeout(Duration::from_secs(3))).unwrap();
     let channel_a = connection.channel().unwrap();
     let queue_a = exclusive_queue(&channel_a);
     let (thread_a, items_a) = iterate_on_a_thread(
@@ -320,7 +320,7 @@ fn call_later_and_threadsafe_callbacks_run_while_the_consumer_reads() {
 #[test]
 fn broker_closing_the_connection_ends_a_reading_consumer_with_its_error() {
     let name = unique("forced-while-reading");
-    let connection = Connection::open(params().connection_name(&name)).unwrap();
+    let connection = Connection::open(params().with_connection_name(&name)).unwrap();
     let channel = connection.channel().unwrap();
     let queue = exclusive_queue(&channel);
     let (consumer_thread, items) =
@@ -372,8 +372,12 @@ fn broker_closing_the_connection_ends_a_reading_consumer_with_its_error() {
 fn closing_the_connection_from_another_thread_ends_a_reading_consumer() {
     let name = unique("client-close-while-reading");
     let rpc_timeout = Duration::from_secs(5);
-    let connection =
-        Connection::open(params().connection_name(&name).rpc_timeout(rpc_timeout)).unwrap();
+    let connection = Connection::open(
+        params()
+            .with_connection_name(&name)
+            .with_rpc_timeout(rpc_timeout),
+    )
+    .unwrap();
     let channel = connection.channel().unwrap();
     let queue = exclusive_queue(&channel);
     let (consumer_thread, items) =
@@ -412,7 +416,7 @@ fn many_messages_in_bursts_are_all_received_in_order_by_a_reading_consumer() {
     const N: u32 = BURSTS * PER_BURST;
     let queue = unique("bursts");
     let _cleanup = Cleanup(vec![queue.clone()]);
-    let consuming = Connection::open(params().rpc_timeout(Duration::from_secs(5))).unwrap();
+    let consuming = Connection::open(params().with_rpc_timeout(Duration::from_secs(5))).unwrap();
     let channel = consuming.channel().unwrap();
     channel
         .queue_declare(&queue, QueueDeclareOptions::default())

@@ -246,7 +246,7 @@ fn rpc_times_out_on_time_while_another_channel_is_flooded() {
         flood(&mut peer, &deliveries(2, &tag));
     });
     let (took, result, delivered) = within(Duration::from_secs(30), "the scenario", move || {
-        let params = client_params(port).rpc_timeout(Duration::from_secs(1));
+        let params = client_params(port).with_rpc_timeout(Duration::from_secs(1));
         let connection = Connection::open(params).expect("open");
         let quiet = connection.channel().expect("channel 1");
         let flooded = connection.channel().expect("channel 2");
@@ -381,7 +381,7 @@ fn stop_idle_consumer_during_fake_flood(how: Stop) {
     });
     let (took, returned) = within(Duration::from_secs(30), "the scenario", move || {
         // Room for the cancel-ok, which comes behind what the flood has in the socket buffers.
-        let params = client_params(port).rpc_timeout(Duration::from_secs(5));
+        let params = client_params(port).with_rpc_timeout(Duration::from_secs(5));
         let connection = Connection::open(params).expect("open");
         let idle = connection.channel().expect("channel 1");
         let busy = connection.channel().expect("channel 2");
@@ -443,7 +443,7 @@ fn eight_concurrent_rpcs_on_one_channel_each_time_out_within_their_own_rpc_timeo
     });
     let outcomes = within(Duration::from_secs(30), "the eight callers", move || {
         let connection =
-            Connection::open(client_params(port).rpc_timeout(RPC_TIMEOUT)).expect("open");
+            Connection::open(client_params(port).with_rpc_timeout(RPC_TIMEOUT)).expect("open");
         let channel = connection.channel().expect("channel");
         let barrier = Arc::new(Barrier::new(CALLERS));
         let callers: Vec<_> = (0..CALLERS)
@@ -489,7 +489,7 @@ struct Cleanup(Vec<String>);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         // No panics here: this may run while a failed test unwinds.
-        let params = ConnectionParameters::new(support::HOST).port(support::PORT);
+        let params = ConnectionParameters::new(support::HOST).with_port(support::PORT);
         let Ok(connection) = Connection::open(params) else {
             return;
         };
@@ -611,7 +611,7 @@ fn step<T>(what: &str, f: impl FnOnce() -> cottontail::Result<T>) -> Result<T, S
 /// declare, and close all work.
 #[test]
 fn rpc_timeout_of_duration_max_works_without_panicking() {
-    let params = support::params().rpc_timeout(Duration::MAX);
+    let params = support::params().with_rpc_timeout(Duration::MAX);
     let outcome = within(
         Duration::from_secs(15),
         "open, queue_declare and close with rpc_timeout(Duration::MAX)",
@@ -704,7 +704,7 @@ fn blocked_connection_timeout_of_duration_max_works_without_panicking() {
         Duration::from_secs(8),
         "publish and close with blocked_connection_timeout(Some(Duration::MAX))",
         move || {
-            let params = client_params(port).blocked_connection_timeout(Some(Duration::MAX));
+            let params = client_params(port).with_blocked_connection_timeout(Some(Duration::MAX));
             let connection = Connection::open(params).expect("open");
             let channel = connection.channel().expect("channel");
             // The fake blocks right after channel.open-ok.

@@ -335,7 +335,8 @@ fn silent_peer_after_open_is_a_heartbeat_timeout() {
         peer.drain()
     });
     let connection =
-        Connection::open(client_params(port).rpc_timeout(Duration::from_secs(10))).expect("open");
+        Connection::open(client_params(port).with_rpc_timeout(Duration::from_secs(10)))
+            .expect("open");
     assert_eq!(connection.heartbeat(), 1, "the broker's heartbeat is taken");
     let channel = connection.channel().expect("channel");
     let started = Instant::now();

@@ -31,7 +31,8 @@ fn io_threads() -> Vec<(String, u64)> {
 #[test]
 fn idle_connection_io_thread_sleeps_between_heartbeats() {
     // Heartbeat 60 s: a heartbeat is due every 30 s, so 3 s of idleness needs no wake-up.
-    let connection = cottontail::Connection::open(support::params().heartbeat(Some(60))).unwrap();
+    let connection =
+        cottontail::Connection::open(support::params().with_heartbeat(Some(60))).unwrap();
     let channel = connection.channel().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let before = io_threads();

@@ -43,9 +43,9 @@ fn passwords_appear_in_no_log_record_at_any_level() {
     connection.close().unwrap();
     let refused = Connection::open(
         params()
-            .credentials(PlainCredentials::new(user.as_str(), wrong.as_str()))
-            .connection_attempts(2)
-            .retry_delay(std::time::Duration::from_millis(10)),
+            .with_credentials(PlainCredentials::new(user.as_str(), wrong.as_str()))
+            .with_connection_attempts(2)
+            .with_retry_delay(std::time::Duration::from_millis(10)),
     );
     assert!(refused.is_err());
     rabbitmqctl(&["delete_user", &user]);

@@ -236,7 +236,7 @@ fn unread_consume_iterator_does_not_grow_memory_while_another_iterator_on_its_ch
             }
             report.set("iterated_received", received);
             report.set("iterating_ms", started.elapsed().as_millis());
-            report.set("unread_waiting", never_iterated.get_waiting_message_count());
+            report.set("unread_waiting", never_iterated.waiting_message_count());
             report.set("peak_bytes", peak_rss());
             std::mem::forget(iterated);
             std::mem::forget(never_iterated);
@@ -384,7 +384,7 @@ fn thread_waiting_for_a_confirm_does_not_lift_back_pressure_on_another_channels_
                 push_a_pile_while_a_confirm_is_outstanding(broker, pushed_tx)
             });
             let connection =
-                Connection::open(client_params(port).rpc_timeout(Duration::from_secs(30)))
+                Connection::open(client_params(port).with_rpc_timeout(Duration::from_secs(30)))
                     .expect("open");
             let waiter = connection.channel().expect("channel A");
             let consumer_channel = connection.channel().expect("channel B");

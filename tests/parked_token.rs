@@ -142,7 +142,7 @@ fn assert_refused_publish(outcome: &Option<(Error, Duration)>, exchange: &str) -
 
 #[test]
 fn an_rpc_from_another_thread_completes_while_the_callback_runs() {
-    let connection = Connection::open(params().rpc_timeout(RPC_TIMEOUT)).unwrap();
+    let connection = Connection::open(params().with_rpc_timeout(RPC_TIMEOUT)).unwrap();
     let channel = connection.channel().unwrap();
     let queue = exclusive_queue(&channel);
     let other = connection.channel().unwrap();
@@ -178,7 +178,7 @@ fn an_rpc_from_another_thread_completes_while_the_callback_runs() {
 
 #[test]
 fn confirms_for_another_thread_arrive_while_the_callback_runs() {
-    let connection = Connection::open(params().rpc_timeout(RPC_TIMEOUT)).unwrap();
+    let connection = Connection::open(params().with_rpc_timeout(RPC_TIMEOUT)).unwrap();
     let channel = connection.channel().unwrap();
     let queue = exclusive_queue(&channel);
     let confirming = connection.channel().unwrap();
@@ -227,7 +227,7 @@ fn confirms_for_another_thread_arrive_while_the_callback_runs() {
 
 #[test]
 fn another_consumer_gets_its_message_while_the_callback_runs() {
-    let connection = Connection::open(params().rpc_timeout(RPC_TIMEOUT)).unwrap();
+    let connection = Connection::open(params().with_rpc_timeout(RPC_TIMEOUT)).unwrap();
     let channel_a = connection.channel().unwrap();
     let queue_a = exclusive_queue(&channel_a);
     let channel_b = connection.channel().unwrap();
@@ -296,7 +296,7 @@ fn another_consumer_gets_its_message_while_the_callback_runs() {
 
 #[test]
 fn a_bad_publish_from_the_callback_gets_its_channel_close_while_the_callback_runs() {
-    let connection = Connection::open(params().rpc_timeout(RPC_TIMEOUT)).unwrap();
+    let connection = Connection::open(params().with_rpc_timeout(RPC_TIMEOUT)).unwrap();
     let channel = connection.channel().unwrap();
     let queue = exclusive_queue(&channel);
     let missing = unique("no-such-exchange");
@@ -336,7 +336,7 @@ fn a_bad_publish_from_the_callback_gets_its_channel_close_while_the_callback_run
 
 #[test]
 fn a_bad_publish_from_another_thread_gets_its_channel_close_while_the_callback_runs() {
-    let connection = Connection::open(params().rpc_timeout(RPC_TIMEOUT)).unwrap();
+    let connection = Connection::open(params().with_rpc_timeout(RPC_TIMEOUT)).unwrap();
     let channel = connection.channel().unwrap();
     let queue = exclusive_queue(&channel);
     let doomed = connection.channel().unwrap();
@@ -383,12 +383,12 @@ fn a_thread_that_only_looks_sees_the_broker_close_the_connection_while_the_callb
 fn with_heartbeats_off_a_parked_token_still_lets_a_broker_close_be_read() {
     // heartbeat=0: the I/O thread has no timer at all; what it reads after the token was
     // parked must not depend on one.
-    sees_the_broker_close_while_the_callback_runs(params().heartbeat(Some(0)));
+    sees_the_broker_close_while_the_callback_runs(params().with_heartbeat(Some(0)));
 }
 
 fn sees_the_broker_close_while_the_callback_runs(params: cottontail::ConnectionParameters) {
     let name = unique("parked-close");
-    let connection = Connection::open(params.connection_name(&name)).unwrap();
+    let connection = Connection::open(params.with_connection_name(&name)).unwrap();
     let channel = connection.channel().unwrap();
     let queue = exclusive_queue(&channel);
     let (reports, report_rx) = mpsc::channel();
@@ -429,7 +429,7 @@ fn sees_the_broker_close_while_the_callback_runs(params: cottontail::ConnectionP
 #[test]
 fn messages_keep_arriving_for_an_iterator_whose_caller_only_looks() {
     // After a consume() step hands a message over, the caller may only poll
-    // get_waiting_message_count(): messages published meanwhile must still be read for it.
+    // waiting_message_count(): messages published meanwhile must still be read for it.
     let connection = connect();
     let channel = connection.channel().unwrap();
     let queue = exclusive_queue(&channel);
@@ -445,13 +445,12 @@ fn messages_keep_arriving_for_an_iterator_whose_caller_only_looks() {
         publish(&publishing, &queue, &[i]);
     }
     assert!(
-        eventually(Duration::from_secs(5), || consumer
-            .get_waiting_message_count()
+        eventually(Duration::from_secs(5), || consumer.waiting_message_count()
             == 5),
         "only {} of 5 messages arrived while the caller looked",
-        consumer.get_waiting_message_count()
+        consumer.waiting_message_count()
     );
-    assert_eq!(channel.get_waiting_message_count(), 5);
+    assert_eq!(channel.waiting_message_count(), 5);
     for i in 0..5u8 {
         match consumer.next() {
             Some(Ok(Consumed::Delivery(d))) => assert_eq!(d.body, [i]),
@@ -467,9 +466,9 @@ fn a_long_callback_does_not_starve_a_short_heartbeat() {
     let name = unique("long-callback-heartbeat");
     let connection = Connection::open(
         params()
-            .heartbeat(Some(1))
-            .connection_name(&name)
-            .rpc_timeout(RPC_TIMEOUT),
+            .with_heartbeat(Some(1))
+            .with_connection_name(&name)
+            .with_rpc_timeout(RPC_TIMEOUT),
     )
     .unwrap();
     assert_eq!(connection.heartbeat(), 1);
@@ -514,7 +513,7 @@ fn a_burst_with_acks_and_rpcs_from_the_callback_arrives_in_order() {
     const RPC_EVERY: u32 = 100;
     let queue = unique("parked-burst");
     let _cleanup = Cleanup(vec![queue.clone()]);
-    let consuming = Connection::open(params().rpc_timeout(RPC_TIMEOUT)).unwrap();
+    let consuming = Connection::open(params().with_rpc_timeout(RPC_TIMEOUT)).unwrap();
     let channel = consuming.channel().unwrap();
     channel
         .queue_declare(&queue, QueueDeclareOptions::default())

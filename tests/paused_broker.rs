@@ -54,8 +54,8 @@ fn frozen_broker_is_a_heartbeat_timeout_for_every_waiter() {
     let _turn = FREEZE.lock().unwrap_or_else(|p| p.into_inner());
     let connection = Connection::open(
         support::params()
-            .heartbeat(Some(1))
-            .rpc_timeout(Duration::from_secs(30)),
+            .with_heartbeat(Some(1))
+            .with_rpc_timeout(Duration::from_secs(30)),
     )
     .unwrap();
     let channel = connection.channel().unwrap();
@@ -96,8 +96,8 @@ fn close_returns_within_its_deadline_while_the_broker_is_frozen() {
     let _turn = FREEZE.lock().unwrap_or_else(|p| p.into_inner());
     let connection = Connection::open(
         support::params()
-            .heartbeat(Some(0))
-            .rpc_timeout(Duration::from_secs(2)),
+            .with_heartbeat(Some(0))
+            .with_rpc_timeout(Duration::from_secs(2)),
     )
     .unwrap();
     connection.channel().unwrap();

@@ -127,7 +127,7 @@ fn one_mebibyte_body_crosses_frame_max_intact() {
         .collect();
     channel.basic_publish("", &queue, &body).unwrap();
     // With a small frame_max too: the body is split into many more frames.
-    let small = Connection::open(support::params().frame_max(8192)).unwrap();
+    let small = Connection::open(support::params().with_frame_max(8192)).unwrap();
     let small_channel = small.channel().unwrap();
     // Confirmed, so it is in the queue before the other connection's basic.get looks.
     small_channel.confirm_delivery().unwrap();

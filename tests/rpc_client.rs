@@ -301,7 +301,8 @@ fn process_data_events_on_another_thread_takes_no_reply() {
 #[test]
 fn calls_time_out_at_their_own_deadline() {
     let (queue, _cleanup) = request_queue("rpc-timeout");
-    let connection = Connection::open(params().rpc_timeout(Duration::from_millis(400))).unwrap();
+    let connection =
+        Connection::open(params().with_rpc_timeout(Duration::from_millis(400))).unwrap();
     let client = RpcClient::new(&connection).unwrap();
 
     within(HANG, "timeouts", move || {

@@ -222,9 +222,9 @@ fn settle(
 fn connect_through(proxy: &Proxy) -> Connection {
     Connection::open(
         support::params()
-            .port(proxy.port)
-            .heartbeat(Some(0))
-            .rpc_timeout(RPC_TIMEOUT),
+            .with_port(proxy.port)
+            .with_heartbeat(Some(0))
+            .with_rpc_timeout(RPC_TIMEOUT),
     )
     .expect("connecting through the proxy")
 }
@@ -429,7 +429,7 @@ fn late_get_ok_after_the_timeout_is_rejected_with_requeue() {
         }
         frames
     });
-    let connection = Connection::open(client_params(port).rpc_timeout(RPC_TIMEOUT)).unwrap();
+    let connection = Connection::open(client_params(port).with_rpc_timeout(RPC_TIMEOUT)).unwrap();
     let channel = connection.channel().unwrap();
     assert_timed_out(channel.basic_get("q", false), "basic_get");
     // The client idles a while after the late get-ok arrived, then closes.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cottontail::{
     BasicConsumeOptions, BasicProperties, Connection, ConnectionParameters, ConsumeOptions,
     Consumed, Error, ExternalCredentials, PlainCredentials, PublishOptions, QueueDeclareOptions,
-    SslOptions,
+    SslOptions, TlsVersion,
 };
 use support::unique;
 use tls_broker::{broker, CLIENT_CN, CLIENT_KEY_PASSWORD, TCP_PORT, TLS_PORT};
@@ -20,18 +20,18 @@ use tls_broker::{broker, CLIENT_CN, CLIENT_KEY_PASSWORD, TCP_PORT, TLS_PORT};
 /// Parameters for the TLS listener on 127.0.0.1, with tight timeouts so a failure is quick.
 fn tls_params(ssl: SslOptions) -> ConnectionParameters {
     ConnectionParameters::new("127.0.0.1")
-        .port(TLS_PORT)
-        .ssl_options(Some(ssl))
-        .socket_timeout(Duration::from_secs(5))
-        .stack_timeout(Duration::from_secs(10))
+        .with_port(TLS_PORT)
+        .with_ssl_options(Some(ssl))
+        .with_socket_timeout(Duration::from_secs(5))
+        .with_stack_timeout(Duration::from_secs(10))
 }
 
 /// Trusts our CA and checks the certificate against `localhost`.
 fn trusting_our_ca() -> SslOptions {
     SslOptions::new()
-        .ca_file(broker().ca_file())
+        .with_ca_file(broker().ca_file())
         .expect("reading the CA file")
-        .server_hostname("localhost")
+        .with_server_hostname("localhost")
 }
 
 /// Opens a connection that must succeed; on failure, shows the broker's log too.
@@ -139,8 +139,8 @@ fn publish_and_consume_over_tls_with_a_custom_ca() {
     let name = unique("tls-heartbeat");
     let connection = open(
         tls_params(trusting_our_ca())
-            .heartbeat(Some(1))
-            .connection_name(&name),
+            .with_heartbeat(Some(1))
+            .with_connection_name(&name),
     );
     assert_eq!(connection.heartbeat(), 1);
     // The broker agreed to 1 s too, so it would drop a connection that went quiet.
@@ -248,9 +248,9 @@ fn wrong_ca_is_a_tls_error() {
     broker();
     let started = Instant::now();
     let unrelated = SslOptions::new()
-        .ca_file(broker().other_ca_file())
+        .with_ca_file(broker().other_ca_file())
         .unwrap()
-        .server_hostname("localhost");
+        .with_server_hostname("localhost");
     let err = Connection::open(tls_params(unrelated)).unwrap_err();
     let message = expect_tls_error(err, "trusting only an unrelated CA");
     assert!(
@@ -258,8 +258,10 @@ fn wrong_ca_is_a_tls_error() {
         "unexpected message: {message}"
     );
     // The system's roots do not know our CA either.
-    let err =
-        Connection::open(tls_params(SslOptions::new().server_hostname("localhost"))).unwrap_err();
+    let err = Connection::open(tls_params(
+        SslOptions::new().with_server_hostname("localhost"),
+    ))
+    .unwrap_err();
     let message = expect_tls_error(err, "trusting only the system's roots");
     assert!(
         message.contains("certificate verify failed"),
@@ -271,10 +273,10 @@ fn wrong_ca_is_a_tls_error() {
 #[test]
 fn verify_certificate_false_accepts_an_untrusted_broker() {
     let anything = SslOptions::new()
-        .ca_file(broker().other_ca_file())
+        .with_ca_file(broker().other_ca_file())
         .unwrap()
-        .server_hostname("wrong.example")
-        .verify_certificate(false);
+        .with_server_hostname("wrong.example")
+        .with_verify_certificate(false);
     let connection = open(tls_params(anything));
     connection
         .channel()
@@ -287,7 +289,7 @@ fn verify_certificate_false_accepts_an_untrusted_broker() {
 #[test]
 fn hostname_mismatch_is_an_error_unless_verification_is_off() {
     let err = Connection::open(tls_params(
-        trusting_our_ca().server_hostname("wrong.example"),
+        trusting_our_ca().with_server_hostname("wrong.example"),
     ))
     .unwrap_err();
     let message = expect_tls_error(err, "a certificate for another name");
@@ -298,8 +300,8 @@ fn hostname_mismatch_is_an_error_unless_verification_is_off() {
 
     let connection = open(tls_params(
         trusting_our_ca()
-            .server_hostname("wrong.example")
-            .verify_hostname(false),
+            .with_server_hostname("wrong.example")
+            .with_verify_hostname(false),
     ));
     connection
         .channel()
@@ -310,14 +312,14 @@ fn hostname_mismatch_is_an_error_unless_verification_is_off() {
 
     // verify_hostname(false) still checks the chain.
     let unrelated = SslOptions::new()
-        .ca_file(broker().other_ca_file())
+        .with_ca_file(broker().other_ca_file())
         .unwrap()
-        .verify_hostname(false);
+        .with_verify_hostname(false);
     let err = Connection::open(tls_params(unrelated)).unwrap_err();
     expect_tls_error(err, "verify_hostname(false) with an unrelated CA");
 
     // Without server_hostname the host is checked: 127.0.0.1 is in the certificate's SAN.
-    let by_address = SslOptions::new().ca_file(broker().ca_file()).unwrap();
+    let by_address = SslOptions::new().with_ca_file(broker().ca_file()).unwrap();
     open(tls_params(by_address)).close().unwrap();
 }
 
@@ -326,14 +328,14 @@ fn mutual_tls_with_external_auth() {
     let b = broker();
     let with_certificate = || {
         trusting_our_ca()
-            .client_certificate_files(b.client_cert_file(), b.client_key_file())
+            .with_client_certificate_files(b.client_cert_file(), b.client_key_file())
             .unwrap()
     };
     let name = unique("external");
     let connection = open(
         tls_params(with_certificate())
-            .credentials(ExternalCredentials)
-            .connection_name(&name),
+            .with_credentials(ExternalCredentials::new())
+            .with_connection_name(&name),
     );
     let channel = connection.channel().unwrap();
     let queue = unique("external-queue");
@@ -353,8 +355,8 @@ fn mutual_tls_with_external_auth() {
     let name = unique("mutual-plain");
     let connection = open(
         tls_params(with_certificate())
-            .credentials(PlainCredentials::new("guest", "guest"))
-            .connection_name(&name),
+            .with_credentials(PlainCredentials::new("guest", "guest"))
+            .with_connection_name(&name),
     );
     let seen = broker_connection(&name, &["user", "auth_mechanism", "peer_cert_subject"]);
     assert_eq!(seen[0], "guest", "{seen:?}");
@@ -372,8 +374,8 @@ fn pkcs1_and_encrypted_client_keys_work_as_in_pika() {
         let name = unique("key-forms");
         let connection = Connection::open(
             tls_params(ssl)
-                .credentials(ExternalCredentials)
-                .connection_name(&name),
+                .with_credentials(ExternalCredentials::new())
+                .with_connection_name(&name),
         )
         .unwrap_or_else(|e| panic!("{what}: {e:?}\n{}", b.log_tail()));
         let seen = broker_connection(&name, &["user", "auth_mechanism", "ssl"]);
@@ -384,17 +386,17 @@ fn pkcs1_and_encrypted_client_keys_work_as_in_pika() {
     assert!(pkcs1.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
     external_login(
         trusting_our_ca()
-            .client_certificate_files(b.client_cert_file(), b.client_pkcs1_key_file())
+            .with_client_certificate_files(b.client_cert_file(), b.client_pkcs1_key_file())
             .unwrap(),
         "PKCS#1 key",
     );
     let encrypted = || {
         trusting_our_ca()
-            .client_certificate_files(b.client_cert_file(), b.client_encrypted_key_file())
+            .with_client_certificate_files(b.client_cert_file(), b.client_encrypted_key_file())
             .unwrap()
     };
     external_login(
-        encrypted().client_key_password(CLIENT_KEY_PASSWORD),
+        encrypted().with_client_key_password(CLIENT_KEY_PASSWORD),
         "encrypted PKCS#8 key with its password",
     );
 
@@ -419,14 +421,15 @@ fn pkcs1_and_encrypted_client_keys_work_as_in_pika() {
     let missing = Connection::open(tls_params(encrypted())).unwrap_err();
     let message = expect_tls_error(missing, "encrypted key without a password");
     assert!(message.contains("no password was given"), "{message}");
-    let wrong = Connection::open(tls_params(encrypted().client_key_password("guess"))).unwrap_err();
+    let wrong =
+        Connection::open(tls_params(encrypted().with_client_key_password("guess"))).unwrap_err();
     let message = expect_tls_error(wrong, "encrypted key with a wrong password");
     assert!(message.contains("wrong password"), "{message}");
     assert!(!message.contains("guess"), "{message}");
     assert!(started.elapsed() < Duration::from_secs(5));
     let debug = format!(
         "{:?}",
-        tls_params(encrypted().client_key_password(CLIENT_KEY_PASSWORD))
+        tls_params(encrypted().with_client_key_password(CLIENT_KEY_PASSWORD))
     );
     assert!(!debug.contains(CLIENT_KEY_PASSWORD), "{debug}");
     assert!(debug.contains("<redacted>"), "{debug}");
@@ -442,24 +445,27 @@ fn a_ca_directory_is_trusted_as_pika_capath() {
     std::fs::copy(b.ca_file(), dir.join("our-ca.pem")).unwrap();
     std::os::unix::fs::symlink(dir.join("our-ca.pem"), dir.join("1a2b3c4d.0")).unwrap();
     std::fs::write(dir.join("README"), "not a certificate\n").unwrap();
-    let by_builder = SslOptions::new().ca_path(&dir).unwrap();
+    let by_builder = SslOptions::new().with_ca_path(&dir).unwrap();
     open(tls_params(by_builder)).close().unwrap();
 
-    let dict = format!("{{'capath': '{}'}}", dir.display());
-    let url = format!(
-        "amqps://guest:guest@localhost:{TLS_PORT}/%2f?ssl_options={}",
-        url_encode(&dict)
-    );
-    Connection::open_url(&url)
-        .unwrap_or_else(|e| panic!("{url}: {e:?}\n{}", b.log_tail()))
-        .close()
-        .unwrap();
+    for key in ["capath", "ca_path"] {
+        let dict = format!("{{'{key}': '{}'}}", dir.display());
+        let url = format!(
+            "amqps://guest:guest@localhost:{TLS_PORT}/%2f?ssl_options={}",
+            url_encode(&dict)
+        );
+        Connection::open_url(&url)
+            .unwrap_or_else(|e| panic!("{url}: {e:?}\n{}", b.log_tail()))
+            .close()
+            .unwrap();
+    }
 
     // A directory with only an unrelated CA verifies nothing of ours.
     let other = b.dir().join(unique("capath-other"));
     std::fs::create_dir(&other).unwrap();
     std::fs::copy(b.other_ca_file(), other.join("other.pem")).unwrap();
-    let err = Connection::open(tls_params(SslOptions::new().ca_path(&other).unwrap())).unwrap_err();
+    let err =
+        Connection::open(tls_params(SslOptions::new().with_ca_path(&other).unwrap())).unwrap_err();
     let message = expect_tls_error(err, "a CA directory with an unrelated CA");
     assert!(message.contains("certificate verify failed"), "{message}");
 
@@ -467,15 +473,91 @@ fn a_ca_directory_is_trusted_as_pika_capath() {
     let empty = b.dir().join(unique("capath-empty"));
     std::fs::create_dir(&empty).unwrap();
     std::fs::write(empty.join("README"), "nothing here\n").unwrap();
-    match SslOptions::new().ca_path(&empty) {
+    match SslOptions::new().with_ca_path(&empty) {
         Err(Error::InvalidArgument(message)) => {
             assert!(message.contains("no PEM certificate"), "{message}")
         }
         other => panic!("expected InvalidArgument, got {other:?}"),
     }
-    match SslOptions::new().ca_path(b.dir().join("no-such-directory")) {
+    match SslOptions::new().with_ca_path(b.dir().join("no-such-directory")) {
         Err(Error::Io { .. }) => {}
         other => panic!("expected an I/O error, got {other:?}"),
+    }
+}
+
+#[test]
+fn ca_data_from_a_url_is_trusted_as_pika_cadata() {
+    let b = broker();
+    let pem = std::fs::read_to_string(b.ca_file()).unwrap();
+    // As a Python literal: the PEM's newlines escaped.
+    let literal = pem.replace('\n', "\\n");
+    for key in ["ca_data", "cadata"] {
+        let dict = format!("{{'{key}': '{literal}', 'server_hostname': 'localhost'}}");
+        let url = format!(
+            "amqps://guest:guest@127.0.0.1:{TLS_PORT}/%2f?ssl_options={}",
+            url_encode(&dict)
+        );
+        Connection::open_url(&url)
+            .unwrap_or_else(|e| panic!("{key}: {e:?}\n{}", b.log_tail()))
+            .close()
+            .unwrap();
+    }
+    // An unrelated CA as ca_data verifies nothing of ours.
+    let other = std::fs::read_to_string(b.other_ca_file()).unwrap();
+    let dict = format!("{{'ca_data': '{}'}}", other.replace('\n', "\\n"));
+    let url = format!(
+        "amqps://guest:guest@localhost:{TLS_PORT}/%2f?ssl_options={}",
+        url_encode(&dict)
+    );
+    expect_tls_error(
+        Connection::open_url(&url).unwrap_err(),
+        "ca_data with an unrelated CA",
+    );
+}
+
+#[test]
+fn tls_versions_reach_the_handshake() {
+    let b = broker();
+    let version_seen = |params: ConnectionParameters| {
+        let name = unique("tls-version");
+        let connection = open(params.with_connection_name(&name));
+        let seen = broker_connection(&name, &["ssl_protocol"]);
+        connection.close().unwrap();
+        seen[0].clone()
+    };
+    // pika's 'protocol': ssl.PROTOCOL_TLSv1_2 (5) pins TLS 1.2.
+    let dict = format!("{{'cafile': '{}', 'protocol': 5}}", b.ca_file().display());
+    let url = format!(
+        "amqps://guest:guest@localhost:{TLS_PORT}/%2f?ssl_options={}",
+        url_encode(&dict)
+    );
+    let params = ConnectionParameters::from_url(&url).unwrap();
+    assert_eq!(version_seen(params), "tlsv1.2");
+    let pinned = trusting_our_ca()
+        .with_min_tls_version(TlsVersion::Tls12)
+        .with_max_tls_version(TlsVersion::Tls12);
+    assert_eq!(version_seen(tls_params(pinned)), "tlsv1.2");
+    // PROTOCOL_TLS_CLIENT (16) and the defaults take the newest both sides have; a minimum
+    // of TLS 1.3 gets it or fails, never less.
+    let dict = format!("{{'cafile': '{}', 'protocol': 16}}", b.ca_file().display());
+    let url = format!(
+        "amqps://guest:guest@localhost:{TLS_PORT}/%2f?ssl_options={}",
+        url_encode(&dict)
+    );
+    let newest = version_seen(tls_params(trusting_our_ca()));
+    eprintln!("the broker's newest TLS version: {newest}");
+    assert_eq!(
+        version_seen(ConnectionParameters::from_url(&url).unwrap()),
+        newest
+    );
+    let at_least_13 = tls_params(trusting_our_ca().with_min_tls_version(TlsVersion::Tls13));
+    if newest == "tlsv1.3" {
+        assert_eq!(version_seen(at_least_13), "tlsv1.3");
+    } else {
+        expect_tls_error(
+            Connection::open(at_least_13).unwrap_err(),
+            "TLS 1.3 against a broker without it",
+        );
     }
 }
 
@@ -483,8 +565,10 @@ fn a_ca_directory_is_trusted_as_pika_capath() {
 fn external_auth_without_a_client_certificate_is_refused() {
     broker();
     let started = Instant::now();
-    let err = Connection::open(tls_params(trusting_our_ca()).credentials(ExternalCredentials))
-        .unwrap_err();
+    let err = Connection::open(
+        tls_params(trusting_our_ca()).with_credentials(ExternalCredentials::new()),
+    )
+    .unwrap_err();
     assert!(
         matches!(err, Error::AuthenticationFailed { .. }),
         "EXTERNAL without a certificate: {err:?}"
@@ -548,8 +632,8 @@ fn plain_port_rejects_tls_gracefully() {
     let started = Instant::now();
     let err = Connection::open(
         tls_params(trusting_our_ca())
-            .port(TCP_PORT)
-            .socket_timeout(timeout),
+            .with_port(TCP_PORT)
+            .with_socket_timeout(timeout),
     )
     .unwrap_err();
     let elapsed = started.elapsed();
@@ -570,9 +654,9 @@ fn plain_amqp_to_the_tls_port_fails_fast() {
     let started = Instant::now();
     let err = Connection::open(
         ConnectionParameters::new("127.0.0.1")
-            .port(TLS_PORT)
-            .socket_timeout(timeout)
-            .stack_timeout(Duration::from_secs(10)),
+            .with_port(TLS_PORT)
+            .with_socket_timeout(timeout)
+            .with_stack_timeout(Duration::from_secs(10)),
     )
     .unwrap_err();
     let elapsed = started.elapsed();
@@ -594,10 +678,10 @@ fn a_silent_peer_fails_the_tls_handshake_within_the_timeouts() {
         let started = Instant::now();
         let err = Connection::open(
             ConnectionParameters::new("127.0.0.1")
-                .port(port)
-                .ssl_options(Some(SslOptions::new().server_hostname("localhost")))
-                .socket_timeout(Duration::from_secs(socket_timeout))
-                .stack_timeout(Duration::from_secs(stack_timeout)),
+                .with_port(port)
+                .with_ssl_options(Some(SslOptions::new().with_server_hostname("localhost")))
+                .with_socket_timeout(Duration::from_secs(socket_timeout))
+                .with_stack_timeout(Duration::from_secs(stack_timeout)),
         )
         .unwrap_err();
         let elapsed = started.elapsed();

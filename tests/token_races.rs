@@ -94,7 +94,7 @@ fn a_token_parked_after_a_hand_over_is_taken_back() {
             )
         })
     });
-    let params = client_params(port).rpc_timeout(Duration::from_secs(20));
+    let params = client_params(port).with_rpc_timeout(Duration::from_secs(20));
     let connection = Connection::open(params).expect("open");
     let ch = connection.channel().expect("channel");
     // Fill the socket and the outbound buffer (the fake does not read): the publisher ends up

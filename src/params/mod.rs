@@ -1,24 +1,33 @@
 //! Connection parameters, credentials and `amqp://` URLs (pika's `ConnectionParameters` and
 //! `URLParameters`).
 
+use std::fmt::Display;
 use std::str::FromStr;
 use std::time::Duration;
 
 use crate::protocol::table::{FieldTable, FieldValue};
-use amq_protocol::uri::{AMQPScheme, AMQPUri, SASLMechanism};
 
 use crate::error::{Error, Result};
 
 mod pydict;
 mod security;
+mod url;
 
-pub use self::security::{Credentials, ExternalCredentials, PlainCredentials, SslOptions};
+pub use self::security::{
+    Credentials, ExternalCredentials, PlainCredentials, SslOptions, TlsVersion,
+};
 
-/// The smallest `frame_max` cottontail asks for (8192 bytes).
+/// The smallest `frame_max` cottontail asks for (8192 bytes). pika allows 4096 (its
+/// `FRAME_MIN_SIZE`), but RabbitMQ 4.1 and later refuse a `frame_max` under 8192.
 pub const FRAME_MIN_SIZE: u32 = 8192;
 /// The largest `frame_max` cottontail asks for (131072 bytes, pika's `FRAME_MAX_SIZE` and
 /// RabbitMQ's default); also the largest frame accepted before tuning.
 pub const FRAME_MAX_SIZE: u32 = 131_072;
+
+/// pika's `DEFAULT_PORT`.
+const DEFAULT_PORT: u16 = 5672;
+/// pika's `DEFAULT_SSL_PORT`: the port when `ssl_options` is set and no port is.
+const DEFAULT_SSL_PORT: u16 = 5671;
 
 /// TCP socket options (pika's `tcp_options`). Unset fields keep the OS defaults.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,46 +45,60 @@ pub struct TcpOptions {
 
 /// Everything needed to open a [`Connection`](crate::Connection), with pika's names and defaults.
 ///
-/// | field | default | meaning |
-/// |---|---|---|
-/// | `host` | `"localhost"` | broker host name or address |
-/// | `port` | 5672 | broker port |
-/// | `virtual_host` | `"/"` | virtual host to open |
-/// | `credentials` | `guest` / `guest` | [`PlainCredentials`] (PLAIN) or [`ExternalCredentials`] (EXTERNAL) |
-/// | `channel_max` | 65535 | highest channel number we ask for (the smaller non-zero value of ours and the broker's wins) |
-/// | `frame_max` | 131072 | largest frame we ask for (8192 to 131072, as in pika; the smaller of ours and the broker's wins) |
-/// | `heartbeat` | `None` | `None` takes the broker's value, `Some(0)` turns heartbeats off, `Some(n)` uses `n` seconds |
-/// | `socket_timeout` | 10 s | bound on the TCP connect and on each socket wait during the handshake |
-/// | `stack_timeout` | 15 s | bound on the whole of `Connection::open`, handshake included |
-/// | `rpc_timeout` | 10 s | default deadline of every synchronous method (cottontail's; pika has none) |
-/// | `locale` | `"en_US"` | locale sent in start-ok |
-/// | `client_properties` | empty | merged over the properties cottontail sends (`connection_name` shows in the management UI) |
-/// | `connection_attempts` | 1 | attempts per parameter set before the next one is tried |
-/// | `retry_delay` | 2 s | pause between attempts |
-/// | `blocked_connection_timeout` | `None` | tear the connection down (`Error::ConnectionBlockedTimeout`) when the broker keeps it blocked longer |
-/// | `ssl_options` | `None` | TLS settings; `Some` (or an `amqps://` URL) connects with TLS |
-/// | `tcp_options` | none set | keepalive and `TCP_USER_TIMEOUT` |
+/// Each setting has a builder `with_<name>(value)` that takes and returns the parameters, and a
+/// getter `<name>()`. Builders store what they are given; [`validate`](Self::validate) (which
+/// [`Connection::open`](crate::Connection::open) calls before opening a socket) refuses values
+/// outside pika's ranges, naming the parameter and the range.
+///
+/// | field | default | allowed | meaning |
+/// |---|---|---|---|
+/// | `host` | `"localhost"` | not empty | broker host name or address |
+/// | `port` | 5672, or 5671 when `ssl_options` is set | 1 to 65535 | broker port; a port set with [`with_port`](Self::with_port) is kept whatever `ssl_options` is |
+/// | `virtual_host` | `"/"` | at most 255 bytes | virtual host to open |
+/// | `credentials` | `guest` / `guest` | | [`PlainCredentials`] (PLAIN) or [`ExternalCredentials`] (EXTERNAL) |
+/// | `channel_max` | 65535 | 1 to 65535 | highest channel number we ask for (the smaller of ours and the broker's wins) |
+/// | `frame_max` | 131072 | 8192 to 131072 | largest frame we ask for (the smaller of ours and the broker's wins); pika allows down to 4096, RabbitMQ 4.1 and later refuse less than 8192 |
+/// | `heartbeat` | `None` | | `None` takes the broker's value, `Some(0)` turns heartbeats off, `Some(n)` uses `n` seconds |
+/// | `socket_timeout` | 10 s | more than 0 | bound on the TCP connect and on each socket wait during the handshake |
+/// | `stack_timeout` | 15 s | more than 0 | bound on the whole of `Connection::open`, handshake included |
+/// | `rpc_timeout` | 10 s | more than 0 | default deadline of every synchronous method (cottontail's; pika has none) |
+/// | `locale` | `"en_US"` | at most 255 bytes | locale sent in start-ok |
+/// | `client_properties` | empty | | merged over the properties cottontail sends (`connection_name` shows in the management UI) |
+/// | `connection_attempts` | 1 | at least 1 | attempts per parameter set before the next one is tried |
+/// | `retry_delay` | 2 s | | pause between attempts |
+/// | `blocked_connection_timeout` | `None` | | tear the connection down (`Error::ConnectionBlockedTimeout`) when the broker keeps it blocked longer |
+/// | `ssl_options` | `None` | | TLS settings; `Some` (or an `amqps://` URL) connects with TLS |
+/// | `tcp_options` | none set | | keepalive and `TCP_USER_TIMEOUT` |
 ///
 /// An `amqp://` / `amqps://` URL carries the same settings as query options (see
 /// [`from_url`](Self::from_url)). Several parameter sets can be given to
 /// [`Connection::open`](crate::Connection::open) to fail over between cluster nodes.
+///
+/// Two parameter sets are equal (`==`) when every setting is, and when both or neither had
+/// their port set explicitly (an implicit port follows `ssl_options`, an explicit one does
+/// not).
 ///
 /// ```
 /// use std::time::Duration;
 /// use cottontail::ConnectionParameters;
 ///
 /// let params = ConnectionParameters::new("127.0.0.1")
-///     .port(5672)
-///     .heartbeat(Some(30))
-///     .rpc_timeout(Duration::from_secs(5));
+///     .with_port(5672)
+///     .with_heartbeat(Some(30))
+///     .with_rpc_timeout(Duration::from_secs(5));
+/// assert_eq!(params.heartbeat(), Some(30));
 /// let from_url: ConnectionParameters = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=30".parse()?;
-/// assert_eq!(from_url.get_heartbeat(), Some(30));
+/// assert_eq!(from_url.heartbeat(), Some(30));
+/// assert_eq!(from_url.virtual_host(), "/");
 /// # Ok::<(), cottontail::Error>(())
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ConnectionParameters {
     pub(crate) host: String,
+    /// The port to connect to: the explicit one, else the default for `ssl_options`.
     pub(crate) port: u16,
+    /// True once a port was given ([`with_port`](Self::with_port), a URL's port).
+    pub(crate) explicit_port: bool,
     pub(crate) virtual_host: String,
     pub(crate) credentials: Credentials,
     pub(crate) channel_max: u16,
@@ -104,11 +127,12 @@ impl ConnectionParameters {
     pub fn new(host: impl Into<String>) -> Self {
         ConnectionParameters {
             host: host.into(),
-            port: 5672,
+            port: DEFAULT_PORT,
+            explicit_port: false,
             virtual_host: "/".into(),
             credentials: Credentials::Plain(PlainCredentials::default()),
             channel_max: 65535,
-            frame_max: 131_072,
+            frame_max: FRAME_MAX_SIZE,
             heartbeat: None,
             socket_timeout: Duration::from_secs(10),
             stack_timeout: Duration::from_secs(15),
@@ -123,140 +147,41 @@ impl ConnectionParameters {
         }
     }
 
-    /// Parses an `amqp://user:pass@host:port/vhost?option=value&...` URL, or `amqps://` for
-    /// TLS (pika's `URLParameters`).
-    ///
-    /// User, password and vhost are percent-decoded (`%2f` is `/`). Query options, with pika's
-    /// names and formats: `heartbeat`, `frame_max`, `channel_max`, `connection_attempts`
-    /// (integers); `socket_timeout`, `stack_timeout`, `retry_delay`,
-    /// `blocked_connection_timeout` (seconds, may be fractional); `locale`; and as
-    /// URL-encoded Python dicts: `client_properties` (e.g. `{'connection_name': 'worker-1'}`),
-    /// `ssl_options` (`cafile`/`ca_certs`, `capath`, `cadata`, `certfile`, `keyfile`,
-    /// `password`, `server_hostname`, `verify_certificate`, `verify_hostname`) and
-    /// `tcp_options` (`TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT`, `TCP_USER_TIMEOUT`).
-    /// amq-protocol's `connection_timeout` (milliseconds, sets `socket_timeout`) and
-    /// `auth_mechanism` (`plain` or `external`) are accepted too. Any other option is an error
-    /// naming it, as pika raises `ValueError`.
-    pub fn from_url(url: &str) -> Result<Self> {
-        let uri: AMQPUri = url
-            .parse()
-            .map_err(|e: String| Error::InvalidArgument(format!("invalid AMQP URL: {e}")))?;
-        let mut params = ConnectionParameters::new(uri.authority.host.clone());
-        params.port = uri.authority.port;
-        params.virtual_host = uri.vhost.clone();
-        params.credentials = Credentials::Plain(PlainCredentials::new(
-            uri.authority.userinfo.username.clone(),
-            uri.authority.userinfo.password.clone(),
-        ));
-        if matches!(uri.scheme, AMQPScheme::AMQPS) {
-            params.ssl_options = Some(SslOptions::default());
-        }
-        if let Some(frame_max) = uri.query.frame_max {
-            params = params.try_frame_max(frame_max)?;
-        }
-        if let Some(channel_max) = uri.query.channel_max {
-            params.channel_max = channel_max;
-        }
-        if let Some(heartbeat) = uri.query.heartbeat {
-            params.heartbeat = Some(heartbeat);
-        }
-        if let Some(ms) = uri.query.connection_timeout {
-            params.socket_timeout = Duration::from_millis(ms);
-        }
-        match uri.query.auth_mechanism {
-            None | Some(SASLMechanism::Plain) => {}
-            Some(SASLMechanism::External) => params.credentials = ExternalCredentials.into(),
-            Some(other) => {
-                return Err(Error::InvalidArgument(format!(
-                    "auth_mechanism {other} is not supported (plain or external)"
-                )))
-            }
-        }
-        // amq-protocol ignores options it does not know; pika rejects them, and so do we.
-        let query = url.split_once('?').map_or("", |(_, q)| q);
-        let query = query.split_once('#').map_or(query, |(q, _)| q);
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decode(raw)?;
-            match key {
-                "heartbeat" | "frame_max" | "channel_max" | "connection_timeout"
-                | "auth_mechanism" => {}
-                "socket_timeout" => params.socket_timeout = parse_seconds(key, &value)?,
-                "stack_timeout" => params.stack_timeout = parse_seconds(key, &value)?,
-                "retry_delay" => params.retry_delay = parse_seconds(key, &value)?,
-                "blocked_connection_timeout" => {
-                    params.blocked_connection_timeout = match value.as_str() {
-                        "None" | "none" | "" => None,
-                        v => Some(parse_seconds(key, v)?),
-                    }
-                }
-                "connection_attempts" => {
-                    params.connection_attempts = value
-                        .parse::<u32>()
-                        .ok()
-                        .filter(|n| *n >= 1)
-                        .ok_or_else(|| bad_option(key, &value, "a whole number from 1"))?
-                }
-                "locale" => params.locale = value,
-                "client_properties" => {
-                    for (k, v) in pydict::parse(&value).map_err(|e| bad_option(key, &value, &e))? {
-                        params.client_properties.insert(k.as_str(), v.into_amqp());
-                    }
-                }
-                "ssl_options" => {
-                    let dict = pydict::parse(&value).map_err(|e| bad_option(key, &value, &e))?;
-                    params.ssl_options = Some(ssl_options_from_dict(
-                        params.ssl_options.take().unwrap_or_default(),
-                        dict,
-                    )?);
-                }
-                "tcp_options" => {
-                    let dict = pydict::parse(&value).map_err(|e| bad_option(key, &value, &e))?;
-                    params.tcp_options = tcp_options_from_dict(dict)?;
-                }
-                other => {
-                    return Err(Error::InvalidArgument(format!(
-                        "unknown URL option {other:?}"
-                    )))
-                }
-            }
-        }
-        Ok(params)
-    }
-
-    /// Broker port. Defaults to 5672.
-    pub fn port(mut self, port: u16) -> Self {
-        self.port = port;
-        self
-    }
-
-    /// Broker host. Defaults to `"localhost"`.
-    pub fn host(mut self, host: impl Into<String>) -> Self {
+    /// Broker host. Defaults to `"localhost"`; must not be empty.
+    pub fn with_host(mut self, host: impl Into<String>) -> Self {
         self.host = host.into();
         self
     }
 
-    /// Virtual host to open. Defaults to `"/"`.
-    pub fn virtual_host(mut self, vhost: impl Into<String>) -> Self {
+    /// Broker port, from 1 to 65535. Defaults to 5672, or to 5671 when `ssl_options` is set
+    /// (pika's rule); a port set here is kept whatever `ssl_options` is.
+    pub fn with_port(mut self, port: u16) -> Self {
+        self.port = port;
+        self.explicit_port = true;
+        self
+    }
+
+    /// Virtual host to open, at most 255 bytes. Defaults to `"/"`.
+    pub fn with_virtual_host(mut self, vhost: impl Into<String>) -> Self {
         self.virtual_host = vhost.into();
         self
     }
 
     /// Credentials: [`PlainCredentials`] or [`ExternalCredentials`]. Defaults to `guest` /
     /// `guest`.
-    pub fn credentials(mut self, credentials: impl Into<Credentials>) -> Self {
+    pub fn with_credentials(mut self, credentials: impl Into<Credentials>) -> Self {
         self.credentials = credentials.into();
         self
     }
 
-    /// Attempts per parameter set (at least 1). Defaults to 1.
-    pub fn connection_attempts(mut self, attempts: u32) -> Self {
-        self.connection_attempts = attempts.max(1);
+    /// Attempts per parameter set, at least 1. Defaults to 1.
+    pub fn with_connection_attempts(mut self, attempts: u32) -> Self {
+        self.connection_attempts = attempts;
         self
     }
 
     /// Pause between connection attempts. Defaults to 2 s.
-    pub fn retry_delay(mut self, delay: Duration) -> Self {
+    pub fn with_retry_delay(mut self, delay: Duration) -> Self {
         self.retry_delay = delay;
         self
     }
@@ -264,108 +189,106 @@ impl ConnectionParameters {
     /// How long the broker may keep the connection blocked (resource alarm) before
     /// cottontail tears it down with [`Error::ConnectionBlockedTimeout`]; publishers wait
     /// while it is blocked. Defaults to `None` (wait as long as the broker blocks).
-    pub fn blocked_connection_timeout(mut self, timeout: Option<Duration>) -> Self {
+    pub fn with_blocked_connection_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.blocked_connection_timeout = timeout;
         self
     }
 
-    /// TLS settings; `Some` connects with TLS. Defaults to `None` (plain TCP), or TLS with
-    /// default options for an `amqps://` URL.
-    pub fn ssl_options(mut self, options: Option<SslOptions>) -> Self {
+    /// TLS settings; `Some` connects with TLS, on port 5671 unless a port was set with
+    /// [`with_port`](Self::with_port). Defaults to `None` (plain TCP), or TLS with default
+    /// options for an `amqps://` URL.
+    pub fn with_ssl_options(mut self, options: Option<SslOptions>) -> Self {
+        if !self.explicit_port {
+            self.port = if options.is_some() {
+                DEFAULT_SSL_PORT
+            } else {
+                DEFAULT_PORT
+            };
+        }
         self.ssl_options = options;
         self
     }
 
     /// TCP keepalive and user-timeout settings. Defaults to the OS's.
-    pub fn tcp_options(mut self, options: TcpOptions) -> Self {
+    pub fn with_tcp_options(mut self, options: TcpOptions) -> Self {
         self.tcp_options = options;
         self
     }
 
-    /// Highest channel number to ask for. Defaults to 65535.
-    pub fn channel_max(mut self, channel_max: u16) -> Self {
+    /// Highest channel number to ask for, from 1 to 65535. Defaults to 65535.
+    pub fn with_channel_max(mut self, channel_max: u16) -> Self {
         self.channel_max = channel_max;
         self
     }
 
-    /// Largest frame to ask for, from 8192 to 131072 (pika's bounds). Defaults to 131072.
-    ///
-    /// A value outside is brought to the nearest bound; use
-    /// [`try_frame_max`](Self::try_frame_max) to get an error instead.
-    pub fn frame_max(mut self, frame_max: u32) -> Self {
-        self.frame_max = frame_max.clamp(FRAME_MIN_SIZE, FRAME_MAX_SIZE);
-        self
-    }
-
-    /// Like [`frame_max`](Self::frame_max), but a value outside 8192..=131072 is an error.
-    pub fn try_frame_max(mut self, frame_max: u32) -> Result<Self> {
-        if !(FRAME_MIN_SIZE..=FRAME_MAX_SIZE).contains(&frame_max) {
-            return Err(Error::InvalidArgument(format!(
-                "frame_max must be from {FRAME_MIN_SIZE} to {FRAME_MAX_SIZE}, got {frame_max}"
-            )));
-        }
+    /// Largest frame to ask for, from 8192 to 131072. Defaults to 131072.
+    pub fn with_frame_max(mut self, frame_max: u32) -> Self {
         self.frame_max = frame_max;
-        Ok(self)
+        self
     }
 
     /// Heartbeat interval in seconds: `None` takes the broker's proposal, `Some(0)` turns
     /// heartbeats off, `Some(n)` uses `n` whatever the broker proposes (pika's rule).
     /// Defaults to `None`.
-    pub fn heartbeat(mut self, heartbeat: Option<u16>) -> Self {
+    pub fn with_heartbeat(mut self, heartbeat: Option<u16>) -> Self {
         self.heartbeat = heartbeat;
         self
     }
 
-    /// Bound on the TCP connect and on each socket wait during the handshake. Defaults to 10 s.
-    pub fn socket_timeout(mut self, timeout: Duration) -> Self {
+    /// Bound on the TCP connect and on each socket wait during the handshake; more than 0.
+    /// Defaults to 10 s.
+    pub fn with_socket_timeout(mut self, timeout: Duration) -> Self {
         self.socket_timeout = timeout;
         self
     }
 
-    /// Bound on the whole of `Connection::open`. Defaults to 15 s.
-    pub fn stack_timeout(mut self, timeout: Duration) -> Self {
+    /// Bound on the whole of `Connection::open`; more than 0. Defaults to 15 s.
+    pub fn with_stack_timeout(mut self, timeout: Duration) -> Self {
         self.stack_timeout = timeout;
         self
     }
 
-    /// Default deadline of every synchronous channel method and of `close()`. Defaults to 10 s.
-    pub fn rpc_timeout(mut self, timeout: Duration) -> Self {
+    /// Default deadline of every synchronous channel method and of `close()`; more than 0.
+    /// Defaults to 10 s.
+    pub fn with_rpc_timeout(mut self, timeout: Duration) -> Self {
         self.rpc_timeout = timeout;
         self
     }
 
-    /// Locale sent to the broker. Defaults to `"en_US"`.
-    pub fn locale(mut self, locale: impl Into<String>) -> Self {
+    /// Locale sent to the broker, at most 255 bytes. Defaults to `"en_US"`.
+    pub fn with_locale(mut self, locale: impl Into<String>) -> Self {
         self.locale = locale.into();
         self
     }
 
     /// Client properties merged over cottontail's own (e.g. `connection_name`). Defaults to empty.
-    pub fn client_properties(mut self, properties: FieldTable) -> Self {
+    pub fn with_client_properties(mut self, properties: FieldTable) -> Self {
         self.client_properties = properties;
         self
     }
 
     /// Sets the `connection_name` client property, shown by the management UI and
     /// `rabbitmqctl list_connections name`.
-    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
+    pub fn with_connection_name(mut self, name: impl Into<String>) -> Self {
         self.client_properties
             .insert("connection_name", FieldValue::String(name.into()));
         self
     }
 
-    /// Checks every value, as pika's setters do, and says which one is wrong:
-    /// an empty host, port 0, a zero `socket_timeout`, `stack_timeout` or `rpc_timeout`, a
-    /// virtual host or locale over 255 bytes, `frame_max` outside 8192..=131072, or
-    /// `connection_attempts` of 0. [`Connection::open`](crate::Connection::open) calls it before
-    /// touching the network; call it yourself to reject a configuration where it is built.
+    /// Checks every value against pika's ranges and says which one is wrong and what is
+    /// allowed, as [`Error::InvalidArgument`]: an empty host; port 0; a zero
+    /// `socket_timeout`, `stack_timeout` or `rpc_timeout`; a virtual host or locale over 255
+    /// bytes; `frame_max` outside 8192..=131072; `channel_max` 0; `connection_attempts` 0;
+    /// `ssl_options` whose minimum TLS version is newer than its maximum.
+    /// [`Connection::open`](crate::Connection::open) calls it before opening any socket and
+    /// [`from_url`](Self::from_url) before returning; call it yourself to reject a
+    /// configuration where it is built.
     pub fn validate(&self) -> Result<()> {
-        let invalid = |what: String| Err(Error::InvalidArgument(what));
         if self.host.is_empty() {
-            return invalid("host is empty".into());
+            return Err(Error::InvalidArgument("host must not be empty".into()));
         }
         if self.port == 0 {
-            return invalid("port must not be 0".into());
+            return Err(out_of_range("port", "from 1 to 65535", 0));
         }
         for (name, value) in [
             ("socket_timeout", self.socket_timeout),
@@ -373,7 +296,7 @@ impl ConnectionParameters {
             ("rpc_timeout", self.rpc_timeout),
         ] {
             if value.is_zero() {
-                return invalid(format!("{name} must be longer than 0"));
+                return Err(out_of_range(name, "more than 0 seconds", "0"));
             }
         }
         for (name, value) in [
@@ -381,87 +304,95 @@ impl ConnectionParameters {
             ("locale", &self.locale),
         ] {
             if value.len() > 255 {
-                return invalid(format!("{name} is {} bytes, at most 255", value.len()));
+                return Err(out_of_range(
+                    name,
+                    "at most 255 bytes",
+                    format_args!("{} bytes", value.len()),
+                ));
             }
         }
         if !(FRAME_MIN_SIZE..=FRAME_MAX_SIZE).contains(&self.frame_max) {
-            return invalid(format!(
-                "frame_max must be from {FRAME_MIN_SIZE} to {FRAME_MAX_SIZE}, got {}",
-                self.frame_max
-            ));
+            let range = format!("from {FRAME_MIN_SIZE} to {FRAME_MAX_SIZE}");
+            return Err(out_of_range("frame_max", &range, self.frame_max));
+        }
+        if self.channel_max == 0 {
+            return Err(out_of_range("channel_max", CHANNEL_RANGE, 0));
         }
         if self.connection_attempts == 0 {
-            return invalid("connection_attempts must be at least 1".into());
+            return Err(out_of_range("connection_attempts", "at least 1", 0));
+        }
+        if let Some(ssl) = &self.ssl_options {
+            ssl.validate()?;
         }
         Ok(())
     }
 
-    /// The host.
-    pub fn get_host(&self) -> &str {
+    /// The broker host.
+    pub fn host(&self) -> &str {
         &self.host
     }
-    /// The port.
-    pub fn get_port(&self) -> u16 {
+    /// The broker port: the one set, else 5671 with `ssl_options` and 5672 without.
+    pub fn port(&self) -> u16 {
         self.port
     }
     /// The virtual host.
-    pub fn get_virtual_host(&self) -> &str {
+    pub fn virtual_host(&self) -> &str {
         &self.virtual_host
     }
     /// The credentials.
-    pub fn get_credentials(&self) -> &Credentials {
+    pub fn credentials(&self) -> &Credentials {
         &self.credentials
     }
     /// Attempts per parameter set.
-    pub fn get_connection_attempts(&self) -> u32 {
+    pub fn connection_attempts(&self) -> u32 {
         self.connection_attempts
     }
     /// Pause between attempts.
-    pub fn get_retry_delay(&self) -> Duration {
+    pub fn retry_delay(&self) -> Duration {
         self.retry_delay
     }
     /// The blocked-connection timeout.
-    pub fn get_blocked_connection_timeout(&self) -> Option<Duration> {
+    pub fn blocked_connection_timeout(&self) -> Option<Duration> {
         self.blocked_connection_timeout
     }
     /// The socket timeout.
-    pub fn get_socket_timeout(&self) -> Duration {
+    pub fn socket_timeout(&self) -> Duration {
         self.socket_timeout
     }
     /// The stack timeout.
-    pub fn get_stack_timeout(&self) -> Duration {
+    pub fn stack_timeout(&self) -> Duration {
         self.stack_timeout
     }
     /// The locale.
-    pub fn get_locale(&self) -> &str {
+    pub fn locale(&self) -> &str {
         &self.locale
     }
     /// The client properties given.
-    pub fn get_client_properties(&self) -> &FieldTable {
+    pub fn client_properties(&self) -> &FieldTable {
         &self.client_properties
     }
     /// The TLS settings.
-    pub fn get_ssl_options(&self) -> Option<&SslOptions> {
+    pub fn ssl_options(&self) -> Option<&SslOptions> {
         self.ssl_options.as_ref()
     }
     /// The TCP settings.
-    pub fn get_tcp_options(&self) -> &TcpOptions {
+    pub fn tcp_options(&self) -> &TcpOptions {
         &self.tcp_options
     }
     /// The requested heartbeat.
-    pub fn get_heartbeat(&self) -> Option<u16> {
+    pub fn heartbeat(&self) -> Option<u16> {
         self.heartbeat
     }
     /// The requested frame_max.
-    pub fn get_frame_max(&self) -> u32 {
+    pub fn frame_max(&self) -> u32 {
         self.frame_max
     }
     /// The requested channel_max.
-    pub fn get_channel_max(&self) -> u16 {
+    pub fn channel_max(&self) -> u16 {
         self.channel_max
     }
     /// The default RPC deadline.
-    pub fn get_rpc_timeout(&self) -> Duration {
+    pub fn rpc_timeout(&self) -> Duration {
         self.rpc_timeout
     }
     /// True when the connection uses TLS.
@@ -478,302 +409,272 @@ impl FromStr for ConnectionParameters {
     }
 }
 
-fn bad_option(key: &str, value: &str, expected: &str) -> Error {
-    Error::InvalidArgument(format!("URL option {key}={value:?}: expected {expected}"))
-}
+/// `channel_max`'s range (pika's), as errors state it.
+const CHANNEL_RANGE: &str = "from 1 to 65535";
 
-/// Decodes `%XX` escapes and `+` (a space, as Python's `parse_qs` reads it).
-fn percent_decode(raw: &str) -> Result<String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| {
-                        Error::InvalidArgument(format!("bad percent escape in {raw:?}"))
-                    })?;
-                out.push(hex);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out)
-        .map_err(|_| Error::InvalidArgument(format!("{raw:?} is not UTF-8 once decoded")))
-}
-
-fn ssl_options_from_dict(
-    mut options: SslOptions,
-    dict: Vec<(String, pydict::Value)>,
-) -> Result<SslOptions> {
-    let mut certfile = None;
-    let mut keyfile = None;
-    let mut password = None;
-    for (key, value) in dict {
-        let text = || {
-            value
-                .as_text()
-                .ok_or_else(|| bad_option("ssl_options", &key, "a string value"))
-        };
-        match key.as_str() {
-            "cafile" | "ca_certs" => options = options.ca_file(text()?)?,
-            "cadata" => options = options.ca_certificate_pem(text()?),
-            "capath" => options = options.ca_path(text()?)?,
-            "certfile" => certfile = Some(text()?),
-            "keyfile" => keyfile = Some(text()?),
-            "password" => password = Some(text()?),
-            "server_hostname" => options = options.server_hostname(text()?),
-            "verify_certificate" | "verify_hostname" => {
-                let verify = value
-                    .as_bool()
-                    .ok_or_else(|| bad_option("ssl_options", &key, "True or False"))?;
-                options = if key == "verify_certificate" {
-                    options.verify_certificate(verify)
-                } else {
-                    options.verify_hostname(verify)
-                };
-            }
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown ssl_options key {other:?}"
-                )))
-            }
-        }
-    }
-    if let Some(password) = password {
-        options = options.client_key_password(password);
-    }
-    match (certfile, keyfile) {
-        (Some(cert), Some(key)) => options.client_certificate_files(cert, key),
-        (None, None) => Ok(options),
-        _ => Err(Error::InvalidArgument(
-            "ssl_options needs both certfile and keyfile for a client certificate".into(),
-        )),
-    }
-}
-
-fn tcp_options_from_dict(dict: Vec<(String, pydict::Value)>) -> Result<TcpOptions> {
-    let mut options = TcpOptions::default();
-    for (key, value) in dict {
-        let n = value
-            .as_u64()
-            .ok_or_else(|| bad_option("tcp_options", &key, "a whole number"))?;
-        match key.as_str() {
-            "TCP_KEEPIDLE" => options.keepalive_idle = Some(Duration::from_secs(n)),
-            "TCP_KEEPINTVL" => options.keepalive_interval = Some(Duration::from_secs(n)),
-            "TCP_KEEPCNT" => options.keepalive_count = Some(n.min(u32::MAX as u64) as u32),
-            "TCP_USER_TIMEOUT" => options.user_timeout = Some(Duration::from_millis(n)),
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "unknown tcp_options key {other:?}"
-                )))
-            }
-        }
-    }
-    Ok(options)
-}
-
-fn parse_seconds(key: &str, value: &str) -> Result<Duration> {
-    value
-        .parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite() && *v >= 0.0)
-        .ok_or_else(|| Error::InvalidArgument(format!("{key} must be seconds, got {value:?}")))
-        .and_then(|v| {
-            Duration::try_from_secs_f64(v).map_err(|_| {
-                Error::InvalidArgument(format!(
-                    "{key} of {value} seconds is more than a Duration holds"
-                ))
-            })
-        })
+/// "`name` must be `allowed`, got `got`": the error for a value outside its range.
+fn out_of_range(name: &str, allowed: &str, got: impl Display) -> Error {
+    Error::InvalidArgument(format!("{name} must be {allowed}, got {got}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn seconds_too_large_for_a_duration_are_an_error_not_a_panic() {
-        let err = parse_seconds("socket_timeout", "1e20").unwrap_err();
-        assert!(
-            matches!(&err, Error::InvalidArgument(m) if m.contains("socket_timeout")),
-            "{err:?}"
-        );
-        assert_eq!(
-            parse_seconds("socket_timeout", "1.5").unwrap(),
-            Duration::from_millis(1500)
-        );
+    fn invalid(message: &str) -> Result<()> {
+        Err(Error::InvalidArgument(message.into()))
     }
 
     #[test]
     fn defaults_match_pika() {
         let p = ConnectionParameters::default();
-        assert_eq!(p.host, "localhost");
-        assert_eq!(p.port, 5672);
-        assert_eq!(p.virtual_host, "/");
-        assert_eq!(p.channel_max, 65535);
-        assert_eq!(p.frame_max, 131_072);
-        assert_eq!(p.heartbeat, None);
+        assert_eq!(p.host(), "localhost");
+        assert_eq!(p.port(), 5672);
+        assert_eq!(p.virtual_host(), "/");
+        assert_eq!(p.channel_max(), 65535);
+        assert_eq!(p.frame_max(), 131_072);
+        assert_eq!(p.heartbeat(), None);
         assert_eq!(
-            p.credentials,
-            Credentials::Plain(PlainCredentials::new("guest", "guest"))
+            p.credentials(),
+            &Credentials::Plain(PlainCredentials::new("guest", "guest"))
         );
-        assert_eq!(p.connection_attempts, 1);
-        assert_eq!(p.retry_delay, Duration::from_secs(2));
-        assert_eq!(p.blocked_connection_timeout, None);
-        assert!(p.ssl_options.is_none());
-        assert_eq!(p.locale, "en_US");
+        assert_eq!(p.connection_attempts(), 1);
+        assert_eq!(p.retry_delay(), Duration::from_secs(2));
+        assert_eq!(p.socket_timeout(), Duration::from_secs(10));
+        assert_eq!(p.stack_timeout(), Duration::from_secs(15));
+        assert_eq!(p.blocked_connection_timeout(), None);
+        assert!(p.ssl_options().is_none() && !p.is_tls());
+        assert_eq!(p.locale(), "en_US");
+        assert_eq!(p.validate(), Ok(()));
     }
 
     #[test]
-    fn url_is_percent_decoded() {
-        let p: ConnectionParameters = "amqp://us%40er:p%3Ass@h.example:5673/my%2fvhost?heartbeat=7&frame_max=10000&channel_max=12&socket_timeout=2.5"
-            .parse()
-            .unwrap();
+    fn each_builder_sets_what_its_getter_reads() {
+        let tcp = TcpOptions {
+            keepalive_idle: Some(Duration::from_secs(30)),
+            ..TcpOptions::default()
+        };
+        let p = ConnectionParameters::new("a")
+            .with_host("b")
+            .with_port(5673)
+            .with_virtual_host("v")
+            .with_credentials(PlainCredentials::new("u", "p"))
+            .with_connection_attempts(3)
+            .with_retry_delay(Duration::from_millis(250))
+            .with_blocked_connection_timeout(Some(Duration::from_secs(7)))
+            .with_ssl_options(Some(SslOptions::new().with_server_hostname("n")))
+            .with_tcp_options(tcp.clone())
+            .with_channel_max(9)
+            .with_frame_max(8192)
+            .with_heartbeat(Some(0))
+            .with_socket_timeout(Duration::from_secs(1))
+            .with_stack_timeout(Duration::from_secs(2))
+            .with_rpc_timeout(Duration::from_secs(3))
+            .with_locale("de_DE")
+            .with_connection_name("worker");
+        assert_eq!(p.host(), "b");
+        assert_eq!(p.port(), 5673);
+        assert_eq!(p.virtual_host(), "v");
+        assert_eq!(p.credentials(), &PlainCredentials::new("u", "p").into());
+        assert_eq!(p.connection_attempts(), 3);
+        assert_eq!(p.retry_delay(), Duration::from_millis(250));
+        assert_eq!(p.blocked_connection_timeout(), Some(Duration::from_secs(7)));
         assert_eq!(
-            p.credentials,
-            Credentials::Plain(PlainCredentials::new("us@er", "p:ss"))
+            p.ssl_options(),
+            Some(&SslOptions::new().with_server_hostname("n"))
         );
-        assert_eq!(p.host, "h.example");
-        assert_eq!(p.port, 5673);
-        assert_eq!(p.virtual_host, "my/vhost");
-        assert_eq!(p.heartbeat, Some(7));
-        assert_eq!(p.frame_max, 10_000);
-        assert_eq!(p.channel_max, 12);
-        assert_eq!(p.socket_timeout, Duration::from_millis(2500));
-    }
-
-    #[test]
-    fn url_unknown_option_is_an_error_naming_it() {
-        let err = ConnectionParameters::from_url("amqp://localhost/?bogus=1").unwrap_err();
-        assert_eq!(
-            err,
-            Error::InvalidArgument("unknown URL option \"bogus\"".into())
-        );
-    }
-
-    #[test]
-    fn url_frame_max_outside_pikas_bounds_is_rejected() {
-        assert!(ConnectionParameters::from_url("amqp://localhost/?frame_max=100").is_err());
-        assert!(ConnectionParameters::from_url("amqp://localhost/?frame_max=131073").is_err());
-        assert_eq!(
-            ConnectionParameters::new("h").frame_max(1 << 20).frame_max,
-            131_072
-        );
-    }
-
-    #[test]
-    fn every_pika_url_option_is_read() {
-        let url = "amqps://u:p@broker:5671/v?heartbeat=9&channel_max=7&frame_max=16384\
-            &connection_attempts=3&retry_delay=0.5&socket_timeout=4&stack_timeout=6\
-            &blocked_connection_timeout=30&locale=de_DE\
-            &client_properties=%7B%27connection_name%27%3A+%27worker-1%27%7D\
-            &tcp_options=%7B%27TCP_KEEPIDLE%27%3A+60%2C+%27TCP_KEEPINTVL%27%3A+10%2C+%27TCP_KEEPCNT%27%3A+3%2C+%27TCP_USER_TIMEOUT%27%3A+20000%7D\
-            &ssl_options=%7B%27server_hostname%27%3A+%27rabbit.example%27%2C+%27verify_hostname%27%3A+False%7D";
-        let p = ConnectionParameters::from_url(url).unwrap();
-        assert_eq!(
-            (p.host.as_str(), p.port, p.virtual_host.as_str()),
-            ("broker", 5671, "v")
-        );
-        assert_eq!(p.heartbeat, Some(9));
-        assert_eq!(p.channel_max, 7);
-        assert_eq!(p.frame_max, 16_384);
-        assert_eq!(p.connection_attempts, 3);
-        assert_eq!(p.retry_delay, Duration::from_millis(500));
-        assert_eq!(p.socket_timeout, Duration::from_secs(4));
-        assert_eq!(p.stack_timeout, Duration::from_secs(6));
-        assert_eq!(p.blocked_connection_timeout, Some(Duration::from_secs(30)));
-        assert_eq!(p.locale, "de_DE");
-        assert_eq!(
-            p.client_properties.get("connection_name"),
-            Some(&FieldValue::String("worker-1".into()))
-        );
-        assert_eq!(
-            p.tcp_options,
-            TcpOptions {
-                keepalive_idle: Some(Duration::from_secs(60)),
-                keepalive_interval: Some(Duration::from_secs(10)),
-                keepalive_count: Some(3),
-                user_timeout: Some(Duration::from_secs(20)),
-            }
-        );
-        let ssl = p.ssl_options.expect("amqps means TLS");
-        assert_eq!(ssl.server_hostname.as_deref(), Some("rabbit.example"));
-        assert!(ssl.skip_hostname && !ssl.skip_verify);
-    }
-
-    #[test]
-    fn amqp_url_has_no_tls_and_amqps_defaults_to_5671() {
-        assert!(!ConnectionParameters::from_url("amqp://h").unwrap().is_tls());
-        let p = ConnectionParameters::from_url("amqps://h").unwrap();
         assert!(p.is_tls());
-        assert_eq!(p.port, 5671);
+        assert_eq!(p.tcp_options(), &tcp);
+        assert_eq!(p.channel_max(), 9);
+        assert_eq!(p.frame_max(), 8192);
+        assert_eq!(p.heartbeat(), Some(0));
+        assert_eq!(p.socket_timeout(), Duration::from_secs(1));
+        assert_eq!(p.stack_timeout(), Duration::from_secs(2));
+        assert_eq!(p.rpc_timeout(), Duration::from_secs(3));
+        assert_eq!(p.locale(), "de_DE");
+        assert_eq!(
+            p.client_properties().get("connection_name"),
+            Some(&FieldValue::String("worker".into()))
+        );
+        assert_eq!(p.validate(), Ok(()));
+        let properties = FieldTable::new().with("k", true);
+        let p = p.with_client_properties(properties.clone());
+        assert_eq!(p.client_properties(), &properties);
     }
 
     #[test]
-    fn url_option_values_are_checked() {
-        for bad in [
-            "amqp://h/?connection_attempts=0",
-            "amqp://h/?retry_delay=soon",
-            "amqp://h/?heartbeat=-1",
-            "amqp://h/?ssl_options=%7B%27bogus%27%3A+1%7D",
-            "amqp://h/?ssl_options=%7B%27certfile%27%3A+%27c.pem%27%7D",
-            "amqp://h/?tcp_options=%7B%27TCP_NODELAY%27%3A+1%7D",
-            "amqp://h/?client_properties=not-a-dict",
-            "amqp://h/?auth_mechanism=amqplain",
-        ] {
-            let err = ConnectionParameters::from_url(bad).unwrap_err();
-            assert!(matches!(err, Error::InvalidArgument(_)), "{bad}: {err:?}");
-        }
-        let p = ConnectionParameters::from_url("amqp://h/?auth_mechanism=external").unwrap();
-        assert_eq!(p.credentials, Credentials::External(ExternalCredentials));
+    fn ssl_options_without_an_explicit_port_means_5671() {
+        let tls = || Some(SslOptions::new());
+        // pika: ConnectionParameters('h', ssl_options=...) has port 5671 ...
+        assert_eq!(
+            ConnectionParameters::new("h")
+                .with_ssl_options(tls())
+                .port(),
+            5671
+        );
+        // ... ConnectionParameters('h', port=5672, ssl_options=...) keeps 5672.
+        assert_eq!(
+            ConnectionParameters::new("h")
+                .with_port(5672)
+                .with_ssl_options(tls())
+                .port(),
+            5672
+        );
+        // An explicit port wins in either order; without TLS again, 5672 again.
+        assert_eq!(
+            ConnectionParameters::new("h")
+                .with_ssl_options(tls())
+                .with_port(1234)
+                .port(),
+            1234
+        );
+        assert_eq!(
+            ConnectionParameters::new("h")
+                .with_ssl_options(tls())
+                .with_ssl_options(None)
+                .port(),
+            5672
+        );
     }
 
     #[test]
-    fn validate_names_the_wrong_value() {
-        assert!(ConnectionParameters::default().validate().is_ok());
+    fn out_of_range_values_are_kept_as_given_and_refused_by_validate() {
+        let h = || ConnectionParameters::new("h");
+        // No silent clamps: the getters read back what was given ...
+        assert_eq!(h().with_frame_max(100).frame_max(), 100);
+        assert_eq!(h().with_frame_max(1 << 20).frame_max(), 1 << 20);
+        assert_eq!(h().with_connection_attempts(0).connection_attempts(), 0);
+        assert_eq!(h().with_channel_max(0).channel_max(), 0);
+        // ... and validate names the parameter, its range and the value.
         let cases = [
-            (ConnectionParameters::new(""), "host is empty"),
-            (ConnectionParameters::new("h").port(0), "port must not be 0"),
+            (ConnectionParameters::new(""), "host must not be empty"),
+            (h().with_port(0), "port must be from 1 to 65535, got 0"),
             (
-                ConnectionParameters::new("h").rpc_timeout(Duration::ZERO),
-                "rpc_timeout must be longer than 0",
+                h().with_frame_max(100),
+                "frame_max must be from 8192 to 131072, got 100",
             ),
             (
-                ConnectionParameters::new("h").virtual_host("v".repeat(256)),
-                "virtual_host is 256 bytes, at most 255",
+                h().with_frame_max(4096),
+                "frame_max must be from 8192 to 131072, got 4096",
+            ),
+            (
+                h().with_frame_max(131_073),
+                "frame_max must be from 8192 to 131072, got 131073",
+            ),
+            (
+                h().with_channel_max(0),
+                "channel_max must be from 1 to 65535, got 0",
+            ),
+            (
+                h().with_connection_attempts(0),
+                "connection_attempts must be at least 1, got 0",
+            ),
+            (
+                h().with_socket_timeout(Duration::ZERO),
+                "socket_timeout must be more than 0 seconds, got 0",
+            ),
+            (
+                h().with_stack_timeout(Duration::ZERO),
+                "stack_timeout must be more than 0 seconds, got 0",
+            ),
+            (
+                h().with_rpc_timeout(Duration::ZERO),
+                "rpc_timeout must be more than 0 seconds, got 0",
+            ),
+            (
+                h().with_virtual_host("v".repeat(256)),
+                "virtual_host must be at most 255 bytes, got 256 bytes",
+            ),
+            (
+                h().with_locale("l".repeat(256)),
+                "locale must be at most 255 bytes, got 256 bytes",
+            ),
+            (
+                h().with_ssl_options(Some(
+                    SslOptions::new()
+                        .with_min_tls_version(TlsVersion::Tls13)
+                        .with_max_tls_version(TlsVersion::Tls12),
+                )),
+                "ssl_options: the minimum TLS version (tlsv1.3) is newer than the maximum \
+                 (tlsv1.2)",
             ),
         ];
         for (params, message) in cases {
-            assert_eq!(
-                params.validate(),
-                Err(Error::InvalidArgument(message.into()))
-            );
+            assert_eq!(params.validate(), invalid(message));
+        }
+        // The bounds themselves are allowed.
+        for ok in [
+            h().with_frame_max(FRAME_MIN_SIZE),
+            h().with_frame_max(FRAME_MAX_SIZE),
+            h().with_channel_max(1),
+            h().with_channel_max(65535),
+            h().with_port(65535),
+            h().with_connection_attempts(u32::MAX),
+            h().with_virtual_host("v".repeat(255)),
+            h().with_heartbeat(Some(u16::MAX)),
+            h().with_rpc_timeout(Duration::MAX),
+            h().with_retry_delay(Duration::ZERO),
+        ] {
+            assert_eq!(ok.validate(), Ok(()), "{ok:?}");
         }
     }
 
     #[test]
-    fn password_is_not_in_debug_output() {
-        let p = ConnectionParameters::new("h").credentials(PlainCredentials::new("u", "s3cr3t"));
+    fn parameters_compare_field_by_field() {
+        let a = ConnectionParameters::new("h").with_heartbeat(Some(5));
+        assert_eq!(a, a.clone());
+        assert_eq!(
+            a,
+            ConnectionParameters::default()
+                .with_host("h")
+                .with_heartbeat(Some(5))
+        );
+        assert_ne!(a, a.clone().with_heartbeat(Some(6)));
+        assert_ne!(a, a.clone().with_connection_name("x"));
+        assert_ne!(
+            a,
+            a.clone()
+                .with_ssl_options(Some(SslOptions::new().with_verify_hostname(false)))
+        );
+        assert_ne!(
+            a.clone().with_credentials(PlainCredentials::new("u", "p1")),
+            a.clone().with_credentials(PlainCredentials::new("u", "p2"))
+        );
+        // An explicit port is a setting of its own: it stays when ssl_options comes.
+        assert_ne!(a, a.clone().with_port(5672));
+    }
+
+    #[test]
+    fn credentials_are_built_with_their_constructors() {
+        assert_eq!(ExternalCredentials::new(), ExternalCredentials::default());
+        let external: Credentials = ExternalCredentials::new().into();
+        assert_eq!(external, Credentials::External(ExternalCredentials::new()));
+        let plain = PlainCredentials::new("u", "p");
+        assert_eq!(plain.username(), "u");
+        assert_eq!(
+            PlainCredentials::default(),
+            PlainCredentials::new("guest", "guest")
+        );
+    }
+
+    #[test]
+    fn secrets_are_not_in_debug_output() {
+        let p = ConnectionParameters::new("h")
+            .with_credentials(PlainCredentials::new("u", "s3cr3t"))
+            .with_ssl_options(Some(
+                SslOptions::new()
+                    .with_client_certificate_pem("CERT", "KEY-BYTES")
+                    .with_client_key_password("k3y-pass"),
+            ));
         let dbg = format!("{p:?}");
+        for secret in ["s3cr3t", "KEY-BYTES", "k3y-pass"] {
+            assert!(!dbg.contains(secret), "{secret} in {dbg}");
+        }
+        assert!(dbg.contains("<redacted>"));
         let from_url = format!(
             "{:?}",
             ConnectionParameters::from_url("amqp://u:s3cr3t@h/").unwrap()
         );
         assert!(!from_url.contains("s3cr3t"), "{from_url}");
-        assert!(!dbg.contains("s3cr3t"), "{dbg}");
-        assert!(dbg.contains("<redacted>"));
     }
 }

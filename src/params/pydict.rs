@@ -123,7 +123,8 @@ impl Parser {
                     "True" => Ok(Value::Bool(true)),
                     "False" => Ok(Value::Bool(false)),
                     "None" => Ok(Value::None),
-                    other => Err(format!("unexpected word {other:?}")),
+                    // Not echoed: the text may be a secret (an unquoted password).
+                    _ => Err(format!("unexpected word at character {start}")),
                 }
             }
             Some(c) => Err(format!("unexpected {c:?} at character {}", self.pos)),
@@ -215,7 +216,7 @@ impl Parser {
         }
         text.parse::<f64>()
             .map(Value::Float)
-            .map_err(|_| format!("bad number {text:?}"))
+            .map_err(|_| format!("bad number at character {start}"))
     }
 }
 

@@ -6,8 +6,11 @@ use crate::error::{Error, Result};
 
 /// User name and password for SASL PLAIN (pika's `PlainCredentials`).
 ///
-/// The password never appears in `Debug` output.
+/// The password never appears in `Debug` output. Build it with [`new`](Self::new) (or
+/// `default()` for `guest` / `guest`); it may gain fields, so it cannot be built or matched
+/// field by field.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PlainCredentials {
     username: String,
     password: String,
@@ -50,11 +53,24 @@ impl fmt::Debug for PlainCredentials {
 
 /// SASL EXTERNAL: the broker authenticates the client by its TLS client certificate (pika's
 /// `ExternalCredentials`; needs RabbitMQ's `rabbitmq_auth_mechanism_ssl` plugin).
+///
+/// Build it with [`new`](Self::new) or `default()`; it may gain fields (an authorization
+/// identity), so it cannot be built as a literal.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ExternalCredentials;
+#[non_exhaustive]
+pub struct ExternalCredentials {}
 
-/// How the connection authenticates.
+impl ExternalCredentials {
+    /// SASL EXTERNAL credentials.
+    pub fn new() -> Self {
+        ExternalCredentials {}
+    }
+}
+
+/// How the connection authenticates. More mechanisms may be added, so a `match` needs a
+/// wildcard arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Credentials {
     /// User name and password (SASL PLAIN).
     Plain(PlainCredentials),
@@ -74,9 +90,33 @@ impl From<ExternalCredentials> for Credentials {
     }
 }
 
+/// A TLS protocol version, for [`SslOptions::with_min_tls_version`] and
+/// [`SslOptions::with_max_tls_version`]. TLS 1.0 and 1.1 are not offered (RFC 8996 deprecates
+/// them, and native-tls connects with TLS 1.2 or later by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3 (not on Apple systems, whose TLS library has no TLS 1.3 for clients).
+    Tls13,
+}
+
+impl TlsVersion {
+    /// How RabbitMQ names it (`ssl_protocol` of `rabbitmqctl list_connections`).
+    fn name(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "tlsv1.2",
+            TlsVersion::Tls13 => "tlsv1.3",
+        }
+    }
+}
+
 /// TLS settings (pika's `SSLOptions`). Certificates are verified against the system's roots
-/// plus [`ca_certificate_pem`](Self::ca_certificate_pem), and the broker's name against the
-/// host (or [`server_hostname`](Self::server_hostname)), unless explicitly turned off.
+/// plus [`with_ca_certificate_pem`](Self::with_ca_certificate_pem), and the broker's name
+/// against the host (or [`with_server_hostname`](Self::with_server_hostname)), unless
+/// explicitly turned off. Secrets (the client key and its password) never appear in `Debug`
+/// output.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct SslOptions {
     pub(crate) ca_pem: Vec<Vec<u8>>,
@@ -85,6 +125,8 @@ pub struct SslOptions {
     pub(crate) server_hostname: Option<String>,
     pub(crate) skip_verify: bool,
     pub(crate) skip_hostname: bool,
+    pub(crate) min_tls: Option<TlsVersion>,
+    pub(crate) max_tls: Option<TlsVersion>,
 }
 
 impl std::fmt::Debug for SslOptions {
@@ -99,31 +141,35 @@ impl std::fmt::Debug for SslOptions {
             .field("server_hostname", &self.server_hostname)
             .field("verify_certificate", &!self.skip_verify)
             .field("verify_hostname", &!self.skip_hostname)
+            .field("min_tls_version", &self.min_tls)
+            .field("max_tls_version", &self.max_tls)
             .finish()
     }
 }
 
 impl SslOptions {
-    /// TLS with the system's trusted roots and full verification.
+    /// TLS with the system's trusted roots, full verification and the TLS library's versions
+    /// (TLS 1.2 and later).
     pub fn new() -> Self {
         SslOptions::default()
     }
 
-    /// Also trusts the CA certificate(s) in this PEM text (pika's `cadata`).
-    pub fn ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+    /// Also trusts the CA certificate(s) in this PEM text (pika's `cadata` / `ca_data`).
+    pub fn with_ca_certificate_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.ca_pem.push(pem.into());
         self
     }
 
     /// Also trusts the CA certificate(s) in this PEM file (pika's `cafile` / `ca_certs`).
-    pub fn ca_file(self, path: impl AsRef<std::path::Path>) -> Result<Self> {
-        Ok(self.ca_certificate_pem(read_file("CA file", path.as_ref())?))
+    pub fn with_ca_file(self, path: impl AsRef<std::path::Path>) -> Result<Self> {
+        Ok(self.with_ca_certificate_pem(read_file("CA file", path.as_ref())?))
     }
 
-    /// Also trusts every CA certificate in the PEM files of this directory (pika's `capath`),
-    /// symbolic links such as `c_rehash`'s hash names included; files without a certificate
-    /// are skipped. An unreadable directory, or one with no certificate, is an error.
-    pub fn ca_path(mut self, dir: impl AsRef<std::path::Path>) -> Result<Self> {
+    /// Also trusts every CA certificate in the PEM files of this directory (pika's `capath` /
+    /// `ca_path`), symbolic links such as `c_rehash`'s hash names included; files without a
+    /// certificate are skipped. An unreadable directory, or one with no certificate, is an
+    /// error.
+    pub fn with_ca_path(mut self, dir: impl AsRef<std::path::Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let entries = std::fs::read_dir(dir)
             .map_err(|e| Error::io(format!("reading the CA directory {}", dir.display()), &e))?;
@@ -159,9 +205,9 @@ impl SslOptions {
     /// SASL EXTERNAL (pika's `certfile` / `keyfile`). On Linux and the BSDs (OpenSSL) the key
     /// may be PKCS#8 (`BEGIN PRIVATE KEY`), PKCS#1 (`BEGIN RSA PRIVATE KEY`) or SEC1
     /// (`BEGIN EC PRIVATE KEY`), and encrypted (give its
-    /// [`client_key_password`](Self::client_key_password)); on Windows and Apple systems it
-    /// must be unencrypted PKCS#8.
-    pub fn client_certificate_pem(
+    /// [`with_client_key_password`](Self::with_client_key_password)); on Windows and Apple
+    /// systems it must be unencrypted PKCS#8.
+    pub fn with_client_certificate_pem(
         mut self,
         cert: impl Into<Vec<u8>>,
         key: impl Into<Vec<u8>>,
@@ -170,44 +216,70 @@ impl SslOptions {
         self
     }
 
-    /// Like [`client_certificate_pem`](Self::client_certificate_pem), from files.
-    pub fn client_certificate_files(
+    /// Like [`with_client_certificate_pem`](Self::with_client_certificate_pem), from files.
+    pub fn with_client_certificate_files(
         self,
         cert: impl AsRef<std::path::Path>,
         key: impl AsRef<std::path::Path>,
     ) -> Result<Self> {
         let cert = read_file("certificate file", cert.as_ref())?;
         let key = read_file("key file", key.as_ref())?;
-        Ok(self.client_certificate_pem(cert, key))
+        Ok(self.with_client_certificate_pem(cert, key))
     }
 
     /// The password of an encrypted client key (pika's `password` of `ssl_options`, as in
     /// Python's `load_cert_chain`). It never appears in `Debug` output. Without it an
     /// encrypted key is an [`Error::Tls`] naming the missing password, never a prompt.
-    pub fn client_key_password(mut self, password: impl Into<String>) -> Self {
+    pub fn with_client_key_password(mut self, password: impl Into<String>) -> Self {
         self.key_password = Some(password.into());
         self
     }
 
     /// The name to send (SNI) and verify the broker's certificate against. Defaults to the
     /// connection's host.
-    pub fn server_hostname(mut self, name: impl Into<String>) -> Self {
+    pub fn with_server_hostname(mut self, name: impl Into<String>) -> Self {
         self.server_hostname = Some(name.into());
         self
     }
 
     /// Turns certificate verification off (`false`): any certificate is accepted. Only for
     /// tests; defaults to `true`.
-    pub fn verify_certificate(mut self, verify: bool) -> Self {
+    pub fn with_verify_certificate(mut self, verify: bool) -> Self {
         self.skip_verify = !verify;
         self
     }
 
     /// Turns host name verification off (`false`) while still checking the chain. Defaults to
     /// `true`.
-    pub fn verify_hostname(mut self, verify: bool) -> Self {
+    pub fn with_verify_hostname(mut self, verify: bool) -> Self {
         self.skip_hostname = !verify;
         self
+    }
+
+    /// The oldest TLS version to accept. Defaults to the TLS library's (TLS 1.2).
+    pub fn with_min_tls_version(mut self, version: TlsVersion) -> Self {
+        self.min_tls = Some(version);
+        self
+    }
+
+    /// The newest TLS version to offer. Defaults to the newest the TLS library has. A URL's
+    /// `'protocol': ssl.PROTOCOL_TLSv1_2` sets both this and the minimum to TLS 1.2, as Python
+    /// does.
+    pub fn with_max_tls_version(mut self, version: TlsVersion) -> Self {
+        self.max_tls = Some(version);
+        self
+    }
+
+    /// Checks that the TLS versions leave something to connect with.
+    pub(crate) fn validate(&self) -> Result<()> {
+        match (self.min_tls, self.max_tls) {
+            (Some(min), Some(max)) if min > max => Err(Error::InvalidArgument(format!(
+                "ssl_options: the minimum TLS version ({}) is newer than the maximum ({})",
+                min.name(),
+                max.name()
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 

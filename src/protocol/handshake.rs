@@ -333,9 +333,9 @@ mod tests {
 
     #[test]
     fn heartbeat_number_wins_even_zero() {
-        let p = ConnectionParameters::default().heartbeat(Some(5));
+        let p = ConnectionParameters::default().with_heartbeat(Some(5));
         assert_eq!(negotiate(&Settings::from(&p), &tune(0, 0, 60)).heartbeat, 5);
-        let p = ConnectionParameters::default().heartbeat(Some(0));
+        let p = ConnectionParameters::default().with_heartbeat(Some(0));
         assert_eq!(negotiate(&Settings::from(&p), &tune(0, 0, 60)).heartbeat, 0);
     }
 
@@ -346,7 +346,7 @@ mod tests {
         assert_eq!((t.channel_max, t.frame_max), (2047, 131_072));
         let t = negotiate(&Settings::from(&p), &tune(0, 0, 0));
         assert_eq!((t.channel_max, t.frame_max), (65535, 131_072));
-        let p = ConnectionParameters::default().frame_max(10_000);
+        let p = ConnectionParameters::default().with_frame_max(10_000);
         assert_eq!(
             negotiate(&Settings::from(&p), &tune(0, 4096, 0)).frame_max,
             4096
@@ -359,7 +359,7 @@ mod tests {
 
     #[test]
     fn full_handshake_sends_start_ok_tune_ok_open() {
-        let p = ConnectionParameters::default().virtual_host("v");
+        let p = ConnectionParameters::default().with_virtual_host("v");
         let settings = Settings::from(&p);
         let mut hs = Handshake::new(&settings);
         match hs
@@ -420,7 +420,7 @@ mod tests {
 
     #[test]
     fn close_530_after_open_is_access_refused() {
-        let p = ConnectionParameters::default().virtual_host("nope");
+        let p = ConnectionParameters::default().with_virtual_host("nope");
         let settings = Settings::from(&p);
         let mut hs = Handshake::new(&settings);
         hs.on_frame(method(connection::AMQPMethod::Start(start())))
@@ -446,7 +446,8 @@ mod tests {
 
     #[test]
     fn external_credentials_send_an_empty_external_response() {
-        let p = ConnectionParameters::default().credentials(crate::params::ExternalCredentials);
+        let p = ConnectionParameters::default()
+            .with_credentials(crate::params::ExternalCredentials::new());
         let settings = Settings::from(&p);
         let mut hs = Handshake::new(&settings);
         let mut s = start();

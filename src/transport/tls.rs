@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::Stream;
 use crate::error::{Error, Result};
-use crate::params::{ConnectionParameters, SslOptions};
+use crate::params::{ConnectionParameters, SslOptions, TlsVersion};
 #[cfg(not(any(target_os = "windows", target_vendor = "apple")))]
 use openssl::error::ErrorStack;
 
@@ -31,7 +31,7 @@ fn pkcs8_key(key: &[u8], password: Option<&str>) -> Result<Vec<u8>> {
     let key = parsed.map_err(|e| Error::Tls {
         message: match (encrypted, password) {
             (true, None) => "the client key is encrypted and no password was given \
-                             (SslOptions::client_key_password, ssl_options 'password')"
+                             (SslOptions::with_client_key_password, ssl_options 'password')"
                 .into(),
             (true, Some(_)) => format!("decrypting the client key failed (wrong password?): {e}"),
             (false, _) => format!("reading the client key (PEM) failed: {e}"),
@@ -85,6 +85,16 @@ pub(crate) fn wrap(
     if let Some((cert, key)) = &options.identity {
         let key = pkcs8_key(key, options.key_password.as_deref())?;
         builder.identity(native_tls::Identity::from_pkcs8(cert, &key).map_err(tls_error)?);
+    }
+    let version = |v: TlsVersion| match v {
+        TlsVersion::Tls12 => native_tls::Protocol::Tlsv12,
+        TlsVersion::Tls13 => native_tls::Protocol::Tlsv13,
+    };
+    if let Some(min) = options.min_tls {
+        builder.min_protocol_version(Some(version(min)));
+    }
+    if let Some(max) = options.max_tls {
+        builder.max_protocol_version(Some(version(max)));
     }
     builder.danger_accept_invalid_certs(options.skip_verify);
     builder.danger_accept_invalid_hostnames(options.skip_hostname);

@@ -83,7 +83,7 @@ pub struct Cleanup(pub Vec<String>);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         // No panics here: this may run while a failed test unwinds.
-        let params = ConnectionParameters::new(super::HOST).port(super::PORT);
+        let params = ConnectionParameters::new(super::HOST).with_port(super::PORT);
         let Ok(connection) = Connection::open(params) else {
             return;
         };

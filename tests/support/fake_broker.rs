@@ -25,10 +25,10 @@ pub const FAKE_PATIENCE: Duration = Duration::from_secs(8);
 /// test instead of hanging it.
 pub fn client_params(port: u16) -> cottontail::ConnectionParameters {
     cottontail::ConnectionParameters::new("127.0.0.1")
-        .port(port)
-        .socket_timeout(Duration::from_secs(1))
-        .stack_timeout(Duration::from_secs(2))
-        .rpc_timeout(Duration::from_secs(2))
+        .with_port(port)
+        .with_socket_timeout(Duration::from_secs(1))
+        .with_stack_timeout(Duration::from_secs(2))
+        .with_rpc_timeout(Duration::from_secs(2))
 }
 
 /// A listening fake broker.

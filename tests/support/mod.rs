@@ -46,7 +46,7 @@ pub fn ensure_broker() {
 /// Parameters for the test broker.
 pub fn params() -> ConnectionParameters {
     ensure_broker();
-    ConnectionParameters::new(HOST).port(PORT)
+    ConnectionParameters::new(HOST).with_port(PORT)
 }
 
 /// Opens a connection to the test broker.

@@ -332,7 +332,7 @@ fn handshake_fails_only_as_documented(config: &Config) -> u64 {
         strategy,
         |(valid, tail, mutations, external, splits)| {
             let params = if external {
-                ConnectionParameters::default().credentials(ExternalCredentials)
+                ConnectionParameters::default().with_credentials(ExternalCredentials::new())
             } else {
                 ConnectionParameters::default()
             };
