@@ -24,6 +24,138 @@
 //! # Ok::<(), cottontail::Error>(())
 //! ```
 //!
+//! ## Common tasks
+//!
+//! ### A worker: manual acks, a prefetch window, dead-lettering
+//!
+//! Failed messages go to a dead-letter exchange instead of coming back for ever; each message
+//! is acked only once its work is done, so a worker that dies loses nothing.
+//!
+//! ```no_run
+//! use cottontail::{
+//!     BasicConsumeOptions, Connection, ConnectionParameters, ExchangeDeclareOptions,
+//!     ExchangeType, FieldTable, NackOptions, QosOptions, QueueBindOptions, QueueDeclareOptions,
+//! };
+//!
+//! let connection = Connection::open(ConnectionParameters::new("localhost"))?;
+//! let channel = connection.channel()?;
+//! let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+//! channel.exchange_declare("dead", ExchangeDeclareOptions {
+//!     exchange_type: ExchangeType::Fanout,
+//!     durable: true,
+//!     ..Default::default()
+//! })?;
+//! channel.queue_declare("dead_letters", durable.clone())?;
+//! channel.queue_bind("dead_letters", "dead", QueueBindOptions::default())?;
+//! channel.queue_declare("tasks", QueueDeclareOptions {
+//!     arguments: FieldTable::new().with("x-dead-letter-exchange", "dead"),
+//!     ..durable
+//! })?;
+//! channel.basic_qos(QosOptions { prefetch_count: 10, ..Default::default() })?;
+//! channel.basic_consume("tasks", |ch, method, _properties, body| {
+//!     match std::str::from_utf8(body) {
+//!         Ok(task) => {
+//!             println!("working on {task}");
+//!             ch.basic_ack(method.delivery_tag, false)
+//!         }
+//!         // Not worth retrying: to the dead-letter exchange.
+//!         Err(_) => ch.basic_nack(method.delivery_tag, NackOptions { requeue: false, ..Default::default() }),
+//!     }
+//! }, BasicConsumeOptions::default())?;
+//! channel.start_consuming()?;
+//! # Ok::<(), cottontail::Error>(())
+//! ```
+//!
+//! ### A confirming publisher, with returns
+//!
+//! In confirm mode `basic_publish_with` returns once the broker has the message; a mandatory
+//! message no queue receives is [`Error::Unroutable`], carrying the message. For throughput,
+//! publish a window without waiting and wait once.
+//!
+//! ```no_run
+//! use cottontail::{
+//!     BasicProperties, Connection, ConnectionParameters, DeliveryMode, Error, PublishOptions,
+//! };
+//!
+//! let connection = Connection::open(ConnectionParameters::new("localhost"))?;
+//! let channel = connection.channel()?;
+//! channel.confirm_delivery()?;
+//! let options = PublishOptions {
+//!     properties: BasicProperties::default().with_delivery_mode(DeliveryMode::Persistent),
+//!     mandatory: true,
+//! };
+//! match channel.basic_publish_with("orders", "eu.new", b"order 1", &options) {
+//!     Ok(()) => println!("the broker has it"),
+//!     Err(Error::Unroutable { message, .. }) => eprintln!("no queue for {}", message.routing_key),
+//!     Err(Error::Nack { message, .. }) => eprintln!("the broker lost {:?}", message.body),
+//!     Err(e) => return Err(e),
+//! }
+//! for i in 0..1000 {
+//!     channel.basic_publish_deferred("orders", "eu.new", format!("order {i}").as_bytes(), &options)?;
+//! }
+//! let outcome = channel.wait_for_confirms(None)?;
+//! for (seq, returned) in &outcome.returned_messages {
+//!     eprintln!("message {seq} came back: {}", returned.reply_text());
+//! }
+//! for seq in &outcome.nacked {
+//!     eprintln!("message {seq} was nacked: publish it again");
+//! }
+//! # Ok::<(), cottontail::Error>(())
+//! ```
+//!
+//! ### Headers
+//!
+//! ```
+//! use cottontail::{BasicProperties, FieldTable, FieldValue};
+//!
+//! let properties = BasicProperties::default()
+//!     .with_header("x-retries", 3)
+//!     .with_header("source", "billing")
+//!     .with_header("tags", vec![FieldValue::from("a"), "b".into()]);
+//! assert_eq!(properties.header("x-retries").and_then(FieldValue::as_i64), Some(3));
+//! assert_eq!(properties.header("source").and_then(FieldValue::as_str), Some("billing"));
+//! // A whole table, e.g. a headers exchange's binding arguments:
+//! let binding = FieldTable::new().with("x-match", "any").with("source", "billing");
+//! assert_eq!(binding.len(), 2);
+//! ```
+//!
+//! ### An RPC client shared by threads
+//!
+//! [`RpcClient`] calls over direct reply-to: any number of threads share one client, each call
+//! waits for its own reply with its own timeout, and [`rpc::serve`] is the server side.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use cottontail::{CallOptions, Connection, ConnectionParameters, RpcClient};
+//!
+//! let connection = Connection::open(ConnectionParameters::new("localhost"))?;
+//! let client = RpcClient::new(&connection)?;
+//! let reply = client.call("", "rpc_queue", b"30", CallOptions {
+//!     timeout: Some(Duration::from_secs(5)),
+//!     ..Default::default()
+//! })?;
+//! println!("fib(30) = {}", String::from_utf8_lossy(&reply.body));
+//! # Ok::<(), cottontail::Error>(())
+//! ```
+//!
+//! ### TLS
+//!
+//! Certificates and host names are verified by default; give the CA when the broker's
+//! certificate is not signed by one the system trusts.
+//!
+//! ```no_run
+//! use cottontail::{Connection, ConnectionParameters, PlainCredentials, SslOptions};
+//!
+//! let tls = SslOptions::new().with_ca_file("/etc/rabbitmq/ca.pem")?;
+//! let params = ConnectionParameters::new("broker.example.com")
+//!     .with_credentials(PlainCredentials::new("app", "secret"))
+//!     .with_ssl_options(Some(tls)); // port 5671 unless set
+//! let connection = Connection::open(params)?;
+//! // Or the pika URL form:
+//! let connection = Connection::open_url("amqps://app:secret@broker.example.com/")?;
+//! # Ok::<(), cottontail::Error>(())
+//! ```
+//!
 //! ## Threading model
 //!
 //! A [`Connection`] owns the socket and one background thread named `cottontail-io`. That
