@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use crate::protocol::table::{FieldTable, FieldValue};
 use amq_protocol::protocol::{channel, connection, AMQPClass};
 
 use crate::channel::Channel;
@@ -10,6 +9,7 @@ use crate::engine::chan::{ChannelCore, Reply};
 use crate::engine::Core;
 use crate::error::{Error, Result};
 use crate::params::ConnectionParameters;
+use crate::protocol::table::{FieldTable, FieldValue};
 
 /// A connection to RabbitMQ: pika's `BlockingConnection`.
 ///
