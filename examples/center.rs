@@ -203,7 +203,7 @@ fn main() -> Result<(), BoxError> {
             result = outcome;
         }
     }
-    center.channel.stop_consuming()?;
+    center.channel.stop_consuming(None)?;
     consumer.join().expect("the consuming thread panicked")?;
     center.connection.close()?;
     result

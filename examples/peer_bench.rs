@@ -216,7 +216,7 @@ fn s3(n: usize, auto_ack: bool) -> Result<String> {
                 ch.basic_ack(method.delivery_tag, false)?;
             }
             if k == target {
-                ch.stop_consuming()?;
+                ch.stop_consuming(None)?;
             }
             Ok(())
         },
@@ -258,7 +258,7 @@ fn s4server() -> Result<String> {
         move |ch, method, props, body| {
             if body == b"STOP" {
                 ch.basic_ack(method.delivery_tag, false)?;
-                return ch.stop_consuming();
+                return ch.stop_consuming(None);
             }
             let mut reply = PublishOptions::default();
             if let Some(corr) = props.correlation_id() {
@@ -365,7 +365,7 @@ fn s4client(n: usize, warmup: usize) -> Result<String> {
                 st.t1 = Some(now);
                 drop(st);
                 ch.basic_publish("", "rpc_queue", b"STOP")?;
-                return ch.stop_consuming();
+                return ch.stop_consuming(None);
             }
             if st.answered == warmup {
                 st.t0 = Some(Instant::now());
@@ -462,7 +462,7 @@ fn s5(n: usize) -> Result<String> {
                 seen_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
                 ch.basic_ack(method.delivery_tag, false)?;
                 if k == target {
-                    ch.stop_consuming()?;
+                    ch.stop_consuming(None)?;
                 }
                 Ok(())
             },

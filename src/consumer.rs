@@ -388,14 +388,24 @@ impl Channel {
             .collect()
     }
 
-    /// Cancels every consumer of the channel (pika's `stop_consuming()`), which makes
-    /// [`start_consuming`](Self::start_consuming) return. Callable from a callback or from
-    /// another thread.
-    pub fn stop_consuming(&self) -> Result<()> {
-        for tag in self.consumer_tags() {
-            self.basic_cancel(&tag)?;
+    /// Cancels the consumer `consumer_tag`, or with `None` every consumer of the channel
+    /// (pika's `stop_consuming(consumer_tag=None)`); [`start_consuming`](Self::start_consuming)
+    /// returns once no consumer is left, so `None` makes it return. Callable from a callback or
+    /// from another thread. An unknown tag does nothing.
+    ///
+    /// As in pika, messages a manual-ack consumer received but had not handed to its callback
+    /// are rejected with requeue, and those of an auto-ack consumer are dropped
+    /// ([`basic_cancel`](Self::basic_cancel) returns them instead).
+    pub fn stop_consuming(&self, consumer_tag: Option<&str>) -> Result<()> {
+        match consumer_tag {
+            Some(tag) => self.basic_cancel(tag).map(drop),
+            None => {
+                for tag in self.consumer_tags() {
+                    self.basic_cancel(&tag)?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Cancels the consumers made by [`consume`](Self::consume) on this channel (pika's

@@ -283,7 +283,7 @@
 //! | `channel.basic_consume(queue, on_message_callback, auto_ack=True)` (pika 0.x: `basic_consume(callback, queue=..., no_ack=True)`) | `channel.basic_consume(queue, callback, BasicConsumeOptions { auto_ack: true, ..Default::default() })` |
 //! | `def callback(ch, method, properties, body)` | `\|ch, method, properties, body\| -> Result<()>` |
 //! | `ch.basic_ack(delivery_tag=method.delivery_tag)` | `ch.basic_ack(method.delivery_tag, false)` |
-//! | `channel.start_consuming()` / `stop_consuming()` | [`Channel::start_consuming`] / [`Channel::stop_consuming`] |
+//! | `channel.start_consuming()` / `stop_consuming()` / `stop_consuming(consumer_tag)` | [`Channel::start_consuming`] / `stop_consuming(None)` / `stop_consuming(Some(tag))` ([`Channel::stop_consuming`]) |
 //! | `channel.basic_get(queue, auto_ack)` → `(method, properties, body)` or `(None, None, None)` | `channel.basic_get(queue, auto_ack)` → `Option<GetMessage>` |
 //! | `channel.confirm_delivery()` | [`Channel::confirm_delivery`], plus [`Channel::basic_publish_deferred`] and [`Channel::wait_for_confirms`] for windows |
 //! | exceptions | [`Error`] variants (the table is on [`Error`]) |

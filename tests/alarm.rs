@@ -219,7 +219,7 @@ fn republish_on_a_thread(
                 )?;
                 ch.basic_ack(method.delivery_tag, false)?;
                 if count.fetch_add(1, Ordering::SeqCst) + 1 == BACKLOG {
-                    ch.stop_consuming()?;
+                    ch.stop_consuming(None)?;
                 }
                 Ok(())
             },

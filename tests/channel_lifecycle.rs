@@ -214,7 +214,7 @@ fn consumer_callback_that_panicked_once_still_gets_the_next_deliveries() {
                     let mut acked = acked.lock().unwrap();
                     acked.insert(number);
                     if acked.contains(&2) && acked.contains(&3) {
-                        ch.stop_consuming()?;
+                        ch.stop_consuming(None)?;
                     }
                     Ok(())
                 },

@@ -986,7 +986,7 @@ fn mandatory_unroutable_message_runs_the_return_callback_inside_start_consuming(
                 body.to_vec(),
             ))
             .unwrap();
-        ch.stop_consuming().unwrap();
+        ch.stop_consuming(None).unwrap();
     });
     let (done_tx, done_rx) = mpsc::channel();
     let consuming = channel.clone();
@@ -1556,7 +1556,7 @@ fn stop_consuming_from_a_callback_with_over_16_mib_buffered_returns_promptly() {
                 // Let the I/O thread buffer past its limit first.
                 thread::sleep(Duration::from_millis(300));
                 let started = Instant::now();
-                let stopped = ch.stop_consuming();
+                let stopped = ch.stop_consuming(None);
                 took_tx.send(started.elapsed()).unwrap();
                 stopped
             },

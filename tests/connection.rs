@@ -200,7 +200,7 @@ fn slow_callback_does_not_starve_heartbeats() {
                 ch.basic_ack(method.delivery_tag, false)?;
                 if seen.len() == 2 {
                     assert_eq!(seen, vec![b"first".to_vec(), b"second".to_vec()]);
-                    ch.stop_consuming()?;
+                    ch.stop_consuming(None)?;
                 }
                 Ok(())
             },

@@ -106,7 +106,7 @@ fn add_callback_threadsafe_runs_on_the_consuming_thread() {
     let stopper = channel.clone();
     connection.add_callback_threadsafe(move || {
         ran_tx.send(std::thread::current().id()).unwrap();
-        stopper.stop_consuming().unwrap();
+        stopper.stop_consuming(None).unwrap();
     });
     let ran_on = ran_rx
         .recv_timeout(Duration::from_secs(2))
@@ -194,7 +194,7 @@ fn call_later_fires_inside_start_consuming_and_consume() {
     let stopper = channel.clone();
     let started = Instant::now();
     connection.call_later(Duration::from_millis(300), move || {
-        stopper.stop_consuming().unwrap();
+        stopper.stop_consuming(None).unwrap();
     });
     channel.start_consuming().unwrap();
     let elapsed = started.elapsed();

@@ -34,7 +34,7 @@ fn consume_10000_with_manual_ack_in_order_and_the_queue_empties() {
                 next += 1;
                 ch.basic_ack(method.delivery_tag, false)?;
                 if next == N {
-                    ch.stop_consuming()?;
+                    ch.stop_consuming(None)?;
                 }
                 Ok(())
             },
@@ -94,7 +94,7 @@ fn stop_consuming_from_another_thread_returns_promptly() {
     std::thread::spawn(move || tx.send(consumer.start_consuming()).unwrap());
     std::thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
-    channel.stop_consuming().unwrap();
+    channel.stop_consuming(None).unwrap();
     rx.recv_timeout(Duration::from_secs(2))
         .expect("start_consuming returned")
         .unwrap();
@@ -121,7 +121,7 @@ fn start_consuming_from_a_callback_is_a_reentrancy_error() {
             &queue,
             move |ch, _, _, _| {
                 tx.send(ch.start_consuming()).unwrap();
-                ch.stop_consuming()
+                ch.stop_consuming(None)
             },
             BasicConsumeOptions {
                 auto_ack: true,

@@ -251,7 +251,7 @@ fn stop_consuming_from_another_thread_while_the_consumer_reads() {
     let (consumer_thread, result) = start_consuming_on_a_thread(&channel);
     nudge(&connection, consumer_thread);
     let started = Instant::now();
-    channel.clone().stop_consuming().unwrap();
+    channel.clone().stop_consuming(None).unwrap();
     result
         .recv_timeout(Duration::from_secs(2))
         .expect("start_consuming returned within 2 s of stop_consuming")
@@ -310,7 +310,7 @@ fn call_later_and_threadsafe_callbacks_run_while_the_consumer_reads() {
 
     // Still consuming (nothing ended it); it stops when asked.
     assert!(result.try_recv().is_err(), "start_consuming returned early");
-    channel.stop_consuming().unwrap();
+    channel.stop_consuming(None).unwrap();
     result
         .recv_timeout(Duration::from_secs(2))
         .expect("start_consuming returned")
@@ -437,7 +437,7 @@ fn many_messages_in_bursts_are_all_received_in_order_by_a_reading_consumer() {
                     let n = record_in_order(&received, body)?;
                     ch.basic_ack(method.delivery_tag, false)?;
                     if n + 1 == N {
-                        ch.stop_consuming()?;
+                        ch.stop_consuming(None)?;
                     }
                     Ok(())
                 },

@@ -256,7 +256,7 @@ fn rpc_times_out_on_time_while_another_channel_is_flooded() {
         let result = quiet.queue_declare("never-answered", QueueDeclareOptions::default());
         let took = started.elapsed();
         let delivered = delivered.load(Ordering::Relaxed);
-        let _ = flooded.stop_consuming();
+        let _ = flooded.stop_consuming(None);
         let _ = consumer.join();
         let _ = connection.close();
         (took, result, delivered)
@@ -274,9 +274,9 @@ fn rpc_times_out_on_time_while_another_channel_is_flooded() {
 /// How `start_consuming` on the idle channel is asked to return.
 #[derive(Clone, Copy, Debug)]
 enum Stop {
-    /// `stop_consuming()` called on another thread.
+    /// `stop_consuming(None)` called on another thread.
     FromAnotherThread,
-    /// `add_callback_threadsafe` with a callback that calls `stop_consuming()` (pika's idiom).
+    /// `add_callback_threadsafe` with a callback that calls `stop_consuming(None)` (pika's idiom).
     ThreadsafeCallback,
 }
 
@@ -290,7 +290,7 @@ fn ask_to_stop(how: Stop, connection: &Connection, idle: &cottontail::Channel) {
             let idle = idle.clone();
             thread::spawn(move || {
                 lowest_priority();
-                idle.stop_consuming()
+                idle.stop_consuming(None)
             })
             .join()
             .expect("the stopping thread panicked")
@@ -299,7 +299,7 @@ fn ask_to_stop(how: Stop, connection: &Connection, idle: &cottontail::Channel) {
         Stop::ThreadsafeCallback => {
             let idle = idle.clone();
             connection.add_callback_threadsafe(move || {
-                idle.stop_consuming()
+                idle.stop_consuming(None)
                     .expect("stop_consuming in the threadsafe callback")
             });
         }
@@ -569,7 +569,7 @@ fn stop_idle_consumer_during_flood(how: Stop) {
         for publisher in publishers {
             let _ = publisher.join();
         }
-        let _ = busy.stop_consuming();
+        let _ = busy.stop_consuming(None);
         let _ = busy_consumer.join();
         let _ = connection.close();
         (took, returned)

@@ -156,7 +156,7 @@ fn an_rpc_from_another_thread_completes_while_the_callback_runs() {
             });
             let _ = tx.send((body.to_vec(), declared));
             ch.basic_ack(method.delivery_tag, false)?;
-            ch.stop_consuming()
+            ch.stop_consuming(None)
         })
     };
 
@@ -201,7 +201,7 @@ fn confirms_for_another_thread_arrive_while_the_callback_runs() {
             });
             let _ = tx.send((one, window));
             ch.basic_ack(method.delivery_tag, false)?;
-            ch.stop_consuming()
+            ch.stop_consuming(None)
         })
     };
 
@@ -252,7 +252,7 @@ fn another_consumer_gets_its_message_while_the_callback_runs() {
                 };
                 let _ = tx.send(item);
                 ch.basic_ack(method.delivery_tag, false)?;
-                ch.stop_consuming()
+                ch.stop_consuming(None)
             },
         )
     };
@@ -351,7 +351,7 @@ fn a_bad_publish_from_another_thread_gets_its_channel_close_while_the_callback_r
             });
             let _ = tx.send(outcome);
             ch.basic_ack(method.delivery_tag, false)?;
-            ch.stop_consuming()
+            ch.stop_consuming(None)
         })
     };
 
@@ -480,7 +480,7 @@ fn a_long_callback_does_not_starve_a_short_heartbeat() {
         // meanwhile, and with 1 s heartbeats it gives up after 2 s of silence.
         thread::sleep(Duration::from_millis(3500));
         let acked = ch.basic_ack(method.delivery_tag, false);
-        let stopped = ch.stop_consuming();
+        let stopped = ch.stop_consuming(None);
         let _ = tx.send((acked, stopped));
         Ok(())
     });
@@ -536,7 +536,7 @@ fn a_burst_with_acks_and_rpcs_from_the_callback_arrives_in_order() {
                 *rpcs.lock().unwrap() += 1;
             }
             if n + 1 == N {
-                ch.stop_consuming()?;
+                ch.stop_consuming(None)?;
             }
             Ok(())
         })

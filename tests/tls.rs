@@ -154,7 +154,7 @@ fn publish_and_consume_over_tls_with_a_custom_ca() {
             move |ch, method, _, body| {
                 got_tx.send(body.to_vec()).unwrap();
                 ch.basic_ack(method.delivery_tag, false)?;
-                ch.stop_consuming()
+                ch.stop_consuming(None)
             },
             BasicConsumeOptions::default(),
         )
