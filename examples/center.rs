@@ -78,7 +78,6 @@ impl Center {
                 if let Some(sender) = sender {
                     let _ = sender.send(body.to_vec());
                 }
-                Ok(())
             },
             BasicConsumeOptions {
                 auto_ack: true,

@@ -210,7 +210,7 @@ fn s3(n: usize, auto_ack: bool) -> Result<String> {
     let target = n as u64;
     ch.basic_consume(
         "bench_s3",
-        move |ch, method, _props, _body| {
+        move |ch, method, _props, _body| -> cottontail::Result<()> {
             let k = seen.fetch_add(1, Ordering::Relaxed) + 1;
             if !auto_ack {
                 ch.basic_ack(method.delivery_tag, false)?;
@@ -457,7 +457,7 @@ fn s5(n: usize) -> Result<String> {
     if n > 0 {
         ch.basic_consume(
             "bench_s5",
-            move |ch, method, _props, b| {
+            move |ch, method, _props, b| -> cottontail::Result<()> {
                 let k = seen.fetch_add(1, Ordering::Relaxed) + 1;
                 seen_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
                 ch.basic_ack(method.delivery_tag, false)?;

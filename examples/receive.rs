@@ -21,7 +21,6 @@ fn main() -> cottontail::Result<()> {
         "hello",
         |_ch, _method, _properties, body| {
             println!(" [x] Received {}", support::python_bytes(body));
-            Ok(())
         },
         BasicConsumeOptions {
             auto_ack: true,

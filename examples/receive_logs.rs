@@ -56,7 +56,6 @@ fn receive_logs(connection: &Connection) -> cottontail::Result<()> {
         &queue_name,
         |_ch, _method, _properties, body| {
             println!(" [x] {}", support::python_bytes(body));
-            Ok(())
         },
         BasicConsumeOptions {
             auto_ack: true,

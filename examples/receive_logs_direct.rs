@@ -78,7 +78,6 @@ fn receive_logs_direct(connection: &Connection) -> cottontail::Result<()> {
                 method.routing_key,
                 support::python_bytes(body)
             );
-            Ok(())
         },
         BasicConsumeOptions {
             auto_ack: true,

@@ -79,7 +79,6 @@ fn receive_logs_topic(connection: &Connection) -> cottontail::Result<()> {
                 method.routing_key,
                 support::python_bytes(body)
             );
-            Ok(())
         },
         BasicConsumeOptions {
             auto_ack: true,

@@ -61,7 +61,6 @@ impl FibonacciRpcClient {
                 if pending.corr_id.is_some() && pending.corr_id.as_deref() == corr_id {
                     pending.response = Some(body.to_vec());
                 }
-                Ok(())
             },
             BasicConsumeOptions {
                 auto_ack: true,

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use amq_protocol::protocol::basic;
 use amq_protocol::protocol::AMQPClass;
 
+use crate::callback::{self, BoxError, CallbackReturn};
 use crate::channel::Channel;
 use crate::connection::Owner;
 use crate::delivery::{Delivery, Returned};
@@ -28,18 +29,30 @@ use crate::protocol::methods::{Deliver, Return};
 use crate::protocol::properties::BasicProperties;
 use crate::protocol::table::{self, FieldTable};
 
-/// A consumer callback: pika's `on_message_callback(channel, method, properties, body)`.
+/// A consumer callback as cottontail keeps it: pika's `on_message_callback(channel, method,
+/// properties, body)`, its error boxed.
 ///
-/// Returning an error ends [`Channel::start_consuming`] with that error.
-pub type ConsumerCallback =
-    Box<dyn FnMut(&Channel, &Deliver, &BasicProperties, &[u8]) -> Result<()> + Send>;
+/// [`Channel::basic_consume`] takes any closure of this shape that returns a
+/// [`CallbackReturn`] (`()`, a cottontail [`Result`], `std::io::Result<()>`,
+/// `Result<(), BoxError>`...). Its error or panic ends the call that ran it (see
+/// [`Channel::basic_consume`]).
+pub type ConsumerCallback = Box<
+    dyn FnMut(&Channel, &Deliver, &BasicProperties, &[u8]) -> std::result::Result<(), BoxError>
+        + Send,
+>;
 
-/// A return callback: pika's `add_on_return_callback` callback `(channel, method, properties, body)`.
-pub type ReturnCallback = Box<dyn FnMut(&Channel, &Return, &BasicProperties, &[u8]) + Send>;
+/// A return callback as cottontail keeps it: pika's `add_on_return_callback` callback
+/// `(channel, method, properties, body)`, its error boxed (see
+/// [`Channel::add_on_return_callback`]).
+pub type ReturnCallback = Box<
+    dyn FnMut(&Channel, &Return, &BasicProperties, &[u8]) -> std::result::Result<(), BoxError>
+        + Send,
+>;
 
-/// A cancel callback, called with the consumer tag the broker cancelled (pika's
-/// `add_on_cancel_callback`).
-pub type CancelCallback = Box<dyn FnMut(&Channel, &str) + Send>;
+/// A cancel callback as cottontail keeps it, called with the consumer tag the broker cancelled
+/// (pika's `add_on_cancel_callback`), its error boxed (see [`Channel::add_on_cancel_callback`]).
+pub type CancelCallback =
+    Box<dyn FnMut(&Channel, &str) -> std::result::Result<(), BoxError> + Send>;
 
 pub(crate) struct ConsumerEntry {
     /// `Some` for a callback consumer; the inner `None` while the callback runs (it is taken
@@ -87,7 +100,10 @@ pub enum Consumed {
 /// inactivity timeout. It ends (returns `None`) when the consumer is cancelled, by
 /// [`cancel`](Self::cancel) or by the broker (queue deleted); when the channel or connection
 /// closes it yields that error once and then ends. Callbacks of other consumers on the same
-/// channel run while it waits, as in pika.
+/// channel, the channel's return and cancel callbacks and the connection's timers, threadsafe
+/// and blocked/unblocked callbacks run while it waits, as in pika. An error (or panic) of one of
+/// them is yielded as an `Err` item, as [`Channel::start_consuming`] would return it; the
+/// iterator goes on after it unless the channel closed.
 #[derive(Debug)]
 pub struct Consumer {
     channel: Channel,
@@ -110,15 +126,16 @@ struct ConnTurn {
 
 impl ConnTurn {
     /// Runs the connection callbacks if something may be due; returns the `conn_work` to pass
-    /// to the pump and the next timer's deadline.
-    fn take(&mut self, owner: &Arc<Owner>, timer_fired: bool) -> (u64, Option<Instant>) {
+    /// to the pump and the next timer's deadline, or the first callback's error (the callbacks
+    /// after it run at the next turn).
+    fn take(&mut self, owner: &Arc<Owner>, timer_fired: bool) -> Result<(u64, Option<Instant>)> {
         let work = owner.core.conn_work.load(Ordering::SeqCst);
         if self.seen != Some(work) || timer_fired {
-            owner.run_connection_callbacks();
+            owner.run_connection_callbacks()?;
             self.next_timer = owner.next_timer();
             self.seen = Some(work);
         }
-        (work, self.next_timer)
+        Ok((work, self.next_timer))
     }
 }
 
@@ -127,6 +144,9 @@ pub(crate) enum Pumped {
     Mine(Box<Delivery>),
     /// Something was handled; look again.
     Progress,
+    /// A callback failed (returned an error or panicked): the error to end the consuming call
+    /// with. The channel may well be open still.
+    CallbackFailed(Error),
     /// The deadline passed with nothing to do.
     TimedOut,
     /// No consumer left (start_consuming) or the iterator's consumer is gone.
@@ -135,9 +155,24 @@ pub(crate) enum Pumped {
 
 impl Channel {
     /// Starts a consumer on `queue` whose messages go to `callback` while a thread is inside
-    /// [`start_consuming`](Self::start_consuming) (pika's `basic_consume(queue,
-    /// on_message_callback, auto_ack=False, exclusive=False, consumer_tag=None,
-    /// arguments=None)`). Returns the consumer tag.
+    /// [`start_consuming`](Self::start_consuming) (or iterates a [`consume`](Self::consume)
+    /// iterator, or calls [`Connection::process_data_events`](crate::Connection::process_data_events))
+    /// on this channel (pika's `basic_consume(queue, on_message_callback, auto_ack=False,
+    /// exclusive=False, consumer_tag=None, arguments=None)`). Returns the consumer tag.
+    ///
+    /// The callback returns `()` or a `Result<(), E>` with any error type `E` that converts into
+    /// [`BoxError`] (see [`CallbackReturn`]): a cottontail [`Result`] such as
+    /// `ch.basic_ack(..)`'s, `std::io::Result<()>`, an application's error, or
+    /// `Result<(), BoxError>` to use `?` on anything. Its error ends the call that ran it
+    /// (`start_consuming` returns it, a `consume()` iteration yields it,
+    /// `process_data_events` / `sleep` return it): a cottontail [`Error`] as it is, any other
+    /// error as [`Error::Callback`] with the callback's error as its
+    /// [`source()`](std::error::Error::source). A panic is caught and becomes an
+    /// [`Error::Callback`] too ([`CallbackError::is_panic`](crate::CallbackError::is_panic)).
+    /// Nothing else happens to the delivery: unless the callback acked it, it stays unacked
+    /// (the broker delivers it again once the channel closes), and the consumer stays
+    /// registered, so calling `start_consuming` again goes on with the next message, as in
+    /// pika.
     ///
     /// ```no_run
     /// # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;
@@ -149,18 +184,44 @@ impl Channel {
     /// channel.start_consuming()?;
     /// # Ok::<(), cottontail::Error>(())
     /// ```
-    pub fn basic_consume<F>(
+    ///
+    /// Any error, with `?`:
+    ///
+    /// ```no_run
+    /// # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;
+    /// # let channel = connection.channel()?;
+    /// use cottontail::BoxError;
+    ///
+    /// channel.basic_consume("tasks", |ch, method, _properties, body| -> Result<(), BoxError> {
+    ///     let path = std::str::from_utf8(body)?;
+    ///     std::fs::write(path, b"done")?;
+    ///     ch.basic_ack(method.delivery_tag, false)?;
+    ///     Ok(())
+    /// }, Default::default())?;
+    /// if let Err(e) = channel.start_consuming() {
+    ///     if let Some(io) = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>()) {
+    ///         eprintln!("writing failed: {io}");
+    ///     }
+    /// }
+    /// # Ok::<(), cottontail::Error>(())
+    /// ```
+    pub fn basic_consume<F, R>(
         &self,
         queue: &str,
-        callback: F,
+        mut callback: F,
         options: BasicConsumeOptions,
     ) -> Result<String>
     where
-        F: FnMut(&Channel, &Deliver, &BasicProperties, &[u8]) -> Result<()> + Send + 'static,
+        F: FnMut(&Channel, &Deliver, &BasicProperties, &[u8]) -> R + Send + 'static,
+        R: CallbackReturn,
     {
         self.start_consumer(
             queue,
-            Some(Box::new(callback)),
+            Some(Box::new(
+                move |ch: &Channel, method: &Deliver, properties: &BasicProperties, body: &[u8]| {
+                    callback(ch, method, properties, body).into_result()
+                },
+            )),
             options.auto_ack,
             options.exclusive,
             options.consumer_tag,
@@ -460,28 +521,57 @@ impl Channel {
 
     /// Registers a callback for mandatory messages the broker returns as unroutable (pika's
     /// `add_on_return_callback`). It runs on the consuming thread, inside
-    /// [`start_consuming`](Self::start_consuming) or while iterating [`consume`](Self::consume).
-    pub fn add_on_return_callback<F>(&self, callback: F)
+    /// [`start_consuming`](Self::start_consuming), while iterating [`consume`](Self::consume) or
+    /// in [`Connection::process_data_events`](crate::Connection::process_data_events).
+    ///
+    /// It returns `()` or any `Result<(), E>` (see [`CallbackReturn`]); its error or panic ends
+    /// the call that ran it, as a consumer callback's does ([`basic_consume`](Self::basic_consume)).
+    /// When several are registered and one fails, the others still get the message; the first
+    /// error is returned.
+    pub fn add_on_return_callback<F, R>(&self, mut callback: F)
     where
-        F: FnMut(&Channel, &Return, &BasicProperties, &[u8]) + Send + 'static,
+        F: FnMut(&Channel, &Return, &BasicProperties, &[u8]) -> R + Send + 'static,
+        R: CallbackReturn,
     {
-        self.lock_callbacks().on_return.push(Box::new(callback));
+        self.lock_callbacks().on_return.push(Box::new(
+            move |ch: &Channel, method: &Return, properties: &BasicProperties, body: &[u8]| {
+                callback(ch, method, properties, body).into_result()
+            },
+        ));
         self.inner.owner.core.nudge();
     }
 
     /// Registers a callback for consumers the broker cancels, e.g. because their queue was
     /// deleted (pika's `add_on_cancel_callback`). The consumer is removed, and
     /// `start_consuming` returns once no consumer is left.
-    pub fn add_on_cancel_callback<F>(&self, callback: F)
+    ///
+    /// It returns `()` or any `Result<(), E>` (see [`CallbackReturn`]); its error or panic ends
+    /// the call that ran it, as a consumer callback's does ([`basic_consume`](Self::basic_consume)).
+    /// When several are registered and one fails, the others still hear of the cancel; the
+    /// first error is returned.
+    pub fn add_on_cancel_callback<F, R>(&self, mut callback: F)
     where
-        F: FnMut(&Channel, &str) + Send + 'static,
+        F: FnMut(&Channel, &str) -> R + Send + 'static,
+        R: CallbackReturn,
     {
-        self.lock_callbacks().on_cancel.push(Box::new(callback));
+        self.lock_callbacks()
+            .on_cancel
+            .push(Box::new(move |ch: &Channel, tag: &str| {
+                callback(ch, tag).into_result()
+            }));
     }
 
     /// Runs consumer callbacks on this thread until every consumer of the channel is cancelled
     /// (by [`stop_consuming`](Self::stop_consuming), [`basic_cancel`](Self::basic_cancel) or the
-    /// broker), a callback fails, or the channel closes (pika's `start_consuming`).
+    /// broker), a callback fails, or the channel closes (pika's `start_consuming`). It also
+    /// runs the channel's return and cancel callbacks and the connection's timers, threadsafe
+    /// and blocked/unblocked callbacks.
+    ///
+    /// The first callback that fails ends it with its error: a cottontail [`Error`] as the
+    /// callback returned it, any other error (or a panic) as [`Error::Callback`], whose
+    /// [`source()`](std::error::Error::source) is the callback's error. The consumers stay
+    /// registered and the failed delivery unacked (unless the callback acked it): calling
+    /// `start_consuming` again goes on where it stopped.
     ///
     /// Calling it from inside a callback of the same channel, or while another thread is in
     /// it, is [`Error::Reentrancy`].
@@ -490,9 +580,10 @@ impl Channel {
         let mut turn = ConnTurn::default();
         let mut timer_fired = false;
         loop {
-            let (work, next_timer) = turn.take(&self.inner.owner, timer_fired);
+            let (work, next_timer) = turn.take(&self.inner.owner, timer_fired)?;
             match self.pump(None, next_timer, Some(work))? {
                 Pumped::Finished => return Ok(()),
+                Pumped::CallbackFailed(e) => return Err(e),
                 Pumped::TimedOut => timer_fired = true,
                 Pumped::Mine(_) | Pumped::Progress => timer_fired = false,
             }
@@ -510,7 +601,8 @@ impl Channel {
     /// it. `want` is the tag of the iterator asking, if any. With `seen_work`, it also returns
     /// as soon as connection-level work (timers, threadsafe callbacks) appears. While it waits
     /// this thread reads the socket itself when it can (see `engine::token`); callbacks run
-    /// after the wait, never while reading.
+    /// after the wait, never while reading. A failed callback is `Ok(Pumped::CallbackFailed)`;
+    /// `Err` is the channel's or connection's failure.
     pub(crate) fn pump(
         &self,
         want: Option<&str>,
@@ -524,11 +616,9 @@ impl Channel {
             Some(Next::Work) => Ok(Pumped::Progress),
             Some(Next::Mine(held)) => Ok(Pumped::Mine(Box::new(held.take()))),
             Some(Next::Delivery(held)) => self.route(held, want),
-            Some(Next::Return(returned)) => {
-                self.run_return_callbacks(returned);
-                Ok(Pumped::Progress)
-            }
+            Some(Next::Return(returned)) => Ok(progress(self.run_return_callbacks(returned))),
             Some(Next::Cancelled(tags)) => {
+                let mut ran = Ok(());
                 for tag in &tags {
                     // The broker ended it: what it held for an iterator goes back to the queue
                     // (auto-acked ones are reported lost), like a delivery in flight.
@@ -540,9 +630,12 @@ impl Channel {
                     if let Some(entry) = gone {
                         self.requeue(entry.pending.into(), entry.auto_ack);
                     }
-                    self.run_cancel_callbacks(tag);
+                    let called = self.run_cancel_callbacks(tag);
+                    if ran.is_ok() {
+                        ran = called;
+                    }
                 }
-                Ok(Pumped::Progress)
+                Ok(progress(ran))
             }
             Some(Next::Finished) => Ok(Pumped::Finished),
             Some(Next::Failed(e)) => Err(e),
@@ -627,9 +720,15 @@ impl Channel {
         drop(consumers);
         let delivery = held.take();
         let tag = delivery.method.consumer_tag.as_str();
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            callback(self, &delivery.method, &delivery.properties, &delivery.body)
-        }));
+        let ran = callback::call(
+            || {
+                format!(
+                    "the callback of consumer {tag} on delivery {}",
+                    delivery.method.delivery_tag
+                )
+            },
+            || callback(self, &delivery.method, &delivery.properties, &delivery.body),
+        );
         // Back in its slot whatever happened, so the consumer's next messages reach it.
         if let Some(Some(slot)) = self
             .lock_consumers()
@@ -638,30 +737,46 @@ impl Channel {
         {
             *slot = Some(callback);
         }
-        match ran {
-            Ok(result) => result.map(|()| Pumped::Progress),
-            Err(panic) => Err(Error::Callback(format!(
-                "the callback of consumer {tag} panicked on delivery {}: {}",
-                delivery.method.delivery_tag,
-                crate::error::panic_message(&*panic)
-            ))),
-        }
+        Ok(progress(ran))
     }
 
-    fn run_return_callbacks(&self, returned: Returned) {
+    fn run_return_callbacks(&self, returned: Returned) -> Result<()> {
         run_callbacks(
             || self.lock_callbacks(),
             |c| &mut c.on_return,
-            |cb| cb(self, &returned.method, &returned.properties, &returned.body),
-        );
+            |cb| {
+                callback::call(
+                    || format!("a return callback of channel {}", self.channel_number()),
+                    || cb(self, &returned.method, &returned.properties, &returned.body),
+                )
+            },
+        )
     }
 
-    fn run_cancel_callbacks(&self, tag: &str) {
+    fn run_cancel_callbacks(&self, tag: &str) -> Result<()> {
         run_callbacks(
             || self.lock_callbacks(),
             |c| &mut c.on_cancel,
-            |cb| cb(self, tag),
-        );
+            |cb| {
+                callback::call(
+                    || {
+                        format!(
+                            "a cancel callback of channel {} (consumer {tag})",
+                            self.channel_number()
+                        )
+                    },
+                    || cb(self, tag),
+                )
+            },
+        )
+    }
+}
+
+/// What the pump reports after running callbacks.
+fn progress(ran: Result<()>) -> Pumped {
+    match ran {
+        Ok(()) => Pumped::Progress,
+        Err(e) => Pumped::CallbackFailed(e),
     }
 }
 
@@ -728,7 +843,11 @@ impl Iterator for Consumer {
         let deadline = self.inactivity_timeout.and_then(deadline_after);
         let mut timer_fired = false;
         loop {
-            let (work, next_timer) = self.turn.take(&self.channel.inner.owner, timer_fired);
+            let turn = self.turn.take(&self.channel.inner.owner, timer_fired);
+            let (work, next_timer) = match turn {
+                Ok(turn) => turn,
+                Err(e) => return Some(Err(callback_failed(&mut self.done, guard.0, e))),
+            };
             let wake = [deadline, next_timer].into_iter().flatten().min();
             let pumped = guard.0.pump(Some(&self.tag), wake, Some(work));
             timer_fired = false;
@@ -738,6 +857,9 @@ impl Iterator for Consumer {
                 }
                 Ok(Pumped::Mine(delivery)) => return Some(Ok(Consumed::Delivery(*delivery))),
                 Ok(Pumped::Progress) => {}
+                Ok(Pumped::CallbackFailed(e)) => {
+                    return Some(Err(callback_failed(&mut self.done, guard.0, e)))
+                }
                 Ok(Pumped::TimedOut) => return Some(Ok(Consumed::Inactive)),
                 Ok(Pumped::Finished) => {
                     self.done = true;
@@ -750,6 +872,13 @@ impl Iterator for Consumer {
             }
         }
     }
+}
+
+/// A callback's error, for a [`Consumer`] to yield: the iterator goes on after it unless the
+/// channel closed (then that was its error, and it is not yielded twice).
+fn callback_failed(done: &mut bool, channel: &Channel, e: Error) -> Error {
+    *done = channel.is_closed();
+    e
 }
 
 impl Drop for Consumer {

@@ -1,8 +1,10 @@
 //! The one error type of the crate.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::callback::BoxError;
 use crate::delivery::Message;
 
 /// Result alias used throughout cottontail.
@@ -65,6 +67,7 @@ pub const INTERNAL_ERROR: u16 = 541;
 /// | `UnroutableError` | [`Error::Unroutable`] |
 /// | `ShortStringTooLong` | [`Error::InvalidArgument`] |
 /// | (no counterpart: pika waits forever) | [`Error::Timeout`] |
+/// | an exception a callback raises, out of `start_consuming` / `process_data_events` | the callback's own [`Error`], or [`Error::Callback`] with its error as `source()` |
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -225,10 +228,103 @@ pub enum Error {
         /// The `blocked_connection_timeout` that passed.
         after: Duration,
     },
-    /// A consumer callback returned an error, which ended `start_consuming`.
-    #[error("consumer callback failed: {0}")]
-    Callback(String),
+    /// A callback returned an error that is not a cottontail [`Error`], or panicked; it ended
+    /// the call that ran the callback ([`Channel::start_consuming`](crate::Channel::start_consuming),
+    /// a [`Consumer`](crate::Consumer) iteration, [`Connection::process_data_events`](crate::Connection::process_data_events)
+    /// or [`Connection::sleep`](crate::Connection::sleep)). [`source()`](std::error::Error::source)
+    /// is the callback's own error, to downcast (and its message, which this error's does not
+    /// repeat):
+    /// `e.source().and_then(|s| s.downcast_ref::<std::io::Error>())`. A callback that returns a
+    /// cottontail [`Error`] (say its `basic_ack` failed) ends the call with that error as it
+    /// is, not wrapped in this variant.
+    #[error("a callback failed")]
+    Callback(#[source] CallbackError),
 }
+
+/// The error a callback returned, or its panic: what [`Error::Callback`] holds, shared (an
+/// `Arc`) so that [`Error`] stays `Clone`.
+///
+/// It dereferences to the callback's error (`dyn std::error::Error + Send + Sync`), so
+/// `downcast_ref` and `source` work on it directly, and [`Error::Callback`]'s
+/// [`source()`](std::error::Error::source) is that error itself. Two `CallbackError`s are equal
+/// when they are clones of one (the same error, by pointer), not when their messages match.
+#[derive(Clone)]
+pub struct CallbackError {
+    error: Arc<dyn std::error::Error + Send + Sync + 'static>,
+    panicked: bool,
+}
+
+impl CallbackError {
+    /// Wraps an error (as is: a cottontail [`Error`] passed here is wrapped too).
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        CallbackError {
+            error: Arc::from(error.into()),
+            panicked: false,
+        }
+    }
+
+    /// A panic, with its message.
+    pub(crate) fn panicked(message: String) -> Self {
+        CallbackError {
+            error: Arc::new(Panicked(message)),
+            panicked: true,
+        }
+    }
+
+    /// True when the callback panicked instead of returning an error; the error's message is
+    /// then the panic's, with what panicked (e.g. "the callback of consumer ctag1.x on
+    /// delivery 5 panicked: ...").
+    pub fn is_panic(&self) -> bool {
+        self.panicked
+    }
+}
+
+// `CallbackError` is deliberately not an `Error` itself: thiserror's `source()` for
+// `Error::Callback` calls `as_dyn_error()` by method syntax, which reaches the inner
+// `dyn Error + Send + Sync` through this `Deref`, so the source is the callback's own error and
+// downcasts to its type (tested in callback.rs).
+impl std::ops::Deref for CallbackError {
+    type Target = dyn std::error::Error + Send + Sync + 'static;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.error
+    }
+}
+
+impl std::fmt::Debug for CallbackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackError")
+            .field("error", &self.error)
+            .field("panicked", &self.panicked)
+            .finish()
+    }
+}
+
+impl std::fmt::Display for CallbackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl PartialEq for CallbackError {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.error, &other.error)
+    }
+}
+
+impl Eq for CallbackError {}
+
+/// A callback's panic, as the source of an [`Error::Callback`].
+#[derive(Debug)]
+struct Panicked(String);
+
+impl std::fmt::Display for Panicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Panicked {}
 
 fn last_of(attempts: &[Error]) -> String {
     attempts
@@ -246,6 +342,15 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl Error {
+    /// The error a callback's error ends its caller with: a cottontail [`Error`] as it is,
+    /// anything else as [`Error::Callback`].
+    pub(crate) fn from_callback(error: BoxError) -> Self {
+        match error.downcast::<Error>() {
+            Ok(e) => *e,
+            Err(other) => Error::Callback(CallbackError::new(other)),
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, err: &io::Error) -> Self {
         Error::Io {
             context: context.into(),

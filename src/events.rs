@@ -6,18 +6,25 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use crate::callback::{self, BoxError, CallbackReturn};
 use crate::channel::{Channel, ChannelHandle};
 use crate::connection::{Connection, Owner};
 use crate::error::Result;
 
-/// A timer callback (pika's `call_later` callback).
-pub type TimerCallback = Box<dyn FnOnce() + Send>;
-/// A callback queued from any thread (pika's `add_callback_threadsafe`).
-pub type ThreadsafeCallback = Box<dyn FnOnce() + Send>;
-/// A connection-blocked callback, with the broker's reason (e.g. "low on memory").
-pub type BlockedCallback = Box<dyn FnMut(&Connection, &str) + Send>;
-/// A connection-unblocked callback.
-pub type UnblockedCallback = Box<dyn FnMut(&Connection) + Send>;
+/// A timer callback as cottontail keeps it (pika's `call_later` callback), its error boxed (see
+/// [`Connection::call_later`]).
+pub type TimerCallback = Box<dyn FnOnce() -> std::result::Result<(), BoxError> + Send>;
+/// A callback queued from any thread as cottontail keeps it (pika's `add_callback_threadsafe`),
+/// its error boxed (see [`Connection::add_callback_threadsafe`]).
+pub type ThreadsafeCallback = Box<dyn FnOnce() -> std::result::Result<(), BoxError> + Send>;
+/// A connection-blocked callback as cottontail keeps it, with the broker's reason (e.g. "low on
+/// memory"), its error boxed (see [`Connection::add_on_connection_blocked_callback`]).
+pub type BlockedCallback =
+    Box<dyn FnMut(&Connection, &str) -> std::result::Result<(), BoxError> + Send>;
+/// A connection-unblocked callback as cottontail keeps it, its error boxed (see
+/// [`Connection::add_on_connection_unblocked_callback`]).
+pub type UnblockedCallback =
+    Box<dyn FnMut(&Connection) -> std::result::Result<(), BoxError> + Send>;
 
 /// Identifies a timer made by [`Connection::call_later`], for [`Connection::remove_timeout`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -37,22 +44,37 @@ pub(crate) struct Dispatch {
 
 /// Runs every callback of a list kept behind a lock, without holding the lock while they run
 /// (a callback may use the connection, or register more callbacks: those are kept, after the
-/// ones that were there).
+/// ones that were there). Every callback runs, whatever the others did; the first error is
+/// returned and later ones are logged.
 pub(crate) fn run_callbacks<S, G, C>(
     lock: impl Fn() -> G,
     list: impl Fn(&mut S) -> &mut Vec<C>,
-    mut call: impl FnMut(&mut C),
-) where
+    mut call: impl FnMut(&mut C) -> Result<()>,
+) -> Result<()>
+where
     G: std::ops::DerefMut<Target = S>,
 {
     let mut taken = std::mem::take(list(&mut lock()));
+    let mut first = Ok(());
     for callback in &mut taken {
-        call(callback);
+        if let Err(e) = call(callback) {
+            if first.is_ok() {
+                first = Err(e);
+            } else {
+                let source = std::error::Error::source(&e).map(|s| format!(": {s}"));
+                log::warn!(
+                    "a callback failed after another one for the same event (its error is only \
+                     logged): {e}{}",
+                    source.unwrap_or_default()
+                );
+            }
+        }
     }
     let mut guard = lock();
     let slot = list(&mut guard);
     taken.append(slot);
     *slot = taken;
+    first
 }
 
 impl Owner {
@@ -73,8 +95,10 @@ impl Owner {
 
     /// Runs the blocked/unblocked callbacks, due timers and threadsafe callbacks, on this
     /// thread. Each callback is taken out of the lock first, so it may call anything.
-    /// Returns how many ran.
-    pub(crate) fn run_connection_callbacks(self: &Arc<Self>) -> usize {
+    /// Returns how many events were handled, or the first callback error: the blocked event
+    /// being handled still reaches every blocked/unblocked callback, and what else is due
+    /// stays queued for the next run.
+    pub(crate) fn run_connection_callbacks(self: &Arc<Self>) -> Result<usize> {
         let connection = Connection::from_owner(self.clone());
         let mut ran = 0;
         loop {
@@ -85,13 +109,23 @@ impl Owner {
                 Some(reason) => run_callbacks(
                     || self.lock_dispatch(),
                     |d| &mut d.on_blocked,
-                    |cb| cb(&connection, &reason),
-                ),
+                    |cb| {
+                        callback::call(
+                            || "a connection-blocked callback".into(),
+                            || cb(&connection, &reason),
+                        )
+                    },
+                )?,
                 None => run_callbacks(
                     || self.lock_dispatch(),
                     |d| &mut d.on_unblocked,
-                    |cb| cb(&connection),
-                ),
+                    |cb| {
+                        callback::call(
+                            || "a connection-unblocked callback".into(),
+                            || cb(&connection),
+                        )
+                    },
+                )?,
             }
         }
         loop {
@@ -99,21 +133,25 @@ impl Owner {
             let due = {
                 let mut dispatch = self.lock_dispatch();
                 match dispatch.timers.first_key_value() {
-                    Some((&(at, _), _)) if at <= now => {
-                        dispatch.timers.pop_first().map(|(_, cb)| cb)
-                    }
-                    _ => dispatch.threadsafe.pop_front(),
+                    Some((&(at, _), _)) if at <= now => dispatch
+                        .timers
+                        .pop_first()
+                        .map(|(_, cb)| (cb, "a call_later timer")),
+                    _ => dispatch
+                        .threadsafe
+                        .pop_front()
+                        .map(|cb| (cb, "an add_callback_threadsafe callback")),
                 }
             };
             match due {
-                Some(cb) => {
+                Some((cb, what)) => {
                     ran += 1;
-                    cb();
+                    callback::call(|| what.into(), cb)?;
                 }
                 None => break,
             }
         }
-        ran
+        Ok(ran)
     }
 
     fn live_channels(&self) -> Vec<Channel> {
@@ -138,12 +176,17 @@ impl Connection {
     /// and returns; `Duration::MAX` waits until there is something (pika's `time_limit=None`).
     /// Heartbeats never depend on it: the I/O thread answers them whatever this thread does.
     /// Returns the connection's error once it is closed.
+    ///
+    /// A callback that fails ends it with its error: a cottontail [`Error`](crate::Error) as
+    /// the callback returned it, any other error (or a panic) as
+    /// [`Error::Callback`](crate::Error::Callback), whose `source()` is the callback's error.
+    /// What else was due stays queued for the next call.
     pub fn process_data_events(&self, time_limit: Duration) -> Result<()> {
         let owner = self.owner();
         let deadline = Instant::now().checked_add(time_limit);
         loop {
             let generation = owner.core.generation();
-            let mut handled = owner.run_connection_callbacks();
+            let mut handled = owner.run_connection_callbacks()?;
             for channel in owner.live_channels() {
                 handled += channel.drain_events()?;
             }
@@ -166,7 +209,8 @@ impl Connection {
 
     /// Sleeps for `duration` while handling events as
     /// [`process_data_events`](Self::process_data_events) does (pika's `sleep`): it returns
-    /// after `duration`, not at the first event.
+    /// after `duration`, not at the first event, or at once with the error of a callback that
+    /// failed.
     pub fn sleep(&self, duration: Duration) -> Result<()> {
         let deadline = crate::engine::saturating_deadline(duration);
         loop {
@@ -181,9 +225,15 @@ impl Connection {
     /// Runs `callback` once, `delay` from now, on the thread that is then inside
     /// `process_data_events`, `sleep`, `start_consuming` or a `consume()` iteration (pika's
     /// `call_later`).
-    pub fn call_later<F>(&self, delay: Duration, callback: F) -> TimeoutId
+    ///
+    /// The callback returns `()` or any `Result<(), E>` (see [`CallbackReturn`]). Its error or
+    /// panic ends the call that ran it: `process_data_events` or `sleep` returns it,
+    /// `start_consuming` returns it, a `consume()` iteration yields it (see
+    /// [`process_data_events`](Self::process_data_events) for the form it takes).
+    pub fn call_later<F, R>(&self, delay: Duration, callback: F) -> TimeoutId
     where
-        F: FnOnce() + Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+        R: CallbackReturn,
     {
         let owner = self.owner();
         let id = {
@@ -192,7 +242,7 @@ impl Connection {
             let id = dispatch.next_timer_id;
             dispatch.timers.insert(
                 (crate::engine::saturating_deadline(delay), id),
-                Box::new(callback),
+                Box::new(move || callback().into_result()),
             );
             id
         };
@@ -210,49 +260,86 @@ impl Connection {
 
     /// Queues `callback` to run on the thread that is inside `process_data_events`, `sleep`,
     /// `start_consuming` or a `consume()` iteration (pika's `add_callback_threadsafe`): the way
-    /// for another thread to have work done on the consuming thread, e.g. an ack.
-    pub fn add_callback_threadsafe<F>(&self, callback: F)
+    /// for another thread to have work done on the consuming thread, e.g. an ack:
+    ///
+    /// ```no_run
+    /// # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;
+    /// # let channel = connection.channel()?;
+    /// # let delivery_tag = 1;
+    /// let ch = channel.clone();
+    /// connection.add_callback_threadsafe(move || ch.basic_ack(delivery_tag, false))?;
+    /// # Ok::<(), cottontail::Error>(())
+    /// ```
+    ///
+    /// On a closed connection it is the connection's close reason (e.g.
+    /// [`Error::ConnectionClosedByClient`](crate::Error::ConnectionClosedByClient)) and the
+    /// callback is dropped, as pika raises there; a callback queued just before the connection
+    /// closes never runs either.
+    ///
+    /// The callback returns `()` or any `Result<(), E>` (see [`CallbackReturn`]). Its error or
+    /// panic ends the call that ran it: `start_consuming` returns it, a `consume()` iteration
+    /// yields it, `process_data_events` or `sleep` returns it (see
+    /// [`process_data_events`](Self::process_data_events) for the form it takes).
+    pub fn add_callback_threadsafe<F, R>(&self, callback: F) -> Result<()>
     where
-        F: FnOnce() + Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+        R: CallbackReturn,
     {
         let owner = self.owner();
+        if let Some(e) = owner.core.closed_error() {
+            return Err(e);
+        }
         owner
             .lock_dispatch()
             .threadsafe
-            .push_back(Box::new(callback));
+            .push_back(Box::new(move || callback().into_result()));
         owner.core.kick();
+        Ok(())
     }
 
     /// Registers a callback for connection.blocked (the broker hit a memory or disk alarm and
     /// stopped reading publishes); it gets the broker's reason (pika's
     /// `add_on_connection_blocked_callback`).
-    pub fn add_on_connection_blocked_callback<F>(&self, callback: F)
+    ///
+    /// It returns `()` or any `Result<(), E>` (see [`CallbackReturn`]); its error or panic ends
+    /// the call that ran it, as a timer's does ([`call_later`](Self::call_later)). When several
+    /// are registered and one fails, the others still hear of the event; the first error is
+    /// returned.
+    pub fn add_on_connection_blocked_callback<F, R>(&self, mut callback: F)
     where
-        F: FnMut(&Connection, &str) + Send + 'static,
+        F: FnMut(&Connection, &str) -> R + Send + 'static,
+        R: CallbackReturn,
     {
-        self.owner()
-            .lock_dispatch()
-            .on_blocked
-            .push(Box::new(callback));
+        self.owner().lock_dispatch().on_blocked.push(Box::new(
+            move |connection: &Connection, reason: &str| callback(connection, reason).into_result(),
+        ));
     }
 
     /// Registers a callback for connection.unblocked (pika's
     /// `add_on_connection_unblocked_callback`).
-    pub fn add_on_connection_unblocked_callback<F>(&self, callback: F)
+    ///
+    /// It returns `()` or any `Result<(), E>` (see [`CallbackReturn`]); its error or panic ends
+    /// the call that ran it, as a timer's does ([`call_later`](Self::call_later)). When several
+    /// are registered and one fails, the others still hear of the event; the first error is
+    /// returned.
+    pub fn add_on_connection_unblocked_callback<F, R>(&self, mut callback: F)
     where
-        F: FnMut(&Connection) + Send + 'static,
+        F: FnMut(&Connection) -> R + Send + 'static,
+        R: CallbackReturn,
     {
         self.owner()
             .lock_dispatch()
             .on_unblocked
-            .push(Box::new(callback));
+            .push(Box::new(move |connection: &Connection| {
+                callback(connection).into_result()
+            }));
     }
 }
 
 impl Channel {
     /// Handles everything queued on this channel without waiting, unless another thread is
-    /// consuming it; returns how many events it handled. A closed channel is skipped: its own
-    /// calls report why.
+    /// consuming it; returns how many events it handled, or the error of a callback that
+    /// failed. A closed channel is skipped: its own calls report why.
     fn drain_events(&self) -> Result<usize> {
         let Ok(_guard) = self.enter_consuming() else {
             return Ok(0);
@@ -261,6 +348,7 @@ impl Channel {
         loop {
             match self.pump(None, Some(Instant::now()), None) {
                 Ok(crate::consumer::Pumped::Progress) => handled += 1,
+                Ok(crate::consumer::Pumped::CallbackFailed(e)) => return Err(e),
                 Ok(_) => return Ok(handled),
                 Err(e) if e.is_connection_error() => return Err(e),
                 Err(_) => return Ok(handled),

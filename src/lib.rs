@@ -18,7 +18,6 @@
 //!
 //! channel.basic_consume("hello", |_ch, _method, _properties, body| {
 //!     println!(" [x] Received {}", String::from_utf8_lossy(body));
-//!     Ok(())
 //! }, cottontail::BasicConsumeOptions { auto_ack: true, ..Default::default() })?;
 //! channel.start_consuming()?;
 //! # Ok::<(), cottontail::Error>(())
@@ -230,6 +229,51 @@
 //! `start_consuming` serves its own channel (so threads can each consume their own channel of
 //! one connection), `process_data_events` every channel nobody else is consuming.
 //!
+//! #### What a callback returns, and where its error goes
+//!
+//! Every callback returns `()` (it cannot fail) or a `Result<(), E>` with any error type `E`
+//! that converts into [`BoxError`] ([`CallbackReturn`]): a cottontail [`Result`], so a consumer
+//! callback can end with `ch.basic_ack(method.delivery_tag, false)`; `std::io::Result<()>`;
+//! an application's own error; or `Result<(), BoxError>` to use `?` on all of them:
+//!
+//! ```no_run
+//! # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;
+//! # let channel = connection.channel()?;
+//! use cottontail::{BasicConsumeOptions, BoxError};
+//!
+//! channel.basic_consume("tasks", |ch, method, _properties, body| -> Result<(), BoxError> {
+//!     let task: u64 = std::str::from_utf8(body)?.parse()?;
+//!     std::fs::write(format!("/tmp/task-{task}"), body)?;
+//!     ch.basic_ack(method.delivery_tag, false)?;
+//!     Ok(())
+//! }, BasicConsumeOptions::default())?;
+//! match channel.start_consuming() {
+//!     Ok(()) => {}
+//!     // The callback's own error, as it returned it.
+//!     Err(cottontail::Error::Callback(e)) => eprintln!("a callback failed: {e}"),
+//!     // A cottontail error: the channel or connection failed, or the callback's basic_ack did.
+//!     Err(e) => return Err(e),
+//! }
+//! # Ok::<(), cottontail::Error>(())
+//! ```
+//!
+//! The error type is inferred from what the closure returns; a closure that only returns
+//! `Ok(())` names it (`|..| -> cottontail::Result<()> { .. }`), or returns `()` instead.
+//!
+//! A callback's error ends the call that ran it, on the thread that called it: the first
+//! callback that fails makes `start_consuming` return its error, a `consume()` iteration yield
+//! it, `process_data_events` or `sleep` return it. That holds for every kind of callback,
+//! timers and threadsafe callbacks included: they only ever run inside one of those calls. A
+//! cottontail [`Error`] (say the callback's `basic_ack` failed because the channel closed)
+//! comes back as it is; any other error comes back as [`Error::Callback`], whose
+//! [`source()`](std::error::Error::source) is the callback's error, to downcast. A panic in a
+//! callback is caught and becomes an [`Error::Callback`] too
+//! ([`CallbackError::is_panic`]), so it cannot kill the connection. Nothing else stops: the
+//! consumers stay registered, the channel open, a delivery whose callback failed stays
+//! unacked unless the callback acked it (the broker delivers it again once the channel
+//! closes), and the callbacks that were due after the failed one run at the next call. A
+//! `consume()` iterator goes on after yielding a callback's error.
+//!
 //! ### Request/reply
 //!
 //! [`RpcClient`] makes calls over RabbitMQ's direct reply-to from any number of threads of one
@@ -281,9 +325,11 @@
 //! | `channel.basic_nack(tag, requeue=False)` / `basic_reject(tag, requeue=False)` | `channel.basic_nack(tag, NackOptions { requeue: false, ..Default::default() })` / `basic_reject(tag, RejectOptions { requeue: false })` |
 //! | `channel.exchange_bind(destination, source, routing_key='k')` | `channel.exchange_bind(destination, source, ExchangeBindOptions { routing_key: "k".into(), ..Default::default() })` |
 //! | `channel.basic_consume(queue, on_message_callback, auto_ack=True)` (pika 0.x: `basic_consume(callback, queue=..., no_ack=True)`) | `channel.basic_consume(queue, callback, BasicConsumeOptions { auto_ack: true, ..Default::default() })` |
-//! | `def callback(ch, method, properties, body)` | `\|ch, method, properties, body\| -> Result<()>` |
+//! | `def callback(ch, method, properties, body)` | `\|ch, method, properties, body\| { .. }`, returning `()` or any `Result<(), E>` ([`CallbackReturn`]) |
+//! | an exception raised in a callback, out of `start_consuming()` | the callback's error, out of `start_consuming()` (as [`Error::Callback`] unless it is a cottontail [`Error`]) |
 //! | `ch.basic_ack(delivery_tag=method.delivery_tag)` | `ch.basic_ack(method.delivery_tag, false)` |
 //! | `channel.start_consuming()` / `stop_consuming()` / `stop_consuming(consumer_tag)` | [`Channel::start_consuming`] / `stop_consuming(None)` / `stop_consuming(Some(tag))` ([`Channel::stop_consuming`]) |
+//! | `connection.add_callback_threadsafe(cb)` (raises on a closed connection) | [`Connection::add_callback_threadsafe`]`(cb)?` |
 //! | `channel.basic_get(queue, auto_ack)` → `(method, properties, body)` or `(None, None, None)` | `channel.basic_get(queue, auto_ack)` → `Option<GetMessage>` |
 //! | `channel.confirm_delivery()` | [`Channel::confirm_delivery`], plus [`Channel::basic_publish_deferred`] and [`Channel::wait_for_confirms`] for windows |
 //! | exceptions | [`Error`] variants (the table is on [`Error`]) |
@@ -306,6 +352,7 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 
+mod callback;
 mod channel;
 mod connection;
 mod consumer;
@@ -320,13 +367,14 @@ mod publish;
 pub mod rpc;
 mod transport;
 
+pub use crate::callback::{BoxError, CallbackReturn};
 pub use crate::channel::{BlockingChannel, Channel};
 pub use crate::connection::{BlockingConnection, Connection, IntoParameterList};
 pub use crate::consumer::{
     CancelCallback, ConsumeOptions, Consumed, Consumer, ConsumerCallback, ReturnCallback,
 };
 pub use crate::delivery::{Delivery, GetMessage, Message, Returned};
-pub use crate::error::{Error, Result};
+pub use crate::error::{CallbackError, Error, Result};
 pub use crate::events::{
     BlockedCallback, ThreadsafeCallback, TimeoutId, TimerCallback, UnblockedCallback,
 };

@@ -207,7 +207,7 @@ fn republish_on_a_thread(
     channel
         .basic_consume(
             source,
-            move |ch, method, properties, body| {
+            move |ch, method, properties, body| -> cottontail::Result<()> {
                 ch.basic_publish_with(
                     "",
                     &target,

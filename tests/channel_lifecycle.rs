@@ -205,7 +205,7 @@ fn consumer_callback_that_panicked_once_still_gets_the_next_deliveries() {
         channel
             .basic_consume(
                 &queue,
-                move |ch, method, _properties, body| {
+                move |ch, method, _properties, body| -> cottontail::Result<()> {
                     if !panicked.swap(true, Ordering::SeqCst) {
                         panic!("deliberate panic in the consumer callback");
                     }

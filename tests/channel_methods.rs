@@ -498,7 +498,7 @@ fn queue_delete_if_unused_on_a_consumed_queue_is_406() {
     let mut cleanup = Cleanup::default();
     let queue = declare_queue(&channel, &mut cleanup, "delete-if-unused");
     channel
-        .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
+        .basic_consume(&queue, |_, _, _, _| {}, Default::default())
         .unwrap();
     let other = connection.channel().unwrap();
     expect_channel_closed(
@@ -967,7 +967,7 @@ fn mandatory_unroutable_message_runs_the_return_callback_inside_start_consuming(
     channel
         .basic_consume(
             &queue,
-            |_, _, _, _| Ok(()),
+            |_, _, _, _| {},
             BasicConsumeOptions {
                 auto_ack: true,
                 ..Default::default()
@@ -1135,7 +1135,7 @@ fn queue_deleted_while_consuming_runs_the_cancel_callback_and_start_consuming_re
     let (cancelled_tx, cancelled_rx) = mpsc::channel();
     channel.add_on_cancel_callback(move |_, tag| cancelled_tx.send(tag.to_string()).unwrap());
     let tag = channel
-        .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
+        .basic_consume(&queue, |_, _, _, _| {}, Default::default())
         .unwrap();
     let (done_tx, done_rx) = mpsc::channel();
     let consuming = channel.clone();
@@ -1294,12 +1294,12 @@ fn consumer_tags_lists_consumers_and_basic_cancel_removes_one() {
     let mut cleanup = Cleanup::default();
     let queue = declare_queue(&channel, &mut cleanup, "tags");
     let first = channel
-        .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
+        .basic_consume(&queue, |_, _, _, _| {}, Default::default())
         .unwrap();
     let second = channel
         .basic_consume(
             &queue,
-            |_, _, _, _| Ok(()),
+            |_, _, _, _| {},
             BasicConsumeOptions {
                 consumer_tag: Some(unique("my-tag")),
                 ..Default::default()
@@ -1375,7 +1375,7 @@ fn broker_closing_the_channel_ends_start_consuming_with_the_error() {
     let mut cleanup = Cleanup::default();
     let queue = declare_queue(&channel, &mut cleanup, "closed-under-consumer");
     channel
-        .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
+        .basic_consume(&queue, |_, _, _, _| {}, Default::default())
         .unwrap();
     let (done_tx, done_rx) = mpsc::channel();
     let consuming = channel.clone();

@@ -143,7 +143,7 @@ fn broker_forced_close_reaches_a_waiting_consumer() {
     let channel = connection.channel().unwrap();
     let queue = support::exclusive_queue(&channel);
     channel
-        .basic_consume(&queue, |_, _, _, _| Ok(()), BasicConsumeOptions::default())
+        .basic_consume(&queue, |_, _, _, _| {}, BasicConsumeOptions::default())
         .unwrap();
     let (tx, rx) = mpsc::channel();
     let consumer = channel.clone();
@@ -192,7 +192,7 @@ fn slow_callback_does_not_starve_heartbeats() {
     channel
         .basic_consume(
             &queue,
-            move |ch, method, _, body| {
+            move |ch, method, _, body| -> cottontail::Result<()> {
                 seen.push(body.to_vec());
                 if seen.len() == 1 {
                     std::thread::sleep(Duration::from_millis(3500));

@@ -26,7 +26,6 @@ fn process_data_events_runs_consumer_callbacks_of_every_channel() {
                     seen.lock()
                         .unwrap()
                         .push(format!("{name}:{}", String::from_utf8_lossy(body)));
-                    Ok(())
                 },
                 BasicConsumeOptions {
                     auto_ack: true,
@@ -90,7 +89,7 @@ fn add_callback_threadsafe_runs_on_the_consuming_thread() {
     let channel = connection.channel().unwrap();
     let queue = exclusive_queue(&channel);
     channel
-        .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
+        .basic_consume(&queue, |_, _, _, _| {}, Default::default())
         .unwrap();
     let (tx, rx) = mpsc::channel();
     let consuming = std::thread::spawn({
@@ -104,10 +103,12 @@ fn add_callback_threadsafe_runs_on_the_consuming_thread() {
     std::thread::sleep(Duration::from_millis(100));
     let (ran_tx, ran_rx) = mpsc::channel();
     let stopper = channel.clone();
-    connection.add_callback_threadsafe(move || {
-        ran_tx.send(std::thread::current().id()).unwrap();
-        stopper.stop_consuming(None).unwrap();
-    });
+    connection
+        .add_callback_threadsafe(move || {
+            ran_tx.send(std::thread::current().id()).unwrap();
+            stopper.stop_consuming(None)
+        })
+        .unwrap();
     let ran_on = ran_rx
         .recv_timeout(Duration::from_secs(2))
         .expect("callback ran");
@@ -156,7 +157,6 @@ fn process_data_events_returns_once_it_handled_an_event() {
                 &queue,
                 move |_, _, _, _| {
                     got.fetch_add(1, Ordering::SeqCst);
-                    Ok(())
                 },
                 BasicConsumeOptions {
                     auto_ack: true,
@@ -189,7 +189,7 @@ fn call_later_fires_inside_start_consuming_and_consume() {
     let channel = connection.channel().unwrap();
     let queue = exclusive_queue(&channel);
     channel
-        .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
+        .basic_consume(&queue, |_, _, _, _| {}, Default::default())
         .unwrap();
     let stopper = channel.clone();
     let started = Instant::now();

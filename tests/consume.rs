@@ -28,7 +28,7 @@ fn consume_10000_with_manual_ack_in_order_and_the_queue_empties() {
     channel
         .basic_consume(
             &queue,
-            move |ch, method, _, body| {
+            move |ch, method, _, body| -> cottontail::Result<()> {
                 let n = u32::from_be_bytes(body.try_into().expect("4-byte body"));
                 assert_eq!(n, next, "out of order");
                 next += 1;
@@ -87,7 +87,7 @@ fn stop_consuming_from_another_thread_returns_promptly() {
     let channel = connection.channel().unwrap();
     let queue = support::exclusive_queue(&channel);
     channel
-        .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
+        .basic_consume(&queue, |_, _, _, _| {}, Default::default())
         .unwrap();
     let (tx, rx) = mpsc::channel();
     let consumer = channel.clone();
@@ -144,12 +144,12 @@ fn duplicate_consumer_tag_is_rejected_without_touching_the_broker() {
     };
     assert_eq!(
         channel
-            .basic_consume(&queue, |_, _, _, _| Ok(()), options.clone())
+            .basic_consume(&queue, |_, _, _, _| {}, options.clone())
             .unwrap(),
         "my-tag"
     );
     assert_eq!(
-        channel.basic_consume(&queue, |_, _, _, _| Ok(()), options),
+        channel.basic_consume(&queue, |_, _, _, _| {}, options),
         Err(Error::DuplicateConsumerTag("my-tag".into()))
     );
     assert!(channel.is_open());
@@ -165,7 +165,7 @@ fn queue_deleted_while_consuming_ends_start_consuming() {
         .queue_declare(&queue, QueueDeclareOptions::default())
         .unwrap();
     channel
-        .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
+        .basic_consume(&queue, |_, _, _, _| {}, Default::default())
         .unwrap();
     let (tx, rx) = mpsc::channel();
     let consumer = channel.clone();
@@ -185,6 +185,7 @@ fn queue_deleted_while_consuming_ends_start_consuming() {
 
 #[test]
 fn callback_error_ends_start_consuming_with_it() {
+    // A cottontail error comes back as it is (tests/callback_errors.rs has other error types).
     let connection = connect();
     let channel = connection.channel().unwrap();
     let queue = support::exclusive_queue(&channel);
@@ -192,7 +193,7 @@ fn callback_error_ends_start_consuming_with_it() {
     channel
         .basic_consume(
             &queue,
-            |_, _, _, _| Err(Error::Callback("stop here".into())),
+            |_, _, _, _| Err(Error::InvalidArgument("stop here".into())),
             BasicConsumeOptions {
                 auto_ack: true,
                 ..Default::default()
@@ -201,6 +202,6 @@ fn callback_error_ends_start_consuming_with_it() {
         .unwrap();
     assert_eq!(
         channel.start_consuming(),
-        Err(Error::Callback("stop here".into()))
+        Err(Error::InvalidArgument("stop here".into()))
     );
 }

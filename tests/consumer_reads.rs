@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{basic, AMQPClass};
 use cottontail::{
-    BasicConsumeOptions, Connection, ConsumeOptions, Consumed, Error, QosOptions,
+    BasicConsumeOptions, BoxError, Connection, ConsumeOptions, Consumed, Error, QosOptions,
     QueueDeclareOptions,
 };
 use support::consuming::{
@@ -246,7 +246,7 @@ fn stop_consuming_from_another_thread_while_the_consumer_reads() {
     let channel = connection.channel().unwrap();
     let queue = exclusive_queue(&channel);
     let tag = channel
-        .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
+        .basic_consume(&queue, |_, _, _, _| {}, Default::default())
         .unwrap();
     let (consumer_thread, result) = start_consuming_on_a_thread(&channel);
     nudge(&connection, consumer_thread);
@@ -274,18 +274,20 @@ fn call_later_and_threadsafe_callbacks_run_while_the_consumer_reads() {
     let channel = connection.channel().unwrap();
     let queue = exclusive_queue(&channel);
     channel
-        .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
+        .basic_consume(&queue, |_, _, _, _| {}, Default::default())
         .unwrap();
     let (consumer_thread, result) = start_consuming_on_a_thread(&channel);
     nudge(&connection, consumer_thread);
 
     let (tx, rx) = mpsc::channel();
     let threadsafe = tx.clone();
-    connection.add_callback_threadsafe(move || {
-        threadsafe
-            .send(("threadsafe", thread::current().id(), Instant::now()))
-            .unwrap();
-    });
+    connection
+        .add_callback_threadsafe(move || {
+            threadsafe
+                .send(("threadsafe", thread::current().id(), Instant::now()))
+                .unwrap();
+        })
+        .unwrap();
     let (what, ran_on, _) = rx
         .recv_timeout(Duration::from_secs(2))
         .expect("the threadsafe callback ran within 2 s");
@@ -433,7 +435,7 @@ fn many_messages_in_bursts_are_all_received_in_order_by_a_reading_consumer() {
         channel
             .basic_consume(
                 &queue,
-                move |ch, method, _, body| {
+                move |ch, method, _, body| -> Result<(), BoxError> {
                     let n = record_in_order(&received, body)?;
                     ch.basic_ack(method.delivery_tag, false)?;
                     if n + 1 == N {

@@ -207,7 +207,6 @@ fn counting_consumer(
             queue,
             move |_, _, _, _| {
                 counted.fetch_add(1, Ordering::Relaxed);
-                Ok(())
             },
             BasicConsumeOptions {
                 auto_ack: true,
@@ -298,10 +297,9 @@ fn ask_to_stop(how: Stop, connection: &Connection, idle: &cottontail::Channel) {
         }
         Stop::ThreadsafeCallback => {
             let idle = idle.clone();
-            connection.add_callback_threadsafe(move || {
-                idle.stop_consuming(None)
-                    .expect("stop_consuming in the threadsafe callback")
-            });
+            connection
+                .add_callback_threadsafe(move || idle.stop_consuming(None))
+                .expect("add_callback_threadsafe");
         }
     }
 }
@@ -345,7 +343,7 @@ fn idle_consumer(
     channel
         .basic_consume(
             queue,
-            |_, _, _, _| Ok(()),
+            |_, _, _, _| {},
             BasicConsumeOptions {
                 auto_ack: true,
                 ..Default::default()

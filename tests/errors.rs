@@ -184,7 +184,7 @@ fn exclusive_consumer_conflict_is_403_and_ends_nothing_else() {
     first
         .basic_consume(
             &queue,
-            |_, _, _, _| Ok(()),
+            |_, _, _, _| {},
             BasicConsumeOptions {
                 exclusive: true,
                 ..Default::default()
@@ -193,7 +193,7 @@ fn exclusive_consumer_conflict_is_403_and_ends_nothing_else() {
         .unwrap();
     let second = connection.channel().unwrap();
     let err = second
-        .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
+        .basic_consume(&queue, |_, _, _, _| {}, Default::default())
         .unwrap_err();
     assert!(
         matches!(

@@ -610,7 +610,7 @@ fn a_flood_of_empty_deliveries_nobody_consumes_stops_reading_with_bounded_memory
     let channel = connection.channel().expect("channel");
     let before = vm_rss();
     channel
-        .basic_consume("q", |_, _, _, _| Ok(()), Default::default())
+        .basic_consume("q", |_, _, _, _| {}, Default::default())
         .expect("basic.consume");
     let sent = join(fake);
     assert!(

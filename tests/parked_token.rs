@@ -25,8 +25,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cottontail::{
-    BasicConsumeOptions, BasicProperties, Channel, Connection, ConsumeOptions, Consumed, Deliver,
-    Error, PublishOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicProperties, CallbackError, Channel, Connection, ConsumeOptions,
+    Consumed, Deliver, Error, PublishOptions, QueueDeclareOptions,
 };
 use support::consuming::{
     expect_all_in_order, iterate_on_a_thread, nudge, passive, publish, record_in_order, settle,
@@ -523,15 +523,16 @@ fn a_burst_with_acks_and_rpcs_from_the_callback_arrives_in_order() {
     let result = {
         let (received, rpcs, own_queue) = (received.clone(), rpcs.clone(), queue.clone());
         consume_and_read(&consuming, &channel, &queue, move |ch, method, _, body| {
-            let n = record_in_order(&received, body)?;
+            let n = record_in_order(&received, body)
+                .map_err(|e| Error::Callback(CallbackError::new(e)))?;
             ch.basic_ack(method.delivery_tag, false)?;
             if (n + 1) % RPC_EVERY == 0 {
                 let ok = ch.queue_declare(&own_queue, passive())?;
                 if ok.consumer_count != 1 {
-                    return Err(Error::Callback(format!(
+                    return Err(Error::Callback(CallbackError::new(format!(
                         "at message {n}: {} consumers",
                         ok.consumer_count
-                    )));
+                    ))));
                 }
                 *rpcs.lock().unwrap() += 1;
             }

@@ -61,7 +61,7 @@ fn frozen_broker_is_a_heartbeat_timeout_for_every_waiter() {
     let channel = connection.channel().unwrap();
     let queue = support::exclusive_queue(&channel);
     channel
-        .basic_consume(&queue, |_, _, _, _| Ok(()), Default::default())
+        .basic_consume(&queue, |_, _, _, _| {}, Default::default())
         .unwrap();
     let (tx, rx) = mpsc::channel();
     let consumer = channel.clone();

@@ -7,7 +7,7 @@ use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use cottontail::{
-    Channel, Connection, ConnectionParameters, Consumed, Consumer, Error, QueueDeclareOptions,
+    BoxError, Channel, Connection, ConnectionParameters, Consumed, Consumer, QueueDeclareOptions,
 };
 
 /// What a consumer thread reports: each item its iterator yields, then `None` once it ended.
@@ -64,9 +64,11 @@ pub fn settle() {
 pub fn nudge(connection: &Connection, consumer_thread: ThreadId) {
     settle();
     let (tx, rx) = mpsc::channel();
-    connection.add_callback_threadsafe(move || {
-        let _ = tx.send(thread::current().id());
-    });
+    connection
+        .add_callback_threadsafe(move || {
+            let _ = tx.send(thread::current().id());
+        })
+        .expect("queueing a threadsafe callback");
     let ran_on = rx
         .recv_timeout(Duration::from_secs(2))
         .expect("a threadsafe callback ran within 2 s");
@@ -98,18 +100,16 @@ impl Drop for Cleanup {
 
 /// Records the big-endian `u32` counter in `body` and checks that it is the next one expected
 /// (messages numbered from 0 must arrive in order); the callback's error otherwise.
-pub fn record_in_order(received: &Mutex<Vec<u32>>, body: &[u8]) -> cottontail::Result<u32> {
+pub fn record_in_order(received: &Mutex<Vec<u32>>, body: &[u8]) -> Result<u32, BoxError> {
     let n = u32::from_be_bytes(
         body.try_into()
-            .map_err(|_| Error::Callback(format!("a body of {} bytes", body.len())))?,
+            .map_err(|_| format!("a body of {} bytes", body.len()))?,
     );
     let mut got = received.lock().unwrap_or_else(|p| p.into_inner());
     let expected = got.len() as u32;
     got.push(n);
     if n != expected {
-        return Err(Error::Callback(format!(
-            "message {n} arrived when {expected} was expected"
-        )));
+        return Err(format!("message {n} arrived when {expected} was expected").into());
     }
     Ok(n)
 }
