@@ -285,6 +285,12 @@ impl Inner {
             let outcome = match pumped {
                 Ok(Pumped::Mine(reply)) => table.file(*reply, id).map(|mine| Ok(Some(mine))),
                 Ok(Pumped::Progress) => None,
+                // The client's channel is private and has no callbacks of anyone's; should one
+                // fail all the same, that is not this call's business.
+                Ok(Pumped::CallbackFailed(e)) => {
+                    log::warn!("RpcClient: a callback on the client's channel failed: {e}");
+                    None
+                }
                 Ok(Pumped::TimedOut) => deadline
                     .is_some_and(|d| Instant::now() >= d)
                     .then_some(Ok(None)),

@@ -84,7 +84,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.channel.stop_consuming();
+        let _ = self.channel.stop_consuming(None);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -719,7 +719,7 @@ fn properties_pass_through_both_ways() {
         request_id
     );
 
-    server.stop_consuming().unwrap();
+    server.stop_consuming(None).unwrap();
     serving.join().unwrap().unwrap();
     connection.close().unwrap();
     server_connection.close().unwrap();
