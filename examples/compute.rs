@@ -4,9 +4,9 @@
 //! Declares `compute_queue`, takes one request at a time (`basic_qos` prefetch 1) and answers
 //! each number `n` with `n + 1`, published through the default exchange to the request's
 //! `reply_to` queue with the request's `correlation_id`, then acks the request. It prints
-//! ` [*] Waiting for n`, then ` [.] increase(10)` for each request. Ctrl-C closes the
-//! connection, prints `Interrupted` and exits 0. Several compute nodes may run at once: the
-//! broker shares the requests between them.
+//! ` [*] Waiting for n`, then ` [.] increase(10)` for each request. Ctrl-C stops consuming
+//! (`stop_consuming`: see `support::Interrupt`), closes the connection, prints `Interrupted` and
+//! exits 0. Several compute nodes may run at once: the broker shares the requests between them.
 //!
 //! Run: `cargo run --example compute` (pairs with `cargo run --example center`, or the Python
 //! `tests/interop/center.py`). The broker is `localhost` unless `AMQP_HOST` says otherwise.
@@ -29,7 +29,8 @@ fn main() -> cottontail::Result<()> {
 
     channel.queue_declare("compute_queue", QueueDeclareOptions::default())?;
     // Installed before the first line, so a Ctrl-C once it shows always prints `Interrupted`.
-    let interrupt = support::Interrupt::close_on_ctrl_c(&connection);
+    let interrupt = support::Interrupt::on_ctrl_c(&connection);
+    interrupt.stop_consuming_on(&channel);
     println!(" [*] Waiting for n");
 
     channel.basic_qos(QosOptions {

@@ -1,7 +1,8 @@
 //! Tutorial 1, "Hello World!": the consumer. Port of the official `receive.py`.
 //!
 //! Declares the queue `hello` and prints every message it receives, as Python prints a `bytes`
-//! body: ` [x] Received b'Hello World!'`. Ctrl-C closes the connection, prints `Interrupted`
+//! body: ` [x] Received b'Hello World!'`. Ctrl-C stops consuming (`stop_consuming`: see
+//! `support::Interrupt`), closes the connection, prints `Interrupted`
 //! and exits 0, as the Python script does.
 //!
 //! Run: `cargo run --example receive` (pairs with `cargo run --example send`, or with the
@@ -28,7 +29,8 @@ fn main() -> cottontail::Result<()> {
         },
     )?;
 
-    let interrupt = support::Interrupt::close_on_ctrl_c(&connection);
+    let interrupt = support::Interrupt::on_ctrl_c(&connection);
+    interrupt.stop_consuming_on(&channel);
 
     println!(" [*] Waiting for messages. To exit press CTRL+C");
     interrupt.finish(channel.start_consuming())

@@ -4,8 +4,9 @@
 //! `exclusive`: the broker names it, e.g. `amq.gen-JzTY20BRgKO-HjmUJj0wLg`, and deletes it when
 //! the connection closes), binds that queue to `logs` (so `rabbitmqctl list_bindings` shows
 //! `logs exchange amq.gen-... queue amq.gen-... []`), and prints every log message it receives,
-//! as Python prints a `bytes` body: ` [x] b'info: Hello World!'`. Ctrl-C closes the connection,
-//! prints `Interrupted` and exits 0, as `receive` does.
+//! as Python prints a `bytes` body: ` [x] b'info: Hello World!'`. Ctrl-C stops consuming
+//! (`stop_consuming`: see `support::Interrupt`), closes the connection, prints `Interrupted` and
+//! exits 0, as `receive` does.
 //!
 //! Run: `cargo run --example receive_logs` (pairs with `cargo run --example emit_log`, or with
 //! the Python `emit_log.py`; run several receivers and each gets every message). The broker is
@@ -21,15 +22,16 @@ use cottontail::{
 fn main() -> cottontail::Result<()> {
     let connection = Connection::open(ConnectionParameters::new(support::broker_host()))?;
 
-    let interrupt = support::Interrupt::close_on_ctrl_c(&connection);
+    let interrupt = support::Interrupt::on_ctrl_c(&connection);
 
-    interrupt.finish(receive_logs(&connection))
+    interrupt.finish(receive_logs(&connection, &interrupt))
 }
 
-/// The tutorial's program, from the channel on. Returns when consuming ends: on an error
-/// (Ctrl-C closes the connection), or once the broker cancels the consumer.
-fn receive_logs(connection: &Connection) -> cottontail::Result<()> {
+/// The tutorial's program, from the channel on. Returns when consuming ends: after Ctrl-C
+/// (see `support::Interrupt`), on an error, or once the broker cancels the consumer.
+fn receive_logs(connection: &Connection, interrupt: &support::Interrupt) -> cottontail::Result<()> {
     let channel = connection.channel()?;
+    interrupt.stop_consuming_on(&channel);
 
     channel.exchange_declare(
         "logs",

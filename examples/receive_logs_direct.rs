@@ -5,7 +5,8 @@
 //! messages published with one of those routing keys), and prints each message as
 //! ` [x] <severity>:<body>`, the body as Python prints `bytes`: ` [x] error:b'Run. Run. Or it
 //! will explode.'`. Without any severity it writes `Usage: <program> [info] [warning] [error]`
-//! to stderr and exits with status 1. Ctrl-C closes the connection, prints `Interrupted` and
+//! to stderr and exits with status 1. Ctrl-C stops consuming (`stop_consuming`: see
+//! `support::Interrupt`), closes the connection, prints `Interrupted` and
 //! exits 0, as `receive` does.
 //!
 //! Run: `cargo run --example receive_logs_direct -- warning error` (pairs with
@@ -22,15 +23,19 @@ use cottontail::{
 fn main() -> cottontail::Result<()> {
     let connection = Connection::open(ConnectionParameters::new(support::broker_host()))?;
 
-    let interrupt = support::Interrupt::close_on_ctrl_c(&connection);
+    let interrupt = support::Interrupt::on_ctrl_c(&connection);
 
-    interrupt.finish(receive_logs_direct(&connection))
+    interrupt.finish(receive_logs_direct(&connection, &interrupt))
 }
 
-/// The tutorial's program, from the channel on. Returns when consuming ends: on an error
-/// (Ctrl-C closes the connection), or once the broker cancels the consumer.
-fn receive_logs_direct(connection: &Connection) -> cottontail::Result<()> {
+/// The tutorial's program, from the channel on. Returns when consuming ends: after Ctrl-C
+/// (see `support::Interrupt`), on an error, or once the broker cancels the consumer.
+fn receive_logs_direct(
+    connection: &Connection,
+    interrupt: &support::Interrupt,
+) -> cottontail::Result<()> {
     let channel = connection.channel()?;
+    interrupt.stop_consuming_on(&channel);
 
     channel.exchange_declare(
         "direct_logs",

@@ -6,8 +6,9 @@
 //! everything, `kern.*` all of facility `kern`, `*.critical` every critical log), and prints
 //! each message as ` [x] <routing key>:<body>`, the body as Python prints `bytes`:
 //! ` [x] kern.critical:b'A critical kernel error'`. Without any binding key it writes
-//! `Usage: <program> [binding_key]...` to stderr and exits with status 1. Ctrl-C closes the
-//! connection, prints `Interrupted` and exits 0, as `receive` does.
+//! `Usage: <program> [binding_key]...` to stderr and exits with status 1. Ctrl-C stops
+//! consuming (`stop_consuming`: see `support::Interrupt`), closes the connection, prints
+//! `Interrupted` and exits 0, as `receive` does.
 //!
 //! Run: `cargo run --example receive_logs_topic -- "kern.*" "*.critical"` (pairs with
 //! `cargo run --example emit_log_topic -- kern.critical "A critical kernel error"`, or with the
@@ -23,15 +24,19 @@ use cottontail::{
 fn main() -> cottontail::Result<()> {
     let connection = Connection::open(ConnectionParameters::new(support::broker_host()))?;
 
-    let interrupt = support::Interrupt::close_on_ctrl_c(&connection);
+    let interrupt = support::Interrupt::on_ctrl_c(&connection);
 
-    interrupt.finish(receive_logs_topic(&connection))
+    interrupt.finish(receive_logs_topic(&connection, &interrupt))
 }
 
-/// The tutorial's program, from the channel on. Returns when consuming ends: on an error
-/// (Ctrl-C closes the connection), or once the broker cancels the consumer.
-fn receive_logs_topic(connection: &Connection) -> cottontail::Result<()> {
+/// The tutorial's program, from the channel on. Returns when consuming ends: after Ctrl-C
+/// (see `support::Interrupt`), on an error, or once the broker cancels the consumer.
+fn receive_logs_topic(
+    connection: &Connection,
+    interrupt: &support::Interrupt,
+) -> cottontail::Result<()> {
     let channel = connection.channel()?;
+    interrupt.stop_consuming_on(&channel);
 
     channel.exchange_declare(
         "topic_logs",

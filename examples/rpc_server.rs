@@ -4,8 +4,9 @@
 //! answers each request `n` with the `n`-th Fibonacci number (the tutorial's deliberately slow
 //! recursive `fib`), published through the default exchange to the request's `reply_to` queue
 //! with the request's `correlation_id`; then it acks the request. It prints
-//! ` [x] Awaiting RPC requests`, then ` [.] fib(30)` for each request. Ctrl-C closes the
-//! connection, prints `Interrupted` and exits 0, as `receive` does.
+//! ` [x] Awaiting RPC requests`, then ` [.] fib(30)` for each request. Ctrl-C stops consuming
+//! (`stop_consuming`: see `support::Interrupt`), closes the connection, prints `Interrupted` and
+//! exits 0, as `receive` does.
 //!
 //! Run: `cargo run --example rpc_server` (pairs with `cargo run --example rpc_client`,
 //! `cargo run --example rpc_direct_reply_to`, or the Python `rpc_client.py`). The broker is
@@ -75,7 +76,8 @@ fn main() -> cottontail::Result<()> {
         BasicConsumeOptions::default(),
     )?;
 
-    let interrupt = support::Interrupt::close_on_ctrl_c(&connection);
+    let interrupt = support::Interrupt::on_ctrl_c(&connection);
+    interrupt.stop_consuming_on(&channel);
 
     println!(" [x] Awaiting RPC requests");
     interrupt.finish(channel.start_consuming())

@@ -8,8 +8,10 @@
 //! `body.decode()`, the body as text, not a `bytes` repr: so does this one, e.g.
 //! ` [x] Received First message.`.
 //!
-//! Ctrl-C, even in the middle of a task, closes the connection (the unacknowledged task goes
-//! back to the queue), prints `Interrupted` and exits 0, as `receive` does.
+//! Ctrl-C, even in the middle of a task, stops consuming at once (`stop_consuming`: see
+//! `support::Interrupt`): the task's sleep ends as Ctrl-C interrupts Python's `time.sleep`, the
+//! task is not acked and goes back to the queue when the connection closes, and the worker
+//! prints `Interrupted` and exits 0, as `receive` does.
 //!
 //! Run: `cargo run --example worker` (pairs with `cargo run --example new_task -- Hello...`, or
 //! with the Python `new_task.py`; run two workers to see the tasks shared fairly). The broker
@@ -26,14 +28,15 @@ use cottontail::{
 fn main() -> cottontail::Result<()> {
     let connection = Connection::open(ConnectionParameters::new(support::broker_host()))?;
 
-    let interrupt = support::Interrupt::close_on_ctrl_c(&connection);
+    let interrupt = support::Interrupt::on_ctrl_c(&connection);
     interrupt.finish(work(&connection, interrupt.clone()))
 }
 
-/// The tutorial's program, from the channel on. Returns when consuming ends: on an error
-/// (Ctrl-C closes the connection), or once the broker cancels the consumer.
+/// The tutorial's program, from the channel on. Returns when consuming ends: after Ctrl-C (see
+/// `support::Interrupt`), on an error, or once the broker cancels the consumer.
 fn work(connection: &Connection, interrupt: support::Interrupt) -> cottontail::Result<()> {
     let channel = connection.channel()?;
+    interrupt.stop_consuming_on(&channel);
 
     channel.queue_declare(
         "task_queue",
@@ -55,7 +58,8 @@ fn work(connection: &Connection, interrupt: support::Interrupt) -> cottontail::R
             let dots = body.iter().filter(|&&b| b == b'.').count() as u64;
             // Ctrl-C interrupts the work at once, as it interrupts Python's `time.sleep`.
             if interrupt.sleep(Duration::from_secs(dots)) {
-                // Ctrl-C: the connection is closing; the task goes back to the queue unacked.
+                // Ctrl-C: consuming stops; the task goes back to the queue unacked when the
+                // connection closes.
                 return Ok(());
             }
             println!(" [x] Done");

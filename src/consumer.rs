@@ -86,6 +86,7 @@ pub struct ConsumeOptions {
 /// An item of the [`Consumer`] iterator.
 // Items are moved out at once; boxing the delivery would cost an allocation per message.
 #[allow(clippy::large_enum_variant)]
+#[non_exhaustive]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Consumed {
     /// A message.
@@ -240,8 +241,9 @@ impl Channel {
     /// let options = ConsumeOptions { inactivity_timeout: Some(Duration::from_secs(1)), ..Default::default() };
     /// for item in channel.consume("hello", options)? {
     ///     match item? {
-    ///         Consumed::Delivery(d) => channel.basic_ack(d.method.delivery_tag, false)?,
-    ///         Consumed::Inactive => break,
+    ///         Consumed::Delivery(d) => channel.basic_ack(d.delivery_tag(), false)?,
+    ///         // Consumed::Inactive (and whatever a later version adds: it is non-exhaustive).
+    ///         _ => break,
     ///     }
     /// }
     /// # Ok::<(), cottontail::Error>(())

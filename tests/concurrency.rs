@@ -253,7 +253,7 @@ fn eight_threads_publishing_on_one_shared_channel_deliver_each_message_once_and_
     for item in consumer {
         let delivery = match item.unwrap() {
             Consumed::Delivery(d) => d,
-            Consumed::Inactive => break,
+            _ => break,
         };
         let (thread, seq) = parse(&delivery.body);
         assert!(

@@ -234,7 +234,7 @@ fn a_burst_beyond_the_inbound_limit_flows_over_tls() {
                 assert_eq!(d.body.len(), SIZE, "message {n}");
                 assert!(d.body == body(n), "message {n} is not the one sent {n}th");
             }
-            Consumed::Inactive => panic!("message {n} of {COUNT} never came"),
+            _ => panic!("message {n} of {COUNT} never came"),
         }
     }
     messages.cancel().unwrap();

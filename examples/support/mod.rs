@@ -4,7 +4,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use cottontail::Connection;
+use cottontail::{Channel, Connection};
 
 /// Formats `body` the way Python's `print(f"{body}")` shows a `bytes` object (`b'...'`), so the
 /// examples print exactly the lines of the official Python tutorials.
@@ -40,10 +40,18 @@ pub fn broker_host() -> String {
     std::env::var("AMQP_HOST").unwrap_or_else(|_| "localhost".into())
 }
 
-/// Ctrl-C as the Python tutorials handle it: the consumer stops, the program prints
-/// `Interrupted` and exits 0. Python gets there through `KeyboardInterrupt`; here the Ctrl-C
-/// handler closes the connection, which ends whatever is consuming on it with an error, and
-/// [`finish`](Interrupt::finish) turns that error into the `Interrupted` line.
+/// Ctrl-C as the Python tutorials handle it, gracefully: the consumer stops, the program prints
+/// `Interrupted` and exits 0.
+///
+/// The first Ctrl-C calls [`Channel::stop_consuming`] on the channel given to
+/// [`stop_consuming_on`](Interrupt::stop_consuming_on): the callback running finishes (the
+/// worker's [`sleep`](Interrupt::sleep) ends at once, as Ctrl-C interrupts Python's
+/// `time.sleep`, and its task is left unacked), messages the broker had sent ahead are
+/// requeued, and `start_consuming` returns; the program then prints `Interrupted` and closes
+/// the connection, which requeues anything still unacked. If stopping fails (the broker does
+/// not answer), or at a second Ctrl-C, the handler closes the connection instead, which ends
+/// whatever is consuming with an error that [`finish`](Interrupt::finish) turns into the same
+/// `Interrupted` line.
 #[derive(Clone)]
 pub struct Interrupt {
     state: Arc<State>,
@@ -53,24 +61,45 @@ pub struct Interrupt {
 struct State {
     happened: Mutex<bool>,
     changed: Condvar,
+    consuming: Mutex<Option<Channel>>,
 }
 
 impl Interrupt {
-    /// Installs the Ctrl-C handler: it marks the interrupt and closes `connection`, which ends
-    /// whatever is consuming on it with an error.
-    pub fn close_on_ctrl_c(connection: &Connection) -> Interrupt {
+    /// Installs the Ctrl-C handler for `connection` (see the type's docs).
+    pub fn on_ctrl_c(connection: &Connection) -> Interrupt {
         let interrupt = Interrupt {
             state: Arc::default(),
         };
         let on_ctrl_c = interrupt.clone();
         let connection = connection.clone();
         ctrlc::set_handler(move || {
-            *on_ctrl_c.lock() = true;
+            let again = std::mem::replace(&mut *on_ctrl_c.lock(), true);
             on_ctrl_c.state.changed.notify_all();
-            let _ = connection.close();
+            let channel = on_ctrl_c
+                .state
+                .consuming
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let stopped = match channel {
+                Some(channel) if !again => channel.stop_consuming(None).is_ok(),
+                _ => false,
+            };
+            if !stopped {
+                let _ = connection.close();
+            }
         })
         .expect("installing the Ctrl-C handler");
         interrupt
+    }
+
+    /// The channel whose consumers the first Ctrl-C stops.
+    pub fn stop_consuming_on(&self, channel: &Channel) {
+        *self
+            .state
+            .consuming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(channel.clone());
     }
 
     /// Whether Ctrl-C was pressed.
@@ -89,11 +118,12 @@ impl Interrupt {
         *happened
     }
 
-    /// The program's result, with the error a Ctrl-C caused turned into Python's
-    /// `Interrupted` line and success.
+    /// The program's result after consuming ended: after a Ctrl-C, Python's `Interrupted` line
+    /// and success (whether consuming stopped gracefully or ended with the error of a closed
+    /// connection).
     pub fn finish(&self, result: cottontail::Result<()>) -> cottontail::Result<()> {
         match result {
-            Err(_) if self.happened() => {
+            _ if self.happened() => {
                 println!("Interrupted");
                 Ok(())
             }
