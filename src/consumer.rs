@@ -530,6 +530,16 @@ impl Channel {
     /// the call that ran it, as a consumer callback's does ([`basic_consume`](Self::basic_consume)).
     /// When several are registered and one fails, the others still get the message; the first
     /// error is returned.
+    ///
+    /// Which returns reach it: every `basic.return` of the channel, in the order the broker
+    /// sent them, except those a confirm already reported. In confirm mode
+    /// [`basic_publish_with`](Self::basic_publish_with) reports its own message's return as
+    /// [`Error::Unroutable`] and [`wait_for_confirms`](Self::wait_for_confirms) hands the
+    /// returns of its window back in [`ConfirmOutcome::returned_messages`](crate::ConfirmOutcome)
+    /// (unless a return callback ran first). Returns nobody handles (no callback registered, or
+    /// no thread consuming the channel) are kept for later callbacks up to 16 MiB of bodies per
+    /// channel; beyond that the oldest are dropped, each with a warning in the log. They go
+    /// with the channel when it closes.
     pub fn add_on_return_callback<F, R>(&self, mut callback: F)
     where
         F: FnMut(&Channel, &Return, &BasicProperties, &[u8]) -> R + Send + 'static,
