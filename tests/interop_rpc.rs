@@ -47,10 +47,11 @@ fn serialize() -> MutexGuard<'static, ()> {
 // The programs under test
 // ---------------------------------------------------------------------------------------------
 
-const EXAMPLES: [&str; 6] = [
+const EXAMPLES: [&str; 7] = [
     "rpc_server",
     "rpc_client",
     "rpc_direct_reply_to",
+    "rpc_threads",
     "compute",
     "center",
     "publisher_confirms",
@@ -205,6 +206,49 @@ fn rust_rpc_direct_reply_to_with_python_rpc_server() {
         "Rust rpc_direct_reply_to",
         example("rpc_direct_reply_to"),
     ));
+}
+
+/// 8 threads of `rpc_threads` share one `RpcClient` against the Python server: each thread's
+/// 3 requests get answers (the example checks each is its own fib(n) and fails otherwise),
+/// every request is answered once, and the queue is left empty.
+#[test]
+fn rust_rpc_threads_with_python_rpc_server() {
+    let _serial = serialize();
+    prepare_queue(RPC_QUEUE);
+    let mut server = Running::start("Python rpc_server.py", python_script("rpc_server.py", &[]));
+    server.expect_line(AWAITING);
+    let threads = Running::start("Rust rpc_threads", example("rpc_threads")).finish();
+    threads.assert_exit_0("with 8 threads sharing one RpcClient");
+    let mut asked: Vec<u64> = Vec::new();
+    let mut answered: Vec<u64> = Vec::new();
+    for line in &threads.stdout {
+        if let Some(n) = line
+            .strip_prefix(" [x] Requesting fib(")
+            .and_then(|rest| rest.strip_suffix(')'))
+        {
+            asked.push(n.parse().expect("a number"));
+        } else if let Some((n, _)) = line
+            .strip_prefix(" [.] fib(")
+            .and_then(|rest| rest.split_once(")="))
+        {
+            answered.push(n.parse().expect("a number"));
+        } else {
+            panic!("unexpected line from rpc_threads: {line:?}");
+        }
+    }
+    asked.sort_unstable();
+    answered.sort_unstable();
+    let all: Vec<u64> = (2..26).collect();
+    assert_eq!(asked, all, "every thread asks its own 3 numbers");
+    assert_eq!(answered, all, "and gets each answered once");
+    for _ in 0..24 {
+        let line = server.poll_line(Duration::from_secs(10));
+        assert!(
+            line.as_deref().is_some_and(|l| l.starts_with(" [.] fib(")),
+            "the server printed {line:?} for a request"
+        );
+    }
+    assert_eq!(messages_in_queue(RPC_QUEUE), 0, "`rpc_queue` is not empty");
 }
 
 // ---------------------------------------------------------------------------------------------
