@@ -7,13 +7,8 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+pub use crate::error::BoxError;
 use crate::error::{panic_message, CallbackError, Error};
-
-/// Any error, boxed, as a callback may return it: `Box<dyn std::error::Error + Send + Sync>`.
-///
-/// A callback declared `-> Result<(), BoxError>` can use `?` on any error type (an
-/// `std::io::Error`, a cottontail [`Error`], an application's own error, a `String`...).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 mod sealed {
     pub trait Sealed {}

@@ -740,7 +740,11 @@ impl Channel {
                 )
             },
             || callback(self, &delivery.method, &delivery.properties, &delivery.body),
-        );
+        )
+        .map_err(|e| match e {
+            Error::Callback(e) => Error::Callback(e.on_delivery(tag, delivery.method.delivery_tag)),
+            other => other,
+        });
         // Back in its slot whatever happened, so the consumer's next messages reach it.
         if let Some(Some(slot)) = self
             .lock_consumers()

@@ -142,35 +142,3 @@ impl Returned {
         &self.method.routing_key
     }
 }
-
-/// A message as it was published: what [`Error::Nack`](crate::Error::Nack) and
-/// [`Error::Unroutable`](crate::Error::Unroutable) carry (pika's `NackError.messages` /
-/// `UnroutableError.messages`), so the caller can log or republish it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Message {
-    /// The exchange it was published to.
-    pub exchange: String,
-    /// The routing key it was published with.
-    pub routing_key: String,
-    /// Its properties.
-    pub properties: BasicProperties,
-    /// Its body.
-    pub body: Vec<u8>,
-}
-
-impl Message {
-    pub(crate) fn new(
-        exchange: &str,
-        routing_key: &str,
-        properties: BasicProperties,
-        body: Vec<u8>,
-    ) -> Self {
-        Message {
-            exchange: exchange.to_owned(),
-            routing_key: routing_key.to_owned(),
-            properties,
-            body,
-        }
-    }
-}

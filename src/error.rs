@@ -4,8 +4,13 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::callback::BoxError;
-use crate::delivery::Message;
+use crate::protocol::methods::Message;
+
+/// Any error, boxed, as a callback may return it: `Box<dyn std::error::Error + Send + Sync>`.
+///
+/// A callback declared `-> Result<(), BoxError>` can use `?` on any error type (an
+/// `std::io::Error`, a cottontail [`Error`], an application's own error, a `String`...).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Result alias used throughout cottontail.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -252,6 +257,8 @@ pub enum Error {
 pub struct CallbackError {
     error: Arc<dyn std::error::Error + Send + Sync + 'static>,
     panicked: bool,
+    /// For a consumer callback: the consumer's tag and the delivery it failed on.
+    delivery: Option<(String, u64)>,
 }
 
 impl CallbackError {
@@ -260,6 +267,7 @@ impl CallbackError {
         CallbackError {
             error: Arc::from(error.into()),
             panicked: false,
+            delivery: None,
         }
     }
 
@@ -268,7 +276,30 @@ impl CallbackError {
         CallbackError {
             error: Arc::new(Panicked(message)),
             panicked: true,
+            delivery: None,
         }
+    }
+
+    /// The same error, as a consumer callback's on `delivery_tag` of `consumer_tag`.
+    pub(crate) fn on_delivery(mut self, consumer_tag: &str, delivery_tag: u64) -> Self {
+        self.delivery = Some((consumer_tag.to_owned(), delivery_tag));
+        self
+    }
+
+    /// For a consumer callback's error or panic, the tag of the delivery it failed on; `None`
+    /// for other callbacks.
+    ///
+    /// That delivery stays unacknowledged (unless the callback acked it before failing): with
+    /// a prefetch window it takes a place in the window until it is settled, so settle it
+    /// (e.g. `channel.basic_nack(tag, NackOptions { requeue: false, ..Default::default() })`
+    /// to dead-letter it) before consuming again, or close the channel to have it requeued.
+    pub fn delivery_tag(&self) -> Option<u64> {
+        self.delivery.as_ref().map(|(_, tag)| *tag)
+    }
+
+    /// For a consumer callback's error or panic, the consumer's tag; `None` for other callbacks.
+    pub fn consumer_tag(&self) -> Option<&str> {
+        self.delivery.as_ref().map(|(tag, _)| tag.as_str())
     }
 
     /// True when the callback panicked instead of returning an error; the error's message is
@@ -296,6 +327,7 @@ impl std::fmt::Debug for CallbackError {
         f.debug_struct("CallbackError")
             .field("error", &self.error)
             .field("panicked", &self.panicked)
+            .field("delivery", &self.delivery)
             .finish()
     }
 }

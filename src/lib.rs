@@ -373,7 +373,7 @@ pub use crate::connection::{BlockingConnection, Connection, IntoParameterList};
 pub use crate::consumer::{
     CancelCallback, ConsumeOptions, Consumed, Consumer, ConsumerCallback, ReturnCallback,
 };
-pub use crate::delivery::{Delivery, GetMessage, Message, Returned};
+pub use crate::delivery::{Delivery, GetMessage, Returned};
 pub use crate::error::{CallbackError, Error, Result};
 pub use crate::events::{
     BlockedCallback, ThreadsafeCallback, TimeoutId, TimerCallback, UnblockedCallback,
@@ -399,6 +399,6 @@ pub mod reply_code {
     };
 }
 
-pub use crate::protocol::methods::{Deliver, GetOk, Return};
+pub use crate::protocol::methods::{Deliver, GetOk, Message, Return};
 pub use crate::protocol::properties::BasicProperties;
 pub use crate::protocol::table::{FieldTable, FieldValue};

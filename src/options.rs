@@ -131,8 +131,12 @@ impl TryFrom<u8> for DeliveryMode {
 /// assert_eq!(options.exchange_type.to_string(), "fanout");
 /// assert_eq!("x-delayed-message".parse::<ExchangeType>(), Ok(ExchangeType::Custom("x-delayed-message".into())));
 /// assert_eq!(ExchangeType::from("topic"), ExchangeType::Topic);
+/// assert_eq!(ExchangeType::Custom("topic".into()), ExchangeType::Topic);
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+///
+/// Types compare by name: `ExchangeType::Custom("topic".into())` equals `ExchangeType::Topic`.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub enum ExchangeType {
     /// `direct`: routes on an exact routing-key match (the default).
     #[default]
@@ -157,6 +161,20 @@ impl ExchangeType {
             ExchangeType::Topic => "topic",
             ExchangeType::Custom(name) => name,
         }
+    }
+}
+
+impl PartialEq for ExchangeType {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for ExchangeType {}
+
+impl std::hash::Hash for ExchangeType {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 

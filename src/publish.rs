@@ -6,12 +6,13 @@ use std::time::Duration;
 use amq_protocol::protocol::{confirm, AMQPClass};
 
 use crate::channel::{ensure_open, unexpected, Channel};
-use crate::delivery::{Message, Returned};
+use crate::delivery::Returned;
 use crate::engine::chan::Reply;
 use crate::engine::{deadline_after, with_scratch};
 use crate::error::{Error, Result};
 use crate::options::PublishOptions;
 use crate::protocol::confirms::{fingerprint, ConfirmTracker, Settled};
+use crate::protocol::methods::Message;
 use crate::protocol::properties::BasicProperties;
 use crate::protocol::publish_cache::PublishCache;
 

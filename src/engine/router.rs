@@ -25,7 +25,7 @@ use crate::delivery::{Delivery, GetMessage, Returned};
 use crate::error::{Error, Result, CHANNEL_ERROR, COMMAND_INVALID, FRAME_ERROR};
 use crate::protocol::codec;
 use crate::protocol::content::{Assembly, Content, ContentMethod};
-use crate::protocol::methods::Deliver;
+use crate::protocol::methods::{Deliver, GetOk, Return};
 
 /// connection.blocked / unblocked events kept for the callbacks; older ones are dropped.
 pub(crate) const BLOCKED_EVENTS_KEPT: usize = 16;
@@ -287,10 +287,14 @@ impl Router {
         let entry = self.entry(core, channel)?;
         let content = match method {
             AMQPClass::Basic(basic::AMQPMethod::Deliver(m)) => {
-                Some(ContentMethod::Deliver(m.into()))
+                Some(ContentMethod::Deliver(Deliver::from_wire(m)))
             }
-            AMQPClass::Basic(basic::AMQPMethod::GetOk(m)) => Some(ContentMethod::GetOk(m.into())),
-            AMQPClass::Basic(basic::AMQPMethod::Return(m)) => Some(ContentMethod::Return(m.into())),
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(m)) => {
+                Some(ContentMethod::GetOk(GetOk::from_wire(m)))
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Return(m)) => {
+                Some(ContentMethod::Return(Return::from_wire(m)))
+            }
             other => {
                 entry.assembly.expect_method(channel)?;
                 return self.on_plain_method(core, channel, other);

@@ -5,6 +5,8 @@
 
 use amq_protocol::protocol::basic;
 
+use super::properties::BasicProperties;
+
 /// The method of a delivery to a consumer (`basic.deliver`): pika's `method` argument of an
 /// `on_message_callback`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,8 +56,9 @@ pub struct Return {
     pub routing_key: String,
 }
 
-impl From<basic::Deliver> for Deliver {
-    fn from(m: basic::Deliver) -> Self {
+impl Deliver {
+    /// The codec's method as ours (its strings moved, not copied).
+    pub(crate) fn from_wire(m: basic::Deliver) -> Self {
         Deliver {
             consumer_tag: m.consumer_tag.into(),
             delivery_tag: m.delivery_tag,
@@ -66,8 +69,9 @@ impl From<basic::Deliver> for Deliver {
     }
 }
 
-impl From<basic::GetOk> for GetOk {
-    fn from(m: basic::GetOk) -> Self {
+impl GetOk {
+    /// The codec's method as ours (its strings moved, not copied).
+    pub(crate) fn from_wire(m: basic::GetOk) -> Self {
         GetOk {
             delivery_tag: m.delivery_tag,
             redelivered: m.redelivered,
@@ -78,13 +82,46 @@ impl From<basic::GetOk> for GetOk {
     }
 }
 
-impl From<basic::Return> for Return {
-    fn from(m: basic::Return) -> Self {
+impl Return {
+    /// The codec's method as ours (its strings moved, not copied).
+    pub(crate) fn from_wire(m: basic::Return) -> Self {
         Return {
             reply_code: m.reply_code,
             reply_text: m.reply_text.into(),
             exchange: m.exchange.into(),
             routing_key: m.routing_key.into(),
+        }
+    }
+}
+
+/// A message as it was published: what [`Error::Nack`](crate::Error::Nack) and
+/// [`Error::Unroutable`](crate::Error::Unroutable) carry (pika's `NackError.messages` /
+/// `UnroutableError.messages`), so the caller can log or republish it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Message {
+    /// The exchange it was published to.
+    pub exchange: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
+    /// Its properties.
+    pub properties: BasicProperties,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+impl Message {
+    pub(crate) fn new(
+        exchange: &str,
+        routing_key: &str,
+        properties: BasicProperties,
+        body: Vec<u8>,
+    ) -> Self {
+        Message {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            properties,
+            body,
         }
     }
 }

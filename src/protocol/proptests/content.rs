@@ -35,6 +35,7 @@ use crate::error::{Error, FRAME_ERROR, UNEXPECTED_FRAME};
 use crate::protocol::content::{
     Assembly, Content, ContentMethod, MAX_BODY_PREALLOC, MAX_BODY_SIZE,
 };
+use crate::protocol::methods::{Deliver, GetOk, Return};
 
 // ---------------------------------------------------------------------------------------
 // Routing frames to assemblies, as the router does.
@@ -90,13 +91,13 @@ impl From<Content> for Event {
 fn as_content(method: &AMQPClass) -> Option<ContentMethod> {
     match method {
         AMQPClass::Basic(basic::AMQPMethod::Deliver(m)) => {
-            Some(ContentMethod::Deliver(m.clone().into()))
+            Some(ContentMethod::Deliver(Deliver::from_wire(m.clone())))
         }
         AMQPClass::Basic(basic::AMQPMethod::GetOk(m)) => {
-            Some(ContentMethod::GetOk(m.clone().into()))
+            Some(ContentMethod::GetOk(GetOk::from_wire(m.clone())))
         }
         AMQPClass::Basic(basic::AMQPMethod::Return(m)) => {
-            Some(ContentMethod::Return(m.clone().into()))
+            Some(ContentMethod::Return(Return::from_wire(m.clone())))
         }
         _ => None,
     }
