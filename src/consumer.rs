@@ -537,7 +537,7 @@ impl Channel {
     /// [`Error::Unroutable`] and [`wait_for_confirms`](Self::wait_for_confirms) hands the
     /// returns of its window back in [`ConfirmOutcome::returned_messages`](crate::ConfirmOutcome)
     /// (unless a return callback ran first). Returns nobody handles (no callback registered, or
-    /// no thread consuming the channel) are kept for later callbacks up to 16 MiB of bodies per
+    /// no thread consuming the channel) are kept for later callbacks up to 16 MiB per
     /// channel; beyond that the oldest are dropped, each with a warning in the log. They go
     /// with the channel when it closes.
     pub fn add_on_return_callback<F, R>(&self, mut callback: F)

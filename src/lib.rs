@@ -217,8 +217,8 @@
 //! when they pass 64 MiB; heartbeat deadlines stand still meanwhile. Up to 64 MiB, reading goes
 //! on while any thread waits for a reply, a confirm, a close-ok, a message or outbound room,
 //! so an RPC or a publish from a consumer callback cannot deadlock behind the deliveries that
-//! caused the pause. Returned messages nobody handles are kept up to 16 MiB of bodies. Use
-//! `basic_qos` prefetch to bound what the broker pushes.
+//! caused the pause. Returned messages nobody handles are kept up to 16 MiB (bodies and
+//! headers). Use `basic_qos` prefetch to bound what the broker pushes.
 //!
 //! ### Consuming and the event loop
 //!

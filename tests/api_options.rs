@@ -222,3 +222,54 @@ fn close_sends_pikas_reply_code_zero() {
         other => panic!("expected ChannelClosedByClient, got {other:?}"),
     }
 }
+
+/// Unhandled returns are bounded by what they hold, headers included: 600 unroutable messages
+/// with empty bodies and 60 kB of headers each (36 MB) leave at most 16 MiB of them for the
+/// return callback that comes later, the newest, in order.
+#[test]
+fn unhandled_returns_are_bounded_by_their_headers_too() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let nowhere = unique("nowhere-headers");
+    const SENT: usize = 600;
+    let big = "h".repeat(60_000);
+    for i in 0..SENT {
+        let options = PublishOptions {
+            properties: BasicProperties::default()
+                .with_header("padding", big.as_str())
+                .with_header("n", i as i64),
+            mandatory: true,
+        };
+        channel
+            .basic_publish_with("", &nowhere, b"", &options)
+            .unwrap();
+    }
+    // A round trip after the last publish: every return is routed before its reply.
+    channel
+        .queue_declare(
+            &nowhere,
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = seen.clone();
+    channel.add_on_return_callback(move |_ch, _method, properties, _body| {
+        let n = properties.header("n").and_then(FieldValue::as_i64).unwrap();
+        into.lock().unwrap().push(n);
+    });
+    connection
+        .process_data_events(std::time::Duration::from_secs(1))
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let kept_bound = 16 * 1024 * 1024 / 60_000;
+    assert!(
+        !seen.is_empty() && seen.len() <= kept_bound,
+        "{} of {SENT} returns kept (at most {kept_bound} fit in 16 MiB)",
+        seen.len()
+    );
+    let newest: Vec<i64> = ((SENT - seen.len()) as i64..SENT as i64).collect();
+    assert_eq!(seen, newest, "the newest are kept, in order");
+}

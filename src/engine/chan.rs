@@ -16,8 +16,10 @@ use crate::delivery::{Delivery, GetMessage, Returned};
 use crate::error::Error;
 use crate::protocol::acks::AckRun;
 use crate::protocol::confirms::{fingerprint, ConfirmTracker};
+use crate::protocol::properties::BasicProperties;
 
-/// Body bytes of unhandled returned messages kept for a channel that has no return callback
+/// Bytes (by [`weight`]: body, properties, per-message allowance) of unhandled returned messages
+/// kept for a channel that has no return callback
 /// yet; the oldest are dropped (with a warning) beyond it.
 pub(crate) const RETURNS_KEPT_BYTES: usize = 16 * 1024 * 1024;
 /// Consumer tags kept as orphans (see [`ChanState::orphans`]); the oldest are forgotten: an
@@ -27,11 +29,12 @@ pub(crate) const ORPHANS_KEPT: usize = 256;
 /// Broker cancels kept until the consumer loop sees them; a peer repeating them gains nothing.
 pub(crate) const CANCELS_KEPT: usize = 1_000;
 
-/// What a held message counts for inbound back-pressure: its body plus what the message
-/// costs besides (method, properties, queue slot and their allocations, ~500 bytes, counted
-/// twice for allocator slack), so a flood of empty messages is bounded too.
-pub(crate) fn weight(body: &[u8]) -> usize {
-    body.len() + 1024
+/// What a held or returned message counts for the memory bounds: its body, its properties'
+/// strings and headers, and what the message costs besides (method, queue slot and their
+/// allocations, ~500 bytes, counted twice for allocator slack), so neither a flood of empty
+/// messages nor one of empty bodies with large headers gets past the bounds.
+pub(crate) fn weight(body: &[u8], properties: &BasicProperties) -> usize {
+    body.len() + properties.held_bytes() + 1024
 }
 
 /// The bytes of messages the connection holds for its callers (deliveries queued on channels
@@ -52,7 +55,7 @@ pub(crate) struct Held {
 
 impl Held {
     pub(crate) fn new(delivery: Delivery, meter: &InboundMeter) -> Held {
-        let weight = weight(&delivery.body);
+        let weight = weight(&delivery.body, &delivery.properties);
         meter.fetch_add(weight, Ordering::SeqCst);
         Held {
             delivery: Some(delivery),
@@ -253,7 +256,8 @@ impl ChanState {
     }
 
     /// Keeps a returned message for the return callbacks, at most [`RETURNS_KEPT_BYTES`] of
-    /// bodies (the oldest go first, with a warning); in confirm mode, first marks the publish
+    /// messages by [`weight`] (the oldest go first, with a warning); in confirm mode, first
+    /// marks the publish
     /// it belongs to as returned.
     pub(crate) fn push_return(&mut self, returned: Returned) {
         let seq = self.confirms.as_mut().and_then(|tracker| {
@@ -268,11 +272,11 @@ impl ChanState {
                 method.reply_text.as_str(),
             )
         });
-        self.returns_bytes += returned.body.len();
+        self.returns_bytes += weight(&returned.body, &returned.properties);
         self.returns.push_back((seq, returned));
         while self.returns_bytes > RETURNS_KEPT_BYTES && self.returns.len() > 1 {
             if let Some((_, old)) = self.returns.pop_front() {
-                self.returns_bytes -= old.body.len();
+                self.returns_bytes -= weight(&old.body, &old.properties);
                 log::warn!(
                     "dropping an unhandled returned message ({} bytes, routing key {:?}): more \
                      than {RETURNS_KEPT_BYTES} bytes of returns wait for a return callback",
@@ -291,7 +295,7 @@ impl ChanState {
     /// Takes the oldest returned message, if any.
     pub(crate) fn pop_return(&mut self) -> Option<Returned> {
         let (_, returned) = self.returns.pop_front()?;
-        self.returns_bytes -= returned.body.len();
+        self.returns_bytes -= weight(&returned.body, &returned.properties);
         Some(returned)
     }
 
@@ -299,7 +303,7 @@ impl ChanState {
     pub(crate) fn take_return_of(&mut self, seq: u64) -> Option<Returned> {
         let i = self.returns.iter().position(|(s, _)| *s == Some(seq))?;
         let (_, returned) = self.returns.remove(i)?;
-        self.returns_bytes -= returned.body.len();
+        self.returns_bytes -= weight(&returned.body, &returned.properties);
         Some(returned)
     }
 

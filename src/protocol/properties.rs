@@ -143,6 +143,30 @@ impl BasicProperties {
     }
 }
 
+impl BasicProperties {
+    /// About how many bytes the properties hold on the heap (their strings and headers): what
+    /// they count for the memory bounds of held and returned messages.
+    pub(crate) fn held_bytes(&self) -> usize {
+        let texts = [
+            &self.content_type,
+            &self.content_encoding,
+            &self.correlation_id,
+            &self.reply_to,
+            &self.expiration,
+            &self.message_id,
+            &self.message_type,
+            &self.user_id,
+            &self.app_id,
+            &self.cluster_id,
+        ];
+        texts
+            .iter()
+            .map(|t| t.as_ref().map_or(0, String::len))
+            .sum::<usize>()
+            + self.headers.as_ref().map_or(0, FieldTable::held_bytes)
+    }
+}
+
 fn short(name: &str, value: &Option<String>) -> Result<Option<ShortString>> {
     value
         .as_deref()

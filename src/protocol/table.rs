@@ -148,7 +148,21 @@ impl FieldTable {
     pub fn iter(&self) -> btree_map::Iter<'_, String, FieldValue> {
         self.0.iter()
     }
+
+    /// About how many bytes the table holds in memory (names, values, and a per-entry
+    /// allowance for the map's nodes and the values' headers): what a held message's headers
+    /// count for memory bounds.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.0
+            .iter()
+            .map(|(name, value)| ENTRY_OVERHEAD + name.len() + value.held_bytes())
+            .sum()
+    }
 }
+
+/// What a table entry or array element costs besides its own bytes: the map node's share, the
+/// `String` and enum headers, allocator rounding.
+const ENTRY_OVERHEAD: usize = 64;
 
 impl fmt::Debug for FieldTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -227,6 +241,17 @@ impl PartialEq for FieldValue {
 impl Eq for FieldValue {}
 
 impl FieldValue {
+    /// Bytes the value holds on the heap (see [`FieldTable::held_bytes`]).
+    fn held_bytes(&self) -> usize {
+        match self {
+            FieldValue::String(s) => s.len(),
+            FieldValue::StringBytes(b) | FieldValue::Bytes(b) => b.len(),
+            FieldValue::Array(items) => items.iter().map(|v| ENTRY_OVERHEAD + v.held_bytes()).sum(),
+            FieldValue::Table(t) => t.held_bytes(),
+            _ => 0,
+        }
+    }
+
     /// The string, for [`FieldValue::String`] (and [`FieldValue::StringBytes`] or
     /// [`FieldValue::Bytes`] that hold UTF-8).
     pub fn as_str(&self) -> Option<&str> {
