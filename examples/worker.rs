@@ -8,10 +8,11 @@
 //! `body.decode()`, the body as text, not a `bytes` repr: so does this one, e.g.
 //! ` [x] Received First message.`.
 //!
-//! Ctrl-C, even in the middle of a task, stops consuming at once (`stop_consuming`: see
-//! `support::Interrupt`): the task's sleep ends as Ctrl-C interrupts Python's `time.sleep`, the
-//! task is not acked and goes back to the queue when the connection closes, and the worker
-//! prints `Interrupted` and exits 0, as `receive` does.
+//! Ctrl-C stops consuming gracefully (`stop_consuming`: see `support::Interrupt`): a task in
+//! progress is finished (` [x] Done`) and acked, tasks the broker had sent ahead go back to the
+//! queue, and the worker prints `Interrupted` and exits 0, as `receive` does. A second Ctrl-C
+//! stops at once, as Ctrl-C interrupts Python's `time.sleep`: the task is not acked and goes
+//! back to the queue.
 //!
 //! Run: `cargo run --example worker` (pairs with `cargo run --example new_task -- Hello...`, or
 //! with the Python `new_task.py`; run two workers to see the tasks shared fairly). The broker
@@ -56,10 +57,11 @@ fn work(connection: &Connection, interrupt: support::Interrupt) -> cottontail::R
         move |ch, method, _properties, body| {
             println!(" [x] Received {}", String::from_utf8_lossy(body));
             let dots = body.iter().filter(|&&b| b == b'.').count() as u64;
-            // Ctrl-C interrupts the work at once, as it interrupts Python's `time.sleep`.
+            // A second Ctrl-C interrupts the work at once, as it interrupts Python's
+            // `time.sleep`; a first one lets it finish.
             if interrupt.sleep(Duration::from_secs(dots)) {
-                // Ctrl-C: consuming stops; the task goes back to the queue unacked when the
-                // connection closes.
+                // A second Ctrl-C: the connection is closing; the task goes back to the queue
+                // unacked.
                 return Ok(());
             }
             println!(" [x] Done");

@@ -703,26 +703,41 @@ fn work_queue_killed_worker_loses_nothing() {
     second.stop(&[WAITING_FOR_MESSAGES, received.as_str(), DONE]);
 }
 
-/// Ctrl-C in the middle of a task stops the Rust worker at once (as it interrupts Python's
-/// `time.sleep`), without ` [x] Done` or an ack: the task goes back to `task_queue`, and the
-/// Python worker does it.
+/// Ctrl-C in the middle of a task lets the Rust worker finish it gracefully (` [x] Done`, the
+/// ack, then `Interrupted`): nothing is left in `task_queue`. A second Ctrl-C stops it at once
+/// (as Ctrl-C interrupts Python's `time.sleep`), without ` [x] Done` or an ack: the task goes
+/// back to `task_queue`, and the Python worker does it.
 #[test]
-fn work_queue_ctrl_c_mid_task_gives_the_task_back() {
+fn work_queue_ctrl_c_mid_task_finishes_it_and_a_second_gives_it_back() {
     let _serial = serialize(TASK_QUEUE);
     prepare_task_queue();
     const TASK: &str = "Slow task...";
     let received = format!(" [x] Received {TASK}");
 
+    // One Ctrl-C: the task is finished and acked.
+    let mut rust = spawn(Rust, "worker", &[]);
+    rust.expect_line(WAITING_FOR_MESSAGES);
+    wait_for_workers(1);
+    produce(Rust, "new_task", &words(TASK), &format!(" [x] Sent {TASK}"));
+    rust.expect_line(&received);
+    rust.stop(&[WAITING_FOR_MESSAGES, received.as_str(), DONE]);
+    wait_for("the finished task to be acked, `task_queue` empty", || {
+        matches!(queue_state(TASK_QUEUE), Some((true, 0, 0)))
+    });
+
+    // Two: it stops at once and gives the task back.
     let mut rust = spawn(Rust, "worker", &[]);
     rust.expect_line(WAITING_FOR_MESSAGES);
     wait_for_workers(1);
     produce(Rust, "new_task", &words(TASK), &format!(" [x] Sent {TASK}"));
     rust.expect_line(&received);
     let interrupted = Instant::now();
+    rust.interrupt();
+    std::thread::sleep(Duration::from_millis(200));
     rust.stop(&[WAITING_FOR_MESSAGES, received.as_str()]);
     assert!(
         interrupted.elapsed() < Duration::from_secs(2),
-        "the worker took {:?} to stop on Ctrl-C: it should not finish its 3-second task",
+        "the worker took {:?} to stop on a second Ctrl-C: it should not finish its 3-second task",
         interrupted.elapsed()
     );
     wait_for(

@@ -44,14 +44,14 @@ pub fn broker_host() -> String {
 /// `Interrupted` and exits 0.
 ///
 /// The first Ctrl-C calls [`Channel::stop_consuming`] on the channel given to
-/// [`stop_consuming_on`](Interrupt::stop_consuming_on): the callback running finishes (the
-/// worker's [`sleep`](Interrupt::sleep) ends at once, as Ctrl-C interrupts Python's
-/// `time.sleep`, and its task is left unacked), messages the broker had sent ahead are
-/// requeued, and `start_consuming` returns; the program then prints `Interrupted` and closes
-/// the connection, which requeues anything still unacked. If stopping fails (the broker does
-/// not answer), or at a second Ctrl-C, the handler closes the connection instead, which ends
-/// whatever is consuming with an error that [`finish`](Interrupt::finish) turns into the same
-/// `Interrupted` line.
+/// [`stop_consuming_on`](Interrupt::stop_consuming_on): the message being handled is finished
+/// and acked (the worker finishes its task), messages the broker had sent ahead are requeued,
+/// and `start_consuming` returns; the program then prints `Interrupted` and closes the
+/// connection. A second Ctrl-C, or a stop the broker does not answer, is the hard way: the
+/// handler closes the connection at once, which ends whatever is consuming with an error that
+/// [`finish`](Interrupt::finish) turns into the same `Interrupted` line, and the worker's
+/// [`sleep`](Interrupt::sleep) ends at once, leaving its task unacked (back to the queue, as
+/// when Python's `time.sleep` is interrupted).
 #[derive(Clone)]
 pub struct Interrupt {
     state: Arc<State>,
@@ -59,7 +59,8 @@ pub struct Interrupt {
 
 #[derive(Default)]
 struct State {
-    happened: Mutex<bool>,
+    /// Ctrl-C presses so far (0, 1: stop gracefully, 2 or more: now).
+    presses: Mutex<u32>,
     changed: Condvar,
     consuming: Mutex<Option<Channel>>,
 }
@@ -73,8 +74,11 @@ impl Interrupt {
         let on_ctrl_c = interrupt.clone();
         let connection = connection.clone();
         ctrlc::set_handler(move || {
-            let again = std::mem::replace(&mut *on_ctrl_c.lock(), true);
-            on_ctrl_c.state.changed.notify_all();
+            let first = {
+                let mut presses = on_ctrl_c.lock();
+                *presses += 1;
+                *presses == 1
+            };
             let channel = on_ctrl_c
                 .state
                 .consuming
@@ -82,10 +86,16 @@ impl Interrupt {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             let stopped = match channel {
-                Some(channel) if !again => channel.stop_consuming(None).is_ok(),
+                Some(channel) if first => channel.stop_consuming(None).is_ok(),
                 _ => false,
             };
             if !stopped {
+                // The hard way: a second press, or the graceful stop failed.
+                {
+                    let mut presses = on_ctrl_c.lock();
+                    *presses = (*presses).max(2);
+                }
+                on_ctrl_c.state.changed.notify_all();
                 let _ = connection.close();
             }
         })
@@ -104,18 +114,19 @@ impl Interrupt {
 
     /// Whether Ctrl-C was pressed.
     pub fn happened(&self) -> bool {
-        *self.lock()
+        *self.lock() > 0
     }
 
-    /// Sleeps for `duration`, or less if Ctrl-C comes first, as Ctrl-C interrupts Python's
-    /// `time.sleep`; true if it did.
+    /// Sleeps for `duration`, or less if Ctrl-C is pressed the hard way (twice) meanwhile, as
+    /// Ctrl-C interrupts Python's `time.sleep`; true if it was. A first Ctrl-C lets the sleep
+    /// (the task) finish.
     pub fn sleep(&self, duration: Duration) -> bool {
-        let (happened, _) = self
+        let (presses, _) = self
             .state
             .changed
-            .wait_timeout_while(self.lock(), duration, |happened| !*happened)
+            .wait_timeout_while(self.lock(), duration, |presses| *presses < 2)
             .unwrap_or_else(|p| p.into_inner());
-        *happened
+        *presses >= 2
     }
 
     /// The program's result after consuming ended: after a Ctrl-C, Python's `Interrupted` line
@@ -131,10 +142,7 @@ impl Interrupt {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
-        self.state
-            .happened
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, u32> {
+        self.state.presses.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
