@@ -273,3 +273,141 @@ fn unhandled_returns_are_bounded_by_their_headers_too() {
     let newest: Vec<i64> = ((SENT - seen.len()) as i64..SENT as i64).collect();
     assert_eq!(seen, newest, "the newest are kept, in order");
 }
+
+/// A message the broker nacks (a full queue with `x-overflow: reject-publish`) comes back as
+/// `Error::Nack` carrying the message as published; `basic_publish_deferred` reports it by its
+/// sequence number.
+#[test]
+fn a_nacked_publish_carries_the_message() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                arguments: FieldTable::new()
+                    .with("x-max-length", 1)
+                    .with("x-overflow", "reject-publish"),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .queue;
+    channel.confirm_delivery().unwrap();
+    let options = PublishOptions {
+        properties: BasicProperties::default().with_message_id("second"),
+        ..Default::default()
+    };
+    channel.basic_publish("", &queue, b"first").unwrap();
+    match channel.basic_publish_with("", &queue, b"second", &options) {
+        Err(Error::Nack {
+            delivery_tag,
+            message,
+        }) => {
+            assert_eq!(delivery_tag, 2);
+            assert_eq!(message.body, b"second");
+            assert_eq!(message.routing_key, queue);
+            assert_eq!(message.properties.message_id(), Some("second"));
+        }
+        other => panic!("expected Error::Nack, got {other:?}"),
+    }
+    let third = channel
+        .basic_publish_deferred("", &queue, b"third", &PublishOptions::default())
+        .unwrap();
+    let outcome = channel.wait_for_confirms(None).unwrap();
+    assert_eq!(outcome.nacked, vec![third]);
+    assert_eq!(message_count(&connection, &queue), 1);
+}
+
+/// A return callback's error ends the call that ran it, with the original error as source;
+/// a return callback's error names no delivery.
+#[test]
+fn a_return_callbacks_error_ends_process_data_events() {
+    use std::error::Error as _;
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    channel.add_on_return_callback(|_ch, method, _properties, _body| {
+        Err(std::io::Error::other(format!(
+            "no route for {}",
+            method.routing_key
+        )))
+    });
+    let nowhere = unique("nowhere-cb");
+    channel
+        .basic_publish_with(
+            "",
+            &nowhere,
+            b"x",
+            &PublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let err = connection
+        .process_data_events(std::time::Duration::from_secs(5))
+        .unwrap_err();
+    let Error::Callback(inner) = &err else {
+        panic!("expected Error::Callback, got {err:?}");
+    };
+    assert_eq!(inner.delivery_tag(), None);
+    let io = err
+        .source()
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .expect("the io::Error as source");
+    assert_eq!(io.to_string(), format!("no route for {nowhere}"));
+    assert!(channel.is_open());
+}
+
+/// A consumer callback's error names the delivery it failed on, so the caller can settle it
+/// and consume again: with a prefetch of 1 the next message then arrives.
+#[test]
+fn a_consumer_callbacks_error_names_its_delivery_to_settle() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    channel
+        .basic_qos(QosOptions {
+            prefetch_count: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    channel.basic_publish("", &queue, b"bad").unwrap();
+    channel.basic_publish("", &queue, b"good").unwrap();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    let tag = channel
+        .basic_consume(
+            &queue,
+            move |ch, method, _properties, body| -> Result<(), cottontail::BoxError> {
+                if body == b"bad" {
+                    return Err("cannot handle it".into());
+                }
+                seen.lock().unwrap().push(body.to_vec());
+                ch.basic_ack(method.delivery_tag, false)?;
+                ch.stop_consuming(None)?;
+                Ok(())
+            },
+            Default::default(),
+        )
+        .unwrap();
+    let err = channel.start_consuming().unwrap_err();
+    let Error::Callback(inner) = &err else {
+        panic!("expected Error::Callback, got {err:?}");
+    };
+    assert_eq!(inner.consumer_tag(), Some(tag.as_str()));
+    let failed = inner.delivery_tag().expect("the failed delivery's tag");
+    channel
+        .basic_nack(
+            failed,
+            NackOptions {
+                requeue: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    channel.start_consuming().unwrap();
+    assert_eq!(*got.lock().unwrap(), vec![b"good".to_vec()]);
+    assert_eq!(message_count(&connection, &queue), 0);
+}
