@@ -344,6 +344,11 @@
 //! `#[non_exhaustive]`: read their fields, match them with `..`, but do not build them.
 //! Option structs are plain structs with `Default`, built with `..Default::default()`.
 //!
+//! Versions follow Cargo's rules for 0.x: a breaking change bumps the minor version (0.1 to
+//! 0.2) and is listed in `CHANGELOG.md` as **Breaking:** with the call before and after; the
+//! minimum supported Rust version is the `rust-version` of `Cargo.toml` (1.89) and rises only
+//! with a minor version.
+//!
 //! ## Feature flags
 //!
 //! - `tls` (default): `amqps://` through native-tls; certificates are verified by default.
