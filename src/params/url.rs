@@ -46,7 +46,9 @@ impl ConnectionParameters {
     ///   wins when both are given and not empty); `certfile` with `keyfile` and `password`;
     ///   `server_hostname`; `protocol` (Python's `ssl.PROTOCOL_TLS_CLIENT` = 16,
     ///   `PROTOCOL_TLS` = 2 or `PROTOCOL_TLSv1_2` = 5, or those names as strings; TLS 1.0 and
-    ///   1.1 are refused); and cottontail's `verify_certificate` / `verify_hostname`
+    ///   1.1 are refused; unlike Python's `SSLContext(PROTOCOL_TLS)`, which verifies nothing
+    ///   by default, `PROTOCOL_TLS` here still verifies the certificate and host name); and
+    ///   cottontail's `verify_certificate` / `verify_hostname`
     ///   (`True` / `False`). `ciphers` is refused: native-tls cannot choose cipher suites.
     ///   `ssl_options=None` is plain TCP, and an error with `amqps://`.
     /// - amq-protocol's `connection_timeout` (milliseconds, sets `socket_timeout`) and
@@ -583,6 +585,22 @@ fn tcp_options_from_dict(dict: Vec<(String, Value)>) -> Result<TcpOptions> {
             .as_u64()
             .ok_or_else(|| bad_option("tcp_options", &key, "a whole number from 0"))?;
         match key.as_str() {
+            // The kernel takes these as a C int of seconds, and TCP_USER_TIMEOUT as an unsigned
+            // int of milliseconds: larger values would be clamped, so they are refused.
+            "TCP_KEEPIDLE" | "TCP_KEEPINTVL" if n > i32::MAX as u64 => {
+                return Err(out_of_range(
+                    &format!("tcp_options {key}"),
+                    "at most 2147483647 (seconds)",
+                    n,
+                ))
+            }
+            "TCP_USER_TIMEOUT" if n > u64::from(u32::MAX) => {
+                return Err(out_of_range(
+                    "tcp_options TCP_USER_TIMEOUT",
+                    "at most 4294967295 (milliseconds)",
+                    n,
+                ))
+            }
             "TCP_KEEPIDLE" => options.keepalive_idle = Some(Duration::from_secs(n)),
             "TCP_KEEPINTVL" => options.keepalive_interval = Some(Duration::from_secs(n)),
             "TCP_KEEPCNT" => {

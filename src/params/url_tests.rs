@@ -351,6 +351,18 @@ fn url_option_values_are_checked() {
             "TCP_KEEPCNT",
         ),
         (
+            "amqp://h/?tcp_options=%7B%27TCP_KEEPIDLE%27%3A+2147483648%7D",
+            "TCP_KEEPIDLE must be at most 2147483647",
+        ),
+        (
+            "amqp://h/?tcp_options=%7B%27TCP_KEEPINTVL%27%3A+2147483648%7D",
+            "TCP_KEEPINTVL must be at most 2147483647",
+        ),
+        (
+            "amqp://h/?tcp_options=%7B%27TCP_USER_TIMEOUT%27%3A+4294967296%7D",
+            "TCP_USER_TIMEOUT must be at most 4294967295",
+        ),
+        (
             "amqp://h/?client_properties=not-a-dict",
             "client_properties",
         ),
