@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
 use amq_protocol::protocol::{basic, AMQPClass};
-use cottontail::{
-    BasicProperties, Connection, ConnectionParameters, ConsumeOptions, Consumed, PublishOptions,
-};
+use cottontail::{Connection, ConnectionParameters, ConsumeOptions, Consumed};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fake_broker::{spawn_fake, Peer};
 
@@ -43,23 +41,10 @@ fn publish_and_ack(c: &mut Criterion) {
     // The fake reads and drops whatever the client sends.
     let (connection, channel, fake) = connect_to_fake(|peer| while peer.read_frame().is_some() {});
     let body = [b'x'; 64];
-    let properties = BasicProperties::default();
     let mut group = c.benchmark_group("client");
     group.throughput(Throughput::Elements(1));
     group.bench_function("publish_64b", |b| {
-        b.iter(|| {
-            channel
-                .basic_publish_with(
-                    "",
-                    "bench",
-                    &body,
-                    &PublishOptions {
-                        properties: properties.clone(),
-                        ..Default::default()
-                    },
-                )
-                .unwrap()
-        })
+        b.iter(|| channel.basic_publish("", "bench", &body).unwrap())
     });
     let mut tag = 0u64;
     group.bench_function("ack", |b| {
