@@ -294,8 +294,9 @@ impl Inner {
                 Ok(Pumped::TimedOut) => deadline
                     .is_some_and(|d| Instant::now() >= d)
                     .then_some(Ok(None)),
+                // Reply code 0, as `Channel::close()` sends (pika's default).
                 Ok(Pumped::Finished) => Some(Err(table.fail(Error::ChannelClosedByClient {
-                    reply_code: crate::error::REPLY_SUCCESS,
+                    reply_code: 0,
                     reply_text: "the RPC client's reply consumer was cancelled".into(),
                 }))),
                 Err(e) => Some(Err(table.fail(e))),

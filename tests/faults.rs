@@ -1,7 +1,8 @@
 //! Faults a real RabbitMQ will not produce, played by a scripted fake broker: oversized frames,
 //! bad frame ends, frames on channels that were never opened, overlong bodies, garbage, a socket
-//! cut mid-frame, silence (during the handshake and after it) and a forced close while several
-//! channels wait. Each test checks the exact typed error and that nothing hangs.
+//! cut mid-frame, silence (during the handshake and after it), a forced close while several
+//! channels wait, and a cancel of an `RpcClient`'s direct reply-to consumer. Each test checks
+//! the exact typed error and that nothing hangs.
 //!
 //! The fake broker (tests/support/fake_broker.rs) is a `TcpListener` on 127.0.0.1 driven by a
 //! thread of the test; it gets the client through the handshake and channel.open, then
@@ -11,8 +12,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use amq_protocol::protocol::{basic, connection, AMQPClass};
-use cottontail::{Connection, Error, QosOptions};
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
+use cottontail::{CallOptions, Connection, Error, QosOptions, RpcClient};
 
 #[path = "support/fake_broker.rs"]
 mod fake_broker;
@@ -620,4 +621,83 @@ fn a_flood_of_empty_deliveries_nobody_consumes_stops_reading_with_bounded_memory
     let grown = vm_rss().saturating_sub(before);
     assert!(grown < 64 * 1024 * 1024, "memory grew by {grown} bytes");
     assert!(connection.is_open());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The broker cancels an RpcClient's reply consumer
+// ---------------------------------------------------------------------------------------------
+
+/// RabbitMQ never cancels a direct reply-to consumer; a broker that does ends the client: the
+/// waiting call fails at once with `ChannelClosedByClient` carrying reply code 0, the code
+/// `Channel::close()` sends (pika's default), and the client's channel is closed.
+#[test]
+fn a_cancelled_rpc_reply_consumer_fails_the_call_with_reply_code_0() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        let tag = match peer.expect_method() {
+            (1, AMQPClass::Basic(basic::AMQPMethod::Consume(consume))) => {
+                assert_eq!(consume.queue.as_str(), "amq.rabbitmq.reply-to");
+                consume.consumer_tag
+            }
+            other => panic!("fake broker: expected basic.consume, got {other:?}"),
+        };
+        peer.send_method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                consumer_tag: tag.clone(),
+            })),
+        );
+        // The call's request: method, header, body.
+        loop {
+            match peer.read_frame() {
+                Some(AMQPFrame::Body(1, _)) => break,
+                Some(_) => {}
+                None => panic!("fake broker: no request came"),
+            }
+        }
+        peer.send_method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                consumer_tag: tag,
+                nowait: true,
+            })),
+        );
+        // The client closes its channel; answer, then wait for the connection's close.
+        loop {
+            match peer.expect_method() {
+                (1, AMQPClass::Channel(channel::AMQPMethod::Close(close))) => {
+                    peer.send_method(
+                        1,
+                        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                    );
+                    break close.reply_code;
+                }
+                (_, AMQPClass::Connection(_)) => panic!("fake broker: the connection closed first"),
+                _ => {}
+            }
+        }
+    });
+    let connection = Connection::open(client_params(port)).expect("open");
+    let client = RpcClient::new(&connection).expect("RpcClient::new");
+    let started = Instant::now();
+    let e = must_fail(
+        client.call(
+            "",
+            "requests",
+            b"x",
+            CallOptions {
+                timeout: Some(Duration::from_secs(5)),
+                ..Default::default()
+            },
+        ),
+        "a call whose reply consumer is cancelled",
+    );
+    assert_prompt(started, "the cancelled reply consumer");
+    assert!(
+        matches!(e, Error::ChannelClosedByClient { reply_code: 0, .. }),
+        "{e:?}"
+    );
+    assert!(!client.is_open());
+    assert_eq!(join(fake), 0, "the client's channel.close reply code");
 }
