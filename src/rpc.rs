@@ -389,9 +389,12 @@ impl Drop for Inner {
 /// For each request, `handler` gets its properties and body and returns the reply's body,
 /// which is published through the default exchange to the request's `reply_to` with its
 /// `correlation_id`; then the request is acked. A request without `reply_to` is acked and its
-/// answer dropped, with a warning. An error from `handler` ends `serve` with that error, the
-/// request unacked (the broker delivers it again once the channel closes). Set a prefetch
-/// with [`Channel::basic_qos`] first to share requests between servers.
+/// answer dropped, with a warning. An error from `handler` (or the failure of a reply's
+/// publish or ack) ends `serve` with that error: its consumer is cancelled first (requests
+/// received but not yet handled are requeued), and the failed request stays unacked (the
+/// broker delivers it again once the channel closes). So `serve` can be called again on the
+/// channel, and its consumer is then the only one. Set a prefetch with [`Channel::basic_qos`]
+/// first to share requests between servers.
 ///
 /// ```no_run
 /// # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;
@@ -405,7 +408,7 @@ where
     F: FnMut(&BasicProperties, &[u8]) -> Result<Vec<u8>> + Send + 'static,
 {
     let served = queue.to_string();
-    channel.basic_consume(
+    let tag = channel.basic_consume(
         queue,
         move |ch, method, properties, body| {
             let answer = handler(properties, body)?;
@@ -426,7 +429,14 @@ where
         },
         BasicConsumeOptions::default(),
     )?;
-    channel.start_consuming()
+    let consumed = channel.start_consuming();
+    if consumed.is_err() && channel.is_open() {
+        // Not left behind: a second `serve` on this channel would run next to it.
+        if let Err(e) = channel.basic_cancel(&tag) {
+            log::debug!("rpc::serve: cancelling consumer {tag} after a failure: {e}");
+        }
+    }
+    consumed
 }
 
 /// The caller's properties with direct reply-to and the call's correlation id.

@@ -3,7 +3,7 @@
 //! from a caller that leaves to one that still waits; a reply that comes after its caller timed
 //! out is dropped with a warning, never handed to the next call; a failed channel or connection
 //! reaches every waiting caller; the caller's properties reach the server and the server's
-//! reach the caller.
+//! reach the caller; `rpc::serve` cancels its consumer when its handler fails.
 //!
 //! Servers run `cottontail::rpc::serve` on connections of their own; a request body
 //! `slow:<ms>:...` makes them wait that long before answering `echo:<body>`.
@@ -746,4 +746,74 @@ fn serve_acks_a_request_without_reply_to() {
         "a request was left unacked and requeued"
     );
     connection.close().unwrap();
+}
+
+/// A handler that fails ends `rpc::serve` with its error and cancels its consumer: the broker
+/// shows no consumer on the queue afterwards and the channel has none. `serve` again on the
+/// same channel is then the queue's only consumer, and answers.
+#[test]
+fn serve_cancels_its_consumer_when_its_handler_fails() {
+    let (queue, _cleanup) = request_queue("rpc-serve-fails");
+    let server_connection = connect();
+    let channel = server_connection.channel().unwrap();
+    let consumers = || {
+        let check = server_connection.channel().unwrap();
+        let count = check
+            .queue_declare(&queue, passive())
+            .unwrap()
+            .consumer_count;
+        check.close().unwrap();
+        count
+    };
+    let first = {
+        let serving = channel.clone();
+        let queue = queue.clone();
+        thread::spawn(move || {
+            rpc::serve(&serving, &queue, |_properties, body| {
+                if body == b"fail" {
+                    return Err(Error::InvalidArgument("the handler refuses".into()));
+                }
+                Ok(body.to_vec())
+            })
+        })
+    };
+    assert!(support::eventually(Duration::from_secs(10), || consumers() == 1));
+    let connection = connect();
+    let client = RpcClient::new(&connection).unwrap();
+    let e = call(&client, &queue, "fail", Duration::from_millis(500)).unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
+    let served = within(HANG, "the failing serve", move || first.join().unwrap());
+    assert_eq!(
+        served,
+        Err(Error::InvalidArgument("the handler refuses".into()))
+    );
+    assert!(
+        support::eventually(Duration::from_secs(5), || consumers() == 0),
+        "the failed serve left {} consumer(s) on the queue",
+        consumers()
+    );
+    assert_eq!(channel.consumer_tags(), Vec::<String>::new());
+
+    let second = {
+        let serving = channel.clone();
+        let queue = queue.clone();
+        thread::spawn(move || {
+            rpc::serve(&serving, &queue, |_properties, body| {
+                Ok([b"second:", body].concat())
+            })
+        })
+    };
+    assert!(support::eventually(Duration::from_secs(10), || consumers() >= 1));
+    for i in 0..4 {
+        let body = format!("request {i}");
+        let reply = call(&client, &queue, &body, Duration::from_secs(20)).expect("a reply");
+        assert_eq!(body_of(&reply), format!("second:{body}"));
+    }
+    assert_eq!(consumers(), 1, "the second serve is not the only consumer");
+    assert_eq!(channel.consumer_tags().len(), 1);
+    channel.stop_consuming(None).unwrap();
+    let served = within(HANG, "the second serve", move || second.join().unwrap());
+    assert_eq!(served, Ok(()));
+    connection.close().unwrap();
+    server_connection.close().unwrap();
 }
