@@ -1,7 +1,7 @@
 //! Publishing: `basic_publish` (waiting for the confirm in confirm mode, as pika does),
 //! `basic_publish_deferred` and `wait_for_confirms` for windows, and `confirm_delivery`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{confirm, AMQPClass};
 
@@ -164,7 +164,9 @@ impl Channel {
             .unwrap_or(0))
     }
 
-    /// Queues one publish; returns its sequence number in confirm mode.
+    /// Queues one publish; returns its sequence number in confirm mode. Waits for room in the
+    /// outbound buffer at most the RPC timeout, and while the broker blocks the connection
+    /// until it unblocks it (or `blocked_connection_timeout` ends the connection).
     fn publish(
         &self,
         exchange: &str,
@@ -173,6 +175,22 @@ impl Channel {
         properties: &BasicProperties,
         mandatory: bool,
     ) -> Result<Option<u64>> {
+        self.publish_until(exchange, routing_key, body, properties, mandatory, None)
+    }
+
+    /// [`publish`](Self::publish) with a deadline of the caller's own (`RpcClient::call`'s):
+    /// waits for room in the outbound buffer, and while the broker blocks the connection, at
+    /// most until `deadline`, then returns [`Error::Timeout`] with nothing queued. `None` is
+    /// `publish`'s behaviour.
+    pub(crate) fn publish_until(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: &BasicProperties,
+        mandatory: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Option<u64>> {
         // Only a mandatory message can come back, so only it needs telling apart from the rest.
         let mandatory_fingerprint = mandatory.then(|| fingerprint(exchange, routing_key, body));
         let core = self.core();
@@ -180,7 +198,7 @@ impl Channel {
             self.inner
                 .owner
                 .core
-                .send_on(core, frames, Some(body), None, |st| {
+                .send_on(core, frames, Some(body), deadline, |st| {
                     ensure_open(st)?;
                     Ok(st
                         .confirms

@@ -29,10 +29,12 @@
 //!   way; so while any call waits, one is pumping or has been woken to. When the channel or the
 //!   connection fails, the pumper records the error and wakes every call: each returns that
 //!   error, and so does every later call.
-//! - **By when.** Each call waits at most until its own deadline: the pumper pumps with that
-//!   deadline, a sleeper sleeps with it. Nothing polls: a thread wakes for its reply, its turn
-//!   to pump, a failure or its deadline. A reply that arrives while no call waits stays queued
-//!   on the channel until the next pumper drops it.
+//! - **By when.** Each call waits at most until its own deadline: its publish waits for room
+//!   in the outbound buffer, or for a connection the broker blocks, with that deadline (and
+//!   queues nothing once it passed), the pumper pumps with it, a sleeper sleeps with it.
+//!   Nothing polls: a thread wakes for its reply, its turn to pump, a failure or its deadline.
+//!   A reply that arrives while no call waits stays queued on the channel until the next
+//!   pumper drops it.
 //!
 //! The pump handles only this client's channel: it does not run the connection's timers or
 //! threadsafe callbacks, which run where they always do ([`Connection::process_data_events`],
@@ -153,7 +155,9 @@ impl RpcClient {
     /// Publishes `body` to `exchange` with `routing_key` as a request and waits for its reply:
     /// the message that comes back with the request's correlation id, with its properties and
     /// body. Waits at most `options.timeout` (the connection's `rpc_timeout` by default), then
-    /// returns [`Error::Timeout`]; a reply that comes later is dropped.
+    /// returns [`Error::Timeout`]; a reply that comes later is dropped. The timeout covers the
+    /// publish too: a request held back by a full outbound buffer or by a connection the
+    /// broker blocks (memory or disk alarm) is not sent once it passes.
     ///
     /// A request nobody receives (no queue bound, no server) is dropped by the broker, and the
     /// call times out. If the client's channel or connection fails meanwhile, the call returns
@@ -186,16 +190,25 @@ impl RpcClient {
                 },
             );
         }
-        let request = PublishOptions {
-            properties: request_properties(options.properties, &id),
-            ..Default::default()
-        };
-        let published = inner
-            .channel
-            .basic_publish_with(exchange, routing_key, body, &request);
+        // With the call's deadline: a full outbound buffer or a blocked connection holds the
+        // request back at most until then (nothing is queued if it passes).
+        let properties = request_properties(options.properties, &id);
+        let published =
+            inner
+                .channel
+                .publish_until(exchange, routing_key, body, &properties, false, deadline);
         if let Err(e) = published {
             inner.lock().leave(&id);
-            return Err(e);
+            return Err(match e {
+                Error::Timeout { context, .. } => Error::timeout(
+                    format!(
+                        "publishing request {id} (exchange {exchange:?}, routing key \
+                         {routing_key:?}): {context}"
+                    ),
+                    timeout,
+                ),
+                e => e,
+            });
         }
         inner.wait(&id, &wake, deadline)?.ok_or_else(|| {
             Error::timeout(

@@ -1,6 +1,7 @@
-//! A broker memory alarm: connection.blocked / unblocked reach the callbacks, and a consumer
+//! A broker memory alarm: connection.blocked / unblocked reach the callbacks, a consumer
 //! that republishes from its callback gets through an alarm (or fails with the blocked
-//! connection timeout) instead of hanging. Its own test binary, because the alarm blocks every
+//! connection timeout) instead of hanging, and an `RpcClient` call whose request cannot go out
+//! returns at its own deadline. Its own test binary, because the alarm blocks every
 //! publisher of the broker while it lasts; its tests take turns.
 
 mod support;
@@ -148,6 +149,65 @@ fn close_returns_within_its_deadline_while_the_broker_blocks() {
         matches!(result, Err(cottontail::Error::Timeout { .. })),
         "{result:?}"
     );
+}
+
+/// While the broker blocks the connection, an `RpcClient` call's request cannot go out: the call
+/// returns `Error::Timeout` at its own deadline (1 s), not when the connection is unblocked
+/// (there is no `blocked_connection_timeout`). The alarm is lifted even if the test fails
+/// (`RestoreWatermark`).
+#[test]
+fn an_rpc_call_returns_at_its_deadline_while_the_broker_blocks_the_connection() {
+    let _turn = one_alarm_at_a_time();
+    let connection =
+        cottontail::Connection::open(support::params().with_rpc_timeout(Duration::from_secs(30)))
+            .unwrap();
+    let channel = connection.channel().unwrap();
+    let queue = support::exclusive_queue(&channel);
+    let client = cottontail::RpcClient::new(&connection).unwrap();
+    let _restore = RestoreWatermark;
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
+    // RabbitMQ blocks a connection when it publishes during the alarm.
+    channel
+        .basic_publish("", &queue, b"during the alarm")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !connection.is_blocked() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(connection.is_blocked(), "no connection.blocked within 10 s");
+    let timeout = Duration::from_secs(1);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let result = client.call(
+            "",
+            &queue,
+            b"a request",
+            cottontail::CallOptions {
+                timeout: Some(timeout),
+                ..Default::default()
+            },
+        );
+        let _ = tx.send((result, started.elapsed()));
+    });
+    let (result, took) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the call did not return within 10 s while the connection was blocked");
+    assert!(
+        matches!(result, Err(cottontail::Error::Timeout { after, .. }) if after == timeout),
+        "{result:?}"
+    );
+    assert!(
+        took >= timeout && took < timeout + Duration::from_millis(700),
+        "a call with a timeout of {timeout:?} returned after {took:?}"
+    );
+    assert!(connection.is_blocked());
+    drop(_restore);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connection.is_blocked() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    connection.close().unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

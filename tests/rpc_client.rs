@@ -1,16 +1,21 @@
 //! `RpcClient` against the real broker: many threads sharing one client each get exactly their
-//! own replies; deadlines (per call and the connection's `rpc_timeout`) hold; pumping passes
-//! from a caller that leaves to one that still waits; a reply that comes after its caller timed
-//! out is dropped with a warning, never handed to the next call; a failed channel or connection
-//! reaches every waiting caller; the caller's properties reach the server and the server's
-//! reach the caller; `rpc::serve` cancels its consumer when its handler fails.
+//! own replies; deadlines (per call and the connection's `rpc_timeout`) hold, also while the
+//! request waits for room in the outbound buffer; pumping passes from a caller that leaves to
+//! one that still waits; a reply that comes after its caller timed out is dropped with a
+//! warning, never handed to the next call; a failed channel or connection reaches every
+//! waiting caller; the caller's properties reach the server and the server's reach the caller;
+//! `rpc::serve` cancels its consumer when its handler fails.
 //!
 //! Servers run `cottontail::rpc::serve` on connections of their own; a request body
-//! `slow:<ms>:...` makes them wait that long before answering `echo:<body>`.
+//! `slow:<ms>:...` makes them wait that long before answering `echo:<body>`. Where a test needs
+//! the client's requests held back (its outbound buffer full, as with a broker that does not
+//! read), the client connects through a [`Proxy`] that can stop passing its bytes on.
 
 mod support;
 
-use std::sync::{mpsc, Mutex, Once};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::{mpsc, Arc, Condvar, Mutex, Once};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -184,6 +189,105 @@ fn dropped_with_warning(id: &str) -> bool {
         .unwrap_or_else(|p| p.into_inner())
         .iter()
         .any(|w| w.contains("dropping a reply") && w.contains(&quoted))
+}
+
+/// A TCP proxy between one client and the test broker that can hold the client's bytes back
+/// (stop reading them) while the broker's still reach the client: the client's outbound
+/// buffer then fills as with a broker that does not read. Everything goes through again when
+/// it is released, and when the proxy is dropped.
+struct Proxy {
+    port: u16,
+    held: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Proxy {
+    /// Listens on 127.0.0.1 for one client and connects it to the broker.
+    fn start() -> Proxy {
+        support::ensure_broker();
+        // A small receive buffer on the client's side, so that the kernel holds little of
+        // what the proxy does not read: the client's own buffer fills instead.
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        socket
+            .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        socket.listen(1).unwrap();
+        let listener: TcpListener = socket.into();
+        let port = listener.local_addr().unwrap().port();
+        let held = Arc::new((Mutex::new(false), Condvar::new()));
+        let gate = held.clone();
+        thread::spawn(move || {
+            let Ok((client, _)) = listener.accept() else {
+                return;
+            };
+            let broker = TcpStream::connect((support::HOST, support::PORT)).unwrap();
+            let (mut from_client, mut to_broker) =
+                (client.try_clone().unwrap(), broker.try_clone().unwrap());
+            thread::spawn(move || {
+                let mut chunk = vec![0u8; 64 * 1024];
+                loop {
+                    {
+                        let (lock, cond) = &*gate;
+                        let mut held = lock.lock().unwrap();
+                        while *held {
+                            held = cond.wait(held).unwrap();
+                        }
+                    }
+                    match from_client.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if to_broker.write_all(&chunk[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = to_broker.shutdown(Shutdown::Write);
+            });
+            let (mut from_broker, mut to_client) = (broker, client);
+            let _ = std::io::copy(&mut from_broker, &mut to_client);
+            let _ = to_client.shutdown(Shutdown::Both);
+        });
+        Proxy { port, held }
+    }
+
+    /// Connection parameters for the broker through this proxy.
+    fn params(&self) -> cottontail::ConnectionParameters {
+        params().with_port(self.port)
+    }
+
+    /// Holds the client's bytes back (`true`) or passes them on again (`false`).
+    fn hold(&self, hold: bool) {
+        let (lock, cond) = &*self.held;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = hold;
+        cond.notify_all();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.hold(false);
+    }
+}
+
+/// Fills the client's outbound buffer past its high-water mark (4 MiB) while `proxy` holds its
+/// bytes back, with messages to a queue that does not exist (the broker drops them once it
+/// gets them) on a channel of their own: 16 MiB, which the I/O thread takes out of the buffer
+/// and is still writing when the proxy stops reading, then 8 MiB, which stays in the buffer.
+/// Later publishes of that connection wait for room until the proxy lets the bytes through.
+fn fill_the_outbound_buffer(proxy: &Proxy, connection: &Connection) -> Channel {
+    let filler = connection.channel().unwrap();
+    let nowhere = unique("rpc-nowhere");
+    proxy.hold(true);
+    filler
+        .basic_publish("", &nowhere, &vec![b'f'; 16 * 1024 * 1024])
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    filler
+        .basic_publish("", &nowhere, &vec![b'f'; 8 * 1024 * 1024])
+        .unwrap();
+    filler
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -408,6 +512,42 @@ fn the_pumping_passes_to_a_caller_still_waiting() {
         }
     });
     connection.close().unwrap();
+    server_connection.close().unwrap();
+}
+
+/// A call whose request cannot go out (the outbound buffer is full: the proxy holds the
+/// client's bytes back) returns `Error::Timeout` at its own deadline (500 ms), not at the
+/// connection's `rpc_timeout` (20 s) that an untimed publish waits for room; once the bytes go
+/// through again, a call gets its reply.
+#[test]
+fn a_call_returns_at_its_deadline_while_its_request_waits_for_room() {
+    let (queue, _cleanup) = request_queue("rpc-room");
+    let server_connection = connect();
+    let _servers = servers(&server_connection, &queue, 1, 1);
+    let proxy = Proxy::start();
+    let connection =
+        Connection::open(proxy.params().with_rpc_timeout(Duration::from_secs(20))).unwrap();
+    let client = RpcClient::new(&connection).unwrap();
+
+    within(HANG, "a call behind a full outbound buffer", move || {
+        let _filler = fill_the_outbound_buffer(&proxy, &connection);
+        let timeout = Duration::from_millis(500);
+        let started = Instant::now();
+        let e = call(&client, &queue, "behind the filler", timeout).unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            matches!(e, Error::Timeout { after, .. } if after == timeout),
+            "{e:?}"
+        );
+        assert!(
+            took >= timeout && took < timeout + SLACK,
+            "a call with a timeout of {timeout:?} returned after {took:?}"
+        );
+        proxy.hold(false);
+        let reply = call(&client, &queue, "after", Duration::from_secs(20)).expect("a reply");
+        assert_eq!(body_of(&reply), "echo:after");
+        connection.close().unwrap();
+    });
     server_connection.close().unwrap();
 }
 

@@ -16,8 +16,9 @@
 //!    (signalled when the I/O thread drains the buffer and when the connection closes), at
 //!    most until their call's deadline. Content also waits while the broker blocks the
 //!    connection (until connection.unblocked, or until `blocked_connection_timeout` makes the
-//!    I/O thread end the connection). A thread waiting for room counts as wanting input (see
-//!    `token`), so reading never pauses while the unblock it waits for is unread.
+//!    I/O thread end the connection; a publish given a deadline of its own, `RpcClient`'s,
+//!    waits at most until that deadline). A thread waiting for room counts as wanting input
+//!    (see `token`), so reading never pauses while the unblock it waits for is unread.
 //! 4. **Lock order.** A channel's state, then `Link`. No waiting (for room or anything else)
 //!    with a channel lock held.
 //! 5. **Held acks.** Merged acks (see `protocol::acks`) are written before any other frame of
@@ -137,8 +138,12 @@ impl Core {
     ///
     /// `deadline` is the call's own; `None` means `rpc_timeout` from when the wait starts (so
     /// publishes and acks read no clock unless they wait), or no deadline for a timeout too
-    /// large to be one.
+    /// large to be one. Content held by a blocked connection waits until the call's own
+    /// deadline if it gave one (`RpcClient::call`), else until connection.unblocked (or the
+    /// end of the connection, `blocked_connection_timeout`). The timeout error names
+    /// `rpc_timeout`; a caller with a deadline of its own reports its own timeout.
     fn wait_for_room(&self, content: bool, deadline: Option<Instant>) -> Result<()> {
+        let own = deadline;
         let deadline = deadline.or_else(|| super::deadline_after(self.params.rpc_timeout));
         let _wanting = Wanting::new(self);
         let mut link = self.lock_link();
@@ -149,21 +154,21 @@ impl Core {
             if link.has_room(content) {
                 return Ok(());
             }
-            if content && link.blocked_since.is_some() {
-                link = self.link_cond.wait(link).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            let left = match deadline {
+            let blocked = content && link.blocked_since.is_some();
+            let until = if blocked { own } else { deadline };
+            let left = match until {
                 None => Duration::MAX,
                 Some(d) => d.saturating_duration_since(Instant::now()),
             };
             if left.is_zero() {
-                return Err(Error::timeout(
-                    "waiting for room in the outbound buffer (the broker is not reading)",
-                    self.params.rpc_timeout,
-                ));
+                let context = if blocked {
+                    "waiting for the broker to unblock the connection (connection.blocked)"
+                } else {
+                    "waiting for room in the outbound buffer (the broker is not reading)"
+                };
+                return Err(Error::timeout(context, self.params.rpc_timeout));
             }
-            link = match deadline {
+            link = match until {
                 None => self.link_cond.wait(link).unwrap_or_else(|p| p.into_inner()),
                 Some(_) => {
                     self.link_cond
