@@ -12,11 +12,13 @@
 //!
 //! ## How calls wait: who pumps, who wakes whom, by when
 //!
-//! Each waiting call has an entry in one table: its correlation id, a slot for its reply and a
-//! condition variable of its own. At most one of the waiting calls is the *pumper*: it takes
-//! the replies from the reply consumer (waiting in the channel's pump, where it reads the socket
-//! itself as a consumer does) and files them. The table and the pumping flag change only under
-//! the table's lock; the pumper does not hold it while it pumps.
+//! Each call has an entry in one table, from before it publishes its request until it returns:
+//! its correlation id, a slot for its reply, a condition variable of its own, and whether the
+//! call is *waiting* yet (it has published and is inside `wait`; set under the table's lock).
+//! At most one of the waiting calls is the *pumper*: it takes the replies from the reply
+//! consumer (waiting in the channel's pump, where it reads the socket itself as a consumer
+//! does) and files them. The table and the pumping flag change only under the table's lock;
+//! the pumper does not hold it while it pumps.
 //!
 //! - **Who pumps.** A call that is waiting and finds nobody pumping becomes the pumper. The
 //!   other waiting calls sleep on their own condition variables.
@@ -24,11 +26,13 @@
 //!   call alone. A reply whose id has no entry (its caller timed out, or it was never this
 //!   client's) is dropped with a warning, never handed to another call. When the pumper stops
 //!   (its own reply came, its deadline passed, or the channel failed) it clears the pumping
-//!   flag and wakes one call that still waits, which takes over. A call that leaves while
-//!   nobody pumps (its deadline passed, its publish failed) passes that wake-up on the same
-//!   way; so while any call waits, one is pumping or has been woken to. When the channel or the
-//!   connection fails, the pumper records the error and wakes every call: each returns that
-//!   error, and so does every later call.
+//!   flag and wakes one call that is waiting and has no reply yet, which takes over. A call
+//!   that leaves while nobody pumps (its deadline passed, its publish failed) passes that
+//!   wake-up on the same way. A call still publishing is never woken for it (it would miss
+//!   the wake-up): it finds nobody pumping when it starts to wait, and pumps. So while any
+//!   call waits, one is pumping or has been woken to. When the channel or the connection
+//!   fails, the pumper records the error and wakes every call: each returns that error (a
+//!   call still publishing finds it when it starts to wait), and so does every later call.
 //! - **By when.** Each call waits at most until its own deadline: its publish waits for room
 //!   in the outbound buffer, or for a connection the broker blocks, with that deadline (and
 //!   queues nothing once it passed), the pumper pumps with it, a sleeper sleeps with it.
@@ -130,6 +134,10 @@ struct Waiter {
     reply: Option<Delivery>,
     /// The call sleeps on it (with the table's lock).
     wake: Arc<Condvar>,
+    /// The call is inside [`Inner::wait`] (set there, under the lock): only such a call can be
+    /// handed the pumping. Before, it is still publishing its request, and would miss the
+    /// wake-up.
+    in_wait: bool,
 }
 
 impl RpcClient {
@@ -187,6 +195,7 @@ impl RpcClient {
                 Waiter {
                     reply: None,
                     wake: wake.clone(),
+                    in_wait: false,
                 },
             );
         }
@@ -249,6 +258,9 @@ impl Inner {
         deadline: Option<Instant>,
     ) -> Result<Option<Delivery>> {
         let mut table = self.lock();
+        if let Some(waiter) = table.waiting.get_mut(id) {
+            waiter.in_wait = true;
+        }
         loop {
             if let Some(reply) = table.waiting.get_mut(id).and_then(|w| w.reply.take()) {
                 table.leave(id);
@@ -324,12 +336,18 @@ impl Inner {
 }
 
 impl Table {
-    /// Removes call `id`'s entry. If nobody pumps, wakes one call still waiting for its reply,
-    /// to pump: the hand-over that keeps a pumper while any call waits.
+    /// Removes call `id`'s entry. If nobody pumps, wakes one call that is inside `wait` and
+    /// still without its reply, to pump: the hand-over that keeps a pumper while any call
+    /// waits. A call still publishing is passed over: it finds nobody pumping when it starts
+    /// to wait, and pumps.
     fn leave(&mut self, id: &str) {
         self.waiting.remove(id);
         if !self.pumping {
-            if let Some(next) = self.waiting.values().find(|w| w.reply.is_none()) {
+            if let Some(next) = self
+                .waiting
+                .values()
+                .find(|w| w.in_wait && w.reply.is_none())
+            {
                 next.wake.notify_one();
             }
         }

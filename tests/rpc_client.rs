@@ -1,7 +1,7 @@
 //! `RpcClient` against the real broker: many threads sharing one client each get exactly their
 //! own replies; deadlines (per call and the connection's `rpc_timeout`) hold, also while the
 //! request waits for room in the outbound buffer; pumping passes from a caller that leaves to
-//! one that still waits; a reply that comes after its caller timed out is dropped with a
+//! one that waits, not to one still publishing; a reply that comes after its caller timed out is dropped with a
 //! warning, never handed to the next call; a failed channel or connection reaches every
 //! waiting caller; the caller's properties reach the server and the server's reach the caller;
 //! `rpc::serve` cancels its consumer when its handler fails.
@@ -546,6 +546,75 @@ fn a_call_returns_at_its_deadline_while_its_request_waits_for_room() {
         proxy.hold(false);
         let reply = call(&client, &queue, "after", Duration::from_secs(20)).expect("a reply");
         assert_eq!(body_of(&reply), "echo:after");
+        connection.close().unwrap();
+    });
+    server_connection.close().unwrap();
+}
+
+/// Caller A pumps alone (a request nobody serves, 1 s timeout) and caller C sleeps behind it
+/// (its reply comes 1.5 s after its call). Then the proxy holds the client's bytes back and
+/// the outbound buffer is filled, so 128 more callers (B) are entered in the table but stuck
+/// publishing. When A times out, the pumping must go to C, which waits, and not be lost on a
+/// B that is not waiting yet: C gets its reply when it arrives, while the Bs are still stuck
+/// (until 4 s); then the Bs get theirs. (So many Bs so that a hand-over to any caller without
+/// a reply, C's chance being 1 in 129, is all but sure to pick a B.)
+#[test]
+fn the_pumping_passes_to_a_waiting_caller_not_to_one_still_publishing() {
+    const STUCK: usize = 128;
+    let (queue, _cleanup) = request_queue("rpc-handover-publishing");
+    let (unserved, _cleanup_unserved) = request_queue("rpc-handover-unserved");
+    let server_connection = connect();
+    let _servers = servers(&server_connection, &queue, 1, 1);
+    let proxy = Proxy::start();
+    let connection =
+        Connection::open(proxy.params().with_rpc_timeout(Duration::from_secs(30))).unwrap();
+    let client = RpcClient::new(&connection).unwrap();
+
+    within(HANG, "hand-over past callers still publishing", move || {
+        let started = Instant::now();
+        let a = {
+            let client = client.clone();
+            thread::spawn(move || call(&client, &unserved, "a", Duration::from_secs(1)))
+        };
+        thread::sleep(Duration::from_millis(100));
+        let c = {
+            let client = client.clone();
+            let queue = queue.clone();
+            thread::spawn(move || {
+                let started = Instant::now();
+                let reply = call(&client, &queue, "slow:1500:c", Duration::from_secs(20));
+                (reply, started.elapsed())
+            })
+        };
+        // C's request is out before the proxy holds anything back.
+        thread::sleep(Duration::from_millis(100));
+        let _filler = fill_the_outbound_buffer(&proxy, &connection);
+        let bs: Vec<_> = (0..STUCK)
+            .map(|i| {
+                let client = client.clone();
+                let queue = queue.clone();
+                thread::spawn(move || {
+                    call(&client, &queue, &format!("b{i}"), Duration::from_secs(20))
+                })
+            })
+            .collect();
+        let e = a.join().expect("A's thread panicked").unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "A: {e:?}");
+        thread::sleep(Duration::from_secs(4).saturating_sub(started.elapsed()));
+        let c_done = c.is_finished();
+        proxy.hold(false);
+        let (reply, took) = c.join().expect("C's thread panicked");
+        let reply = reply.expect("C's reply");
+        assert_eq!(body_of(&reply), "echo:slow:1500:c");
+        assert!(
+            c_done && took < Duration::from_millis(1500) + SLACK,
+            "C got its reply after {took:?}: nobody pumped for it after A left (the pumping \
+             went to a caller still publishing)"
+        );
+        for (i, b) in bs.into_iter().enumerate() {
+            let reply = b.join().expect("a B thread panicked").expect("a B's reply");
+            assert_eq!(body_of(&reply), format!("echo:b{i}"));
+        }
         connection.close().unwrap();
     });
     server_connection.close().unwrap();
