@@ -37,8 +37,31 @@
 //!   in the outbound buffer, or for a connection the broker blocks, with that deadline (and
 //!   queues nothing once it passed), the pumper pumps with it, a sleeper sleeps with it.
 //!   Nothing polls: a thread wakes for its reply, its turn to pump, a failure or its deadline.
-//!   A reply that arrives while no call waits stays queued on the channel until the next
-//!   pumper drops it.
+//!
+//! ## Replies nobody waits for
+//!
+//! A reply that comes after its call left (timed out) must not stay queued for the reply
+//! consumer: nobody takes it, and what a connection holds for its consumers counts against
+//! its inbound limits, past which it stops reading for every channel. While calls are in the
+//! table, the pumper drops such replies as it meets them (above). While the table is empty,
+//! the reply consumer's tag is an *orphan* of the client's channel (auto-ack): whoever reads
+//! the socket drops its deliveries as they arrive, each with a warning calling it "a late RPC
+//! reply nobody waits for", as it does for the deliveries of any orphaned auto-ack consumer.
+//! The first call into an empty table forgets the orphan (under the table's lock, before its
+//! request goes out, so its own reply cannot be dropped); the last call out pushes it again
+//! and drops what was already queued on the channel for the reply consumer, with a warning.
+//! (Replies that another thread's [`Connection::process_data_events`] moved into the reply
+//! consumer's own queue before the last call left, those that arrived since a pumper last
+//! looked, stay there until the next pumper drops them.)
+//!
+//! ## Locks
+//!
+//! The table's lock, then the channel's state lock: a call takes the channel's lock under the
+//! table's to forget or push the orphan and to take the queued replies. Nothing takes them the
+//! other way round: the channel's code never calls into the client, and the client takes the
+//! channel's lock only for those steps, taking no other lock while it holds it. The table's
+//! lock is not held while pumping, publishing or closing the channel, and a sleeper releases
+//! it while it sleeps.
 //!
 //! The pump handles only this client's channel: it does not run the connection's timers or
 //! threadsafe callbacks, which run where they always do ([`Connection::process_data_events`],
@@ -63,6 +86,10 @@ use crate::protocol::properties::BasicProperties;
 
 /// The pseudo-queue of direct reply-to: a client consumes it and sends it as `reply_to`.
 pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// What the router's warning calls a reply it drops on arrival while no call is in the table
+/// (the reply consumer is then an orphan of its channel, see the module docs).
+const LATE_REPLY: &str = "a late RPC reply nobody waits for";
 
 /// Options of [`RpcClient::call`].
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -151,6 +178,11 @@ impl RpcClient {
                 ..Default::default()
             },
         )?;
+        // No call is in the table yet: replies are dropped on arrival (module docs).
+        channel
+            .core()
+            .lock()
+            .push_orphan_as(replies.consumer_tag(), true, LATE_REPLY);
         Ok(RpcClient {
             inner: Arc::new(Inner {
                 channel,
@@ -190,6 +222,15 @@ impl RpcClient {
             if let Some(e) = &table.failed {
                 return Err(e.clone());
             }
+            if table.waiting.is_empty() {
+                // The first call in: replies are for the reply consumer again, not dropped on
+                // arrival. Under the table's lock, before the request goes out.
+                inner
+                    .channel
+                    .core()
+                    .lock()
+                    .forget_orphan(inner.replies.consumer_tag());
+            }
             table.waiting.insert(
                 id.clone(),
                 Waiter {
@@ -207,7 +248,7 @@ impl RpcClient {
                 .channel
                 .publish_until(exchange, routing_key, body, &properties, false, deadline);
         if let Err(e) = published {
-            inner.lock().leave(&id);
+            inner.leave(&mut inner.lock(), &id);
             return Err(match e {
                 Error::Timeout { context, .. } => Error::timeout(
                     format!(
@@ -263,16 +304,16 @@ impl Inner {
         }
         loop {
             if let Some(reply) = table.waiting.get_mut(id).and_then(|w| w.reply.take()) {
-                table.leave(id);
+                self.leave(&mut table, id);
                 return Ok(Some(reply));
             }
             if let Some(e) = table.failed.clone() {
-                table.leave(id);
+                self.leave(&mut table, id);
                 return Err(e);
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
-                table.leave(id);
+                self.leave(&mut table, id);
                 return Ok(None);
             }
             if !table.pumping {
@@ -287,6 +328,35 @@ impl Inner {
                 },
                 None => wake.wait(table).unwrap_or_else(|p| p.into_inner()),
             };
+        }
+    }
+
+    /// Removes call `id`'s entry (with the table's lock held). If nobody pumps, wakes one call
+    /// that is inside `wait` and still without its reply, to pump: the hand-over that keeps a
+    /// pumper while any call waits. A call still publishing is passed over: it finds nobody
+    /// pumping when it starts to wait, and pumps. The last call out makes the reply consumer
+    /// an orphan again and drops the replies queued for it (module docs).
+    fn leave(&self, table: &mut Table, id: &str) {
+        table.waiting.remove(id);
+        if table.waiting.is_empty() {
+            let tag = self.replies.consumer_tag();
+            self.channel
+                .core()
+                .lock()
+                .push_orphan_as(tag, true, LATE_REPLY);
+            for held in self.channel.take_queued(tag) {
+                drop_reply(&held.take());
+            }
+            return;
+        }
+        if !table.pumping {
+            if let Some(next) = table
+                .waiting
+                .values()
+                .find(|w| w.in_wait && w.reply.is_none())
+            {
+                next.wake.notify_one();
+            }
         }
     }
 
@@ -328,7 +398,7 @@ impl Inner {
             };
             if let Some(outcome) = outcome {
                 table.pumping = false;
-                table.leave(id);
+                self.leave(&mut table, id);
                 return outcome;
             }
         }
@@ -336,23 +406,6 @@ impl Inner {
 }
 
 impl Table {
-    /// Removes call `id`'s entry. If nobody pumps, wakes one call that is inside `wait` and
-    /// still without its reply, to pump: the hand-over that keeps a pumper while any call
-    /// waits. A call still publishing is passed over: it finds nobody pumping when it starts
-    /// to wait, and pumps.
-    fn leave(&mut self, id: &str) {
-        self.waiting.remove(id);
-        if !self.pumping {
-            if let Some(next) = self
-                .waiting
-                .values()
-                .find(|w| w.in_wait && w.reply.is_none())
-            {
-                next.wake.notify_one();
-            }
-        }
-    }
-
     /// Files `reply` for the call waiting for its correlation id and wakes that call; returns it
     /// instead when it is the pumper's own (`mine`). A reply nobody waits for is dropped.
     fn file(&mut self, reply: Delivery, mine: &str) -> Option<Delivery> {
@@ -365,13 +418,7 @@ impl Table {
                 waiter.reply = Some(reply);
                 waiter.wake.notify_one();
             }
-            _ => log::warn!(
-                "RpcClient: dropping a reply with correlation id {:?} (routing key {:?}, {} \
-                 bytes): no call waits for it (it timed out, was answered already, or never was)",
-                id,
-                reply.method.routing_key.as_str(),
-                reply.body.len()
-            ),
+            _ => drop_reply(&reply),
         }
         None
     }
@@ -468,6 +515,17 @@ where
         }
     }
     consumed
+}
+
+/// Drops a reply no call waits for, with a warning.
+fn drop_reply(reply: &Delivery) {
+    log::warn!(
+        "RpcClient: dropping a reply with correlation id {:?} (routing key {:?}, {} bytes): no \
+         call waits for it (it timed out, was answered already, or never was)",
+        reply.properties.correlation_id(),
+        reply.method.routing_key.as_str(),
+        reply.body.len()
+    );
 }
 
 /// The caller's properties with direct reply-to and the call's correlation id.

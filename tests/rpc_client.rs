@@ -1,10 +1,11 @@
 //! `RpcClient` against the real broker: many threads sharing one client each get exactly their
 //! own replies; deadlines (per call and the connection's `rpc_timeout`) hold, also while the
 //! request waits for room in the outbound buffer; pumping passes from a caller that leaves to
-//! one that waits, not to one still publishing; a reply that comes after its caller timed out is dropped with a
-//! warning, never handed to the next call; a failed channel or connection reaches every
-//! waiting caller; the caller's properties reach the server and the server's reach the caller;
-//! `rpc::serve` cancels its consumer when its handler fails.
+//! one that waits, not to one still publishing; a reply that comes after its caller timed out
+//! is dropped with a warning, never handed to the next call, and late replies nobody waits for
+//! do not pile up against the connection's inbound limit; a failed channel or connection
+//! reaches every waiting caller; the caller's properties reach the server and the server's
+//! reach the caller; `rpc::serve` cancels its consumer when its handler fails.
 //!
 //! Servers run `cottontail::rpc::serve` on connections of their own; a request body
 //! `slow:<ms>:...` makes them wait that long before answering `echo:<body>`. Where a test needs
@@ -20,10 +21,10 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use cottontail::{
-    rpc, BasicConsumeOptions, BasicProperties, CallOptions, Channel, Connection, Delivery, Error,
-    FieldTable, PublishOptions, QueueDeclareOptions, RpcClient,
+    rpc, BasicConsumeOptions, BasicProperties, CallOptions, Channel, Connection, ConsumeOptions,
+    Consumed, Delivery, Error, FieldTable, PublishOptions, QueueDeclareOptions, RpcClient,
 };
-use support::consuming::{passive, Cleanup};
+use support::consuming::{iterate_on_a_thread, passive, Cleanup};
 use support::{connect, params, unique, within};
 
 /// How much later than its deadline a call may return on a loaded machine.
@@ -181,14 +182,35 @@ fn capture_warnings() {
     });
 }
 
-/// Whether a warning says the reply with correlation id `id` was dropped.
+/// Whether a warning says the reply with correlation id `id` was dropped: by the pumper
+/// ("dropping a reply"), or, when no call waited, on arrival ("a late RPC reply nobody waits
+/// for").
 fn dropped_with_warning(id: &str) -> bool {
     let quoted = format!("{id:?}");
     WARNINGS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-        .any(|w| w.contains("dropping a reply") && w.contains(&quoted))
+        .any(|w| {
+            (w.contains("dropping a reply") || w.contains(LATE_REPLY_DROPPED))
+                && w.contains(&quoted)
+        })
+}
+
+/// What the warning of a reply dropped on arrival (no call waiting) calls it.
+const LATE_REPLY_DROPPED: &str = "a late RPC reply nobody waits for";
+
+/// How many of `ids` a warning says were dropped on arrival, while no call waited.
+fn dropped_on_arrival(ids: &[String]) -> usize {
+    let warnings = WARNINGS.lock().unwrap_or_else(|p| p.into_inner());
+    ids.iter()
+        .filter(|id| {
+            let quoted = format!("{id:?}");
+            warnings
+                .iter()
+                .any(|w| w.contains(LATE_REPLY_DROPPED) && w.contains(&quoted))
+        })
+        .count()
 }
 
 /// A TCP proxy between one client and the test broker that can hold the client's bytes back
@@ -626,8 +648,8 @@ fn the_pumping_passes_to_a_waiting_caller_not_to_one_still_publishing() {
 
 /// A server that answers slowly: a call with a short timeout gets `Error::Timeout`, and the
 /// next call gets its own reply, not the late one, whether the late one arrives while the next
-/// call waits or before it starts; each late reply is dropped with a warning naming its
-/// correlation id.
+/// call waits (the pumper drops it) or before it starts (dropped on arrival); each late reply
+/// is dropped with a warning naming its correlation id.
 #[test]
 fn a_late_reply_is_dropped_not_given_to_the_next_call() {
     capture_warnings();
@@ -660,7 +682,7 @@ fn a_late_reply_is_dropped_not_given_to_the_next_call() {
             "no warning dropped the late reply {late}"
         );
 
-        // The late reply arrives while no call waits; the next call finds it queued.
+        // The late reply arrives while no call waits: it is dropped on arrival.
         let e = call(
             &client,
             &queue,
@@ -684,6 +706,115 @@ fn a_late_reply_is_dropped_not_given_to_the_next_call() {
     });
     connection.close().unwrap();
     server_connection.close().unwrap();
+}
+
+/// 80 calls time out; then their replies, 1 MiB each (80 MiB, past the connection's 64 MiB
+/// hard inbound limit), arrive while no call waits, and while a consumer on another channel of
+/// the same connection waits (so reading goes on past the 16 MiB soft limit). The replies are
+/// dropped as they arrive (each with a warning naming its correlation id), not held for the
+/// reply consumer: that consumer still gets a message published after them, at once, and a
+/// new call gets its reply.
+#[test]
+fn late_replies_nobody_waits_for_do_not_stall_the_connection() {
+    const CALLS: usize = 80;
+    const REPLY_BYTES: usize = 1024 * 1024;
+    capture_warnings();
+    let (queue, _cleanup) = request_queue("rpc-late-flood");
+    let (other, _cleanup_other) = request_queue("rpc-late-flood-other");
+    let connection = connect();
+    let client = RpcClient::new(&connection).unwrap();
+    let consumer = connection
+        .channel()
+        .unwrap()
+        .consume(
+            &other,
+            ConsumeOptions {
+                auto_ack: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let (_, consumed) = iterate_on_a_thread(consumer);
+    let server_connection = connect();
+
+    within(HANG, "late replies past the inbound limit", move || {
+        // Nobody serves yet: every call times out, its request left in the queue.
+        let calls: Vec<_> = (0..CALLS)
+            .map(|i| {
+                let client = client.clone();
+                let queue = queue.clone();
+                thread::spawn(move || {
+                    call(
+                        &client,
+                        &queue,
+                        &format!("late {i}"),
+                        Duration::from_millis(300),
+                    )
+                })
+            })
+            .collect();
+        let ids: Vec<String> = calls
+            .into_iter()
+            .map(|c| request_id(&c.join().expect("a calling thread panicked").unwrap_err()))
+            .collect();
+
+        // Now each request is answered with 1 MiB.
+        let server = server_connection.channel().unwrap();
+        let body = vec![b'r'; REPLY_BYTES];
+        for _ in 0..CALLS {
+            let request = server
+                .basic_get(&queue, true)
+                .unwrap()
+                .expect("a request in the queue");
+            let reply = PublishOptions {
+                properties: BasicProperties::default().with_correlation_id(
+                    request
+                        .properties
+                        .correlation_id()
+                        .expect("a correlation id"),
+                ),
+                ..Default::default()
+            };
+            let reply_to = request.properties.reply_to().expect("a reply_to");
+            server
+                .basic_publish_with("", reply_to, &body, &reply)
+                .unwrap();
+        }
+        // The replies are on their way first; then a message for the other consumer.
+        thread::sleep(Duration::from_secs(1));
+        server
+            .basic_publish("", &other, b"behind the late replies")
+            .unwrap();
+
+        let started = Instant::now();
+        match consumed.recv_timeout(Duration::from_secs(5)) {
+            Ok(Some(Ok(Consumed::Delivery(d)))) => assert_eq!(d.body, b"behind the late replies"),
+            Ok(other) => panic!("the consumer on another channel got {other:?}"),
+            Err(_) => panic!(
+                "the consumer on another channel got nothing within 5 s: the late replies \
+                 stalled the connection"
+            ),
+        }
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "the message came after {took:?}"
+        );
+        assert!(
+            support::eventually(Duration::from_secs(10), || dropped_on_arrival(&ids)
+                == CALLS),
+            "{} of the {CALLS} late replies were dropped on arrival with a warning",
+            dropped_on_arrival(&ids)
+        );
+
+        let servers = servers(&server_connection, &queue, 1, 1);
+        let reply =
+            call(&client, &queue, "after the flood", Duration::from_secs(20)).expect("a reply");
+        assert_eq!(body_of(&reply), "echo:after the flood");
+        connection.close().unwrap();
+        drop(servers);
+        server_connection.close().unwrap();
+    });
 }
 
 // ---------------------------------------------------------------------------------------------

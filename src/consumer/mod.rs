@@ -345,7 +345,7 @@ impl Channel {
     }
 
     /// Removes the channel-queued, undispatched deliveries of one consumer.
-    fn take_queued(&self, consumer_tag: &str) -> Vec<Held> {
+    pub(crate) fn take_queued(&self, consumer_tag: &str) -> Vec<Held> {
         let mut st = self.core().lock();
         if !st
             .deliveries

@@ -26,6 +26,10 @@ pub(crate) const RETURNS_KEPT_BYTES: usize = 16 * 1024 * 1024;
 /// orphan matters only until the broker has seen its cancel, or until a consuming thread has
 /// routed what it took before the consumer went.
 pub(crate) const ORPHANS_KEPT: usize = 256;
+/// What the deliveries of an orphan pushed with [`ChanState::push_orphan`] are, as the
+/// router's log line calls them.
+pub(crate) const ORPHANED_DELIVERY: &str =
+    "a delivery for a consumer whose basic.consume or basic.cancel timed out";
 /// Broker cancels kept until the consumer loop sees them; a peer repeating them gains nothing.
 pub(crate) const CANCELS_KEPT: usize = 1_000;
 
@@ -153,9 +157,10 @@ pub(crate) struct ChanState {
     pub(crate) cancelled: Vec<String>,
     /// Consumers that are gone for us while the broker may still deliver to them (their
     /// basic.consume or basic.cancel timed out) or while a consuming thread still routes what
-    /// it took for them (cancelled meanwhile). Their deliveries are rejected with requeue
-    /// (manual ack) or reported lost (auto ack). `(tag, auto_ack)`, at most [`ORPHANS_KEPT`].
-    orphans: VecDeque<(String, bool)>,
+    /// it took for them (cancelled meanwhile), and `RpcClient` reply consumers while no call
+    /// waits. Their deliveries are rejected with requeue (manual ack) or dropped and reported
+    /// lost (auto ack). One entry per tag, at most [`ORPHANS_KEPT`].
+    orphans: VecDeque<Orphan>,
     /// Which deliveries are settled, and acks held for merging.
     pub(crate) acks: AckRun,
     /// A synchronous method is outstanding (AMQP allows one per channel); the next caller
@@ -163,6 +168,15 @@ pub(crate) struct ChanState {
     pub(crate) rpc_busy: bool,
     /// Callers waiting for `rpc_busy` to clear: the one that clears it nudges them.
     pub(crate) rpc_queued: usize,
+}
+
+/// A consumer tag whose deliveries belong to nobody (see [`ChanState::orphans`]).
+#[derive(Debug)]
+struct Orphan {
+    tag: String,
+    auto_ack: bool,
+    /// What its deliveries are, for the router's log line (e.g. [`ORPHANED_DELIVERY`]).
+    what: &'static str,
 }
 
 /// One channel as the connection knows it.
@@ -307,24 +321,49 @@ impl ChanState {
         Some(returned)
     }
 
-    /// Records a consumer that is gone for us (see `orphans`).
+    /// Records a consumer that is gone for us (see `orphans`): its deliveries are
+    /// [`ORPHANED_DELIVERY`].
     pub(crate) fn push_orphan(&mut self, consumer_tag: &str, auto_ack: bool) {
+        self.push_orphan_as(consumer_tag, auto_ack, ORPHANED_DELIVERY);
+    }
+
+    /// Records a consumer whose deliveries belong to nobody, saying what they are (`what`, a
+    /// noun phrase such as "a late RPC reply nobody waits for") for the router's log line.
+    /// Replaces an entry of the same tag.
+    pub(crate) fn push_orphan_as(
+        &mut self,
+        consumer_tag: &str,
+        auto_ack: bool,
+        what: &'static str,
+    ) {
+        self.forget_orphan(consumer_tag);
         if self.orphans.len() >= ORPHANS_KEPT {
             self.orphans.pop_front();
         }
-        self.orphans.push_back((consumer_tag.to_string(), auto_ack));
+        self.orphans.push_back(Orphan {
+            tag: consumer_tag.to_string(),
+            auto_ack,
+            what,
+        });
     }
 
-    /// A consumer starts with `consumer_tag`: deliveries for that tag are its from now on.
+    /// A consumer starts with `consumer_tag` (or an `RpcClient` call waits again): deliveries
+    /// for that tag are its from now on.
     pub(crate) fn forget_orphan(&mut self, consumer_tag: &str) {
-        self.orphans.retain(|(tag, _)| tag != consumer_tag);
+        self.orphans.retain(|o| o.tag != consumer_tag);
     }
 
     /// Whether deliveries for `consumer_tag` belong to nobody (see `orphans`); its ack mode.
     pub(crate) fn orphan(&self, consumer_tag: &str) -> Option<bool> {
+        self.orphan_as(consumer_tag).map(|(auto_ack, _)| auto_ack)
+    }
+
+    /// [`orphan`](Self::orphan), with what its deliveries are (see
+    /// [`push_orphan_as`](Self::push_orphan_as)).
+    pub(crate) fn orphan_as(&self, consumer_tag: &str) -> Option<(bool, &'static str)> {
         self.orphans
             .iter()
-            .find(|(tag, _)| tag == consumer_tag)
-            .map(|(_, auto_ack)| *auto_ack)
+            .find(|o| o.tag == consumer_tag)
+            .map(|o| (o.auto_ack, o.what))
     }
 }

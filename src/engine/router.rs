@@ -26,6 +26,7 @@ use crate::error::{Error, Result, CHANNEL_ERROR, COMMAND_INVALID, FRAME_ERROR};
 use crate::protocol::codec;
 use crate::protocol::content::{Assembly, Content, ContentMethod};
 use crate::protocol::methods::{Deliver, GetOk, Return};
+use crate::protocol::properties::BasicProperties;
 
 /// connection.blocked / unblocked events kept for the callbacks; older ones are dropped.
 pub(crate) const BLOCKED_EVENTS_KEPT: usize = 16;
@@ -161,9 +162,9 @@ impl Router {
         match method {
             ContentMethod::Deliver(method) => {
                 st.acks.delivered(method.delivery_tag);
-                if let Some(auto_ack) = st.orphan(method.consumer_tag.as_str()) {
+                if let Some(orphan) = st.orphan_as(method.consumer_tag.as_str()) {
                     drop(st);
-                    self.orphaned(core, channel, method.delivery_tag, auto_ack, &method);
+                    self.orphaned(core, channel, &method, &properties, body.len(), orphan);
                     return;
                 }
                 let delivery = Delivery::new(method, properties, body);
@@ -194,25 +195,30 @@ impl Router {
         self.changed = true;
     }
 
-    /// A delivery for a consumer whose basic.consume or basic.cancel timed out (nobody will
-    /// consume it): back to its queue, or, auto-acked, reported lost.
+    /// A delivery for an orphaned consumer (nobody will consume it: its basic.consume or
+    /// basic.cancel timed out, or it is an `RpcClient`'s while no call waits): back to its
+    /// queue, or, auto-acked, dropped and reported lost, as what the orphan says it is
+    /// (`(auto_ack, what)`, see `ChanState::push_orphan_as`).
     fn orphaned(
         &mut self,
         core: &Core,
         channel: u16,
-        delivery_tag: u64,
-        auto_ack: bool,
         method: &Deliver,
+        properties: &BasicProperties,
+        bytes: usize,
+        (auto_ack, what): (bool, &'static str),
     ) {
+        let delivery_tag = method.delivery_tag;
         if auto_ack {
             log::warn!(
-                "channel {channel}: delivery {delivery_tag} for consumer {} whose basic.consume \
-                 or basic.cancel timed out was auto-acked by the broker: it is lost",
-                method.consumer_tag
+                "channel {channel}: dropping {what} (delivery {delivery_tag}, consumer {}, \
+                 correlation id {:?}, {bytes} bytes): the broker auto-acked it, so it is lost",
+                method.consumer_tag,
+                properties.correlation_id()
             );
         } else {
             log::debug!(
-                "channel {channel}: requeueing delivery {delivery_tag} for timed-out consumer {}",
+                "channel {channel}: requeueing {what} (delivery {delivery_tag}, consumer {})",
                 method.consumer_tag
             );
             self.queue_reject(core, channel, delivery_tag);
