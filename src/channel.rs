@@ -5,7 +5,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::protocol::table;
 use amq_protocol::protocol::{basic, channel, exchange, queue, tx, AMQPClass};
 
 use crate::connection::Owner;
@@ -21,6 +20,7 @@ use crate::options::{
 use crate::protocol::ack_frames::Settle;
 use crate::protocol::codec::{self, short};
 use crate::protocol::publish_cache::PublishCache;
+use crate::protocol::table;
 
 /// A channel of a [`Connection`](crate::Connection): pika's `BlockingChannel`.
 ///
