@@ -411,3 +411,91 @@ fn a_consumer_callbacks_error_names_its_delivery_to_settle() {
     assert_eq!(*got.lock().unwrap(), vec![b"good".to_vec()]);
     assert_eq!(message_count(&connection, &queue), 0);
 }
+
+/// A cancel callback's error (the broker cancelled the consumer: its queue was deleted) ends
+/// `start_consuming` with that error as source.
+#[test]
+fn a_cancel_callbacks_error_ends_start_consuming() {
+    use std::error::Error as _;
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    channel
+        .basic_consume(
+            &queue,
+            |_ch, _method, _properties, _body| {},
+            Default::default(),
+        )
+        .unwrap();
+    channel.add_on_cancel_callback(|_ch, tag| {
+        Err(std::io::Error::other(format!("consumer {tag} is gone")))
+    });
+    let other = connection.channel().unwrap();
+    other.queue_delete(&queue, Default::default()).unwrap();
+    let err = channel.start_consuming().unwrap_err();
+    let source = err.source().map(ToString::to_string).unwrap_or_default();
+    assert!(
+        matches!(err, Error::Callback(_))
+            && source.starts_with("consumer ")
+            && source.ends_with(" is gone"),
+        "{err:?}"
+    );
+    assert!(channel.consumer_tags().is_empty());
+}
+
+/// `stop_consuming` from another thread while a callback runs: the callback finishes and acks
+/// its message, the messages the broker had sent ahead (prefetch 10) go back to the queue, and
+/// `start_consuming` returns `Ok`. What the examples do on Ctrl-C.
+#[test]
+fn stop_consuming_lets_the_running_callback_finish_and_requeues_the_rest() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    for i in 0..10 {
+        channel
+            .basic_publish("", &queue, format!("m{i}").as_bytes())
+            .unwrap();
+    }
+    channel
+        .basic_qos(QosOptions {
+            prefetch_count: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let handled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = handled.clone();
+    channel
+        .basic_consume(
+            &queue,
+            move |ch, method, _properties, _body| {
+                let _ = started_tx.send(());
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                ch.basic_ack(method.delivery_tag, false)
+            },
+            Default::default(),
+        )
+        .unwrap();
+    let stopper = channel.clone();
+    let stopping = std::thread::spawn(move || {
+        started_rx.recv().unwrap();
+        stopper.stop_consuming(None)
+    });
+    channel.start_consuming().unwrap();
+    stopping.join().unwrap().unwrap();
+    let handled = handled.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(handled, 1, "only the message in hand is handled");
+    // The one handled was acked; the other nine are ready again (none unacked).
+    let ready = channel
+        .queue_declare(
+            &queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .message_count;
+    assert_eq!(ready, 9);
+}

@@ -208,6 +208,40 @@ fn rust_rpc_direct_reply_to_with_python_rpc_server() {
     ));
 }
 
+/// `rpc::serve` as the server of the official `rpc_client.py` (pika, an exclusive callback
+/// queue): the Python client gets fib(30) with its correlation id, the request is acked, and
+/// `serve` returns `Ok` once its consumer is stopped.
+#[test]
+fn python_rpc_client_with_rpc_serve() {
+    let _serial = serialize();
+    prepare_queue(RPC_QUEUE);
+    let connection = connect();
+    let channel = connection.channel().expect("opening a channel");
+    let server = channel.clone();
+    let serving = thread::spawn(move || {
+        cottontail::rpc::serve(&server, RPC_QUEUE, |_properties, body| {
+            let n: u64 = std::str::from_utf8(body)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| cottontail::Error::InvalidArgument("not a number".into()))?;
+            let (mut a, mut b) = (0u64, 1u64);
+            for _ in 0..n {
+                (a, b) = (b, a + b);
+            }
+            Ok(a.to_string().into_bytes())
+        })
+    });
+    Running::start("Python rpc_client.py", python_script("rpc_client.py", &[]))
+        .finish()
+        .assert_printed(&[REQUESTING, GOT]);
+    assert_eq!(messages_in_queue(RPC_QUEUE), 0, "`rpc_queue` is not empty");
+    channel.stop_consuming(None).expect("stopping serve");
+    serving
+        .join()
+        .expect("the serving thread panicked")
+        .expect("serve ends with Ok once stopped");
+}
+
 /// 8 threads of `rpc_threads` share one `RpcClient` against the Python server: each thread's
 /// 3 requests get answers (the example checks each is its own fib(n) and fails otherwise),
 /// every request is answered once, and the queue is left empty.
