@@ -85,6 +85,59 @@ fn memory_alarm_blocks_then_unblocks_the_connection_with_callbacks() {
     connection.close().unwrap();
 }
 
+/// A blocked callback's error ends the `process_data_events` that ran it, with the original
+/// error as source; the connection goes on (and the unblocked callback still runs later).
+#[test]
+fn a_blocked_callbacks_error_ends_process_data_events() {
+    use std::error::Error as _;
+    let _turn = one_alarm_at_a_time();
+    let connection = connect();
+    connection.add_on_connection_blocked_callback(|_, reason| {
+        Err(std::io::Error::other(format!("blocked: {reason}")))
+    });
+    let unblocked = Arc::new(Mutex::new(false));
+    {
+        let unblocked = unblocked.clone();
+        connection.add_on_connection_unblocked_callback(move |_| {
+            *unblocked.lock().unwrap() = true;
+        });
+    }
+    let channel = connection.channel().unwrap();
+    let queue = support::exclusive_queue(&channel);
+    let _restore = RestoreWatermark;
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
+    channel
+        .basic_publish("", &queue, b"during the alarm")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match connection.process_data_events(Duration::from_millis(100)) {
+            Ok(()) if Instant::now() < deadline => {}
+            Ok(()) => panic!("no blocked callback error within 10 s"),
+            Err(e) => break e,
+        }
+    };
+    let source = err.source().map(ToString::to_string).unwrap_or_default();
+    assert!(
+        matches!(err, cottontail::Error::Callback(_))
+            && source.starts_with("blocked: low on memory"),
+        "{err:?}"
+    );
+    assert!(connection.is_open());
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !*unblocked.lock().unwrap() && Instant::now() < deadline {
+        connection
+            .process_data_events(Duration::from_millis(100))
+            .unwrap();
+    }
+    assert!(
+        *unblocked.lock().unwrap(),
+        "the unblocked callback still runs"
+    );
+    connection.close().unwrap();
+}
+
 #[test]
 fn blocked_connection_timeout_tears_down_the_connection_and_wakes_publishers() {
     let _turn = one_alarm_at_a_time();
