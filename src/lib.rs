@@ -369,6 +369,7 @@ mod options;
 mod params;
 mod protocol;
 mod publish;
+mod recovery;
 pub mod rpc;
 mod transport;
 
