@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use cottontail::{Connection, ConnectionParameters, PublishOptions};
 
+pub mod cluster;
 pub mod consuming;
 
 pub const HOST: &str = "127.0.0.1";
