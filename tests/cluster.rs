@@ -76,14 +76,10 @@ impl Drop for Revive<'_> {
 fn the_cluster_has_three_running_nodes() {
     let _serial = one_at_a_time();
     let cluster = Cluster::start();
-    for i in 0..3 {
+    for (i, node) in NODES.iter().enumerate() {
         let mut running = cluster.running_nodes(i);
         running.sort();
-        assert_eq!(
-            running, NODES,
-            "{} sees running nodes {running:?}",
-            NODES[i]
-        );
+        assert_eq!(running, NODES, "{node} sees running nodes {running:?}");
     }
 }
 
@@ -167,12 +163,11 @@ fn a_quorum_queue_survives_killing_node_1_and_node_1_comes_back() {
 
     cluster.restart_node(0);
     drop(revive);
-    for i in 0..3 {
+    for (i, node) in NODES.iter().enumerate() {
         assert_eq!(
             cluster.running_nodes(i).len(),
             3,
-            "{} after the restart",
-            NODES[i]
+            "{node} after the restart"
         );
     }
     let first = cluster.connect(0);
