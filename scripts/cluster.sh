@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A private 3-node RabbitMQ cluster on loopback for the cluster tests (issue 14):
-# ct1@localhost, ct2@localhost, ct3@localhost with AMQP on 127.0.0.1:5681-5683 and
-# Erlang distribution on 25681-25683, data and logs under $COTTONTAIL_CLUSTER_BASE
+# ct1@localhost, ct2@localhost, ct3@localhost with AMQP on 127.0.0.1:5691-5693 and
+# Erlang distribution on 25691-25693, data and logs under $COTTONTAIL_CLUSTER_BASE
 # (default /tmp/cottontail-cluster). Never touches the main test node rabbit@localhost.
 #
 #   cluster.sh start        start the 3 nodes and cluster ct2, ct3 with ct1 (idempotent: a
@@ -18,8 +18,8 @@ set -euo pipefail
 
 base="${COTTONTAIL_CLUSTER_BASE:-/tmp/cottontail-cluster}"
 nodes=(ct1 ct2 ct3)
-amqp_ports=(5681 5682 5683)
-dist_ports=(25681 25682 25683)
+amqp_ports=(5691 5692 5693)
+dist_ports=(25691 25692 25693)
 
 sudo=""
 if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
@@ -177,7 +177,8 @@ cmd_start() {
         echo "cluster: rabbitmq-server is not installed; run scripts/broker.sh first" >&2
         exit 1
     fi
-    if [ "$(running_count ct1)" = 3 ]; then
+    if [ "$(running_count ct1)" = 3 ] && listening "${amqp_ports[0]}" &&
+        listening "${amqp_ports[1]}" && listening "${amqp_ports[2]}"; then
         echo "cluster: already running"
         print_ports
         return 0

@@ -1,6 +1,8 @@
 //! A private 3-node RabbitMQ cluster for the cluster tests (groundwork for issue 14,
 //! automatic recovery): `ct1@localhost`, `ct2@localhost`, `ct3@localhost` with AMQP on
-//! 127.0.0.1:5681-5683, started and clustered by `scripts/cluster.sh start`. The main test
+//! 127.0.0.1:5691-5693 (Erlang distribution on 25691-25693), started and clustered by
+//! `scripts/cluster.sh start`. The ports stay clear of the TLS node of `tls_broker.rs`
+//! (5681, 5682, 25682), which may start while this cluster is still up. The main test
 //! node `rabbit@localhost` (port 5672) is never touched.
 //!
 //! Lifetime: [`Cluster::start`] runs `scripts/cluster.sh start` once per test process (a
@@ -25,7 +27,7 @@ use cottontail::{Connection, ConnectionParameters};
 /// The nodes' names, by index.
 pub const NODES: [&str; 3] = ["ct1@localhost", "ct2@localhost", "ct3@localhost"];
 /// The nodes' AMQP ports on 127.0.0.1, by index.
-pub const PORTS: [u16; 3] = [5681, 5682, 5683];
+pub const PORTS: [u16; 3] = [5691, 5692, 5693];
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh");
 
