@@ -271,7 +271,9 @@
 //! ([`CallbackError::is_panic`]), so it cannot kill the connection. Nothing else stops: the
 //! consumers stay registered, the channel open, a delivery whose callback failed stays
 //! unacked unless the callback acked it (the broker delivers it again once the channel
-//! closes), and the callbacks that were due after the failed one run at the next call. A
+//! closes; with a prefetch window, settle it first, by [`CallbackError::delivery_tag`], or it
+//! keeps a place in the window), and the callbacks that were due after the failed one run at
+//! the next call. A
 //! `consume()` iterator goes on after yielding a callback's error.
 //!
 //! ### Request/reply
