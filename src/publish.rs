@@ -95,7 +95,8 @@ impl Channel {
             properties,
             mandatory,
         } = options;
-        let Some(seq) = self.publish(exchange, routing_key, body, properties, *mandatory)? else {
+        let Some(seq) = self.publish(exchange, routing_key, body, properties, *mandatory, None)?
+        else {
             return Ok(());
         };
         let timeout = self.rpc_timeout();
@@ -160,29 +161,17 @@ impl Channel {
                 body,
                 &options.properties,
                 options.mandatory,
+                None,
             )?
             .unwrap_or(0))
     }
 
     /// Queues one publish; returns its sequence number in confirm mode. Waits for room in the
-    /// outbound buffer at most the RPC timeout, and while the broker blocks the connection
-    /// until it unblocks it (or `blocked_connection_timeout` ends the connection).
-    fn publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: &BasicProperties,
-        mandatory: bool,
-    ) -> Result<Option<u64>> {
-        self.publish_until(exchange, routing_key, body, properties, mandatory, None)
-    }
-
-    /// [`publish`](Self::publish) with a deadline of the caller's own (`RpcClient::call`'s):
-    /// waits for room in the outbound buffer, and while the broker blocks the connection, at
-    /// most until `deadline`, then returns [`Error::Timeout`] with nothing queued. `None` is
-    /// `publish`'s behaviour.
-    pub(crate) fn publish_until(
+    /// outbound buffer until `deadline` (`None`: at most the RPC timeout), and while the broker
+    /// blocks the connection until `deadline` (`None`: until it unblocks it, or
+    /// `blocked_connection_timeout` ends the connection); past `deadline` it returns
+    /// [`Error::Timeout`] with nothing queued. Only `RpcClient::call` gives a deadline.
+    pub(crate) fn publish(
         &self,
         exchange: &str,
         routing_key: &str,

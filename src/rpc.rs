@@ -246,7 +246,7 @@ impl RpcClient {
         let published =
             inner
                 .channel
-                .publish_until(exchange, routing_key, body, &properties, false, deadline);
+                .publish(exchange, routing_key, body, &properties, false, deadline);
         if let Err(e) = published {
             inner.leave(&mut inner.lock(), &id);
             return Err(match e {

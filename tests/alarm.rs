@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cottontail::PublishOptions;
-use support::{connect, rabbitmqctl};
+use support::{broker_counts, connect, rabbitmqctl};
 
 /// The alarm is broker-wide: the tests of this file take turns.
 static ALARM: Mutex<()> = Mutex::new(());
@@ -25,6 +25,15 @@ impl Drop for RestoreWatermark {
     fn drop(&mut self) {
         rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
     }
+}
+
+/// Waits up to 10 s for `connection.is_blocked()` to become `blocked`; returns whether it did.
+fn blocked_within_10_s(connection: &cottontail::Connection, blocked: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connection.is_blocked() != blocked && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    connection.is_blocked() == blocked
 }
 
 #[test]
@@ -184,11 +193,7 @@ fn close_returns_within_its_deadline_while_the_broker_blocks() {
     channel
         .basic_publish("", &queue, b"during the alarm")
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !connection.is_blocked() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(connection.is_blocked());
+    assert!(blocked_within_10_s(&connection, true));
     let started = Instant::now();
     let result = connection.close();
     assert!(
@@ -223,11 +228,10 @@ fn an_rpc_call_returns_at_its_deadline_while_the_broker_blocks_the_connection() 
     channel
         .basic_publish("", &queue, b"during the alarm")
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !connection.is_blocked() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(connection.is_blocked(), "no connection.blocked within 10 s");
+    assert!(
+        blocked_within_10_s(&connection, true),
+        "no connection.blocked within 10 s"
+    );
     let timeout = Duration::from_secs(1);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -256,10 +260,7 @@ fn an_rpc_call_returns_at_its_deadline_while_the_broker_blocks_the_connection() 
     );
     assert!(connection.is_blocked());
     drop(_restore);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while connection.is_blocked() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    blocked_within_10_s(&connection, false);
     connection.close().unwrap();
 }
 
@@ -345,21 +346,6 @@ fn republish_on_a_thread(
         let _ = tx.send(consuming.start_consuming());
     });
     (republished, rx)
-}
-
-/// The ready and unacknowledged counts of `queue` as the broker lists them.
-fn broker_counts(queue: &str) -> Option<(usize, usize)> {
-    let out = rabbitmqctl(&[
-        "list_queues",
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-    ]);
-    let line = out
-        .lines()
-        .find(|line| line.split('\t').next() == Some(queue))?;
-    let mut counts = line.split('\t').skip(1).map(|n| n.trim().parse().ok());
-    Some((counts.next()??, counts.next()??))
 }
 
 /// A consumer (manual ack, no prefetch limit) on a queue holding 40 MiB republishes every

@@ -9,6 +9,7 @@ use cottontail::{
     BasicProperties, Error, ExchangeDeclareOptions, ExchangeType, FieldTable, FieldValue,
     NackOptions, PublishOptions, QosOptions, QueueBindOptions, QueueDeclareOptions, RejectOptions,
 };
+use support::consuming::passive;
 use support::{connect, exclusive_queue, message_count, unique};
 
 #[test]
@@ -196,15 +197,7 @@ fn a_channel_knows_its_connection() {
     assert_ne!(second.channel_number(), channel.channel_number());
     let queue = exclusive_queue(&second);
     // The exclusive queue belongs to the connection both channels share.
-    channel
-        .queue_declare(
-            &queue,
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    channel.queue_declare(&queue, passive()).unwrap();
     same.close().unwrap();
     assert!(connection.is_closed());
 }
@@ -487,15 +480,5 @@ fn stop_consuming_lets_the_running_callback_finish_and_requeues_the_rest() {
     let handled = handled.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(handled, 1, "only the message in hand is handled");
     // The one handled was acked; the other nine are ready again (none unacked).
-    let ready = channel
-        .queue_declare(
-            &queue,
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .message_count;
-    assert_eq!(ready, 9);
+    assert_eq!(message_count(&connection, &queue), 9);
 }

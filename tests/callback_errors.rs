@@ -17,7 +17,7 @@ use cottontail::{
     QueueDeclareOptions,
 };
 use support::consuming::{passive, publish, settle, start_consuming_on_a_thread, Cleanup};
-use support::{connect, eventually, rabbitmqctl, unique, within};
+use support::{broker_counts, connect, eventually, unique, within};
 
 /// An application's own error type.
 #[derive(Debug, PartialEq)]
@@ -53,22 +53,6 @@ fn declare(channel: &Channel, prefix: &str, cleanup: &mut Cleanup) -> String {
         .unwrap();
     cleanup.0.push(queue.clone());
     queue
-}
-
-/// The broker's counts for `queue`: (ready, unacknowledged), as `rabbitmqctl` reports them.
-fn broker_counts(queue: &str) -> (u64, u64) {
-    let out = rabbitmqctl(&[
-        "list_queues",
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-    ]);
-    let line = out
-        .lines()
-        .find(|l| l.split('\t').next() == Some(queue))
-        .unwrap_or_else(|| panic!("rabbitmqctl does not list {queue}: {out}"));
-    let mut fields = line.split('\t').skip(1).map(|f| f.trim().parse().unwrap());
-    (fields.next().unwrap(), fields.next().unwrap())
 }
 
 /// Runs `start_consuming` (on a thread of its own, so that a callback error that does not end
@@ -112,7 +96,8 @@ fn assert_unacked_then_redelivered(
         "the message came back to the failed consumer"
     );
     assert!(
-        eventually(Duration::from_secs(5), || broker_counts(queue) == (0, 1)),
+        eventually(Duration::from_secs(5), || broker_counts(queue)
+            == Some((0, 1))),
         "the broker should hold the message unacked after the failed callback: \
          (ready, unacked) = {:?}",
         broker_counts(queue)
@@ -141,7 +126,8 @@ fn assert_unacked_then_redelivered(
     }
     consumer.cancel().unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || broker_counts(queue) == (0, 0)),
+        eventually(Duration::from_secs(5), || broker_counts(queue)
+            == Some((0, 0))),
         "acked by the next consumer: {:?}",
         broker_counts(queue)
     );
@@ -543,7 +529,7 @@ fn stop_consuming_with_a_tag_cancels_only_that_consumer_and_none_cancels_all() {
     );
     assert!(
         eventually(Duration::from_secs(5), || broker_counts(&queues[0])
-            == (1, 0)),
+            == Some((1, 0))),
         "the cancelled consumer's queue keeps its message: {:?}",
         broker_counts(&queues[0])
     );

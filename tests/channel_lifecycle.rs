@@ -20,23 +20,9 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{basic, AMQPClass};
-use cottontail::{BasicConsumeOptions, Connection, Error, QueueDeclareOptions};
-use support::consuming::{passive, Cleanup};
+use cottontail::{BasicConsumeOptions, Connection, Error};
+use support::consuming::{named_queue, passive, Cleanup};
 use support::{connect, eventually, panic_text, unique, within};
-
-/// Declares a plain (non-exclusive) queue named after `prefix`, deleted when `cleanup` drops.
-fn test_queue(cleanup: &mut Cleanup, prefix: &str) -> String {
-    let queue = unique(prefix);
-    let connection = connect();
-    connection
-        .channel()
-        .unwrap()
-        .queue_declare(&queue, QueueDeclareOptions::default())
-        .unwrap();
-    connection.close().unwrap();
-    cleanup.0.push(queue.clone());
-    queue
-}
 
 /// Ready messages in `queue`, seen from a separate connection.
 fn ready_in(queue: &str) -> u32 {
@@ -62,7 +48,7 @@ fn ready_in(queue: &str) -> u32 {
 fn closing_a_channel_the_broker_is_closing_returns_ok_and_the_next_channel_works_2000_times() {
     const ROUNDS: usize = 2000;
     let mut cleanup = Cleanup(Vec::new());
-    let queue = test_queue(&mut cleanup, "crossed-close");
+    let queue = named_queue(&mut cleanup, "crossed-close");
     let missing = unique("no-such-exchange");
     let result = within(Duration::from_secs(60), "the 2,000 rounds", move || {
         let connection = connect();
@@ -100,7 +86,7 @@ fn channel_number_opened_again_after_a_crossed_close_opens_and_works() {
     /// How long the number may stay taken after `close()` returned.
     const NUMBER_HELD_AT_MOST: Duration = Duration::from_secs(2);
     let mut cleanup = Cleanup(Vec::new());
-    let queue = test_queue(&mut cleanup, "same-number");
+    let queue = named_queue(&mut cleanup, "same-number");
     let missing = unique("no-such-exchange");
     let result = within(Duration::from_secs(60), "the 500 rounds", move || {
         let connection = connect();
@@ -155,7 +141,7 @@ fn channel_number_opened_again_after_a_crossed_close_opens_and_works() {
 #[test]
 fn closing_a_channel_the_broker_already_closed_returns_ok_and_a_new_channel_works() {
     let mut cleanup = Cleanup(Vec::new());
-    let queue = test_queue(&mut cleanup, "closed-first");
+    let queue = named_queue(&mut cleanup, "closed-first");
     let missing = unique("no-such-exchange");
     within(Duration::from_secs(20), "the scenario", move || {
         let connection = connect();
@@ -189,7 +175,7 @@ fn closing_a_channel_the_broker_already_closed_returns_ok_and_a_new_channel_work
 #[test]
 fn consumer_callback_that_panicked_once_still_gets_the_next_deliveries() {
     let mut cleanup = Cleanup(Vec::new());
-    let queue = test_queue(&mut cleanup, "panicking-callback");
+    let queue = named_queue(&mut cleanup, "panicking-callback");
     let connection = connect();
     let channel = connection.channel().unwrap();
     support::publish_numbered(&channel, &queue, 1..4);

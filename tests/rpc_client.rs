@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use cottontail::{
     rpc, BasicConsumeOptions, BasicProperties, CallOptions, Channel, Connection, ConsumeOptions,
-    Consumed, Delivery, Error, FieldTable, PublishOptions, QueueDeclareOptions, RpcClient,
+    Consumed, Delivery, Error, FieldTable, PublishOptions, RpcClient,
 };
-use support::consuming::{iterate_on_a_thread, passive, Cleanup};
+use support::consuming::{iterate_on_a_thread, named_queue, passive, Cleanup};
 use support::{connect, params, unique, within};
 
 /// How much later than its deadline a call may return on a loaded machine.
@@ -44,15 +44,9 @@ fn _assert_shareable() {
 
 /// Declares a queue named for this test, deleted when the returned guard goes.
 fn request_queue(prefix: &str) -> (String, Cleanup) {
-    let queue = unique(prefix);
-    let connection = connect();
-    connection
-        .channel()
-        .unwrap()
-        .queue_declare(&queue, QueueDeclareOptions::default())
-        .unwrap();
-    connection.close().unwrap();
-    (queue.clone(), Cleanup(vec![queue]))
+    let mut cleanup = Cleanup::default();
+    let queue = named_queue(&mut cleanup, prefix);
+    (queue, cleanup)
 }
 
 /// `rpc::serve` on a channel of its own, on a thread of its own: answers `echo:<body>`, after

@@ -80,7 +80,23 @@ pub fn nudge(connection: &Connection, consumer_thread: ThreadId) {
 }
 
 /// Deletes the test's named queues when it ends, even when it fails.
+#[derive(Default)]
 pub struct Cleanup(pub Vec<String>);
+
+/// Declares a plain (non-exclusive) queue named after `prefix` on a connection of its own,
+/// deleted when `cleanup` drops.
+pub fn named_queue(cleanup: &mut Cleanup, prefix: &str) -> String {
+    let queue = super::unique(prefix);
+    let connection = super::connect();
+    connection
+        .channel()
+        .unwrap()
+        .queue_declare(&queue, QueueDeclareOptions::default())
+        .unwrap();
+    connection.close().unwrap();
+    cleanup.0.push(queue.clone());
+    queue
+}
 
 impl Drop for Cleanup {
     fn drop(&mut self) {

@@ -175,3 +175,18 @@ pub fn message_count(connection: &Connection, queue: &str) -> u32 {
     channel.close().unwrap();
     ok.message_count
 }
+
+/// The ready and unacknowledged counts of `queue` as the broker lists them.
+pub fn broker_counts(queue: &str) -> Option<(usize, usize)> {
+    let out = rabbitmqctl(&[
+        "list_queues",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+    ]);
+    let line = out
+        .lines()
+        .find(|line| line.split('\t').next() == Some(queue))?;
+    let mut counts = line.split('\t').skip(1).map(|n| n.trim().parse().ok());
+    Some((counts.next()??, counts.next()??))
+}
