@@ -315,6 +315,15 @@ fn rpc_call(ch: &Channel, st: &mut Rpc, reply_to: &str) -> Result<()> {
     ch.basic_publish_with("", "rpc_queue", &BODY64, &options)
 }
 
+/// A server-named exclusive queue on `ch`.
+fn exclusive_queue(ch: &Channel) -> Result<String> {
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    Ok(ch.queue_declare("", exclusive)?.queue)
+}
+
 /// S4 client: 200 warm-up calls then `n` sequential calls, each waiting for its reply on an
 /// exclusive server-named queue. The reply callback (inside `start_consuming`, whose thread
 /// reads the socket itself while it waits) drives the sequence: it records the call's latency
@@ -322,15 +331,7 @@ fn rpc_call(ch: &Channel, st: &mut Rpc, reply_to: &str) -> Result<()> {
 fn s4client(n: usize, warmup: usize) -> Result<String> {
     let c = connect()?;
     let ch = c.channel()?;
-    let cbq = ch
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-        )?
-        .queue;
+    let cbq = exclusive_queue(&ch)?;
     let reply_to = cbq.clone();
     let total = warmup + n;
     let state = Arc::new(Mutex::new(Rpc {
@@ -539,15 +540,7 @@ fn idle(secs: u64, consuming: bool) -> Result<String> {
     let ch = c.channel()?;
     if consuming {
         let consumer = c.channel()?;
-        let queue = consumer
-            .queue_declare(
-                "",
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..Default::default()
-                },
-            )?
-            .queue;
+        let queue = exclusive_queue(&consumer)?;
         let iterator = consumer.consume(&queue, Default::default())?;
         std::thread::spawn(move || {
             for item in iterator {
