@@ -11,7 +11,7 @@ use crate::connection::Owner;
 use crate::consumer::{CancelCallback, ConsumerEntry, ReturnCallback};
 use crate::delivery::GetMessage;
 use crate::engine::chan::{ChanState, ChannelCore, Life, Reply, Stale};
-use crate::engine::{deadline_after, with_scratch};
+use crate::engine::{deadline_after, with_scratch, Core};
 use crate::error::{Error, Result};
 use crate::options::{
     ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, NackOptions, QosOptions,
@@ -21,6 +21,7 @@ use crate::protocol::ack_frames::Settle;
 use crate::protocol::codec::{self, short};
 use crate::protocol::publish_cache::PublishCache;
 use crate::protocol::table;
+use crate::recovery::topology::{ExchangeBinding, QueueBinding};
 
 /// A channel of a [`Connection`](crate::Connection): pika's `BlockingChannel`.
 ///
@@ -49,6 +50,18 @@ pub(crate) struct ChannelHandle {
     pub(crate) publish_cache: Mutex<PublishCache>,
     /// A thread is inside `start_consuming` (or iterating `consume()`) on this channel.
     pub(crate) consuming: AtomicBool,
+    /// What a recovery sets again on the new channel (see `recovery`).
+    pub(crate) settings: Mutex<ChannelSettings>,
+}
+
+/// A channel's settings as the broker confirmed them, for a recovery to set again (confirm
+/// mode is the channel state's `confirms`).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ChannelSettings {
+    /// The last basic.qos with `global_qos` false and with it true.
+    pub(crate) qos: [Option<QosOptions>; 2],
+    /// tx.select was confirmed.
+    pub(crate) tx: bool,
 }
 
 /// Return and cancel callbacks of a channel.
@@ -88,7 +101,7 @@ fn begin_close(
     }));
     let sent = with_scratch(|buf| {
         codec::encode_method(buf, core.id, method)?;
-        owner.core.send_on_if(core, buf, None, None, |st| {
+        owner.core().send_on_if(core, buf, None, None, |st| {
             if !matches!(st.life, Life::Open) {
                 return Ok(None);
             }
@@ -110,12 +123,57 @@ fn begin_close(
     }
 }
 
+/// Queues the encoded synchronous method `frame` on `conn` for channel `core`, within
+/// `deadline`, and marks its reply awaited; `on_send` (taken, if still there) runs under the
+/// channel's lock as it is queued. Refused (nothing queued) when the channel is not open.
+pub(crate) fn send_request(
+    conn: &Core,
+    core: &ChannelCore,
+    frame: &[u8],
+    deadline: Option<Instant>,
+    on_send: &mut Option<impl FnOnce(&mut ChanState)>,
+) -> Result<()> {
+    conn.send_on(core, frame, None, deadline, |st| {
+        ensure_open(st)?;
+        st.awaiting = true;
+        st.reply = None;
+        if let Some(on_send) = on_send.take() {
+            on_send(st);
+        }
+        Ok(())
+    })
+}
+
+/// Waits for the reply of the method [`send_request`] queued, at most until `deadline`
+/// (`timeout` from the start, for the error). `stale` says what to do with the reply if it
+/// comes after the deadline.
+pub(crate) fn await_reply(
+    conn: &Core,
+    core: &ChannelCore,
+    deadline: Option<Instant>,
+    timeout: Duration,
+    what: &str,
+    stale: Stale,
+) -> Result<Reply> {
+    conn.wait_on(
+        core,
+        deadline,
+        |st| st.reply.take(),
+        |st| {
+            // The reply may still come: it is dealt with then (dropped, or a get-ok
+            // requeued), not taken for the next request's.
+            st.awaiting = false;
+            st.stale.push_back(stale);
+            Error::timeout(format!("waiting for the reply to {what}"), timeout)
+        },
+    )
+}
+
 /// Refuses a channel that is closed or closing.
 pub(crate) fn ensure_open(st: &ChanState) -> Result<()> {
     match &st.life {
         Life::Open => Ok(()),
-        Life::Closing(e) => Err(e.clone()),
-        Life::Closed(e) => Err(e.clone()),
+        Life::Closing(e) | Life::Closed(e) | Life::Lost(e) => Err(e.clone()),
     }
 }
 
@@ -128,6 +186,7 @@ impl Channel {
             callbacks: Mutex::new(ChannelCallbacks::default()),
             publish_cache: Mutex::new(PublishCache::default()),
             consuming: AtomicBool::new(false),
+            settings: Mutex::default(),
         });
         inner.owner.register_channel(&inner);
         Channel { inner }
@@ -138,7 +197,7 @@ impl Channel {
     }
 
     pub(crate) fn rpc_timeout(&self) -> Duration {
-        self.inner.owner.core.params.rpc_timeout
+        self.inner.owner.core().params.rpc_timeout
     }
 
     pub(crate) fn lock_consumers(&self) -> MutexGuard<'_, BTreeMap<String, ConsumerEntry>> {
@@ -151,6 +210,13 @@ impl Channel {
     pub(crate) fn lock_callbacks(&self) -> MutexGuard<'_, ChannelCallbacks> {
         self.inner
             .callbacks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn lock_settings(&self) -> MutexGuard<'_, ChannelSettings> {
+        self.inner
+            .settings
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
@@ -194,32 +260,32 @@ impl Channel {
         let core = self.core();
         let timeout = self.rpc_timeout();
         let deadline = deadline_after(timeout);
-        let _turn = self.rpc_turn(what, deadline)?;
-        with_scratch(|buf| {
+        let mut on_send = Some(on_send);
+        let (conn, _turn) = with_scratch(|buf| {
             codec::encode_method(buf, core.id, method)?;
-            self.inner
-                .owner
-                .core
-                .send_on(core, buf, None, deadline, |st| {
-                    ensure_open(st)?;
-                    st.awaiting = true;
-                    st.reply = None;
-                    on_send(st);
-                    Ok(())
-                })
+            loop {
+                let conn = self.inner.owner.ready_core(|| deadline)?;
+                let turn = self.rpc_turn(&conn, what, deadline)?;
+                match send_request(&conn, core, buf, deadline, &mut on_send) {
+                    Ok(()) => return Ok((conn, turn)),
+                    // Nothing was sent: wait for the recovery, then send on the new connection.
+                    Err(_) if self.lost() => continue,
+                    Err(e) => return Err(e),
+                }
+            }
         })?;
-        self.inner.owner.core.wait_on(
-            core,
-            deadline,
-            |st| st.reply.take(),
-            |st| {
-                // The reply may still come: it is dealt with then (dropped, or a get-ok
-                // requeued), not taken for the next request's.
-                st.awaiting = false;
-                st.stale.push_back(stale);
-                Error::timeout(format!("waiting for the reply to {what}"), timeout)
-            },
-        )
+        await_reply(&conn, core, deadline, timeout, what, stale)
+    }
+
+    /// True while the channel waits for the connection's recovery (its calls wait for it
+    /// rather than fail).
+    pub(crate) fn lost(&self) -> bool {
+        self.inner
+            .owner
+            .recovery
+            .as_ref()
+            .is_some_and(|r| r.closed_error().is_none())
+            && matches!(self.core().lock().life, Life::Lost(_))
     }
 
     /// Sends a method that has no reply (nowait), without taking the channel's turn at
@@ -230,14 +296,19 @@ impl Channel {
             codec::encode_method(buf, core.id, method)?;
             self.inner
                 .owner
-                .core
+                .core()
                 .send_on(core, buf, None, None, |st| ensure_open(st))
         })
     }
 
     /// Waits for the channel's turn at a synchronous method (AMQP allows one outstanding per
     /// channel), at most until `deadline`.
-    fn rpc_turn(&self, what: &str, deadline: Option<Instant>) -> Result<RpcTurn<'_>> {
+    fn rpc_turn(
+        &self,
+        conn: &Core,
+        what: &str,
+        deadline: Option<Instant>,
+    ) -> Result<RpcTurn<'_>> {
         let core = self.core();
         {
             let mut st = core.lock();
@@ -247,7 +318,7 @@ impl Channel {
             }
             st.rpc_queued += 1;
         }
-        let got = self.inner.owner.core.wait_until(deadline, || {
+        let got = conn.wait_until(deadline, || {
             let mut st = core.lock();
             if let Some(e) = st.closed_error() {
                 return Some(Err(e));
@@ -281,10 +352,24 @@ impl Channel {
         let core = self.core();
         let timeout = self.rpc_timeout();
         let deadline = deadline_after(timeout);
-        if core.lock().closed_error().is_some() {
-            return Ok(());
+        {
+            let mut st = core.lock();
+            if let Life::Lost(_) = st.life {
+                // The recovery will not open it again; its broker side went with the
+                // connection.
+                st.life = Life::Closed(Error::ChannelClosedByClient {
+                    reply_code,
+                    reply_text: reply_text.to_owned(),
+                });
+                self.inner.owner.record(|t| t.channel_closed(core.id));
+                return Ok(());
+            }
+            if st.closed_error().is_some() {
+                return Ok(());
+            }
         }
-        let _turn = match self.rpc_turn("channel.close", deadline) {
+        let conn = self.inner.owner.core();
+        let _turn = match self.rpc_turn(&conn, "channel.close", deadline) {
             Ok(turn) => turn,
             Err(e) if core.lock().closed_error().is_some() => {
                 log::debug!("channel {} closed while waiting to close it: {e}", core.id);
@@ -293,7 +378,8 @@ impl Channel {
             Err(e) => return Err(e),
         };
         begin_close(&self.inner.owner, core, reply_code, reply_text)?;
-        self.inner.owner.core.wait_on(
+        self.inner.owner.record(|t| t.channel_closed(core.id));
+        conn.wait_on(
             core,
             deadline,
             |st| matches!(st.life, Life::Closed(_)).then_some(()),
@@ -328,6 +414,10 @@ impl Channel {
         }));
         match self.rpc(method, "queue.declare")? {
             Reply::Method(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))) => {
+                let name = ok.queue.as_str();
+                self.inner
+                    .owner
+                    .record(|t| t.queue_declared(queue, name, &options));
                 Ok(QueueDeclareOk {
                     queue: ok.queue.to_string(),
                     message_count: ok.message_count,
@@ -348,6 +438,7 @@ impl Channel {
         }));
         match self.rpc(method, "queue.delete")? {
             Reply::Method(AMQPClass::Queue(queue::AMQPMethod::DeleteOk(ok))) => {
+                self.inner.owner.record(|t| t.queue_deleted(queue));
                 Ok(ok.message_count)
             }
             other => Err(unexpected("queue.delete", other)),
@@ -378,7 +469,12 @@ impl Channel {
             arguments: table::to_wire(&options.arguments)?,
         }));
         match self.rpc(method, "queue.bind")? {
-            Reply::Method(AMQPClass::Queue(queue::AMQPMethod::BindOk(_))) => Ok(()),
+            Reply::Method(AMQPClass::Queue(queue::AMQPMethod::BindOk(_))) => {
+                self.inner
+                    .owner
+                    .record(|t| t.queue_bound(queue_binding(queue, exchange, routing_key, &options)));
+                Ok(())
+            }
             other => Err(unexpected("queue.bind", other)),
         }
     }
@@ -396,7 +492,12 @@ impl Channel {
             arguments: table::to_wire(&options.arguments)?,
         }));
         match self.rpc(method, "exchange.declare")? {
-            Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(_))) => Ok(()),
+            Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(_))) => {
+                self.inner
+                    .owner
+                    .record(|t| t.exchange_declared(exchange, &options));
+                Ok(())
+            }
             other => Err(unexpected("exchange.declare", other)),
         }
     }
@@ -410,7 +511,10 @@ impl Channel {
             nowait: false,
         }));
         match self.rpc(method, "exchange.delete")? {
-            Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(_))) => Ok(()),
+            Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(_))) => {
+                self.inner.owner.record(|t| t.exchange_deleted(exchange));
+                Ok(())
+            }
             other => Err(unexpected("exchange.delete", other)),
         }
     }
@@ -431,7 +535,16 @@ impl Channel {
             arguments: table::to_wire(&options.arguments)?,
         }));
         match self.rpc(method, "exchange.bind")? {
-            Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::BindOk(_))) => Ok(()),
+            Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::BindOk(_))) => {
+                self.inner.owner.record(|t| {
+                    t.exchange_bound(ExchangeBinding {
+                        destination: destination.to_owned(),
+                        source: source.to_owned(),
+                        options,
+                    })
+                });
+                Ok(())
+            }
             other => Err(unexpected("exchange.bind", other)),
         }
     }
@@ -452,7 +565,16 @@ impl Channel {
             arguments: table::to_wire(&options.arguments)?,
         }));
         match self.rpc(method, "exchange.unbind")? {
-            Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(_))) => Ok(()),
+            Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(_))) => {
+                self.inner.owner.record(|t| {
+                    t.exchange_unbound(&ExchangeBinding {
+                        destination: destination.to_owned(),
+                        source: source.to_owned(),
+                        options,
+                    })
+                });
+                Ok(())
+            }
             other => Err(unexpected("exchange.unbind", other)),
         }
     }
@@ -474,7 +596,12 @@ impl Channel {
             arguments: table::to_wire(&options.arguments)?,
         }));
         match self.rpc(method, "queue.unbind")? {
-            Reply::Method(AMQPClass::Queue(queue::AMQPMethod::UnbindOk(_))) => Ok(()),
+            Reply::Method(AMQPClass::Queue(queue::AMQPMethod::UnbindOk(_))) => {
+                self.inner.owner.record(|t| {
+                    t.queue_unbound(&queue_binding(queue, exchange, routing_key, &options))
+                });
+                Ok(())
+            }
             other => Err(unexpected("queue.unbind", other)),
         }
     }
@@ -517,7 +644,10 @@ impl Channel {
             Stale::Method,
             |st| st.acks.stop_merging(),
         )? {
-            Reply::Method(AMQPClass::Tx(tx::AMQPMethod::SelectOk(_))) => Ok(()),
+            Reply::Method(AMQPClass::Tx(tx::AMQPMethod::SelectOk(_))) => {
+                self.lock_settings().tx = true;
+                Ok(())
+            }
             other => Err(unexpected("tx.select", other)),
         }
     }
@@ -577,7 +707,10 @@ impl Channel {
         match self.rpc_with(method, "basic.qos", Stale::Method, |st| {
             st.acks.set_prefetch(prefetch_count)
         })? {
-            Reply::Method(AMQPClass::Basic(basic::AMQPMethod::QosOk(_))) => Ok(()),
+            Reply::Method(AMQPClass::Basic(basic::AMQPMethod::QosOk(_))) => {
+                self.lock_settings().qos[usize::from(global_qos)] = Some(options);
+                Ok(())
+            }
             other => Err(unexpected("basic.qos", other)),
         }
     }
@@ -633,8 +766,23 @@ impl Channel {
     fn settle(&self, settle: Settle, delivery_tag: u64) -> Result<()> {
         self.inner
             .owner
-            .core
+            .core()
             .settle_on(self.core(), settle, delivery_tag, None, ensure_open)
+    }
+}
+
+/// A queue binding as the topology records it.
+fn queue_binding(
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+    options: &QueueBindOptions,
+) -> QueueBinding {
+    QueueBinding {
+        queue: queue.to_owned(),
+        exchange: exchange.to_owned(),
+        routing_key: routing_key.to_owned(),
+        arguments: options.arguments.clone(),
     }
 }
 
@@ -660,7 +808,7 @@ impl Drop for RpcTurn<'_> {
         let queued = st.rpc_queued > 0;
         drop(st);
         if queued {
-            self.0.inner.owner.core.nudge();
+            self.0.inner.owner.core().nudge();
         }
     }
 }

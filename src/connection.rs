@@ -10,6 +10,7 @@ use crate::engine::Core;
 use crate::error::{Error, Result};
 use crate::params::ConnectionParameters;
 use crate::protocol::table::{FieldTable, FieldValue};
+use crate::recovery::Recovery;
 
 /// A connection to RabbitMQ: pika's `BlockingConnection`.
 ///
@@ -38,26 +39,46 @@ pub type BlockingConnection = Connection;
 
 /// Shared by every handle of a connection; closes the connection when the last one goes.
 pub(crate) struct Owner {
-    pub(crate) core: Arc<Core>,
+    /// The engine in use: the same one for the connection's life, unless recovery replaces a
+    /// lost one (see `recovery`, which owns every change of it). Read with `core()`.
+    pub(crate) current: std::sync::RwLock<Arc<Core>>,
     pub(crate) dispatch: std::sync::Mutex<crate::events::Dispatch>,
+    /// With a recovery policy: the recovery's state and recorded topology.
+    pub(crate) recovery: Option<Arc<Recovery>>,
 }
 
 impl std::fmt::Debug for Owner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let core = self.core();
         f.debug_struct("Connection")
-            .field("host", &self.core.params.host)
-            .field("port", &self.core.params.port)
-            .field("virtual_host", &self.core.params.virtual_host)
+            .field("host", &core.params.host)
+            .field("port", &core.params.port)
+            .field("virtual_host", &core.params.virtual_host)
             .finish_non_exhaustive()
     }
 }
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        let timeout = self.core.params.rpc_timeout;
-        if let Err(e) = self.core.close(200, "Normal shutdown", timeout) {
+        if let Err(e) = self.close(200, "Normal shutdown") {
             log::warn!("closing the connection on drop: {e}");
         }
+    }
+}
+
+impl Owner {
+    /// Closes the connection for good: stops a recovery, then closes the current engine.
+    fn close(&self, reply_code: u16, reply_text: &str) -> Result<()> {
+        let core = self.core();
+        if let Some(recovery) = &self.recovery {
+            let error = Error::ConnectionClosedByClient {
+                reply_code,
+                reply_text: reply_text.to_owned(),
+            };
+            recovery.close(error.clone());
+            self.close_lost_channels(&error);
+        }
+        core.close(reply_code, reply_text, core.params.rpc_timeout)
     }
 }
 
@@ -76,18 +97,32 @@ impl Connection {
         for params in &list {
             params.validate()?;
         }
+        let recovery = list
+            .first()
+            .and_then(|p| p.recovery.clone())
+            .map(|policy| Arc::new(Recovery::new(policy, list.clone())));
         let mut errors = Vec::new();
         for params in list {
             for attempt in 1..=params.connection_attempts.max(1) {
                 if !errors.is_empty() {
                     std::thread::sleep(params.retry_delay);
                 }
-                match Core::open(params.clone()) {
+                match Core::open(params.clone(), 0) {
                     Ok(core) => {
-                        return Ok(Connection::from_owner(Arc::new(Owner {
-                            core,
+                        let owner = Arc::new(Owner {
+                            current: std::sync::RwLock::new(core.clone()),
                             dispatch: Default::default(),
-                        })))
+                            recovery,
+                        });
+                        if owner.recovery.is_some()
+                            && !core.set_on_lost(Owner::on_lost_hook(Arc::downgrade(&owner)))
+                        {
+                            // Lost already: recover it now.
+                            if let Some(e) = core.closed_error() {
+                                owner.connection_lost(&core, &e);
+                            }
+                        }
+                        return Ok(Connection::from_owner(owner));
                     }
                     Err(e) => {
                         log::warn!(
@@ -131,8 +166,8 @@ impl Connection {
         Connection::open(ConnectionParameters::from_url(url)?)
     }
 
-    fn core(&self) -> &Core {
-        &self.owner.core
+    fn core(&self) -> Arc<Core> {
+        self.owner.core()
     }
 
     /// Opens a channel on the lowest free number (pika's `channel()`).
@@ -148,7 +183,7 @@ impl Connection {
     }
 
     fn open_channel(&self, number: Option<u16>) -> Result<Channel> {
-        let core = self.core();
+        let core = self.owner.ready_core(|| crate::engine::deadline_after(self.rpc_timeout()))?;
         if let Some(e) = core.closed_error() {
             return Err(e);
         }
@@ -200,8 +235,11 @@ impl Connection {
 
     /// Closes the connection with a reply code and text (pika's `close(reply_code, reply_text)`).
     pub fn close_with(&self, reply_code: u16, reply_text: &str) -> Result<()> {
-        let core = self.core();
-        core.close(reply_code, reply_text, core.params.rpc_timeout)
+        self.owner.close(reply_code, reply_text)
+    }
+
+    fn rpc_timeout(&self) -> std::time::Duration {
+        self.core().params.rpc_timeout
     }
 
     /// True until the connection is closed or lost (pika's `is_open`).
@@ -214,19 +252,24 @@ impl Connection {
         !self.is_open()
     }
 
-    /// Why the connection closed, `None` while it is open.
+    /// Why the connection closed, `None` while it is open. While it recovers, the error it
+    /// was lost with; once recovery gave up, the error that ended it.
     pub fn close_reason(&self) -> Option<Error> {
+        if let Some(e) = self.owner.recovery.as_ref().and_then(|r| r.closed_error()) {
+            return Some(e);
+        }
         self.core().closed_error()
     }
 
-    /// The broker's server properties (product, version, capabilities...).
-    pub fn server_properties(&self) -> &FieldTable {
-        self.core().server_properties()
+    /// The broker's server properties (product, version, capabilities...), of the broker
+    /// the connection is to now.
+    pub fn server_properties(&self) -> FieldTable {
+        self.core().server_properties().clone()
     }
 
     /// True when the broker advertises the named capability in its server properties.
     fn capability(&self, name: &str) -> bool {
-        match self.server_properties().get("capabilities") {
+        match self.core().server_properties().get("capabilities") {
             Some(FieldValue::Table(caps)) => {
                 matches!(caps.get(name), Some(FieldValue::Bool(true)))
             }

@@ -16,6 +16,8 @@ pub struct Delivery {
     pub properties: BasicProperties,
     /// The message body.
     pub body: Vec<u8>,
+    /// Recoveries of the connection before it arrived (see [`generation`](Self::generation)).
+    pub(crate) generation: u64,
 }
 
 /// A message fetched with [`Channel::basic_get`](crate::Channel::basic_get).
@@ -29,6 +31,7 @@ pub struct GetMessage {
     pub properties: BasicProperties,
     /// The message body.
     pub body: Vec<u8>,
+    pub(crate) generation: u64,
 }
 
 /// A message the broker returned (`basic.return`): a mandatory message it could not route.
@@ -44,12 +47,27 @@ pub struct Returned {
 }
 
 impl Delivery {
-    pub(crate) fn new(method: Deliver, properties: BasicProperties, body: Vec<u8>) -> Self {
+    pub(crate) fn new(
+        method: Deliver,
+        properties: BasicProperties,
+        body: Vec<u8>,
+        generation: u64,
+    ) -> Self {
         Delivery {
             method,
             properties,
             body,
+            generation,
         }
+    }
+
+    /// How many times the connection had recovered when this delivery arrived (0 before any
+    /// recovery). A delivery from an earlier generation than the connection's
+    /// ([`Connection::recovery_generation`](crate::Connection::recovery_generation)) cannot be
+    /// acked any more: its channel is gone ([`Error::StaleDeliveryTag`](crate::Error::StaleDeliveryTag)),
+    /// and the broker delivers the message again unless it was auto-acked.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The tag to [`basic_ack`](crate::Channel::basic_ack) it with.
@@ -79,12 +97,24 @@ impl Delivery {
 }
 
 impl GetMessage {
-    pub(crate) fn new(method: GetOk, properties: BasicProperties, body: Vec<u8>) -> Self {
+    pub(crate) fn new(
+        method: GetOk,
+        properties: BasicProperties,
+        body: Vec<u8>,
+        generation: u64,
+    ) -> Self {
         GetMessage {
             method,
             properties,
             body,
+            generation,
         }
+    }
+
+    /// How many times the connection had recovered when this message arrived (see
+    /// [`Delivery::generation`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The tag to [`basic_ack`](crate::Channel::basic_ack) it with.

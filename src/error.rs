@@ -219,6 +219,27 @@ pub enum Error {
         /// The message that was returned, as it was published.
         message: Box<Message>,
     },
+    /// An ack, nack or reject of a delivery received before the connection was recovered
+    /// (see the crate docs' "Recovery" section): the channel it came on is gone, and the broker
+    /// delivers the message again (with `redelivered` set) unless it was auto-acked. Nothing
+    /// was sent: the recovered channel stays open.
+    #[error("delivery tag {delivery_tag} is from before the connection was recovered (generation {generation}); the broker delivers that message again")]
+    StaleDeliveryTag {
+        /// The tag that was given.
+        delivery_tag: u64,
+        /// The connection's generation now (recoveries so far).
+        generation: u64,
+    },
+    /// The connection was lost after a message was published in confirm mode and before the
+    /// broker confirmed it: it may or may not have reached its queues. Publish it again if
+    /// duplicates are acceptable (consumers then see it twice at most).
+    #[error("the connection was lost before the broker confirmed message {delivery_tag}: it may or may not have been routed")]
+    ConfirmUnknown {
+        /// The message's publish sequence number.
+        delivery_tag: u64,
+        /// The message, as it was published.
+        message: Box<Message>,
+    },
     /// Every connection attempt failed (several parameter sets or `connection_attempts > 1`);
     /// the attempts' errors in order, the last one last.
     #[error("{} connection attempts failed; the last: {}", .attempts.len(), last_of(.attempts))]

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use crate::callback::{self, BoxError, CallbackReturn};
 use crate::channel::{Channel, ChannelHandle};
 use crate::connection::{Connection, Owner};
-use crate::error::Result;
+use crate::recovery::RecoveryEvent;
+use crate::error::{Error, Result};
 
 /// A timer callback as cottontail keeps it (pika's `call_later` callback), its error boxed (see
 /// [`Connection::call_later`]).
@@ -26,6 +27,14 @@ pub type BlockedCallback =
 pub type UnblockedCallback =
     Box<dyn FnMut(&Connection) -> std::result::Result<(), BoxError> + Send>;
 
+/// A recovery callback as cottontail keeps it, its error boxed (see
+/// [`Connection::add_on_recovery_callback`]).
+pub type RecoveryCallback =
+    Box<dyn FnMut(&Connection, &RecoveryEvent) -> std::result::Result<(), BoxError> + Send>;
+
+/// Recovery events kept for the callbacks; older ones are dropped.
+const RECOVERY_EVENTS_KEPT: usize = 64;
+
 /// Identifies a timer made by [`Connection::call_later`], for [`Connection::remove_timeout`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TimeoutId(u64);
@@ -38,6 +47,8 @@ pub(crate) struct Dispatch {
     threadsafe: VecDeque<ThreadsafeCallback>,
     on_blocked: Vec<BlockedCallback>,
     on_unblocked: Vec<UnblockedCallback>,
+    recovery_events: VecDeque<RecoveryEvent>,
+    on_recovery: Vec<RecoveryCallback>,
     /// Every channel opened on the connection, for `process_data_events`.
     channels: Vec<Weak<ChannelHandle>>,
 }
@@ -88,6 +99,22 @@ impl Owner {
         dispatch.channels.push(Arc::downgrade(channel));
     }
 
+    /// Queues a recovery event for the recovery callbacks (at most [`RECOVERY_EVENTS_KEPT`])
+    /// and wakes the consuming threads, which run them.
+    pub(crate) fn push_recovery_event(&self, event: RecoveryEvent) {
+        {
+            let mut dispatch = self.lock_dispatch();
+            if dispatch.recovery_events.len() >= RECOVERY_EVENTS_KEPT {
+                dispatch.recovery_events.pop_front();
+            }
+            dispatch.recovery_events.push_back(event);
+        }
+        self.core().kick();
+        if let Some(recovery) = &self.recovery {
+            recovery.notify();
+        }
+    }
+
     /// When the earliest timer is due, if any.
     pub(crate) fn next_timer(&self) -> Option<Instant> {
         self.lock_dispatch().timers.keys().next().map(|(at, _)| *at)
@@ -102,7 +129,7 @@ impl Owner {
         let connection = Connection::from_owner(self.clone());
         let mut ran = 0;
         loop {
-            let event = self.core.lock_link().blocked_events.pop_front();
+            let event = self.core().lock_link().blocked_events.pop_front();
             let Some(event) = event else { break };
             ran += 1;
             match event {
@@ -127,6 +154,16 @@ impl Owner {
                     },
                 )?,
             }
+        }
+        loop {
+            let event = self.lock_dispatch().recovery_events.pop_front();
+            let Some(event) = event else { break };
+            ran += 1;
+            run_callbacks(
+                || self.lock_dispatch(),
+                |d| &mut d.on_recovery,
+                |cb| callback::call(|| "a recovery callback".into(), || cb(&connection, &event)),
+            )?;
         }
         loop {
             let now = Instant::now();
@@ -154,7 +191,7 @@ impl Owner {
         Ok(ran)
     }
 
-    fn live_channels(&self) -> Vec<Channel> {
+    pub(crate) fn live_channels(&self) -> Vec<Channel> {
         let mut dispatch = self.lock_dispatch();
         dispatch.channels.retain(|c| c.strong_count() > 0);
         dispatch
@@ -185,13 +222,26 @@ impl Connection {
         let owner = self.owner();
         let deadline = Instant::now().checked_add(time_limit);
         loop {
-            let generation = owner.core.generation();
+            let core = owner.core();
+            let generation = core.generation();
             let mut handled = owner.run_connection_callbacks()?;
             for channel in owner.live_channels() {
                 handled += channel.drain_events()?;
             }
-            if let Some(e) = owner.core.closed_error() {
-                return Err(e);
+            if let Some(e) = core.closed_error() {
+                let Some(recovery) = owner.recovery.as_ref() else {
+                    return Err(e);
+                };
+                // Recovering: wait for it (running the recovery callbacks), within the limit.
+                match owner.wait_recovered(
+                    recovery,
+                    || deadline,
+                    || owner.run_connection_callbacks().map(|_| ()),
+                ) {
+                    Ok(()) => continue,
+                    Err(Error::Timeout { .. }) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
             }
             let now = Instant::now();
             if handled > 0 || deadline.is_some_and(|d| now >= d) {
@@ -201,8 +251,8 @@ impl Connection {
             let wake = owner
                 .next_timer()
                 .map_or(deadline.unwrap_or(far), |t| t.min(deadline.unwrap_or(far)));
-            owner.core.wait_until(Some(wake), || {
-                (owner.core.generation() != generation).then_some(())
+            core.wait_until(Some(wake), || {
+                (core.generation() != generation).then_some(())
             });
         }
     }
@@ -246,7 +296,7 @@ impl Connection {
             );
             id
         };
-        owner.core.kick();
+        owner.core().kick();
         TimeoutId(id)
     }
 
@@ -286,14 +336,19 @@ impl Connection {
         R: CallbackReturn,
     {
         let owner = self.owner();
-        if let Some(e) = owner.core.closed_error() {
+        if let Some(e) = owner.recovery.as_ref().and_then(|r| r.closed_error()) {
             return Err(e);
+        }
+        if owner.recovery.is_none() {
+            if let Some(e) = owner.core().closed_error() {
+                return Err(e);
+            }
         }
         owner
             .lock_dispatch()
             .threadsafe
             .push_back(Box::new(move || callback().into_result()));
-        owner.core.kick();
+        owner.core().kick();
         Ok(())
     }
 
@@ -333,6 +388,30 @@ impl Connection {
             .push(Box::new(move |connection: &Connection| {
                 callback(connection).into_result()
             }));
+    }
+}
+
+impl Connection {
+    /// Registers a callback for the recovery's events: connection lost, an attempt failed,
+    /// recovered (with what was renamed or skipped), failed for good (see
+    /// [`RecoveryEvent`]). It runs where pika runs callbacks: on the thread inside
+    /// `process_data_events`, `sleep`, `start_consuming` or a `consume()` iteration, also
+    /// while that thread waits for the recovery. Events nobody has run yet are kept (the last
+    /// 64).
+    ///
+    /// It returns `()` or any `Result<(), E>` (see [`CallbackReturn`]); its error or panic ends
+    /// the call that ran it, as a timer's does ([`call_later`](Self::call_later)).
+    pub fn add_on_recovery_callback<F, R>(&self, mut callback: F)
+    where
+        F: FnMut(&Connection, &RecoveryEvent) -> R + Send + 'static,
+        R: CallbackReturn,
+    {
+        self.owner().lock_dispatch().on_recovery.push(Box::new(
+            move |connection: &Connection, event: &RecoveryEvent| {
+                callback(connection, event).into_result()
+            },
+        ));
+        self.owner().core().kick();
     }
 }
 

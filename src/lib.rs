@@ -384,7 +384,8 @@ pub use crate::consumer::{
 pub use crate::delivery::{Delivery, GetMessage, Returned};
 pub use crate::error::{CallbackError, Error, Result};
 pub use crate::events::{
-    BlockedCallback, ThreadsafeCallback, TimeoutId, TimerCallback, UnblockedCallback,
+    BlockedCallback, RecoveryCallback, ThreadsafeCallback, TimeoutId, TimerCallback,
+    UnblockedCallback,
 };
 pub use crate::options::{
     BasicConsumeOptions, DeliveryMode, ExchangeBindOptions, ExchangeDeclareOptions,
@@ -396,6 +397,7 @@ pub use crate::params::{
     TcpOptions, TlsVersion,
 };
 pub use crate::publish::ConfirmOutcome;
+pub use crate::recovery::{Entity, RecoveryEvent, RecoveryPolicy, RecoveryReport};
 pub use crate::rpc::{CallOptions, RpcClient};
 
 /// AMQP reply codes, as constants.

@@ -34,12 +34,16 @@ pub struct ConfirmOutcome {
     /// that a return callback already handled (on a thread consuming this channel meanwhile)
     /// is in [`returned`](Self::returned) but not here.
     pub returned_messages: Vec<(u64, Returned)>,
+    /// Sequence numbers of messages whose confirm had not come when the connection was lost
+    /// (with recovery on): they may or may not have reached their queues. Never reported as
+    /// confirmed; publish them again if duplicates are acceptable.
+    pub unknown: Vec<u64>,
 }
 
 impl ConfirmOutcome {
     /// True when every message was acked and none was returned.
     pub fn all_confirmed(&self) -> bool {
-        self.nacked.is_empty() && self.returned.is_empty()
+        self.nacked.is_empty() && self.returned.is_empty() && self.unknown.is_empty()
     }
 }
 
@@ -100,7 +104,7 @@ impl Channel {
             return Ok(());
         };
         let timeout = self.rpc_timeout();
-        let settled = self.inner.owner.core.wait_on(
+        let settled = self.inner.owner.core().wait_on(
             self.core(),
             deadline_after(timeout),
             |st| {
@@ -139,6 +143,10 @@ impl Channel {
             } => Err(Error::Unroutable {
                 reply_code,
                 reply_text,
+                message: message(),
+            }),
+            Settled::Unknown => Err(Error::ConfirmUnknown {
+                delivery_tag: seq,
                 message: message(),
             }),
         }
@@ -183,17 +191,23 @@ impl Channel {
         // Only a mandatory message can come back, so only it needs telling apart from the rest.
         let mandatory_fingerprint = mandatory.then(|| fingerprint(exchange, routing_key, body));
         let core = self.core();
-        let send = |frames: &[u8]| {
-            self.inner
-                .owner
-                .core
-                .send_on(core, frames, Some(body), deadline, |st| {
-                    ensure_open(st)?;
-                    Ok(st
-                        .confirms
-                        .as_mut()
-                        .map(|t| t.publish(mandatory_fingerprint)))
-                })
+        let owner = &self.inner.owner;
+        let send = |frames: &[u8]| loop {
+            // While the connection recovers: wait for it (within the publish's deadline, or
+            // the RPC timeout), then publish on the new connection.
+            let conn =
+                owner.ready_core(|| deadline.or_else(|| deadline_after(self.rpc_timeout())))?;
+            let sent = conn.send_on(core, frames, Some(body), deadline, |st| {
+                ensure_open(st)?;
+                Ok(st
+                    .confirms
+                    .as_mut()
+                    .map(|t| t.publish(mandatory_fingerprint)))
+            });
+            match sent {
+                Err(_) if self.lost() => continue,
+                sent => return sent,
+            }
         };
         // Another thread publishing on this channel has the cache (and may be waiting for
         // room): encode afresh rather than wait for it.
@@ -252,7 +266,7 @@ impl Channel {
                 "wait_for_confirms needs confirm_delivery() first".into(),
             ));
         }
-        self.inner.owner.core.wait_on(
+        self.inner.owner.core().wait_on(
             core,
             deadline_after(timeout),
             |st| {
@@ -270,6 +284,7 @@ impl Channel {
                     nacked: outcomes.nacked,
                     returned: outcomes.returned,
                     returned_messages,
+                    unknown: outcomes.unknown,
                 })
             },
             |st| {

@@ -394,6 +394,15 @@ impl Inner {
                     reply_code: 0,
                     reply_text: "the RPC client's reply consumer was cancelled".into(),
                 }))),
+                // The connection is recovering: this call was in flight and fails, the client
+                // goes on on the recovered channel (the others waiting pump in turn and fail
+                // the same way).
+                Err(e) if self.channel.lost() => {
+                    for waiter in table.waiting.values() {
+                        waiter.wake.notify_one();
+                    }
+                    Some(Err(e))
+                }
                 Err(e) => Some(Err(table.fail(e))),
             };
             if let Some(outcome) = outcome {

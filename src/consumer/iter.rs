@@ -147,6 +147,7 @@ impl Iterator for Consumer {
                 }
                 Ok(Pumped::Mine(delivery)) => return Some(Ok(Consumed::Delivery(*delivery))),
                 Ok(Pumped::Progress) => {}
+                Ok(Pumped::CallbackFailed(e)) if guard.0.forgiven(&e) => {}
                 Ok(Pumped::CallbackFailed(e)) => {
                     return Some(Err(callback_failed(&mut self.done, guard.0, e)))
                 }
@@ -155,6 +156,15 @@ impl Iterator for Consumer {
                     self.done = true;
                     return None;
                 }
+                // The connection recovers: the iterator goes on on the recovered channel.
+                Err(_) if guard.0.lost() => match guard.0.wait_for_recovery(deadline) {
+                    Ok(()) => {}
+                    Err(Error::Timeout { .. }) => return Some(Ok(Consumed::Inactive)),
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                },
                 Err(e) => {
                     self.done = true;
                     return Some(Err(e));

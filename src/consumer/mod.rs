@@ -19,7 +19,7 @@ use crate::callback::{self, BoxError, CallbackReturn};
 use crate::channel::Channel;
 use crate::connection::Owner;
 use crate::delivery::{Delivery, Returned};
-use crate::engine::chan::{Held, Reply};
+use crate::engine::chan::{Held, Life, Reply};
 use crate::error::{Error, Result};
 use crate::events::run_callbacks;
 use crate::options::BasicConsumeOptions;
@@ -27,6 +27,7 @@ use crate::protocol::codec::short;
 use crate::protocol::methods::{Deliver, Return};
 use crate::protocol::properties::BasicProperties;
 use crate::protocol::table::{self, FieldTable};
+use crate::recovery::topology::ConsumerRecord;
 
 mod iter;
 
@@ -85,7 +86,7 @@ impl ConnTurn {
     /// to the pump and the next timer's deadline, or the first callback's error (the callbacks
     /// after it run at the next turn).
     fn take(&mut self, owner: &Arc<Owner>, timer_fired: bool) -> Result<(u64, Option<Instant>)> {
-        let work = owner.core.conn_work.load(Ordering::SeqCst);
+        let work = owner.core().conn_work.load(Ordering::SeqCst);
         if self.seen != Some(work) || timer_fired {
             owner.run_connection_callbacks()?;
             self.next_timer = owner.next_timer();
@@ -229,7 +230,24 @@ impl Channel {
         // A tag used before (and orphaned) is this consumer's now.
         self.core().lock().forget_orphan(&tag);
         match self.rpc(method, "basic.consume") {
-            Ok(Reply::Method(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))) => Ok(tag),
+            Ok(Reply::Method(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))) => {
+                self.inner.owner.record(|t| {
+                    t.consumer_started(
+                        &tag,
+                        ConsumerRecord {
+                            channel: self.channel_number(),
+                            queue: queue.to_owned(),
+                            options: BasicConsumeOptions {
+                                auto_ack,
+                                exclusive,
+                                consumer_tag: Some(tag.clone()),
+                                arguments,
+                            },
+                        },
+                    )
+                });
+                Ok(tag)
+            }
             other => {
                 if matches!(other, Err(Error::Timeout { .. })) {
                     // The broker may have the consumer: cancel it, and requeue what it
@@ -306,6 +324,9 @@ impl Channel {
             nowait: false,
         }));
         let reply = self.rpc(method, "basic.cancel");
+        self.inner
+            .owner
+            .record(|t| t.consumer_cancelled(consumer_tag));
         // Whatever happened, the consumer is gone for us; what it had not handed out is taken.
         // It is an orphan first: a consuming thread that took one of its deliveries before it
         // went finds it one when it routes that delivery (and requeues it).
@@ -316,7 +337,7 @@ impl Channel {
             .map(|e| e.pending)
             .unwrap_or_default();
         pending.extend(self.take_queued(consumer_tag));
-        self.inner.owner.core.nudge();
+        self.inner.owner.core().nudge();
         let reply = match reply {
             Ok(reply) => reply,
             Err(e) => {
@@ -469,7 +490,7 @@ impl Channel {
                 callback(ch, method, properties, body).into_result()
             },
         ));
-        self.inner.owner.core.nudge();
+        self.inner.owner.core().nudge();
     }
 
     /// Registers a callback for consumers the broker cancels, e.g. because their queue was
@@ -512,13 +533,51 @@ impl Channel {
         let mut timer_fired = false;
         loop {
             let (work, next_timer) = turn.take(&self.inner.owner, timer_fired)?;
-            match self.pump(None, next_timer, Some(work))? {
+            let pumped = match self.pump(None, next_timer, Some(work)) {
+                Err(_) if self.lost() => {
+                    self.wait_for_recovery(None)?;
+                    timer_fired = false;
+                    continue;
+                }
+                pumped => pumped?,
+            };
+            match pumped {
                 Pumped::Finished => return Ok(()),
+                Pumped::CallbackFailed(e) if self.forgiven(&e) => timer_fired = false,
                 Pumped::CallbackFailed(e) => return Err(e),
                 Pumped::TimedOut => timer_fired = true,
                 Pumped::Mine(_) | Pumped::Progress => timer_fired = false,
             }
         }
+    }
+
+    /// Waits while the connection recovers (see `recovery`), at most until `deadline`,
+    /// running the connection's callbacks (recovery events included) as they come.
+    pub(crate) fn wait_for_recovery(&self, deadline: Option<Instant>) -> Result<()> {
+        let owner = &self.inner.owner;
+        let Some(recovery) = &owner.recovery else {
+            return Ok(());
+        };
+        owner.wait_recovered(
+            recovery,
+            || deadline,
+            || owner.run_connection_callbacks().map(|_| ()),
+        )
+    }
+
+    /// A callback error a consuming call goes on after: with recovery on, a
+    /// [`Error::StaleDeliveryTag`] (the callback acked a delivery from before a recovery; the
+    /// broker delivers it again), logged.
+    pub(crate) fn forgiven(&self, e: &Error) -> bool {
+        if self.inner.owner.recovery.is_none() || !matches!(e, Error::StaleDeliveryTag { .. }) {
+            return false;
+        }
+        log::warn!(
+            "channel {}: a callback settled a delivery from before the connection's recovery \
+             ({e}); going on",
+            self.channel_number()
+        );
+        true
     }
 
     pub(crate) fn enter_consuming(&self) -> Result<ConsumingGuard<'_>> {
@@ -540,13 +599,13 @@ impl Channel {
         deadline: Option<Instant>,
         seen_work: Option<u64>,
     ) -> Result<Pumped> {
-        let conn = &self.inner.owner.core;
-        let next = conn.wait_until(deadline, || self.next_event(want, seen_work));
+        let conn = self.inner.owner.core();
+        let next = conn.wait_until(deadline, || self.next_event(&conn, want, seen_work));
         match next {
             None => Ok(Pumped::TimedOut),
             Some(Next::Work) => Ok(Pumped::Progress),
             Some(Next::Mine(held)) => Ok(Pumped::Mine(Box::new(held.take()))),
-            Some(Next::Delivery(held)) => self.route(held, want),
+            Some(Next::Delivery(held, stale)) => self.route(held, want, stale),
             Some(Next::Return(returned)) => Ok(progress(self.run_return_callbacks(returned))),
             Some(Next::Cancelled(tags)) => {
                 let mut ran = Ok(());
@@ -558,6 +617,7 @@ impl Channel {
                         self.core().lock().push_orphan(tag, auto_ack);
                     }
                     let gone = self.lock_consumers().remove(tag);
+                    self.inner.owner.record(|t| t.consumer_cancelled(tag));
                     if let Some(entry) = gone {
                         self.requeue(entry.pending.into(), entry.auto_ack);
                     }
@@ -580,17 +640,25 @@ impl Channel {
 
     /// The channel's next event, if any (runs with no engine lock held; takes the channel's
     /// state, then the consumer table).
-    fn next_event(&self, want: Option<&str>, seen_work: Option<u64>) -> Option<Next> {
-        let conn = &self.inner.owner.core;
+    fn next_event(
+        &self,
+        conn: &crate::engine::Core,
+        want: Option<&str>,
+        seen_work: Option<u64>,
+    ) -> Option<Next> {
         if seen_work.is_some_and(|seen| conn.conn_work.load(Ordering::SeqCst) != seen) {
             return Some(Next::Work);
         }
         if let Some(tag) = want {
+            // Read before the consumer table is locked (lock order: the channel's state first).
+            let stale = self.stale_rule();
             let mut consumers = self.lock_consumers();
             match consumers.get_mut(tag) {
                 Some(entry) if !entry.cancelling => {
-                    if let Some(held) = entry.pending.pop_front() {
-                        return Some(Next::Mine(held));
+                    while let Some(held) = entry.pending.pop_front() {
+                        if entry.auto_ack || !stale(&held) {
+                            return Some(Next::Mine(held));
+                        }
                     }
                 }
                 _ => return Some(Next::Finished),
@@ -599,7 +667,8 @@ impl Channel {
         let core = self.core();
         let mut st = core.lock();
         if let Some(held) = st.deliveries.pop_front() {
-            return Some(Next::Delivery(held));
+            let stale = matches!(st.life, Life::Lost(_)) || held.generation() < st.generation;
+            return Some(Next::Delivery(held, stale));
         }
         if st.has_returns() && !self.lock_callbacks().on_return.is_empty() {
             return st.pop_return().map(Next::Return);
@@ -622,12 +691,36 @@ impl Channel {
         None
     }
 
-    /// Hands a delivery to whoever it belongs to.
-    fn route(&self, held: Held, want: Option<&str>) -> Result<Pumped> {
+    /// Whether a manual-ack delivery is from before a recovery (or the connection is
+    /// recovering): it cannot be acked any more, and the broker delivers it again, so it is
+    /// dropped rather than handed out.
+    fn stale_rule(&self) -> impl Fn(&Held) -> bool {
+        let (lost, generation) = match self.inner.owner.recovery {
+            None => (false, 0),
+            Some(_) => {
+                let st = self.core().lock();
+                (matches!(st.life, Life::Lost(_)), st.generation)
+            }
+        };
+        move |held: &Held| lost || held.generation() < generation
+    }
+
+    /// Hands a delivery to whoever it belongs to. `stale`: it is from before a recovery (see
+    /// [`stale_rule`](Self::stale_rule)); a manual-ack one is dropped.
+    fn route(&self, held: Held, want: Option<&str>, stale: bool) -> Result<Pumped> {
+        let mut consumers = self.lock_consumers();
+        if stale && consumers.get(held.consumer_tag()).is_some_and(|e| !e.auto_ack) {
+            log::debug!(
+                "dropping delivery {} of consumer {} from before the connection's recovery: \
+                 the broker delivers it again",
+                held.delivery_tag(),
+                held.consumer_tag()
+            );
+            return Ok(Pumped::Progress);
+        }
         if want == Some(held.consumer_tag()) {
             return Ok(Pumped::Mine(Box::new(held.take())));
         }
-        let mut consumers = self.lock_consumers();
         let Some(entry) = consumers.get_mut(held.consumer_tag()) else {
             // Its consumer went (cancelled by another thread) after this thread took it.
             drop(consumers);
@@ -650,7 +743,7 @@ impl Channel {
             // An iterator's message (or a cancelling consumer's): keep it for its owner.
             entry.pending.push_back(held);
             drop(consumers);
-            self.inner.owner.core.nudge();
+            self.inner.owner.core().nudge();
             return Ok(Pumped::Progress);
         };
         drop(consumers);
@@ -729,8 +822,8 @@ enum Next {
     Work,
     /// A delivery for the iterator that asked.
     Mine(Held),
-    /// A delivery to route.
-    Delivery(Held),
+    /// A delivery to route, and whether it is from before a recovery.
+    Delivery(Held, bool),
     /// A returned message for the return callbacks.
     Return(Returned),
     /// Consumers the broker cancelled.

@@ -75,6 +75,11 @@ impl Held {
             .map_or("", |d| d.method.consumer_tag.as_str())
     }
 
+    /// The recoveries of the connection before it arrived.
+    pub(crate) fn generation(&self) -> u64 {
+        self.delivery.as_ref().map_or(0, |d| d.generation)
+    }
+
     /// The delivery tag.
     pub(crate) fn delivery_tag(&self) -> u64 {
         self.delivery.as_ref().map_or(0, |d| d.method.delivery_tag)
@@ -135,6 +140,10 @@ pub(crate) enum Life {
     /// Closed, with the reason every later call gets. The number stays taken until the
     /// broker has answered our channel.close, if we sent one (see `router`).
     Closed(Error),
+    /// The connection was lost and is recovering (see `recovery`): calls in flight got the
+    /// error; new calls wait for the recovery, which opens the channel again on the new
+    /// connection (then `Open`) or closes it for good (then `Closed`).
+    Lost(Error),
 }
 
 /// Mutable channel state, behind [`ChannelCore::state`].
@@ -168,6 +177,13 @@ pub(crate) struct ChanState {
     pub(crate) rpc_busy: bool,
     /// Callers waiting for `rpc_busy` to clear: the one that clears it nudges them.
     pub(crate) rpc_queued: usize,
+    /// What the application's delivery tags are ahead of the broker's on this channel: the
+    /// sum of the highest tags of the channel's earlier connections (0 until a recovery).
+    /// Delivery tags restart at 1 on a new channel, so the tags handed out keep growing and a
+    /// tag at or below it is one from before a recovery: [`Error::StaleDeliveryTag`].
+    pub(crate) tag_offset: u64,
+    /// Recoveries of the connection when the channel was last opened (see `tag_offset`).
+    pub(crate) generation: u64,
 }
 
 /// A consumer tag whose deliveries belong to nobody (see [`ChanState::orphans`]).
@@ -204,6 +220,8 @@ impl ChannelCore {
                 acks: AckRun::default(),
                 rpc_busy: false,
                 rpc_queued: 0,
+                tag_offset: 0,
+                generation: 0,
             }),
         }
     }
@@ -223,15 +241,56 @@ impl ChannelCore {
         }
         st.awaiting = false;
     }
+
+    /// The connection was lost and is to recover (see `recovery`): an open channel becomes
+    /// [`Life::Lost`] (calls in flight fail with `error`, later ones wait for the recovery);
+    /// one we were closing is closed. What belonged to the lost channel goes: held acks, replies
+    /// still due, orphans; publishes awaiting confirms become unknown (see
+    /// `protocol::confirms`). Held deliveries stay: the recovery drops the manual-ack ones (it
+    /// knows the consumers' ack modes) and keeps the auto-acked ones, which the broker counts
+    /// delivered. The caller wakes the waiters.
+    pub(crate) fn lose(&self, error: &Error) {
+        let mut st = self.lock();
+        st.life = match &st.life {
+            Life::Open => Life::Lost(error.clone()),
+            Life::Closing(ours) => Life::Closed(ours.clone()),
+            Life::Closed(e) | Life::Lost(e) => Life::Closed(e.clone()),
+        };
+        st.awaiting = false;
+        st.reply = None;
+        st.stale.clear();
+        st.orphans.clear();
+        st.tag_offset += st.acks.last_delivered();
+        st.acks = AckRun::default();
+        if let Some(tracker) = st.confirms.as_mut() {
+            tracker.lose();
+        }
+    }
 }
 
 impl ChanState {
     /// The error a call on this channel gets now, if it is closed.
     pub(crate) fn closed_error(&self) -> Option<Error> {
         match &self.life {
-            Life::Closed(e) => Some(e.clone()),
+            Life::Closed(e) | Life::Lost(e) => Some(e.clone()),
             _ => None,
         }
+    }
+
+    /// The broker's tag for the application's `delivery_tag` (see `tag_offset`), or
+    /// [`Error::StaleDeliveryTag`] for one from before a recovery. 0 (with `multiple`: every
+    /// delivery so far) stays 0.
+    pub(crate) fn broker_tag(&self, delivery_tag: u64) -> Result<u64, Error> {
+        if delivery_tag == 0 || self.tag_offset == 0 {
+            return Ok(delivery_tag);
+        }
+        if delivery_tag <= self.tag_offset {
+            return Err(Error::StaleDeliveryTag {
+                delivery_tag,
+                generation: self.generation,
+            });
+        }
+        Ok(delivery_tag - self.tag_offset)
     }
 
     /// Hands a synchronous reply to its waiter, or says why not.
@@ -239,7 +298,7 @@ impl ChanState {
         if let Some(stale) = self.stale.pop_front() {
             return match (stale, &reply) {
                 (Stale::Get { auto_ack: false }, Reply::Get(m)) => Delivered::StaleGet {
-                    delivery_tag: m.method.delivery_tag,
+                    delivery_tag: m.method.delivery_tag - self.tag_offset,
                 },
                 (Stale::Get { auto_ack: true }, Reply::Get(m)) => {
                     log::warn!(

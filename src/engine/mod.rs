@@ -77,6 +77,21 @@ pub(crate) struct Core {
     /// callback, a timer, a blocked/unblocked event); see [`Core::kick`].
     pub(crate) conn_work: AtomicU64,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Recoveries of the connection before this engine was opened (0 for the first one); every
+    /// delivery it routes carries it.
+    pub(crate) generation: u64,
+    /// Told when the connection is lost for a reason recovery handles (see [`Core::fail`]);
+    /// set by the recovery, if it is on.
+    on_lost: Mutex<Option<OnLost>>,
+}
+
+/// What [`Core::fail`] calls when a recoverable loss ends the connection (see `recovery`).
+pub(crate) struct OnLost(pub(crate) Box<dyn Fn(&Core, &Error) + Send + Sync>);
+
+impl std::fmt::Debug for OnLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnLost(..)")
+    }
 }
 
 /// `timeout` from now, or `None` (no deadline) when that is beyond what `Instant` can hold.
@@ -96,7 +111,7 @@ pub(crate) fn saturating_deadline(timeout: Duration) -> Instant {
 impl Core {
     /// Connects on the caller's thread, then runs the handshake and the I/O loop on the
     /// `cottontail-io` thread; returns once the handshake is done.
-    pub(crate) fn open(params: ConnectionParameters) -> Result<Arc<Core>> {
+    pub(crate) fn open(params: ConnectionParameters, generation: u64) -> Result<Arc<Core>> {
         let deadline = saturating_deadline(params.stack_timeout);
         let stream = Stream::connect(&params, deadline)?;
         let read_half = match &stream {
@@ -167,6 +182,8 @@ impl Core {
             inbound: InboundMeter::default(),
             conn_work: AtomicU64::new(0),
             thread: Mutex::new(Some(handle)),
+            generation,
+            on_lost: Mutex::new(None),
         });
         core_tx
             .send((core.clone(), side))
@@ -256,17 +273,42 @@ impl Core {
     }
 
     /// Marks the connection and every channel closed with `error` (first reason wins) and
-    /// wakes every waiter.
+    /// wakes every waiter. When recovery is on ([`set_on_lost`](Self::set_on_lost)) and the
+    /// first reason is one it handles, the channels are marked lost instead (see
+    /// `ChannelCore::lose`) and the recovery is told, once.
     pub(crate) fn fail(&self, error: Error) {
         let mut link = self.lock_link();
+        let first = link.closed.is_none();
         let error = link.closed.get_or_insert(error).clone();
         drop(link);
         self.link_cond.notify_all();
+        let on_lost = match first && crate::recovery::recoverable(&error) {
+            true => self.on_lost.lock().unwrap_or_else(|p| p.into_inner()).take(),
+            false => None,
+        };
         let channels: Vec<_> = self.lock_channels().drain().map(|(_, c)| c).collect();
         for channel in channels {
-            channel.fail(&error);
+            match on_lost {
+                Some(_) => channel.lose(&error),
+                None => channel.fail(&error),
+            }
+        }
+        // The recovery starts before the waiters wake, so they find it under way.
+        if let Some(on_lost) = on_lost {
+            (on_lost.0)(self, &error);
         }
         self.nudge();
+    }
+
+    /// Has [`fail`](Self::fail) call `on_lost` for a recoverable loss. Returns false (and
+    /// drops it) when the connection has ended already.
+    pub(crate) fn set_on_lost(&self, on_lost: OnLost) -> bool {
+        *self.on_lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(on_lost);
+        if self.closed_error().is_some() {
+            self.on_lost.lock().unwrap_or_else(|p| p.into_inner()).take();
+            return false;
+        }
+        true
     }
 
     /// The broker's server properties from connection.start.

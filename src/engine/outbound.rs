@@ -306,6 +306,8 @@ impl Core {
         check: impl FnOnce(&ChanState) -> Result<()>,
     ) -> Result<()> {
         let wake = self.with_room(channel, false, deadline, |st, mut link| {
+            // The application's tags run ahead of the broker's after a recovery.
+            let delivery_tag = st.broker_tag(delivery_tag)?;
             check(st)?;
             // Nothing is held once the connection is about to close.
             let more_queued = !st.deliveries.is_empty() && !link.closing_soon;

@@ -167,12 +167,17 @@ impl Router {
                     self.orphaned(core, channel, &method, &properties, body.len(), orphan);
                     return;
                 }
-                let delivery = Delivery::new(method, properties, body);
+                // The application's tags run on across recoveries (see `ChanState::tag_offset`).
+                let mut method = method;
+                method.delivery_tag += st.tag_offset;
+                let delivery = Delivery::new(method, properties, body, core.generation);
                 st.deliveries.push_back(Held::new(delivery, &core.inbound));
             }
             ContentMethod::GetOk(method) => {
                 st.acks.delivered(method.delivery_tag);
-                let reply = Reply::Get(GetMessage::new(method, properties, body));
+                let mut method = method;
+                method.delivery_tag += st.tag_offset;
+                let reply = Reply::Get(GetMessage::new(method, properties, body, core.generation));
                 match st.deliver_reply(reply) {
                     Delivered::ToWaiter | Delivered::Stale => {}
                     Delivered::StaleGet { delivery_tag } => {

@@ -69,6 +69,7 @@ pub struct TcpOptions {
 /// | `blocked_connection_timeout` | `None` | | tear the connection down (`Error::ConnectionBlockedTimeout`) when the broker keeps it blocked longer |
 /// | `ssl_options` | `None` | | TLS settings; `Some` (or an `amqps://` URL) connects with TLS |
 /// | `tcp_options` | none set | | keepalive and `TCP_USER_TIMEOUT` |
+/// | `recovery` | `None` (off) | | automatic recovery after a connection loss: [`RecoveryPolicy`](crate::RecoveryPolicy); the first parameter set's counts |
 ///
 /// An `amqp://` / `amqps://` URL carries the same settings as query options (see
 /// [`from_url`](Self::from_url)). Several parameter sets can be given to
@@ -114,6 +115,7 @@ pub struct ConnectionParameters {
     pub(crate) blocked_connection_timeout: Option<Duration>,
     pub(crate) ssl_options: Option<SslOptions>,
     pub(crate) tcp_options: TcpOptions,
+    pub(crate) recovery: Option<crate::recovery::RecoveryPolicy>,
 }
 
 impl Default for ConnectionParameters {
@@ -144,6 +146,7 @@ impl ConnectionParameters {
             blocked_connection_timeout: None,
             ssl_options: None,
             tcp_options: TcpOptions::default(),
+            recovery: None,
         }
     }
 
@@ -192,6 +195,22 @@ impl ConnectionParameters {
     pub fn with_blocked_connection_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.blocked_connection_timeout = timeout;
         self
+    }
+
+    /// Turns automatic recovery on: after a connection loss the connection reconnects (trying
+    /// every parameter set given to [`Connection::open`](crate::Connection::open), in order),
+    /// opens its channels again and declares its topology and consumers again (see the crate
+    /// docs' "Recovery" section). Defaults to off, as in pika. When several parameter sets are
+    /// given, the first one's policy counts. The URL option `recovery=true` sets
+    /// [`RecoveryPolicy::default()`](crate::RecoveryPolicy).
+    pub fn with_recovery(mut self, policy: crate::recovery::RecoveryPolicy) -> Self {
+        self.recovery = Some(policy);
+        self
+    }
+
+    /// The recovery policy, if recovery is on.
+    pub fn recovery(&self) -> Option<&crate::recovery::RecoveryPolicy> {
+        self.recovery.as_ref()
     }
 
     /// TLS settings; `Some` connects with TLS, on port 5671 unless a port was set with

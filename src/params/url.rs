@@ -282,6 +282,14 @@ fn apply_option(
             }
         }
         "locale" => params.locale = value.to_string(),
+        // cottontail's own: automatic recovery with the default policy.
+        "recovery" => {
+            params.recovery = match value.to_ascii_lowercase().as_str() {
+                "true" | "1" | "on" | "yes" => Some(crate::recovery::RecoveryPolicy::default()),
+                "false" | "0" | "off" | "no" => None,
+                _ => return Err(bad_option(key, value, "true or false")),
+            }
+        }
         "auth_mechanism" => match value.to_ascii_lowercase().as_str() {
             "plain" => {}
             "external" => params.credentials = Credentials::External(ExternalCredentials::new()),

@@ -85,6 +85,11 @@ impl AckRun {
         self.delivered = self.delivered.max(tag);
     }
 
+    /// The highest delivery tag that arrived.
+    pub(crate) fn last_delivered(&self) -> u64 {
+        self.delivered
+    }
+
     /// The channel's prefetch count (basic.qos; 0 for none) changed.
     pub(crate) fn set_prefetch(&mut self, prefetch_count: u16) {
         self.run_cap = match u64::from(prefetch_count) {

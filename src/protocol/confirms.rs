@@ -24,6 +24,14 @@
 //! first, and had it been routable the message at hand would have been routed too. So the oldest
 //! candidate is the returned message itself.
 //!
+//! # After a connection loss
+//!
+//! A recovered connection opens the channel again and selects confirm mode again: the
+//! broker numbers its publishes from 1 again. The tracker keeps numbering on (the sequence
+//! numbers the application holds stay unique) and keeps `base`, the number of the last publish
+//! before the loss, to turn the broker's tags into its own. Publishes outstanding at the loss
+//! become *unknown*: the broker may or may not have routed them.
+//!
 //! The one limit: two mandatory messages outstanding at once with identical fingerprints whose
 //! routing differs anyway, because it reads more than the exchange and routing key (a headers
 //! exchange matching their properties, `CC`/`BCC` headers) or because a binding was added or
@@ -74,6 +82,10 @@ impl Fnv1a {
 #[derive(Debug, Default)]
 pub(crate) struct ConfirmTracker {
     next: u64,
+    /// Added to the broker's tags: the last sequence number before the last connection loss.
+    base: u64,
+    /// Sequence numbers outstanding when the connection was lost, nobody has looked at yet.
+    unknown: BTreeSet<u64>,
     /// Published, not yet confirmed, ascending.
     outstanding: VecDeque<u64>,
     /// The outstanding mandatory publishes not returned yet, as (sequence number,
@@ -93,13 +105,15 @@ pub(crate) struct Outcomes {
     pub(crate) nacked: Vec<u64>,
     /// Sequence numbers of mandatory messages returned as unroutable (then acked), ascending.
     pub(crate) returned: Vec<u64>,
+    /// Sequence numbers outstanding when the connection was lost, ascending.
+    pub(crate) unknown: Vec<u64>,
 }
 
 impl Outcomes {
     /// True when every message was acked and none was returned.
     #[cfg(test)]
     fn all_confirmed(&self) -> bool {
-        self.nacked.is_empty() && self.returned.is_empty()
+        self.nacked.is_empty() && self.returned.is_empty() && self.unknown.is_empty()
     }
 }
 
@@ -113,6 +127,8 @@ pub(crate) enum Settled {
         reply_code: u16,
         reply_text: String,
     },
+    /// Outstanding when the connection was lost.
+    Unknown,
 }
 
 impl ConfirmTracker {
@@ -154,6 +170,7 @@ impl ConfirmTracker {
 
     /// The broker acked (`nack == false`) or nacked `tag`, `multiple` meaning everything up to it.
     pub(crate) fn on_confirm(&mut self, tag: u64, multiple: bool, nack: bool) {
+        let tag = tag.saturating_add(self.base);
         if multiple {
             while let Some(&front) = self.outstanding.front() {
                 if front > tag {
@@ -178,6 +195,14 @@ impl ConfirmTracker {
         }
     }
 
+    /// The connection was lost: every outstanding publish becomes unknown, and the next
+    /// publish is the broker's 1 on the new channel.
+    pub(crate) fn lose(&mut self) {
+        self.unknown.extend(self.outstanding.drain(..));
+        self.mandatory.clear();
+        self.base = self.next - 1;
+    }
+
     /// True while `seq` has not been acked or nacked.
     pub(crate) fn is_outstanding(&self, seq: u64) -> bool {
         self.outstanding.binary_search(&seq).is_ok()
@@ -196,6 +221,9 @@ impl ConfirmTracker {
     /// Removes and reports what happened to `seq` once it is settled. A nack wins over a
     /// return.
     pub(crate) fn take_outcome_of(&mut self, seq: u64) -> Settled {
+        if self.unknown.remove(&seq) {
+            return Settled::Unknown;
+        }
         let nacked = self.nacked.remove(&seq);
         let returned = self.returned.remove(&seq);
         match (nacked, returned) {
@@ -213,6 +241,7 @@ impl ConfirmTracker {
         Outcomes {
             nacked: std::mem::take(&mut self.nacked).into_iter().collect(),
             returned: std::mem::take(&mut self.returned).into_keys().collect(),
+            unknown: std::mem::take(&mut self.unknown).into_iter().collect(),
         }
     }
 }
@@ -226,6 +255,30 @@ mod tests {
             reply_code,
             reply_text: reply_text.into(),
         }
+    }
+
+    #[test]
+    fn a_loss_makes_outstanding_publishes_unknown_and_numbering_goes_on() {
+        let mut t = ConfirmTracker::new();
+        for _ in 0..4 {
+            t.publish(Some(7));
+        }
+        t.on_confirm(2, true, false);
+        t.lose();
+        assert!(!t.has_outstanding());
+        assert_eq!(t.take_outcome_of(3), Settled::Unknown);
+        // The new channel's broker numbers from 1: its 1 is our 5.
+        assert_eq!(t.publish(None), 5);
+        assert_eq!(t.publish(None), 6);
+        t.on_confirm(1, false, true);
+        assert!(!t.is_outstanding(5) && t.is_outstanding(6));
+        t.on_confirm(2, false, false);
+        let outcomes = t.take_outcomes();
+        assert_eq!(outcomes.nacked, vec![5]);
+        assert_eq!(outcomes.unknown, vec![4]);
+        assert!(outcomes.returned.is_empty());
+        // A return matches nothing from before the loss.
+        assert_eq!(t.on_return(7, 312, "NO_ROUTE"), None);
     }
 
     #[test]
@@ -245,7 +298,8 @@ mod tests {
             t.take_outcomes(),
             Outcomes {
                 nacked: vec![4],
-                returned: vec![]
+                returned: vec![],
+                unknown: vec![],
             }
         );
     }
@@ -285,7 +339,8 @@ mod tests {
             t.take_outcomes(),
             Outcomes {
                 nacked: vec![],
-                returned: vec![seqs[2]]
+                returned: vec![seqs[2]],
+                unknown: vec![],
             }
         );
     }

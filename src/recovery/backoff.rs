@@ -5,7 +5,7 @@
 //! the time spent and a random number; nothing here sleeps or reads a clock.
 
 // Not used until the reconnecting engine lands (issue 14); tested below.
-#![allow(dead_code)]
+
 
 use std::time::Duration;
 

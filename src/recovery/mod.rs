@@ -1,7 +1,361 @@
-//! Automatic recovery (issue 14), built piece by piece. So far, two sans-IO parts:
-//! [`topology`], the record of what a connection declared and the plan to declare it again,
-//! and [`backoff`], the delays between reconnection attempts and when to give up. Nothing in
-//! it is wired to a connection yet, and nothing of it is public.
+//! Automatic recovery: when a connection with a [`RecoveryPolicy`] is lost, a
+//! `cottontail-recovery` thread opens a new engine (`engine::Core`), opens every channel again
+//! with its number, declares the recorded topology again, registers the consumers again and
+//! makes the new engine the connection's current one.
+//!
+//! # The parts
+//!
+//! - [`topology`] and [`backoff`] are sans-IO: what to declare again and in which order, how
+//!   long to wait between attempts and when to give up.
+//! - This file: the connection's recovery state ([`Recovery`]) and how calls wait for it.
+//! - `driver`: the recovery thread.
+//!
+//! # Who waits, who wakes them, by when
+//!
+//! The connection's handles share one `Owner` (see `connection`), which holds the current
+//! engine and, with recovery on, a [`Recovery`]: its [`Phase`] behind a mutex, and a condvar.
+//!
+//! - **The loss.** The engine that meets a recoverable error (see [`recoverable`]) marks its
+//!   channels lost (`Life::Lost`: calls in flight fail with the error, see
+//!   `ChannelCore::lose`) and tells the owner ([`Owner::connection_lost`]); if that engine is
+//!   the current one and the phase is `Connected`, the phase becomes `Recovering` and the
+//!   recovery thread starts. Only one runs at a time: it is started only from `Connected`.
+//! - **Calls made while recovering** ([`Owner::ready_core`]) wait on the condvar until the
+//!   phase leaves `Recovering`, at the latest until their own deadline (methods: the
+//!   `rpc_timeout`; publishes: their deadline or the `rpc_timeout`; consuming: the
+//!   iterator's inactivity timeout, or none for `start_consuming`). The recovery thread
+//!   notifies at every change (an event, the new engine in place, giving up).
+//! - **The recovery thread** sleeps between attempts on the same condvar, woken early by a
+//!   close of the connection; it holds the owner only weakly, so dropping every handle ends
+//!   it too (at its next wake-up, at most the policy's `max_delay`).
+//! - **The swap.** The new engine becomes current under the phase lock, in the same step
+//!   that sets the phase to `Connected`: a call that gets the new engine finds the channels
+//!   open on it. Nothing else changes the current engine.
+//!
+//! Lock order: the phase lock, then the engine slot (`Owner::current`). Neither is held across
+//! a wait on the network or a callback.
 
 pub(crate) mod backoff;
+mod driver;
+pub(crate) mod policy;
 pub(crate) mod topology;
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Instant;
+
+pub use policy::{Entity, RecoveryEvent, RecoveryPolicy, RecoveryReport};
+
+use crate::connection::Owner;
+use crate::engine::chan::Life;
+use crate::engine::{Core, OnLost};
+use crate::error::{Error, Result, CONNECTION_FORCED, INTERNAL_ERROR};
+use crate::params::ConnectionParameters;
+use topology::Topology;
+
+/// Whether a connection that ended with `error` is one recovery brings back: the network
+/// (socket errors, EOF, TLS, heartbeat timeouts) and the broker closing it with 320
+/// CONNECTION_FORCED (a node shutting down, `rabbitmqctl close_connection`) or 541
+/// INTERNAL_ERROR. Not: a close by the application, a refused login or vhost, a protocol error
+/// (ours or the peer's: the same code would meet it again), a blocked-connection timeout.
+pub(crate) fn recoverable(error: &Error) -> bool {
+    match error {
+        Error::Io { .. }
+        | Error::StreamLost { .. }
+        | Error::Tls { .. }
+        | Error::HeartbeatTimeout { .. } => true,
+        Error::ConnectionClosed { reply_code, .. } => {
+            matches!(*reply_code, CONNECTION_FORCED | INTERNAL_ERROR)
+        }
+        _ => false,
+    }
+}
+
+/// Where the connection is.
+#[derive(Debug)]
+pub(crate) enum Phase {
+    /// The current engine is the one to use (it may have just failed: then the phase
+    /// changes as soon as its loss is handled).
+    Connected,
+    /// The recovery thread is at work; calls wait.
+    Recovering,
+    /// For good: closed by the application, or recovery gave up. Every call gets this error.
+    Closed(Error),
+}
+
+#[derive(Debug)]
+struct State {
+    phase: Phase,
+    /// Recoveries so far.
+    generation: u64,
+    /// Bumped at every change a waiter may look at (phase, event), under the lock.
+    changes: u64,
+}
+
+/// A connection's recovery: its policy and host list, its phase, and the topology it
+/// records (module docs).
+#[derive(Debug)]
+pub(crate) struct Recovery {
+    pub(crate) policy: RecoveryPolicy,
+    /// The parameter sets given to `Connection::open`, tried in order at every attempt.
+    pub(crate) hosts: Vec<ConnectionParameters>,
+    state: Mutex<State>,
+    cond: Condvar,
+    pub(crate) topology: Mutex<Topology>,
+}
+
+impl Recovery {
+    pub(crate) fn new(policy: RecoveryPolicy, hosts: Vec<ConnectionParameters>) -> Recovery {
+        Recovery {
+            policy,
+            hosts,
+            state: Mutex::new(State {
+                phase: Phase::Connected,
+                generation: 0,
+                changes: 0,
+            }),
+            cond: Condvar::new(),
+            topology: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn lock_topology(&self) -> MutexGuard<'_, Topology> {
+        self.topology.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes every waiter after a change.
+    fn changed(&self, mut state: MutexGuard<'_, State>) {
+        state.changes += 1;
+        drop(state);
+        self.cond.notify_all();
+    }
+
+    /// Sleeps `delay` unless the connection is closed meanwhile; true if it was.
+    fn sleep(&self, delay: std::time::Duration) -> bool {
+        let until = crate::engine::saturating_deadline(delay);
+        let mut state = self.lock();
+        loop {
+            if matches!(state.phase, Phase::Closed(_)) {
+                return true;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .cond
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Wakes every waiter (a recovery event was queued).
+    pub(crate) fn notify(&self) {
+        self.changed(self.lock());
+    }
+
+    /// The application closed the connection: recovery stops, for good.
+    pub(crate) fn close(&self, error: Error) {
+        let mut state = self.lock();
+        if !matches!(state.phase, Phase::Closed(_)) {
+            state.phase = Phase::Closed(error);
+        }
+        self.changed(state);
+    }
+
+    /// Recoveries so far.
+    pub(crate) fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// True while the recovery thread is at work.
+    pub(crate) fn is_recovering(&self) -> bool {
+        matches!(self.lock().phase, Phase::Recovering)
+    }
+
+    /// The error every call gets, once closed for good.
+    pub(crate) fn closed_error(&self) -> Option<Error> {
+        match &self.lock().phase {
+            Phase::Closed(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    /// The name a queue has now (`name` unless a recovery renamed it).
+    pub(crate) fn current_name(&self, name: &str) -> String {
+        self.lock_topology().current_name(name).to_owned()
+    }
+}
+
+impl Owner {
+    /// The connection's current engine (it may be a lost one while recovering).
+    pub(crate) fn core(&self) -> Arc<Core> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The current engine, once it is usable: at once, unless the connection is recovering;
+    /// then it waits for the recovery (module docs), at most until `deadline()` (computed only
+    /// then), and gives [`Error::Timeout`] past it, or the error that closed the connection
+    /// for good.
+    pub(crate) fn ready_core(
+        &self,
+        deadline: impl FnOnce() -> Option<Instant>,
+    ) -> Result<Arc<Core>> {
+        let Some(recovery) = &self.recovery else {
+            return Ok(self.core());
+        };
+        self.wait_recovered(recovery, deadline, || Ok(()))?;
+        Ok(self.core())
+    }
+
+    /// Waits while the connection recovers (see [`ready_core`](Self::ready_core)), running
+    /// `between` at first and after every change (a consuming thread runs the connection's
+    /// callbacks there, recovery events included); its error ends the wait.
+    pub(crate) fn wait_recovered(
+        &self,
+        recovery: &Recovery,
+        deadline: impl FnOnce() -> Option<Instant>,
+        mut between: impl FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let mut deadline = Some(deadline);
+        let mut until = None;
+        loop {
+            let seen = {
+                let state = recovery.lock();
+                match &state.phase {
+                    Phase::Connected => return Ok(()),
+                    Phase::Closed(e) => return Err(e.clone()),
+                    Phase::Recovering => state.changes,
+                }
+            };
+            between()?;
+            if let Some(deadline) = deadline.take() {
+                until = deadline();
+            }
+            let mut state = recovery.lock();
+            while state.changes == seen {
+                let timeout = match until {
+                    None => std::time::Duration::from_secs(3600),
+                    Some(at) => {
+                        let left = at.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return Err(Error::Timeout {
+                                context: "waiting for the connection to recover".into(),
+                                after: self.core().params.rpc_timeout,
+                            });
+                        }
+                        left
+                    }
+                };
+                state = recovery
+                    .cond
+                    .wait_timeout(state, timeout)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+    }
+
+    /// Records in the topology what the broker confirmed, when recovery is on.
+    pub(crate) fn record(&self, f: impl FnOnce(&mut Topology)) {
+        if let Some(recovery) = &self.recovery {
+            f(&mut recovery.lock_topology());
+        }
+    }
+
+    /// What the engine `core` calls when it is lost for a recoverable reason (see
+    /// `Core::fail`): starts the recovery thread if `core` is the current engine and the
+    /// connection was connected; otherwise (an engine the recovery thread is still setting
+    /// up, a loss already handled) does nothing.
+    pub(crate) fn connection_lost(self: &Arc<Self>, core: &Core, error: &Error) {
+        let Some(recovery) = &self.recovery else {
+            return;
+        };
+        let mut state = recovery.lock();
+        let current = std::ptr::eq(Arc::as_ptr(&self.core()), core);
+        if !current || !matches!(state.phase, Phase::Connected) {
+            return;
+        }
+        log::warn!("connection lost ({error}): recovering");
+        state.phase = Phase::Recovering;
+        drop(state);
+        self.push_recovery_event(RecoveryEvent::ConnectionLost {
+            cause: error.clone(),
+        });
+        driver::spawn(Arc::downgrade(self), recovery.clone(), error.clone());
+    }
+
+    /// The hook a new engine gets, so its loss reaches [`connection_lost`](Self::connection_lost).
+    pub(crate) fn on_lost_hook(owner: Weak<Owner>) -> OnLost {
+        OnLost(Box::new(move |core: &Core, error: &Error| {
+            if let Some(owner) = owner.upgrade() {
+                owner.connection_lost(core, error);
+            }
+        }))
+    }
+
+    /// Marks every channel still lost closed with `error` (recovery ended for good).
+    pub(crate) fn close_lost_channels(&self, error: &Error) {
+        for channel in self.live_channels() {
+            let core = channel.core();
+            let mut st = core.lock();
+            if matches!(st.life, Life::Lost(_)) {
+                st.life = Life::Closed(error.clone());
+            }
+        }
+        self.core().nudge();
+    }
+}
+
+impl crate::Connection {
+    /// Waits until the connection is usable: at once when it is open, until the recovery
+    /// finishes when it is recovering (at most `timeout`: then [`Error::Timeout`]). The error
+    /// that closed it for good otherwise (closed by the application, recovery gave up, or,
+    /// without recovery, the loss itself).
+    pub fn wait_for_recovery(&self, timeout: std::time::Duration) -> Result<()> {
+        let owner = self.owner();
+        let Some(recovery) = &owner.recovery else {
+            return match owner.core().closed_error() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            };
+        };
+        owner.wait_recovered(recovery, || crate::engine::deadline_after(timeout), || Ok(()))?;
+        match recovery.closed_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// True while the connection recovers from a loss (recovery on, see
+    /// [`RecoveryPolicy`]).
+    pub fn is_recovering(&self) -> bool {
+        self.owner()
+            .recovery
+            .as_ref()
+            .is_some_and(|r| r.is_recovering())
+    }
+
+    /// How many times the connection has recovered (0 without recovery). Deliveries carry the
+    /// generation they arrived in ([`Delivery::generation`](crate::Delivery::generation)).
+    pub fn recovery_generation(&self) -> u64 {
+        self.owner().recovery.as_ref().map_or(0, |r| r.generation())
+    }
+
+    /// The name the queue called `name` has now: `name` itself, unless it is a server-named
+    /// queue that a recovery declared again under a new name (each recovery's renames are
+    /// also in its [`RecoveryEvent::Recovered`] report).
+    pub fn current_queue_name(&self, name: &str) -> String {
+        match &self.owner().recovery {
+            Some(recovery) => recovery.current_name(name),
+            None => name.to_owned(),
+        }
+    }
+}

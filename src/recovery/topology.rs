@@ -21,7 +21,7 @@
 //! and replay its plan.
 
 // Not used until the reconnecting engine lands (issue 14); tested below.
-#![allow(dead_code)]
+
 
 use std::collections::BTreeMap;
 
@@ -187,6 +187,28 @@ impl Topology {
         }
     }
 
+    /// Tags of the consumers on channels other than `open`.
+    pub(crate) fn consumers_on_other_channels(&self, open: &[u16]) -> Vec<String> {
+        self.consumers
+            .iter()
+            .filter(|(_, c)| !open.contains(&c.channel))
+            .map(|(tag, _)| tag.clone())
+            .collect()
+    }
+
+    /// Channel `channel` closed: its consumers are gone (with what that deletes).
+    pub(crate) fn channel_closed(&mut self, channel: u16) {
+        let tags: Vec<String> = self
+            .consumers
+            .iter()
+            .filter(|(_, c)| c.channel == channel)
+            .map(|(tag, _)| tag.clone())
+            .collect();
+        for tag in tags {
+            self.consumer_cancelled(&tag);
+        }
+    }
+
     /// RabbitMQ deletes an auto-delete exchange once it is no longer the source of any binding.
     fn auto_delete_unbound_exchanges(&mut self) {
         let unbound: Vec<String> = self
@@ -293,6 +315,24 @@ mod tests {
             durable: true,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_closed_channel_takes_its_consumers_and_their_auto_delete_queue() {
+        let mut t = Topology::default();
+        let auto_delete = QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        };
+        t.queue_declared("q", "q", &auto_delete);
+        t.queue_declared("kept", "kept", &durable());
+        t.consumer_started("c1", consumer(1, "q"));
+        t.consumer_started("c2", consumer(2, "kept"));
+        t.channel_closed(1);
+        let plan = t.plan();
+        assert!(!plan.iter().any(|s| matches!(s, Step::Queue(name, _) if name == "q")));
+        assert!(plan.contains(&Step::Consumer("c2".into(), consumer(2, "kept"))));
+        assert!(!plan.iter().any(|s| matches!(s, Step::Consumer(tag, _) if tag == "c1")));
     }
 
     #[test]

@@ -1,0 +1,571 @@
+//! The `cottontail-recovery` thread: reconnects a lost connection and restores what it had
+//! (see the module docs of `recovery` for who waits for it and how it ends).
+//!
+//! One attempt tries each parameter set in order. On a new engine it restores, in order:
+//!
+//! 1. every channel the connection had open, with its number: channel.open, its basic.qos
+//!    settings, confirm.select, tx.select;
+//! 2. the recorded topology (exchanges, queues, queue bindings, exchange bindings) on a
+//!    channel of its own, so that an entity the broker refuses (it closes that channel) costs
+//!    only itself: it is reported skipped and the rest goes on; server-named queues are
+//!    declared as `""` and renamed;
+//! 3. the consumers, each on its own channel with its own tag, once a passive declare has
+//!    shown its queue exists (a consumer whose queue is gone is reported cancelled to the
+//!    application, as a broker cancel would be, instead of closing its channel with 404).
+//!
+//! Only then does the new engine become the connection's (the swap, under the phase lock).
+//! An attempt that fails part-way gives its channels back (`ChannelCore::lose`) before its
+//! engine is closed, so the next attempt finds them as the loss left them.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use amq_protocol::protocol::{basic, channel, confirm, exchange, queue, tx, AMQPClass};
+
+use super::policy::{Entity, RecoveryEvent, RecoveryReport};
+use super::topology::{ConsumerRecord, Step};
+use super::{Phase, Recovery};
+use crate::channel::{await_reply, send_request, Channel};
+use crate::connection::Owner;
+use crate::engine::chan::{ChanState, ChannelCore, Life, Reply, Stale};
+use crate::engine::{deadline_after, with_scratch, Core};
+use crate::error::{Error, Result};
+use crate::protocol::codec::{self, short};
+use crate::protocol::table;
+
+/// Starts the recovery thread; if no thread can be started, the connection is closed for good
+/// with that error.
+pub(super) fn spawn(owner: Weak<Owner>, recovery: Arc<Recovery>, cause: Error) {
+    let (weak, rec) = (owner.clone(), recovery.clone());
+    let spawned = std::thread::Builder::new()
+        .name("cottontail-recovery".into())
+        .spawn(move || run(&weak, &rec, cause));
+    if let Err(e) = spawned {
+        give_up(&owner, &recovery, Error::io("starting the recovery thread", &e));
+    }
+}
+
+fn run(owner: &Weak<Owner>, recovery: &Recovery, cause: Error) {
+    let lost_at = Instant::now();
+    let backoff = &recovery.policy.backoff;
+    let mut last_error = cause;
+    let mut attempt = 0u32;
+    loop {
+        attempt = attempt.saturating_add(1);
+        if !backoff.should_try(attempt, lost_at.elapsed()) {
+            give_up(owner, recovery, last_error);
+            return;
+        }
+        if attempt > 1 && recovery.sleep(backoff.delay(attempt - 1, random())) {
+            return;
+        }
+        let Some(owner) = owner.upgrade() else {
+            return;
+        };
+        match attempt_once(&owner, recovery, attempt, lost_at) {
+            Ok(()) => return,
+            Err(error) => {
+                log::warn!("recovery attempt {attempt} failed: {error}");
+                owner.push_recovery_event(RecoveryEvent::AttemptFailed {
+                    attempt,
+                    error: error.clone(),
+                });
+                last_error = error;
+            }
+        }
+        if recovery.closed_error().is_some() {
+            return;
+        }
+    }
+}
+
+/// Recovery ends for good with `error`: every call gets it from now on.
+fn give_up(owner: &Weak<Owner>, recovery: &Recovery, error: Error) {
+    log::error!("recovery gave up: {error}");
+    recovery.close(error.clone());
+    if let Some(owner) = owner.upgrade() {
+        owner.close_lost_channels(&error);
+        owner.push_recovery_event(RecoveryEvent::Failed { cause: error });
+    }
+}
+
+/// A number in `0.0..1.0` for the backoff's jitter.
+fn random() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
+}
+
+/// One attempt: each parameter set in order until one is restored and in place.
+fn attempt_once(
+    owner: &Arc<Owner>,
+    recovery: &Recovery,
+    attempt: u32,
+    lost_at: Instant,
+) -> Result<()> {
+    let generation = recovery.generation() + 1;
+    let mut errors = Vec::new();
+    for params in &recovery.hosts {
+        if recovery.closed_error().is_some() {
+            return Ok(());
+        }
+        let core = match Core::open(params.clone(), generation) {
+            Ok(core) => core,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let mut restored = Vec::new();
+        match restore(owner, recovery, &core, generation, &mut restored) {
+            Ok(mut report) => {
+                report.attempt = attempt;
+                report.took = lost_at.elapsed();
+                return install(owner, recovery, core, restored, report);
+            }
+            Err(e) => {
+                abandon(&core, &restored, &e);
+                errors.push(e);
+            }
+        }
+    }
+    Err(match errors.len() {
+        1 => errors.remove(0),
+        _ => Error::AllAttemptsFailed { attempts: errors },
+    })
+}
+
+/// Gives the channels an attempt restored back to the loss's state, then closes its engine.
+fn abandon(core: &Core, restored: &[Arc<ChannelCore>], error: &Error) {
+    core.lock_channels().clear();
+    for channel in restored {
+        channel.lose(error);
+    }
+    let timeout = core.params.rpc_timeout.min(Duration::from_secs(1));
+    if let Err(e) = core.close(200, "recovery attempt abandoned", timeout) {
+        log::debug!("closing an abandoned recovery attempt: {e}");
+    }
+}
+
+/// Makes the restored engine the connection's, unless the application closed it meanwhile.
+fn install(
+    owner: &Arc<Owner>,
+    recovery: &Recovery,
+    core: Arc<Core>,
+    restored: Vec<Arc<ChannelCore>>,
+    report: RecoveryReport,
+) -> Result<()> {
+    let mut state = recovery.lock();
+    if let Phase::Closed(e) = &state.phase {
+        let e = e.clone();
+        drop(state);
+        abandon(&core, &restored, &e);
+        for channel in restored {
+            channel.fail(&e);
+        }
+        return Ok(());
+    }
+    *owner.current.write().unwrap_or_else(|p| p.into_inner()) = core.clone();
+    state.phase = Phase::Connected;
+    state.generation = report.generation;
+    recovery.changed(state);
+    log::warn!(
+        "connection recovered to {}:{} after {:?} (attempt {}; {} renamed, {} skipped)",
+        report.host,
+        report.port,
+        report.took,
+        report.attempt,
+        report.renamed.len(),
+        report.skipped.len()
+    );
+    owner.push_recovery_event(RecoveryEvent::Recovered(report));
+    // Lost between its hook and the swap: recover again.
+    if let Some(e) = core.closed_error() {
+        owner.connection_lost(&core, &e);
+    }
+    Ok(())
+}
+
+/// Sends `method` on `channel` of `core` and waits for its reply, at most the RPC timeout.
+fn call(core: &Core, channel: &ChannelCore, method: AMQPClass, what: &str) -> Result<Reply> {
+    let timeout = core.params.rpc_timeout;
+    let deadline = deadline_after(timeout);
+    with_scratch(|buf| {
+        codec::encode_method(buf, channel.id, method)?;
+        send_request(core, channel, buf, deadline, &mut None::<fn(&mut ChanState)>)
+    })?;
+    await_reply(core, channel, deadline, timeout, what, Stale::Method)
+}
+
+/// Whether an error ends the attempt (the engine is unusable) rather than one channel.
+fn ends_attempt(e: &Error) -> bool {
+    e.is_connection_error() || matches!(e, Error::Timeout { .. })
+}
+
+/// Restores channels, topology and consumers on `core` (module docs); the user channels it
+/// put in `core`'s table go in `restored`.
+fn restore(
+    owner: &Arc<Owner>,
+    recovery: &Recovery,
+    core: &Arc<Core>,
+    generation: u64,
+    restored: &mut Vec<Arc<ChannelCore>>,
+) -> Result<RecoveryReport> {
+    if !core.set_on_lost(Owner::on_lost_hook(Arc::downgrade(owner))) {
+        return Err(core.closed_error().unwrap_or(Error::StreamLost {
+            message: "the new connection ended at once".into(),
+        }));
+    }
+    let mut report = RecoveryReport {
+        generation,
+        attempt: 0,
+        host: core.params.host.clone(),
+        port: core.params.port,
+        took: Duration::ZERO,
+        renamed: Vec::new(),
+        skipped: Vec::new(),
+        closed_channels: Vec::new(),
+    };
+    let mut channels = owner.live_channels();
+    channels.sort_by_key(Channel::channel_number);
+    let mut open = Vec::new();
+    for channel in channels {
+        let chan = channel.inner.core.clone();
+        if !matches!(chan.lock().life, Life::Lost(_)) {
+            continue;
+        }
+        if chan.id > core.tuned.channel_max {
+            let e = Error::InvalidChannelNumber {
+                number: chan.id,
+                reason: format!("above the new connection's channel_max {}", core.tuned.channel_max),
+            };
+            chan.fail(&e);
+            report.closed_channels.push((chan.id, e));
+            continue;
+        }
+        core.lock_channels().insert(chan.id, chan.clone());
+        restored.push(chan.clone());
+        {
+            let mut st = chan.lock();
+            st.life = Life::Open;
+            st.generation = generation;
+        }
+        match reopen(core, &channel) {
+            Ok(()) => open.push(channel),
+            Err(e) if ends_attempt(&e) => return Err(e),
+            Err(e) => {
+                chan.fail(&e);
+                report.closed_channels.push((chan.id, e));
+            }
+        }
+    }
+    let mut aux = AuxChannel::open(core)?;
+    let plan = {
+        let mut topology = recovery.lock_topology();
+        for record in topology.consumers_on_other_channels(&open_numbers(&open)) {
+            topology.consumer_cancelled(&record);
+        }
+        topology.plan()
+    };
+    let mut consumers = Vec::new();
+    for step in plan {
+        match step {
+            Step::Consumer(tag, record) => consumers.push((tag, record)),
+            step => declare(core, recovery, &mut aux, step, &mut report)?,
+        }
+    }
+    {
+        let mut topology = recovery.lock_topology();
+        for (old, new) in &report.renamed {
+            topology.renamed(old, new);
+        }
+    }
+    for (tag, mut record) in consumers {
+        record.queue = current(&report.renamed, &record.queue);
+        let Some(channel) = open.iter().find(|c| c.channel_number() == record.channel) else {
+            continue;
+        };
+        consume(core, recovery, &mut aux, channel, &tag, &record, &mut report)?;
+    }
+    aux.close(core);
+    Ok(report)
+}
+
+fn open_numbers(open: &[Channel]) -> Vec<u16> {
+    open.iter().map(Channel::channel_number).collect()
+}
+
+/// The name `name` has after this recovery's renames.
+fn current(renamed: &[(String, String)], name: &str) -> String {
+    renamed
+        .iter()
+        .find(|(old, _)| old == name)
+        .map_or_else(|| name.to_owned(), |(_, new)| new.clone())
+}
+
+/// Opens a user channel again on `core` with its settings (module docs, step 1).
+fn reopen(core: &Core, channel: &Channel) -> Result<()> {
+    let chan = &channel.inner.core;
+    call(
+        core,
+        chan,
+        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        "channel.open",
+    )?;
+    let settings = channel.lock_settings().clone();
+    for qos in settings.qos.iter().flatten() {
+        let method = AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+            prefetch_count: qos.prefetch_count,
+            global: qos.global_qos,
+        }));
+        call(core, chan, method, "basic.qos")?;
+        chan.lock().acks.set_prefetch(qos.prefetch_count);
+    }
+    if chan.lock().confirms.is_some() {
+        let method = AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+            nowait: false,
+        }));
+        call(core, chan, method, "confirm.select")?;
+    }
+    if settings.tx {
+        call(
+            core,
+            chan,
+            AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {})),
+            "tx.select",
+        )?;
+        chan.lock().acks.stop_merging();
+    }
+    log::debug!("channel {} open again", chan.id);
+    Ok(())
+}
+
+/// The channel the topology is declared on (module docs, step 2): a number no user channel
+/// has, opened again whenever the broker closes it for an entity it refused.
+struct AuxChannel {
+    channel: Arc<ChannelCore>,
+}
+
+impl AuxChannel {
+    fn open(core: &Core) -> Result<AuxChannel> {
+        let channel = {
+            let mut table = core.lock_channels();
+            let id = (1..=core.tuned.channel_max)
+                .find(|n| !table.contains_key(n))
+                .ok_or(Error::NoFreeChannels {
+                    channel_max: core.tuned.channel_max,
+                })?;
+            let channel = Arc::new(ChannelCore::new(id));
+            table.insert(id, channel.clone());
+            channel
+        };
+        call(
+            core,
+            &channel,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+            "channel.open",
+        )?;
+        Ok(AuxChannel { channel })
+    }
+
+    /// Runs `method`; a channel error (the broker refused it and closed the channel) is
+    /// returned as `Ok(Err(e))` after the channel is opened again.
+    fn call(&mut self, core: &Core, method: AMQPClass, what: &str) -> Result<Result<Reply>> {
+        match call(core, &self.channel, method, what) {
+            Ok(reply) => Ok(Ok(reply)),
+            Err(e) if ends_attempt(&e) => Err(e),
+            Err(e) => {
+                self.wait_closed(core);
+                *self = AuxChannel::open(core)?;
+                Ok(Err(e))
+            }
+        }
+    }
+
+    /// Waits until the broker's close of the channel is routed (its number freed), briefly.
+    fn wait_closed(&self, core: &Core) {
+        let deadline = deadline_after(Duration::from_secs(1));
+        let _ = core.wait_on(
+            &self.channel,
+            deadline,
+            |st| matches!(st.life, Life::Closed(_)).then_some(()),
+            |_| Error::timeout("", Duration::ZERO),
+        );
+    }
+
+    fn close(self, core: &Core) {
+        let method = AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+            reply_code: 200,
+            reply_text: "recovery done".into(),
+            class_id: 0,
+            method_id: 0,
+        }));
+        if let Err(e) = call(core, &self.channel, method, "channel.close") {
+            log::debug!("closing the recovery's channel: {e}");
+        }
+    }
+}
+
+/// Declares one entity again (module docs, step 2).
+fn declare(
+    core: &Core,
+    recovery: &Recovery,
+    aux: &mut AuxChannel,
+    step: Step,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    let (entity, method, what) = match step {
+        Step::Exchange(name, options) => (
+            Entity::Exchange { name: name.clone() },
+            AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+                exchange: short(&name)?,
+                kind: short(options.exchange_type.as_str())?,
+                passive: false,
+                durable: options.durable,
+                auto_delete: options.auto_delete,
+                internal: options.internal,
+                nowait: false,
+                arguments: table::to_wire(&options.arguments)?,
+            })),
+            "exchange.declare",
+        ),
+        Step::Queue(name, record) => (
+            Entity::Queue {
+                name: name.clone(),
+                server_named: record.server_named,
+            },
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: short(if record.server_named { "" } else { &name })?,
+                passive: false,
+                durable: record.options.durable,
+                exclusive: record.options.exclusive,
+                auto_delete: record.options.auto_delete,
+                nowait: false,
+                arguments: table::to_wire(&record.options.arguments)?,
+            })),
+            "queue.declare",
+        ),
+        Step::QueueBinding(binding) => {
+            let queue = current(&report.renamed, &binding.queue);
+            (
+                Entity::QueueBinding {
+                    queue: queue.clone(),
+                    exchange: binding.exchange.clone(),
+                    routing_key: binding.routing_key.clone(),
+                },
+                AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+                    queue: short(&queue)?,
+                    exchange: short(&binding.exchange)?,
+                    routing_key: short(&binding.routing_key)?,
+                    nowait: false,
+                    arguments: table::to_wire(&binding.arguments)?,
+                })),
+                "queue.bind",
+            )
+        }
+        Step::ExchangeBinding(binding) => (
+            Entity::ExchangeBinding {
+                destination: binding.destination.clone(),
+                source: binding.source.clone(),
+                routing_key: binding.options.routing_key.clone(),
+            },
+            AMQPClass::Exchange(exchange::AMQPMethod::Bind(exchange::Bind {
+                destination: short(&binding.destination)?,
+                source: short(&binding.source)?,
+                routing_key: short(&binding.options.routing_key)?,
+                nowait: false,
+                arguments: table::to_wire(&binding.options.arguments)?,
+            })),
+            "exchange.bind",
+        ),
+        Step::Consumer(..) => return Ok(()),
+    };
+    if !recovery.policy.keeps(&entity) {
+        report.skipped.push((entity, None));
+        return Ok(());
+    }
+    match aux.call(core, method, what)? {
+        Ok(Reply::Method(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)))) => {
+            if let Entity::Queue {
+                name,
+                server_named: true,
+            } = &entity
+            {
+                if ok.queue.as_str() != name {
+                    log::info!("server-named queue {name} is now {}", ok.queue);
+                    report.renamed.push((name.clone(), ok.queue.to_string()));
+                }
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            log::warn!("recovery: the broker refused {entity}: {e}");
+            report.skipped.push((entity, Some(e)));
+        }
+    }
+    Ok(())
+}
+
+/// Registers a consumer again on its channel (module docs, step 3).
+fn consume(
+    core: &Core,
+    recovery: &Recovery,
+    aux: &mut AuxChannel,
+    channel: &Channel,
+    tag: &str,
+    record: &ConsumerRecord,
+    report: &mut RecoveryReport,
+) -> Result<()> {
+    let entity = Entity::Consumer {
+        tag: tag.to_owned(),
+        queue: record.queue.clone(),
+        channel: record.channel,
+    };
+    let chan = &channel.inner.core;
+    let mut refused = None;
+    if !recovery.policy.keeps(&entity) {
+        report.skipped.push((entity, None));
+        chan.lock().push_cancel(tag.to_owned());
+        return Ok(());
+    }
+    // Direct reply-to is a pseudo-queue: nothing to declare.
+    if !record.queue.starts_with("amq.rabbitmq.reply-to") {
+        let passive = AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: short(&record.queue)?,
+            passive: true,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: Default::default(),
+        }));
+        if let Err(e) = aux.call(core, passive, "queue.declare")? {
+            refused = Some(e);
+        }
+    }
+    if refused.is_none() {
+        let options = &record.options;
+        let method = AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: short(&record.queue)?,
+            consumer_tag: short(tag)?,
+            no_local: false,
+            no_ack: options.auto_ack,
+            exclusive: options.exclusive,
+            nowait: false,
+            arguments: table::to_wire(&options.arguments)?,
+        }));
+        match call(core, chan, method, "basic.consume") {
+            Ok(_) => return Ok(()),
+            Err(e) if ends_attempt(&e) => return Err(e),
+            Err(e) => {
+                // The broker closed the consumer's channel: the application sees it closed.
+                report.closed_channels.push((chan.id, e.clone()));
+                refused = Some(e);
+            }
+        }
+    }
+    let e = refused.expect("set above");
+    log::warn!("recovery: consumer {tag} not registered again: {e}");
+    // As if the broker had cancelled it: the cancel callbacks run, its iterator ends.
+    chan.lock().push_cancel(tag.to_owned());
+    report.skipped.push((entity, Some(e)));
+    Ok(())
+}
