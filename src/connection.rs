@@ -119,7 +119,8 @@ impl Connection {
                         {
                             // Lost already: recover it now.
                             if let Some(e) = core.closed_error() {
-                                owner.connection_lost(&core, &e);
+                                let recover = crate::recovery::recoverable(&e);
+                                owner.connection_lost(&core, &e, recover);
                             }
                         }
                         return Ok(Connection::from_owner(owner));

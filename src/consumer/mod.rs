@@ -565,16 +565,25 @@ impl Channel {
         )
     }
 
-    /// A callback error a consuming call goes on after: with recovery on, a
-    /// [`Error::StaleDeliveryTag`] (the callback acked a delivery from before a recovery; the
-    /// broker delivers it again), logged.
+    /// A callback error a consuming call goes on after, logged: with recovery on (and not
+    /// ended for good), a [`Error::StaleDeliveryTag`] (the callback acked a delivery from
+    /// before a recovery) or a connection error (the connection was lost while the callback
+    /// ran). The broker delivers such a message again, unless it was auto-acked.
     pub(crate) fn forgiven(&self, e: &Error) -> bool {
-        if self.inner.owner.recovery.is_none() || !matches!(e, Error::StaleDeliveryTag { .. }) {
+        let recovering = self
+            .inner
+            .owner
+            .recovery
+            .as_ref()
+            .is_some_and(|r| r.closed_error().is_none());
+        if !recovering
+            || !(matches!(e, Error::StaleDeliveryTag { .. }) || e.is_connection_error())
+        {
             return false;
         }
         log::warn!(
-            "channel {}: a callback settled a delivery from before the connection's recovery \
-             ({e}); going on",
+            "channel {}: a callback failed with the connection's loss or recovery ({e}); \
+             going on (the broker delivers that message again unless it was auto-acked)",
             self.channel_number()
         );
         true

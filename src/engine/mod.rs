@@ -80,13 +80,14 @@ pub(crate) struct Core {
     /// Recoveries of the connection before this engine was opened (0 for the first one); every
     /// delivery it routes carries it.
     pub(crate) generation: u64,
-    /// Told when the connection is lost for a reason recovery handles (see [`Core::fail`]);
-    /// set by the recovery, if it is on.
+    /// Told when the connection ends for a reason other than the application's close (see
+    /// [`Core::fail`]); set by the recovery, if it is on.
     on_lost: Mutex<Option<OnLost>>,
 }
 
-/// What [`Core::fail`] calls when a recoverable loss ends the connection (see `recovery`).
-pub(crate) struct OnLost(pub(crate) Box<dyn Fn(&Core, &Error) + Send + Sync>);
+/// What [`Core::fail`] calls when the connection ends (see `recovery`), with the error and
+/// whether recovery handles it.
+pub(crate) struct OnLost(pub(crate) Box<dyn Fn(&Core, &Error, bool) + Send + Sync>);
 
 impl std::fmt::Debug for OnLost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -273,34 +274,35 @@ impl Core {
     }
 
     /// Marks the connection and every channel closed with `error` (first reason wins) and
-    /// wakes every waiter. When recovery is on ([`set_on_lost`](Self::set_on_lost)) and the
-    /// first reason is one it handles, the channels are marked lost instead (see
-    /// `ChannelCore::lose`) and the recovery is told, once.
+    /// wakes every waiter. When recovery is on ([`set_on_lost`](Self::set_on_lost)) it is
+    /// told, once; if the first reason is one it handles, the channels are marked lost
+    /// instead (see `ChannelCore::lose`).
     pub(crate) fn fail(&self, error: Error) {
         let mut link = self.lock_link();
         let first = link.closed.is_none();
         let error = link.closed.get_or_insert(error).clone();
         drop(link);
         self.link_cond.notify_all();
-        let on_lost = match first && crate::recovery::recoverable(&error) {
+        let on_lost = match first {
             true => self.on_lost.lock().unwrap_or_else(|p| p.into_inner()).take(),
             false => None,
         };
+        let recover = on_lost.is_some() && crate::recovery::recoverable(&error);
         let channels: Vec<_> = self.lock_channels().drain().map(|(_, c)| c).collect();
         for channel in channels {
-            match on_lost {
-                Some(_) => channel.lose(&error),
-                None => channel.fail(&error),
+            match recover {
+                true => channel.lose(&error),
+                false => channel.fail(&error),
             }
         }
         // The recovery starts before the waiters wake, so they find it under way.
         if let Some(on_lost) = on_lost {
-            (on_lost.0)(self, &error);
+            (on_lost.0)(self, &error, recover);
         }
         self.nudge();
     }
 
-    /// Has [`fail`](Self::fail) call `on_lost` for a recoverable loss. Returns false (and
+    /// Has [`fail`](Self::fail) call `on_lost` when the connection ends. Returns false (and
     /// drops it) when the connection has ended already.
     pub(crate) fn set_on_lost(&self, on_lost: OnLost) -> bool {
         *self.on_lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(on_lost);

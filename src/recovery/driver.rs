@@ -179,7 +179,8 @@ fn install(
     owner.push_recovery_event(RecoveryEvent::Recovered(report));
     // Lost between its hook and the swap: recover again.
     if let Some(e) = core.closed_error() {
-        owner.connection_lost(&core, &e);
+        let recover = super::recoverable(&e);
+        owner.connection_lost(&core, &e, recover);
     }
     Ok(())
 }

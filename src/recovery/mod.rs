@@ -270,17 +270,27 @@ impl Owner {
         }
     }
 
-    /// What the engine `core` calls when it is lost for a recoverable reason (see
-    /// `Core::fail`): starts the recovery thread if `core` is the current engine and the
-    /// connection was connected; otherwise (an engine the recovery thread is still setting
-    /// up, a loss already handled) does nothing.
-    pub(crate) fn connection_lost(self: &Arc<Self>, core: &Core, error: &Error) {
+    /// What the engine `core` calls when it ends (see `Core::fail`): if `core` is the
+    /// current engine and the connection was connected, starts the recovery thread
+    /// (`recover`: a loss recovery handles) or closes the connection for good; otherwise (an
+    /// engine the recovery thread is still setting up, a loss already handled, the
+    /// application's close) does nothing.
+    pub(crate) fn connection_lost(self: &Arc<Self>, core: &Core, error: &Error, recover: bool) {
         let Some(recovery) = &self.recovery else {
             return;
         };
         let mut state = recovery.lock();
         let current = std::ptr::eq(Arc::as_ptr(&self.core()), core);
         if !current || !matches!(state.phase, Phase::Connected) {
+            return;
+        }
+        if !recover {
+            log::warn!("connection closed ({error}): not a loss recovery handles");
+            state.phase = Phase::Closed(error.clone());
+            drop(state);
+            self.push_recovery_event(RecoveryEvent::Failed {
+                cause: error.clone(),
+            });
             return;
         }
         log::warn!("connection lost ({error}): recovering");
@@ -294,9 +304,9 @@ impl Owner {
 
     /// The hook a new engine gets, so its loss reaches [`connection_lost`](Self::connection_lost).
     pub(crate) fn on_lost_hook(owner: Weak<Owner>) -> OnLost {
-        OnLost(Box::new(move |core: &Core, error: &Error| {
+        OnLost(Box::new(move |core: &Core, error: &Error, recover: bool| {
             if let Some(owner) = owner.upgrade() {
-                owner.connection_lost(core, error);
+                owner.connection_lost(core, error, recover);
             }
         }))
     }
