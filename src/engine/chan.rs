@@ -245,7 +245,7 @@ impl ChannelCore {
     /// The connection was lost and is to recover (see `recovery`): an open channel becomes
     /// [`Life::Lost`] (calls in flight fail with `error`, later ones wait for the recovery);
     /// one we were closing is closed. What belonged to the lost channel goes: held acks, replies
-    /// still due, orphans; publishes awaiting confirms become unknown (see
+    /// still due (one already routed stays for its waiter), orphans; publishes awaiting confirms become unknown (see
     /// `protocol::confirms`). Held deliveries stay: the recovery drops the manual-ack ones (it
     /// knows the consumers' ack modes) and keeps the auto-acked ones, which the broker counts
     /// delivered. The caller wakes the waiters.
@@ -256,8 +256,8 @@ impl ChannelCore {
             Life::Closing(ours) => Life::Closed(ours.clone()),
             Life::Closed(e) | Life::Lost(e) => Life::Closed(e.clone()),
         };
+        // A reply already routed stays for its waiter; none is coming any more.
         st.awaiting = false;
-        st.reply = None;
         st.stale.clear();
         st.orphans.clear();
         st.tag_offset += st.acks.last_delivered();

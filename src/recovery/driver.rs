@@ -82,11 +82,14 @@ fn run(owner: &Weak<Owner>, recovery: &Recovery, cause: Error) {
 /// Recovery ends for good with `error`: every call gets it from now on.
 fn give_up(owner: &Weak<Owner>, recovery: &Recovery, error: Error) {
     log::error!("recovery gave up: {error}");
-    recovery.close(error.clone());
+    // The event first: whoever sees the connection closed finds it queued.
     if let Some(owner) = owner.upgrade() {
         owner.close_lost_channels(&error);
-        owner.push_recovery_event(RecoveryEvent::Failed { cause: error });
+        owner.push_recovery_event(RecoveryEvent::Failed {
+            cause: error.clone(),
+        });
     }
+    recovery.close(error);
 }
 
 /// A number in `0.0..1.0` for the backoff's jitter.

@@ -286,11 +286,12 @@ impl Owner {
         }
         if !recover {
             log::warn!("connection closed ({error}): not a loss recovery handles");
-            state.phase = Phase::Closed(error.clone());
             drop(state);
+            // The event first: whoever sees the connection closed finds it queued.
             self.push_recovery_event(RecoveryEvent::Failed {
                 cause: error.clone(),
             });
+            recovery.close(error.clone());
             return;
         }
         log::warn!("connection lost ({error}): recovering");

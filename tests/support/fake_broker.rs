@@ -77,6 +77,35 @@ impl FakeBroker {
         }
     }
 
+    /// Accepts one client if one connects within `timeout`.
+    pub fn accept_within(&self, timeout: Duration) -> Option<Peer> {
+        self.listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false).expect("blocking stream");
+                    stream
+                        .set_read_timeout(Some(FAKE_PATIENCE))
+                        .expect("read timeout");
+                    return Some(Peer {
+                        stream: Some(stream),
+                        buf: Vec::new(),
+                    });
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("fake broker: accept failed: {e}"),
+            }
+        }
+    }
+
     /// Accepts one client and runs the whole opening handshake with it (start, tune with
     /// `heartbeat` and `frame_max`, open).
     pub fn accept_and_handshake(&self, heartbeat: u16, frame_max: u32) -> Peer {

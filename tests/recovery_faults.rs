@@ -1,0 +1,288 @@
+//! Automatic recovery against a fake broker, for what a real one will not do on demand: go
+//! silent (heartbeat timeout), take its time to accept the new connection, refuse every
+//! attempt, close with a code recovery must not handle. The real-broker tests are
+//! `tests/recovery.rs` and `tests/cluster_recovery.rs`.
+
+mod support;
+#[path = "support/fake_broker.rs"]
+mod fake_broker;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
+use cottontail::{Connection, Error, QosOptions, RecoveryEvent, RecoveryPolicy};
+use fake_broker::{client_params, join, spawn_fake, Peer};
+
+fn policy() -> RecoveryPolicy {
+    RecoveryPolicy::default()
+        .with_initial_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_millis(100))
+}
+
+fn close_connection(peer: &mut Peer, reply_code: u16, reply_text: &str) {
+    peer.send_method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code,
+            reply_text: reply_text.into(),
+            class_id: 0,
+            method_id: 0,
+        })),
+    );
+}
+
+fn send_close_ok(peer: &mut Peer) {
+    peer.send_method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+    );
+}
+
+/// Reads until the client's connection.close, answers close-ok, reads to the end.
+fn answer_close(peer: &mut Peer) {
+    while let Some(frame) = peer.read_frame() {
+        if let AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(_))) = frame {
+            send_close_ok(peer);
+            peer.drain();
+            return;
+        }
+    }
+}
+
+fn answer_qos(peer: &mut Peer, channel: u16) -> u16 {
+    let prefetch = match peer.expect_method() {
+        (ch, AMQPClass::Basic(basic::AMQPMethod::Qos(qos))) if ch == channel => qos.prefetch_count,
+        other => panic!("fake broker: expected basic.qos on {channel}, got {other:?}"),
+    };
+    peer.send_method(
+        channel,
+        AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+    );
+    prefetch
+}
+
+/// The recovery's own channel for the topology: opened, then closed (nothing recorded here).
+fn serve_recovery_channel(peer: &mut Peer) {
+    let aux = match peer.expect_method() {
+        (ch, AMQPClass::Channel(channel::AMQPMethod::Open(_))) => ch,
+        other => panic!("fake broker: expected the recovery's channel.open, got {other:?}"),
+    };
+    peer.send_method(
+        aux,
+        AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+    );
+    match peer.expect_method() {
+        (ch, AMQPClass::Channel(channel::AMQPMethod::Close(_))) if ch == aux => {}
+        other => panic!("fake broker: expected channel.close on {aux}, got {other:?}"),
+    }
+    peer.send_method(
+        aux,
+        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+    );
+}
+
+#[test]
+fn a_heartbeat_timeout_reconnects_and_reopens_the_channel_with_its_number_and_qos() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut first = broker.accept_and_handshake(1, 131_072);
+        first.open_channel(3);
+        let prefetch = answer_qos(&mut first, 3);
+        // Silent from now on: the client's heartbeat timeout ends this connection.
+        first.drain();
+        let mut second = broker.accept_and_handshake(0, 131_072);
+        second.open_channel(3);
+        let replayed = answer_qos(&mut second, 3);
+        serve_recovery_channel(&mut second);
+        // The application's next call goes out on the new connection.
+        let after = answer_qos(&mut second, 3);
+        answer_close(&mut second);
+        (prefetch, replayed, after)
+    });
+    let connection =
+        Connection::open(client_params(port).with_recovery(policy())).expect("open");
+    let channel = connection.channel_with_number(3).expect("channel 3");
+    channel
+        .basic_qos(QosOptions {
+            prefetch_count: 5,
+            ..Default::default()
+        })
+        .unwrap();
+    let started = Instant::now();
+    assert!(
+        support::eventually(Duration::from_secs(10), || connection.recovery_generation() == 1),
+        "no recovery after the heartbeat timeout"
+    );
+    println!("recovered {:?} after the broker went silent", started.elapsed());
+    connection.wait_for_recovery(Duration::from_secs(1)).unwrap();
+    assert!(channel.is_open());
+    assert_eq!(channel.channel_number(), 3);
+    channel
+        .basic_qos(QosOptions {
+            prefetch_count: 7,
+            ..Default::default()
+        })
+        .unwrap();
+    connection.close().unwrap();
+    assert_eq!(join(fake), (5, 5, 7));
+}
+
+#[test]
+fn a_publish_made_while_recovering_waits_and_goes_out_on_the_new_connection() {
+    let (lost_tx, lost_rx) = mpsc::channel();
+    let (port, fake) = spawn_fake(move |broker| {
+        let mut first = broker.accept_and_handshake(0, 131_072);
+        first.open_channel(1);
+        close_connection(&mut first, 320, "CONNECTION_FORCED - test");
+        first.drain();
+        lost_tx.send(()).unwrap();
+        // Slow to take the new connection: the publish below waits meanwhile.
+        std::thread::sleep(Duration::from_millis(500));
+        let mut second = broker.accept_and_handshake(0, 131_072);
+        second.open_channel(1);
+        serve_recovery_channel(&mut second);
+        let mut published = Vec::new();
+        loop {
+            match second.read_frame() {
+                Some(AMQPFrame::Body(1, body)) => published.push(body.to_vec()),
+                Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(_)))) => {
+                    send_close_ok(&mut second);
+                }
+                Some(_) => {}
+                None => break published,
+            }
+        }
+    });
+    let connection = Connection::open(
+        client_params(port)
+            .with_rpc_timeout(Duration::from_secs(5))
+            .with_recovery(policy()),
+    )
+    .expect("open");
+    let channel = connection.channel().expect("channel");
+    lost_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(support::eventually(Duration::from_secs(2), || {
+        connection.is_recovering()
+    }));
+    let started = Instant::now();
+    channel.basic_publish("", "q", b"made while recovering").unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "the publish did not wait for the recovery ({waited:?})"
+    );
+    assert_eq!(connection.recovery_generation(), 1);
+    connection.close().unwrap();
+    assert_eq!(join(fake), vec![b"made while recovering".to_vec()]);
+}
+
+#[test]
+fn a_call_made_while_recovering_gives_up_at_its_own_deadline() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut first = broker.accept_and_handshake(0, 131_072);
+        first.open_channel(1);
+        close_connection(&mut first, 320, "CONNECTION_FORCED - test");
+        first.drain();
+        // Never accepts again until the client is done.
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    let connection = Connection::open(
+        client_params(port)
+            .with_rpc_timeout(Duration::from_millis(300))
+            .with_recovery(policy()),
+    )
+    .expect("open");
+    let channel = connection.channel().expect("channel");
+    assert!(support::eventually(Duration::from_secs(2), || {
+        connection.is_recovering()
+    }));
+    let started = Instant::now();
+    let err = channel
+        .basic_qos(QosOptions::default())
+        .expect_err("no connection to send it on");
+    let waited = started.elapsed();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+        "waited {waited:?} for a 300 ms rpc_timeout"
+    );
+    drop(channel);
+    drop(connection);
+    join(fake);
+}
+
+#[test]
+fn recovery_gives_up_after_its_attempts_and_every_call_gets_the_error() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut first = broker.accept_and_handshake(0, 131_072);
+        first.open_channel(1);
+        close_connection(&mut first, 320, "CONNECTION_FORCED - test");
+        first.drain();
+        // The listener goes: every attempt is refused.
+        drop(broker);
+    });
+    let connection = Connection::open(
+        client_params(port).with_recovery(policy().with_max_attempts(Some(3))),
+    )
+    .expect("open");
+    let (events_tx, events_rx) = mpsc::channel();
+    connection.add_on_recovery_callback(move |_c, event: &RecoveryEvent| {
+        events_tx.send(event.clone()).unwrap();
+    });
+    let channel = connection.channel().expect("channel");
+    join(fake);
+    let ended = connection.wait_for_recovery(Duration::from_secs(10));
+    let cause = ended.expect_err("recovery gave up");
+    assert!(cause.is_connection_error(), "{cause:?}");
+    assert!(!connection.is_recovering());
+    assert_eq!(connection.close_reason(), Some(cause.clone()));
+    // Every call fails at once with the error that ended it.
+    let started = Instant::now();
+    assert_eq!(channel.basic_publish("", "q", b"x"), Err(cause.clone()));
+    assert_eq!(connection.channel().map(|_| ()), Err(cause.clone()));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // The events: lost, three failed attempts, given up.
+    connection
+        .process_data_events(Duration::ZERO)
+        .expect_err("the connection is closed");
+    let events: Vec<RecoveryEvent> = events_rx.try_iter().collect();
+    assert!(
+        matches!(&events[0], RecoveryEvent::ConnectionLost { cause } if cause.reply_code() == Some(320)),
+        "{events:?}"
+    );
+    let attempts = events
+        .iter()
+        .filter(|e| matches!(e, RecoveryEvent::AttemptFailed { .. }))
+        .count();
+    assert_eq!(attempts, 3, "{events:?}");
+    assert!(
+        matches!(events.last(), Some(RecoveryEvent::Failed { cause: c }) if *c == cause),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_close_recovery_does_not_handle_ends_the_connection_without_reconnecting() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut first = broker.accept_and_handshake(0, 131_072);
+        first.open_channel(1);
+        close_connection(&mut first, 530, "NOT_ALLOWED - test");
+        first.drain();
+        // No new connection may come.
+        broker.accept_within(Duration::from_millis(700)).is_none()
+    });
+    let connection =
+        Connection::open(client_params(port).with_recovery(policy())).expect("open");
+    let channel = connection.channel().expect("channel");
+    assert!(support::eventually(Duration::from_secs(5), || {
+        connection.is_closed()
+    }));
+    let ended = connection.wait_for_recovery(Duration::from_secs(5));
+    assert!(
+        matches!(&ended, Err(Error::ConnectionClosed { reply_code: 530, .. })),
+        "{ended:?}"
+    );
+    assert!(channel.is_closed());
+    assert!(join(fake), "the client reconnected after a 530");
+}
