@@ -166,7 +166,7 @@ fn install(
         }
         return Ok(());
     }
-    *owner.current.write().unwrap_or_else(|p| p.into_inner()) = core.clone();
+    owner.current.store(core.clone());
     state.phase = Phase::Connected;
     state.generation = report.generation;
     recovery.changed(state);

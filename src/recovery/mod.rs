@@ -192,12 +192,10 @@ impl Recovery {
 }
 
 impl Owner {
-    /// The connection's current engine (it may be a lost one while recovering).
-    pub(crate) fn core(&self) -> Arc<Core> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The connection's current engine (it may be a lost one while recovering). A cheap
+    /// guard (no reference count touched), for the length of one call.
+    pub(crate) fn core(&self) -> arc_swap::Guard<Arc<Core>> {
+        self.current.load()
     }
 
     /// The current engine, once it is usable: at once, unless the connection is recovering;
@@ -207,12 +205,12 @@ impl Owner {
     pub(crate) fn ready_core(
         &self,
         deadline: impl FnOnce() -> Option<Instant>,
-    ) -> Result<Arc<Core>> {
+    ) -> Result<arc_swap::Guard<Arc<Core>>> {
         let Some(recovery) = &self.recovery else {
-            return Ok(self.core());
+            return Ok(self.current.load());
         };
         self.wait_recovered(recovery, deadline, || Ok(()))?;
-        Ok(self.core())
+        Ok(self.current.load())
     }
 
     /// Waits while the connection recovers (see [`ready_core`](Self::ready_core)), running
