@@ -126,13 +126,14 @@ fn begin_close(
 /// Queues the encoded synchronous method `frame` on `conn` for channel `core`, within
 /// `deadline`, and marks its reply awaited; `on_send` (taken, if still there) runs under the
 /// channel's lock as it is queued. Refused (nothing queued) when the channel is not open.
+/// Returns the channel's loss count at sending, for [`await_reply`].
 pub(crate) fn send_request(
     conn: &Core,
     core: &ChannelCore,
     frame: &[u8],
     deadline: Option<Instant>,
     on_send: &mut Option<impl FnOnce(&mut ChanState)>,
-) -> Result<()> {
+) -> Result<u64> {
     conn.send_on(core, frame, None, deadline, |st| {
         ensure_open(st)?;
         st.awaiting = true;
@@ -140,33 +141,67 @@ pub(crate) fn send_request(
         if let Some(on_send) = on_send.take() {
             on_send(st);
         }
-        Ok(())
+        Ok(st.losses.0)
     })
 }
 
-/// Waits for the reply of the method [`send_request`] queued, at most until `deadline`
-/// (`timeout` from the start, for the error). `stale` says what to do with the reply if it
-/// comes after the deadline.
+/// Waits for the reply of the method [`send_request`] queued (when the channel had been
+/// through `losses` connection losses), at most until `deadline` (`timeout` from the start,
+/// for the error). `stale` says what to do with the reply if it comes after the deadline. A
+/// loss of the connection meanwhile ends the wait with its error: the reply will not come,
+/// and the channel (open again on a new connection, maybe) is left as it is.
 pub(crate) fn await_reply(
     conn: &Core,
     core: &ChannelCore,
+    losses: u64,
     deadline: Option<Instant>,
     timeout: Duration,
     what: &str,
     stale: Stale,
 ) -> Result<Reply> {
+    let lost = |st: &ChanState| {
+        (st.losses.0 != losses).then(|| {
+            st.losses.1.clone().unwrap_or(Error::StreamLost {
+                message: "the connection was lost".into(),
+            })
+        })
+    };
     conn.wait_on(
         core,
         deadline,
-        |st| st.reply.take(),
+        |st| match lost(st) {
+            Some(e) => Some(Err(e)),
+            None => st.reply.take().map(Ok),
+        },
         |st| {
+            if let Some(e) = lost(st) {
+                return e;
+            }
             // The reply may still come: it is dealt with then (dropped, or a get-ok
             // requeued), not taken for the next request's.
             st.awaiting = false;
             st.stale.push_back(stale);
             Error::timeout(format!("waiting for the reply to {what}"), timeout)
         },
-    )
+    )?
+}
+
+/// Sends a synchronous method on `core` through `conn` and waits for its reply, at most the
+/// RPC timeout; no turn is taken and nothing is retried (for opening a channel, and for the
+/// recovery's own calls while every other caller waits).
+pub(crate) fn call(
+    conn: &Core,
+    core: &ChannelCore,
+    method: AMQPClass,
+    what: &str,
+) -> Result<Reply> {
+    let timeout = conn.params.rpc_timeout;
+    let deadline = deadline_after(timeout);
+    let losses = with_scratch(|buf| {
+        codec::encode_method(buf, core.id, method)?;
+        send_request(conn, core, buf, deadline, &mut None::<fn(&mut ChanState)>)
+    })?;
+    await_reply(conn, core, losses, deadline, timeout, what, Stale::Method)
 }
 
 /// Refuses a channel that is closed or closing.
@@ -261,31 +296,39 @@ impl Channel {
         let timeout = self.rpc_timeout();
         let deadline = deadline_after(timeout);
         let mut on_send = Some(on_send);
-        let (conn, _turn) = with_scratch(|buf| {
+        let (conn, _turn, losses) = with_scratch(|buf| {
             codec::encode_method(buf, core.id, method)?;
             loop {
                 let conn = self.inner.owner.ready_core(|| deadline)?;
-                let turn = self.rpc_turn(&conn, what, deadline)?;
-                match send_request(&conn, core, buf, deadline, &mut on_send) {
-                    Ok(()) => return Ok((conn, turn)),
-                    // Nothing was sent: wait for the recovery, then send on the new connection.
-                    Err(_) if self.lost() => continue,
+                let sent = self.rpc_turn(&conn, what, deadline).and_then(|turn| {
+                    Ok((
+                        turn,
+                        send_request(&conn, core, buf, deadline, &mut on_send)?,
+                    ))
+                });
+                match sent {
+                    Ok((turn, losses)) => return Ok((conn, turn, losses)),
+                    // Nothing was sent: wait for the recovery, then send on the new connection
+                    // (until the deadline, should the channel stay lost).
+                    Err(_) if self.lost() && deadline.is_none_or(|d| Instant::now() < d) => {
+                        continue
+                    }
                     Err(e) => return Err(e),
                 }
             }
         })?;
-        await_reply(&conn, core, deadline, timeout, what, stale)
+        await_reply(&conn, core, losses, deadline, timeout, what, stale)
     }
 
-    /// True while the channel waits for the connection's recovery (its calls wait for it
-    /// rather than fail).
+    /// True when a call that failed on a connection loss is to wait for the recovery and go
+    /// on (rather than fail): recovery is on and has not ended for good, and the connection
+    /// is recovering or the channel is lost (the loss is being handled).
     pub(crate) fn lost(&self) -> bool {
-        self.inner
-            .owner
-            .recovery
-            .as_ref()
-            .is_some_and(|r| r.closed_error().is_none())
-            && matches!(self.core().lock().life, Life::Lost(_))
+        let Some(recovery) = &self.inner.owner.recovery else {
+            return false;
+        };
+        recovery.closed_error().is_none()
+            && (recovery.is_recovering() || matches!(self.core().lock().life, Life::Lost(_)))
     }
 
     /// Sends a method that has no reply (nowait), without taking the channel's turn at
@@ -303,12 +346,7 @@ impl Channel {
 
     /// Waits for the channel's turn at a synchronous method (AMQP allows one outstanding per
     /// channel), at most until `deadline`.
-    fn rpc_turn(
-        &self,
-        conn: &Core,
-        what: &str,
-        deadline: Option<Instant>,
-    ) -> Result<RpcTurn<'_>> {
+    fn rpc_turn(&self, conn: &Core, what: &str, deadline: Option<Instant>) -> Result<RpcTurn<'_>> {
         let core = self.core();
         {
             let mut st = core.lock();
@@ -470,9 +508,9 @@ impl Channel {
         }));
         match self.rpc(method, "queue.bind")? {
             Reply::Method(AMQPClass::Queue(queue::AMQPMethod::BindOk(_))) => {
-                self.inner
-                    .owner
-                    .record(|t| t.queue_bound(queue_binding(queue, exchange, routing_key, &options)));
+                self.inner.owner.record(|t| {
+                    t.queue_bound(queue_binding(queue, exchange, routing_key, &options))
+                });
                 Ok(())
             }
             other => Err(unexpected("queue.bind", other)),
@@ -764,6 +802,10 @@ impl Channel {
     }
 
     fn settle(&self, settle: Settle, delivery_tag: u64) -> Result<()> {
+        if self.inner.owner.recovery.is_some() {
+            // A tag from before a recovery is that, even while the connection is down.
+            self.core().lock().broker_tag(delivery_tag)?;
+        }
         self.inner
             .owner
             .core()

@@ -69,15 +69,17 @@ impl Drop for Owner {
 impl Owner {
     /// Closes the connection for good: stops a recovery, then closes the current engine.
     fn close(&self, reply_code: u16, reply_text: &str) -> Result<()> {
-        let core = self.core();
         if let Some(recovery) = &self.recovery {
             let error = Error::ConnectionClosedByClient {
                 reply_code,
                 reply_text: reply_text.to_owned(),
             };
+            // First: a recovery that has a new engine ready then drops it instead of putting
+            // it in place, and the engine read below is the last one.
             recovery.close(error.clone());
             self.close_lost_channels(&error);
         }
+        let core = self.core();
         core.close(reply_code, reply_text, core.params.rpc_timeout)
     }
 }
@@ -184,7 +186,9 @@ impl Connection {
     }
 
     fn open_channel(&self, number: Option<u16>) -> Result<Channel> {
-        let core = self.owner.ready_core(|| crate::engine::deadline_after(self.rpc_timeout()))?;
+        let core = self
+            .owner
+            .ready_core(|| crate::engine::deadline_after(self.rpc_timeout()))?;
         if let Some(e) = core.closed_error() {
             return Err(e);
         }
@@ -214,7 +218,9 @@ impl Connection {
         let id = channel_core.id;
         let channel = Channel::new(self.owner.clone(), channel_core);
         let open = AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}));
-        match channel.rpc(open, "channel.open") {
+        // Not retried after a loss: a recovery may open the channel meanwhile, and a second
+        // channel.open would break the connection. Fails with the loss; the caller retries.
+        match crate::channel::call(&core, channel.core(), open, "channel.open") {
             Ok(Reply::Method(AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))) => {
                 log::debug!("channel {id} open");
                 Ok(channel)
@@ -321,7 +327,12 @@ impl Connection {
             method,
             crate::engine::deadline_after(core.params.rpc_timeout),
         )?;
-        core.wait_secret_update(seen, core.params.rpc_timeout)
+        core.wait_secret_update(seen, core.params.rpc_timeout)?;
+        if let Some(recovery) = &self.owner.recovery {
+            // A recovery authenticates with it from now on.
+            recovery.update_secret(new_secret);
+        }
+        Ok(())
     }
 
     /// The negotiated highest channel number.

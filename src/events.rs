@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crate::callback::{self, BoxError, CallbackReturn};
 use crate::channel::{Channel, ChannelHandle};
 use crate::connection::{Connection, Owner};
-use crate::recovery::RecoveryEvent;
 use crate::error::{Error, Result};
+use crate::recovery::RecoveryEvent;
 
 /// A timer callback as cottontail keeps it (pika's `call_later` callback), its error boxed (see
 /// [`Connection::call_later`]).
@@ -429,6 +429,8 @@ impl Channel {
                 Ok(crate::consumer::Pumped::Progress) => handled += 1,
                 Ok(crate::consumer::Pumped::CallbackFailed(e)) => return Err(e),
                 Ok(_) => return Ok(handled),
+                // Recovering: `process_data_events` waits for it.
+                Err(_) if self.lost() => return Ok(handled),
                 Err(e) if e.is_connection_error() => return Err(e),
                 Err(_) => return Ok(handled),
             }

@@ -192,11 +192,12 @@ impl Channel {
         let mandatory_fingerprint = mandatory.then(|| fingerprint(exchange, routing_key, body));
         let core = self.core();
         let owner = &self.inner.owner;
-        let send = |frames: &[u8]| loop {
-            // While the connection recovers: wait for it (within the publish's deadline, or
-            // the RPC timeout), then publish on the new connection.
-            let conn =
-                owner.ready_core(|| deadline.or_else(|| deadline_after(self.rpc_timeout())))?;
+        // While the connection recovers: wait for it (within the publish's deadline, or the
+        // RPC timeout), then publish on the new connection.
+        let until = || deadline.or_else(|| deadline_after(self.rpc_timeout()));
+        let mut give_up_at = None;
+        let mut send = |frames: &[u8]| loop {
+            let conn = owner.ready_core(until)?;
             let sent = conn.send_on(core, frames, Some(body), deadline, |st| {
                 ensure_open(st)?;
                 Ok(st
@@ -205,7 +206,12 @@ impl Channel {
                     .map(|t| t.publish(mandatory_fingerprint)))
             });
             match sent {
-                Err(_) if self.lost() => continue,
+                Err(e) if self.lost() => {
+                    let at: Option<Instant> = *give_up_at.get_or_insert_with(until);
+                    if at.is_some_and(|at| Instant::now() >= at) {
+                        return Err(e);
+                    }
+                }
                 sent => return sent,
             }
         };

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cottontail::{
-    BasicConsumeOptions, ConfirmOutcome, Connection, Consumed, ConsumeOptions, Error,
+    BasicConsumeOptions, ConfirmOutcome, Connection, ConsumeOptions, Consumed, Error,
     ExchangeDeclareOptions, ExchangeType, PublishOptions, QueueBindOptions, QueueDeclareOptions,
     RecoveryEvent, RecoveryPolicy,
 };
@@ -22,12 +22,7 @@ fn policy() -> RecoveryPolicy {
 
 /// A connection with recovery on, named so the test can find it on the broker.
 fn recovering(name: &str) -> Connection {
-    Connection::open(
-        params()
-            .with_connection_name(name)
-            .with_recovery(policy()),
-    )
-    .unwrap()
+    Connection::open(params().with_connection_name(name).with_recovery(policy())).unwrap()
 }
 
 /// Closes the broker side of the connection named `name`, as `rabbitmqctl close_connection`
@@ -35,14 +30,21 @@ fn recovering(name: &str) -> Connection {
 fn force_close(connection: &Connection, name: &str) -> Duration {
     let generation = connection.recovery_generation();
     let pids = broker_connections_named(name);
-    assert_eq!(pids.len(), 1, "one broker connection named {name}: {pids:?}");
+    assert_eq!(
+        pids.len(),
+        1,
+        "one broker connection named {name}: {pids:?}"
+    );
     let started = Instant::now();
     rabbitmqctl(&["close_connection", &pids[0], "test: forced close"]);
     assert!(
-        eventually(Duration::from_secs(15), || connection.recovery_generation() > generation),
+        eventually(Duration::from_secs(15), || connection.recovery_generation()
+            > generation),
         "the connection did not recover"
     );
-    connection.wait_for_recovery(Duration::from_secs(5)).unwrap();
+    connection
+        .wait_for_recovery(Duration::from_secs(5))
+        .unwrap();
     started.elapsed()
 }
 
@@ -95,7 +97,13 @@ fn topology_and_a_server_named_queue_come_back_under_a_new_name() {
     let probe = connection.channel().unwrap();
     let gone = probe.queue_declare(&old, support::consuming::passive());
     assert!(
-        matches!(gone, Err(Error::ChannelClosed { reply_code: 404, .. })),
+        matches!(
+            gone,
+            Err(Error::ChannelClosed {
+                reply_code: 404,
+                ..
+            })
+        ),
         "{gone:?}"
     );
     // The events ran on this thread's next process_data_events.
@@ -237,7 +245,12 @@ fn callback_consumers_and_confirming_publishers_go_on_across_forced_closes() {
     for round in 0..3 {
         for i in 0..50u32 {
             let body = format!("{round}-{i}");
-            match publisher.basic_publish_with("", &queue, body.as_bytes(), &PublishOptions::default()) {
+            match publisher.basic_publish_with(
+                "",
+                &queue,
+                body.as_bytes(),
+                &PublishOptions::default(),
+            ) {
                 Ok(()) => confirmed.push(body),
                 Err(Error::ConfirmUnknown { .. }) => unknown += 1,
                 Err(e) if e.is_connection_error() => unknown += 1,
@@ -249,7 +262,12 @@ fn callback_consumers_and_confirming_publishers_go_on_across_forced_closes() {
     // A window across no loss: every confirm known.
     for i in 0..20 {
         publisher
-            .basic_publish_deferred("", &queue, format!("w-{i}").as_bytes(), &PublishOptions::default())
+            .basic_publish_deferred(
+                "",
+                &queue,
+                format!("w-{i}").as_bytes(),
+                &PublishOptions::default(),
+            )
             .unwrap();
         confirmed.push(format!("w-{i}"));
     }
@@ -266,7 +284,10 @@ fn callback_consumers_and_confirming_publishers_go_on_across_forced_closes() {
         .iter()
         .filter(|b| !seen.contains(b.as_bytes()))
         .collect();
-    assert!(lost.is_empty(), "confirmed but never consumed: {lost:?} ({unknown} unknown)");
+    assert!(
+        lost.is_empty(),
+        "confirmed but never consumed: {lost:?} ({unknown} unknown)"
+    );
     consumer_channel.stop_consuming(None).unwrap();
     consuming.join().unwrap().unwrap();
     publisher.queue_delete(&queue, Default::default()).unwrap();

@@ -3,9 +3,9 @@
 //! attempt, close with a code recovery must not handle. The real-broker tests are
 //! `tests/recovery.rs` and `tests/cluster_recovery.rs`.
 
-mod support;
 #[path = "support/fake_broker.rs"]
 mod fake_broker;
+mod support;
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -43,7 +43,8 @@ fn send_close_ok(peer: &mut Peer) {
 /// Reads until the client's connection.close, answers close-ok, reads to the end.
 fn answer_close(peer: &mut Peer) {
     while let Some(frame) = peer.read_frame() {
-        if let AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(_))) = frame {
+        if let AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(_))) = frame
+        {
             send_close_ok(peer);
             peer.drain();
             return;
@@ -100,8 +101,7 @@ fn a_heartbeat_timeout_reconnects_and_reopens_the_channel_with_its_number_and_qo
         answer_close(&mut second);
         (prefetch, replayed, after)
     });
-    let connection =
-        Connection::open(client_params(port).with_recovery(policy())).expect("open");
+    let connection = Connection::open(client_params(port).with_recovery(policy())).expect("open");
     let channel = connection.channel_with_number(3).expect("channel 3");
     channel
         .basic_qos(QosOptions {
@@ -111,11 +111,17 @@ fn a_heartbeat_timeout_reconnects_and_reopens_the_channel_with_its_number_and_qo
         .unwrap();
     let started = Instant::now();
     assert!(
-        support::eventually(Duration::from_secs(10), || connection.recovery_generation() == 1),
+        support::eventually(Duration::from_secs(10), || connection.recovery_generation()
+            == 1),
         "no recovery after the heartbeat timeout"
     );
-    println!("recovered {:?} after the broker went silent", started.elapsed());
-    connection.wait_for_recovery(Duration::from_secs(1)).unwrap();
+    println!(
+        "recovered {:?} after the broker went silent",
+        started.elapsed()
+    );
+    connection
+        .wait_for_recovery(Duration::from_secs(1))
+        .unwrap();
     assert!(channel.is_open());
     assert_eq!(channel.channel_number(), 3);
     channel
@@ -146,7 +152,10 @@ fn a_publish_made_while_recovering_waits_and_goes_out_on_the_new_connection() {
         loop {
             match second.read_frame() {
                 Some(AMQPFrame::Body(1, body)) => published.push(body.to_vec()),
-                Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(_)))) => {
+                Some(AMQPFrame::Method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Close(_)),
+                )) => {
                     send_close_ok(&mut second);
                 }
                 Some(_) => {}
@@ -166,7 +175,9 @@ fn a_publish_made_while_recovering_waits_and_goes_out_on_the_new_connection() {
         connection.is_recovering()
     }));
     let started = Instant::now();
-    channel.basic_publish("", "q", b"made while recovering").unwrap();
+    channel
+        .basic_publish("", "q", b"made while recovering")
+        .unwrap();
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(300),
@@ -222,10 +233,9 @@ fn recovery_gives_up_after_its_attempts_and_every_call_gets_the_error() {
         // The listener goes: every attempt is refused.
         drop(broker);
     });
-    let connection = Connection::open(
-        client_params(port).with_recovery(policy().with_max_attempts(Some(3))),
-    )
-    .expect("open");
+    let connection =
+        Connection::open(client_params(port).with_recovery(policy().with_max_attempts(Some(3))))
+            .expect("open");
     let (events_tx, events_rx) = mpsc::channel();
     connection.add_on_recovery_callback(move |_c, event: &RecoveryEvent| {
         events_tx.send(event.clone()).unwrap();
@@ -272,15 +282,20 @@ fn a_close_recovery_does_not_handle_ends_the_connection_without_reconnecting() {
         // No new connection may come.
         broker.accept_within(Duration::from_millis(700)).is_none()
     });
-    let connection =
-        Connection::open(client_params(port).with_recovery(policy())).expect("open");
+    let connection = Connection::open(client_params(port).with_recovery(policy())).expect("open");
     let channel = connection.channel().expect("channel");
     assert!(support::eventually(Duration::from_secs(5), || {
         connection.is_closed()
     }));
     let ended = connection.wait_for_recovery(Duration::from_secs(5));
     assert!(
-        matches!(&ended, Err(Error::ConnectionClosed { reply_code: 530, .. })),
+        matches!(
+            &ended,
+            Err(Error::ConnectionClosed {
+                reply_code: 530,
+                ..
+            })
+        ),
         "{ended:?}"
     );
     assert!(channel.is_closed());

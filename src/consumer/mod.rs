@@ -70,13 +70,26 @@ pub(crate) struct ConsumerEntry {
     cancelling: bool,
 }
 
+impl ConsumerEntry {
+    /// The consumer's messages are auto-acked.
+    pub(crate) fn auto_ack(&self) -> bool {
+        self.auto_ack
+    }
+
+    /// Drops what it holds for an iterator (a recovery: see `recovery::driver`).
+    pub(crate) fn drop_pending(&mut self) {
+        self.pending.clear();
+    }
+}
+
 /// When a consuming thread runs the connection's callbacks (timers, threadsafe, blocked): only
 /// when connection work was announced since the last run, or a wait ended at a timer's
 /// deadline; not once per delivery, which would cost several locks on the consume path.
 #[derive(Debug, Default)]
 struct ConnTurn {
-    /// `conn_work` when the callbacks last ran.
-    seen: Option<u64>,
+    /// The engine (by address) and its `conn_work` when the callbacks last ran: a recovery
+    /// replaces the engine, whose counter starts again.
+    seen: Option<(usize, u64)>,
     /// The earliest timer then.
     next_timer: Option<Instant>,
 }
@@ -86,11 +99,13 @@ impl ConnTurn {
     /// to the pump and the next timer's deadline, or the first callback's error (the callbacks
     /// after it run at the next turn).
     fn take(&mut self, owner: &Arc<Owner>, timer_fired: bool) -> Result<(u64, Option<Instant>)> {
-        let work = owner.core().conn_work.load(Ordering::SeqCst);
-        if self.seen != Some(work) || timer_fired {
+        let core = owner.core();
+        let work = core.conn_work.load(Ordering::SeqCst);
+        let seen = (Arc::as_ptr(&core) as usize, work);
+        if self.seen != Some(seen) || timer_fired {
             owner.run_connection_callbacks()?;
             self.next_timer = owner.next_timer();
-            self.seen = Some(work);
+            self.seen = Some(seen);
         }
         Ok((work, self.next_timer))
     }
@@ -576,8 +591,7 @@ impl Channel {
             .recovery
             .as_ref()
             .is_some_and(|r| r.closed_error().is_none());
-        if !recovering
-            || !(matches!(e, Error::StaleDeliveryTag { .. }) || e.is_connection_error())
+        if !recovering || !(matches!(e, Error::StaleDeliveryTag { .. }) || e.is_connection_error())
         {
             return false;
         }
@@ -643,6 +657,12 @@ impl Channel {
                 Ok(progress(ran))
             }
             Some(Next::Finished) => Ok(Pumped::Finished),
+            // The engine waited on was replaced by a recovery: look again on the new one.
+            Some(Next::Failed(_))
+                if !std::ptr::eq(Arc::as_ptr(&conn), Arc::as_ptr(&self.inner.owner.core())) =>
+            {
+                Ok(Pumped::Progress)
+            }
             Some(Next::Failed(e)) => Err(e),
         }
     }
@@ -688,6 +708,13 @@ impl Channel {
         if let Some(e) = st.closed_error() {
             return Some(Next::Failed(e));
         }
+        if self.inner.owner.recovery.is_some() {
+            // The channel may be open again on a new engine while this thread still waits on
+            // the lost one: nothing would wake it there.
+            if let Some(e) = conn.closed_error() {
+                return Some(Next::Failed(e));
+            }
+        }
         if want.is_none() && self.lock_consumers().is_empty() {
             return Some(Next::Finished);
         }
@@ -718,7 +745,11 @@ impl Channel {
     /// [`stale_rule`](Self::stale_rule)); a manual-ack one is dropped.
     fn route(&self, held: Held, want: Option<&str>, stale: bool) -> Result<Pumped> {
         let mut consumers = self.lock_consumers();
-        if stale && consumers.get(held.consumer_tag()).is_some_and(|e| !e.auto_ack) {
+        if stale
+            && consumers
+                .get(held.consumer_tag())
+                .is_some_and(|e| !e.auto_ack)
+        {
             log::debug!(
                 "dropping delivery {} of consumer {} from before the connection's recovery: \
                  the broker delivers it again",

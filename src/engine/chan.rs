@@ -184,6 +184,10 @@ pub(crate) struct ChanState {
     pub(crate) tag_offset: u64,
     /// Recoveries of the connection when the channel was last opened (see `tag_offset`).
     pub(crate) generation: u64,
+    /// Connection losses the channel went through, with the last one's error: a caller that
+    /// sent a method before a loss stops waiting for its reply (it will not come) even once
+    /// the channel is open again on a new connection.
+    pub(crate) losses: (u64, Option<Error>),
 }
 
 /// A consumer tag whose deliveries belong to nobody (see [`ChanState::orphans`]).
@@ -222,6 +226,7 @@ impl ChannelCore {
                 rpc_queued: 0,
                 tag_offset: 0,
                 generation: 0,
+                losses: (0, None),
             }),
         }
     }
@@ -243,8 +248,9 @@ impl ChannelCore {
     }
 
     /// The connection was lost and is to recover (see `recovery`): an open channel becomes
-    /// [`Life::Lost`] (calls in flight fail with `error`, later ones wait for the recovery);
-    /// one we were closing is closed. What belonged to the lost channel goes: held acks, replies
+    /// [`Life::Lost`] (calls in flight fail with `error`, later ones wait for the recovery),
+    /// and stays so when a recovery attempt that had opened it again fails; one we were
+    /// closing is closed. What belonged to the lost channel goes: held acks, replies
     /// still due (one already routed stays for its waiter), orphans; publishes awaiting confirms become unknown (see
     /// `protocol::confirms`). Held deliveries stay: the recovery drops the manual-ack ones (it
     /// knows the consumers' ack modes) and keeps the auto-acked ones, which the broker counts
@@ -252,10 +258,11 @@ impl ChannelCore {
     pub(crate) fn lose(&self, error: &Error) {
         let mut st = self.lock();
         st.life = match &st.life {
-            Life::Open => Life::Lost(error.clone()),
+            Life::Open | Life::Lost(_) => Life::Lost(error.clone()),
             Life::Closing(ours) => Life::Closed(ours.clone()),
-            Life::Closed(e) | Life::Lost(e) => Life::Closed(e.clone()),
+            Life::Closed(e) => Life::Closed(e.clone()),
         };
+        st.losses = (st.losses.0 + 1, Some(error.clone()));
         // A reply already routed stays for its waiter; none is coming any more.
         st.awaiting = false;
         st.stale.clear();

@@ -87,7 +87,10 @@ pub(crate) struct Core {
 
 /// What [`Core::fail`] calls when the connection ends (see `recovery`), with the error and
 /// whether recovery handles it.
-pub(crate) struct OnLost(pub(crate) Box<dyn Fn(&Core, &Error, bool) + Send + Sync>);
+pub(crate) struct OnLost(pub(crate) Box<OnLostFn>);
+
+/// The function behind [`OnLost`].
+pub(crate) type OnLostFn = dyn Fn(&Core, &Error, bool) + Send + Sync;
 
 impl std::fmt::Debug for OnLost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -284,7 +287,11 @@ impl Core {
         drop(link);
         self.link_cond.notify_all();
         let on_lost = match first {
-            true => self.on_lost.lock().unwrap_or_else(|p| p.into_inner()).take(),
+            true => self
+                .on_lost
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
             false => None,
         };
         let recover = on_lost.is_some() && crate::recovery::recoverable(&error);
@@ -307,7 +314,10 @@ impl Core {
     pub(crate) fn set_on_lost(&self, on_lost: OnLost) -> bool {
         *self.on_lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(on_lost);
         if self.closed_error().is_some() {
-            self.on_lost.lock().unwrap_or_else(|p| p.into_inner()).take();
+            self.on_lost
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
             return false;
         }
         true

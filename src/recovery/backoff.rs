@@ -6,7 +6,6 @@
 
 // Not used until the reconnecting engine lands (issue 14); tested below.
 
-
 use std::time::Duration;
 
 /// The delays between reconnection attempts, and when to stop.

@@ -25,12 +25,12 @@ use amq_protocol::protocol::{basic, channel, confirm, exchange, queue, tx, AMQPC
 use super::policy::{Entity, RecoveryEvent, RecoveryReport};
 use super::topology::{ConsumerRecord, Step};
 use super::{Phase, Recovery};
-use crate::channel::{await_reply, send_request, Channel};
+use crate::channel::{call, Channel};
 use crate::connection::Owner;
-use crate::engine::chan::{ChanState, ChannelCore, Life, Reply, Stale};
-use crate::engine::{deadline_after, with_scratch, Core};
+use crate::engine::chan::{ChannelCore, Life, Reply};
+use crate::engine::{deadline_after, Core};
 use crate::error::{Error, Result};
-use crate::protocol::codec::{self, short};
+use crate::protocol::codec::short;
 use crate::protocol::table;
 
 /// Starts the recovery thread; if no thread can be started, the connection is closed for good
@@ -41,7 +41,11 @@ pub(super) fn spawn(owner: Weak<Owner>, recovery: Arc<Recovery>, cause: Error) {
         .name("cottontail-recovery".into())
         .spawn(move || run(&weak, &rec, cause));
     if let Err(e) = spawned {
-        give_up(&owner, &recovery, Error::io("starting the recovery thread", &e));
+        give_up(
+            &owner,
+            &recovery,
+            Error::io("starting the recovery thread", &e),
+        );
     }
 }
 
@@ -106,7 +110,7 @@ fn attempt_once(
 ) -> Result<()> {
     let generation = recovery.generation() + 1;
     let mut errors = Vec::new();
-    for params in &recovery.hosts {
+    for params in &recovery.hosts() {
         if recovery.closed_error().is_some() {
             return Ok(());
         }
@@ -119,10 +123,13 @@ fn attempt_once(
         };
         let mut restored = Vec::new();
         match restore(owner, recovery, &core, generation, &mut restored) {
-            Ok(mut report) => {
+            Ok((mut report, open)) => {
                 report.attempt = attempt;
                 report.took = lost_at.elapsed();
-                return install(owner, recovery, core, restored, report);
+                install(owner, recovery, core, restored, report);
+                // Only now: a handle dropped meanwhile closes its channel on the new engine.
+                drop(open);
+                return Ok(());
             }
             Err(e) => {
                 abandon(&core, &restored, &e);
@@ -155,7 +162,7 @@ fn install(
     core: Arc<Core>,
     restored: Vec<Arc<ChannelCore>>,
     report: RecoveryReport,
-) -> Result<()> {
+) {
     let mut state = recovery.lock();
     if let Phase::Closed(e) = &state.phase {
         let e = e.clone();
@@ -164,9 +171,9 @@ fn install(
         for channel in restored {
             channel.fail(&e);
         }
-        return Ok(());
+        return;
     }
-    owner.current.store(core.clone());
+    let old = owner.current.swap(core.clone());
     state.phase = Phase::Connected;
     state.generation = report.generation;
     recovery.changed(state);
@@ -180,28 +187,22 @@ fn install(
         report.skipped.len()
     );
     owner.push_recovery_event(RecoveryEvent::Recovered(report));
+    // A thread still waiting on the lost engine looks again, and moves to this one.
+    old.nudge();
     // Lost between its hook and the swap: recover again.
     if let Some(e) = core.closed_error() {
         let recover = super::recoverable(&e);
         owner.connection_lost(&core, &e, recover);
     }
-    Ok(())
 }
 
-/// Sends `method` on `channel` of `core` and waits for its reply, at most the RPC timeout.
-fn call(core: &Core, channel: &ChannelCore, method: AMQPClass, what: &str) -> Result<Reply> {
-    let timeout = core.params.rpc_timeout;
-    let deadline = deadline_after(timeout);
-    with_scratch(|buf| {
-        codec::encode_method(buf, channel.id, method)?;
-        send_request(core, channel, buf, deadline, &mut None::<fn(&mut ChanState)>)
-    })?;
-    await_reply(core, channel, deadline, timeout, what, Stale::Method)
-}
-
-/// Whether an error ends the attempt (the engine is unusable) rather than one channel.
+/// Whether an error ends the attempt (the engine is unusable, or the broker still holds our
+/// lost connection's exclusive queue: 405 RESOURCE_LOCKED, until it notices the loss) rather
+/// than one channel or entity.
 fn ends_attempt(e: &Error) -> bool {
-    e.is_connection_error() || matches!(e, Error::Timeout { .. })
+    e.is_connection_error()
+        || matches!(e, Error::Timeout { .. })
+        || e.reply_code() == Some(crate::error::RESOURCE_LOCKED)
 }
 
 /// Restores channels, topology and consumers on `core` (module docs); the user channels it
@@ -212,7 +213,7 @@ fn restore(
     core: &Arc<Core>,
     generation: u64,
     restored: &mut Vec<Arc<ChannelCore>>,
-) -> Result<RecoveryReport> {
+) -> Result<(RecoveryReport, Vec<Channel>)> {
     if !core.set_on_lost(Owner::on_lost_hook(Arc::downgrade(owner))) {
         return Err(core.closed_error().unwrap_or(Error::StreamLost {
             message: "the new connection ended at once".into(),
@@ -233,25 +234,38 @@ fn restore(
     let mut open = Vec::new();
     for channel in channels {
         let chan = channel.inner.core.clone();
-        if !matches!(chan.lock().life, Life::Lost(_)) {
-            continue;
-        }
-        if chan.id > core.tuned.channel_max {
-            let e = Error::InvalidChannelNumber {
+        let unusable = if chan.id > core.tuned.channel_max {
+            Some(Error::InvalidChannelNumber {
                 number: chan.id,
-                reason: format!("above the new connection's channel_max {}", core.tuned.channel_max),
-            };
-            chan.fail(&e);
-            report.closed_channels.push((chan.id, e));
-            continue;
-        }
-        core.lock_channels().insert(chan.id, chan.clone());
-        restored.push(chan.clone());
+                reason: format!(
+                    "above the new connection's channel_max {}",
+                    core.tuned.channel_max
+                ),
+            })
+        } else if channel.lock_settings().tx {
+            // Its transaction went with the connection: a commit on a new channel would
+            // report success for publishes the broker never kept.
+            chan.lock().closed_error()
+        } else {
+            None
+        };
+        drop_stale_deliveries(&channel);
         {
+            // Checked and changed under one lock: a close by the application meanwhile wins.
             let mut st = chan.lock();
+            let Life::Lost(_) = st.life else {
+                continue;
+            };
+            if let Some(e) = unusable {
+                st.life = Life::Closed(e.clone());
+                report.closed_channels.push((chan.id, e));
+                continue;
+            }
             st.life = Life::Open;
             st.generation = generation;
         }
+        core.lock_channels().insert(chan.id, chan.clone());
+        restored.push(chan.clone());
         match reopen(core, &channel) {
             Ok(()) => open.push(channel),
             Err(e) if ends_attempt(&e) => return Err(e),
@@ -263,9 +277,21 @@ fn restore(
     }
     let mut aux = AuxChannel::open(core)?;
     let plan = {
+        // Only the consumers the open channels still have (a channel number reused after a
+        // close must not bring its old consumers back).
+        let live: Vec<(u16, String)> = open
+            .iter()
+            .flat_map(|c| {
+                let number = c.channel_number();
+                c.lock_consumers()
+                    .keys()
+                    .map(|tag| (number, tag.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let mut topology = recovery.lock_topology();
-        for record in topology.consumers_on_other_channels(&open_numbers(&open)) {
-            topology.consumer_cancelled(&record);
+        for tag in topology.consumers_not_in(&live) {
+            topology.consumer_cancelled(&tag);
         }
         topology.plan()
     };
@@ -287,14 +313,42 @@ fn restore(
         let Some(channel) = open.iter().find(|c| c.channel_number() == record.channel) else {
             continue;
         };
-        consume(core, recovery, &mut aux, channel, &tag, &record, &mut report)?;
+        consume(
+            core,
+            recovery,
+            &mut aux,
+            channel,
+            &tag,
+            &record,
+            &mut report,
+        )?;
     }
     aux.close(core);
-    Ok(report)
+    Ok((report, open))
 }
 
-fn open_numbers(open: &[Channel]) -> Vec<u16> {
-    open.iter().map(Channel::channel_number).collect()
+/// Drops the manual-ack deliveries a channel holds from before the recovery (queued on the
+/// channel or for an iterator): they cannot be acked any more, and the broker delivers them
+/// again. Auto-acked ones stay, to be handed out.
+fn drop_stale_deliveries(channel: &Channel) {
+    // Lock order: the consumer table, released, then the channel's state.
+    let manual: Vec<String> = {
+        let mut consumers = channel.lock_consumers();
+        consumers
+            .iter_mut()
+            .filter(|(_, entry)| !entry.auto_ack())
+            .map(|(tag, entry)| {
+                entry.drop_pending();
+                tag.clone()
+            })
+            .collect()
+    };
+    channel
+        .inner
+        .core
+        .lock()
+        .deliveries
+        .retain(|held| !manual.iter().any(|tag| tag == held.consumer_tag()));
 }
 
 /// The name `name` has after this recovery's renames.

@@ -96,8 +96,9 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct Recovery {
     pub(crate) policy: RecoveryPolicy,
-    /// The parameter sets given to `Connection::open`, tried in order at every attempt.
-    pub(crate) hosts: Vec<ConnectionParameters>,
+    /// The parameter sets given to `Connection::open`, tried in order at every attempt (the
+    /// password follows `update_secret`).
+    hosts: Mutex<Vec<ConnectionParameters>>,
     state: Mutex<State>,
     cond: Condvar,
     pub(crate) topology: Mutex<Topology>,
@@ -107,7 +108,7 @@ impl Recovery {
     pub(crate) fn new(policy: RecoveryPolicy, hosts: Vec<ConnectionParameters>) -> Recovery {
         Recovery {
             policy,
-            hosts,
+            hosts: Mutex::new(hosts),
             state: Mutex::new(State {
                 phase: Phase::Connected,
                 generation: 0,
@@ -150,6 +151,28 @@ impl Recovery {
                 .wait_timeout(state, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+        }
+    }
+
+    /// The parameter sets to try, in order.
+    pub(crate) fn hosts(&self) -> Vec<ConnectionParameters> {
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `Connection::update_secret` succeeded: the next attempts log in with `secret`.
+    pub(crate) fn update_secret(&self, secret: &str) {
+        for params in self
+            .hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+        {
+            if let crate::params::Credentials::Plain(plain) = &params.credentials {
+                let username = plain.username().to_owned();
+                params.credentials = crate::params::Credentials::Plain(
+                    crate::params::PlainCredentials::new(username, secret),
+                );
+            }
         }
     }
 
@@ -303,11 +326,13 @@ impl Owner {
 
     /// The hook a new engine gets, so its loss reaches [`connection_lost`](Self::connection_lost).
     pub(crate) fn on_lost_hook(owner: Weak<Owner>) -> OnLost {
-        OnLost(Box::new(move |core: &Core, error: &Error, recover: bool| {
-            if let Some(owner) = owner.upgrade() {
-                owner.connection_lost(core, error, recover);
-            }
-        }))
+        OnLost(Box::new(
+            move |core: &Core, error: &Error, recover: bool| {
+                if let Some(owner) = owner.upgrade() {
+                    owner.connection_lost(core, error, recover);
+                }
+            },
+        ))
     }
 
     /// Marks every channel still lost closed with `error` (recovery ended for good).
@@ -336,7 +361,11 @@ impl crate::Connection {
                 None => Ok(()),
             };
         };
-        owner.wait_recovered(recovery, || crate::engine::deadline_after(timeout), || Ok(()))?;
+        owner.wait_recovered(
+            recovery,
+            || crate::engine::deadline_after(timeout),
+            || Ok(()),
+        )?;
         match recovery.closed_error() {
             Some(e) => Err(e),
             None => Ok(()),

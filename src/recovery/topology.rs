@@ -22,7 +22,6 @@
 
 // Not used until the reconnecting engine lands (issue 14); tested below.
 
-
 use std::collections::BTreeMap;
 
 use crate::options::{
@@ -187,11 +186,11 @@ impl Topology {
         }
     }
 
-    /// Tags of the consumers on channels other than `open`.
-    pub(crate) fn consumers_on_other_channels(&self, open: &[u16]) -> Vec<String> {
+    /// Tags of the recorded consumers that are not among `live` (channel number, tag).
+    pub(crate) fn consumers_not_in(&self, live: &[(u16, String)]) -> Vec<String> {
         self.consumers
             .iter()
-            .filter(|(_, c)| !open.contains(&c.channel))
+            .filter(|(tag, c)| !live.iter().any(|(n, t)| *n == c.channel && t == *tag))
             .map(|(tag, _)| tag.clone())
             .collect()
     }
@@ -330,9 +329,13 @@ mod tests {
         t.consumer_started("c2", consumer(2, "kept"));
         t.channel_closed(1);
         let plan = t.plan();
-        assert!(!plan.iter().any(|s| matches!(s, Step::Queue(name, _) if name == "q")));
+        assert!(!plan
+            .iter()
+            .any(|s| matches!(s, Step::Queue(name, _) if name == "q")));
         assert!(plan.contains(&Step::Consumer("c2".into(), consumer(2, "kept"))));
-        assert!(!plan.iter().any(|s| matches!(s, Step::Consumer(tag, _) if tag == "c1")));
+        assert!(!plan
+            .iter()
+            .any(|s| matches!(s, Step::Consumer(tag, _) if tag == "c1")));
     }
 
     #[test]
