@@ -307,6 +307,99 @@
 //! certificate with [`ExternalCredentials`] logs in with SASL EXTERNAL. [`Connection::open`]
 //! takes a list of parameter sets to fail over between cluster nodes.
 //!
+//! ## Recovery
+//!
+//! Off by default, as in pika: a lost connection stays lost, and every call gets the error it
+//! was lost with. One setting turns automatic recovery on ([`RecoveryPolicy`]; the URL form
+//! is `?recovery=true`), and a recovery callback hears what happens:
+//!
+//! ```no_run
+//! use cottontail::{Connection, ConnectionParameters, RecoveryEvent, RecoveryPolicy};
+//!
+//! let connection = Connection::open(
+//!     ConnectionParameters::new("localhost").with_recovery(RecoveryPolicy::default()),
+//! )?;
+//! connection.add_on_recovery_callback(|_connection, event: &RecoveryEvent| match event {
+//!     RecoveryEvent::ConnectionLost { cause } => eprintln!("connection lost: {cause}"),
+//!     RecoveryEvent::AttemptFailed { attempt, error } => eprintln!("attempt {attempt}: {error}"),
+//!     RecoveryEvent::Recovered(report) => {
+//!         eprintln!("recovered after {:?} to {}:{}", report.took, report.host, report.port);
+//!         for (old, new) in &report.renamed {
+//!             eprintln!("server-named queue {old} is now {new}");
+//!         }
+//!     }
+//!     RecoveryEvent::Failed { cause } => eprintln!("recovery gave up: {cause}"),
+//!     _ => {}
+//! });
+//! # Ok::<(), cottontail::Error>(())
+//! ```
+//!
+//! The callback runs where every cottontail callback runs, on a thread inside
+//! [`Channel::start_consuming`], a [`Channel::consume`] iteration,
+//! [`Connection::process_data_events`] or [`Connection::sleep`] (also while that thread waits
+//! for the recovery); events nobody has run yet are kept, the last 64.
+//! `examples/recovering_worker.rs` is tutorial 2's worker with recovery on.
+//!
+//! **What starts a recovery.** A loss by a socket error or EOF, a TLS error, a heartbeat
+//! timeout, or the broker closing the connection with 320 CONNECTION_FORCED (a node shutting
+//! down, `rabbitmqctl close_connection`) or 541 INTERNAL_ERROR. Not: a close by the
+//! application, a refused login or vhost, a protocol error, a blocked-connection timeout;
+//! those close the connection as before. A channel the broker closes (404, 406...) is the
+//! application's error as before, never recovered silently. [`Connection::open`] itself is
+//! not retried by recovery (use `connection_attempts` and `retry_delay` for that).
+//!
+//! **How it reconnects.** Each attempt tries every parameter set given to
+//! [`Connection::open`], in order (with several sets, the first one's policy counts). The
+//! first attempt is made at once, the next after 100 ms, each delay twice the last up to
+//! 10 s, a quarter of each random ([`RecoveryPolicy::with_initial_delay`], `with_max_delay`,
+//! `with_jitter`). There is no limit unless [`RecoveryPolicy::with_max_attempts`] or
+//! `with_max_elapsed` sets one; past it, [`RecoveryEvent::Failed`] is reported and every
+//! call on the connection gets its error from then on.
+//!
+//! **What comes back.** Every channel, with its number, its `basic_qos`, confirm mode and
+//! transaction mode; the exchanges, queues, queue bindings and exchange-to-exchange bindings
+//! the connection declared (recording follows deletes and unbinds; passive declares record
+//! nothing; an auto-delete queue is forgotten with its last consumer and an auto-delete
+//! exchange with its last binding, as the broker deletes them; exclusive queues, which the
+//! broker deleted with the old connection, are declared again); every consumer, with the same
+//! tag, the same callback and the same `consume()` iterator. A server-named queue (declared as
+//! `""`) comes back under a new name: each recovery's renames are in
+//! [`RecoveryReport::renamed`], and [`Connection::current_queue_name`]`(old)` gives the name
+//! now. A consumer whose queue is
+//! gone, or that [`RecoveryPolicy::with_topology_filter`] leaves out, is reported cancelled
+//! (its cancel callbacks run, its iterator ends) instead of closing its channel; what was
+//! not declared again is in [`RecoveryReport::skipped`]. `channel.flow` is not restored
+//! (RabbitMQ does not implement `flow(false)`).
+//!
+//! **Calls meanwhile.** A call made while the connection recovers waits and then goes out on
+//! the new connection: a method or a publish at most `rpc_timeout` (then [`Error::Timeout`]),
+//! `start_consuming` without limit, a `consume()` iterator up to its inactivity timeout (then
+//! it yields [`Consumed::Inactive`]). A call in flight at the loss fails with the loss's
+//! error. [`Connection::is_recovering`] tells whether a recovery is under way (meanwhile
+//! [`Connection::is_open`] and [`Channel::is_open`] are false and `close_reason()` is the
+//! loss), [`Connection::wait_for_recovery`] waits for it, and
+//! [`Connection::recovery_generation`] counts recoveries.
+//!
+//! **Deliveries.** Delivery tags keep growing across recoveries, and each delivery carries
+//! the generation it arrived in ([`Delivery::generation`]). A delivery from before a recovery
+//! cannot be settled: its ack, nack or reject is [`Error::StaleDeliveryTag`], nothing is sent
+//! and the channel stays open; the broker delivers the message again, with `redelivered`
+//! set, unless it was auto-acked. A consumer callback that returns that error (the usual
+//! `ch.basic_ack(method.delivery_tag, false)`) does not stop consuming: it is logged. For the
+//! same reason, manual-ack deliveries received but not yet handed to the application at the
+//! loss are dropped (they come again); auto-ack ones are kept.
+//!
+//! **Confirms.** In confirm mode, a `basic_publish` whose confirm had not come at the loss
+//! fails with [`Error::ConfirmUnknown`], carrying the message: it may or may not have reached
+//! its queues. [`Channel::wait_for_confirms`] lists such messages in
+//! [`ConfirmOutcome::unknown`], never as confirmed.
+//!
+//! **What stays the application's job.** Consumers must be idempotent: messages in progress
+//! at a loss are delivered again. Publish `ConfirmUnknown` messages again if duplicates are
+//! acceptable. Refer to server-named queues through `current_queue_name`. Handle
+//! [`RecoveryEvent::Failed`] when the policy has a limit. Retry [`RpcClient`] calls and
+//! `basic_get`s that were in flight at the loss: they fail with its error.
+//!
 //! ## Porting from pika
 //!
 //! | pika | cottontail |
