@@ -356,8 +356,11 @@
 //! `with_max_elapsed` sets one; past it, [`RecoveryEvent::Failed`] is reported and every
 //! call on the connection gets its error from then on.
 //!
-//! **What comes back.** Every channel, with its number, its `basic_qos`, confirm mode and
-//! transaction mode; the exchanges, queues, queue bindings and exchange-to-exchange bindings
+//! **What comes back.** Every channel, with its number, its `basic_qos` and confirm mode
+//! (a channel in transaction mode is closed instead, with the loss's error, and listed in
+//! [`RecoveryReport::closed_channels`]: its transaction went with the connection, and a
+//! commit on a new channel would report success for publishes the broker never kept); the
+//! exchanges, queues, queue bindings and exchange-to-exchange bindings
 //! the connection declared (recording follows deletes and unbinds; passive declares record
 //! nothing; an auto-delete queue is forgotten with its last consumer and an auto-delete
 //! exchange with its last binding, as the broker deletes them; exclusive queues, which the
@@ -385,7 +388,8 @@
 //! cannot be settled: its ack, nack or reject is [`Error::StaleDeliveryTag`], nothing is sent
 //! and the channel stays open; the broker delivers the message again, with `redelivered`
 //! set, unless it was auto-acked. A consumer callback that returns that error (the usual
-//! `ch.basic_ack(method.delivery_tag, false)`) does not stop consuming: it is logged. For the
+//! `ch.basic_ack(method.delivery_tag, false)`), or the loss's own error, does not stop
+//! consuming: it is logged. For the
 //! same reason, manual-ack deliveries received but not yet handed to the application at the
 //! loss are dropped (they come again); auto-ack ones are kept.
 //!

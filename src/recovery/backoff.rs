@@ -4,8 +4,6 @@
 //! limit on attempts or on the time spent. Sans-IO: the caller supplies the attempt number,
 //! the time spent and a random number; nothing here sleeps or reads a clock.
 
-// Not used until the reconnecting engine lands (issue 14); tested below.
-
 use std::time::Duration;
 
 /// The delays between reconnection attempts, and when to stop.

@@ -220,8 +220,10 @@ pub enum RecoveryEvent {
     /// The connection is back: channels are open again, the topology declared again and the
     /// consumers registered again.
     Recovered(RecoveryReport),
-    /// Recovery gave up (the policy's limit) or met an error it cannot recover from; the
-    /// connection is closed with this error.
+    /// Recovery gave up (the policy's limit), or the connection ended for a reason recovery
+    /// does not handle (say the broker closed it with 530 NOT_ALLOWED); the connection is
+    /// closed with this error. A refused login during an attempt is not such a reason: it
+    /// fails that attempt, and the next ones try again until the policy's limit.
     Failed {
         /// The error every call on the connection gets from now on.
         cause: Error,
@@ -237,7 +239,7 @@ pub struct RecoveryReport {
     pub generation: u64,
     /// Which attempt succeeded, from 1.
     pub attempt: u32,
-    /// The host and port the connection is now to.
+    /// The host the connection is now to.
     pub host: String,
     /// The port.
     pub port: u16,

@@ -17,10 +17,8 @@
 //! - Exclusive queues are recorded like any other: the broker deleted them with the old
 //!   connection, and the new connection declares them again.
 //!
-//! Nothing here is wired to a connection yet: the reconnecting engine of issue 14 will feed it
-//! and replay its plan.
-
-// Not used until the reconnecting engine lands (issue 14); tested below.
+//! The channel methods feed it (`Owner::record`, only with recovery on) and the recovery
+//! thread (`driver`) replays its plan.
 
 use std::collections::BTreeMap;
 
