@@ -429,9 +429,8 @@ impl Channel {
                 Ok(crate::consumer::Pumped::Progress) => handled += 1,
                 Ok(crate::consumer::Pumped::CallbackFailed(e)) => return Err(e),
                 Ok(_) => return Ok(handled),
-                // Recovering: `process_data_events` waits for it.
-                Err(_) if self.lost() => return Ok(handled),
-                Err(e) if e.is_connection_error() => return Err(e),
+                // A closed channel, or a lost connection: `process_data_events` looks at the
+                // connection next (and waits for its recovery).
                 Err(_) => return Ok(handled),
             }
         }

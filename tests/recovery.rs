@@ -293,3 +293,220 @@ fn callback_consumers_and_confirming_publishers_go_on_across_forced_closes() {
     publisher.queue_delete(&queue, Default::default()).unwrap();
     connection.close().unwrap();
 }
+
+#[test]
+fn a_loss_while_a_callback_runs_does_not_end_start_consuming() {
+    support::ensure_broker();
+    let name = unique("recovery-callback");
+    let connection = recovering(&name);
+    let channel = connection.channel().unwrap();
+    let queue = unique("recovery-cb");
+    channel
+        .queue_declare(&queue, QueueDeclareOptions::default())
+        .unwrap();
+    let (entered_tx, entered_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let (got_tx, got_rx) = mpsc::channel::<(Vec<u8>, bool, Result<(), Error>)>();
+    channel
+        .basic_consume(
+            &queue,
+            move |ch, method, _props, body| {
+                if body == b"slow" && !method.redelivered {
+                    entered_tx.send(()).unwrap();
+                    release_rx.lock().unwrap().recv().unwrap();
+                }
+                let acked = ch.basic_ack(method.delivery_tag, false);
+                got_tx
+                    .send((body.to_vec(), method.redelivered, acked.clone()))
+                    .unwrap();
+                acked
+            },
+            BasicConsumeOptions::default(),
+        )
+        .unwrap();
+    let consuming = {
+        let channel = channel.clone();
+        std::thread::spawn(move || channel.start_consuming())
+    };
+    let other = support::connect();
+    let other_channel = other.channel().unwrap();
+    other_channel.basic_publish("", &queue, b"slow").unwrap();
+    entered_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    // The loss and the whole recovery happen while the callback runs.
+    force_close(&connection, &name);
+    release_tx.send(()).unwrap();
+    let (body, redelivered, acked) = got_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!((body.as_slice(), redelivered), (&b"slow"[..], false));
+    assert!(
+        matches!(acked, Err(Error::StaleDeliveryTag { .. })),
+        "{acked:?}"
+    );
+    // Consuming went on: the message comes again, then a new one.
+    let (body, redelivered, acked) = got_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!((body.as_slice(), redelivered), (&b"slow"[..], true));
+    acked.unwrap();
+    other_channel.basic_publish("", &queue, b"next").unwrap();
+    let (body, _, acked) = got_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(body, b"next");
+    acked.unwrap();
+    assert!(!consuming.is_finished());
+    channel.stop_consuming(None).unwrap();
+    consuming.join().unwrap().unwrap();
+    other_channel
+        .queue_delete(&queue, Default::default())
+        .unwrap();
+}
+
+#[test]
+fn process_data_events_waits_through_a_recovery_and_runs_its_events() {
+    support::ensure_broker();
+    let name = unique("recovery-pde");
+    let connection = recovering(&name);
+    let channel = connection.channel().unwrap();
+    let queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .queue;
+    let (got_tx, got_rx) = mpsc::channel::<Vec<u8>>();
+    channel
+        .basic_consume(
+            &queue,
+            move |_ch, _method, _props, body| {
+                let _ = got_tx.send(body.to_vec());
+            },
+            BasicConsumeOptions {
+                auto_ack: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let (events_tx, events_rx) = mpsc::channel();
+    connection.add_on_recovery_callback(move |_c, event: &RecoveryEvent| {
+        let _ = events_tx.send(matches!(event, RecoveryEvent::Recovered(_)));
+    });
+    let pids = broker_connections_named(&name);
+    rabbitmqctl(&["close_connection", &pids[0], "test: forced close"]);
+    // The pika idiom: process events in a loop. It never returns the loss's error.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while connection.recovery_generation() == 0 {
+        assert!(Instant::now() < deadline, "no recovery");
+        connection
+            .process_data_events(Duration::from_millis(50))
+            .unwrap();
+    }
+    connection.process_data_events(Duration::ZERO).unwrap();
+    assert!(events_rx.try_iter().any(|recovered| recovered));
+    let queue = connection.current_queue_name(&queue);
+    channel.basic_publish("", &queue, b"after").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        connection
+            .process_data_events(Duration::from_millis(50))
+            .unwrap();
+        if let Ok(body) = got_rx.try_recv() {
+            assert_eq!(body, b"after");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the consumer did not come back");
+    }
+}
+
+#[test]
+fn a_reused_channel_number_does_not_bring_back_an_old_consumer_and_tx_channels_close() {
+    support::ensure_broker();
+    let name = unique("recovery-reuse");
+    let connection = recovering(&name);
+    let setup = connection.channel().unwrap();
+    let old_queue = unique("recovery-old");
+    let new_queue = unique("recovery-new");
+    for q in [&old_queue, &new_queue] {
+        setup
+            .queue_declare(q, QueueDeclareOptions::default())
+            .unwrap();
+    }
+    let first = connection.channel().unwrap();
+    let number = first.channel_number();
+    first
+        .basic_consume(
+            &old_queue,
+            |_ch, _m, _p, _b| {},
+            BasicConsumeOptions::default(),
+        )
+        .unwrap();
+    // Dropped, not closed: the number comes free once the broker answers.
+    drop(first);
+    let second = support::within(Duration::from_secs(5), "reusing the channel number", {
+        let connection = connection.clone();
+        move || loop {
+            let channel = connection.channel().unwrap();
+            if channel.channel_number() == number {
+                break channel;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    second
+        .basic_consume(
+            &new_queue,
+            |_ch, _m, _p, _b| {},
+            BasicConsumeOptions::default(),
+        )
+        .unwrap();
+    let transacted = connection.channel().unwrap();
+    transacted.tx_select().unwrap();
+    transacted
+        .basic_publish("", &new_queue, b"in a transaction")
+        .unwrap();
+    let (events_tx, events_rx) = mpsc::channel();
+    connection.add_on_recovery_callback(move |_c, event: &RecoveryEvent| {
+        let _ = events_tx.send(event.clone());
+    });
+
+    force_close(&connection, &name);
+    connection.process_data_events(Duration::ZERO).unwrap();
+
+    let consumers = |q: &str| {
+        setup
+            .queue_declare(q, support::consuming::passive())
+            .unwrap()
+            .consumer_count
+    };
+    assert_eq!(
+        consumers(&old_queue),
+        0,
+        "the dropped channel's consumer came back"
+    );
+    assert_eq!(consumers(&new_queue), 1);
+    // The transaction went with the connection: its channel is closed, not recovered.
+    assert!(transacted.is_closed());
+    let commit = transacted.tx_commit();
+    assert!(
+        commit.as_ref().is_err_and(Error::is_connection_error),
+        "{commit:?}"
+    );
+    let report = events_rx
+        .try_iter()
+        .find_map(|e| match e {
+            RecoveryEvent::Recovered(report) => Some(report),
+            _ => None,
+        })
+        .expect("a Recovered event");
+    assert!(
+        report
+            .closed_channels
+            .iter()
+            .any(|(n, _)| *n == transacted.channel_number()),
+        "{report:?}"
+    );
+    assert_eq!(consumers(&new_queue), 1);
+    for q in [&old_queue, &new_queue] {
+        setup.queue_delete(q, Default::default()).unwrap();
+    }
+}
