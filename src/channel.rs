@@ -169,9 +169,10 @@ pub(crate) fn await_reply(
     conn.wait_on(
         core,
         deadline,
-        |st| match lost(st) {
-            Some(e) => Some(Err(e)),
-            None => st.reply.take().map(Ok),
+        // A reply routed before the loss is still this waiter's.
+        |st| match st.reply.is_some() && st.reply_losses == losses {
+            true => st.reply.take().map(Ok),
+            false => lost(st).map(Err),
         },
         |st| {
             if let Some(e) = lost(st) {

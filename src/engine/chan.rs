@@ -188,6 +188,8 @@ pub(crate) struct ChanState {
     /// sent a method before a loss stops waiting for its reply (it will not come) even once
     /// the channel is open again on a new connection.
     pub(crate) losses: (u64, Option<Error>),
+    /// `losses` when `reply` was routed: the reply is for a waiter that sent before as many.
+    pub(crate) reply_losses: u64,
 }
 
 /// A consumer tag whose deliveries belong to nobody (see [`ChanState::orphans`]).
@@ -227,6 +229,7 @@ impl ChannelCore {
                 tag_offset: 0,
                 generation: 0,
                 losses: (0, None),
+                reply_losses: 0,
             }),
         }
     }
@@ -325,6 +328,7 @@ impl ChanState {
         }
         self.awaiting = false;
         self.reply = Some(reply);
+        self.reply_losses = self.losses.0;
         Delivered::ToWaiter
     }
 
