@@ -206,6 +206,7 @@ pub(crate) fn call(
 }
 
 /// Refuses a channel that is closed or closing.
+#[inline]
 pub(crate) fn ensure_open(st: &ChanState) -> Result<()> {
     match &st.life {
         Life::Open => Ok(()),

@@ -41,7 +41,7 @@ pub type BlockingConnection = Connection;
 pub(crate) struct Owner {
     /// The engine in use: the same one for the connection's life, unless recovery replaces a
     /// lost one (see `recovery`, which owns every change of it). Read with `core()`.
-    pub(crate) current: arc_swap::ArcSwap<Core>,
+    pub(crate) current: std::sync::RwLock<Arc<Core>>,
     pub(crate) dispatch: std::sync::Mutex<crate::events::Dispatch>,
     /// With a recovery policy: the recovery's state and recorded topology.
     pub(crate) recovery: Option<Arc<Recovery>>,
@@ -112,7 +112,7 @@ impl Connection {
                 match Core::open(params.clone(), 0) {
                     Ok(core) => {
                         let owner = Arc::new(Owner {
-                            current: arc_swap::ArcSwap::new(core.clone()),
+                            current: std::sync::RwLock::new(core.clone()),
                             dispatch: Default::default(),
                             recovery,
                         });
@@ -169,7 +169,7 @@ impl Connection {
         Connection::open(ConnectionParameters::from_url(url)?)
     }
 
-    fn core(&self) -> arc_swap::Guard<Arc<Core>> {
+    fn core(&self) -> Arc<Core> {
         self.owner.core()
     }
 

@@ -99,9 +99,11 @@ impl ConnTurn {
     /// to the pump and the next timer's deadline, or the first callback's error (the callbacks
     /// after it run at the next turn).
     fn take(&mut self, owner: &Arc<Owner>, timer_fired: bool) -> Result<(u64, Option<Instant>)> {
-        let core = owner.core();
-        let work = core.conn_work.load(Ordering::SeqCst);
-        let seen = (Arc::as_ptr(&core) as usize, work);
+        let seen = {
+            let core = owner.current.read().unwrap_or_else(|p| p.into_inner());
+            (Arc::as_ptr(&core) as usize, core.conn_work.load(Ordering::SeqCst))
+        };
+        let work = seen.1;
         if self.seen != Some(seen) || timer_fired {
             owner.run_connection_callbacks()?;
             self.next_timer = owner.next_timer();

@@ -173,7 +173,10 @@ fn install(
         }
         return;
     }
-    let old = owner.current.swap(core.clone());
+    let old = std::mem::replace(
+        &mut *owner.current.write().unwrap_or_else(|p| p.into_inner()),
+        core.clone(),
+    );
     state.phase = Phase::Connected;
     state.generation = report.generation;
     recovery.changed(state);

@@ -215,10 +215,12 @@ impl Recovery {
 }
 
 impl Owner {
-    /// The connection's current engine (it may be a lost one while recovering). A cheap
-    /// guard (no reference count touched), for the length of one call.
-    pub(crate) fn core(&self) -> arc_swap::Guard<Arc<Core>> {
-        self.current.load()
+    /// The connection's current engine (it may be a lost one while recovering).
+    pub(crate) fn core(&self) -> Arc<Core> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The current engine, once it is usable: at once, unless the connection is recovering;
@@ -228,12 +230,12 @@ impl Owner {
     pub(crate) fn ready_core(
         &self,
         deadline: impl FnOnce() -> Option<Instant>,
-    ) -> Result<arc_swap::Guard<Arc<Core>>> {
+    ) -> Result<Arc<Core>> {
         let Some(recovery) = &self.recovery else {
-            return Ok(self.current.load());
+            return Ok(self.core());
         };
         self.wait_recovered(recovery, deadline, || Ok(()))?;
-        Ok(self.current.load())
+        Ok(self.core())
     }
 
     /// Waits while the connection recovers (see [`ready_core`](Self::ready_core)), running
