@@ -510,3 +510,105 @@ fn a_reused_channel_number_does_not_bring_back_an_old_consumer_and_tx_channels_c
         setup.queue_delete(q, Default::default()).unwrap();
     }
 }
+
+#[test]
+fn the_filter_leaves_entities_out_and_a_broker_closed_channel_stays_closed() {
+    support::ensure_broker();
+    let name = unique("recovery-filter");
+    let skipped_queue = unique("recovery-skipped");
+    let kept_queue = unique("recovery-kept");
+    let filter_out = skipped_queue.clone();
+    let connection = Connection::open(params().with_connection_name(&name).with_recovery(
+        policy().with_topology_filter(move |entity| match entity {
+            cottontail::Entity::Queue { name, .. } => *name != filter_out,
+            cottontail::Entity::Consumer { queue, .. } => *queue != filter_out,
+            _ => true,
+        }),
+    ))
+    .unwrap();
+    let channel = connection.channel().unwrap();
+    let auto_delete = QueueDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(&skipped_queue, auto_delete.clone())
+        .unwrap();
+    channel.queue_declare(&kept_queue, auto_delete).unwrap();
+    let (cancelled_tx, cancelled_rx) = mpsc::channel();
+    channel.add_on_cancel_callback(move |_ch, tag: &str| {
+        let _ = cancelled_tx.send(tag.to_string());
+    });
+    let skipped_tag = channel
+        .basic_consume(
+            &skipped_queue,
+            |_c, _m, _p, _b| {},
+            BasicConsumeOptions::default(),
+        )
+        .unwrap();
+    channel
+        .basic_consume(
+            &kept_queue,
+            |_c, _m, _p, _b| {},
+            BasicConsumeOptions::default(),
+        )
+        .unwrap();
+    // A channel the broker closed before the loss is the application's business.
+    let broken = connection.channel().unwrap();
+    let refused = broken.queue_declare(&unique("recovery-missing"), support::consuming::passive());
+    assert!(matches!(
+        refused,
+        Err(Error::ChannelClosed {
+            reply_code: 404,
+            ..
+        })
+    ));
+    let (events_tx, events_rx) = mpsc::channel();
+    connection.add_on_recovery_callback(move |_c, event: &RecoveryEvent| {
+        let _ = events_tx.send(event.clone());
+    });
+
+    force_close(&connection, &name);
+
+    // The filtered-out consumer is reported cancelled on the consuming thread, and its
+    // auto-delete queue (deleted with the old connection's consumer) is not declared again.
+    let consuming = {
+        let channel = channel.clone();
+        std::thread::spawn(move || channel.start_consuming())
+    };
+    assert_eq!(
+        cancelled_rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        skipped_tag
+    );
+    let probe = support::connect().channel().unwrap();
+    assert!(probe
+        .queue_declare(&skipped_queue, support::consuming::passive())
+        .is_err());
+    let probe = support::connect().channel().unwrap();
+    let kept = probe
+        .queue_declare(&kept_queue, support::consuming::passive())
+        .unwrap();
+    assert_eq!(kept.consumer_count, 1);
+    assert!(broken.is_closed());
+    assert!(matches!(
+        broken.basic_publish("", "x", b"y"),
+        Err(Error::ChannelClosed {
+            reply_code: 404,
+            ..
+        })
+    ));
+    let report = events_rx
+        .try_iter()
+        .find_map(|e| match e {
+            RecoveryEvent::Recovered(report) => Some(report),
+            _ => None,
+        })
+        .expect("a Recovered event");
+    assert!(
+        report.skipped.iter().any(|(e, err)| err.is_none()
+            && matches!(e, cottontail::Entity::Queue { name, .. } if *name == skipped_queue)),
+        "{report:?}"
+    );
+    channel.stop_consuming(None).unwrap();
+    consuming.join().unwrap().unwrap();
+}

@@ -301,3 +301,98 @@ fn a_close_recovery_does_not_handle_ends_the_connection_without_reconnecting() {
     assert!(channel.is_closed());
     assert!(join(fake), "the client reconnected after a 530");
 }
+
+#[test]
+fn confirms_outstanding_at_the_loss_are_unknown_never_confirmed() {
+    use cottontail::PublishOptions;
+    let (port, fake) = spawn_fake(|broker| {
+        let mut first = broker.accept_and_handshake(0, 131_072);
+        first.open_channel(1);
+        match first.expect_method() {
+            (1, AMQPClass::Confirm(_)) => {}
+            other => panic!("expected confirm.select, got {other:?}"),
+        }
+        first.send_method(
+            1,
+            AMQPClass::Confirm(amq_protocol::protocol::confirm::AMQPMethod::SelectOk(
+                amq_protocol::protocol::confirm::SelectOk {},
+            )),
+        );
+        // Three publishes (method, header, body each); the first is acked, then the
+        // connection goes before the others are.
+        let mut bodies = 0;
+        while bodies < 3 {
+            if let Some(AMQPFrame::Body(1, _)) = first.read_frame() {
+                bodies += 1;
+            }
+        }
+        first.send_method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: 1,
+                multiple: false,
+            })),
+        );
+        // The fourth publish (made with basic_publish, waiting for its confirm).
+        while !matches!(first.read_frame(), Some(AMQPFrame::Body(1, _))) {}
+        close_connection(&mut first, 320, "CONNECTION_FORCED - test");
+        first.drain();
+        let mut second = broker.accept_and_handshake(0, 131_072);
+        second.open_channel(1);
+        match second.expect_method() {
+            (1, AMQPClass::Confirm(_)) => {}
+            other => panic!("expected confirm.select again, got {other:?}"),
+        }
+        second.send_method(
+            1,
+            AMQPClass::Confirm(amq_protocol::protocol::confirm::AMQPMethod::SelectOk(
+                amq_protocol::protocol::confirm::SelectOk {},
+            )),
+        );
+        serve_recovery_channel(&mut second);
+        // A publish after the recovery is the new channel's tag 1: acked.
+        while !matches!(second.read_frame(), Some(AMQPFrame::Body(1, _))) {}
+        second.send_method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: 1,
+                multiple: false,
+            })),
+        );
+        answer_close(&mut second);
+    });
+    let connection = Connection::open(client_params(port).with_recovery(policy())).expect("open");
+    let channel = connection.channel().expect("channel");
+    channel.confirm_delivery().unwrap();
+    let options = PublishOptions::default();
+    let seqs: Vec<u64> = (0..3)
+        .map(|i| {
+            channel
+                .basic_publish_deferred("", "q", format!("m{i}").as_bytes(), &options)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    let waited = channel.basic_publish("", "q", b"waits");
+    assert!(
+        matches!(&waited, Err(Error::ConfirmUnknown { delivery_tag: 4, message }) if message.body == b"waits"),
+        "{waited:?}"
+    );
+    let outcome = channel.wait_for_confirms(None).unwrap();
+    assert_eq!(outcome.unknown, vec![2, 3]);
+    assert!(outcome.nacked.is_empty() && !outcome.all_confirmed());
+    connection
+        .wait_for_recovery(Duration::from_secs(5))
+        .unwrap();
+    // Numbering goes on; the new channel's first ack is for this one.
+    assert_eq!(
+        channel
+            .basic_publish_deferred("", "q", b"after", &options)
+            .unwrap(),
+        5
+    );
+    let outcome = channel.wait_for_confirms(None).unwrap();
+    assert!(outcome.all_confirmed(), "{outcome:?}");
+    connection.close().unwrap();
+    join(fake);
+}

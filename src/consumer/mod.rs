@@ -101,7 +101,10 @@ impl ConnTurn {
     fn take(&mut self, owner: &Arc<Owner>, timer_fired: bool) -> Result<(u64, Option<Instant>)> {
         let seen = {
             let core = owner.current.read().unwrap_or_else(|p| p.into_inner());
-            (Arc::as_ptr(&core) as usize, core.conn_work.load(Ordering::SeqCst))
+            (
+                Arc::as_ptr(&core) as usize,
+                core.conn_work.load(Ordering::SeqCst),
+            )
         };
         let work = seen.1;
         if self.seen != Some(seen) || timer_fired {

@@ -553,3 +553,19 @@ fn amqp_url_has_no_tls_and_amqps_defaults_to_5671() {
     let ssl = p.ssl_options().unwrap();
     assert!(!ssl.skip_verify && !ssl.skip_hostname);
 }
+
+#[test]
+fn recovery_is_off_unless_the_url_turns_it_on() {
+    assert_eq!(parse("amqp://localhost/").recovery(), None);
+    for on in ["true", "1", "on", "yes", "True"] {
+        let params = parse(&format!("amqp://localhost/?recovery={on}"));
+        assert_eq!(
+            params.recovery(),
+            Some(&crate::recovery::RecoveryPolicy::default()),
+            "{on}"
+        );
+    }
+    assert_eq!(parse("amqp://localhost/?recovery=false").recovery(), None);
+    let message = refused("amqp://localhost/?recovery=sometimes");
+    assert!(message.contains("recovery"), "{message}");
+}
