@@ -19,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cottontail::{
-    BasicProperties, Connection, ConnectionParameters, Consumed, ConsumeOptions,
+    BasicProperties, Channel, Connection, ConnectionParameters, Consumed, ConsumeOptions,
     Consumer, Delivery, Error, ExchangeDeclareOptions, ExchangeType, FieldTable, PublishOptions,
     QosOptions, QueueBindOptions, QueueDeclareOptions, RecoveryEvent, RecoveryPolicy,
     RecoveryReport,
@@ -115,6 +115,17 @@ fn threads_named(prefix: &str) -> usize {
         .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
         .filter(|comm| comm.trim_end().starts_with(prefix))
         .count()
+}
+
+/// The server ports of the connections named `name` in the cluster, as node `i` lists them
+/// (`list_connections` lists every node's connections).
+fn server_ports(cluster: &Cluster, i: usize, name: &str) -> Vec<u16> {
+    cluster
+        .rabbitmqctl(i, &["list_connections", "-s", "port", "client_properties"])
+        .lines()
+        .filter(|line| line.contains(name))
+        .filter_map(|line| line.split('\t').next()?.trim().parse().ok())
+        .collect()
 }
 
 /// Starts node `i`'s application again when dropped (a test that stopped it and failed).
@@ -564,20 +575,37 @@ fn killing_the_node_of_a_publisher_and_a_consumer_loses_no_confirmed_message() {
     let _serial = one_at_a_time();
     let cluster = Cluster::start();
     assert!(cluster.wait_running(3, Duration::from_secs(30)));
-    let _revive = Revive(cluster, 0);
-    support::within(Duration::from_secs(170), "3-node kill", move || {
-        cluster_kill_scenario(cluster)
-    });
-}
-
-fn cluster_kill_scenario(cluster: Cluster) {
     let queue = unique("cr-quorum");
+    // Dropped in reverse: ct1 is back before the queue is deleted (a quorum queue with a
+    // member down may not delete).
     let _tidy = Tidy {
         cluster,
         node: 1,
         queues: vec![queue.clone()],
         exchanges: Vec::new(),
     };
+    let _revive = Revive(cluster, 0);
+    support::within(Duration::from_secs(170), "3-node kill", move || {
+        cluster_kill_scenario(cluster, queue)
+    });
+}
+
+/// A channel of `connection` in confirm mode, retried while the connection recovers.
+fn confirming_channel(connection: &Connection) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match connection.channel().and_then(|c| c.confirm_delivery().map(|()| c)) {
+            Ok(channel) => return channel,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("opening a confirming channel: {e}");
+                thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("opening a confirming channel: {e}"),
+        }
+    }
+}
+
+fn cluster_kill_scenario(cluster: Cluster, queue: String) {
     {
         let admin = cluster.connect(0);
         admin
@@ -600,8 +628,8 @@ fn cluster_kill_scenario(cluster: Cluster) {
         Connection::open(recovering_params(&cluster, &[0, 1, 2], &publisher_name)).unwrap();
     let consumer_conn =
         Connection::open(recovering_params(&cluster, &[0, 1, 2], &consumer_name)).unwrap();
-    assert_eq!(cluster.connections_named(0, &publisher_name).len(), 1);
-    assert_eq!(cluster.connections_named(0, &consumer_name).len(), 1);
+    assert_eq!(server_ports(&cluster, 0, &publisher_name), [PORTS[0]]);
+    assert_eq!(server_ports(&cluster, 0, &consumer_name), [PORTS[0]]);
 
     let stop_publishing = Arc::new(AtomicBool::new(false));
     let stop_consuming = Arc::new(AtomicBool::new(false));
@@ -613,8 +641,7 @@ fn cluster_kill_scenario(cluster: Cluster) {
         let (stop, published) = (stop_publishing.clone(), published.clone());
         thread::spawn(move || {
             let events = events(&connection);
-            let channel = connection.channel().unwrap();
-            channel.confirm_delivery().unwrap();
+            let mut channel = confirming_channel(&connection);
             let mut n = 0u32;
             while !stop.load(Ordering::SeqCst) {
                 let result = channel.basic_publish_with(
@@ -632,12 +659,22 @@ fn cluster_kill_scenario(cluster: Cluster) {
                     Err(e) => {
                         let kind = match &e {
                             Error::ConfirmUnknown { .. } => "confirm unknown".to_string(),
+                            Error::Nack { .. } => "nacked".to_string(),
                             e => e.to_string(),
                         };
                         p.unknown.push((n, kind));
                         drop(p);
                         // Not in a busy loop while a call fails at once.
                         thread::sleep(Duration::from_millis(20));
+                        // RabbitMQ 3.10: a channel that first publishes to a quorum queue
+                        // while its leader's node is down (the recovered channel does, at
+                        // once) may get every publish nacked long after the new leader is
+                        // elected, while a new channel works: the application's remedy.
+                        if matches!(e, Error::Nack { .. }) {
+                            let _ = channel.close();
+                            thread::sleep(Duration::from_millis(200));
+                            channel = confirming_channel(&connection);
+                        }
                     }
                 }
                 n += 1;
@@ -716,7 +753,19 @@ fn cluster_kill_scenario(cluster: Cluster) {
         eventually(Duration::from_secs(30), || {
             published.lock().unwrap().confirmed.len() >= confirmed_at_recovery + 200
         }),
-        "publishing did not go on after the recovery"
+        "publishing did not go on after the recovery: {}",
+        {
+            let p = published.lock().unwrap();
+            format!(
+                "{} confirmed ({confirmed_at_recovery} at the recovery), {} unknown, the last: \
+                 {:?}; the queue on {}: {:?}",
+                p.confirmed.len(),
+                p.unknown.len(),
+                p.unknown.iter().rev().take(5).collect::<Vec<_>>(),
+                NODES[1],
+                cluster.try_rabbitmqctl(1, &["list_queues", "name", "type", "leader", "online", "messages"])
+            )
+        }
     );
     thread::sleep(Duration::from_secs(1));
     stop_publishing.store(true, Ordering::SeqCst);
@@ -730,15 +779,16 @@ fn cluster_kill_scenario(cluster: Cluster) {
     stop_consuming.store(true, Ordering::SeqCst);
     consuming.join().expect("the consumer thread");
 
-    // Where each connection went.
+    // Where each connection went, as the broker lists them.
     for (who, connection, name) in [
         ("publisher", &publisher_conn, &publisher_name),
         ("consumer", &consumer_conn, &consumer_name),
     ] {
-        let on: Vec<usize> = (1..3)
-            .filter(|&i| !cluster.connections_named(i, name).is_empty())
-            .collect();
-        assert_eq!(on.len(), 1, "the {who} is on nodes {on:?}");
+        let ports = server_ports(&cluster, 1, name);
+        assert!(
+            ports.len() == 1 && ports[0] != PORTS[0],
+            "the {who} is connected to ports {ports:?}"
+        );
         assert!(!connection.is_recovering());
     }
     let p = published.lock().unwrap();
@@ -1061,4 +1111,5 @@ fn storm_scenario(cluster: Cluster) -> String {
     assert!(final_seen, "the final round trip failed");
     summary
 }
+
 
