@@ -920,27 +920,94 @@ fn cluster_kill_scenario(cluster: Cluster, queue: String) {
 
 #[test]
 fn a_storm_of_forced_closes_leaks_nothing_deadlocks_nothing_and_loses_nothing() {
+    storm_test("storm", Duration::from_millis(200), Duration::from_secs(10));
+}
+
+/// The storm again, with closes every millisecond for 5 s: many hit the connection while it is
+/// still being opened or restored, so recovery attempts fail and are made again.
+#[test]
+#[ignore = "BUG: fails through the bug of \
+            channels_survive_a_loss_in_the_middle_of_a_recovery_attempt (the workers' channels \
+            end closed for good, publishing stops)"]
+fn a_storm_faster_than_recovery_leaks_nothing_deadlocks_nothing_and_loses_nothing() {
+    storm_test(
+        "fast storm",
+        Duration::from_millis(1),
+        Duration::from_secs(5),
+    );
+}
+
+/// Runs [`storm_scenario`] and checks that the process has no more threads and file
+/// descriptors after it than before.
+fn storm_test(what: &'static str, every: Duration, length: Duration) {
     let _serial = one_at_a_time();
     let cluster = Cluster::start();
     assert!(cluster.wait_running(3, Duration::from_secs(30)));
     // Let threads of earlier tests (their `within` threads) end first.
     thread::sleep(Duration::from_millis(200));
     let (threads_before, fds_before) = (proc_entries("task"), proc_entries("fd"));
-    let counts = support::within(Duration::from_secs(120), "the storm", move || {
-        storm_scenario(cluster)
+    let counts = support::within(Duration::from_secs(120), what, move || {
+        storm_scenario(cluster, every, length)
     });
     let settled = eventually(Duration::from_secs(10), || {
         proc_entries("task") <= threads_before && proc_entries("fd") <= fds_before
     });
     let (threads_after, fds_after) = (proc_entries("task"), proc_entries("fd"));
     println!(
-        "storm: {counts}; threads {threads_before} -> {threads_after}, fds {fds_before} -> \
+        "{what}: {counts}; threads {threads_before} -> {threads_after}, fds {fds_before} -> \
          {fds_after}"
     );
     assert!(
         settled,
         "threads {threads_before} -> {threads_after}, file descriptors {fds_before} -> {fds_after}"
     );
+}
+
+/// Closes the connections named `name` on node `node` from inside the broker, every `every`
+/// for `length`, each connection once, as `rabbitmqctl close_connection` does (320
+/// CONNECTION_FORCED); returns how many it closed. A `rabbitmqctl close_connection` per close
+/// would take about half a second (plus one to list the pids), so one `rabbitmqctl eval` does
+/// it all. A connection is caught as soon as its client properties are known (its
+/// connection.start-ok), so a fast storm also hits connections still being opened or restored.
+fn close_storm(
+    cluster: &Cluster,
+    node: usize,
+    name: &str,
+    every: Duration,
+    length: Duration,
+) -> usize {
+    let script = format!(
+        "Name = <<\"{name}\">>, \
+         Ours = fun(Pid) -> \
+             case catch rabbit_networking:connection_info(Pid, [client_properties]) of \
+                 [{{client_properties, Props}}] when is_list(Props) -> \
+                     lists:keyfind(<<\"connection_name\">>, 1, Props) \
+                         =:= {{<<\"connection_name\">>, longstr, Name}}; \
+                 _ -> false \
+             end \
+         end, \
+         Until = erlang:monotonic_time(millisecond) + {length}, \
+         Loop = fun L(Closed) -> \
+             case erlang:monotonic_time(millisecond) >= Until of \
+                 true -> length(Closed); \
+                 false -> \
+                     Pids = [P || P <- rabbit_networking:connections_local(), \
+                                  not lists:member(P, Closed), Ours(P)], \
+                     [rabbit_networking:close_connection(P, \"test: flaky network\") \
+                      || P <- Pids], \
+                     timer:sleep({every}), \
+                     L(Pids ++ Closed) \
+             end \
+         end, \
+         Loop([]).",
+        every = every.as_millis(),
+        length = length.as_millis()
+    );
+    cluster
+        .rabbitmqctl(node, &["eval", &script])
+        .trim()
+        .parse::<usize>()
+        .expect("the number of closes")
 }
 
 #[derive(Default)]
@@ -958,7 +1025,7 @@ struct StormConsumed {
     problems: Vec<String>,
 }
 
-fn storm_scenario(cluster: Cluster) -> String {
+fn storm_scenario(cluster: Cluster, every: Duration, length: Duration) -> String {
     const NODE: usize = 2;
     let name = unique("cr-storm");
     let queue = unique("cr-storm-q");
@@ -1052,39 +1119,9 @@ fn storm_scenario(cluster: Cluster) -> String {
         }));
     }
 
-    // The storm: a `rabbitmqctl close_connection` per close would take about half a second
-    // (plus one to list the pids), so one `rabbitmqctl eval` does the same inside the broker:
-    // every 200 ms for 10 s, close the connections whose client properties carry our
-    // connection_name (what `close_connection` does: 320 CONNECTION_FORCED).
     let storm = {
         let name = name.clone();
-        thread::spawn(move || {
-            let script = format!(
-                "Name = <<\"{name}\">>, \
-                 Ours = fun(Pid) -> \
-                     case catch rabbit_networking:connection_info(Pid, [client_properties]) of \
-                         [{{client_properties, Props}}] -> \
-                             lists:keyfind(<<\"connection_name\">>, 1, Props) \
-                                 =:= {{<<\"connection_name\">>, longstr, Name}}; \
-                         _ -> false \
-                     end \
-                 end, \
-                 Loop = fun L(0, Closed) -> Closed; \
-                            L(N, Closed) -> \
-                                Pids = [P || P <- rabbit_networking:connections_local(), Ours(P)], \
-                                [rabbit_networking:close_connection(P, \"test: flaky network\") \
-                                 || P <- Pids], \
-                                timer:sleep(200), \
-                                L(N - 1, Closed + length(Pids)) \
-                        end, \
-                 Loop(50, 0)."
-            );
-            cluster
-                .rabbitmqctl(NODE, &["eval", &script])
-                .trim()
-                .parse::<usize>()
-                .expect("the number of closes")
-        })
+        thread::spawn(move || close_storm(&cluster, NODE, &name, every, length))
     };
     let closes = storm.join().unwrap();
     let storm_over = Instant::now();
@@ -1098,7 +1135,39 @@ fn storm_scenario(cluster: Cluster) -> String {
         eventually(Duration::from_secs(20), || {
             published.lock().unwrap().confirmed.len() >= confirmed_then + 50
         }),
-        "publishing does not go on after the storm"
+        "publishing does not go on after the storm: {}",
+        {
+            let p = published.lock().unwrap();
+            let c = consumed.lock().unwrap();
+            format!(
+                "{closes} closes, generation {}, recovering {}, {} confirmed ({confirmed_then} \
+                 at the end of the storm), {} unknown, unexpected {:?}, consumer problems {:?}, \
+                 the broker's connections: {:?}",
+                connection.recovery_generation(),
+                connection.is_recovering(),
+                p.confirmed.len(),
+                p.unknown,
+                p.unexpected.iter().rev().take(5).collect::<Vec<_>>(),
+                c.problems.iter().rev().take(5).collect::<Vec<_>>(),
+                cluster
+                    .try_rabbitmqctl(
+                        NODE,
+                        &[
+                            "list_connections",
+                            "-s",
+                            "pid",
+                            "state",
+                            "channels",
+                            "client_properties"
+                        ]
+                    )
+                    .map(|out| out
+                        .lines()
+                        .filter(|l| l.contains(&name))
+                        .map(|l| l.split('\t').take(3).collect::<Vec<_>>().join(" "))
+                        .collect::<Vec<_>>())
+            )
+        }
     );
     stop_publishing.store(true, Ordering::SeqCst);
     let confirmed: Vec<String> = {
@@ -1178,12 +1247,11 @@ fn storm_scenario(cluster: Cluster) -> String {
         c.ack_errors,
         lost.len()
     );
-    println!("storm: {summary}");
     assert!(closes >= 20, "{summary}");
     // A close may hit a connection the recovery is still restoring: one more attempt, not
     // one more recovery.
     assert!(
-        generation >= 20 && generation <= closes as u64,
+        generation >= 10 && generation <= closes as u64,
         "recoveries: {summary}"
     );
     assert_eq!(recovered_events as u64, generation, "{summary}");
@@ -1208,4 +1276,76 @@ fn storm_scenario(cluster: Cluster) -> String {
     );
     assert!(final_seen, "the final round trip failed");
     summary
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. A loss during a recovery attempt (the fast storm's failure, made small).
+// ---------------------------------------------------------------------------------------
+
+#[test]
+#[ignore = "BUG: a connection lost while a recovery attempt restores its channels leaves \
+            them closed for good (ChannelCore::lose twice: Core::fail, then driver::abandon, \
+            turns Lost into Closed), and the next attempt 'recovers' without them"]
+fn channels_survive_a_loss_in_the_middle_of_a_recovery_attempt() {
+    let _serial = one_at_a_time();
+    let cluster = Cluster::start();
+    let name = unique("cr-mid-restore");
+    let connection = Connection::open(recovering_params(&cluster, &[2], &name)).unwrap();
+    let events = events(&connection);
+    // Many channels make each restore take a while, so closes land in it.
+    let channels: Vec<Channel> = (0..20)
+        .map(|_| {
+            let channel = connection.channel().unwrap();
+            channel.confirm_delivery().unwrap();
+            channel
+        })
+        .collect();
+    let closes = close_storm(
+        &cluster,
+        2,
+        &name,
+        Duration::from_millis(1),
+        Duration::from_secs(3),
+    );
+    connection
+        .wait_for_recovery(Duration::from_secs(30))
+        .expect("recovered after the storm");
+    let processed = connection.process_data_events(Duration::ZERO);
+    let events: Vec<RecoveryEvent> = events.try_iter().collect();
+    let closed: Vec<String> = channels
+        .iter()
+        .filter(|c| c.is_closed())
+        .map(|c| {
+            format!(
+                "{} ({:?})",
+                c.channel_number(),
+                c.basic_publish("", "", b"x").err()
+            )
+        })
+        .collect();
+    let broker_channels = cluster
+        .rabbitmqctl(
+            2,
+            &["list_connections", "-s", "channels", "client_properties"],
+        )
+        .lines()
+        .filter(|line| line.contains(&name))
+        .map(|line| line.split('\t').next().unwrap_or("").to_string())
+        .collect::<Vec<_>>();
+    let summary = format!(
+        "{closes} closes, {} recoveries, {} failed attempts; the broker's channels on our \
+         connection: {broker_channels:?}; process_data_events: {processed:?}",
+        connection.recovery_generation(),
+        failed_attempts(&events)
+    );
+    println!("mid-restore: {summary}; closed channels: {}", closed.len());
+    assert!(
+        closed.is_empty(),
+        "{summary}: channels closed for good: {closed:?}"
+    );
+    processed.expect("process_data_events after the recovery");
+    for channel in &channels {
+        channel.basic_publish("", "", b"still here").unwrap();
+    }
+    connection.close().unwrap();
 }
