@@ -5,7 +5,11 @@
 //! - a node killed (`kill -9`) and restarted,
 //! - the node a publisher and a consumer are connected to killed for good while they run,
 //!   with a quorum queue on the other two,
-//! - a connection whose broker side is closed over and over while 4 threads use it.
+//! - a connection whose broker side is closed over and over while 4 threads use it (every
+//!   200 ms; and, ignored until its bug is fixed, every millisecond, which also cuts recovery
+//!   attempts short),
+//! - ignored until fixed: the minimal test of that bug (channels restored by an attempt that
+//!   is then cut short end closed for good).
 //!
 //! The tests share the cluster, so they run one at a time (a static mutex), and each brings
 //! back any node it stopped or killed before it ends, even when it fails (guards).
@@ -920,7 +924,13 @@ fn cluster_kill_scenario(cluster: Cluster, queue: String) {
 
 #[test]
 fn a_storm_of_forced_closes_leaks_nothing_deadlocks_nothing_and_loses_nothing() {
-    storm_test("storm", Duration::from_millis(200), Duration::from_secs(10));
+    storm_test(
+        "storm",
+        Duration::from_millis(200),
+        Duration::from_secs(10),
+        20,
+        0,
+    );
 }
 
 /// The storm again, with closes every millisecond for 5 s: many hit the connection while it is
@@ -930,16 +940,25 @@ fn a_storm_of_forced_closes_leaks_nothing_deadlocks_nothing_and_loses_nothing() 
             channels_survive_a_loss_in_the_middle_of_a_recovery_attempt (the workers' channels \
             end closed for good, publishing stops)"]
 fn a_storm_faster_than_recovery_leaks_nothing_deadlocks_nothing_and_loses_nothing() {
+    // Few recoveries complete while it lasts: most attempts are cut off.
     storm_test(
         "fast storm",
         Duration::from_millis(1),
         Duration::from_secs(5),
+        1,
+        5,
     );
 }
 
 /// Runs [`storm_scenario`] and checks that the process has no more threads and file
 /// descriptors after it than before.
-fn storm_test(what: &'static str, every: Duration, length: Duration) {
+fn storm_test(
+    what: &'static str,
+    every: Duration,
+    length: Duration,
+    min_recoveries: u64,
+    min_failed_attempts: usize,
+) {
     let _serial = one_at_a_time();
     let cluster = Cluster::start();
     assert!(cluster.wait_running(3, Duration::from_secs(30)));
@@ -947,7 +966,7 @@ fn storm_test(what: &'static str, every: Duration, length: Duration) {
     thread::sleep(Duration::from_millis(200));
     let (threads_before, fds_before) = (proc_entries("task"), proc_entries("fd"));
     let counts = support::within(Duration::from_secs(120), what, move || {
-        storm_scenario(cluster, every, length)
+        storm_scenario(cluster, every, length, min_recoveries, min_failed_attempts)
     });
     let settled = eventually(Duration::from_secs(10), || {
         proc_entries("task") <= threads_before && proc_entries("fd") <= fds_before
@@ -1010,6 +1029,18 @@ fn close_storm(
         .expect("the number of closes")
 }
 
+/// Sets the flags and closes the connection when dropped.
+struct StopOnDrop(Vec<Arc<AtomicBool>>, Connection);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        for flag in &self.0 {
+            flag.store(true, Ordering::SeqCst);
+        }
+        let _ = self.1.close();
+    }
+}
+
 #[derive(Default)]
 struct StormPublished {
     confirmed: Vec<String>,
@@ -1025,7 +1056,13 @@ struct StormConsumed {
     problems: Vec<String>,
 }
 
-fn storm_scenario(cluster: Cluster, every: Duration, length: Duration) -> String {
+fn storm_scenario(
+    cluster: Cluster,
+    every: Duration,
+    length: Duration,
+    min_recoveries: u64,
+    min_failed_attempts: usize,
+) -> String {
     const NODE: usize = 2;
     let name = unique("cr-storm");
     let queue = unique("cr-storm-q");
@@ -1044,6 +1081,12 @@ fn storm_scenario(cluster: Cluster, every: Duration, length: Duration) -> String
         .unwrap();
     let stop_publishing = Arc::new(AtomicBool::new(false));
     let stop_consuming = Arc::new(AtomicBool::new(false));
+    // On a failure, the workers stop and the connection closes before the queue is deleted
+    // (else they hold the connection, whose recovery declares the queue again).
+    let _stop = StopOnDrop(
+        vec![stop_publishing.clone(), stop_consuming.clone()],
+        connection.clone(),
+    );
     let published = Arc::new(Mutex::new(StormPublished::default()));
     let consumed = Arc::new(Mutex::new(StormConsumed::default()));
     let mut workers = Vec::new();
@@ -1247,12 +1290,15 @@ fn storm_scenario(cluster: Cluster, every: Duration, length: Duration) -> String
         c.ack_errors,
         lost.len()
     );
-    assert!(closes >= 20, "{summary}");
-    // A close may hit a connection the recovery is still restoring: one more attempt, not
-    // one more recovery.
+    // A close may hit a connection the recovery is still opening or restoring: one more
+    // attempt, not one more recovery.
     assert!(
-        generation >= 10 && generation <= closes as u64,
+        generation >= min_recoveries && generation <= closes as u64,
         "recoveries: {summary}"
+    );
+    assert!(
+        failed_attempts(&events) >= min_failed_attempts,
+        "failed attempts: {summary}"
     );
     assert_eq!(recovered_events as u64, generation, "{summary}");
     assert_eq!(lost_events as u64, generation, "{summary}");
