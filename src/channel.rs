@@ -324,13 +324,21 @@ impl Channel {
 
     /// True when a call that failed on a connection loss is to wait for the recovery and go
     /// on (rather than fail): recovery is on and has not ended for good, and the connection
-    /// is recovering or the channel is lost (the loss is being handled).
+    /// is recovering, or the channel is lost, or the current engine has just ended with a
+    /// loss recovery handles (its recovery is starting).
     pub(crate) fn lost(&self) -> bool {
         let Some(recovery) = &self.inner.owner.recovery else {
             return false;
         };
         recovery.closed_error().is_none()
-            && (recovery.is_recovering() || matches!(self.core().lock().life, Life::Lost(_)))
+            && (recovery.is_recovering()
+                || matches!(self.core().lock().life, Life::Lost(_))
+                || self
+                    .inner
+                    .owner
+                    .core()
+                    .closed_error()
+                    .is_some_and(|e| crate::recovery::recoverable(&e)))
     }
 
     /// Sends a method that has no reply (nowait), without taking the channel's turn at

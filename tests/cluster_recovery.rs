@@ -6,10 +6,9 @@
 //! - the node a publisher and a consumer are connected to killed for good while they run,
 //!   with a quorum queue on the other two,
 //! - a connection whose broker side is closed over and over while 4 threads use it (every
-//!   200 ms; and, ignored until its bug is fixed, every millisecond, which also cuts recovery
-//!   attempts short),
-//! - ignored until fixed: the minimal test of that bug (channels restored by an attempt that
-//!   is then cut short end closed for good).
+//!   200 ms; and every millisecond, which also cuts recovery attempts short),
+//! - channels restored by an attempt that is then cut short are restored by the next one
+//!   (the minimal form of the fast storm's first failure).
 //!
 //! The tests share the cluster, so they run one at a time (a static mutex), and each brings
 //! back any node it stopped or killed before it ends, even when it fails (guards).
@@ -936,9 +935,6 @@ fn a_storm_of_forced_closes_leaks_nothing_deadlocks_nothing_and_loses_nothing() 
 /// The storm again, with closes every millisecond for 5 s: many hit the connection while it is
 /// still being opened or restored, so recovery attempts fail and are made again.
 #[test]
-#[ignore = "BUG: fails through the bug of \
-            channels_survive_a_loss_in_the_middle_of_a_recovery_attempt (the workers' channels \
-            end closed for good, publishing stops)"]
 fn a_storm_faster_than_recovery_leaks_nothing_deadlocks_nothing_and_loses_nothing() {
     // Few recoveries complete while it lasts: most attempts are cut off.
     storm_test(
@@ -1329,9 +1325,6 @@ fn storm_scenario(
 // ---------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "BUG: a connection lost while a recovery attempt restores its channels leaves \
-            them closed for good (ChannelCore::lose twice: Core::fail, then driver::abandon, \
-            turns Lost into Closed), and the next attempt 'recovers' without them"]
 fn channels_survive_a_loss_in_the_middle_of_a_recovery_attempt() {
     let _serial = one_at_a_time();
     let cluster = Cluster::start();
