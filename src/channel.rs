@@ -400,11 +400,12 @@ impl Channel {
         let core = self.core();
         let timeout = self.rpc_timeout();
         let deadline = deadline_after(timeout);
+        let lost = self.lost();
         {
             let mut st = core.lock();
-            if let Life::Lost(_) = st.life {
-                // The recovery will not open it again; its broker side went with the
-                // connection.
+            if lost && matches!(st.life, Life::Lost(_) | Life::Open) {
+                // The connection is lost or recovering: the channel's broker side went with
+                // it (or the recovery closes it), and the recovery will not open it again.
                 st.life = Life::Closed(Error::ChannelClosedByClient {
                     reply_code,
                     reply_text: reply_text.to_owned(),
@@ -812,14 +813,27 @@ impl Channel {
     }
 
     fn settle(&self, settle: Settle, delivery_tag: u64) -> Result<()> {
-        if self.inner.owner.recovery.is_some() {
-            // A tag from before a recovery is that, even while the connection is down.
-            self.core().lock().broker_tag(delivery_tag)?;
+        let owner = &self.inner.owner;
+        if owner.recovery.is_none() {
+            return owner
+                .core()
+                .settle_on(self.core(), settle, delivery_tag, None, ensure_open);
         }
-        self.inner
-            .owner
-            .core()
-            .settle_on(self.core(), settle, delivery_tag, None, ensure_open)
+        // A tag from before a recovery is that, even while the connection is down; one of a
+        // delivery that came on the new connection while it was being restored waits for
+        // the recovery to finish (within the RPC timeout) and goes out on it.
+        let deadline = deadline_after(self.rpc_timeout());
+        loop {
+            self.core().lock().broker_tag(delivery_tag)?;
+            let conn = owner.ready_core(|| deadline)?;
+            match conn.settle_on(self.core(), settle, delivery_tag, None, ensure_open) {
+                Err(e) if self.lost() && deadline.is_some_and(|d| Instant::now() >= d) => {
+                    return Err(e)
+                }
+                Err(_) if self.lost() => {}
+                settled => return settled,
+            }
+        }
     }
 }
 

@@ -315,6 +315,14 @@ impl Connection {
     /// for the broker to accept it (pika's `update_secret(new_secret, reason)`), at most the
     /// RPC timeout. The secret is never logged.
     pub fn update_secret(&self, new_secret: &str, reason: &str) -> Result<()> {
+        if let Some(recovery) = &self.owner.recovery {
+            // A recovery logs in with it from now on; while the connection is down, that is
+            // all there is to do.
+            recovery.update_secret(new_secret);
+            if recovery.is_recovering() {
+                return Ok(());
+            }
+        }
         let core = self.core();
         let seen = core.lock_link().secret_updates;
         let method = AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(
@@ -327,12 +335,7 @@ impl Connection {
             method,
             crate::engine::deadline_after(core.params.rpc_timeout),
         )?;
-        core.wait_secret_update(seen, core.params.rpc_timeout)?;
-        if let Some(recovery) = &self.owner.recovery {
-            // A recovery authenticates with it from now on.
-            recovery.update_secret(new_secret);
-        }
-        Ok(())
+        core.wait_secret_update(seen, core.params.rpc_timeout)
     }
 
     /// The negotiated highest channel number.

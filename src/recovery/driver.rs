@@ -163,6 +163,20 @@ fn install(
     restored: Vec<Arc<ChannelCore>>,
     report: RecoveryReport,
 ) {
+    log::warn!(
+        "connection recovered to {}:{} after {:?} (attempt {}; {} renamed, {} skipped)",
+        report.host,
+        report.port,
+        report.took,
+        report.attempt,
+        report.renamed.len(),
+        report.skipped.len()
+    );
+    let generation = report.generation;
+    // Queued before the phase changes: whoever sees the connection recovered finds it.
+    if recovery.closed_error().is_none() {
+        owner.push_recovery_event(RecoveryEvent::Recovered(report));
+    }
     let mut state = recovery.lock();
     if let Phase::Closed(e) = &state.phase {
         let e = e.clone();
@@ -178,18 +192,8 @@ fn install(
         core.clone(),
     );
     state.phase = Phase::Connected;
-    state.generation = report.generation;
+    state.generation = generation;
     recovery.changed(state);
-    log::warn!(
-        "connection recovered to {}:{} after {:?} (attempt {}; {} renamed, {} skipped)",
-        report.host,
-        report.port,
-        report.took,
-        report.attempt,
-        report.renamed.len(),
-        report.skipped.len()
-    );
-    owner.push_recovery_event(RecoveryEvent::Recovered(report));
     // A thread still waiting on the lost engine looks again, and moves to this one.
     old.nudge();
     // Lost between its hook and the swap: recover again.
@@ -282,12 +286,16 @@ fn restore(
     let plan = {
         // Only the consumers the open channels still have (a channel number reused after a
         // close must not bring its old consumers back).
+        // Nor one whose cancel (by the broker, or by an earlier attempt) is still to be
+        // handled: the consuming thread removes it when it handles the cancel.
         let live: Vec<(u16, String)> = open
             .iter()
             .flat_map(|c| {
                 let number = c.channel_number();
+                let cancelled = c.inner.core.lock().cancelled.clone();
                 c.lock_consumers()
                     .keys()
+                    .filter(|tag| !cancelled.contains(tag))
                     .map(|tag| (number, tag.clone()))
                     .collect::<Vec<_>>()
             })

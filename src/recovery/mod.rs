@@ -249,6 +249,7 @@ impl Owner {
     ) -> Result<()> {
         let mut deadline = Some(deadline);
         let mut until = None;
+        let started = Instant::now();
         loop {
             let seen = {
                 let state = recovery.lock();
@@ -271,7 +272,7 @@ impl Owner {
                         if left.is_zero() {
                             return Err(Error::Timeout {
                                 context: "waiting for the connection to recover".into(),
-                                after: self.core().params.rpc_timeout,
+                                after: at.saturating_duration_since(started),
                             });
                         }
                         left
