@@ -367,10 +367,10 @@ fn handshake(
         while let Some(inbound) = reader.next_frame()? {
             let frame = match inbound {
                 Inbound::Frame(frame) => frame,
-                Inbound::Body(..) => {
+                Inbound::Body(..) | Inbound::Deliver(..) | Inbound::Header(..) => {
                     return Err(Error::protocol(
                         crate::error::UNEXPECTED_FRAME,
-                        "body frame during the handshake",
+                        "content frame during the handshake",
                     ))
                 }
             };

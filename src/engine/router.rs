@@ -23,7 +23,7 @@ use super::chan::{ChannelCore, Delivered, Held, Life, Reply};
 use super::Core;
 use crate::delivery::{Delivery, GetMessage, Returned};
 use crate::error::{Error, Result, CHANNEL_ERROR, COMMAND_INVALID, FRAME_ERROR};
-use crate::protocol::codec;
+use crate::protocol::codec::{self, Header};
 use crate::protocol::content::{Assembly, Content, ContentMethod};
 use crate::protocol::methods::{Deliver, GetOk, Return};
 use crate::protocol::properties::BasicProperties;
@@ -114,13 +114,9 @@ impl Router {
                 log::trace!("channel {channel}: {method:?}");
                 self.on_method(core, channel, method).map(|()| None)
             }
-            AMQPFrame::Header(channel, header) => {
-                let entry = self.entry(core, channel)?;
-                if let Some(content) = entry.assembly.header(channel, header)? {
-                    self.finish_content(core, channel, content);
-                }
-                Ok(None)
-            }
+            AMQPFrame::Header(channel, header) => self
+                .on_header(core, channel, Header::from_wire(&header))
+                .map(|()| None),
             AMQPFrame::Body(channel, data) => self.on_body(core, channel, &data).map(|()| None),
             AMQPFrame::InvalidHeartbeat(channel) => Err(Error::protocol(
                 FRAME_ERROR,
@@ -131,6 +127,25 @@ impl Router {
                 "protocol header in the middle of the connection",
             )),
         }
+    }
+
+    /// A content header (decoded by amq-protocol or by `protocol::fast`).
+    pub(crate) fn on_header(&mut self, core: &Core, channel: u16, header: Header) -> Result<()> {
+        let entry = self.entry(core, channel)?;
+        if let Some(content) = entry.assembly.header(channel, header)? {
+            self.finish_content(core, channel, content);
+        }
+        Ok(())
+    }
+
+    /// A basic.deliver decoded by `protocol::fast` (the parsed ones come through
+    /// [`on_frame`](Self::on_frame)).
+    pub(crate) fn on_deliver(&mut self, core: &Core, channel: u16, deliver: Deliver) -> Result<()> {
+        log::trace!("channel {channel}: {deliver:?}");
+        let entry = self.entry(core, channel)?;
+        entry
+            .assembly
+            .start(channel, ContentMethod::Deliver(deliver))
     }
 
     pub(crate) fn on_body(&mut self, core: &Core, channel: u16, data: &[u8]) -> Result<()> {

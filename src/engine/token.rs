@@ -334,6 +334,14 @@ fn route_buffered(core: &Core, side: &mut ReadSide) -> Result<Option<Exit>> {
     while let Some(inbound) = side.reader.next_frame()? {
         let exit = match inbound {
             Inbound::Frame(frame) => side.router.on_frame(core, frame)?,
+            Inbound::Deliver(channel, deliver) => {
+                side.router.on_deliver(core, channel, deliver)?;
+                None
+            }
+            Inbound::Header(channel, header) => {
+                side.router.on_header(core, channel, header)?;
+                None
+            }
             Inbound::Body(channel, range) => {
                 side.router
                     .on_body(core, channel, side.reader.bytes(range))?;

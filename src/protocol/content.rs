@@ -6,10 +6,9 @@
 //! reserved up front, and a body frame that would make the body longer than its header
 //! announced is refused (501 FRAME_ERROR). Frames out of order are 505 UNEXPECTED_FRAME.
 
-use amq_protocol::frame::AMQPContentHeader;
-
+use super::codec::Header;
 use super::methods::{Deliver, GetOk, Return};
-use super::properties::{self, BasicProperties};
+use super::properties::BasicProperties;
 
 use crate::error::{Error, Result, FRAME_ERROR, UNEXPECTED_FRAME};
 
@@ -88,11 +87,7 @@ impl Assembly {
     }
 
     /// A content header arrived; returns the message if its body is empty.
-    pub(crate) fn header(
-        &mut self,
-        channel: u16,
-        header: AMQPContentHeader,
-    ) -> Result<Option<Content>> {
+    pub(crate) fn header(&mut self, channel: u16, header: Header) -> Result<Option<Content>> {
         let partial = match self.partial.as_mut() {
             Some(p) if p.header.is_none() => p,
             _ => {
@@ -118,7 +113,7 @@ impl Assembly {
             ));
         }
         partial.body = Vec::with_capacity(header.body_size.min(MAX_BODY_PREALLOC) as usize);
-        partial.header = Some((properties::from_wire(&header.properties), header.body_size));
+        partial.header = Some((header.properties, header.body_size));
         Ok(self.finish_if_complete())
     }
 
@@ -179,11 +174,11 @@ mod tests {
         })
     }
 
-    fn header(size: u64) -> AMQPContentHeader {
-        AMQPContentHeader {
+    fn header(size: u64) -> Header {
+        Header {
             class_id: 60,
             body_size: size,
-            properties: amq_protocol::protocol::BasicProperties::default(),
+            properties: BasicProperties::default(),
         }
     }
 

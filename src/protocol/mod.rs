@@ -10,6 +10,7 @@ pub(crate) mod acks;
 pub(crate) mod codec;
 pub(crate) mod confirms;
 pub(crate) mod content;
+pub(crate) mod fast;
 pub(crate) mod handshake;
 pub(crate) mod heartbeat;
 pub(crate) mod methods;

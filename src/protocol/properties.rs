@@ -216,6 +216,45 @@ pub(crate) fn to_wire(props: &BasicProperties) -> Result<WireProperties> {
     Ok(wire)
 }
 
+/// Every property but `headers`, as `fast::header` decodes them.
+pub(crate) struct Parts {
+    pub(crate) content_type: Option<String>,
+    pub(crate) content_encoding: Option<String>,
+    pub(crate) delivery_mode: Option<u8>,
+    pub(crate) priority: Option<u8>,
+    pub(crate) correlation_id: Option<String>,
+    pub(crate) reply_to: Option<String>,
+    pub(crate) expiration: Option<String>,
+    pub(crate) message_id: Option<String>,
+    pub(crate) timestamp: Option<u64>,
+    pub(crate) message_type: Option<String>,
+    pub(crate) user_id: Option<String>,
+    pub(crate) app_id: Option<String>,
+    pub(crate) cluster_id: Option<String>,
+}
+
+impl BasicProperties {
+    /// Properties without `headers`, from their parts.
+    pub(crate) fn from_parts(p: Parts) -> BasicProperties {
+        BasicProperties {
+            content_type: p.content_type,
+            content_encoding: p.content_encoding,
+            headers: None,
+            delivery_mode: p.delivery_mode,
+            priority: p.priority,
+            correlation_id: p.correlation_id,
+            reply_to: p.reply_to,
+            expiration: p.expiration,
+            message_id: p.message_id,
+            timestamp: p.timestamp,
+            message_type: p.message_type,
+            user_id: p.user_id,
+            app_id: p.app_id,
+            cluster_id: p.cluster_id,
+        }
+    }
+}
+
 /// Our properties for the codec's.
 pub(crate) fn from_wire(wire: &WireProperties) -> BasicProperties {
     BasicProperties {

@@ -141,7 +141,8 @@ impl Assemblies {
             Got::Frame(AMQPFrame::Header(c, header)) => {
                 let ch = self.channels.entry(*c).or_default();
                 let size = header.body_size;
-                let result = ch.assembly.header(*c, header.clone()).map(|done| {
+                let header = crate::protocol::codec::Header::from_wire(header);
+                let result = ch.assembly.header(*c, header).map(|done| {
                     ch.announced = size;
                     done.map(Event::from)
                 });

@@ -74,6 +74,27 @@ pub(super) fn feed(
                     Ok(Some(Inbound::Body(channel, range))) => {
                         Got::Body(channel, reader.bytes(range).to_vec())
                     }
+                    // The fast decoders' frames, as amq-protocol would have parsed them: the
+                    // round trip then checks that both agree.
+                    Ok(Some(Inbound::Deliver(channel, d))) => Got::Frame(AMQPFrame::Method(
+                        channel,
+                        AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                            consumer_tag: d.consumer_tag.into(),
+                            delivery_tag: d.delivery_tag,
+                            redelivered: d.redelivered,
+                            exchange: d.exchange.into(),
+                            routing_key: d.routing_key.into(),
+                        })),
+                    )),
+                    Ok(Some(Inbound::Header(channel, h))) => Got::Frame(AMQPFrame::Header(
+                        channel,
+                        amq_protocol::frame::AMQPContentHeader {
+                            class_id: h.class_id,
+                            body_size: h.body_size,
+                            properties: crate::protocol::properties::to_wire(&h.properties)
+                                .expect("decoded properties encode"),
+                        },
+                    )),
                     Ok(None) => break,
                     Err(error) => {
                         return Ok(Outcome {

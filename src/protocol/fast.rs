@@ -1,0 +1,240 @@
+//! Hand-written decoders for the two frames every delivery starts with: its `basic.deliver`
+//! method and a content header without a `headers` table. Every other frame (and these two
+//! whenever they hold anything else) goes through amq-protocol's parser, which these must
+//! agree with: a property test feeds both the same frames (`proptests`).
+//!
+//! Why: amq-protocol's parser costs about 2,500 instructions per delivery on the consume path
+//! (combinator calls, then a conversion to cottontail's own types), about a quarter of the
+//! client's whole cost per message (callgrind, BENCHMARKS.md). These read the bytes straight
+//! into [`Deliver`] and [`BasicProperties`].
+//!
+//! Each returns `None` for anything it does not handle exactly (a `headers` table, a second
+//! property-flags word, text that is not UTF-8, a size that does not add up): the caller then
+//! parses the frame the slow way, which accepts it or reports the error. So these never decide
+//! what is malformed.
+
+use super::methods::Deliver;
+use super::properties::BasicProperties;
+
+/// basic.deliver's class and method ids.
+const DELIVER: [u8; 4] = [0, 60, 0, 60];
+
+/// A cursor over a frame's payload.
+struct Bytes<'a>(&'a [u8]);
+
+impl<'a> Bytes<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    fn short_string(&mut self) -> Option<String> {
+        let len = self.u8()?;
+        let bytes = self.take(usize::from(len))?;
+        std::str::from_utf8(bytes).ok().map(str::to_owned)
+    }
+
+    /// Nothing may be left over: a frame with trailing bytes goes the slow way.
+    fn end(self) -> Option<()> {
+        self.0.is_empty().then_some(())
+    }
+}
+
+/// The `basic.deliver` in a method frame's payload, if it is one this decodes exactly.
+pub(crate) fn deliver(payload: &[u8]) -> Option<Deliver> {
+    let mut b = Bytes(payload);
+    if b.take(4)? != DELIVER {
+        return None;
+    }
+    let consumer_tag = b.short_string()?;
+    let delivery_tag = b.u64()?;
+    let bits = b.u8()?;
+    if bits > 1 {
+        return None;
+    }
+    let exchange = b.short_string()?;
+    let routing_key = b.short_string()?;
+    b.end()?;
+    Some(Deliver {
+        consumer_tag,
+        delivery_tag,
+        redelivered: bits == 1,
+        exchange,
+        routing_key,
+    })
+}
+
+/// A content header's class id, body size and properties, if it is one this decodes
+/// exactly (no `headers` table, one flags word).
+pub(crate) fn header(payload: &[u8]) -> Option<(u16, u64, BasicProperties)> {
+    let mut b = Bytes(payload);
+    let class_id = b.u16()?;
+    let _weight = b.u16()?;
+    let body_size = b.u64()?;
+    let flags = b.u16()?;
+    // Bit 13 is the headers table; bits 1 and 0 are unused and the continuation flag.
+    if flags & (1 << 13 | 0b11) != 0 {
+        return None;
+    }
+    let set = |bit: u16| flags & (1 << bit) != 0;
+    let text = |bit: u16, b: &mut Bytes<'_>| -> Option<Option<String>> {
+        match set(bit) {
+            true => b.short_string().map(Some),
+            false => Some(None),
+        }
+    };
+    let content_type = text(15, &mut b)?;
+    let content_encoding = text(14, &mut b)?;
+    let delivery_mode = if set(12) { Some(b.u8()?) } else { None };
+    let priority = if set(11) { Some(b.u8()?) } else { None };
+    let correlation_id = text(10, &mut b)?;
+    let reply_to = text(9, &mut b)?;
+    let expiration = text(8, &mut b)?;
+    let message_id = text(7, &mut b)?;
+    let timestamp = if set(6) { Some(b.u64()?) } else { None };
+    let message_type = text(5, &mut b)?;
+    let user_id = text(4, &mut b)?;
+    let app_id = text(3, &mut b)?;
+    let cluster_id = text(2, &mut b)?;
+    b.end()?;
+    let properties = BasicProperties::from_parts(super::properties::Parts {
+        content_type,
+        content_encoding,
+        delivery_mode,
+        priority,
+        correlation_id,
+        reply_to,
+        expiration,
+        message_id,
+        timestamp,
+        message_type,
+        user_id,
+        app_id,
+        cluster_id,
+    });
+    Some((class_id, body_size, properties))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::frame::{gen_frame, AMQPContentHeader, AMQPFrame, WriteContext};
+    use amq_protocol::protocol::{basic, AMQPClass};
+
+    fn payload(frame: &AMQPFrame) -> Vec<u8> {
+        let bytes = gen_frame(frame)(WriteContext::from(Vec::new()))
+            .unwrap()
+            .into_inner()
+            .0;
+        bytes[7..bytes.len() - 1].to_vec()
+    }
+
+    #[test]
+    fn a_deliver_decodes_as_amq_protocol_encodes_it() {
+        let frame = AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                consumer_tag: "ctag1.ab".into(),
+                delivery_tag: 1 << 40,
+                redelivered: true,
+                exchange: "".into(),
+                routing_key: "héllo".into(),
+            })),
+        );
+        let got = deliver(&payload(&frame)).unwrap();
+        assert_eq!(got.consumer_tag, "ctag1.ab");
+        assert_eq!(got.delivery_tag, 1 << 40);
+        assert!(got.redelivered);
+        assert_eq!(
+            (got.exchange.as_str(), got.routing_key.as_str()),
+            ("", "héllo")
+        );
+    }
+
+    #[test]
+    fn a_header_without_headers_decodes_and_one_with_headers_is_left_to_the_parser() {
+        let full = BasicProperties::default()
+            .with_content_type("text/plain")
+            .with_delivery_mode(2)
+            .with_priority(3)
+            .with_correlation_id("c")
+            .with_reply_to("r")
+            .with_expiration("60000")
+            .with_message_id("m")
+            .with_timestamp(7)
+            .with_message_type("t")
+            .with_user_id("guest")
+            .with_app_id("a")
+            .with_cluster_id("x")
+            .with_content_encoding("gzip");
+        let frame = |props: &BasicProperties| {
+            AMQPFrame::Header(
+                1,
+                AMQPContentHeader {
+                    class_id: 60,
+                    body_size: 12,
+                    properties: super::super::properties::to_wire(props).unwrap(),
+                },
+            )
+        };
+        assert_eq!(
+            header(&payload(&frame(&full))),
+            Some((60, 12, full.clone()))
+        );
+        let empty = BasicProperties::default();
+        assert_eq!(header(&payload(&frame(&empty))), Some((60, 12, empty)));
+        let with_headers = full.with_header("k", 1);
+        assert_eq!(header(&payload(&frame(&with_headers))), None);
+    }
+
+    #[test]
+    fn anything_it_does_not_decode_exactly_goes_the_slow_way() {
+        let deliver_payload = payload(&AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                consumer_tag: "t".into(),
+                delivery_tag: 1,
+                redelivered: false,
+                exchange: "x".into(),
+                routing_key: "k".into(),
+            })),
+        ));
+        // Cut short anywhere, or with a byte too many.
+        for len in 0..deliver_payload.len() {
+            assert_eq!(deliver(&deliver_payload[..len]), None, "{len}");
+        }
+        let mut longer = deliver_payload.clone();
+        longer.push(0);
+        assert_eq!(deliver(&longer), None);
+        // Not UTF-8.
+        let mut bad = deliver_payload.clone();
+        bad[5] = 0xff;
+        assert_eq!(deliver(&bad), None);
+        // Another method.
+        let mut other = deliver_payload;
+        other[3] = 61;
+        assert_eq!(deliver(&other), None);
+        // A second flags word.
+        let mut continued = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 1];
+        assert_eq!(header(&continued), None);
+        continued[13] = 0;
+        assert_eq!(header(&continued).map(|(_, size, _)| size), Some(5));
+    }
+}
