@@ -612,3 +612,58 @@ fn the_filter_leaves_entities_out_and_a_broker_closed_channel_stays_closed() {
     channel.stop_consuming(None).unwrap();
     consuming.join().unwrap().unwrap();
 }
+
+#[test]
+fn an_rpc_client_and_an_rpc_server_go_on_after_a_recovery() {
+    use cottontail::{rpc, CallOptions, RpcClient};
+    support::ensure_broker();
+    let name = unique("recovery-rpc");
+    let queue = unique("recovery-rpc-q");
+    // The server on its own recovering connection, serving until its channel's consumer is
+    // cancelled.
+    let server_name = unique("recovery-rpc-server");
+    let server = recovering(&server_name);
+    let serving = server.channel().unwrap();
+    serving
+        .queue_declare(&queue, QueueDeclareOptions::default())
+        .unwrap();
+    let served = {
+        let serving = serving.clone();
+        let queue = queue.clone();
+        std::thread::spawn(move || {
+            rpc::serve(&serving, &queue, |_props, body| {
+                Ok([b"echo:".as_slice(), body].concat())
+            })
+        })
+    };
+    let connection = recovering(&name);
+    let client = RpcClient::new(&connection).unwrap();
+    let call = |body: &str| {
+        client.call(
+            "",
+            &queue,
+            body.as_bytes(),
+            CallOptions {
+                timeout: Some(Duration::from_secs(5)),
+                ..Default::default()
+            },
+        )
+    };
+    assert!(support::eventually(Duration::from_secs(5), || {
+        call("before").is_ok_and(|reply| reply.body == b"echo:before")
+    }));
+    // The client's connection, then the server's.
+    force_close(&connection, &name);
+    assert_eq!(
+        call("after the client's").unwrap().body,
+        b"echo:after the client's"
+    );
+    force_close(&server, &server_name);
+    assert_eq!(
+        call("after the server's").unwrap().body,
+        b"echo:after the server's"
+    );
+    serving.stop_consuming(None).unwrap();
+    served.join().unwrap().unwrap();
+    serving.queue_delete(&queue, Default::default()).unwrap();
+}
