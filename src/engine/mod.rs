@@ -22,10 +22,16 @@
 //! | outbound room (`outbound::wait_for_room`) | the I/O thread draining, connection.unblocked, a close | the call's deadline (blocked: until unblocked or `blocked_connection_timeout`, or the publish's own deadline if it has one: `RpcClient::call`) |
 //! | the I/O thread's `poll` | `io_waker`, the socket | its next heartbeat, held-acks, blocked or parked-token deadline |
 //! | a lock (`Link`, `Turn`, a channel's state) | its holder, which never waits while holding one | a few microseconds |
+//! | the connection's recovery (`recovery`: `Owner::ready_core`, `wait_recovered`), recovery on only | the recovery thread at each event, when the new engine is in place or it gives up; a close | the call's deadline (`rpc_timeout` for methods, publishes and acks; the inactivity timeout of a `consume()` iterator; none for `start_consuming`) |
 //!
 //! Each wait's rules are written once, in the file that owns it: `token` (reading, waiting,
 //! inbound back-pressure), `outbound` (writing, outbound back-pressure, held acks),
-//! `io_thread` (timers, the end of the connection), `router` (channel numbers).
+//! `io_thread` (timers, the end of the connection), `router` (channel numbers), and, outside
+//! the engine, `recovery` (replacing a lost engine with a new one, and waiting for that).
+//!
+//! One engine serves one TCP connection. With recovery on, the connection's handles reach
+//! the engine through `Owner::current`, which the recovery replaces after a loss; the
+//! channels' state (`chan::ChannelCore`) outlives engines and moves to the new one.
 //!
 //! Every deadline is computed with [`deadline_after`], so a huge timeout means "no deadline",
 //! never an overflow.
