@@ -21,7 +21,6 @@ use crate::connection::Owner;
 use crate::delivery::{Delivery, Returned};
 use crate::engine::chan::{Held, Life, Reply};
 use crate::error::{Error, Result};
-use crate::events::run_callbacks;
 use crate::options::BasicConsumeOptions;
 use crate::protocol::codec::short;
 use crate::protocol::methods::{Deliver, Return};
@@ -29,6 +28,7 @@ use crate::protocol::properties::BasicProperties;
 use crate::protocol::table::{self, FieldTable};
 use crate::recovery::topology::ConsumerRecord;
 
+mod callbacks;
 mod iter;
 
 pub use iter::{ConsumeOptions, Consumed, Consumer};
@@ -481,58 +481,6 @@ impl Channel {
         queued + held
     }
 
-    /// Registers a callback for mandatory messages the broker returns as unroutable (pika's
-    /// `add_on_return_callback`). It runs on the consuming thread, inside
-    /// [`start_consuming`](Self::start_consuming), while iterating [`consume`](Self::consume) or
-    /// in [`Connection::process_data_events`](crate::Connection::process_data_events).
-    ///
-    /// It returns `()` or any `Result<(), E>` (see [`CallbackReturn`]); its error or panic ends
-    /// the call that ran it, as a consumer callback's does ([`basic_consume`](Self::basic_consume)).
-    /// When several are registered and one fails, the others still get the message; the first
-    /// error is returned.
-    ///
-    /// Which returns reach it: every `basic.return` of the channel, in the order the broker
-    /// sent them, except those a confirm already reported. In confirm mode
-    /// [`basic_publish_with`](Self::basic_publish_with) reports its own message's return as
-    /// [`Error::Unroutable`] and [`wait_for_confirms`](Self::wait_for_confirms) hands the
-    /// returns of its window back in [`ConfirmOutcome::returned_messages`](crate::ConfirmOutcome)
-    /// (unless a return callback ran first). Returns nobody handles (no callback registered, or
-    /// no thread consuming the channel) are kept for later callbacks up to 16 MiB per
-    /// channel; beyond that the oldest are dropped, each with a warning in the log. They go
-    /// with the channel when it closes.
-    pub fn add_on_return_callback<F, R>(&self, mut callback: F)
-    where
-        F: FnMut(&Channel, &Return, &BasicProperties, &[u8]) -> R + Send + 'static,
-        R: CallbackReturn,
-    {
-        self.lock_callbacks().on_return.push(Box::new(
-            move |ch: &Channel, method: &Return, properties: &BasicProperties, body: &[u8]| {
-                callback(ch, method, properties, body).into_result()
-            },
-        ));
-        self.inner.owner.core().nudge();
-    }
-
-    /// Registers a callback for consumers the broker cancels, e.g. because their queue was
-    /// deleted (pika's `add_on_cancel_callback`). The consumer is removed, and
-    /// `start_consuming` returns once no consumer is left.
-    ///
-    /// It returns `()` or any `Result<(), E>` (see [`CallbackReturn`]); its error or panic ends
-    /// the call that ran it, as a consumer callback's does ([`basic_consume`](Self::basic_consume)).
-    /// When several are registered and one fails, the others still hear of the cancel; the
-    /// first error is returned.
-    pub fn add_on_cancel_callback<F, R>(&self, mut callback: F)
-    where
-        F: FnMut(&Channel, &str) -> R + Send + 'static,
-        R: CallbackReturn,
-    {
-        self.lock_callbacks()
-            .on_cancel
-            .push(Box::new(move |ch: &Channel, tag: &str| {
-                callback(ch, tag).into_result()
-            }));
-    }
-
     /// Runs consumer callbacks on this thread until every consumer of the channel is cancelled
     /// (by [`stop_consuming`](Self::stop_consuming), [`basic_cancel`](Self::basic_cancel) or the
     /// broker), a callback fails, or the channel closes (pika's `start_consuming`). It also
@@ -816,37 +764,6 @@ impl Channel {
             *slot = Some(callback);
         }
         Ok(progress(ran))
-    }
-
-    fn run_return_callbacks(&self, returned: Returned) -> Result<()> {
-        run_callbacks(
-            || self.lock_callbacks(),
-            |c| &mut c.on_return,
-            |cb| {
-                callback::call(
-                    || format!("a return callback of channel {}", self.channel_number()),
-                    || cb(self, &returned.method, &returned.properties, &returned.body),
-                )
-            },
-        )
-    }
-
-    fn run_cancel_callbacks(&self, tag: &str) -> Result<()> {
-        run_callbacks(
-            || self.lock_callbacks(),
-            |c| &mut c.on_cancel,
-            |cb| {
-                callback::call(
-                    || {
-                        format!(
-                            "a cancel callback of channel {} (consumer {tag})",
-                            self.channel_number()
-                        )
-                    },
-                    || cb(self, tag),
-                )
-            },
-        )
     }
 }
 
