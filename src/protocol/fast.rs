@@ -89,6 +89,11 @@ pub(crate) fn header(payload: &[u8]) -> Option<(u16, u64, BasicProperties)> {
     let _weight = b.u16()?;
     let body_size = b.u64()?;
     let flags = b.u16()?;
+    if flags == 0 {
+        // No property at all: the most common header there is.
+        b.end()?;
+        return Some((class_id, body_size, BasicProperties::default()));
+    }
     // Bit 13 is the headers table; bits 1 and 0 are unused and the continuation flag.
     if flags & (1 << 13 | 0b11) != 0 {
         return None;
