@@ -375,7 +375,8 @@
 //! (RabbitMQ does not implement `flow(false)`).
 //!
 //! **Calls meanwhile.** A call made while the connection recovers waits and then goes out on
-//! the new connection: a method or a publish at most `rpc_timeout` (then [`Error::Timeout`]),
+//! the new connection: a method, a publish or an ack at most `rpc_timeout` (then
+//! [`Error::Timeout`]),
 //! `start_consuming` without limit, a `consume()` iterator up to its inactivity timeout (then
 //! it yields [`Consumed::Inactive`]). A call in flight at the loss fails with the loss's
 //! error. [`Connection::is_recovering`] tells whether a recovery is under way (meanwhile

@@ -21,9 +21,10 @@
 //!   the current one and the phase is `Connected`, the phase becomes `Recovering` and the
 //!   recovery thread starts. Only one runs at a time: it is started only from `Connected`.
 //! - **Calls made while recovering** ([`Owner::ready_core`]) wait on the condvar until the
-//!   phase leaves `Recovering`, at the latest until their own deadline (methods: the
-//!   `rpc_timeout`; publishes: their deadline or the `rpc_timeout`; consuming: the
-//!   iterator's inactivity timeout, or none for `start_consuming`). The recovery thread
+//!   phase leaves `Recovering`, at the latest until their own deadline (methods and acks:
+//!   the `rpc_timeout`; publishes: their deadline or the `rpc_timeout`; consuming: the
+//!   iterator's inactivity timeout, or none for `start_consuming`). An ack of a delivery
+//!   from before the loss does not wait: it is `Error::StaleDeliveryTag` at once. The recovery thread
 //!   notifies at every change (an event, the new engine in place, giving up).
 //! - **The recovery thread** sleeps between attempts on the same condvar, woken early by a
 //!   close of the connection; it holds the owner only weakly, so dropping every handle ends
