@@ -253,11 +253,11 @@ impl ChannelCore {
     /// The connection was lost and is to recover (see `recovery`): an open channel becomes
     /// [`Life::Lost`] (calls in flight fail with `error`, later ones wait for the recovery),
     /// and stays so when a recovery attempt that had opened it again fails; one we were
-    /// closing is closed. What belonged to the lost channel goes: held acks, replies
-    /// still due (one already routed stays for its waiter), orphans; publishes awaiting confirms become unknown (see
-    /// `protocol::confirms`). Held deliveries stay: the recovery drops the manual-ack ones (it
-    /// knows the consumers' ack modes) and keeps the auto-acked ones, which the broker counts
-    /// delivered. The caller wakes the waiters.
+    /// closing is closed. What belonged to the lost channel goes: held acks, replies still
+    /// due (one already routed stays for its waiter), orphans; publishes awaiting confirms
+    /// become unknown (see `protocol::confirms`). Held deliveries stay: the recovery drops the
+    /// manual-ack ones (it knows the consumers' ack modes) and keeps the auto-acked ones,
+    /// which the broker counts delivered. The caller wakes the waiters.
     pub(crate) fn lose(&self, error: &Error) {
         let mut st = self.lock();
         st.life = match &st.life {
