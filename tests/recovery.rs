@@ -78,6 +78,21 @@ fn topology_and_a_server_named_queue_come_back_under_a_new_name() {
     channel
         .queue_bind(&old, &exchange, QueueBindOptions::default())
         .unwrap();
+    // An exchange-to-exchange binding in front of it: upstream -> exchange -> queue.
+    let upstream = unique("recovery-up");
+    channel
+        .exchange_declare(
+            &upstream,
+            ExchangeDeclareOptions {
+                exchange_type: ExchangeType::Fanout,
+                auto_delete: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    channel
+        .exchange_bind(&exchange, &upstream, Default::default())
+        .unwrap();
     let (events_tx, events_rx) = mpsc::channel();
     connection.add_on_recovery_callback(move |_c, event: &RecoveryEvent| {
         let _ = events_tx.send(event.clone());
@@ -88,11 +103,20 @@ fn topology_and_a_server_named_queue_come_back_under_a_new_name() {
 
     let new = connection.current_queue_name(&old);
     assert_ne!(new, old, "an exclusive server-named queue gets a new name");
-    // The binding followed: a message published to the exchange reaches the new queue.
-    channel.basic_publish(&exchange, "", b"after").unwrap();
-    assert!(eventually(Duration::from_secs(5), || {
-        matches!(channel.basic_get(&new, true), Ok(Some(m)) if m.body == b"after")
-    }));
+    // The bindings followed: a message published to either exchange reaches the new queue
+    // (the auto-delete exchanges went with the old connection's bindings, and came back).
+    for (via, body) in [
+        (&exchange, &b"after"[..]),
+        (&upstream, &b"through upstream"[..]),
+    ] {
+        channel.basic_publish(via, "", body).unwrap();
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                matches!(channel.basic_get(&new, true), Ok(Some(m)) if m.body == body)
+            }),
+            "nothing came through {via}"
+        );
+    }
     // The old one is gone with the old connection.
     let probe = connection.channel().unwrap();
     let gone = probe.queue_declare(&old, support::consuming::passive());
