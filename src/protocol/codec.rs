@@ -9,7 +9,7 @@ use std::io::{self, Read};
 use std::ops::Range;
 
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, WriteContext};
-use amq_protocol::protocol::{constants, AMQPClass};
+use amq_protocol::protocol::{basic, constants, AMQPClass};
 
 use super::fast;
 use super::methods::Deliver;
@@ -195,8 +195,13 @@ impl FrameReader {
         match frame_type {
             constants::FRAME_BODY => return Ok(Some(Inbound::Body(channel, payload))),
             constants::FRAME_METHOD => {
-                if let Some(deliver) = fast::deliver(&self.buf[payload]) {
+                let bytes = &self.buf[payload];
+                if let Some(deliver) = fast::deliver(bytes) {
                     return Ok(Some(Inbound::Deliver(channel, deliver)));
+                }
+                if let Some(ack) = fast::ack(bytes) {
+                    let method = AMQPClass::Basic(basic::AMQPMethod::Ack(ack));
+                    return Ok(Some(Inbound::Frame(AMQPFrame::Method(channel, method))));
                 }
             }
             constants::FRAME_HEADER => {

@@ -1,7 +1,8 @@
-//! Hand-written decoders for the two frames every delivery starts with: its `basic.deliver`
-//! method and a content header without a `headers` table. Every other frame (and these two
-//! whenever they hold anything else) goes through amq-protocol's parser, which these must
-//! agree with: a property test feeds both the same frames (`proptests`).
+//! Hand-written decoders for the two frames every delivery starts with, its `basic.deliver`
+//! method and a content header without a `headers` table, and for the publisher confirm
+//! (`basic.ack` from the broker). Every other frame (and these whenever they hold anything
+//! else) goes through amq-protocol's parser, which these must agree with: a property test
+//! feeds both the same frames (`proptests`).
 //!
 //! Why: amq-protocol's parser costs about 2,500 instructions per delivery on the consume path
 //! (combinator calls, then a conversion to cottontail's own types), about a quarter of the
@@ -13,11 +14,15 @@
 //! parses the frame the slow way, which accepts it or reports the error. So these never decide
 //! what is malformed.
 
+use amq_protocol::protocol::basic;
+
 use super::methods::Deliver;
 use super::properties::BasicProperties;
 
 /// basic.deliver's class and method ids.
 const DELIVER: [u8; 4] = [0, 60, 0, 60];
+/// basic.ack's class and method ids.
+const ACK: [u8; 4] = [0, 60, 0, 80];
 
 /// A cursor over a frame's payload.
 struct Bytes<'a>(&'a [u8]);
@@ -78,6 +83,24 @@ pub(crate) fn deliver(payload: &[u8]) -> Option<Deliver> {
         redelivered: bits == 1,
         exchange,
         routing_key,
+    })
+}
+
+/// The `basic.ack` in a method frame's payload (a publisher confirm), if it is one.
+pub(crate) fn ack(payload: &[u8]) -> Option<basic::Ack> {
+    let mut b = Bytes(payload);
+    if b.take(4)? != ACK {
+        return None;
+    }
+    let delivery_tag = b.u64()?;
+    let bits = b.u8()?;
+    if bits > 1 {
+        return None;
+    }
+    b.end()?;
+    Some(basic::Ack {
+        delivery_tag,
+        multiple: bits == 1,
     })
 }
 
@@ -207,6 +230,22 @@ mod tests {
         assert_eq!(header(&payload(&frame(&empty))), Some((60, 12, empty)));
         let with_headers = full.with_header("k", 1);
         assert_eq!(header(&payload(&frame(&with_headers))), None);
+    }
+
+    #[test]
+    fn an_ack_decodes_as_amq_protocol_encodes_it() {
+        for multiple in [false, true] {
+            let sent = basic::Ack {
+                delivery_tag: 1 << 33,
+                multiple,
+            };
+            let frame =
+                AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(sent.clone())));
+            let bytes = payload(&frame);
+            assert_eq!(ack(&bytes), Some(sent));
+            assert_eq!(ack(&bytes[..bytes.len() - 1]), None);
+            assert_eq!(deliver(&bytes), None);
+        }
     }
 
     #[test]
