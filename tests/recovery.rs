@@ -20,9 +20,14 @@ fn policy() -> RecoveryPolicy {
         .with_max_delay(Duration::from_millis(500))
 }
 
-/// A connection with recovery on, named so the test can find it on the broker.
-fn recovering(name: &str) -> Connection {
-    Connection::open(params().with_connection_name(name).with_recovery(policy())).unwrap()
+/// A connection with recovery on to the test broker (started if need be), and its unique
+/// name (`prefix` and a number), by which the test finds it on the broker.
+fn recovering(prefix: &str) -> (String, Connection) {
+    support::ensure_broker();
+    let name = unique(prefix);
+    let connection =
+        Connection::open(params().with_connection_name(&name).with_recovery(policy())).unwrap();
+    (name, connection)
 }
 
 /// Closes the broker side of the connection named `name`, as `rabbitmqctl close_connection`
@@ -50,9 +55,7 @@ fn force_close(connection: &Connection, name: &str) -> Duration {
 
 #[test]
 fn topology_and_a_server_named_queue_come_back_under_a_new_name() {
-    support::ensure_broker();
-    let name = unique("recovery-topology");
-    let connection = recovering(&name);
+    let (name, connection) = recovering("recovery-topology");
     let channel = connection.channel().unwrap();
     let exchange = unique("recovery-x");
     channel
@@ -151,9 +154,7 @@ fn topology_and_a_server_named_queue_come_back_under_a_new_name() {
 
 #[test]
 fn a_consumer_goes_on_with_its_tag_and_stale_acks_are_typed_errors() {
-    support::ensure_broker();
-    let name = unique("recovery-consumer");
-    let connection = recovering(&name);
+    let (name, connection) = recovering("recovery-consumer");
     let channel = connection.channel().unwrap();
     let queue = unique("recovery-q");
     channel
@@ -227,9 +228,7 @@ fn a_consumer_goes_on_with_its_tag_and_stale_acks_are_typed_errors() {
 
 #[test]
 fn callback_consumers_and_confirming_publishers_go_on_across_forced_closes() {
-    support::ensure_broker();
-    let name = unique("recovery-confirms");
-    let connection = recovering(&name);
+    let (name, connection) = recovering("recovery-confirms");
     let queue = unique("recovery-cq");
     let publisher = connection.channel().unwrap();
     publisher
@@ -320,9 +319,7 @@ fn callback_consumers_and_confirming_publishers_go_on_across_forced_closes() {
 
 #[test]
 fn a_loss_while_a_callback_runs_does_not_end_start_consuming() {
-    support::ensure_broker();
-    let name = unique("recovery-callback");
-    let connection = recovering(&name);
+    let (name, connection) = recovering("recovery-callback");
     let channel = connection.channel().unwrap();
     let queue = unique("recovery-cb");
     channel
@@ -384,9 +381,7 @@ fn a_loss_while_a_callback_runs_does_not_end_start_consuming() {
 
 #[test]
 fn process_data_events_waits_through_a_recovery_and_runs_its_events() {
-    support::ensure_broker();
-    let name = unique("recovery-pde");
-    let connection = recovering(&name);
+    let (name, connection) = recovering("recovery-pde");
     let channel = connection.channel().unwrap();
     let queue = channel
         .queue_declare(
@@ -444,9 +439,7 @@ fn process_data_events_waits_through_a_recovery_and_runs_its_events() {
 
 #[test]
 fn a_reused_channel_number_does_not_bring_back_an_old_consumer_and_tx_channels_close() {
-    support::ensure_broker();
-    let name = unique("recovery-reuse");
-    let connection = recovering(&name);
+    let (name, connection) = recovering("recovery-reuse");
     let setup = connection.channel().unwrap();
     let old_queue = unique("recovery-old");
     let new_queue = unique("recovery-new");
@@ -640,13 +633,10 @@ fn the_filter_leaves_entities_out_and_a_broker_closed_channel_stays_closed() {
 #[test]
 fn an_rpc_client_and_an_rpc_server_go_on_after_a_recovery() {
     use cottontail::{rpc, CallOptions, RpcClient};
-    support::ensure_broker();
-    let name = unique("recovery-rpc");
     let queue = unique("recovery-rpc-q");
     // The server on its own recovering connection, serving until its channel's consumer is
     // cancelled.
-    let server_name = unique("recovery-rpc-server");
-    let server = recovering(&server_name);
+    let (server_name, server) = recovering("recovery-rpc-server");
     let serving = server.channel().unwrap();
     serving
         .queue_declare(&queue, QueueDeclareOptions::default())
@@ -660,7 +650,7 @@ fn an_rpc_client_and_an_rpc_server_go_on_after_a_recovery() {
             })
         })
     };
-    let connection = recovering(&name);
+    let (name, connection) = recovering("recovery-rpc");
     let client = RpcClient::new(&connection).unwrap();
     let call = |body: &str| {
         client.call(

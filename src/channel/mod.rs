@@ -23,6 +23,7 @@ use crate::protocol::publish_cache::PublishCache;
 use crate::protocol::table;
 use crate::recovery::topology::{ExchangeBinding, QueueBinding};
 
+pub(crate) mod methods;
 mod request;
 
 pub(crate) use request::{call, ensure_open, unexpected};
@@ -255,15 +256,7 @@ impl Channel {
         queue: &str,
         options: QueueDeclareOptions,
     ) -> Result<QueueDeclareOk> {
-        let method = AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
-            queue: short(queue)?,
-            passive: options.passive,
-            durable: options.durable,
-            exclusive: options.exclusive,
-            auto_delete: options.auto_delete,
-            nowait: false,
-            arguments: table::to_wire(&options.arguments)?,
-        }));
+        let method = methods::queue_declare(queue, &options)?;
         match self.rpc(method, "queue.declare")? {
             Reply::Method(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok))) => {
                 let name = ok.queue.as_str();
@@ -313,13 +306,7 @@ impl Channel {
     /// key is the queue's name, as in pika.
     pub fn queue_bind(&self, queue: &str, exchange: &str, options: QueueBindOptions) -> Result<()> {
         let routing_key = options.routing_key.as_deref().unwrap_or(queue);
-        let method = AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
-            queue: short(queue)?,
-            exchange: short(exchange)?,
-            routing_key: short(routing_key)?,
-            nowait: false,
-            arguments: table::to_wire(&options.arguments)?,
-        }));
+        let method = methods::queue_bind(queue, exchange, routing_key, &options.arguments)?;
         match self.rpc(method, "queue.bind")? {
             Reply::Method(AMQPClass::Queue(queue::AMQPMethod::BindOk(_))) => {
                 self.inner.owner.record(|t| {
@@ -333,16 +320,7 @@ impl Channel {
 
     /// Declares an exchange (pika's `exchange_declare`); `exchange_type` defaults to `direct`.
     pub fn exchange_declare(&self, exchange: &str, options: ExchangeDeclareOptions) -> Result<()> {
-        let method = AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
-            exchange: short(exchange)?,
-            kind: short(options.exchange_type.as_str())?,
-            passive: options.passive,
-            durable: options.durable,
-            auto_delete: options.auto_delete,
-            internal: options.internal,
-            nowait: false,
-            arguments: table::to_wire(&options.arguments)?,
-        }));
+        let method = methods::exchange_declare(exchange, &options)?;
         match self.rpc(method, "exchange.declare")? {
             Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(_))) => {
                 self.inner
@@ -379,13 +357,7 @@ impl Channel {
         source: &str,
         options: ExchangeBindOptions,
     ) -> Result<()> {
-        let method = AMQPClass::Exchange(exchange::AMQPMethod::Bind(exchange::Bind {
-            destination: short(destination)?,
-            source: short(source)?,
-            routing_key: short(&options.routing_key)?,
-            nowait: false,
-            arguments: table::to_wire(&options.arguments)?,
-        }));
+        let method = methods::exchange_bind(destination, source, &options)?;
         match self.rpc(method, "exchange.bind")? {
             Reply::Method(AMQPClass::Exchange(exchange::AMQPMethod::BindOk(_))) => {
                 self.inner.owner.record(|t| {

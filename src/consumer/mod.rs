@@ -25,11 +25,12 @@ use crate::options::BasicConsumeOptions;
 use crate::protocol::codec::short;
 use crate::protocol::methods::{Deliver, Return};
 use crate::protocol::properties::BasicProperties;
-use crate::protocol::table::{self, FieldTable};
+use crate::protocol::table::FieldTable;
 use crate::recovery::topology::ConsumerRecord;
 
 mod callbacks;
 mod iter;
+mod recovering;
 
 pub use iter::{ConsumeOptions, Consumed, Consumer};
 
@@ -223,15 +224,8 @@ impl Channel {
                 uuid::Uuid::new_v4().simple()
             )
         });
-        let method = AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
-            queue: short(queue)?,
-            consumer_tag: short(&tag)?,
-            no_local: false,
-            no_ack: auto_ack,
-            exclusive,
-            nowait: false,
-            arguments: table::to_wire(&arguments)?,
-        }));
+        let method =
+            crate::channel::methods::consume(queue, &tag, auto_ack, exclusive, &arguments)?;
         {
             let mut consumers = self.lock_consumers();
             if consumers.contains_key(&tag) {
@@ -519,43 +513,6 @@ impl Channel {
         }
     }
 
-    /// Waits while the connection recovers (see `recovery`), at most until `deadline`,
-    /// running the connection's callbacks (recovery events included) as they come.
-    pub(crate) fn wait_for_recovery(&self, deadline: Option<Instant>) -> Result<()> {
-        let owner = &self.inner.owner;
-        let Some(recovery) = &owner.recovery else {
-            return Ok(());
-        };
-        owner.wait_recovered(
-            recovery,
-            || deadline,
-            || owner.run_connection_callbacks().map(|_| ()),
-        )
-    }
-
-    /// A callback error a consuming call goes on after, logged: with recovery on (and not
-    /// ended for good), a [`Error::StaleDeliveryTag`] (the callback acked a delivery from
-    /// before a recovery) or a connection error (the connection was lost while the callback
-    /// ran). The broker delivers such a message again, unless it was auto-acked.
-    pub(crate) fn forgiven(&self, e: &Error) -> bool {
-        let recovering = self
-            .inner
-            .owner
-            .recovery
-            .as_ref()
-            .is_some_and(|r| r.closed_error().is_none());
-        if !recovering || !(matches!(e, Error::StaleDeliveryTag { .. }) || e.is_connection_error())
-        {
-            return false;
-        }
-        log::warn!(
-            "channel {}: a callback failed with the connection's loss or recovery ({e}); \
-             going on (the broker delivers that message again unless it was auto-acked)",
-            self.channel_number()
-        );
-        true
-    }
-
     pub(crate) fn enter_consuming(&self) -> Result<ConsumingGuard<'_>> {
         if self.inner.consuming.swap(true, Ordering::SeqCst) {
             return Err(Error::Reentrancy);
@@ -678,20 +635,6 @@ impl Channel {
             }
         }
         None
-    }
-
-    /// Whether a manual-ack delivery is from before a recovery (or the connection is
-    /// recovering): it cannot be acked any more, and the broker delivers it again, so it is
-    /// dropped rather than handed out.
-    fn stale_rule(&self) -> impl Fn(&Held) -> bool {
-        let (lost, generation) = match self.inner.owner.recovery {
-            None => (false, 0),
-            Some(_) => {
-                let st = self.core().lock();
-                (matches!(st.life, Life::Lost(_)), st.generation)
-            }
-        };
-        move |held: &Held| lost || held.generation() < generation
     }
 
     /// Hands a delivery to whoever it belongs to. `stale`: it is from before a recovery (see

@@ -20,18 +20,17 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use amq_protocol::protocol::{basic, channel, confirm, exchange, queue, tx, AMQPClass};
+use amq_protocol::protocol::{basic, channel, confirm, queue, AMQPClass};
 
 use super::policy::{Entity, RecoveryEvent, RecoveryReport};
 use super::topology::{ConsumerRecord, Step};
 use super::{Phase, Recovery};
-use crate::channel::{call, Channel};
+use crate::channel::{call, methods, Channel};
 use crate::connection::Owner;
 use crate::engine::chan::{ChannelCore, Life, Reply};
 use crate::engine::{deadline_after, Core};
 use crate::error::{Error, Result};
-use crate::protocol::codec::short;
-use crate::protocol::table;
+use crate::options::QueueDeclareOptions;
 
 /// Starts the recovery thread; if no thread can be started, the connection is closed for good
 /// with that error.
@@ -313,14 +312,8 @@ fn restore(
             step => declare(core, recovery, &mut aux, step, &mut report)?,
         }
     }
-    {
-        let mut topology = recovery.lock_topology();
-        for (old, new) in &report.renamed {
-            topology.renamed(old, new);
-        }
-    }
     for (tag, mut record) in consumers {
-        record.queue = current(&report.renamed, &record.queue);
+        record.queue = recovery.current_name(&record.queue);
         let Some(channel) = open.iter().find(|c| c.channel_number() == record.channel) else {
             continue;
         };
@@ -362,14 +355,6 @@ fn drop_stale_deliveries(channel: &Channel) {
         .retain(|held| !manual.iter().any(|tag| tag == held.consumer_tag()));
 }
 
-/// The name `name` has after this recovery's renames.
-fn current(renamed: &[(String, String)], name: &str) -> String {
-    renamed
-        .iter()
-        .find(|(old, _)| old == name)
-        .map_or_else(|| name.to_owned(), |(_, new)| new.clone())
-}
-
 /// Opens a user channel again on `core` with its settings (module docs, step 1).
 fn reopen(core: &Core, channel: &Channel) -> Result<()> {
     let chan = &channel.inner.core;
@@ -394,15 +379,7 @@ fn reopen(core: &Core, channel: &Channel) -> Result<()> {
         }));
         call(core, chan, method, "confirm.select")?;
     }
-    if settings.tx {
-        call(
-            core,
-            chan,
-            AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {})),
-            "tx.select",
-        )?;
-        chan.lock().acks.stop_merging();
-    }
+    // A channel in transaction mode is not opened again (`restore`).
     log::debug!("channel {} open again", chan.id);
     Ok(())
 }
@@ -481,19 +458,11 @@ fn declare(
     step: Step,
     report: &mut RecoveryReport,
 ) -> Result<()> {
+    // Recorded declares are never passive (`Topology` records none).
     let (entity, method, what) = match step {
         Step::Exchange(name, options) => (
             Entity::Exchange { name: name.clone() },
-            AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
-                exchange: short(&name)?,
-                kind: short(options.exchange_type.as_str())?,
-                passive: false,
-                durable: options.durable,
-                auto_delete: options.auto_delete,
-                internal: options.internal,
-                nowait: false,
-                arguments: table::to_wire(&options.arguments)?,
-            })),
+            methods::exchange_declare(&name, &options)?,
             "exchange.declare",
         ),
         Step::Queue(name, record) => (
@@ -501,32 +470,27 @@ fn declare(
                 name: name.clone(),
                 server_named: record.server_named,
             },
-            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
-                queue: short(if record.server_named { "" } else { &name })?,
-                passive: false,
-                durable: record.options.durable,
-                exclusive: record.options.exclusive,
-                auto_delete: record.options.auto_delete,
-                nowait: false,
-                arguments: table::to_wire(&record.options.arguments)?,
-            })),
+            methods::queue_declare(
+                if record.server_named { "" } else { &name },
+                &record.options,
+            )?,
             "queue.declare",
         ),
         Step::QueueBinding(binding) => {
-            let queue = current(&report.renamed, &binding.queue);
+            // Its queue may have been renamed a step before.
+            let queue = recovery.current_name(&binding.queue);
             (
                 Entity::QueueBinding {
                     queue: queue.clone(),
                     exchange: binding.exchange.clone(),
                     routing_key: binding.routing_key.clone(),
                 },
-                AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
-                    queue: short(&queue)?,
-                    exchange: short(&binding.exchange)?,
-                    routing_key: short(&binding.routing_key)?,
-                    nowait: false,
-                    arguments: table::to_wire(&binding.arguments)?,
-                })),
+                methods::queue_bind(
+                    &queue,
+                    &binding.exchange,
+                    &binding.routing_key,
+                    &binding.arguments,
+                )?,
                 "queue.bind",
             )
         }
@@ -536,13 +500,7 @@ fn declare(
                 source: binding.source.clone(),
                 routing_key: binding.options.routing_key.clone(),
             },
-            AMQPClass::Exchange(exchange::AMQPMethod::Bind(exchange::Bind {
-                destination: short(&binding.destination)?,
-                source: short(&binding.source)?,
-                routing_key: short(&binding.options.routing_key)?,
-                nowait: false,
-                arguments: table::to_wire(&binding.options.arguments)?,
-            })),
+            methods::exchange_bind(&binding.destination, &binding.source, &binding.options)?,
             "exchange.bind",
         ),
         Step::Consumer(..) => return Ok(()),
@@ -560,6 +518,8 @@ fn declare(
             {
                 if ok.queue.as_str() != name {
                     log::info!("server-named queue {name} is now {}", ok.queue);
+                    // Its bindings and consumers follow, in the steps after this one.
+                    recovery.lock_topology().renamed(name, ok.queue.as_str());
                     report.renamed.push((name.clone(), ok.queue.to_string()));
                 }
             }
@@ -597,30 +557,26 @@ fn consume(
     }
     // Direct reply-to is a pseudo-queue: nothing to declare.
     if !record.queue.starts_with("amq.rabbitmq.reply-to") {
-        let passive = AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
-            queue: short(&record.queue)?,
-            passive: true,
-            durable: false,
-            exclusive: false,
-            auto_delete: false,
-            nowait: false,
-            arguments: Default::default(),
-        }));
+        let passive = methods::queue_declare(
+            &record.queue,
+            &QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+        )?;
         if let Err(e) = aux.call(core, passive, "queue.declare")? {
             refused = Some(e);
         }
     }
     if refused.is_none() {
         let options = &record.options;
-        let method = AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
-            queue: short(&record.queue)?,
-            consumer_tag: short(tag)?,
-            no_local: false,
-            no_ack: options.auto_ack,
-            exclusive: options.exclusive,
-            nowait: false,
-            arguments: table::to_wire(&options.arguments)?,
-        }));
+        let method = methods::consume(
+            &record.queue,
+            tag,
+            options.auto_ack,
+            options.exclusive,
+            &options.arguments,
+        )?;
         match call(core, chan, method, "basic.consume") {
             Ok(_) => return Ok(()),
             Err(e) if ends_attempt(&e) => return Err(e),

@@ -48,33 +48,8 @@ impl FakeBroker {
 
     /// Accepts one client (within [`FAKE_PATIENCE`]).
     pub fn accept(&self) -> Peer {
-        self.listener
-            .set_nonblocking(true)
-            .expect("non-blocking listener");
-        let deadline = Instant::now() + FAKE_PATIENCE;
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    stream.set_nonblocking(false).expect("blocking stream");
-                    stream
-                        .set_read_timeout(Some(FAKE_PATIENCE))
-                        .expect("read timeout");
-                    stream.set_nodelay(true).expect("nodelay");
-                    return Peer {
-                        stream: Some(stream),
-                        buf: Vec::new(),
-                    };
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "fake broker: no client connected"
-                    );
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => panic!("fake broker: accept failed: {e}"),
-            }
-        }
+        self.accept_within(FAKE_PATIENCE)
+            .expect("fake broker: no client connected")
     }
 
     /// Accepts one client if one connects within `timeout`.
@@ -90,6 +65,7 @@ impl FakeBroker {
                     stream
                         .set_read_timeout(Some(FAKE_PATIENCE))
                         .expect("read timeout");
+                    stream.set_nodelay(true).expect("nodelay");
                     return Some(Peer {
                         stream: Some(stream),
                         buf: Vec::new(),

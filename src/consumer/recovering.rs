@@ -1,0 +1,61 @@
+//! What consuming does around a connection's recovery (see `recovery`): waiting for it,
+//! which callback errors it goes on after, and which held deliveries are stale.
+
+use std::time::Instant;
+
+use crate::channel::Channel;
+use crate::engine::chan::{Held, Life};
+use crate::error::{Error, Result};
+
+impl Channel {
+    /// Waits while the connection recovers (see `recovery`), at most until `deadline`,
+    /// running the connection's callbacks (recovery events included) as they come.
+    pub(crate) fn wait_for_recovery(&self, deadline: Option<Instant>) -> Result<()> {
+        let owner = &self.inner.owner;
+        let Some(recovery) = &owner.recovery else {
+            return Ok(());
+        };
+        owner.wait_recovered(
+            recovery,
+            || deadline,
+            || owner.run_connection_callbacks().map(|_| ()),
+        )
+    }
+
+    /// A callback error a consuming call goes on after, logged: with recovery on (and not
+    /// ended for good), a [`Error::StaleDeliveryTag`] (the callback acked a delivery from
+    /// before a recovery) or a connection error (the connection was lost while the callback
+    /// ran). The broker delivers such a message again, unless it was auto-acked.
+    pub(crate) fn forgiven(&self, e: &Error) -> bool {
+        let recovering = self
+            .inner
+            .owner
+            .recovery
+            .as_ref()
+            .is_some_and(|r| r.closed_error().is_none());
+        if !recovering || !(matches!(e, Error::StaleDeliveryTag { .. }) || e.is_connection_error())
+        {
+            return false;
+        }
+        log::warn!(
+            "channel {}: a callback failed with the connection's loss or recovery ({e}); \
+             going on (the broker delivers that message again unless it was auto-acked)",
+            self.channel_number()
+        );
+        true
+    }
+
+    /// Whether a manual-ack delivery is from before a recovery (or the connection is
+    /// recovering): it cannot be acked any more, and the broker delivers it again, so it is
+    /// dropped rather than handed out.
+    pub(super) fn stale_rule(&self) -> impl Fn(&Held) -> bool {
+        let (lost, generation) = match self.inner.owner.recovery {
+            None => (false, 0),
+            Some(_) => {
+                let st = self.core().lock();
+                (matches!(st.life, Life::Lost(_)), st.generation)
+            }
+        };
+        move |held: &Held| lost || held.generation() < generation
+    }
+}
