@@ -1,6 +1,7 @@
 //! [`Connection`]: pika's `BlockingConnection`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use amq_protocol::protocol::{channel, connection, AMQPClass};
 
@@ -180,41 +181,21 @@ impl Connection {
 
     /// Opens a channel with a given number (pika's `channel(channel_number=n)`).
     /// 0, a number above the negotiated `channel_max`, or one in use is
-    /// [`Error::InvalidChannelNumber`].
+    /// [`Error::InvalidChannelNumber`]. A number whose last channel was closed by both sides
+    /// at once (the broker's channel.close crossed ours) is free when `close()` returns, but
+    /// the broker may still send a late answer for it: this waits for that answer, at most
+    /// 2 s and within `rpc_timeout` (after which it is [`Error::InvalidChannelNumber`]).
     pub fn channel_with_number(&self, number: u16) -> Result<Channel> {
         self.open_channel(Some(number))
     }
 
     fn open_channel(&self, number: Option<u16>) -> Result<Channel> {
-        let core = self
-            .owner
-            .ready_core(|| crate::engine::deadline_after(self.rpc_timeout()))?;
+        let deadline = crate::engine::deadline_after(self.rpc_timeout());
+        let core = self.owner.ready_core(|| deadline)?;
         if let Some(e) = core.closed_error() {
             return Err(e);
         }
-        let channel_max = core.tuned.channel_max;
-        let channel_core = {
-            let mut table = core.lock_channels();
-            let id = match number {
-                Some(0) => return Err(invalid_number(0, "channel 0 is the connection's own")),
-                Some(n) if n > channel_max => {
-                    return Err(invalid_number(
-                        n,
-                        &format!("above channel_max {channel_max}"),
-                    ))
-                }
-                Some(n) if table.contains_key(&n) => {
-                    return Err(invalid_number(n, "already in use"))
-                }
-                Some(n) => n,
-                None => (1..=channel_max)
-                    .find(|n| !table.contains_key(n))
-                    .ok_or(Error::NoFreeChannels { channel_max })?,
-            };
-            let channel_core = Arc::new(ChannelCore::new(id));
-            table.insert(id, channel_core.clone());
-            channel_core
-        };
+        let channel_core = take_number(&core, number, deadline)?;
         let id = channel_core.id;
         let channel = Channel::new(self.owner.clone(), channel_core);
         let open = AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}));
@@ -381,6 +362,62 @@ impl IntoParameterList for &[ConnectionParameters] {
 impl<const N: usize> IntoParameterList for [ConnectionParameters; N] {
     fn into_parameter_list(self) -> Vec<ConnectionParameters> {
         self.into()
+    }
+}
+
+/// Takes a number for a new channel in the connection's table: `number`, or the lowest free
+/// one. A number whose last channel's close crossed the broker's is shadowed for a moment
+/// (see `engine::router`): `channel()` passes it by, `channel_with_number` waits for it, at
+/// most until `deadline`.
+fn take_number(
+    core: &Core,
+    number: Option<u16>,
+    deadline: Option<Instant>,
+) -> Result<Arc<ChannelCore>> {
+    let channel_max = core.tuned.channel_max;
+    loop {
+        let mut table = core.lock_channels();
+        let id = match number {
+            Some(0) => return Err(invalid_number(0, "channel 0 is the connection's own")),
+            Some(n) if n > channel_max => {
+                return Err(invalid_number(
+                    n,
+                    &format!("above channel_max {channel_max}"),
+                ))
+            }
+            Some(n) if table.live.contains_key(&n) => {
+                return Err(invalid_number(n, "already in use"))
+            }
+            Some(n) => match table.shadowed_until(n, Instant::now()) {
+                None => n,
+                Some(until) => {
+                    // Its last channel's close crossed the broker's: wait for the late
+                    // close-ok or the end of the shadow (see `engine::router`).
+                    drop(table);
+                    if let Some(e) = core.closed_error() {
+                        return Err(e);
+                    }
+                    if deadline.is_some_and(|d| d <= Instant::now()) {
+                        return Err(invalid_number(
+                            n,
+                            "the broker may still answer the close of its last channel",
+                        ));
+                    }
+                    let wait_until = deadline.map_or(until, |d| d.min(until));
+                    core.wait_until(Some(wait_until), || {
+                        let shadow = core.lock_channels().shadowed_until(n, Instant::now());
+                        (shadow.is_none() || core.closed_error().is_some()).then_some(())
+                    });
+                    continue;
+                }
+            },
+            None => table
+                .free_number(channel_max)
+                .ok_or(Error::NoFreeChannels { channel_max })?,
+        };
+        let channel_core = Arc::new(ChannelCore::new(id));
+        table.live.insert(id, channel_core.clone());
+        return Ok(channel_core);
     }
 }
 

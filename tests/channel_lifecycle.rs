@@ -78,8 +78,8 @@ fn closing_a_channel_the_broker_is_closing_returns_ok_and_the_next_channel_works
 }
 
 /// As above, but the next channel asks for the very number just closed: it must open (at
-/// once, or after a short while if the client keeps the number until the broker's close-ok
-/// for it arrives) and work; a close-ok meant for the old channel must not close it.
+/// once, or within the moment the reader takes to free the number) and work; a late close-ok
+/// meant for the old channel must not close it.
 #[test]
 fn channel_number_opened_again_after_a_crossed_close_opens_and_works() {
     const ROUNDS: usize = 500;
@@ -134,6 +134,121 @@ fn channel_number_opened_again_after_a_crossed_close_opens_and_works() {
     if let Err(message) = result {
         panic!("{message}");
     }
+}
+
+/// What RabbitMQ does only now and then, played by the fake broker: the broker's
+/// channel.close crosses ours, and its answer to ours comes late or never. The number is
+/// shadowed meanwhile: `channel()` takes another one, `channel_with_number` waits for the
+/// late close-ok or, if none comes, for the shadow's end (about 2 s); a late close-ok closes
+/// nothing (not the next channel on the number, still waiting for its open-ok), and the
+/// connection stays open.
+#[test]
+fn a_late_or_missing_close_ok_after_crossed_closes_shadows_the_number_and_closes_nothing() {
+    use amq_protocol::protocol::{channel as ch, connection};
+    let close_ok = || AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {}));
+    /// The broker crosses the client's close on `number` and reads its close-ok to that.
+    fn cross(peer: &mut fake_broker::Peer, number: u16) {
+        match peer.expect_method() {
+            (n, AMQPClass::Channel(ch::AMQPMethod::Close(_))) if n == number => {}
+            other => panic!("fake broker: expected channel.close on {number}, got {other:?}"),
+        }
+        let not_found = ch::Close {
+            reply_code: 404,
+            reply_text: "NOT_FOUND - no exchange 'x'".into(),
+            class_id: 60,
+            method_id: 40,
+        };
+        peer.send_method(number, AMQPClass::Channel(ch::AMQPMethod::Close(not_found)));
+        match peer.expect_method() {
+            (n, AMQPClass::Channel(ch::AMQPMethod::CloseOk(_))) if n == number => {}
+            other => panic!("fake broker: expected channel.close-ok on {number}, got {other:?}"),
+        }
+    }
+    let (port, fake) = fake_broker::spawn_fake(move |broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        // Our answer to the client's close on 1 never comes.
+        cross(&mut peer, 1);
+        // channel() passes the shadowed 1 by.
+        peer.open_channel(2);
+        // channel_with_number(1), once the shadow ended: a late close-ok (for nothing of
+        // the client's) before the open-ok.
+        match peer.expect_method() {
+            (1, AMQPClass::Channel(ch::AMQPMethod::Open(_))) => {}
+            other => panic!("fake broker: expected channel.open on 1, got {other:?}"),
+        }
+        peer.send_method(1, close_ok());
+        peer.send_method(1, AMQPClass::Channel(ch::AMQPMethod::OpenOk(ch::OpenOk {})));
+        cross(&mut peer, 1);
+        // Our answer to this close comes, late: on the free number.
+        peer.send_method(1, close_ok());
+        peer.open_channel(1);
+        peer.expect_qos(1);
+        peer.send_method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+        );
+        let code = match peer.expect_method() {
+            (0, AMQPClass::Connection(connection::AMQPMethod::Close(c))) => c.reply_code,
+            other => panic!("fake broker: expected connection.close, got {other:?}"),
+        };
+        peer.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+        );
+        code
+    });
+    within(Duration::from_secs(20), "the scenario", move || {
+        let connection =
+            Connection::open(fake_broker::client_params(port)).expect("connecting to the fake");
+        let first = connection.channel_with_number(1).expect("channel 1");
+        first.close().expect("closing channel 1 (crossed)");
+        let other = connection.channel().expect("channel() while 1 is shadowed");
+        assert_eq!(
+            other.channel_number(),
+            2,
+            "channel() takes a number not shadowed"
+        );
+        let asked = Instant::now();
+        let second = connection
+            .channel_with_number(1)
+            .expect("channel 1 again, once its shadow ended");
+        let waited = asked.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1500),
+            "channel_with_number(1) opened after {waited:?}, before the shadow of a close-ok that never came ended"
+        );
+        assert!(
+            second.is_open(),
+            "the late close-ok closed the new channel 1"
+        );
+        second
+            .close()
+            .expect("closing the second channel 1 (crossed)");
+        let asked = Instant::now();
+        let third = connection
+            .channel_with_number(1)
+            .expect("channel 1 a third time, after the late close-ok");
+        let waited = asked.elapsed();
+        assert!(
+            waited < Duration::from_millis(1500),
+            "channel_with_number(1) waited {waited:?}: the late close-ok did not lift the shadow"
+        );
+        third
+            .basic_qos(cottontail::QosOptions {
+                prefetch_count: 1,
+                ..Default::default()
+            })
+            .expect("basic.qos on the third channel 1");
+        assert!(third.is_open(), "the third channel 1 is open");
+        assert!(connection.is_open(), "{:?}", connection.close_reason());
+        connection.close().expect("closing the connection");
+    });
+    assert_eq!(
+        fake_broker::join(fake),
+        200,
+        "the client's connection.close"
+    );
 }
 
 /// The plain order: the broker's close arrives first, then the client closes the closed

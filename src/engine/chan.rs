@@ -6,9 +6,10 @@
 //! change waits for its turn at reading (see `token`), and every change made by reading bumps
 //! the read token's generation, which wakes it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use amq_protocol::protocol::AMQPClass;
 
@@ -137,8 +138,8 @@ pub(crate) enum Life {
     /// We sent channel.close and wait for close-ok; the error is what calls get meanwhile and
     /// once it is closed (`ChannelClosedByClient` with the code and text we sent).
     Closing(Error),
-    /// Closed, with the reason every later call gets. The number stays taken until the
-    /// broker has answered our channel.close, if we sent one (see `router`).
+    /// Closed, with the reason every later call gets; the router has freed the number (see
+    /// `router` for when both sides closed at once).
     Closed(Error),
     /// The connection was lost and is recovering (see `recovery`): calls in flight got the
     /// error; new calls wait for the recovery, which opens the channel again on the new
@@ -435,5 +436,71 @@ impl ChanState {
             .iter()
             .find(|o| o.tag == consumer_tag)
             .map(|o| (o.auto_ack, o.what))
+    }
+}
+
+/// The connection's channel table (behind `Core::channels`): the channels whose numbers are
+/// taken, and the numbers a crossed close left shadowed (see `router`).
+#[derive(Debug, Default)]
+pub(crate) struct ChannelTable {
+    pub(crate) live: HashMap<u16, Arc<ChannelCore>>,
+    /// Number → until when a late close-ok for its last channel may still come. A shadowed
+    /// number is free, but no new channel takes it before then (or before that close-ok).
+    shadowed: HashMap<u16, Instant>,
+}
+
+impl ChannelTable {
+    /// Until when `number` is shadowed, if it still is at `now`.
+    pub(crate) fn shadowed_until(&self, number: u16, now: Instant) -> Option<Instant> {
+        self.shadowed
+            .get(&number)
+            .copied()
+            .filter(|&until| until > now)
+    }
+
+    /// Shadows `number` until `until` (forgetting shadows that have ended: at most one entry
+    /// per number, so the map stays within `channel_max`).
+    pub(crate) fn shadow(&mut self, number: u16, until: Instant) {
+        let now = Instant::now();
+        self.shadowed.retain(|_, &mut end| end > now);
+        self.shadowed.insert(number, until);
+    }
+
+    /// The late close-ok for `number` came: nothing more is owed on it.
+    pub(crate) fn unshadow(&mut self, number: u16) {
+        self.shadowed.remove(&number);
+    }
+
+    /// The lowest number up to `channel_max` that a new channel may take now.
+    pub(crate) fn free_number(&self, channel_max: u16) -> Option<u16> {
+        let now = Instant::now();
+        (1..=channel_max)
+            .find(|n| !self.live.contains_key(n) && self.shadowed_until(*n, now).is_none())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_shadowed_number_is_passed_by_until_unshadowed_or_ended() {
+        let mut table = ChannelTable::default();
+        table.live.insert(1, Arc::new(ChannelCore::new(1)));
+        let now = Instant::now();
+        table.shadow(2, now + Duration::from_secs(60));
+        assert_eq!(table.free_number(10), Some(3));
+        assert!(table.shadowed_until(2, now).is_some());
+        table.unshadow(2);
+        assert_eq!(table.free_number(10), Some(2));
+        // An ended shadow holds nothing, and the next shadow forgets it.
+        table.shadow(4, now);
+        assert_eq!(table.shadowed_until(4, Instant::now()), None);
+        table.shadow(5, now + Duration::from_secs(60));
+        assert_eq!(table.shadowed.len(), 1);
+        assert_eq!(table.free_number(2), Some(2));
+        table.shadow(2, now + Duration::from_secs(60));
+        assert_eq!(table.free_number(2), None);
     }
 }

@@ -19,6 +19,7 @@
 //! | wait | woken by | at the latest |
 //! |---|---|---|
 //! | a reply, confirm, delivery, close-ok ([`Core::wait_until`]) | the reader's generation bump, [`Core::nudge`], its own reading | the caller's deadline (`rpc_timeout` for methods; none for `start_consuming`) |
+//! | `channel_with_number` on a number a crossed close shadowed (`router`), in [`Core::wait_until`] | the reader routing the late close-ok | the shadow's end (`router::LATE_CLOSE_OK`) or `rpc_timeout` |
 //! | outbound room (`outbound::wait_for_room`) | the I/O thread draining, connection.unblocked, a close | the call's deadline (blocked: until unblocked or `blocked_connection_timeout`, or the publish's own deadline if it has one: `RpcClient::call`) |
 //! | the I/O thread's `poll` | `io_waker`, the socket | its next heartbeat, held-acks, blocked or parked-token deadline |
 //! | a lock (`Link`, `Turn`, a channel's state) | its holder, which never waits while holding one | a few microseconds |
@@ -42,7 +43,6 @@ pub(crate) mod outbound;
 mod router;
 mod token;
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use crate::protocol::table::FieldTable;
 use amq_protocol::frame::{AMQPFrame, ProtocolVersion};
 
-use self::chan::{ChanState, ChannelCore, InboundMeter};
+use self::chan::{ChanState, ChannelCore, ChannelTable, InboundMeter};
 use self::outbound::Link;
 use self::token::ReadToken;
 use crate::error::{Error, Result};
@@ -74,7 +74,7 @@ pub(crate) struct Core {
     /// A second handle on a plain TCP socket, for callers to write to directly when nothing is
     /// queued (see `outbound`); `None` for TLS, whose state only the I/O thread touches.
     direct: Option<std::net::TcpStream>,
-    pub(crate) channels: Mutex<HashMap<u16, Arc<ChannelCore>>>,
+    pub(crate) channels: Mutex<ChannelTable>,
     /// Who reads, and how everyone else waits (see `token`).
     token: ReadToken,
     /// Bytes of messages held for callers (see `token`, rule 9).
@@ -187,7 +187,7 @@ impl Core {
             link_cond: Condvar::new(),
             io_waker,
             direct,
-            channels: Mutex::new(HashMap::new()),
+            channels: Mutex::new(ChannelTable::default()),
             token,
             inbound: InboundMeter::default(),
             conn_work: AtomicU64::new(0),
@@ -203,7 +203,7 @@ impl Core {
         Ok(core)
     }
 
-    pub(crate) fn lock_channels(&self) -> MutexGuard<'_, HashMap<u16, Arc<ChannelCore>>> {
+    pub(crate) fn lock_channels(&self) -> MutexGuard<'_, ChannelTable> {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -301,7 +301,7 @@ impl Core {
             false => None,
         };
         let recover = on_lost.is_some() && crate::recovery::recoverable(&error);
-        let channels: Vec<_> = self.lock_channels().drain().map(|(_, c)| c).collect();
+        let channels: Vec<_> = self.lock_channels().live.drain().map(|(_, c)| c).collect();
         for channel in channels {
             match recover {
                 true => channel.lose(&error),

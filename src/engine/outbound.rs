@@ -349,7 +349,7 @@ impl Core {
 
     /// Writes every channel's held acks (their deadline passed, or the connection closes).
     pub(crate) fn flush_all_acks(&self) {
-        let channels: Vec<_> = self.lock_channels().values().cloned().collect();
+        let channels: Vec<_> = self.lock_channels().live.values().cloned().collect();
         for channel in channels {
             let mut st = channel.lock();
             if st.acks.holding() {

@@ -7,10 +7,19 @@
 //! deliveries) behind what callers queued. It notes whether anything changed that a waiter
 //! may look at; the read loop then bumps the token's generation once per batch.
 //!
-//! A channel number stays taken until the broker has answered our channel.close: when the
-//! broker closes a channel while our close is in flight (both sides closed at once), its
-//! close-ok to ours is still to come, and a new channel on that number would take it for its
-//! own.
+//! A channel number is free once the channel is closed on both sides: when the broker answered
+//! our channel.close, or when we answered the broker's. When both sides closed at once (the
+//! broker's close crossed ours), the broker may answer our close as well, late or never:
+//! RabbitMQ sends that close-ok from the old channel's writer, which races the end of that
+//! channel, and under load it has come after a new channel on the number had been opened and
+//! had sent a close of its own (taken for the answer to that one, it freed the number while the
+//! broker still held that channel, whose 404 then closed the next). So a crossed close frees
+//! the number at once (the broker's reader forgets the old channel when it reads our close-ok,
+//! so a channel.open behind it reaches a new channel) but leaves it *shadowed*
+//! (`chan::ChannelTable`) until that late close-ok arrives or [`LATE_CLOSE_OK`] has passed:
+//! `channel()` takes another number meanwhile, and `channel_with_number` waits (within its
+//! `rpc_timeout`). A close-ok that answers no close of ours (on a free number, or on a channel
+//! that did not send channel.close) is that late one: it lifts the shadow and closes nothing.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,6 +36,10 @@ use crate::protocol::codec::{self, Header};
 use crate::protocol::content::{Assembly, Content, ContentMethod};
 use crate::protocol::methods::{Deliver, GetOk, Return};
 use crate::protocol::properties::BasicProperties;
+
+/// How long a number stays shadowed after a crossed close unless the broker's late close-ok
+/// arrives first (see the module docs); it usually does within a millisecond, rarely never.
+pub(crate) const LATE_CLOSE_OK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// connection.blocked / unblocked events kept for the callbacks; older ones are dropped.
 pub(crate) const BLOCKED_EVENTS_KEPT: usize = 16;
@@ -64,7 +77,7 @@ impl Router {
     fn entry(&mut self, core: &Core, channel: u16) -> Result<&mut Entry> {
         let index = channel as usize;
         if self.channels.get(index).is_none_or(Option::is_none) {
-            let known = core.lock_channels().get(&channel).cloned();
+            let known = core.lock_channels().live.get(&channel).cloned();
             let known = known.ok_or_else(|| {
                 Error::protocol(
                     CHANNEL_ERROR,
@@ -82,8 +95,9 @@ impl Router {
         Ok(self.channels[index].as_mut().expect("filled above"))
     }
 
-    /// Frees a channel's number: removes it from the cache and the connection's table.
-    fn forget(&mut self, core: &Core, channel: u16) {
+    /// Frees a channel's number: removes it from the cache and the connection's table,
+    /// shadowed if a late close-ok may still come for it (see the module docs).
+    fn forget(&mut self, core: &Core, channel: u16, shadowed: bool) {
         if let Some(entry) = self
             .channels
             .get_mut(channel as usize)
@@ -91,12 +105,24 @@ impl Router {
         {
             let mut table = core.lock_channels();
             if table
+                .live
                 .get(&channel)
                 .is_some_and(|c| Arc::ptr_eq(c, &entry.core))
             {
-                table.remove(&channel);
+                if shadowed {
+                    table.shadow(channel, Instant::now() + LATE_CLOSE_OK);
+                }
+                table.live.remove(&channel);
             }
         }
+    }
+
+    /// A close-ok that answers no close of ours: the late one after a crossed close (see the
+    /// module docs). It lifts the number's shadow, which a `channel_with_number` may wait for.
+    fn late_close_ok(&mut self, core: &Core, channel: u16) {
+        log::debug!("channel {channel}: a late close-ok, for a close that crossed the broker's");
+        core.lock_channels().unshadow(channel);
+        self.changed = true;
     }
 
     pub(crate) fn on_frame(&mut self, core: &Core, frame: AMQPFrame) -> Result<Option<Exit>> {
@@ -310,7 +336,14 @@ impl Router {
     }
 
     fn on_method(&mut self, core: &Core, channel: u16, method: AMQPClass) -> Result<()> {
-        let entry = self.entry(core, channel)?;
+        let entry = match self.entry(core, channel) {
+            Ok(entry) => entry,
+            Err(_) if matches!(method, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))) => {
+                self.late_close_ok(core, channel);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         let content = match method {
             AMQPClass::Basic(basic::AMQPMethod::Deliver(m)) => {
                 Some(ContentMethod::Deliver(Deliver::from_wire(m)))
@@ -367,9 +400,9 @@ impl Router {
                     method_id: close.method_id,
                 };
                 log::debug!("channel {channel} closed by the broker: {error}");
-                // Both sides closed at once: the broker's close-ok to ours is still to come,
-                // so the number stays taken until then (see the module docs).
-                let ours_in_flight = matches!(st.life, Life::Closing(_));
+                // Both sides closed at once: the broker may still answer ours, late or never
+                // (see the module docs).
+                let crossed = matches!(st.life, Life::Closing(_));
                 st.life = Life::Closed(match &st.life {
                     Life::Closing(ours) => ours.clone(),
                     _ => error,
@@ -383,26 +416,21 @@ impl Router {
                 let ok = AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}));
                 queue_reply(core, channel, ok);
                 drop(st);
-                if !ours_in_flight {
-                    self.forget(core, channel);
-                }
+                self.forget(core, channel, crossed);
             }
             AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
                 let mut st = chan.lock();
-                if let Life::Closing(ours) = &st.life {
-                    st.life = Life::Closed(ours.clone());
-                } else if !matches!(st.life, Life::Closed(_)) {
-                    // A close-ok nobody asked for: closed all the same.
-                    st.life = Life::Closed(Error::ChannelClosedByClient {
-                        reply_code: 0,
-                        reply_text: "Normal shutdown".into(),
-                    });
-                }
+                let Life::Closing(ours) = &st.life else {
+                    drop(st);
+                    self.late_close_ok(core, channel);
+                    return Ok(());
+                };
+                st.life = Life::Closed(ours.clone());
                 st.awaiting = false;
                 st.deliveries.clear();
                 drop(st);
                 log::debug!("channel {channel} closed");
-                self.forget(core, channel);
+                self.forget(core, channel, false);
             }
             AMQPClass::Channel(channel::AMQPMethod::Flow(flow)) => {
                 log::info!(

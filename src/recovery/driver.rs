@@ -144,7 +144,7 @@ fn attempt_once(
 
 /// Gives the channels an attempt restored back to the loss's state, then closes its engine.
 fn abandon(core: &Core, restored: &[Arc<ChannelCore>], error: &Error) {
-    core.lock_channels().clear();
+    core.lock_channels().live.clear();
     for channel in restored {
         channel.lose(error);
     }
@@ -270,7 +270,7 @@ fn restore(
             st.life = Life::Open;
             st.generation = generation;
         }
-        core.lock_channels().insert(chan.id, chan.clone());
+        core.lock_channels().live.insert(chan.id, chan.clone());
         restored.push(chan.clone());
         match reopen(core, &channel) {
             Ok(()) => open.push(channel),
@@ -394,13 +394,13 @@ impl AuxChannel {
     fn open(core: &Core) -> Result<AuxChannel> {
         let channel = {
             let mut table = core.lock_channels();
-            let id = (1..=core.tuned.channel_max)
-                .find(|n| !table.contains_key(n))
+            let id = table
+                .free_number(core.tuned.channel_max)
                 .ok_or(Error::NoFreeChannels {
                     channel_max: core.tuned.channel_max,
                 })?;
             let channel = Arc::new(ChannelCore::new(id));
-            table.insert(id, channel.clone());
+            table.live.insert(id, channel.clone());
             channel
         };
         call(
