@@ -6,7 +6,7 @@ use std::time::Instant;
 use amq_protocol::protocol::{channel, connection, AMQPClass};
 
 use crate::channel::Channel;
-use crate::engine::chan::{ChannelCore, Reply};
+use crate::engine::chan::{ChannelCore, ChannelTable, Reply};
 use crate::engine::Core;
 use crate::error::{Error, Result};
 use crate::params::ConnectionParameters;
@@ -201,7 +201,7 @@ impl Connection {
         let open = AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}));
         // Not retried after a loss: a recovery may open the channel meanwhile, and a second
         // channel.open would break the connection. Fails with the loss; the caller retries.
-        match crate::channel::call(&core, channel.core(), open, "channel.open") {
+        match crate::channel::call_until(&core, channel.core(), open, "channel.open", deadline) {
             Ok(Reply::Method(AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))) => {
                 log::debug!("channel {id} open");
                 Ok(channel)
@@ -366,18 +366,19 @@ impl<const N: usize> IntoParameterList for [ConnectionParameters; N] {
 }
 
 /// Takes a number for a new channel in the connection's table: `number`, or the lowest free
-/// one. A number whose last channel's close crossed the broker's is shadowed for a moment
-/// (see `engine::router`): `channel()` passes it by, `channel_with_number` waits for it, at
-/// most until `deadline`.
+/// one. A number a crossed close left shadowed (see `engine::router`) is not taken until its
+/// late close-ok came or the shadow ended: `channel()` passes it by (and waits only if no
+/// other number is free), `channel_with_number` waits for it. The wait is
+/// [`Core::wait_until`], woken by the reader routing that close-ok or by the connection's
+/// end, and lasts at most until the shadow ends or `deadline`.
 fn take_number(
     core: &Core,
     number: Option<u16>,
     deadline: Option<Instant>,
 ) -> Result<Arc<ChannelCore>> {
     let channel_max = core.tuned.channel_max;
-    loop {
-        let mut table = core.lock_channels();
-        let id = match number {
+    let pick = |table: &ChannelTable, now: Instant| -> Result<std::result::Result<u16, Instant>> {
+        Ok(match number {
             Some(0) => return Err(invalid_number(0, "channel 0 is the connection's own")),
             Some(n) if n > channel_max => {
                 return Err(invalid_number(
@@ -388,36 +389,39 @@ fn take_number(
             Some(n) if table.live.contains_key(&n) => {
                 return Err(invalid_number(n, "already in use"))
             }
-            Some(n) => match table.shadowed_until(n, Instant::now()) {
-                None => n,
-                Some(until) => {
-                    // Its last channel's close crossed the broker's: wait for the late
-                    // close-ok or the end of the shadow (see `engine::router`).
-                    drop(table);
-                    if let Some(e) = core.closed_error() {
-                        return Err(e);
-                    }
-                    if deadline.is_some_and(|d| d <= Instant::now()) {
-                        return Err(invalid_number(
-                            n,
-                            "the broker may still answer the close of its last channel",
-                        ));
-                    }
-                    let wait_until = deadline.map_or(until, |d| d.min(until));
-                    core.wait_until(Some(wait_until), || {
-                        let shadow = core.lock_channels().shadowed_until(n, Instant::now());
-                        (shadow.is_none() || core.closed_error().is_some()).then_some(())
-                    });
-                    continue;
-                }
+            Some(n) => table.shadowed_until(n, now).map_or(Ok(n), Err),
+            None => match table.free_number(channel_max, now) {
+                Ok(n) => Ok(n),
+                Err(Some(until)) => Err(until),
+                Err(None) => return Err(Error::NoFreeChannels { channel_max }),
             },
-            None => table
-                .free_number(channel_max)
-                .ok_or(Error::NoFreeChannels { channel_max })?,
+        })
+    };
+    loop {
+        let mut table = core.lock_channels();
+        let until = match pick(&table, Instant::now())? {
+            Ok(id) => {
+                let channel_core = Arc::new(ChannelCore::new(id));
+                table.live.insert(id, channel_core.clone());
+                return Ok(channel_core);
+            }
+            Err(until) => until,
         };
-        let channel_core = Arc::new(ChannelCore::new(id));
-        table.live.insert(id, channel_core.clone());
-        return Ok(channel_core);
+        drop(table);
+        if let Some(e) = core.closed_error() {
+            return Err(e);
+        }
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            let shadowed = "shadowed: the broker may still answer the close of its last channel";
+            return Err(match number {
+                Some(n) => invalid_number(n, shadowed),
+                None => Error::NoFreeChannels { channel_max },
+            });
+        }
+        core.wait_until(Some(deadline.map_or(until, |d| d.min(until))), || {
+            let ready = pick(&core.lock_channels(), Instant::now()).map_or(true, |p| p.is_ok());
+            (ready || core.closed_error().is_some()).then_some(())
+        });
     }
 }
 

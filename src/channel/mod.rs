@@ -26,7 +26,7 @@ use crate::recovery::topology::{ExchangeBinding, QueueBinding};
 pub(crate) mod methods;
 mod request;
 
-pub(crate) use request::{call, ensure_open, unexpected};
+pub(crate) use request::{call, call_until, ensure_open, unexpected};
 
 /// A channel of a [`Connection`](crate::Connection): pika's `BlockingChannel`.
 ///
@@ -86,14 +86,14 @@ impl std::fmt::Debug for ChannelHandle {
 
 impl Drop for ChannelHandle {
     fn drop(&mut self) {
-        // No waiting: the I/O thread frees the number when close-ok arrives.
-        let _ = begin_close(&self.owner, &self.core, 0, "Normal shutdown");
+        // No waiting: the reader frees the number when the channel is closed (see `router`).
+        let _ = begin_close(&self.owner.core(), &self.core, 0, "Normal shutdown");
     }
 }
 
 /// Sends channel.close unless the channel is already closing or closed; true if it was sent.
-fn begin_close(
-    owner: &Owner,
+pub(crate) fn begin_close(
+    conn: &crate::engine::Core,
     core: &ChannelCore,
     reply_code: u16,
     reply_text: &str,
@@ -106,7 +106,7 @@ fn begin_close(
     }));
     let sent = with_scratch(|buf| {
         codec::encode_method(buf, core.id, method)?;
-        owner.core().send_on_if(core, buf, None, None, |st| {
+        conn.send_on_if(core, buf, None, None, |st| {
             if !matches!(st.life, Life::Open) {
                 return Ok(None);
             }
@@ -230,7 +230,7 @@ impl Channel {
             }
             Err(e) => return Err(e),
         };
-        begin_close(&self.inner.owner, core, reply_code, reply_text)?;
+        begin_close(&conn, core, reply_code, reply_text)?;
         self.inner.owner.record(|t| t.channel_closed(core.id));
         conn.wait_on(
             core,

@@ -86,8 +86,24 @@ pub(crate) fn call(
     method: AMQPClass,
     what: &str,
 ) -> Result<Reply> {
+    call_until(
+        conn,
+        core,
+        method,
+        what,
+        deadline_after(conn.params.rpc_timeout),
+    )
+}
+
+/// [`call`] with a deadline of the caller's (one that started before this call).
+pub(crate) fn call_until(
+    conn: &Core,
+    core: &ChannelCore,
+    method: AMQPClass,
+    what: &str,
+    deadline: Option<Instant>,
+) -> Result<Reply> {
     let timeout = conn.params.rpc_timeout;
-    let deadline = deadline_after(timeout);
     let losses = with_scratch(|buf| {
         codec::encode_method(buf, core.id, method)?;
         send_request(conn, core, buf, deadline, &mut None::<fn(&mut ChanState)>)

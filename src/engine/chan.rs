@@ -440,42 +440,74 @@ impl ChanState {
 }
 
 /// The connection's channel table (behind `Core::channels`): the channels whose numbers are
-/// taken, and the numbers a crossed close left shadowed (see `router`).
+/// taken, and what crossed closes left owed on free numbers (see `router`).
 #[derive(Debug, Default)]
 pub(crate) struct ChannelTable {
     pub(crate) live: HashMap<u16, Arc<ChannelCore>>,
-    /// Number → until when a late close-ok for its last channel may still come. A shadowed
-    /// number is free, but no new channel takes it before then (or before that close-ok).
-    shadowed: HashMap<u16, Instant>,
+    /// Numbers whose channel's close crossed the broker's: the close-oks that may still come
+    /// for them (one that never comes stays counted), and until when no new channel takes the
+    /// number (the last crossed close's shadow, lifted by any late close-ok). At most one
+    /// entry per number, so within `channel_max`; an entry goes when its last close-ok came.
+    owed: HashMap<u16, Owed>,
+}
+
+#[derive(Debug)]
+struct Owed {
+    close_oks: u32,
+    shadowed_until: Instant,
 }
 
 impl ChannelTable {
     /// Until when `number` is shadowed, if it still is at `now`.
     pub(crate) fn shadowed_until(&self, number: u16, now: Instant) -> Option<Instant> {
-        self.shadowed
-            .get(&number)
-            .copied()
-            .filter(|&until| until > now)
+        let until = self.owed.get(&number)?.shadowed_until;
+        (until > now).then_some(until)
     }
 
-    /// Shadows `number` until `until` (forgetting shadows that have ended: at most one entry
-    /// per number, so the map stays within `channel_max`).
-    pub(crate) fn shadow(&mut self, number: u16, until: Instant) {
-        let now = Instant::now();
-        self.shadowed.retain(|_, &mut end| end > now);
-        self.shadowed.insert(number, until);
+    /// A crossed close on `number`: one more close-ok may come for it, and the number is
+    /// shadowed until `until`.
+    pub(crate) fn owe_close_ok(&mut self, number: u16, until: Instant) {
+        let owed = self.owed.entry(number).or_insert(Owed {
+            close_oks: 0,
+            shadowed_until: until,
+        });
+        owed.close_oks = owed.close_oks.saturating_add(1);
+        owed.shadowed_until = until;
     }
 
-    /// The late close-ok for `number` came: nothing more is owed on it.
-    pub(crate) fn unshadow(&mut self, number: u16) {
-        self.shadowed.remove(&number);
+    /// A close-ok came for `number` that no channel of ours waits for: true if one was owed.
+    /// It is the late one: the shadow lifts (an older one that never came must not hold the
+    /// number), and the entry goes when none is owed any more.
+    pub(crate) fn late_close_ok(&mut self, number: u16) -> bool {
+        let Some(owed) = self.owed.get_mut(&number) else {
+            return false;
+        };
+        owed.close_oks -= 1;
+        owed.shadowed_until = Instant::now();
+        if owed.close_oks == 0 {
+            self.owed.remove(&number);
+        }
+        true
     }
 
-    /// The lowest number up to `channel_max` that a new channel may take now.
-    pub(crate) fn free_number(&self, channel_max: u16) -> Option<u16> {
-        let now = Instant::now();
-        (1..=channel_max)
-            .find(|n| !self.live.contains_key(n) && self.shadowed_until(*n, now).is_none())
+    /// The lowest number up to `channel_max` that a new channel may take at `now`; if there
+    /// is none, when the first shadow ends (`None`: every number is taken).
+    pub(crate) fn free_number(
+        &self,
+        channel_max: u16,
+        now: Instant,
+    ) -> Result<u16, Option<Instant>> {
+        let mut first_end: Option<Instant> = None;
+        for n in 1..=channel_max {
+            if self.live.contains_key(&n) {
+                continue;
+            }
+            match self.shadowed_until(n, now) {
+                None => return Ok(n),
+                Some(until) => first_end = Some(first_end.map_or(until, |f| f.min(until))),
+            }
+        }
+        Err(first_end)
     }
 }
 
@@ -485,22 +517,28 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn a_shadowed_number_is_passed_by_until_unshadowed_or_ended() {
+    fn a_shadowed_number_is_passed_by_until_its_close_oks_come_or_the_shadow_ends() {
         let mut table = ChannelTable::default();
         table.live.insert(1, Arc::new(ChannelCore::new(1)));
         let now = Instant::now();
-        table.shadow(2, now + Duration::from_secs(60));
-        assert_eq!(table.free_number(10), Some(3));
-        assert!(table.shadowed_until(2, now).is_some());
-        table.unshadow(2);
-        assert_eq!(table.free_number(10), Some(2));
-        // An ended shadow holds nothing, and the next shadow forgets it.
-        table.shadow(4, now);
-        assert_eq!(table.shadowed_until(4, Instant::now()), None);
-        table.shadow(5, now + Duration::from_secs(60));
-        assert_eq!(table.shadowed.len(), 1);
-        assert_eq!(table.free_number(2), Some(2));
-        table.shadow(2, now + Duration::from_secs(60));
-        assert_eq!(table.free_number(2), None);
+        let later = now + Duration::from_secs(60);
+        table.owe_close_ok(2, later);
+        table.owe_close_ok(2, later);
+        assert_eq!(table.free_number(10, now), Ok(3));
+        assert_eq!(table.free_number(2, now), Err(Some(later)));
+        assert!(table.late_close_ok(2));
+        let after = Instant::now();
+        assert_eq!(table.shadowed_until(2, after), None, "the shadow lifts");
+        assert_eq!(table.free_number(10, after), Ok(2));
+        assert!(table.late_close_ok(2), "one more was owed");
+        assert!(!table.late_close_ok(2), "none is owed any more");
+        // A shadow that ended frees the number, yet its close-ok is still known for late.
+        table.owe_close_ok(4, now);
+        assert_eq!(table.shadowed_until(4, now), None);
+        assert_eq!(table.free_number(4, now), Ok(2));
+        assert!(table.late_close_ok(4));
+        assert!(!table.late_close_ok(5), "nothing was owed on 5");
+        table.live.insert(2, Arc::new(ChannelCore::new(2)));
+        assert_eq!(table.free_number(2, now), Err(None));
     }
 }

@@ -8,18 +8,26 @@
 //! may look at; the read loop then bumps the token's generation once per batch.
 //!
 //! A channel number is free once the channel is closed on both sides: when the broker answered
-//! our channel.close, or when we answered the broker's. When both sides closed at once (the
-//! broker's close crossed ours), the broker may answer our close as well, late or never:
-//! RabbitMQ sends that close-ok from the old channel's writer, which races the end of that
-//! channel, and under load it has come after a new channel on the number had been opened and
-//! had sent a close of its own (taken for the answer to that one, it freed the number while the
-//! broker still held that channel, whose 404 then closed the next). So a crossed close frees
-//! the number at once (the broker's reader forgets the old channel when it reads our close-ok,
-//! so a channel.open behind it reaches a new channel) but leaves it *shadowed*
-//! (`chan::ChannelTable`) until that late close-ok arrives or [`LATE_CLOSE_OK`] has passed:
-//! `channel()` takes another number meanwhile, and `channel_with_number` waits (within its
-//! `rpc_timeout`). A close-ok that answers no close of ours (on a free number, or on a channel
-//! that did not send channel.close) is that late one: it lifts the shadow and closes nothing.
+//! our channel.close, or when we answered the broker's. The router frees it under the channel's
+//! lock (lock order: a channel's state, then the channel table), so whoever sees the channel
+//! closed finds the number free.
+//!
+//! When both sides closed at once (the broker's close crossed ours), the broker may answer our
+//! close as well, late or never: RabbitMQ sends that close-ok from the old channel's writer,
+//! which races the end of that channel; under load it has come after a new channel on the
+//! number had been opened and had sent a close of its own (taken for the answer to that one,
+//! it freed the number while the broker still held that channel, whose 404 then closed the
+//! next). So a crossed close frees the number at once (the broker's reader forgets the old
+//! channel when it reads our close-ok, so a channel.open behind it reaches a new channel), and
+//! the channel table (`chan::ChannelTable`) records the close-ok as owed and *shadows* the
+//! number until it arrives or [`LATE_CLOSE_OK`] has passed: `channel()` takes another number
+//! meanwhile, and `channel_with_number` waits (within its `rpc_timeout`). An owed close-ok is
+//! recognised whenever it comes (on a free number, or on a channel that did not send
+//! channel.close) and closes nothing; one nobody owes is ignored with a warning on an open
+//! channel, and a channel error on a number never opened, like any frame there. What remains:
+//! a close-ok later than [`LATE_CLOSE_OK`] that lands on a new channel of the number while it
+//! is closing completes that close early; the worst a caller then sees is the next
+//! channel.open on that number timing out with `rpc_timeout`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -95,9 +103,10 @@ impl Router {
         Ok(self.channels[index].as_mut().expect("filled above"))
     }
 
-    /// Frees a channel's number: removes it from the cache and the connection's table,
-    /// shadowed if a late close-ok may still come for it (see the module docs).
-    fn forget(&mut self, core: &Core, channel: u16, shadowed: bool) {
+    /// Frees a channel's number: removes it from the cache and the connection's table, with a
+    /// close-ok still owed if `crossed` (see the module docs). Called under the channel's lock,
+    /// so a caller that sees the channel closed finds its number free.
+    fn forget(&mut self, core: &Core, channel: u16, crossed: bool) {
         if let Some(entry) = self
             .channels
             .get_mut(channel as usize)
@@ -109,20 +118,24 @@ impl Router {
                 .get(&channel)
                 .is_some_and(|c| Arc::ptr_eq(c, &entry.core))
             {
-                if shadowed {
-                    table.shadow(channel, Instant::now() + LATE_CLOSE_OK);
+                if crossed {
+                    table.owe_close_ok(channel, Instant::now() + LATE_CLOSE_OK);
                 }
                 table.live.remove(&channel);
             }
         }
     }
 
-    /// A close-ok that answers no close of ours: the late one after a crossed close (see the
-    /// module docs). It lifts the number's shadow, which a `channel_with_number` may wait for.
-    fn late_close_ok(&mut self, core: &Core, channel: u16) {
+    /// A close-ok that no channel of ours waits for: true if it is the late one after a
+    /// crossed close (see the module docs), which lifts the number's shadow (a
+    /// `channel_with_number` may wait for that).
+    fn late_close_ok(&mut self, core: &Core, channel: u16) -> bool {
+        if !core.lock_channels().late_close_ok(channel) {
+            return false;
+        }
         log::debug!("channel {channel}: a late close-ok, for a close that crossed the broker's");
-        core.lock_channels().unshadow(channel);
         self.changed = true;
+        true
     }
 
     pub(crate) fn on_frame(&mut self, core: &Core, frame: AMQPFrame) -> Result<Option<Exit>> {
@@ -338,11 +351,14 @@ impl Router {
     fn on_method(&mut self, core: &Core, channel: u16, method: AMQPClass) -> Result<()> {
         let entry = match self.entry(core, channel) {
             Ok(entry) => entry,
-            Err(_) if matches!(method, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))) => {
-                self.late_close_ok(core, channel);
-                return Ok(());
+            Err(e) => {
+                let close_ok =
+                    matches!(method, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)));
+                return match close_ok && self.late_close_ok(core, channel) {
+                    true => Ok(()),
+                    false => Err(e),
+                };
             }
-            Err(e) => return Err(e),
         };
         let content = match method {
             AMQPClass::Basic(basic::AMQPMethod::Deliver(m)) => {
@@ -415,22 +431,23 @@ impl Router {
                 // frames for the channel, so nothing of theirs follows the close-ok.
                 let ok = AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}));
                 queue_reply(core, channel, ok);
-                drop(st);
                 self.forget(core, channel, crossed);
             }
             AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
                 let mut st = chan.lock();
                 let Life::Closing(ours) = &st.life else {
                     drop(st);
-                    self.late_close_ok(core, channel);
+                    if !self.late_close_ok(core, channel) {
+                        log::warn!("channel {channel}: ignoring a close-ok for no close of ours");
+                    }
                     return Ok(());
                 };
                 st.life = Life::Closed(ours.clone());
                 st.awaiting = false;
                 st.deliveries.clear();
+                self.forget(core, channel, false);
                 drop(st);
                 log::debug!("channel {channel} closed");
-                self.forget(core, channel, false);
             }
             AMQPClass::Channel(channel::AMQPMethod::Flow(flow)) => {
                 log::info!(

@@ -395,8 +395,8 @@ impl AuxChannel {
         let channel = {
             let mut table = core.lock_channels();
             let id = table
-                .free_number(core.tuned.channel_max)
-                .ok_or(Error::NoFreeChannels {
+                .free_number(core.tuned.channel_max, Instant::now())
+                .map_err(|_| Error::NoFreeChannels {
                     channel_max: core.tuned.channel_max,
                 })?;
             let channel = Arc::new(ChannelCore::new(id));
@@ -438,13 +438,17 @@ impl AuxChannel {
     }
 
     fn close(self, core: &Core) {
-        let method = AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
-            reply_code: 200,
-            reply_text: "recovery done".into(),
-            class_id: 0,
-            method_id: 0,
-        }));
-        if let Err(e) = call(core, &self.channel, method, "channel.close") {
+        let timeout = core.params.rpc_timeout;
+        let closed = crate::channel::begin_close(core, &self.channel, 200, "recovery done")
+            .and_then(|_| {
+                core.wait_on(
+                    &self.channel,
+                    deadline_after(timeout),
+                    |st| matches!(st.life, Life::Closed(_)).then_some(()),
+                    |_| Error::timeout("waiting for channel.close-ok", timeout),
+                )
+            });
+        if let Err(e) = closed {
             log::debug!("closing the recovery's channel: {e}");
         }
     }
