@@ -142,9 +142,10 @@ pub(crate) fn header(payload: &[u8]) -> Option<(u16, u64, BasicProperties)> {
     let app_id = text(3, &mut b)?;
     let cluster_id = text(2, &mut b)?;
     b.end()?;
-    let properties = BasicProperties::from_parts(super::properties::Parts {
+    let properties = BasicProperties::from_fields(super::properties::Fields {
         content_type,
         content_encoding,
+        headers: None,
         delivery_mode,
         priority,
         correlation_id,

@@ -28,22 +28,95 @@ use crate::error::{Error, Result};
 ///
 /// Short-string properties (all the text ones) hold at most 255 bytes; a longer one is an
 /// [`Error::InvalidArgument`] when the message is published.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct BasicProperties {
-    content_type: Option<String>,
-    content_encoding: Option<String>,
-    headers: Option<FieldTable>,
-    delivery_mode: Option<u8>,
-    priority: Option<u8>,
-    correlation_id: Option<String>,
-    reply_to: Option<String>,
-    expiration: Option<String>,
-    message_id: Option<String>,
-    timestamp: Option<u64>,
-    message_type: Option<String>,
-    user_id: Option<String>,
-    app_id: Option<String>,
-    cluster_id: Option<String>,
+    /// `None` while no property is set, the common case: empty properties cost no allocation,
+    /// and moving a message moves one pointer for them instead of all fourteen.
+    set: Option<Box<Fields>>,
+}
+
+/// Every property, each optional (what [`BasicProperties`] points to).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Fields {
+    pub(crate) content_type: Option<String>,
+    pub(crate) content_encoding: Option<String>,
+    pub(crate) headers: Option<FieldTable>,
+    pub(crate) delivery_mode: Option<u8>,
+    pub(crate) priority: Option<u8>,
+    pub(crate) correlation_id: Option<String>,
+    pub(crate) reply_to: Option<String>,
+    pub(crate) expiration: Option<String>,
+    pub(crate) message_id: Option<String>,
+    pub(crate) timestamp: Option<u64>,
+    pub(crate) message_type: Option<String>,
+    pub(crate) user_id: Option<String>,
+    pub(crate) app_id: Option<String>,
+    pub(crate) cluster_id: Option<String>,
+}
+
+/// No property set.
+static UNSET: Fields = Fields {
+    content_type: None,
+    content_encoding: None,
+    headers: None,
+    delivery_mode: None,
+    priority: None,
+    correlation_id: None,
+    reply_to: None,
+    expiration: None,
+    message_id: None,
+    timestamp: None,
+    message_type: None,
+    user_id: None,
+    app_id: None,
+    cluster_id: None,
+};
+
+impl BasicProperties {
+    /// Properties holding `fields` (no allocation if none is set).
+    pub(crate) fn from_fields(fields: Fields) -> BasicProperties {
+        BasicProperties {
+            set: (fields != UNSET).then(|| Box::new(fields)),
+        }
+    }
+
+    fn fields(&self) -> &Fields {
+        self.set.as_deref().unwrap_or(&UNSET)
+    }
+
+    fn fields_mut(&mut self) -> &mut Fields {
+        self.set.get_or_insert_with(Box::default)
+    }
+}
+
+impl PartialEq for BasicProperties {
+    fn eq(&self, other: &Self) -> bool {
+        self.fields() == other.fields()
+    }
+}
+
+impl Eq for BasicProperties {}
+
+impl std::fmt::Debug for BasicProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self.fields();
+        f.debug_struct("BasicProperties")
+            .field("content_type", &p.content_type)
+            .field("content_encoding", &p.content_encoding)
+            .field("headers", &p.headers)
+            .field("delivery_mode", &p.delivery_mode)
+            .field("priority", &p.priority)
+            .field("correlation_id", &p.correlation_id)
+            .field("reply_to", &p.reply_to)
+            .field("expiration", &p.expiration)
+            .field("message_id", &p.message_id)
+            .field("timestamp", &p.timestamp)
+            .field("message_type", &p.message_type)
+            .field("user_id", &p.user_id)
+            .field("app_id", &p.app_id)
+            .field("cluster_id", &p.cluster_id)
+            .finish()
+    }
 }
 
 macro_rules! text_property {
@@ -51,13 +124,13 @@ macro_rules! text_property {
         $(
             #[doc = concat!("The `", stringify!($field), "` property: ", $doc)]
             pub fn $field(&self) -> Option<&str> {
-                self.$field.as_deref()
+                self.fields().$field.as_deref()
             }
 
             #[doc = concat!("These properties with `", stringify!($field), "` set: ", $doc)]
             #[must_use]
             pub fn $with(mut self, value: impl Into<String>) -> Self {
-                self.$field = Some(value.into());
+                self.fields_mut().$field = Some(value.into());
                 self
             }
         )*
@@ -80,25 +153,26 @@ impl BasicProperties {
 
     /// The `headers` property: the message's header table.
     pub fn headers(&self) -> Option<&FieldTable> {
-        self.headers.as_ref()
+        self.fields().headers.as_ref()
     }
 
     /// One header's value (`None` when there are no headers or no such header).
     pub fn header(&self, name: &str) -> Option<&FieldValue> {
-        self.headers.as_ref()?.get(name)
+        self.fields().headers.as_ref()?.get(name)
     }
 
     /// These properties with the whole header table replaced.
     #[must_use]
     pub fn with_headers(mut self, headers: FieldTable) -> Self {
-        self.headers = Some(headers);
+        self.fields_mut().headers = Some(headers);
         self
     }
 
     /// These properties with one header set (the table is created if there is none).
     #[must_use]
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<FieldValue>) -> Self {
-        self.headers
+        self.fields_mut()
+            .headers
             .get_or_insert_with(FieldTable::default)
             .insert(name, value);
         self
@@ -107,38 +181,38 @@ impl BasicProperties {
     /// The `delivery_mode` property: 1 transient, 2 persistent
     /// ([`DeliveryMode`](crate::DeliveryMode) converts it).
     pub fn delivery_mode(&self) -> Option<u8> {
-        self.delivery_mode
+        self.fields().delivery_mode
     }
 
     /// These properties with `delivery_mode` set: a [`DeliveryMode`](crate::DeliveryMode) or
     /// its number.
     #[must_use]
     pub fn with_delivery_mode(mut self, mode: impl Into<u8>) -> Self {
-        self.delivery_mode = Some(mode.into());
+        self.fields_mut().delivery_mode = Some(mode.into());
         self
     }
 
     /// The `priority` property (0-9 on a priority queue).
     pub fn priority(&self) -> Option<u8> {
-        self.priority
+        self.fields().priority
     }
 
     /// These properties with `priority` set.
     #[must_use]
     pub fn with_priority(mut self, priority: u8) -> Self {
-        self.priority = Some(priority);
+        self.fields_mut().priority = Some(priority);
         self
     }
 
     /// The `timestamp` property, in seconds since the Unix epoch.
     pub fn timestamp(&self) -> Option<u64> {
-        self.timestamp
+        self.fields().timestamp
     }
 
     /// These properties with `timestamp` set (seconds since the Unix epoch).
     #[must_use]
     pub fn with_timestamp(mut self, seconds: u64) -> Self {
-        self.timestamp = Some(seconds);
+        self.fields_mut().timestamp = Some(seconds);
         self
     }
 }
@@ -147,23 +221,26 @@ impl BasicProperties {
     /// About how many bytes the properties hold on the heap (their strings and headers): what
     /// they count for the memory bounds of held and returned messages.
     pub(crate) fn held_bytes(&self) -> usize {
+        let Some(p) = self.set.as_deref() else {
+            return 0;
+        };
         let texts = [
-            &self.content_type,
-            &self.content_encoding,
-            &self.correlation_id,
-            &self.reply_to,
-            &self.expiration,
-            &self.message_id,
-            &self.message_type,
-            &self.user_id,
-            &self.app_id,
-            &self.cluster_id,
+            &p.content_type,
+            &p.content_encoding,
+            &p.correlation_id,
+            &p.reply_to,
+            &p.expiration,
+            &p.message_id,
+            &p.message_type,
+            &p.user_id,
+            &p.app_id,
+            &p.cluster_id,
         ];
         texts
             .iter()
             .map(|t| t.as_ref().map_or(0, String::len))
             .sum::<usize>()
-            + self.headers.as_ref().map_or(0, FieldTable::held_bytes)
+            + p.headers.as_ref().map_or(0, FieldTable::held_bytes)
     }
 }
 
@@ -189,6 +266,9 @@ fn text(value: &Option<ShortString>) -> Option<String> {
 /// cannot be encoded is an [`Error::InvalidArgument`].
 pub(crate) fn to_wire(props: &BasicProperties) -> Result<WireProperties> {
     let mut wire = WireProperties::default();
+    let Some(props) = props.set.as_deref() else {
+        return Ok(wire);
+    };
     macro_rules! set {
         ($($field:ident => $with:ident),*) => {
             $(if let Some(v) = short(stringify!($field), &props.$field)? {
@@ -216,48 +296,9 @@ pub(crate) fn to_wire(props: &BasicProperties) -> Result<WireProperties> {
     Ok(wire)
 }
 
-/// Every property but `headers`, as `fast::header` decodes them.
-pub(crate) struct Parts {
-    pub(crate) content_type: Option<String>,
-    pub(crate) content_encoding: Option<String>,
-    pub(crate) delivery_mode: Option<u8>,
-    pub(crate) priority: Option<u8>,
-    pub(crate) correlation_id: Option<String>,
-    pub(crate) reply_to: Option<String>,
-    pub(crate) expiration: Option<String>,
-    pub(crate) message_id: Option<String>,
-    pub(crate) timestamp: Option<u64>,
-    pub(crate) message_type: Option<String>,
-    pub(crate) user_id: Option<String>,
-    pub(crate) app_id: Option<String>,
-    pub(crate) cluster_id: Option<String>,
-}
-
-impl BasicProperties {
-    /// Properties without `headers`, from their parts.
-    pub(crate) fn from_parts(p: Parts) -> BasicProperties {
-        BasicProperties {
-            content_type: p.content_type,
-            content_encoding: p.content_encoding,
-            headers: None,
-            delivery_mode: p.delivery_mode,
-            priority: p.priority,
-            correlation_id: p.correlation_id,
-            reply_to: p.reply_to,
-            expiration: p.expiration,
-            message_id: p.message_id,
-            timestamp: p.timestamp,
-            message_type: p.message_type,
-            user_id: p.user_id,
-            app_id: p.app_id,
-            cluster_id: p.cluster_id,
-        }
-    }
-}
-
 /// Our properties for the codec's.
 pub(crate) fn from_wire(wire: &WireProperties) -> BasicProperties {
-    BasicProperties {
+    BasicProperties::from_fields(Fields {
         content_type: text(wire.content_type()),
         content_encoding: text(wire.content_encoding()),
         headers: wire.headers().as_ref().map(table::from_wire),
@@ -272,7 +313,7 @@ pub(crate) fn from_wire(wire: &WireProperties) -> BasicProperties {
         user_id: text(wire.user_id()),
         app_id: text(wire.app_id()),
         cluster_id: text(wire.cluster_id()),
-    }
+    })
 }
 
 #[cfg(test)]
