@@ -442,6 +442,22 @@ pub(crate) fn write_direct(
         .saturating_sub(codec::FRAME_OVERHEAD)
         .max(1);
     let (channel, body) = body.unwrap_or((0, &[]));
+    let socket = socket2::SockRef::from(tcp);
+    let end = [amq_protocol::protocol::constants::FRAME_END];
+    if body.len() <= chunk {
+        // At most one body frame, the common case: five slices, not the large arrays below
+        // (whose initialisation alone cost more than the rest of a publish).
+        let header = codec::body_frame_header(channel, body.len());
+        let slices = [
+            IoSlice::new(prefix),
+            IoSlice::new(frames),
+            IoSlice::new(&header),
+            IoSlice::new(body),
+            IoSlice::new(&end),
+        ];
+        let used = if body.is_empty() { 2 } else { 5 };
+        return send_some(&socket, &slices[..used]);
+    }
     if body.len().div_ceil(chunk) > DIRECT_BODY_FRAMES {
         return 0;
     }
@@ -449,7 +465,6 @@ pub(crate) fn write_direct(
     for (header, piece) in headers.iter_mut().zip(body.chunks(chunk)) {
         *header = codec::body_frame_header(channel, piece.len());
     }
-    let end = [amq_protocol::protocol::constants::FRAME_END];
     let mut slices = [IoSlice::new(&[]); 2 + 3 * DIRECT_BODY_FRAMES];
     slices[0] = IoSlice::new(prefix);
     slices[1] = IoSlice::new(frames);
@@ -460,9 +475,13 @@ pub(crate) fn write_direct(
         slices[used + 2] = IoSlice::new(&end);
         used += 3;
     }
-    let socket = socket2::SockRef::from(tcp);
+    send_some(&socket, &slices[..used])
+}
+
+/// One vectored send of `slices`: the bytes it took (0 when it would block or on error).
+fn send_some(socket: &socket2::SockRef<'_>, slices: &[IoSlice<'_>]) -> usize {
     loop {
-        match socket.send_vectored_with_flags(&slices[..used], SEND_FLAGS) {
+        match socket.send_vectored_with_flags(slices, SEND_FLAGS) {
             Ok(n) => return n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             // WouldBlock, or an error the I/O thread will meet and report on its next write.
@@ -482,15 +501,19 @@ mod tests {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut server, _) = listener.accept().unwrap();
         let frames = b"method and header frames";
-        let body: Vec<u8> = (0..20_000u32).map(|i| i as u8).collect();
-        // 20000 bytes at frame_max 8192: 3 body frames.
-        let written = write_direct(&client, &[], frames, Some((5, &body)), 8192);
-        let mut expected = Vec::new();
-        codec::encode_tail(&mut expected, 0, &[], frames, Some((5, &body)), 8192);
-        assert_eq!(written, expected.len());
-        let mut got = vec![0; expected.len()];
-        server.read_exact(&mut got).unwrap();
-        assert_eq!(got, expected);
+        let chunk = 8192 - codec::FRAME_OVERHEAD;
+        // 20000 bytes at frame_max 8192: 3 body frames; then exactly one full frame, one
+        // short frame, and no body frame at all (the one-frame path).
+        for len in [20_000, chunk, chunk + 1, 100, 0] {
+            let body: Vec<u8> = (0..len as u32).map(|i| i as u8).collect();
+            let written = write_direct(&client, b"prefix", frames, Some((5, &body)), 8192);
+            let mut expected = Vec::new();
+            codec::encode_tail(&mut expected, 0, b"prefix", frames, Some((5, &body)), 8192);
+            assert_eq!(written, expected.len(), "body of {len} bytes");
+            let mut got = vec![0; expected.len()];
+            server.read_exact(&mut got).unwrap();
+            assert_eq!(got, expected, "body of {len} bytes");
+        }
         // Too many body frames for a direct write: nothing is written, the caller queues.
         let too_many = vec![0; (8192 - codec::FRAME_OVERHEAD) * DIRECT_BODY_FRAMES + 1];
         assert_eq!(

@@ -91,7 +91,10 @@ impl BasicProperties {
 
 impl PartialEq for BasicProperties {
     fn eq(&self, other: &Self) -> bool {
-        self.fields() == other.fields()
+        match (&self.set, &other.set) {
+            (None, None) => true,
+            _ => self.fields() == other.fields(),
+        }
     }
 }
 
