@@ -174,7 +174,10 @@ impl Connection {
         self.owner.core()
     }
 
-    /// Opens a channel on the lowest free number (pika's `channel()`).
+    /// Opens a channel on the lowest free number (pika's `channel()`). A number whose last
+    /// channel was closed by both sides at once is passed by until the broker's late answer
+    /// to that close came (at most 2 s); if no other number is free, this waits for it
+    /// within `rpc_timeout`, then fails with [`Error::NoFreeChannels`].
     pub fn channel(&self) -> Result<Channel> {
         self.open_channel(None)
     }

@@ -21,13 +21,14 @@
 //! channel when it reads our close-ok, so a channel.open behind it reaches a new channel), and
 //! the channel table (`chan::ChannelTable`) records the close-ok as owed and *shadows* the
 //! number until it arrives or [`LATE_CLOSE_OK`] has passed: `channel()` takes another number
-//! meanwhile, and `channel_with_number` waits (within its `rpc_timeout`). An owed close-ok is
-//! recognised whenever it comes (on a free number, or on a channel that did not send
-//! channel.close) and closes nothing; one nobody owes is ignored with a warning on an open
-//! channel, and a channel error on a number never opened, like any frame there. What remains:
-//! a close-ok later than [`LATE_CLOSE_OK`] that lands on a new channel of the number while it
-//! is closing completes that close early; the worst a caller then sees is the next
-//! channel.open on that number timing out with `rpc_timeout`.
+//! meanwhile (or, if none is free, waits for the shadow), `channel_with_number` waits, both
+//! within their `rpc_timeout` (the recovery's own channel takes another number, or fails).
+//! An owed close-ok is recognised whenever it comes (on a free number, or on a channel that
+//! did not send channel.close) and closes nothing; one nobody owes is ignored with a warning
+//! on an open channel, and is a channel error on a number not open, like any frame there.
+//! What remains: a close-ok later than [`LATE_CLOSE_OK`] that lands on a new channel of the
+//! number while it is closing completes that close early; the worst a caller then sees is the
+//! next channel.open on that number timing out with `rpc_timeout`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
