@@ -372,8 +372,11 @@ fn handshake(
     loop {
         while let Some(inbound) = reader.next_frame()? {
             let frame = match inbound {
-                Inbound::Frame(frame) => frame,
-                Inbound::Body(..) | Inbound::Deliver(..) | Inbound::Header(..) => {
+                Inbound::Frame(frame) => *frame,
+                Inbound::Body(..)
+                | Inbound::Deliver(..)
+                | Inbound::Header(..)
+                | Inbound::Ack(..) => {
                     return Err(Error::protocol(
                         crate::error::UNEXPECTED_FRAME,
                         "content frame during the handshake",

@@ -65,6 +65,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{basic, AMQPClass};
 use mio::{Events, Poll, Token};
 
 use super::chan::InboundMeter;
@@ -333,7 +335,12 @@ pub(crate) fn read_loop(
 fn route_buffered(core: &Core, side: &mut ReadSide) -> Result<Option<Exit>> {
     while let Some(inbound) = side.reader.next_frame()? {
         let exit = match inbound {
-            Inbound::Frame(frame) => side.router.on_frame(core, frame)?,
+            Inbound::Frame(frame) => side.router.on_frame(core, *frame)?,
+            Inbound::Ack(channel, ack) => {
+                let method = AMQPClass::Basic(basic::AMQPMethod::Ack(ack));
+                side.router
+                    .on_frame(core, AMQPFrame::Method(channel, method))?
+            }
             Inbound::Deliver(channel, deliver) => {
                 side.router.on_deliver(core, channel, deliver)?;
                 None

@@ -28,8 +28,11 @@ const READ_CHUNK: usize = 64 * 1024;
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Inbound {
-    /// A method, content header or heartbeat frame, parsed by amq-protocol.
-    Frame(AMQPFrame),
+    /// A method, content header or heartbeat frame, parsed by amq-protocol (boxed: an
+    /// `AMQPFrame` is 320 bytes, and every frame of every delivery moves an `Inbound`).
+    Frame(Box<AMQPFrame>),
+    /// A basic.ack from the broker (a publisher confirm), decoded by `fast`.
+    Ack(u16, basic::Ack),
     /// A basic.deliver, decoded by `fast` (the usual first frame of a delivery).
     Deliver(u16, Deliver),
     /// A content header without a headers table, decoded by `fast`.
@@ -68,6 +71,7 @@ pub(crate) struct FrameReader {
     start: usize,
     end: usize,
     frame_max: usize,
+    last_deliver: fast::LastDeliver,
 }
 
 impl FrameReader {
@@ -77,6 +81,7 @@ impl FrameReader {
             start: 0,
             end: 0,
             frame_max: frame_max as usize,
+            last_deliver: fast::LastDeliver::default(),
         }
     }
 
@@ -196,12 +201,11 @@ impl FrameReader {
             constants::FRAME_BODY => return Ok(Some(Inbound::Body(channel, payload))),
             constants::FRAME_METHOD => {
                 let bytes = &self.buf[payload];
-                if let Some(deliver) = fast::deliver(bytes) {
+                if let Some(deliver) = fast::deliver(bytes, &mut self.last_deliver) {
                     return Ok(Some(Inbound::Deliver(channel, deliver)));
                 }
                 if let Some(ack) = fast::ack(bytes) {
-                    let method = AMQPClass::Basic(basic::AMQPMethod::Ack(ack));
-                    return Ok(Some(Inbound::Frame(AMQPFrame::Method(channel, method))));
+                    return Ok(Some(Inbound::Ack(channel, ack)));
                 }
             }
             constants::FRAME_HEADER => {
@@ -219,7 +223,7 @@ impl FrameReader {
             _ => {}
         }
         match parse_checked(&self.buf[frame_start..frame_start + total]) {
-            Ok(frame) => Ok(Some(Inbound::Frame(frame))),
+            Ok(frame) => Ok(Some(Inbound::Frame(Box::new(frame)))),
             Err(e) => Err(Error::protocol(
                 FRAME_ERROR,
                 format!("malformed frame on channel {channel}: {e}"),
@@ -460,7 +464,10 @@ mod tests {
         let mut reader = FrameReader::new(131_072);
         reader.read_from(&mut &buf[..]).unwrap();
         match reader.next_frame().unwrap() {
-            Some(Inbound::Frame(AMQPFrame::Method(3, m))) => assert_eq!(m, publish),
+            Some(Inbound::Frame(frame)) => match *frame {
+                AMQPFrame::Method(3, m) => assert_eq!(m, publish),
+                other => panic!("{other:?}"),
+            },
             other => panic!("{other:?}"),
         }
         // A header without a headers table takes the fast decoder (`fast`).

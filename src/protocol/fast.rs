@@ -56,26 +56,48 @@ impl<'a> Bytes<'a> {
         std::str::from_utf8(bytes).ok().map(str::to_owned)
     }
 
+    /// A short string that is often the same as `last` (which it then becomes): a repeat is
+    /// copied from `last` without checking its UTF-8 again.
+    fn short_string_like(&mut self, last: &mut String) -> Option<String> {
+        let len = self.u8()?;
+        let bytes = self.take(usize::from(len))?;
+        if bytes != last.as_bytes() {
+            let text = std::str::from_utf8(bytes).ok()?;
+            last.clear();
+            last.push_str(text);
+        }
+        Some(last.clone())
+    }
+
     /// Nothing may be left over: a frame with trailing bytes goes the slow way.
     fn end(self) -> Option<()> {
         self.0.is_empty().then_some(())
     }
 }
 
+/// The strings of the last `basic.deliver` decoded: most deliveries repeat them (one consumer,
+/// one exchange, one routing key), and [`deliver`] copies a repeat without checking its UTF-8.
+#[derive(Debug, Default)]
+pub(crate) struct LastDeliver {
+    consumer_tag: String,
+    exchange: String,
+    routing_key: String,
+}
+
 /// The `basic.deliver` in a method frame's payload, if it is one this decodes exactly.
-pub(crate) fn deliver(payload: &[u8]) -> Option<Deliver> {
+pub(crate) fn deliver(payload: &[u8], last: &mut LastDeliver) -> Option<Deliver> {
     let mut b = Bytes(payload);
     if b.take(4)? != DELIVER {
         return None;
     }
-    let consumer_tag = b.short_string()?;
+    let consumer_tag = b.short_string_like(&mut last.consumer_tag)?;
     let delivery_tag = b.u64()?;
     let bits = b.u8()?;
     if bits > 1 {
         return None;
     }
-    let exchange = b.short_string()?;
-    let routing_key = b.short_string()?;
+    let exchange = b.short_string_like(&mut last.exchange)?;
+    let routing_key = b.short_string_like(&mut last.routing_key)?;
     b.end()?;
     Some(Deliver {
         consumer_tag,
@@ -176,6 +198,53 @@ mod tests {
     }
 
     #[test]
+    fn delivers_decoded_one_after_another_keep_their_own_strings() {
+        let frame = |tag: &str, exchange: &str, key: &str| {
+            payload(&AMQPFrame::Method(
+                1,
+                AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                    consumer_tag: tag.into(),
+                    delivery_tag: 7,
+                    redelivered: false,
+                    exchange: exchange.into(),
+                    routing_key: key.into(),
+                })),
+            ))
+        };
+        let mut last = LastDeliver::default();
+        for (tag, exchange, key) in [
+            ("c1", "", "k"),
+            ("c1", "", "k"),
+            ("c2", "x", "k"),
+            ("c1", "", "ké"),
+            ("", "", ""),
+            ("c1", "", "ké"),
+        ] {
+            let got = deliver(&frame(tag, exchange, key), &mut last).unwrap();
+            assert_eq!(
+                (
+                    got.consumer_tag.as_str(),
+                    got.exchange.as_str(),
+                    got.routing_key.as_str()
+                ),
+                (tag, exchange, key)
+            );
+        }
+        // Bytes that are not UTF-8 are refused even right after a valid string of that length.
+        let mut bad = frame("c1", "", "ab");
+        let at = bad.len() - 1;
+        bad[at] = 0xff;
+        deliver(&frame("c1", "", "ab"), &mut last).unwrap();
+        assert_eq!(deliver(&bad, &mut last), None);
+        assert_eq!(
+            deliver(&frame("c1", "", "ab"), &mut last)
+                .unwrap()
+                .routing_key,
+            "ab"
+        );
+    }
+
+    #[test]
     fn a_deliver_decodes_as_amq_protocol_encodes_it() {
         let frame = AMQPFrame::Method(
             1,
@@ -187,7 +256,7 @@ mod tests {
                 routing_key: "héllo".into(),
             })),
         );
-        let got = deliver(&payload(&frame)).unwrap();
+        let got = deliver(&payload(&frame), &mut LastDeliver::default()).unwrap();
         assert_eq!(got.consumer_tag, "ctag1.ab");
         assert_eq!(got.delivery_tag, 1 << 40);
         assert!(got.redelivered);
@@ -245,7 +314,7 @@ mod tests {
             let bytes = payload(&frame);
             assert_eq!(ack(&bytes), Some(sent));
             assert_eq!(ack(&bytes[..bytes.len() - 1]), None);
-            assert_eq!(deliver(&bytes), None);
+            assert_eq!(deliver(&bytes, &mut LastDeliver::default()), None);
         }
     }
 
@@ -263,19 +332,23 @@ mod tests {
         ));
         // Cut short anywhere, or with a byte too many.
         for len in 0..deliver_payload.len() {
-            assert_eq!(deliver(&deliver_payload[..len]), None, "{len}");
+            assert_eq!(
+                deliver(&deliver_payload[..len], &mut LastDeliver::default()),
+                None,
+                "{len}"
+            );
         }
         let mut longer = deliver_payload.clone();
         longer.push(0);
-        assert_eq!(deliver(&longer), None);
+        assert_eq!(deliver(&longer, &mut LastDeliver::default()), None);
         // Not UTF-8.
         let mut bad = deliver_payload.clone();
         bad[5] = 0xff;
-        assert_eq!(deliver(&bad), None);
+        assert_eq!(deliver(&bad, &mut LastDeliver::default()), None);
         // Another method.
         let mut other = deliver_payload;
         other[3] = 61;
-        assert_eq!(deliver(&other), None);
+        assert_eq!(deliver(&other, &mut LastDeliver::default()), None);
         // A second flags word.
         let mut continued = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 1];
         assert_eq!(header(&continued), None);

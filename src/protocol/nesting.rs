@@ -376,13 +376,16 @@ mod tests {
         let tags = frame.iter().filter(|&&b| b == b'A' || b == b'F').count();
         assert!(tags > MAX_NESTING, "only {tags} A/F bytes");
         match read_one(&frame) {
-            Ok(Some(Inbound::Frame(AMQPFrame::Header(4, header)))) => {
-                assert_eq!(header.body_size, 11);
-                assert_eq!(
-                    crate::protocol::properties::from_wire(&header.properties),
-                    props
-                );
-            }
+            Ok(Some(Inbound::Frame(frame))) => match *frame {
+                AMQPFrame::Header(4, header) => {
+                    assert_eq!(header.body_size, 11);
+                    assert_eq!(
+                        crate::protocol::properties::from_wire(&header.properties),
+                        props
+                    );
+                }
+                other => panic!("{other:?}"),
+            },
             other => panic!("{other:?}"),
         }
     }
@@ -439,13 +442,16 @@ mod tests {
             // build): parse, clone, format, compare and drop on a stack the size of a spawned
             // thread's default, as a user thread holding the read token would.
             let depth = on_stack(2 << 20, move || match read_one(&frame) {
-                Ok(Some(Inbound::Frame(AMQPFrame::Header(1, h)))) => {
-                    let copy = h.clone();
-                    assert!(!format!("{copy:?}").is_empty());
-                    assert_eq!(copy, h);
-                    drop(copy);
-                    chain_depth(h.properties.headers().as_ref().unwrap())
-                }
+                Ok(Some(Inbound::Frame(frame))) => match *frame {
+                    AMQPFrame::Header(1, h) => {
+                        let copy = h.clone();
+                        assert!(!format!("{copy:?}").is_empty());
+                        assert_eq!(copy, h);
+                        drop(copy);
+                        chain_depth(h.properties.headers().as_ref().unwrap())
+                    }
+                    other => panic!("{other:?}"),
+                },
                 other => panic!("{other:?}"),
             });
             assert_eq!(depth, 32, "alternate: {alternate}");

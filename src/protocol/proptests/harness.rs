@@ -69,7 +69,7 @@ pub(super) fn feed(
                     Ok(Some(Inbound::Frame(frame))) => {
                         let depth = frame_depth(&frame);
                         prop_assert!(depth <= MAX_NESTING, "a frame nested {} deep", depth);
-                        Got::Frame(frame)
+                        Got::Frame(*frame)
                     }
                     Ok(Some(Inbound::Body(channel, range))) => {
                         Got::Body(channel, reader.bytes(range).to_vec())
@@ -85,6 +85,10 @@ pub(super) fn feed(
                             exchange: d.exchange.into(),
                             routing_key: d.routing_key.into(),
                         })),
+                    )),
+                    Ok(Some(Inbound::Ack(channel, ack))) => Got::Frame(AMQPFrame::Method(
+                        channel,
+                        AMQPClass::Basic(basic::AMQPMethod::Ack(ack)),
                     )),
                     Ok(Some(Inbound::Header(channel, h))) => Got::Frame(AMQPFrame::Header(
                         channel,
