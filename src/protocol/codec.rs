@@ -37,7 +37,10 @@ pub(crate) enum Inbound {
     Deliver(u16, Deliver),
     /// A content header without a headers table, decoded by `fast`.
     Header(u16, Header),
-    /// A body frame: its payload is `reader.bytes(range)` until the next read.
+    /// A body frame's payload, or a piece of it: `reader.bytes(range)` until the next read. A
+    /// body frame that has not all arrived is handed out in pieces as its bytes come (the
+    /// first piece possibly empty), so no body frame is ever buffered whole or moved; its
+    /// frame-end octet is checked after its last piece.
     Body(u16, Range<usize>),
 }
 
@@ -64,7 +67,9 @@ impl Header {
 ///
 /// The size in each frame header is checked against the negotiated `frame_max` before anything
 /// more is buffered, so a forged size can neither make us allocate nor make us wait for bytes
-/// that will never come.
+/// that will never come. Body frames are handed out in pieces as their bytes arrive (see
+/// [`Inbound::Body`]): only method and header frames are ever moved to the buffer's front or
+/// grow it, so a large message's body is copied once, from this buffer into the message.
 #[derive(Debug)]
 pub(crate) struct FrameReader {
     buf: Vec<u8>,
@@ -72,6 +77,9 @@ pub(crate) struct FrameReader {
     end: usize,
     frame_max: usize,
     last_deliver: fast::LastDeliver,
+    /// Inside a body frame handed out in pieces: its channel, and its payload bytes still to
+    /// come (then its frame-end octet).
+    body_left: Option<(u16, usize)>,
 }
 
 impl FrameReader {
@@ -82,6 +90,7 @@ impl FrameReader {
             end: 0,
             frame_max: frame_max as usize,
             last_deliver: fast::LastDeliver::default(),
+            body_left: None,
         }
     }
 
@@ -90,9 +99,16 @@ impl FrameReader {
         self.frame_max = frame_max as usize;
     }
 
-    /// True when part of a frame is buffered (EOF now would cut a frame).
+    /// While a body frame is being handed out in pieces (its frame-end octet not taken): its
+    /// payload bytes still to come.
+    #[cfg(test)]
+    pub(crate) fn body_bytes_left(&self) -> Option<usize> {
+        self.body_left.map(|(_, left)| left)
+    }
+
+    /// True when part of a frame is buffered or handed out (EOF now would cut a frame).
     pub(crate) fn has_partial(&self) -> bool {
-        self.end > self.start
+        self.end > self.start || self.body_left.is_some()
     }
 
     /// Reads once from `r` into the buffer. Returns the byte count (0 at EOF).
@@ -133,8 +149,47 @@ impl FrameReader {
         &self.buf[range]
     }
 
-    /// Cuts the next complete frame out of the buffer, `None` if more bytes are needed.
+    /// At the end of a body frame handed out in pieces: checks and takes its frame-end octet
+    /// if it is there. True when the frame is done (or none is under way).
+    fn end_body_frame(&mut self) -> Result<bool> {
+        match self.body_left {
+            Some((_, 0)) if self.start < self.end => {
+                let octet = self.buf[self.start];
+                if octet != constants::FRAME_END {
+                    return Err(Error::protocol(
+                        FRAME_ERROR,
+                        format!("bad frame-end octet {octet:#04x}"),
+                    ));
+                }
+                self.start += 1;
+                self.body_left = None;
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+            None => Ok(true),
+        }
+    }
+
+    /// Cuts the next complete frame (or the next piece of a body frame) out of the buffer,
+    /// `None` if more bytes are needed.
     pub(crate) fn next_frame(&mut self) -> Result<Option<Inbound>> {
+        if let Some((channel, left)) = self.body_left {
+            let avail = self.end - self.start;
+            if left > 0 {
+                let n = left.min(avail);
+                if n == 0 {
+                    return Ok(None);
+                }
+                let piece = self.start..self.start + n;
+                self.start += n;
+                self.body_left = Some((channel, left - n));
+                self.end_body_frame()?;
+                return Ok(Some(Inbound::Body(channel, piece)));
+            }
+            if !self.end_body_frame()? {
+                return Ok(None);
+            }
+        }
         let avail = &self.buf[self.start..self.end];
         if avail.len() < HEADER_LEN {
             if avail.first() == Some(&b'A') {
@@ -176,6 +231,14 @@ impl FrameReader {
         }
         // Both fit in usize now: no more than frame_max.
         let (size, total) = (size as usize, total as usize);
+        if avail.len() < total && frame_type == constants::FRAME_BODY {
+            // Hand out what has come of it; the rest follows piece by piece.
+            let n = size.min(avail.len() - HEADER_LEN);
+            let piece = self.start + HEADER_LEN..self.start + HEADER_LEN + n;
+            self.start += HEADER_LEN + n;
+            self.body_left = Some((channel, size - n));
+            return Ok(Some(Inbound::Body(channel, piece)));
+        }
         if avail.len() < total {
             if self.buf.len() - self.start < total {
                 // Make room for this one frame (bounded by frame_max, checked above).

@@ -50,6 +50,7 @@ pub(super) fn feed(
     let mut reader = FrameReader::new(frame_max);
     let mut frames = Vec::new();
     let mut sizes = splits.iter().cycle();
+    let mut body: Option<(u16, Vec<u8>)> = None;
     let mut pos = 0;
     while pos < bytes.len() {
         let len = (*sizes.next().unwrap()).min(bytes.len() - pos);
@@ -65,15 +66,50 @@ pub(super) fn feed(
                 reader.capacity_bound()
             );
             loop {
-                let got = match reader.next_frame() {
+                // A body frame handed out in pieces is one frame here: gathered, and given
+                // once the reader is done with it (its frame-end octet taken), before anything
+                // that follows it.
+                let continuing = reader.body_bytes_left().is_some_and(|n| n > 0);
+                let next = reader.next_frame();
+                let piece = matches!(next, Ok(Some(Inbound::Body(..))));
+                let new_body = !continuing && piece;
+                for step in 0..2 {
+                    if step == 1 {
+                        if let Ok(Some(Inbound::Body(channel, range))) = &next {
+                            let bytes = reader.bytes(range.clone());
+                            match &mut body {
+                                Some((_, gathered)) => gathered.extend_from_slice(bytes),
+                                None => body = Some((*channel, bytes.to_vec())),
+                            }
+                        }
+                    }
+                    // Before this piece: the gathered frame is done if a new one starts, or
+                    // if no piece came and the reader is out of body frames. After it: if the
+                    // reader is out of body frames.
+                    let out = reader.body_bytes_left().is_none();
+                    let done = match step {
+                        0 => new_body || (!piece && out),
+                        _ => out,
+                    };
+                    if let Some((channel, bytes)) = body.take_if(|_| done) {
+                        let got = Got::Body(channel, bytes);
+                        let stop = each(&got);
+                        frames.push(got);
+                        if let Err(error) = stop {
+                            return Ok(Outcome {
+                                frames,
+                                error: Some(error),
+                            });
+                        }
+                    }
+                }
+                let got = match next {
                     Ok(Some(Inbound::Frame(frame))) => {
                         let depth = frame_depth(&frame);
                         prop_assert!(depth <= MAX_NESTING, "a frame nested {} deep", depth);
                         Got::Frame(*frame)
                     }
-                    Ok(Some(Inbound::Body(channel, range))) => {
-                        Got::Body(channel, reader.bytes(range).to_vec())
-                    }
+                    Ok(Some(Inbound::Body(..))) => continue,
                     // The fast decoders' frames, as amq-protocol would have parsed them: the
                     // round trip then checks that both agree.
                     Ok(Some(Inbound::Deliver(channel, d))) => Got::Frame(AMQPFrame::Method(
