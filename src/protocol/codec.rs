@@ -37,10 +37,11 @@ pub(crate) enum Inbound {
     Deliver(u16, Deliver),
     /// A content header without a headers table, decoded by `fast`.
     Header(u16, Header),
-    /// A body frame's payload, or a piece of it: `reader.bytes(range)` until the next read. A
-    /// body frame that has not all arrived is handed out in pieces as its bytes come (the
-    /// first piece possibly empty), so no body frame is ever buffered whole or moved; its
-    /// frame-end octet is checked after its last piece.
+    /// A body frame's payload, or a piece of it: `reader.bytes(range)` until the reader's next
+    /// `next_frame` or `read_from`. A body frame that has not all arrived is handed out in
+    /// pieces as its bytes come, so no body frame is ever buffered whole or moved; its last
+    /// piece comes only with its frame-end octet, checked, so a message completes only from
+    /// whole, valid frames. No piece is empty but the one of an empty frame.
     Body(u16, Range<usize>),
 }
 
@@ -68,8 +69,9 @@ impl Header {
 /// The size in each frame header is checked against the negotiated `frame_max` before anything
 /// more is buffered, so a forged size can neither make us allocate nor make us wait for bytes
 /// that will never come. Body frames are handed out in pieces as their bytes arrive (see
-/// [`Inbound::Body`]): only method and header frames are ever moved to the buffer's front or
-/// grow it, so a large message's body is copied once, from this buffer into the message.
+/// [`Inbound::Body`]): only method, header and heartbeat frames are ever moved to the buffer's
+/// front or grow it, so a large message's body is copied once, from this buffer into the
+/// message.
 #[derive(Debug)]
 pub(crate) struct FrameReader {
     buf: Vec<u8>,
@@ -144,51 +146,50 @@ impl FrameReader {
         self.frame_max.saturating_add(FRAME_OVERHEAD + READ_CHUNK)
     }
 
-    /// The payload bytes of a body frame returned by [`next_frame`](Self::next_frame).
+    /// The payload bytes of a body frame (or piece) returned by [`next_frame`](Self::next_frame).
     pub(crate) fn bytes(&self, range: Range<usize>) -> &[u8] {
         &self.buf[range]
     }
 
-    /// At the end of a body frame handed out in pieces: checks and takes its frame-end octet
-    /// if it is there. True when the frame is done (or none is under way).
-    fn end_body_frame(&mut self) -> Result<bool> {
-        match self.body_left {
-            Some((_, 0)) if self.start < self.end => {
-                let octet = self.buf[self.start];
-                if octet != constants::FRAME_END {
-                    return Err(Error::protocol(
-                        FRAME_ERROR,
-                        format!("bad frame-end octet {octet:#04x}"),
-                    ));
-                }
-                self.start += 1;
-                self.body_left = None;
-                Ok(true)
-            }
-            Some(_) => Ok(false),
-            None => Ok(true),
+    /// The next piece of a body frame being handed out in pieces (`left` payload bytes to
+    /// come), if there is one. The last piece goes out only once the frame-end octet behind it
+    /// has come and is right, so a message completes only from whole, valid frames; the
+    /// others are never empty.
+    fn next_body_piece(&mut self, channel: u16, left: usize) -> Result<Option<Inbound>> {
+        let avail = self.end - self.start;
+        let last = avail > left;
+        let n = if last {
+            left
+        } else {
+            avail.min(left.saturating_sub(1))
+        };
+        if n == 0 && !last {
+            self.body_left = Some((channel, left));
+            return Ok(None);
         }
+        let piece = self.start..self.start + n;
+        self.start += n;
+        if last {
+            let octet = self.buf[self.start];
+            if octet != constants::FRAME_END {
+                return Err(Error::protocol(
+                    FRAME_ERROR,
+                    format!("bad frame-end octet {octet:#04x}"),
+                ));
+            }
+            self.start += 1;
+            self.body_left = None;
+        } else {
+            self.body_left = Some((channel, left - n));
+        }
+        Ok(Some(Inbound::Body(channel, piece)))
     }
 
     /// Cuts the next complete frame (or the next piece of a body frame) out of the buffer,
     /// `None` if more bytes are needed.
     pub(crate) fn next_frame(&mut self) -> Result<Option<Inbound>> {
         if let Some((channel, left)) = self.body_left {
-            let avail = self.end - self.start;
-            if left > 0 {
-                let n = left.min(avail);
-                if n == 0 {
-                    return Ok(None);
-                }
-                let piece = self.start..self.start + n;
-                self.start += n;
-                self.body_left = Some((channel, left - n));
-                self.end_body_frame()?;
-                return Ok(Some(Inbound::Body(channel, piece)));
-            }
-            if !self.end_body_frame()? {
-                return Ok(None);
-            }
+            return self.next_body_piece(channel, left);
         }
         let avail = &self.buf[self.start..self.end];
         if avail.len() < HEADER_LEN {
@@ -232,12 +233,9 @@ impl FrameReader {
         // Both fit in usize now: no more than frame_max.
         let (size, total) = (size as usize, total as usize);
         if avail.len() < total && frame_type == constants::FRAME_BODY {
-            // Hand out what has come of it; the rest follows piece by piece.
-            let n = size.min(avail.len() - HEADER_LEN);
-            let piece = self.start + HEADER_LEN..self.start + HEADER_LEN + n;
-            self.start += HEADER_LEN + n;
-            self.body_left = Some((channel, size - n));
-            return Ok(Some(Inbound::Body(channel, piece)));
+            // Handed out piece by piece from here on.
+            self.start += HEADER_LEN;
+            return self.next_body_piece(channel, size);
         }
         if avail.len() < total {
             if self.buf.len() - self.start < total {
@@ -470,6 +468,88 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A message of two body frames fed to a reader one byte at a time, its pieces into a
+    /// content assembly: it completes at the last frame-end octet and not before, its body
+    /// whole; with that octet wrong it never completes, and the reader fails with FRAME_ERROR.
+    #[test]
+    fn a_body_fed_byte_by_byte_completes_only_at_its_last_valid_frame_end() {
+        use crate::protocol::content::{Assembly, ContentMethod};
+        let body: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        // Two body frames of 200 and 100 bytes (frame_max 208).
+        let mut two = Vec::new();
+        encode_content_header(&mut two, 3, body.len() as u64, &BasicProperties::default()).unwrap();
+        encode_body(&mut two, 3, &body[..200], 208);
+        encode_body(&mut two, 3, &body[200..], 208);
+        for bad_end in [false, true] {
+            let mut bytes = two.clone();
+            if bad_end {
+                *bytes.last_mut().unwrap() = 0xAB;
+            }
+            let mut reader = FrameReader::new(4096);
+            let mut assembly = Assembly::default();
+            assembly
+                .start(3, ContentMethod::Deliver(Deliver::default()))
+                .unwrap();
+            let mut completed = None;
+            let mut failed = None;
+            for (at, byte) in bytes.iter().enumerate() {
+                reader.read_from(&mut &[*byte][..]).unwrap();
+                loop {
+                    match reader.next_frame() {
+                        Ok(Some(Inbound::Header(ch, header))) => {
+                            assert!(assembly.header(ch, header).unwrap().is_none());
+                        }
+                        Ok(Some(Inbound::Body(ch, range))) => {
+                            if let Some(content) = assembly.body(ch, reader.bytes(range)).unwrap() {
+                                completed = Some((at, content.body));
+                            }
+                        }
+                        Ok(Some(other)) => panic!("unexpected {other:?}"),
+                        Ok(None) => break,
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+            if bad_end {
+                assert!(
+                    completed.is_none(),
+                    "completed despite a bad frame-end octet"
+                );
+                assert!(
+                    matches!(
+                        failed,
+                        Some(Error::Protocol {
+                            reply_code: FRAME_ERROR,
+                            ..
+                        })
+                    ),
+                    "{failed:?}"
+                );
+            } else {
+                assert!(failed.is_none(), "{failed:?}");
+                assert_eq!(completed, Some((bytes.len() - 1, body.clone())));
+                assert!(!reader.has_partial());
+            }
+        }
+        // A zero-size body frame split before its octet comes out once, whole, and empty.
+        let mut reader = FrameReader::new(4096);
+        let mut empty = body_frame_header(3, 0).to_vec();
+        empty.push(constants::FRAME_END);
+        reader.read_from(&mut &empty[..7]).unwrap();
+        assert!(reader.next_frame().unwrap().is_none());
+        assert!(reader.has_partial());
+        reader.read_from(&mut &empty[7..]).unwrap();
+        match reader.next_frame().unwrap() {
+            Some(Inbound::Body(3, range)) => assert!(range.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        assert!(reader.next_frame().unwrap().is_none());
+        assert!(!reader.has_partial());
     }
 
     #[test]
