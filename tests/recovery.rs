@@ -68,16 +68,7 @@ fn topology_and_a_server_named_queue_come_back_under_a_new_name() {
             },
         )
         .unwrap();
-    let old = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .queue;
+    let old = support::exclusive_queue(&channel);
     channel
         .queue_bind(&old, &exchange, QueueBindOptions::default())
         .unwrap();
@@ -383,16 +374,7 @@ fn a_loss_while_a_callback_runs_does_not_end_start_consuming() {
 fn process_data_events_waits_through_a_recovery_and_runs_its_events() {
     let (name, connection) = recovering("recovery-pde");
     let channel = connection.channel().unwrap();
-    let queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .queue;
+    let queue = support::exclusive_queue(&channel);
     let (got_tx, got_rx) = mpsc::channel::<Vec<u8>>();
     channel
         .basic_consume(

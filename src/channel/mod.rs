@@ -91,6 +91,22 @@ impl Drop for ChannelHandle {
     }
 }
 
+/// Waits until the channel is closed (our channel.close answered, or the broker's routed), at
+/// most until `deadline` (`timeout` from the start, for the error).
+pub(crate) fn wait_closed(
+    conn: &crate::engine::Core,
+    core: &ChannelCore,
+    deadline: Option<Instant>,
+    timeout: Duration,
+) -> Result<()> {
+    conn.wait_on(
+        core,
+        deadline,
+        |st| matches!(st.life, Life::Closed(_)).then_some(()),
+        |_| Error::timeout("waiting for channel.close-ok", timeout),
+    )
+}
+
 /// Sends channel.close unless the channel is already closing or closed; true if it was sent.
 pub(crate) fn begin_close(
     conn: &crate::engine::Core,
@@ -232,12 +248,7 @@ impl Channel {
         };
         begin_close(&conn, core, reply_code, reply_text)?;
         self.inner.owner.record(|t| t.channel_closed(core.id));
-        conn.wait_on(
-            core,
-            deadline,
-            |st| matches!(st.life, Life::Closed(_)).then_some(()),
-            |_| Error::timeout("waiting for channel.close-ok", timeout),
-        )
+        wait_closed(&conn, core, deadline, timeout)
     }
 
     /// Declares a queue (pika's `queue_declare`). Pass `""` to let the broker name it; the name
@@ -602,10 +613,7 @@ impl Channel {
             self.core().lock().broker_tag(delivery_tag)?;
             let conn = owner.ready_core(|| deadline)?;
             match conn.settle_on(self.core(), settle, delivery_tag, None, ensure_open) {
-                Err(e) if self.lost() && deadline.is_some_and(|d| Instant::now() >= d) => {
-                    return Err(e)
-                }
-                Err(_) if self.lost() => {}
+                Err(_) if self.again_after_loss(deadline) => {}
                 settled => return settled,
             }
         }

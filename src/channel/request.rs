@@ -153,11 +153,8 @@ impl Channel {
                 });
                 match sent {
                     Ok((turn, losses)) => return Ok((conn, turn, losses)),
-                    // Nothing was sent: wait for the recovery, then send on the new connection
-                    // (until the deadline, should the channel stay lost).
-                    Err(_) if self.lost() && deadline.is_none_or(|d| Instant::now() < d) => {
-                        continue
-                    }
+                    // Nothing was sent: wait for the recovery, then send on the new connection.
+                    Err(_) if self.again_after_loss(deadline) => continue,
                     Err(e) => return Err(e),
                 }
             }
@@ -182,6 +179,13 @@ impl Channel {
                     .core()
                     .closed_error()
                     .is_some_and(|e| crate::recovery::recoverable(&e)))
+    }
+
+    /// Whether a call that sent nothing because of a lost connection is to wait for the
+    /// recovery and send again: it is [`lost`](Self::lost), and `deadline` has not passed
+    /// (should the channel stay lost).
+    pub(crate) fn again_after_loss(&self, deadline: Option<Instant>) -> bool {
+        self.lost() && deadline.is_none_or(|d| Instant::now() < d)
     }
 
     /// Sends a method that has no reply (nowait), without taking the channel's turn at

@@ -88,9 +88,9 @@ impl ConsumerEntry {
 /// deadline; not once per delivery, which would cost several locks on the consume path.
 #[derive(Debug, Default)]
 struct ConnTurn {
-    /// The engine (by address) and its `conn_work` when the callbacks last ran: a recovery
-    /// replaces the engine, whose counter starts again.
-    seen: Option<(usize, u64)>,
+    /// The engine (its generation) and its `conn_work` when the callbacks last ran: a
+    /// recovery replaces the engine, whose counter starts again.
+    seen: Option<(u64, u64)>,
     /// The earliest timer then.
     next_timer: Option<Instant>,
 }
@@ -102,10 +102,7 @@ impl ConnTurn {
     fn take(&mut self, owner: &Arc<Owner>, timer_fired: bool) -> Result<(u64, Option<Instant>)> {
         let seen = {
             let core = owner.current.read().unwrap_or_else(|p| p.into_inner());
-            (
-                Arc::as_ptr(&core) as usize,
-                core.conn_work.load(Ordering::SeqCst),
-            )
+            (core.generation, core.conn_work.load(Ordering::SeqCst))
         };
         let work = seen.1;
         if self.seen != Some(seen) || timer_fired {

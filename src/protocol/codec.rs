@@ -101,11 +101,10 @@ impl FrameReader {
         self.frame_max = frame_max as usize;
     }
 
-    /// While a body frame is being handed out in pieces (its frame-end octet not taken): its
-    /// payload bytes still to come.
+    /// True while a body frame is being handed out in pieces (its last piece not yet out).
     #[cfg(test)]
-    pub(crate) fn body_bytes_left(&self) -> Option<usize> {
-        self.body_left.map(|(_, left)| left)
+    pub(crate) fn in_body_frame(&self) -> bool {
+        self.body_left.is_some()
     }
 
     /// True when part of a frame is buffered or handed out (EOF now would cut a frame).

@@ -25,7 +25,7 @@ use amq_protocol::protocol::{basic, channel, confirm, queue, AMQPClass};
 use super::policy::{Entity, RecoveryEvent, RecoveryReport};
 use super::topology::{ConsumerRecord, Step};
 use super::{Phase, Recovery};
-use crate::channel::{call, methods, Channel};
+use crate::channel::{call, methods, wait_closed, Channel};
 use crate::connection::Owner;
 use crate::engine::chan::{ChannelCore, Life, Reply};
 use crate::engine::{deadline_after, Core};
@@ -428,26 +428,14 @@ impl AuxChannel {
 
     /// Waits until the broker's close of the channel is routed (its number freed), briefly.
     fn wait_closed(&self, core: &Core) {
-        let deadline = deadline_after(Duration::from_secs(1));
-        let _ = core.wait_on(
-            &self.channel,
-            deadline,
-            |st| matches!(st.life, Life::Closed(_)).then_some(()),
-            |_| Error::timeout("", Duration::ZERO),
-        );
+        let briefly = Duration::from_secs(1);
+        let _ = wait_closed(core, &self.channel, deadline_after(briefly), briefly);
     }
 
     fn close(self, core: &Core) {
         let timeout = core.params.rpc_timeout;
         let closed = crate::channel::begin_close(core, &self.channel, 200, "recovery done")
-            .and_then(|_| {
-                core.wait_on(
-                    &self.channel,
-                    deadline_after(timeout),
-                    |st| matches!(st.life, Life::Closed(_)).then_some(()),
-                    |_| Error::timeout("waiting for channel.close-ok", timeout),
-                )
-            });
+            .and_then(|_| wait_closed(core, &self.channel, deadline_after(timeout), timeout));
         if let Err(e) = closed {
             log::debug!("closing the recovery's channel: {e}");
         }

@@ -66,50 +66,26 @@ pub(super) fn feed(
                 reader.capacity_bound()
             );
             loop {
-                // A body frame handed out in pieces is one frame here: gathered, and given
-                // once the reader is done with it (its frame-end octet taken), before anything
-                // that follows it.
-                let continuing = reader.body_bytes_left().is_some_and(|n| n > 0);
-                let next = reader.next_frame();
-                let piece = matches!(next, Ok(Some(Inbound::Body(..))));
-                let new_body = !continuing && piece;
-                for step in 0..2 {
-                    if step == 1 {
-                        if let Ok(Some(Inbound::Body(channel, range))) = &next {
-                            let bytes = reader.bytes(range.clone());
-                            match &mut body {
-                                Some((_, gathered)) => gathered.extend_from_slice(bytes),
-                                None => body = Some((*channel, bytes.to_vec())),
-                            }
-                        }
-                    }
-                    // Before this piece: the gathered frame is done if a new one starts, or
-                    // if no piece came and the reader is out of body frames. After it: if the
-                    // reader is out of body frames.
-                    let out = reader.body_bytes_left().is_none();
-                    let done = match step {
-                        0 => new_body || (!piece && out),
-                        _ => out,
-                    };
-                    if let Some((channel, bytes)) = body.take_if(|_| done) {
-                        let got = Got::Body(channel, bytes);
-                        let stop = each(&got);
-                        frames.push(got);
-                        if let Err(error) = stop {
-                            return Ok(Outcome {
-                                frames,
-                                error: Some(error),
-                            });
-                        }
-                    }
-                }
-                let got = match next {
+                let got = match reader.next_frame() {
                     Ok(Some(Inbound::Frame(frame))) => {
                         let depth = frame_depth(&frame);
                         prop_assert!(depth <= MAX_NESTING, "a frame nested {} deep", depth);
                         Got::Frame(*frame)
                     }
-                    Ok(Some(Inbound::Body(..))) => continue,
+                    // A body frame handed out in pieces is one frame here: its last piece
+                    // comes with its frame-end octet taken, and the reader is then out of it.
+                    Ok(Some(Inbound::Body(channel, range))) => {
+                        let bytes = reader.bytes(range);
+                        match &mut body {
+                            Some((_, gathered)) => gathered.extend_from_slice(bytes),
+                            None => body = Some((channel, bytes.to_vec())),
+                        }
+                        if reader.in_body_frame() {
+                            continue;
+                        }
+                        let (channel, bytes) = body.take().expect("gathered above");
+                        Got::Body(channel, bytes)
+                    }
                     // The fast decoders' frames, as amq-protocol would have parsed them: the
                     // round trip then checks that both agree.
                     Ok(Some(Inbound::Deliver(channel, d))) => Got::Frame(AMQPFrame::Method(
