@@ -29,6 +29,7 @@ fn broker_pid() -> String {
 struct Frozen(String);
 
 impl Frozen {
+    /// Stops the broker and returns once every one of its threads is stopped.
     fn new() -> Frozen {
         let pid = broker_pid();
         assert!(Command::new("kill")
@@ -36,7 +37,31 @@ impl Frozen {
             .status()
             .unwrap()
             .success());
-        Frozen(pid)
+        let frozen = Frozen(pid);
+        let started = Instant::now();
+        while !frozen.all_threads_stopped() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the broker (pid {}) did not stop",
+                frozen.0
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        frozen
+    }
+
+    /// Every thread of the broker's process is in state `T` (stopped).
+    fn all_threads_stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.0)) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            // `pid (comm) S ...`: the state follows the last `)`.
+            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+            })
+        })
     }
 }
 
@@ -100,13 +125,19 @@ fn close_returns_within_its_deadline_while_the_broker_is_frozen() {
             .with_rpc_timeout(Duration::from_secs(2)),
     )
     .unwrap();
-    connection.channel().unwrap();
+    let _channel = connection.channel().unwrap();
     let frozen = Frozen::new();
+    // Open until the close: an `Ok` below would then be a close-ok from a frozen broker.
+    assert!(connection.is_open(), "{:?}", connection.close_reason());
     let started = Instant::now();
     let result = connection.close();
     let elapsed = started.elapsed();
     drop(frozen);
-    assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::Timeout { .. })),
+        "{result:?}, then the connection's close reason: {:?}",
+        connection.close_reason()
+    );
     assert!(elapsed < Duration::from_secs(4), "close took {elapsed:?}");
     assert!(connection.is_closed());
 }
