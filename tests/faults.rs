@@ -280,6 +280,47 @@ fn peer_closing_socket_mid_frame_is_stream_lost() {
     join(fake);
 }
 
+#[test]
+fn a_reply_and_the_end_of_the_stream_together_end_the_next_call_at_once() {
+    // The broker answers and closes the socket at once (qos-ok, then FIN): the read that takes
+    // the reply stops short of the end of stream, and the next call must still read it
+    // instead of waiting in its poll for a readiness that will not come again.
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        peer.expect_qos(1);
+        // The client is waiting in its poll by now. Corked, the reply and the FIN leave in
+        // one segment, so the readiness that wakes the client is the only one.
+        std::thread::sleep(Duration::from_millis(100));
+        socket2::SockRef::from(&*peer.stream())
+            .set_tcp_cork(true)
+            .expect("TCP_CORK");
+        peer.send_raw(&Peer::encode(&AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+        )));
+        // FIN only: reading on, so what the client sends next draws no reset (a new
+        // readiness of its own).
+        peer.stream()
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+        peer.drain()
+    });
+    let connection = Connection::open(client_params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    channel.basic_qos(QosOptions::default()).expect("basic.qos");
+    let started = Instant::now();
+    let err = must_fail(channel.basic_qos(QosOptions::default()), "basic.qos");
+    let elapsed = started.elapsed();
+    // Well inside client_params' 2 s rpc_timeout: the end of stream, not the timeout.
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "took {elapsed:?}: {err:?}"
+    );
+    assert!(matches!(err, Error::StreamLost { .. }), "{err:?}");
+    join(fake);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Silence
 // ---------------------------------------------------------------------------------------------

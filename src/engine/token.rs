@@ -32,7 +32,14 @@
 //!    `IO_RECHECK`; nobody has to wake the I/O thread for that, and a busy consumer costs it
 //!    no wake-up per message.
 //! 5. **Reading before polling.** Socket readiness is edge-triggered; a new holder reads
-//!    before it polls, since the last one may have left bytes unread.
+//!    before it polls, since the last one may have left bytes unread, unless the last read
+//!    took all there was (`ReadSide::drained`: it would block, or it took less than the room
+//!    it offered) and nothing is buffered: every byte that came since has marked the
+//!    `ReadSide`'s poll ready, whose registration never changes. A poll that reports the
+//!    socket clears `drained` (its event is used up), so the next turn reads. A read stops
+//!    short of an end of stream or a socket error that came with the data, and nothing marks
+//!    the poll ready after those: once a poll has reported either (`ReadSide::hung_up`), every
+//!    holder reads first. (Under TLS `drained` means nothing, but only the I/O thread reads.)
 //! 6. **Polls.** The `ReadSide`'s own poll watches the socket's input and `read_waker`; its
 //!    registrations never change. The I/O thread's poll watches its `io_waker`, the socket's
 //!    output, and the socket's input only while the I/O thread holds the token; only the I/O
@@ -146,6 +153,10 @@ pub(crate) struct ReadSide {
     router: Router,
     /// Plain TCP: the socket's read half and the poll a user holder waits in.
     user: Option<UserPoll>,
+    /// The last read took all the socket had, and no poll has reported it since (rule 5).
+    drained: bool,
+    /// A poll reported the peer's end of stream or a socket error (rule 5).
+    hung_up: bool,
 }
 
 struct UserPoll {
@@ -195,6 +206,8 @@ impl ReadToken {
             reader,
             router: Router::default(),
             user,
+            drained: false,
+            hung_up: false,
         };
         (token, side)
     }
@@ -319,8 +332,12 @@ pub(crate) fn read_loop(
             Ok(_) => {
                 fresh = true;
                 have_read = true;
+                side.drained = side.reader.last_read_short();
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::WouldBlock,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                side.drained = true;
+                return Step::WouldBlock;
+            }
             Err(e) if e.kind() == ErrorKind::Interrupted => fresh = false,
             Err(e) => {
                 return Step::End(Err(Error::StreamLost {
@@ -631,10 +648,15 @@ impl Core {
         let Some(side) = taken.side.as_mut() else {
             return;
         };
+        // Rule 5: nothing to read yet if the last read took all there was.
+        let mut poll_first = side.drained && !side.hung_up && !side.reader.has_partial();
         loop {
-            let step = read_loop(self, side, None, |_, routed| {
-                routed || deadline.is_some_and(|d| Instant::now() >= d)
-            });
+            let step = match std::mem::take(&mut poll_first) {
+                true => Step::WouldBlock,
+                false => read_loop(self, side, None, |_, routed| {
+                    routed || deadline.is_some_and(|d| Instant::now() >= d)
+                }),
+            };
             let recheck = match step {
                 Step::Leave => return,
                 Step::End(end) => {
@@ -668,6 +690,11 @@ impl Core {
                     taken.end(Err(Error::io("polling the socket", &e)));
                     return;
                 }
+            }
+            for event in user.events.iter().filter(|e| e.token() == SOCKET) {
+                // That readiness is used up: whoever reads next must read first (rule 5).
+                side.drained = false;
+                side.hung_up |= event.is_read_closed() || event.is_error();
             }
             if user.events.is_empty() || user.events.iter().any(|e| e.token() == WAKER) {
                 // The deadline, a pause recheck or a nudge: the caller looks again.

@@ -112,6 +112,12 @@ impl FrameReader {
         self.end > self.start || self.body_left.is_some()
     }
 
+    /// Whether the last [`read_from`](Self::read_from) took less than the room it offered
+    /// (on a socket: it took everything there was).
+    pub(crate) fn last_read_short(&self) -> bool {
+        self.end < self.buf.len()
+    }
+
     /// Reads once from `r` into the buffer. Returns the byte count (0 at EOF).
     pub(crate) fn read_from(&mut self, r: &mut impl Read) -> io::Result<usize> {
         if self.start == self.end {
