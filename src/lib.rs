@@ -181,10 +181,11 @@
 //! write, so a burst of publishes or acks costs the broker one read instead of one per frame.
 //! On plain TCP, a caller that finds nothing queued and nothing half-written writes its frames
 //! to the socket itself (non-blocking, under the buffer's lock), saving the wake-up; what the
-//! socket does not take is queued. An ack or publish is therefore on the wire when the call
-//! returns or one I/O-thread pass later (tens of microseconds); [`Connection::close`] writes
-//! everything queued before closing. See `BENCHMARKS.md` for the measurements behind this
-//! choice.
+//! socket does not take is queued. A publish that follows another within 20 us is queued
+//! instead, so a publishing loop leaves in a few large writes. An ack or publish is therefore
+//! on the wire when the call returns or one I/O-thread pass later (tens of microseconds);
+//! [`Connection::close`] writes everything queued before closing. See `BENCHMARKS.md` for the
+//! measurements behind this choice.
 //!
 //! Reading works with one read token: whoever holds it reads and routes the socket for
 //! everyone. On plain TCP a thread that waits on the connection (a consumer in

@@ -6,15 +6,17 @@
 //! 1. **Whole units.** Callers encode on their own thread and append whole frames (a publish's
 //!    method, header and body frames at once) under the `Link` lock, so nothing from another
 //!    thread lands between them.
-//! 2. **Who writes.** On plain TCP, a caller that finds the buffer empty, nothing
-//!    half-written by the I/O thread (`io_writing`), and, for a publish, no publish appended
-//!    for [`QUIET`] (`last_publish`) writes its frames itself, non-blocking, under the `Link` lock, with
-//!    `MSG_NOSIGNAL` (a peer's reset never raises SIGPIPE in the host process); what the
-//!    socket does not take is queued. Everything else is written by the I/O thread: the first
-//!    append into an empty buffer wakes it (`io_waker`); it swaps the buffer out and writes
-//!    it, so whatever piles up meanwhile goes out in one write. So a lone publish or request
-//!    leaves at once, on the caller's thread, and a burst (a publishing loop) leaves in a few
-//!    large writes, which cost the broker far less than one small segment per message.
+//! 2. **Who writes.** On plain TCP, a caller that finds the buffer empty and nothing
+//!    half-written by the I/O thread (`io_writing`) writes its frames itself, non-blocking,
+//!    under the `Link` lock, with `MSG_NOSIGNAL` (a peer's reset never raises SIGPIPE in the
+//!    host process); what the socket does not take is queued. A publish does so only if no
+//!    publish was appended on the connection (by any thread) within [`QUIET`]
+//!    (`last_publish`). Everything else is written by the I/O thread: the first append into
+//!    an empty buffer wakes it (`io_waker`); it swaps the buffer out and writes it, so
+//!    whatever piles up meanwhile goes out in one write. So a lone publish or request leaves
+//!    at once, on the caller's thread, and a burst (a publishing loop, or several threads
+//!    publishing at once) leaves in a few large writes, which cost the broker far less than
+//!    one small segment per message.
 //! 3. **Back-pressure.** Past [`OUTBOUND_HIGH_WATER`] callers wait for room on `link_cond`
 //!    (signalled when the I/O thread drains the buffer and when the connection closes), at
 //!    most until their call's deadline. Content also waits while the broker blocks the
@@ -48,12 +50,14 @@ use crate::protocol::codec::{self, short};
 pub(crate) const OUTBOUND_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Capacity an emptied outbound buffer keeps; a larger one (after one big message) is freed.
 pub(crate) const OUTBOUND_KEPT_CAPACITY: usize = 256 * 1024;
-/// How long no publish must have been appended for a publish to be written directly (rule
-/// 2): about the I/O thread's wake-up time. Publishes that follow others more closely are
-/// queued, so a burst goes out in large writes (S2b: 20,005 `sendmsg` for 20,000 messages
-/// before, ~600 writes and wake-ups after), while a publish that waits for its confirm or its
-/// reply (S2a, S4: a round trip apart) still leaves at once. Acks are merged already (see
-/// `protocol::acks`) and other methods are awaited at once: they are written directly.
+/// How long no publish must have been appended on the connection for a publish to be written
+/// directly (rule 2): about the I/O thread's wake-up time. Publishes that follow others (of
+/// any thread) more closely are queued, so a burst goes out in large writes (S2b: 20,005
+/// `sendmsg` for 20,000 messages before, ~600 writes and wake-ups after), while a publish that
+/// waits for its confirm or its reply (S2a, S4: a round trip apart) still leaves at once
+/// unless another thread published just before it. Acks (merged already, see
+/// `protocol::acks`) and other methods (awaited at once) do not count: they are written
+/// directly whenever nothing is queued.
 const QUIET: Duration = Duration::from_micros(20);
 
 /// State behind [`Core::link`]: the outbound buffer and whether the connection is usable.
@@ -150,7 +154,7 @@ impl Core {
     /// Called without any channel lock held.
     ///
     /// `deadline` is the call's own; `None` means `rpc_timeout` from when the wait starts (so
-    /// publishes and acks read no clock unless they wait), or no deadline for a timeout too
+    /// acks read no clock unless they wait), or no deadline for a timeout too
     /// large to be one. Content held by a blocked connection waits until the call's own
     /// deadline if it gave one (`RpcClient::call`), else until connection.unblocked (or the
     /// end of the connection, `blocked_connection_timeout`). The timeout error names
@@ -207,7 +211,7 @@ impl Core {
         }
         // Only publishes make bursts: other frames are replies awaited now, or merged acks.
         let mut quiet = true;
-        if body.is_some() {
+        if body.is_some() && self.direct.is_some() {
             let now = Instant::now();
             quiet = link
                 .last_publish
