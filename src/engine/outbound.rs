@@ -51,13 +51,13 @@ pub(crate) const OUTBOUND_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Capacity an emptied outbound buffer keeps; a larger one (after one big message) is freed.
 pub(crate) const OUTBOUND_KEPT_CAPACITY: usize = 256 * 1024;
 /// How long no publish must have been appended on the connection for a publish to be written
-/// directly (rule 2): about the I/O thread's wake-up time. Publishes that follow others (of
-/// any thread) more closely are queued, so a burst goes out in large writes (S2b: 20,005
-/// `sendmsg` for 20,000 messages before, 200-5,600 writes and as many wake-ups after), while a publish that
-/// waits for its confirm or its reply (S2a, S4: a round trip apart) still leaves at once
-/// unless another thread published just before it. Acks (merged already, see
-/// `protocol::acks`) and other methods (awaited at once) do not count: they are written
-/// directly whenever nothing is queued.
+/// directly (rule 2): about the I/O thread's wake-up time. Publishes that follow others (of any
+/// thread) more closely are queued, so a burst goes out in large writes (S2b: 20,005 `sendmsg`
+/// for 20,000 messages before, 200-5,600 writes and as many wake-ups after), while a publish
+/// that waits for its confirm or its reply (S2a, S4: a round trip apart) still leaves at once
+/// unless another thread published just before it. Acks (merged already, see `protocol::acks`)
+/// and other methods (awaited at once) do not count: they are written directly whenever nothing
+/// is queued.
 const QUIET: Duration = Duration::from_micros(20);
 
 /// State behind [`Core::link`]: the outbound buffer and whether the connection is usable.
