@@ -273,6 +273,44 @@ fn recovery_gives_up_after_its_attempts_and_every_call_gets_the_error() {
 }
 
 #[test]
+fn wait_for_recovery_the_moment_the_connection_is_seen_closed_reports_the_end() {
+    // The engine is marked closed before its recovery hook says what follows (it first fails
+    // every channel: many channels widen that window); a wait_for_recovery made in between
+    // must wait for that, not report the connection as connected.
+    const CHANNELS: u16 = 300;
+    let (port, fake) = spawn_fake(|broker| {
+        let mut first = broker.accept_and_handshake(0, 131_072);
+        for number in 1..=CHANNELS {
+            first.open_channel(number);
+        }
+        close_connection(&mut first, 530, "NOT_ALLOWED - test");
+        first.drain();
+    });
+    let connection = Connection::open(client_params(port).with_recovery(policy())).expect("open");
+    let channels: Vec<_> = (0..CHANNELS)
+        .map(|_| connection.channel().expect("channel"))
+        .collect();
+    let started = Instant::now();
+    while !connection.is_closed() {
+        assert!(started.elapsed() < Duration::from_secs(5), "never closed");
+        std::hint::spin_loop();
+    }
+    let ended = connection.wait_for_recovery(Duration::from_secs(5));
+    assert!(
+        matches!(
+            &ended,
+            Err(Error::ConnectionClosed {
+                reply_code: 530,
+                ..
+            })
+        ),
+        "{ended:?}"
+    );
+    assert!(channels.iter().all(|c| c.is_closed()));
+    join(fake);
+}
+
+#[test]
 fn a_close_recovery_does_not_handle_ends_the_connection_without_reconnecting() {
     let (port, fake) = spawn_fake(|broker| {
         let mut first = broker.accept_and_handshake(0, 131_072);

@@ -255,6 +255,10 @@ impl Owner {
             let seen = {
                 let state = recovery.lock();
                 match &state.phase {
+                    // The engine has ended and its hook (`connection_lost`, run by
+                    // `Core::fail` right after it marks the engine closed) has yet to say
+                    // whether it recovers or closes for good: wait for that.
+                    Phase::Connected if self.core().closed_error().is_some() => state.changes,
                     Phase::Connected => return Ok(()),
                     Phase::Closed(e) => return Err(e.clone()),
                     Phase::Recovering => state.changes,
@@ -321,7 +325,7 @@ impl Owner {
         }
         log::warn!("connection lost ({error}): recovering");
         state.phase = Phase::Recovering;
-        drop(state);
+        recovery.changed(state);
         self.push_recovery_event(RecoveryEvent::ConnectionLost {
             cause: error.clone(),
         });
