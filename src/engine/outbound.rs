@@ -154,11 +154,11 @@ impl Core {
     /// Called without any channel lock held.
     ///
     /// `deadline` is the call's own; `None` means `rpc_timeout` from when the wait starts (so
-    /// acks read no clock unless they wait), or no deadline for a timeout too
-    /// large to be one. Content held by a blocked connection waits until the call's own
-    /// deadline if it gave one (`RpcClient::call`), else until connection.unblocked (or the
-    /// end of the connection, `blocked_connection_timeout`). The timeout error names
-    /// `rpc_timeout`; a caller with a deadline of its own reports its own timeout.
+    /// acks read no clock unless they wait), or no deadline for a timeout too large to be one.
+    /// Content held by a blocked connection waits until the call's own deadline if it gave one
+    /// (`RpcClient::call`), else until connection.unblocked (or the end of the connection,
+    /// `blocked_connection_timeout`). The timeout error names `rpc_timeout`; a caller with a
+    /// deadline of its own reports its own timeout.
     fn wait_for_room(&self, content: bool, deadline: Option<Instant>) -> Result<()> {
         let own = deadline;
         let deadline = deadline.or_else(|| super::deadline_after(self.params.rpc_timeout));
