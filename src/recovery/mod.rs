@@ -21,11 +21,12 @@
 //!   the current one and the phase is `Connected`, the phase becomes `Recovering` and the
 //!   recovery thread starts. Only one runs at a time: it is started only from `Connected`.
 //! - **Calls made while recovering** ([`Owner::ready_core`]) wait on the condvar until the
-//!   phase leaves `Recovering`, at the latest until their own deadline (methods and acks:
-//!   the `rpc_timeout`; publishes: their deadline or the `rpc_timeout`; consuming: the
-//!   iterator's inactivity timeout, or none for `start_consuming`). An ack of a delivery
-//!   from before the loss does not wait: it is `Error::StaleDeliveryTag` at once. The recovery thread
-//!   notifies at every change (an event, the new engine in place, giving up).
+//!   phase leaves `Recovering` (or, `Connected` on an engine already closed, until that
+//!   engine's `connection_lost` has moved it), at the latest until their own deadline (methods
+//!   and acks: the `rpc_timeout`; publishes: their deadline or the `rpc_timeout`; consuming:
+//!   the iterator's inactivity timeout, or none for `start_consuming`). An ack of a delivery
+//!   from before the loss does not wait: it is `Error::StaleDeliveryTag` at once. The recovery
+//!   thread notifies at every change (an event, the new engine in place, giving up).
 //! - **The recovery thread** sleeps between attempts on the same condvar, woken early by a
 //!   close of the connection; it holds the owner only weakly, so dropping every handle ends
 //!   it too (at its next wake-up, at most the policy's `max_delay`).
@@ -252,18 +253,20 @@ impl Owner {
         let mut until = None;
         let started = Instant::now();
         loop {
-            let seen = {
+            let (seen, connected) = {
                 let state = recovery.lock();
                 match &state.phase {
-                    // The engine has ended and its hook (`connection_lost`, run by
-                    // `Core::fail` right after it marks the engine closed) has yet to say
-                    // whether it recovers or closes for good: wait for that.
-                    Phase::Connected if self.core().closed_error().is_some() => state.changes,
-                    Phase::Connected => return Ok(()),
+                    Phase::Connected => (state.changes, true),
                     Phase::Closed(e) => return Err(e.clone()),
-                    Phase::Recovering => state.changes,
+                    Phase::Recovering => (state.changes, false),
                 }
             };
+            // Connected to an engine that has ended: its hook (`connection_lost`, which
+            // `Core::fail` runs right after it marks the engine closed) has yet to say whether
+            // it recovers or closes for good, and changes the phase when it does: wait.
+            if connected && self.core().closed_error().is_none() {
+                return Ok(());
+            }
             between()?;
             if let Some(deadline) = deadline.take() {
                 until = deadline();
