@@ -238,7 +238,7 @@ impl Connection {
                     || deadline,
                     || owner.run_connection_callbacks().map(|_| ()),
                 ) {
-                    Ok(()) => continue,
+                    Ok(_) => continue,
                     Err(Error::Timeout { .. }) => return Ok(()),
                     Err(e) => return Err(e),
                 }

@@ -15,11 +15,13 @@ impl Channel {
         let Some(recovery) = &owner.recovery else {
             return Ok(());
         };
-        owner.wait_recovered(
-            recovery,
-            || deadline,
-            || owner.run_connection_callbacks().map(|_| ()),
-        )
+        owner
+            .wait_recovered(
+                recovery,
+                || deadline,
+                || owner.run_connection_callbacks().map(|_| ()),
+            )
+            .map(|_| ())
     }
 
     /// A callback error a consuming call goes on after, logged: with recovery on (and not

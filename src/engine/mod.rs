@@ -8,9 +8,10 @@
 //!   own `poll`, woken by `io_waker` (outbound bytes queued into an empty buffer, a hand-over
 //!   asked for, a parked token to take back, shutdown), by the socket, or by its next timer.
 //! - **User threads** encode and queue their frames (`outbound`, writing them directly when
-//!   nothing is queued, except a publish right behind another), and wait for replies, confirms, deliveries and close-oks in
-//!   [`Core::wait_until`] (`token`), where they read the socket themselves when the token is
-//!   free. They wait for outbound room on `link_cond` (`outbound`, rule 3).
+//!   nothing is queued, except a publish right behind another), and wait for replies,
+//!   confirms, deliveries and close-oks in [`Core::wait_until`] (`token`), where they read the
+//!   socket themselves when the token is free. They wait for outbound room on `link_cond`
+//!   (`outbound`, rule 3).
 //! - The **router** (`router`) runs on whichever thread holds the token and fills the
 //!   channels' state (`chan`).
 //!

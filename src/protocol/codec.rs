@@ -26,7 +26,6 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// One frame taken out of the [`FrameReader`]; consumed at once, so its size does not matter.
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum Inbound {
     /// A method, content header or heartbeat frame, parsed by amq-protocol (boxed: an
     /// `AMQPFrame` is 320 bytes, and every frame of every delivery moves an `Inbound`).

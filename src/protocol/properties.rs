@@ -91,10 +91,7 @@ impl BasicProperties {
 
 impl PartialEq for BasicProperties {
     fn eq(&self, other: &Self) -> bool {
-        match (&self.set, &other.set) {
-            (None, None) => true,
-            _ => self.fields() == other.fields(),
-        }
+        self.fields() == other.fields()
     }
 }
 

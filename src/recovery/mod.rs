@@ -236,19 +236,19 @@ impl Owner {
         let Some(recovery) = &self.recovery else {
             return Ok(self.core());
         };
-        self.wait_recovered(recovery, deadline, || Ok(()))?;
-        Ok(self.core())
+        self.wait_recovered(recovery, deadline, || Ok(()))
     }
 
     /// Waits while the connection recovers (see [`ready_core`](Self::ready_core)), running
     /// `between` at first and after every change (a consuming thread runs the connection's
-    /// callbacks there, recovery events included); its error ends the wait.
+    /// callbacks there, recovery events included); its error ends the wait. Returns the
+    /// current engine, open.
     pub(crate) fn wait_recovered(
         &self,
         recovery: &Recovery,
         deadline: impl FnOnce() -> Option<Instant>,
         mut between: impl FnMut() -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<Arc<Core>> {
         let mut deadline = Some(deadline);
         let mut until = None;
         let started = Instant::now();
@@ -264,8 +264,11 @@ impl Owner {
             // Connected to an engine that has ended: its hook (`connection_lost`, which
             // `Core::fail` runs right after it marks the engine closed) has yet to say whether
             // it recovers or closes for good, and changes the phase when it does: wait.
-            if connected && self.core().closed_error().is_none() {
-                return Ok(());
+            if connected {
+                let core = self.core();
+                if core.closed_error().is_none() {
+                    return Ok(core);
+                }
             }
             between()?;
             if let Some(deadline) = deadline.take() {
