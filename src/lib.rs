@@ -510,4 +510,5 @@ pub mod reply_code {
 
 pub use crate::protocol::methods::{Deliver, GetOk, Message, Return};
 pub use crate::protocol::properties::BasicProperties;
+pub use crate::protocol::shared_str::SharedStr;
 pub use crate::protocol::table::{FieldTable, FieldValue};

@@ -474,7 +474,7 @@ fn stop_consuming_with_a_tag_cancels_only_that_consumer_and_none_cancels_all() {
                     queue,
                     move |ch, method, _, body| {
                         got_tx
-                            .send((method.consumer_tag.clone(), body.to_vec()))
+                            .send((method.consumer_tag.to_string(), body.to_vec()))
                             .unwrap();
                         ch.basic_ack(method.delivery_tag, false)
                     },

@@ -18,6 +18,7 @@ use amq_protocol::protocol::basic;
 
 use super::methods::Deliver;
 use super::properties::BasicProperties;
+use super::shared_str::SharedStr;
 
 /// basic.deliver's class and method ids.
 const DELIVER: [u8; 4] = [0, 60, 0, 60];
@@ -56,15 +57,13 @@ impl<'a> Bytes<'a> {
         std::str::from_utf8(bytes).ok().map(str::to_owned)
     }
 
-    /// A short string that is often the same as `last` (which it then becomes): a repeat is
-    /// copied from `last` without checking its UTF-8 again.
-    fn short_string_like(&mut self, last: &mut String) -> Option<String> {
+    /// A short string that is often the same as `last` (which it then becomes): a repeat
+    /// shares `last`'s text, without an allocation or a second UTF-8 check.
+    fn short_string_like(&mut self, last: &mut SharedStr) -> Option<SharedStr> {
         let len = self.u8()?;
         let bytes = self.take(usize::from(len))?;
         if bytes != last.as_bytes() {
-            let text = std::str::from_utf8(bytes).ok()?;
-            last.clear();
-            last.push_str(text);
+            *last = std::str::from_utf8(bytes).ok()?.into();
         }
         Some(last.clone())
     }
@@ -76,12 +75,12 @@ impl<'a> Bytes<'a> {
 }
 
 /// The strings of the last `basic.deliver` decoded: most deliveries repeat them (one consumer,
-/// one exchange, one routing key), and [`deliver`] copies a repeat without checking its UTF-8.
+/// one exchange, one routing key), and [`deliver`] shares a repeat instead of allocating it.
 #[derive(Debug, Default)]
 pub(crate) struct LastDeliver {
-    consumer_tag: String,
-    exchange: String,
-    routing_key: String,
+    consumer_tag: SharedStr,
+    exchange: SharedStr,
+    routing_key: SharedStr,
 }
 
 /// The `basic.deliver` in a method frame's payload, if it is one this decodes exactly.
@@ -230,6 +229,12 @@ mod tests {
                 (tag, exchange, key)
             );
         }
+        // A repeat shares the previous delivery's text; a change does not.
+        let a = deliver(&frame("c1", "x", "k"), &mut last).unwrap();
+        let b = deliver(&frame("c1", "x", "k"), &mut last).unwrap();
+        let c = deliver(&frame("c1", "x", "j"), &mut last).unwrap();
+        assert!(a.consumer_tag.shares(&b.consumer_tag) && a.routing_key.shares(&b.routing_key));
+        assert!(a.consumer_tag.shares(&c.consumer_tag) && !a.routing_key.shares(&c.routing_key));
         // Bytes that are not UTF-8 are refused even right after a valid string of that length.
         let mut bad = frame("c1", "", "ab");
         let at = bad.len() - 1;

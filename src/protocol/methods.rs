@@ -1,11 +1,13 @@
 //! The methods that carry a message (`basic.deliver`, `basic.get-ok`, `basic.return`) as
-//! cottontail's own types, with plain `String` fields, and their conversion from the codec's.
-//! They are what a consumer callback gets as pika's `method` argument. The conversion moves
-//! the codec's strings, so it costs no allocation.
+//! cottontail's own types, and their conversion from the codec's. They are what a consumer
+//! callback gets as pika's `method` argument. `basic.get-ok` and `basic.return` have plain
+//! `String` fields (the conversion moves the codec's strings); `basic.deliver`'s are
+//! [`SharedStr`]s, shared with the previous delivery's when they repeat.
 
 use amq_protocol::protocol::basic;
 
 use super::properties::BasicProperties;
+use super::shared_str::SharedStr;
 
 /// The method of a delivery to a consumer (`basic.deliver`): pika's `method` argument of an
 /// `on_message_callback`.
@@ -13,15 +15,15 @@ use super::properties::BasicProperties;
 #[non_exhaustive]
 pub struct Deliver {
     /// The consumer the message is for.
-    pub consumer_tag: String,
+    pub consumer_tag: SharedStr,
     /// The tag to ack, nack or reject it with, on this channel.
     pub delivery_tag: u64,
     /// True if the message was delivered before and not acknowledged.
     pub redelivered: bool,
     /// The exchange it was published to (`""` for the default exchange).
-    pub exchange: String,
+    pub exchange: SharedStr,
     /// The routing key it was published with.
-    pub routing_key: String,
+    pub routing_key: SharedStr,
 }
 
 /// The method of a message fetched with [`Channel::basic_get`](crate::Channel::basic_get)
@@ -57,14 +59,14 @@ pub struct Return {
 }
 
 impl Deliver {
-    /// The codec's method as ours (its strings moved, not copied).
+    /// The codec's method as ours (the slow path: `fast::deliver` decodes nearly every one).
     pub(crate) fn from_wire(m: basic::Deliver) -> Self {
         Deliver {
-            consumer_tag: m.consumer_tag.into(),
+            consumer_tag: m.consumer_tag.as_str().into(),
             delivery_tag: m.delivery_tag,
             redelivered: m.redelivered,
-            exchange: m.exchange.into(),
-            routing_key: m.routing_key.into(),
+            exchange: m.exchange.as_str().into(),
+            routing_key: m.routing_key.as_str().into(),
         }
     }
 }

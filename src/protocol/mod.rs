@@ -19,4 +19,5 @@ pub(crate) mod properties;
 #[cfg(test)]
 mod proptests;
 pub(crate) mod publish_cache;
+pub(crate) mod shared_str;
 pub(crate) mod table;

@@ -58,11 +58,11 @@ impl From<Content> for Event {
         // Back to the codec's types, to compare with what the frames held.
         let method = match content.method {
             ContentMethod::Deliver(m) => basic::AMQPMethod::Deliver(basic::Deliver {
-                consumer_tag: m.consumer_tag.into(),
+                consumer_tag: m.consumer_tag.as_str().into(),
                 delivery_tag: m.delivery_tag,
                 redelivered: m.redelivered,
-                exchange: m.exchange.into(),
-                routing_key: m.routing_key.into(),
+                exchange: m.exchange.as_str().into(),
+                routing_key: m.routing_key.as_str().into(),
             }),
             ContentMethod::GetOk(m) => basic::AMQPMethod::GetOk(basic::GetOk {
                 delivery_tag: m.delivery_tag,

@@ -91,11 +91,11 @@ pub(super) fn feed(
                     Ok(Some(Inbound::Deliver(channel, d))) => Got::Frame(AMQPFrame::Method(
                         channel,
                         AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                            consumer_tag: d.consumer_tag.into(),
+                            consumer_tag: d.consumer_tag.as_str().into(),
                             delivery_tag: d.delivery_tag,
                             redelivered: d.redelivered,
-                            exchange: d.exchange.into(),
-                            routing_key: d.routing_key.into(),
+                            exchange: d.exchange.as_str().into(),
+                            routing_key: d.routing_key.as_str().into(),
                         })),
                     )),
                     Ok(Some(Inbound::Ack(channel, ack))) => Got::Frame(AMQPFrame::Method(
