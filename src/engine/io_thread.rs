@@ -28,7 +28,7 @@ use amq_protocol::protocol::{connection, AMQPClass};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
 
-use super::outbound::{Link, OUTBOUND_HIGH_WATER, OUTBOUND_KEPT_CAPACITY};
+use super::outbound::{Link, Writer, OUTBOUND_HIGH_WATER, OUTBOUND_KEPT_CAPACITY};
 use super::router::Exit;
 use super::token::{IoTurn, ReadSide, SOCKET};
 use super::Core;
@@ -269,12 +269,15 @@ impl IoThread {
                     self.wbuf = Vec::with_capacity(64 * 1024);
                 }
                 let mut link = self.core.lock_link();
-                if link.buf.is_empty() {
-                    link.io_writing = false;
+                if link.writer == Writer::Io {
+                    link.writer = Writer::Nobody;
+                }
+                // A caller finishing its own write wakes us when it is done (outbound rule 2).
+                if link.buf.is_empty() || link.writer == Writer::Caller {
                     return Ok(());
                 }
                 std::mem::swap(&mut link.buf, &mut self.wbuf);
-                link.io_writing = true;
+                link.writer = Writer::Io;
                 let was_full = self.wbuf.len() >= OUTBOUND_HIGH_WATER;
                 drop(link);
                 if was_full {
@@ -316,11 +319,11 @@ impl IoThread {
 
     /// Best effort: tell the peer why we are closing (protocol violation), without waiting.
     /// Skipped when a frame is half written, by us or by a caller's direct write (whose tail
-    /// would be queued): the close would land inside it. The buffer's lock is held while
-    /// writing, so no direct write can start meanwhile.
+    /// would be queued, or which the caller is finishing): the close would land inside it. The
+    /// buffer's lock is held while writing, so no direct write can start meanwhile.
     fn send_close_now(&mut self, reply_code: u16, reason: &str) {
         let link = self.core.lock_link();
-        if self.wpos != self.wbuf.len() || !link.buf.is_empty() {
+        if self.wpos != self.wbuf.len() || !link.buf.is_empty() || link.writer == Writer::Caller {
             return;
         }
         let text: String = reason.chars().take(200).collect();

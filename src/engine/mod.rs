@@ -21,6 +21,7 @@
 //! |---|---|---|
 //! | a reply, confirm, delivery, close-ok ([`Core::wait_until`]) | the reader's generation bump, [`Core::nudge`], its own reading | the caller's deadline (`rpc_timeout` for methods; none for `start_consuming`) |
 //! | a channel number a crossed close shadowed (`router`; `channel_with_number`, or `channel()` when no other is free), in [`Core::wait_until`] | the reader routing the late close-ok (on plain TCP maybe this thread), the connection's end ([`Core::nudge`]) | the shadow's end (`router::LATE_CLOSE_OK`, nobody wakes it: the wait's own deadline) or `rpc_timeout` |
+//! | room in the socket for the rest of a caller's own large publish (`outbound::finish_direct`, plain TCP) | the socket draining (its own poll) | [`outbound::STALL`] without progress; then the rest is queued for the I/O thread |
 //! | outbound room (`outbound::wait_for_room`) | the I/O thread draining, connection.unblocked, a close | the call's deadline (blocked: until unblocked or `blocked_connection_timeout`, or the publish's own deadline if it has one: `RpcClient::call`) |
 //! | the I/O thread's `poll` | `io_waker`, the socket | its next heartbeat, held-acks, blocked or parked-token deadline |
 //! | a lock (`Link`, `Turn`, a channel's state) | its holder, which never waits while holding one | a few microseconds |
@@ -74,7 +75,7 @@ pub(crate) struct Core {
     io_waker: mio::Waker,
     /// A second handle on a plain TCP socket, for callers to write to directly when nothing is
     /// queued (see `outbound`); `None` for TLS, whose state only the I/O thread touches.
-    direct: Option<std::net::TcpStream>,
+    direct: Option<outbound::Direct>,
     pub(crate) channels: Mutex<ChannelTable>,
     /// Who reads, and how everyone else waits (see `token`).
     token: ReadToken,
@@ -130,8 +131,9 @@ impl Core {
             #[cfg(feature = "tls")]
             Stream::Tls(_) => None,
         };
+        // Without its poll, callers do not write directly (the I/O thread writes everything).
         let direct = match &read_half {
-            Some(tcp) => tcp.try_clone().ok(),
+            Some(tcp) => tcp.try_clone().and_then(outbound::Direct::new).ok(),
             None => None,
         };
         let poll = mio::Poll::new().map_err(|e| Error::io("creating the poller", &e))?;

@@ -6,17 +6,28 @@
 //! 1. **Whole units.** Callers encode on their own thread and append whole frames (a publish's
 //!    method, header and body frames at once) under the `Link` lock, so nothing from another
 //!    thread lands between them.
-//! 2. **Who writes.** On plain TCP, a caller that finds the buffer empty and nothing
-//!    half-written by the I/O thread (`io_writing`) writes its frames itself, non-blocking,
-//!    under the `Link` lock, with `MSG_NOSIGNAL` (a peer's reset never raises SIGPIPE in the
-//!    host process); what the socket does not take is queued. A publish does so only if no
-//!    publish was appended on the connection (by any thread) within [`QUIET`]
-//!    (`last_publish`). Everything else is written by the I/O thread: the first append into
-//!    an empty buffer wakes it (`io_waker`); it swaps the buffer out and writes it, so
-//!    whatever piles up meanwhile goes out in one write. So a lone publish or request leaves
-//!    at once, on the caller's thread, and a burst (a publishing loop, or several threads
-//!    publishing at once) leaves in a few large writes, which cost the broker far less than
-//!    one small segment per message.
+//! 2. **Who writes.** On plain TCP, a caller that finds the buffer empty and nobody else
+//!    writing (`Link::writer`) writes its frames itself, non-blocking, under the `Link` lock,
+//!    with `MSG_NOSIGNAL` (a peer's reset never raises SIGPIPE in the host process); what the
+//!    socket does not take is queued. A publish does so only if no publish was appended on
+//!    the connection (by any thread) within [`QUIET`] (`last_publish`). Everything else is
+//!    written by the I/O thread: the first append into an empty buffer wakes it (`io_waker`);
+//!    it swaps the buffer out and writes it ([`Writer::Io`]), so whatever piles up meanwhile
+//!    goes out in one write. So a lone publish or request leaves at once, on the caller's
+//!    thread, and a burst (a publishing loop, or several threads publishing at once) leaves
+//!    in a few large writes, which cost the broker far less than one small segment per
+//!    message.
+//!
+//!    A publish whose direct write leaves at least [`DIRECT_REST_MIN`] unwritten finishes it
+//!    itself instead of queuing it ([`Writer::Caller`]), after releasing every lock: it writes
+//!    the rest from its own body as the socket takes it, waiting for room in its own poll
+//!    ([`Direct`]) at most [`STALL`] at a time. Meanwhile nobody else writes (the I/O thread
+//!    leaves the buffer alone, callers queue), so nothing lands inside its frames. If the
+//!    socket stalls, the rest goes to the front of the buffer and the I/O thread writes it.
+//!    So a large message reaches the kernel straight from the caller's body, as with
+//!    rabbitmq-c and pika, instead of being copied into the buffer and read again from
+//!    another core (S5: a quarter less CPU, BENCHMARKS.md); the caller returns once it is
+//!    written, as pika's `basic_publish` does.
 //! 3. **Back-pressure.** Past [`OUTBOUND_HIGH_WATER`] callers wait for room on `link_cond`
 //!    (signalled when the I/O thread drains the buffer and when the connection closes), at
 //!    most until their call's deadline. Content also waits while the broker blocks the
@@ -32,10 +43,14 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::sync::MutexGuard;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{connection, AMQPClass};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
 
 use super::chan::{ChanState, ChannelCore, Life};
 use super::router::BLOCKED_EVENTS_KEPT;
@@ -59,6 +74,57 @@ pub(crate) const OUTBOUND_KEPT_CAPACITY: usize = 256 * 1024;
 /// and other methods (awaited at once) do not count: they are written directly whenever nothing
 /// is queued.
 const QUIET: Duration = Duration::from_micros(20);
+/// A caller finishes its own direct write when at least this much of it is left (rule 2):
+/// below it, copying the rest into the buffer costs less than waiting for the socket.
+pub(crate) const DIRECT_REST_MIN: usize = 64 * 1024;
+/// The longest a caller finishing its own direct write waits for the socket to take more
+/// (rule 2) before it queues the rest for the I/O thread: the socket stalls (the broker is not
+/// reading, or the network is slow), and the caller should not wait for it.
+pub(crate) const STALL: Duration = Duration::from_millis(10);
+
+/// Who writes to the socket outside the `Link` lock (rule 2). While someone does, nobody
+/// else writes to it, so bytes never land inside another writer's frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Writer {
+    /// Nobody: a caller may write directly under the lock.
+    Nobody,
+    /// The I/O thread holds bytes it took from the buffer and has not finished writing.
+    Io,
+    /// A caller is finishing its own direct write ([`Core::finish_direct`]).
+    Caller,
+}
+
+/// A plain TCP socket's handle for callers' direct writes (rule 2), and the poll in which a
+/// caller finishing its own direct write waits for room (used by that caller only, one at a
+/// time: [`Writer::Caller`]).
+#[derive(Debug)]
+pub(crate) struct Direct {
+    pub(crate) tcp: TcpStream,
+    room: Mutex<(Poll, Events)>,
+}
+
+impl Direct {
+    pub(crate) fn new(tcp: TcpStream) -> std::io::Result<Direct> {
+        let poll = Poll::new()?;
+        poll.registry().register(
+            &mut SourceFd(&tcp.as_raw_fd()),
+            Token(0),
+            Interest::WRITABLE,
+        )?;
+        Ok(Direct {
+            tcp,
+            room: Mutex::new((poll, Events::with_capacity(4))),
+        })
+    }
+}
+
+/// The part of a caller's direct write still to write, [`Core::finish_direct`]'s job: `done`
+/// bytes of its frames and body frames are written.
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct Unfinished {
+    done: usize,
+}
 
 /// State behind [`Core::link`]: the outbound buffer and whether the connection is usable.
 #[derive(Debug)]
@@ -76,9 +142,8 @@ pub(crate) struct Link {
     pub(crate) blocked_events: VecDeque<Option<String>>,
     /// update-secret-ok replies received (a counter, so a waiter can tell a new one).
     pub(crate) secret_updates: u64,
-    /// The I/O thread holds bytes it has taken from `buf` and not finished writing: callers
-    /// must not write directly to the socket (their bytes would land inside those).
-    pub(crate) io_writing: bool,
+    /// Who writes outside this lock (rule 2): callers write directly only while nobody does.
+    pub(crate) writer: Writer,
     /// When a caller last appended a publish (rule 2).
     last_publish: Option<Instant>,
     /// `close` is writing the held acks before connection.close: acks are not held any more.
@@ -98,7 +163,7 @@ impl Link {
             blocked_since: None,
             blocked_events: VecDeque::new(),
             secret_updates: 0,
-            io_writing: false,
+            writer: Writer::Nobody,
             last_publish: None,
             closing_soon: false,
             acks_due: None,
@@ -198,14 +263,16 @@ impl Core {
     }
 
     /// Appends whole frames (and a body, split into body frames) with the buffer's lock held;
-    /// `prefix` (whole frames) goes first. Writes them directly when it may (rule 2).
+    /// `prefix` (whole frames) goes first. Writes them directly when it may (rule 2). Returns
+    /// what the caller must finish writing itself once its locks are released
+    /// ([`finish_direct`](Self::finish_direct)), only ever for a body.
     fn append_locked(
         &self,
         mut link: MutexGuard<'_, Link>,
         prefix: &[u8],
         frames: &[u8],
         body: Option<(u16, &[u8])>,
-    ) -> Result<()> {
+    ) -> Result<Option<Unfinished>> {
         if let Some(e) = link.refusal() {
             return Err(e);
         }
@@ -218,25 +285,81 @@ impl Core {
                 .is_none_or(|last| now.duration_since(last) >= QUIET);
             link.last_publish = Some(now);
         }
+        let frame_max = self.tuned.frame_max;
         let mut written = 0;
-        if quiet && link.buf.is_empty() && !link.io_writing {
-            if let Some(tcp) = &self.direct {
-                written = write_direct(tcp, prefix, frames, body, self.tuned.frame_max);
+        let mut direct = false;
+        if quiet && link.buf.is_empty() && link.writer == Writer::Nobody {
+            if let Some(socket) = &self.direct {
+                written = write_direct(&socket.tcp, prefix, frames, body, frame_max, 0);
+                direct = true;
             }
         }
         let total = prefix.len()
             + frames.len()
-            + body.map_or(0, |(_, b)| {
-                codec::body_frames_len(b.len(), self.tuned.frame_max)
-            });
+            + body.map_or(0, |(_, b)| codec::body_frames_len(b.len(), frame_max));
         if written == total {
-            return Ok(());
+            return Ok(None);
+        }
+        let large = body.is_some_and(|(_, b)| fits_direct(b.len(), frame_max));
+        if direct && large && written >= prefix.len() && total - written >= DIRECT_REST_MIN {
+            // The caller finishes it with no lock held (rule 2); `prefix` is written already.
+            link.writer = Writer::Caller;
+            return Ok(Some(Unfinished {
+                done: written - prefix.len(),
+            }));
         }
         // The socket took the first `written` bytes already: queue the rest.
         self.enqueue(link, |buf| {
-            codec::encode_tail(buf, written, prefix, frames, body, self.tuned.frame_max)
+            codec::encode_tail(buf, written, prefix, frames, body, frame_max)
         });
-        Ok(())
+        Ok(None)
+    }
+
+    /// Finishes a caller's own direct write (rule 2), called with no lock held: writes the
+    /// rest of `frames` and `body` as the socket takes it, waiting for room at most [`STALL`]
+    /// at a time; what a stalled socket has not taken goes to the front of the buffer, ahead
+    /// of what others queued meanwhile, for the I/O thread. Then nobody writes, and the I/O
+    /// thread is woken if anything waits in the buffer.
+    fn finish_direct(&self, unfinished: Unfinished, frames: &[u8], body: (u16, &[u8])) {
+        let frame_max = self.tuned.frame_max;
+        let total = frames.len() + codec::body_frames_len(body.1.len(), frame_max);
+        let mut done = unfinished.done;
+        if let Some(socket) = &self.direct {
+            let mut room = socket.room.lock().unwrap_or_else(|p| p.into_inner());
+            let (poll, events) = &mut *room;
+            let mut give_up = Instant::now() + STALL;
+            while done < total {
+                let n = write_direct(&socket.tcp, &[], frames, Some(body), frame_max, done);
+                if n > 0 {
+                    done += n;
+                    give_up = Instant::now() + STALL;
+                    continue;
+                }
+                // Full (or failed: the I/O thread meets the error on its next write).
+                let left = give_up.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match poll.poll(events, Some(left)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        let mut link = self.lock_link();
+        link.writer = Writer::Nobody;
+        if done < total {
+            let mut rest = Vec::with_capacity(total - done + link.buf.len());
+            codec::encode_tail(&mut rest, done, &[], frames, Some(body), frame_max);
+            rest.extend_from_slice(&link.buf);
+            link.buf = rest;
+        }
+        let queued = !link.buf.is_empty();
+        drop(link);
+        if queued {
+            self.wake();
+        }
     }
 
     /// Queues frames for the I/O thread: `encode` appends them to the outbound buffer (locked
@@ -269,16 +392,22 @@ impl Core {
         deadline: Option<Instant>,
         check: impl FnOnce(&mut ChanState) -> Result<Option<T>>,
     ) -> Result<Option<T>> {
-        self.with_room(channel, body.is_some(), deadline, |st, link| {
+        let body = body.map(|b| (channel.id, b));
+        let mut unfinished = None;
+        let sent = self.with_room(channel, body.is_some(), deadline, |st, link| {
             let value = check(st)?;
             if value.is_some() {
                 // Held acks go first: the broker sees the channel's frames in the order they
                 // were asked for.
                 let held = AckFrames::held(channel.id, &mut st.acks)?;
-                self.append_locked(link, held.as_slice(), frames, body.map(|b| (channel.id, b)))?;
+                unfinished = self.append_locked(link, held.as_slice(), frames, body)?;
             }
             Ok(value)
-        })
+        });
+        if let (Some(unfinished), Some(body)) = (unfinished, body) {
+            self.finish_direct(unfinished, frames, body);
+        }
+        sent
     }
 
     /// [`send_on_if`](Self::send_on_if) for a `check` that always sends.
@@ -371,6 +500,7 @@ impl Core {
             return Ok(());
         }
         self.append_locked(link, &[], frames.as_slice(), None)
+            .map(|_| ())
     }
 
     /// Writes every channel's held acks (their deadline passed, or the connection closes).
@@ -396,6 +526,7 @@ impl Core {
             codec::encode_method(buf, 0, method)?;
             self.wait_for_room(false, deadline)?;
             self.append_locked(self.lock_link(), &[], buf, None)
+                .map(|_| ())
         })
     }
 
@@ -453,16 +584,27 @@ const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL;
 #[cfg(not(target_os = "linux"))]
 const SEND_FLAGS: i32 = 0;
 
+/// Whether a body of `len` bytes is split into at most [`DIRECT_BODY_FRAMES`] frames, so that
+/// [`write_direct`] writes it.
+fn fits_direct(len: usize, frame_max: u32) -> bool {
+    let chunk = (frame_max as usize)
+        .saturating_sub(codec::FRAME_OVERHEAD)
+        .max(1);
+    len.div_ceil(chunk) <= DIRECT_BODY_FRAMES
+}
+
 /// Writes `prefix`, `frames` and `body` (as body frames of at most `frame_max - 8` payload
-/// bytes each) to a non-blocking socket with one vectored send, allocating nothing; returns
-/// how many bytes it took (0 when it would block, on error, or for a body of more than
-/// [`DIRECT_BODY_FRAMES`] frames: the caller queues the rest).
+/// bytes each), but their first `skip` bytes, to a non-blocking socket with one vectored send,
+/// allocating nothing; returns how many bytes it took (0 when it would block, on error, or for
+/// a body that does not [`fits_direct`]: the caller queues the rest). `skip` is less than
+/// their length.
 pub(crate) fn write_direct(
-    tcp: &std::net::TcpStream,
+    tcp: &TcpStream,
     prefix: &[u8],
     frames: &[u8],
     body: Option<(u16, &[u8])>,
     frame_max: u32,
+    skip: usize,
 ) -> usize {
     let chunk = (frame_max as usize)
         .saturating_sub(codec::FRAME_OVERHEAD)
@@ -474,7 +616,7 @@ pub(crate) fn write_direct(
         // At most one body frame, the common case: five slices, not the large arrays below
         // (whose initialisation alone cost more than the rest of a publish).
         let header = codec::body_frame_header(channel, body.len());
-        let slices = [
+        let mut slices = [
             IoSlice::new(prefix),
             IoSlice::new(frames),
             IoSlice::new(&header),
@@ -482,9 +624,11 @@ pub(crate) fn write_direct(
             IoSlice::new(&end),
         ];
         let used = if body.is_empty() { 2 } else { 5 };
-        return send_some(&socket, &slices[..used]);
+        let mut slices = &mut slices[..used];
+        IoSlice::advance_slices(&mut slices, skip);
+        return send_some(&socket, slices);
     }
-    if body.len().div_ceil(chunk) > DIRECT_BODY_FRAMES {
+    if !fits_direct(body.len(), frame_max) {
         return 0;
     }
     let mut headers = [[0u8; 7]; DIRECT_BODY_FRAMES];
@@ -501,7 +645,9 @@ pub(crate) fn write_direct(
         slices[used + 2] = IoSlice::new(&end);
         used += 3;
     }
-    send_some(&socket, &slices[..used])
+    let mut slices = &mut slices[..used];
+    IoSlice::advance_slices(&mut slices, skip);
+    send_some(&socket, slices)
 }
 
 /// One vectored send of `slices`: the bytes it took (0 when it would block or on error).
@@ -532,7 +678,7 @@ mod tests {
         // short frame, and no body frame at all (the one-frame path).
         for len in [20_000, chunk, chunk + 1, 100, 0] {
             let body: Vec<u8> = (0..len as u32).map(|i| i as u8).collect();
-            let written = write_direct(&client, b"prefix", frames, Some((5, &body)), 8192);
+            let written = write_direct(&client, b"prefix", frames, Some((5, &body)), 8192, 0);
             let mut expected = Vec::new();
             codec::encode_tail(&mut expected, 0, b"prefix", frames, Some((5, &body)), 8192);
             assert_eq!(written, expected.len(), "body of {len} bytes");
@@ -543,8 +689,37 @@ mod tests {
         // Too many body frames for a direct write: nothing is written, the caller queues.
         let too_many = vec![0; (8192 - codec::FRAME_OVERHEAD) * DIRECT_BODY_FRAMES + 1];
         assert_eq!(
-            write_direct(&client, &[], frames, Some((5, &too_many)), 8192),
+            write_direct(&client, &[], frames, Some((5, &too_many)), 8192, 0),
             0
         );
+    }
+
+    #[test]
+    fn a_direct_write_resumes_where_the_last_one_stopped() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let frames = b"method and header frames";
+        let body: Vec<u8> = (0..20_000u32).map(|i| (i * 7) as u8).collect();
+        let mut expected = Vec::new();
+        codec::encode_tail(&mut expected, 0, b"ack", frames, Some((5, &body)), 8192);
+        // Cut inside the prefix, the frames, a frame header, a body piece and a frame end.
+        let cuts = [
+            0,
+            2,
+            10,
+            3 + frames.len() + 3,
+            3 + frames.len() + 7 + 100,
+            8219,
+            20_050,
+        ];
+        for from in cuts {
+            let sent = write_direct(&client, b"ack", frames, Some((5, &body)), 8192, from);
+            assert_eq!(sent, expected.len() - from, "from {from}");
+            let mut got = vec![0; sent];
+            server.read_exact(&mut got).unwrap();
+            assert_eq!(got, expected[from..], "from {from}");
+        }
     }
 }

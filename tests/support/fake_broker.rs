@@ -42,6 +42,23 @@ impl FakeBroker {
         FakeBroker { listener }
     }
 
+    /// A fake whose sockets offer the client a receive window of about `bytes` (set on the
+    /// listener before it listens, so accepted sockets start with it): a client writing more
+    /// than that fills its socket until the fake reads.
+    pub fn bind_with_receive_buffer(bytes: usize) -> FakeBroker {
+        let addr: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a socket for the fake broker");
+        socket
+            .set_recv_buffer_size(bytes)
+            .expect("the fake broker's receive buffer");
+        socket.bind(&addr.into()).expect("binding the fake broker");
+        socket.listen(8).expect("listening");
+        FakeBroker {
+            listener: socket.into(),
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.listener.local_addr().expect("local address").port()
     }
