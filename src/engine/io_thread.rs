@@ -15,7 +15,8 @@
 //!    socket error, a protocol violation, a heartbeat or blocked timeout, `close` giving up,
 //!    a panic on this thread or on a user thread holding the token) this thread ends it once:
 //!    it tells the broker why if it can do so without cutting a frame (protocol violations)
-//!    or writes the queued close-ok (the broker's close), shuts the socket down, ends the token
+//!    or writes the queued close-ok (the broker's close; after a caller finishing its own
+//!    write, if that takes less than a second), shuts the socket down, ends the token
 //!    and fails the connection with one error that every waiter and later call gets.
 
 use std::io::{ErrorKind, Write};
@@ -306,8 +307,25 @@ impl IoThread {
     }
 
     /// Writes what is queued (the close-ok to the broker's close) with the socket back in
-    /// blocking mode, for at most a second.
+    /// blocking mode, for at most a second. A caller finishing its own write (outbound rule 2)
+    /// is let finish first, within that second: its frames come before the close-ok, and
+    /// blocking mode would make its non-blocking writes wait.
     fn flush_before_exit(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut link = self.core.lock_link();
+        while link.writer == Writer::Caller {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            link = self
+                .core
+                .link_cond
+                .wait_timeout(link, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(link);
         let tcp = self.stream.tcp();
         let blocking = tcp
             .set_nonblocking(false)

@@ -8,7 +8,8 @@
 //!   own `poll`, woken by `io_waker` (outbound bytes queued into an empty buffer, a hand-over
 //!   asked for, a parked token to take back, shutdown), by the socket, or by its next timer.
 //! - **User threads** encode and queue their frames (`outbound`, writing them directly when
-//!   nothing is queued, except a publish right behind another), and wait for replies,
+//!   nothing is queued, except a publish right behind another; a large publish is written to
+//!   the end by its own thread while the socket takes it), and wait for replies,
 //!   confirms, deliveries and close-oks in [`Core::wait_until`] (`token`), where they read the
 //!   socket themselves when the token is free. They wait for outbound room on `link_cond`
 //!   (`outbound`, rule 3).
@@ -21,10 +22,11 @@
 //! |---|---|---|
 //! | a reply, confirm, delivery, close-ok ([`Core::wait_until`]) | the reader's generation bump, [`Core::nudge`], its own reading | the caller's deadline (`rpc_timeout` for methods; none for `start_consuming`) |
 //! | a channel number a crossed close shadowed (`router`; `channel_with_number`, or `channel()` when no other is free), in [`Core::wait_until`] | the reader routing the late close-ok (on plain TCP maybe this thread), the connection's end ([`Core::nudge`]) | the shadow's end (`router::LATE_CLOSE_OK`, nobody wakes it: the wait's own deadline) or `rpc_timeout` |
-//! | room in the socket for the rest of a caller's own large publish (`outbound::finish_direct`, plain TCP) | the socket draining (its own poll) | [`outbound::STALL`] without progress; then the rest is queued for the I/O thread |
-//! | outbound room (`outbound::wait_for_room`) | the I/O thread draining, connection.unblocked, a close | the call's deadline (blocked: until unblocked or `blocked_connection_timeout`, or the publish's own deadline if it has one: `RpcClient::call`) |
+//! | room in the socket for the rest of a caller's own large publish (`outbound::finish_direct`, plain TCP) | the socket draining (its own poll) | [`outbound::STALL`] without progress, or the call's own deadline (`RpcClient::call`); then the rest is queued for the I/O thread. While the socket keeps taking bytes, no bound but that deadline |
+//! | outbound room (`outbound::wait_for_room`) | the I/O thread draining, a caller finishing its own write, connection.unblocked, a close | the call's deadline (blocked: until unblocked or `blocked_connection_timeout`, or the publish's own deadline if it has one: `RpcClient::call`) |
 //! | the I/O thread's `poll` | `io_waker`, the socket | its next heartbeat, held-acks, blocked or parked-token deadline |
 //! | a lock (`Link`, `Turn`, a channel's state) | its holder, which never waits while holding one | a few microseconds |
+//! | the I/O thread's last write after the broker's close (`io_thread::flush_before_exit`) | a caller finishing its own write (`link_cond`) | one second |
 //! | the connection's recovery (`recovery`: `Owner::ready_core`, `wait_recovered`), recovery on only | the recovery thread at each event, when the new engine is in place or it gives up; a close | the call's deadline (`rpc_timeout` for methods, publishes and acks; the inactivity timeout of a `consume()` iterator; none for `start_consuming`) |
 //!
 //! Each wait's rules are written once, in the file that owns it: `token` (reading, waiting,
@@ -133,7 +135,13 @@ impl Core {
         };
         // Without its poll, callers do not write directly (the I/O thread writes everything).
         let direct = match &read_half {
-            Some(tcp) => tcp.try_clone().and_then(outbound::Direct::new).ok(),
+            Some(tcp) => match tcp.try_clone().and_then(outbound::Direct::new) {
+                Ok(direct) => Some(direct),
+                Err(e) => {
+                    log::warn!("callers will not write to the socket directly: {e}");
+                    None
+                }
+            },
             None => None,
         };
         let poll = mio::Poll::new().map_err(|e| Error::io("creating the poller", &e))?;

@@ -5,7 +5,8 @@
 //!
 //! 1. **Whole units.** Callers encode on their own thread and append whole frames (a publish's
 //!    method, header and body frames at once) under the `Link` lock, so nothing from another
-//!    thread lands between them.
+//!    thread lands between them. The one unit written outside that lock, the rest of a
+//!    caller's own large publish (rule 2), is kept whole by `Link::writer` instead.
 //! 2. **Who writes.** On plain TCP, a caller that finds the buffer empty and nobody else
 //!    writing (`Link::writer`) writes its frames itself, non-blocking, under the `Link` lock,
 //!    with `MSG_NOSIGNAL` (a peer's reset never raises SIGPIPE in the host process); what the
@@ -18,19 +19,26 @@
 //!    in a few large writes, which cost the broker far less than one small segment per
 //!    message.
 //!
-//!    A publish whose direct write leaves at least [`DIRECT_REST_MIN`] unwritten finishes it
-//!    itself instead of queuing it ([`Writer::Caller`]), after releasing every lock: it writes
-//!    the rest from its own body as the socket takes it, waiting for room in its own poll
-//!    ([`Direct`]) at most [`STALL`] at a time. Meanwhile nobody else writes (the I/O thread
-//!    leaves the buffer alone, callers queue), so nothing lands inside its frames. If the
-//!    socket stalls, the rest goes to the front of the buffer and the I/O thread writes it.
-//!    So a large message reaches the kernel straight from the caller's body, as with
-//!    rabbitmq-c and pika, instead of being copied into the buffer and read again from
-//!    another core (S5: a quarter less CPU, BENCHMARKS.md); the caller returns once it is
-//!    written, as pika's `basic_publish` does.
+//!    A publish whose direct write took its held acks (`prefix`) but left at least
+//!    [`DIRECT_REST_MIN`] of the rest unwritten, with a body of at most
+//!    [`DIRECT_BODY_FRAMES`] frames, finishes it itself instead of queuing it
+//!    ([`Writer::Caller`], set under the lock), after releasing every lock: it writes the rest
+//!    from its own body as the socket takes it, waiting for room in its own poll ([`Direct`],
+//!    whose lock only that caller takes) at most [`STALL`] at a time and never past its
+//!    call's deadline if it has one (`RpcClient::call`). Meanwhile nobody else writes (the I/O
+//!    thread leaves the buffer alone, callers queue behind), so nothing lands inside its
+//!    frames; the buffer is not drained either. When the socket stalls or the deadline
+//!    passes, the rest goes to the front of the buffer, ahead of what others queued, and the
+//!    I/O thread writes it. So a large message reaches the kernel straight from the caller's
+//!    body, as with rabbitmq-c and pika, instead of being copied into the buffer and read
+//!    again by the I/O thread on another core (S5: 10-25% less CPU, BENCHMARKS.md). The
+//!    caller returns once its message is written or handed over: while the socket keeps
+//!    taking bytes (a large message on a slow network) that has no bound but the call's
+//!    deadline, as with pika's `basic_publish`.
 //! 3. **Back-pressure.** Past [`OUTBOUND_HIGH_WATER`] callers wait for room on `link_cond`
-//!    (signalled when the I/O thread drains the buffer and when the connection closes), at
-//!    most until their call's deadline. Content also waits while the broker blocks the
+//!    (signalled when the I/O thread drains the buffer, when a caller finishes its own write,
+//!    after which the I/O thread drains it, and when the connection closes), at most until
+//!    their call's deadline. Content also waits while the broker blocks the
 //!    connection (until connection.unblocked, or until `blocked_connection_timeout` makes the
 //!    I/O thread end the connection; a publish given a deadline of its own, `RpcClient`'s,
 //!    waits at most until that deadline). A thread waiting for room counts as wanting input
@@ -317,22 +325,31 @@ impl Core {
 
     /// Finishes a caller's own direct write (rule 2), called with no lock held: writes the
     /// rest of `frames` and `body` as the socket takes it, waiting for room at most [`STALL`]
-    /// at a time; what a stalled socket has not taken goes to the front of the buffer, ahead
-    /// of what others queued meanwhile, for the I/O thread. Then nobody writes, and the I/O
-    /// thread is woken if anything waits in the buffer.
-    fn finish_direct(&self, unfinished: Unfinished, frames: &[u8], body: (u16, &[u8])) {
+    /// at a time and never past `deadline` (the call's own, if it has one); what the socket
+    /// has not taken by then goes to the front of the buffer, ahead of what others queued
+    /// meanwhile, for the I/O thread. Then nobody writes: `link_cond` is signalled (the I/O
+    /// thread may wait for that before its last write, see `io_thread`), and the I/O thread is
+    /// woken if anything waits in the buffer.
+    fn finish_direct(
+        &self,
+        unfinished: Unfinished,
+        frames: &[u8],
+        body: (u16, &[u8]),
+        deadline: Option<Instant>,
+    ) {
         let frame_max = self.tuned.frame_max;
         let total = frames.len() + codec::body_frames_len(body.1.len(), frame_max);
         let mut done = unfinished.done;
+        let give_up_at = |now: Instant| deadline.map_or(now + STALL, |d| d.min(now + STALL));
         if let Some(socket) = &self.direct {
             let mut room = socket.room.lock().unwrap_or_else(|p| p.into_inner());
             let (poll, events) = &mut *room;
-            let mut give_up = Instant::now() + STALL;
+            let mut give_up = give_up_at(Instant::now());
             while done < total {
                 let n = write_direct(&socket.tcp, &[], frames, Some(body), frame_max, done);
                 if n > 0 {
                     done += n;
-                    give_up = Instant::now() + STALL;
+                    give_up = give_up_at(Instant::now());
                     continue;
                 }
                 // Full (or failed: the I/O thread meets the error on its next write).
@@ -347,16 +364,23 @@ impl Core {
                 }
             }
         }
+        // The rest is encoded before the lock is taken: only what others queued meanwhile
+        // (usually little, the writer being this thread) is copied under it.
+        let mut rest = Vec::new();
+        if done < total {
+            rest.reserve(total - done);
+            codec::encode_tail(&mut rest, done, &[], frames, Some(body), frame_max);
+        }
         let mut link = self.lock_link();
         link.writer = Writer::Nobody;
-        if done < total {
-            let mut rest = Vec::with_capacity(total - done + link.buf.len());
-            codec::encode_tail(&mut rest, done, &[], frames, Some(body), frame_max);
+        // A connection that ended writes nothing more: the rest is dropped with it.
+        if !rest.is_empty() && link.closed.is_none() {
             rest.extend_from_slice(&link.buf);
             link.buf = rest;
         }
         let queued = !link.buf.is_empty();
         drop(link);
+        self.link_cond.notify_all();
         if queued {
             self.wake();
         }
@@ -405,7 +429,7 @@ impl Core {
             Ok(value)
         });
         if let (Some(unfinished), Some(body)) = (unfinished, body) {
-            self.finish_direct(unfinished, frames, body);
+            self.finish_direct(unfinished, frames, body, deadline);
         }
         sent
     }
