@@ -6,67 +6,18 @@ next starts when the broker's basic.ack (usually `multiple`) covers the window's
 (`peer_bench s2b`) waits with wait_for_confirms. Prints the rate over that loop, as S2b does.
 Companion of ../shared/bench/broker_ceiling.py (S1). Usage: confirm_ceiling.py [N] [WINDOW]
 (standard library only; RabbitMQ on 127.0.0.1:5672, guest/guest)."""
-import socket
 import struct
 import sys
 import time
+
+from raw_amqp import connect, declare_and_purge, frame, method, shortstr
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
 WINDOW = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
 Q = "bench_limit_s2"
 
-
-def shortstr(s):
-    b = s.encode()
-    return struct.pack("B", len(b)) + b
-
-
-def longstr(b):
-    return struct.pack(">I", len(b)) + b
-
-
-def frame(t, ch, p):
-    return struct.pack(">BHI", t, ch, len(p)) + p + b"\xce"
-
-
-def method(ch, c, m, a=b""):
-    return frame(1, ch, struct.pack(">HH", c, m) + a)
-
-
-class Reader:
-    def __init__(self, sock):
-        self.sock, self.buf = sock, b""
-
-    def method(self):
-        """The next method frame's (class, method) and arguments."""
-        while True:
-            while len(self.buf) < 7:
-                self.buf += self.sock.recv(65536)
-            t, _ch, size = struct.unpack(">BHI", self.buf[:7])
-            while len(self.buf) < 8 + size:
-                self.buf += self.sock.recv(65536)
-            p, self.buf = self.buf[7:7 + size], self.buf[8 + size:]
-            if t == 1:
-                return struct.unpack(">HH", p[:4]), p[4:]
-
-
-s = socket.create_connection(("127.0.0.1", 5672))
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-r = Reader(s)
-s.sendall(b"AMQP\x00\x00\x09\x01")
-r.method()  # start
-s.sendall(method(0, 10, 11, struct.pack(">I", 0) + shortstr("PLAIN")
-                 + longstr(b"\x00guest\x00guest") + shortstr("en_US")))
-r.method()  # tune
-s.sendall(method(0, 10, 31, struct.pack(">HIH", 2047, 131072, 0)))
-s.sendall(method(0, 10, 40, shortstr("/") + shortstr("") + b"\x00"))
-r.method()  # open-ok
-s.sendall(method(1, 20, 10, shortstr("")))
-r.method()  # channel.open-ok
-s.sendall(method(1, 50, 10, struct.pack(">H", 0) + shortstr(Q) + b"\x00" + struct.pack(">I", 0)))
-r.method()  # queue.declare-ok
-s.sendall(method(1, 50, 30, struct.pack(">H", 0) + shortstr(Q) + b"\x00"))
-r.method()  # queue.purge-ok
+s, r = connect()
+declare_and_purge(s, r, Q)
 s.sendall(method(1, 85, 10, b"\x00"))
 r.method()  # confirm.select-ok
 

@@ -10,69 +10,19 @@ body bytes are counted, never copied or parsed. Prints S5's keys (pub_mibs, cons
 Companion of ../shared/bench/consume_ceiling.py (S3) and confirm_ceiling.py (S2b).
 Usage: large_ceiling.py [N]   (standard library only; RabbitMQ on 127.0.0.1:5672, guest/guest)."""
 import os
-import socket
 import struct
 import sys
 import time
+
+from raw_amqp import connect, declare_and_purge, frame, method, shortstr
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 500
 Q = "bench_s5"
 LARGE = 1 << 20
 FRAME_MAX = 131072
 
-
-def shortstr(s):
-    b = s.encode()
-    return struct.pack("B", len(b)) + b
-
-
-def longstr(b):
-    return struct.pack(">I", len(b)) + b
-
-
-def frame(t, ch, p):
-    return struct.pack(">BHI", t, ch, len(p)) + p + b"\xce"
-
-
-def method(ch, c, m, a=b""):
-    return frame(1, ch, struct.pack(">HH", c, m) + a)
-
-
-class Reader:
-    """Frames read whole; for the set-up, before the timed part."""
-
-    def __init__(self, sock):
-        self.sock, self.buf = sock, b""
-
-    def method(self):
-        while True:
-            while len(self.buf) < 7:
-                self.buf += self.sock.recv(65536)
-            t, _ch, size = struct.unpack(">BHI", self.buf[:7])
-            while len(self.buf) < 8 + size:
-                self.buf += self.sock.recv(65536)
-            p, self.buf = self.buf[7:7 + size], self.buf[8 + size:]
-            if t == 1:
-                return struct.unpack(">HH", p[:4]), p[4:]
-
-
-s = socket.create_connection(("127.0.0.1", 5672))
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-r = Reader(s)
-s.sendall(b"AMQP\x00\x00\x09\x01")
-r.method()  # start
-s.sendall(method(0, 10, 11, struct.pack(">I", 0) + shortstr("PLAIN")
-                 + longstr(b"\x00guest\x00guest") + shortstr("en_US")))
-r.method()  # tune
-s.sendall(method(0, 10, 31, struct.pack(">HIH", 2047, FRAME_MAX, 0)))
-s.sendall(method(0, 10, 40, shortstr("/") + shortstr("") + b"\x00"))
-r.method()  # open-ok
-s.sendall(method(1, 20, 10, shortstr("")))
-r.method()  # channel.open-ok
-s.sendall(method(1, 50, 10, struct.pack(">H", 0) + shortstr(Q) + b"\x00" + struct.pack(">I", 0)))
-r.method()  # queue.declare-ok
-s.sendall(method(1, 50, 30, struct.pack(">H", 0) + shortstr(Q) + b"\x00"))
-r.method()  # queue.purge-ok
+s, r = connect(FRAME_MAX)
+declare_and_purge(s, r, Q)
 s.sendall(method(1, 60, 10, struct.pack(">IHB", 0, 10, 0)))
 r.method()  # basic.qos-ok
 assert not r.buf

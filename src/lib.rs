@@ -438,7 +438,8 @@
 //! ## Types, and what is promised about them
 //!
 //! Everything in the public API is cottontail's own: [`BasicProperties`], [`FieldTable`] and
-//! [`FieldValue`], and the methods a callback receives ([`Deliver`], [`GetOk`], [`Return`]).
+//! [`FieldValue`], and the methods a callback receives ([`Deliver`], whose strings are
+//! [`SharedStr`]s, [`GetOk`], [`Return`]).
 //! The frame codec (amq-protocol) is an implementation detail; no signature names it, so a new
 //! major version of it changes no user code. Result structs and enums that may grow
 //! ([`Delivery`], [`QueueDeclareOk`], [`ConfirmOutcome`], [`Error`]...) are
