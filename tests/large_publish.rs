@@ -1,7 +1,8 @@
 //! Large publishes written by the publishing thread itself (outbound rule 2): against a real
 //! RabbitMQ, several threads publishing large and small messages on one connection deliver
 //! every body intact and in order; against a fake broker that reads nothing for a while, a
-//! large publish still returns (its rest is queued for the I/O thread) and every frame reaches
+//! large publish still returns (its rest is queued for the I/O thread), as it does when the
+//! broker reads only a trickle, and every frame reaches
 //! the broker whole, in order, with nothing of another channel inside a message.
 
 mod support;
@@ -229,5 +230,63 @@ fn a_large_publish_returns_while_the_broker_reads_nothing_and_arrives_whole_afte
         smalls,
         expected.iter().map(|s| s.as_bytes()).collect::<Vec<_>>(),
         "the small messages, in order"
+    );
+}
+
+#[test]
+fn a_large_publish_to_a_broker_that_reads_a_trickle_returns_without_waiting_for_it() {
+    // 8 MB: as large as a caller writes directly (64 frames of 128 KiB). The fake takes 1 KiB
+    // every 2 ms (about 0.5 MB/s), so writing the whole message would take longer than the
+    // fake's patience: the publish must hand the rest to the I/O thread and return. (What
+    // ends the caller's own write here is the 10 ms without room: the kernel reports room
+    // only once a third of the send buffer is free. `rpc_timeout` bounds it otherwise.)
+    let big = body_of(11, 8_000_000);
+    let expected_big = big.clone();
+    let broker = FakeBroker::bind_with_receive_buffer(8 * 1024);
+    let port = broker.port();
+    let (returned_tx, returned_rx) = mpsc::channel::<Duration>();
+    let fake = std::thread::spawn(move || {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        let started = std::time::Instant::now();
+        let took = loop {
+            if let Ok(took) = returned_rx.try_recv() {
+                break took;
+            }
+            assert!(
+                started.elapsed() < FAKE_PATIENCE,
+                "the publish did not return while the broker read a trickle"
+            );
+            peer.read_some(1024);
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let mut got = Reassembly::default();
+        while got.bodies(1).is_empty() {
+            got.feed(peer.read_frame().expect("the client's frames"));
+        }
+        match peer.expect_method() {
+            (0, AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {}
+            other => panic!("fake broker: expected connection.close, got {other:?}"),
+        }
+        peer.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+        );
+        (got, took)
+    });
+    let connection =
+        Connection::open(client_params(port).with_rpc_timeout(Duration::from_millis(500))).unwrap();
+    let channel = connection.channel().unwrap();
+    let started = std::time::Instant::now();
+    channel.basic_publish("", "large", &big).unwrap();
+    returned_tx.send(started.elapsed()).unwrap();
+    connection.close().unwrap();
+    let (got, took) = join(fake);
+    println!("the publish returned after {took:?}");
+    let bodies = got.bodies(1);
+    assert_eq!(bodies.len(), 1);
+    assert!(
+        bodies[0] == expected_big.as_slice(),
+        "the large body differs"
     );
 }

@@ -25,16 +25,17 @@
 //!    ([`Writer::Caller`], set under the lock), after releasing every lock: it writes the rest
 //!    from its own body as the socket takes it, waiting for room in its own poll ([`Direct`],
 //!    whose lock only that caller takes) at most [`STALL`] at a time and never past its
-//!    call's deadline if it has one (`RpcClient::call`). Meanwhile nobody else writes (the I/O
-//!    thread leaves the buffer alone, callers queue behind), so nothing lands inside its
-//!    frames; the buffer is not drained either. When the socket stalls or the deadline
-//!    passes, the rest goes to the front of the buffer, ahead of what others queued, and the
-//!    I/O thread writes it. So a large message reaches the kernel straight from the caller's
-//!    body, as with rabbitmq-c and pika, instead of being copied into the buffer and read
-//!    again by the I/O thread on another core (S5: 10-25% less CPU, BENCHMARKS.md). The
-//!    caller returns once its message is written or handed over: while the socket keeps
-//!    taking bytes (a large message on a slow network) that has no bound but the call's
-//!    deadline, as with pika's `basic_publish`.
+//!    call's deadline (`RpcClient::call`'s; `rpc_timeout` from the first write for every
+//!    other publish, so a peer that takes a trickle of bytes cannot hold it). Meanwhile
+//!    nobody else writes (the I/O thread leaves the buffer alone, callers queue behind), so
+//!    nothing lands inside its frames; the buffer is not drained either. When the socket
+//!    stalls or the deadline passes, the rest goes to the front of the buffer, ahead of what
+//!    others queued, and the I/O thread writes it. So a large message reaches the kernel
+//!    straight from the caller's body, as with rabbitmq-c and pika, instead of being copied
+//!    into the buffer and read again by the I/O thread on another core (S5: 10-25% less CPU,
+//!    BENCHMARKS.md). The caller returns once its message is written or handed over: while
+//!    the socket keeps taking bytes (a large message on a slow network) that may take up to
+//!    that deadline.
 //! 3. **Back-pressure.** Past [`OUTBOUND_HIGH_WATER`] callers wait for room on `link_cond`
 //!    (signalled when the I/O thread drains the buffer, when a caller finishes its own write,
 //!    after which the I/O thread drains it, and when the connection closes), at most until
@@ -325,9 +326,9 @@ impl Core {
 
     /// Finishes a caller's own direct write (rule 2), called with no lock held: writes the
     /// rest of `frames` and `body` as the socket takes it, waiting for room at most [`STALL`]
-    /// at a time and never past `deadline` (the call's own, if it has one); what the socket
-    /// has not taken by then goes to the front of the buffer, ahead of what others queued
-    /// meanwhile, for the I/O thread. Then nobody writes: `link_cond` is signalled (the I/O
+    /// at a time and never past `deadline` (the call's own; `rpc_timeout` from now if it has
+    /// none); what the socket has not taken by then goes to the front of the buffer, ahead of
+    /// what others queued meanwhile, for the I/O thread. Then nobody writes: `link_cond` is signalled (the I/O
     /// thread may wait for that before its last write, see `io_thread`), and the I/O thread is
     /// woken if anything waits in the buffer.
     fn finish_direct(
@@ -340,6 +341,8 @@ impl Core {
         let frame_max = self.tuned.frame_max;
         let total = frames.len() + codec::body_frames_len(body.1.len(), frame_max);
         let mut done = unfinished.done;
+        // A peer that takes a trickle of bytes must not hold the caller for ever.
+        let deadline = deadline.or_else(|| super::deadline_after(self.params.rpc_timeout));
         let give_up_at = |now: Instant| deadline.map_or(now + STALL, |d| d.min(now + STALL));
         if let Some(socket) = &self.direct {
             let mut room = socket.room.lock().unwrap_or_else(|p| p.into_inner());

@@ -221,6 +221,19 @@ impl Peer {
         }
     }
 
+    /// Reads at most `max` bytes from the client into the buffer [`read_frame`](Self::read_frame)
+    /// parses (a peer that reads slowly); how many it read, 0 at EOF or on an error.
+    pub fn read_some(&mut self, max: usize) -> usize {
+        let mut chunk = vec![0u8; max];
+        match self.stream.as_mut().map(|s| s.read(&mut chunk)) {
+            Some(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                n
+            }
+            _ => 0,
+        }
+    }
+
     /// The next method frame, skipping heartbeats; panics on anything else.
     pub fn expect_method(&mut self) -> (u16, AMQPClass) {
         loop {
