@@ -1,9 +1,9 @@
 //! Large publishes written by the publishing thread itself (outbound rule 2): against a real
 //! RabbitMQ, several threads publishing large and small messages on one connection deliver
-//! every body intact and in order; against a fake broker that reads nothing for a while, a
-//! large publish still returns (its rest is queued for the I/O thread), as it does when the
-//! broker reads only a trickle, and every frame reaches
-//! the broker whole, in order, with nothing of another channel inside a message.
+//! every body intact and in order; against a fake broker that reads nothing for a while, or
+//! only a trickle, a large publish still returns (its rest is queued for the I/O thread) and
+//! every frame reaches the broker whole, in order, with nothing of another channel inside a
+//! message.
 
 mod support;
 
