@@ -116,20 +116,45 @@ fn publish_plain(ch: &Channel, queue: &str, n: usize, body: &[u8]) -> Result<()>
     Ok(())
 }
 
-fn s1(n: usize) -> Result<String> {
+/// Publishes `n` messages each with properties of its own (a message id and a timestamp), as
+/// an application publishing events does: every content header is encoded anew.
+fn publish_with_ids(ch: &Channel, queue: &str, n: usize, body: &[u8]) -> Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for i in 0..n {
+        let options = PublishOptions {
+            properties: BasicProperties::default()
+                .with_message_id(i.to_string())
+                .with_timestamp(now),
+            ..Default::default()
+        };
+        ch.basic_publish_with("", queue, body, &options)?;
+    }
+    Ok(())
+}
+
+/// S1, and (`ids`, not one of the harness's scenarios) S1 with a message id and a timestamp
+/// of its own on every message.
+fn s1(n: usize, ids: bool) -> Result<String> {
     let c = connect()?;
     let ch = c.channel()?;
     declare_purge(&ch, "bench_s1")?;
     let t0 = Instant::now();
-    publish_plain(&ch, "bench_s1", n, &BODY64)?;
+    if ids {
+        publish_with_ids(&ch, "bench_s1", n, &BODY64)?;
+    } else {
+        publish_plain(&ch, "bench_s1", n, &BODY64)?;
+    }
     let t1 = Instant::now();
     let cnt = wait_count(&ch, "bench_s1", n)?;
     let t2 = Instant::now();
     c.close()?;
     let (l, t) = (secs(t0, t1), secs(t0, t2));
     Ok(format!(
-        "\"scenario\": \"s1\", \"n\": {n}, \"ok\": {}, \"count\": {cnt}, \"loop_s\": {}, \
+        "\"scenario\": \"{}\", \"n\": {n}, \"ok\": {}, \"count\": {cnt}, \"loop_s\": {}, \
          \"total_s\": {}, \"rate\": {}, \"rate_e2e\": {}",
+        if ids { "s1ids" } else { "s1" },
         cnt == n,
         num(l),
         num(t),
@@ -583,7 +608,8 @@ fn main() {
         }
     };
     let result = match scenario {
-        "s1" => s1(n.unwrap_or(200_000)),
+        "s1" => s1(n.unwrap_or(200_000), false),
+        "s1ids" => s1(n.unwrap_or(200_000), true),
         "s2a" => s2(n.unwrap_or(20_000), 1),
         "s2b" => s2(n.unwrap_or(20_000), S2B_WINDOW),
         "fill3" => fill("bench_s3", n.unwrap_or(200_000)),
@@ -596,7 +622,7 @@ fn main() {
         "idleconsumer" => idle(n.unwrap_or(10) as u64, true),
         _ => {
             eprintln!(
-                "usage: peer_bench SCENARIO [N]; SCENARIO: s1 | s2a | s2b | fill3 | s3 | \
+                "usage: peer_bench SCENARIO [N]; SCENARIO: s1 | s1ids | s2a | s2b | fill3 | s3 | \
                  s3noack | s4server | s4client | s5 | idle | idleconsumer (got {scenario:?})"
             );
             std::process::exit(2);

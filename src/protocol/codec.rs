@@ -333,6 +333,9 @@ pub(crate) fn encode_content_header(
     body_size: u64,
     properties: &BasicProperties,
 ) -> Result<()> {
+    if fast::encode_header(buf, channel, body_size, properties) {
+        return Ok(());
+    }
     encode_frame(
         buf,
         &AMQPFrame::Header(

@@ -80,7 +80,7 @@ impl BasicProperties {
         }
     }
 
-    fn fields(&self) -> &Fields {
+    pub(crate) fn fields(&self) -> &Fields {
         self.set.as_deref().unwrap_or(&UNSET)
     }
 

@@ -14,6 +14,9 @@
 //!   frames before the first damaged byte unchanged, never hands out a frame nested deeper
 //!   than `MAX_NESTING`, and fails only with `FRAME_ERROR`;
 //! - [`check_nesting`] never refuses a frame amq-protocol's parser accepts;
+//! - the hand-written content header encoder ([`fast::encode_header`]) writes exactly
+//!   amq-protocol's bytes for any properties without a `headers` table, and leaves those with
+//!   one to amq-protocol;
 //! - a valid handshake (heartbeats anywhere) finishes whatever the splits, and a random or
 //!   mutated one ends only in `FRAME_ERROR` or `UNEXPECTED_FRAME` (505) protocol errors or in
 //!   the typed refusals the broker's own frames ask for;
@@ -58,8 +61,10 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseResult, TestRunner};
 
+use super::fast;
 use super::handshake::negotiate;
 use super::nesting::check_nesting;
+use super::properties;
 use crate::error::{Error, FRAME_ERROR, UNEXPECTED_FRAME};
 use crate::params::{ConnectionParameters, ExternalCredentials};
 use generators::{
@@ -205,6 +210,35 @@ fn nesting_check_never_refuses_what_parses(config: &Config) -> u64 {
                 );
             }
         }
+        Ok(())
+    })
+}
+
+/// [`fast::encode_header`] agrees with amq-protocol's encoder byte for byte, and declines
+/// (appending nothing) exactly the properties with a `headers` table.
+fn header_encoder_agrees(config: &Config) -> u64 {
+    let strategy = (generators::properties(), any::<u16>(), any::<u64>());
+    run_round(config, strategy, |(wire, channel, body_size)| {
+        let ours = properties::from_wire(&wire);
+        let mut buf = b"before".to_vec();
+        let encoded = fast::encode_header(&mut buf, channel, body_size, &ours);
+        if wire.headers().is_some() {
+            prop_assert!(!encoded);
+            prop_assert_eq!(&buf[..], b"before");
+            return Ok(());
+        }
+        prop_assert!(encoded);
+        let mut expected = b"before".to_vec();
+        let (amq_protocols, _) = mutations::encode(&[AMQPFrame::Header(
+            channel,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size,
+                properties: wire,
+            },
+        )]);
+        expected.extend(amq_protocols);
+        prop_assert_eq!(buf, expected);
         Ok(())
     })
 }
@@ -407,6 +441,7 @@ const PROPERTIES: &[(&str, Property)] = &[
         "nesting_check_never_refuses_what_parses",
         nesting_check_never_refuses_what_parses,
     ),
+    ("header_encoder_agrees", header_encoder_agrees),
     ("valid_handshakes_finish", valid_handshakes_finish),
     (
         "handshake_fails_only_as_documented",
@@ -470,6 +505,11 @@ fn mutated_streams_fail_with_frame_error_and_bounded_buffer() {
 #[test]
 fn nesting_check_never_refuses_a_frame_that_parses() {
     on_io_stack(|| nesting_check_never_refuses_what_parses(&config()));
+}
+
+#[test]
+fn the_header_encoder_writes_amq_protocols_bytes() {
+    header_encoder_agrees(&config());
 }
 
 #[test]
