@@ -25,8 +25,8 @@
 //!    ([`Writer::Caller`], set under the lock), after releasing every lock: it writes the rest
 //!    from its own body as the socket takes it, waiting for room in its own poll ([`Direct`],
 //!    whose lock only that caller takes) at most [`STALL`] at a time and never past its
-//!    call's deadline (`RpcClient::call`'s; `rpc_timeout` from the first write for every
-//!    other publish, so a peer that takes a trickle of bytes cannot hold it). Meanwhile
+//!    call's deadline (`RpcClient::call`'s; for every other publish, `rpc_timeout` from when it
+//!    starts finishing, so a peer that takes a trickle of bytes cannot hold it). Meanwhile
 //!    nobody else writes (the I/O thread leaves the buffer alone, callers queue behind), so
 //!    nothing lands inside its frames; the buffer is not drained either. When the socket
 //!    stalls or the deadline passes, the rest goes to the front of the buffer, ahead of what
@@ -343,16 +343,15 @@ impl Core {
         let mut done = unfinished.done;
         // A peer that takes a trickle of bytes must not hold the caller for ever.
         let deadline = deadline.or_else(|| super::deadline_after(self.params.rpc_timeout));
-        let give_up_at = |now: Instant| deadline.map_or(now + STALL, |d| d.min(now + STALL));
         if let Some(socket) = &self.direct {
             let mut room = socket.room.lock().unwrap_or_else(|p| p.into_inner());
             let (poll, events) = &mut *room;
-            let mut give_up = give_up_at(Instant::now());
+            let mut give_up = give_up_at(Instant::now(), deadline);
             while done < total {
                 let n = write_direct(&socket.tcp, &[], frames, Some(body), frame_max, done);
                 if n > 0 {
                     done += n;
-                    give_up = give_up_at(Instant::now());
+                    give_up = give_up_at(Instant::now(), deadline);
                     continue;
                 }
                 // Full (or failed: the I/O thread meets the error on its next write).
@@ -605,11 +604,20 @@ impl Core {
 const DIRECT_BODY_FRAMES: usize = 64;
 
 /// `MSG_NOSIGNAL`: a write to a socket the peer reset fails with EPIPE instead of raising
-/// SIGPIPE, which kills a host process that did not ignore it.
+/// SIGPIPE, which kills a host process that did not ignore it. `MSG_DONTWAIT`: a direct write
+/// never blocks, even once the I/O thread has put the shared socket in blocking mode for its
+/// last write (`io_thread::flush_before_exit`).
 #[cfg(target_os = "linux")]
-const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL;
+const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
 #[cfg(not(target_os = "linux"))]
 const SEND_FLAGS: i32 = 0;
+
+/// When a caller finishing its own write stops waiting for room (rule 2): [`STALL`] after
+/// `now` (its last progress), or its deadline if that comes first.
+fn give_up_at(now: Instant, deadline: Option<Instant>) -> Instant {
+    let stall = now + STALL;
+    deadline.map_or(stall, |d| d.min(stall))
+}
 
 /// Whether a body of `len` bytes is split into at most [`DIRECT_BODY_FRAMES`] frames, so that
 /// [`write_direct`] writes it.
@@ -719,6 +727,17 @@ mod tests {
             write_direct(&client, &[], frames, Some((5, &too_many)), 8192, 0),
             0
         );
+    }
+
+    #[test]
+    fn a_finishing_caller_gives_up_at_a_stall_or_at_its_deadline_whichever_comes_first() {
+        let now = Instant::now();
+        assert_eq!(give_up_at(now, None), now + STALL);
+        assert_eq!(give_up_at(now, Some(now + STALL * 100)), now + STALL);
+        let soon = now + STALL / 2;
+        assert_eq!(give_up_at(now, Some(soon)), soon);
+        // A deadline already past: no wait at all.
+        assert_eq!(give_up_at(now, Some(now)), now);
     }
 
     #[test]
