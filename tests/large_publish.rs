@@ -16,7 +16,7 @@ use std::time::Duration;
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{basic, connection, AMQPClass};
 use cottontail::{Connection, QueueDeclareOptions};
-use fake_broker::{client_params, join, FakeBroker, FAKE_PATIENCE};
+use fake_broker::{client_params, join, FakeBroker, Peer, FAKE_PATIENCE};
 use support::{connect, unique};
 
 /// A body of `size` bytes that differs for every `seed`.
@@ -168,6 +168,18 @@ impl Reassembly {
     }
 }
 
+/// Reads the client's connection.close and answers close-ok.
+fn answer_close(peer: &mut Peer) {
+    match peer.expect_method() {
+        (0, AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {}
+        other => panic!("fake broker: expected connection.close, got {other:?}"),
+    }
+    peer.send_method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+    );
+}
+
 #[test]
 fn a_large_publish_returns_while_the_broker_reads_nothing_and_arrives_whole_after() {
     const SMALL: usize = 200;
@@ -188,14 +200,7 @@ fn a_large_publish_returns_while_the_broker_reads_nothing_and_arrives_whole_afte
         while got.bodies(1).len() < 2 || got.bodies(2).len() < SMALL {
             got.feed(peer.read_frame().expect("the client's frames"));
         }
-        match peer.expect_method() {
-            (0, AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {}
-            other => panic!("fake broker: expected connection.close, got {other:?}"),
-        }
-        peer.send_method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
-        );
+        answer_close(&mut peer);
         got
     });
     let connection = Connection::open(client_params(port)).unwrap();
@@ -264,14 +269,7 @@ fn a_large_publish_to_a_broker_that_reads_a_trickle_returns_without_waiting_for_
         while got.bodies(1).is_empty() {
             got.feed(peer.read_frame().expect("the client's frames"));
         }
-        match peer.expect_method() {
-            (0, AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {}
-            other => panic!("fake broker: expected connection.close, got {other:?}"),
-        }
-        peer.send_method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
-        );
+        answer_close(&mut peer);
         (got, took)
     });
     let connection = Connection::open(client_params(port)).unwrap();
