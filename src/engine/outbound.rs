@@ -622,10 +622,7 @@ fn give_up_at(now: Instant, deadline: Option<Instant>) -> Instant {
 /// Whether a body of `len` bytes is split into at most [`DIRECT_BODY_FRAMES`] frames, so that
 /// [`write_direct`] writes it.
 fn fits_direct(len: usize, frame_max: u32) -> bool {
-    let chunk = (frame_max as usize)
-        .saturating_sub(codec::FRAME_OVERHEAD)
-        .max(1);
-    len.div_ceil(chunk) <= DIRECT_BODY_FRAMES
+    len.div_ceil(codec::body_chunk(frame_max)) <= DIRECT_BODY_FRAMES
 }
 
 /// Writes `prefix`, `frames` and `body` (as body frames of at most `frame_max - 8` payload
@@ -641,9 +638,7 @@ pub(crate) fn write_direct(
     frame_max: u32,
     skip: usize,
 ) -> usize {
-    let chunk = (frame_max as usize)
-        .saturating_sub(codec::FRAME_OVERHEAD)
-        .max(1);
+    let chunk = codec::body_chunk(frame_max);
     let (channel, body) = body.unwrap_or((0, &[]));
     let socket = socket2::SockRef::from(tcp);
     let end = [amq_protocol::protocol::constants::FRAME_END];

@@ -376,7 +376,7 @@ pub(crate) fn encode_tail(
     let Some((channel, body)) = body else {
         return;
     };
-    let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
+    let chunk = body_chunk(frame_max);
     for piece in body.chunks(chunk) {
         put(buf, &body_frame_header(channel, piece.len()), &mut skip);
         put(buf, piece, &mut skip);
@@ -384,10 +384,15 @@ pub(crate) fn encode_tail(
     }
 }
 
+/// The most body bytes one body frame carries at `frame_max` (`frame_max - 8`, at least 1).
+pub(crate) fn body_chunk(frame_max: u32) -> usize {
+    (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1)
+}
+
 /// Bytes of the body frames (of at most `frame_max - 8` payload bytes each) for a body of
 /// `len` bytes.
 pub(crate) fn body_frames_len(len: usize, frame_max: u32) -> usize {
-    let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
+    let chunk = body_chunk(frame_max);
     len + len.div_ceil(chunk) * FRAME_OVERHEAD
 }
 
