@@ -696,12 +696,18 @@ fn send_some(socket: &socket2::SockRef<'_>, slices: &[IoSlice<'_>]) -> usize {
 mod tests {
     use super::*;
 
+    /// A client socket and the server's end of it, on loopback.
+    fn connected_pair() -> (TcpStream, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
     #[test]
     fn direct_writes_send_the_same_bytes_as_the_queue() {
         use std::io::Read;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut server, _) = listener.accept().unwrap();
+        let (client, mut server) = connected_pair();
         let frames = b"method and header frames";
         let chunk = 8192 - codec::FRAME_OVERHEAD;
         // 20000 bytes at frame_max 8192: 3 body frames; then exactly one full frame, one
@@ -738,9 +744,7 @@ mod tests {
     #[test]
     fn a_direct_write_resumes_where_the_last_one_stopped() {
         use std::io::Read;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut server, _) = listener.accept().unwrap();
+        let (client, mut server) = connected_pair();
         let frames = b"method and header frames";
         let body: Vec<u8> = (0..20_000u32).map(|i| (i * 7) as u8).collect();
         let mut expected = Vec::new();
