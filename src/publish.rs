@@ -16,6 +16,17 @@ use crate::protocol::methods::Message;
 use crate::protocol::properties::BasicProperties;
 use crate::protocol::publish_cache::PublishCache;
 
+/// How [`Channel::publish`] sends one message.
+pub(crate) struct Publish {
+    /// basic.publish's `mandatory` flag.
+    pub(crate) mandatory: bool,
+    /// The call's own deadline for room and for a blocked connection (see `publish`).
+    pub(crate) deadline: Option<Instant>,
+    /// In confirm mode, the caller waits for this message's outcome itself: a
+    /// `wait_for_confirms` on another thread must not take it (`ConfirmTracker::claim`).
+    pub(crate) claim: bool,
+}
+
 /// What happened to the messages published since the last
 /// [`wait_for_confirms`](Channel::wait_for_confirms): which were nacked and which came back
 /// unroutable. Not in pika, whose blocking channel confirms one message at a time.
@@ -99,8 +110,12 @@ impl Channel {
             properties,
             mandatory,
         } = options;
-        let Some(seq) = self.publish(exchange, routing_key, body, properties, *mandatory, None)?
-        else {
+        let publish = Publish {
+            mandatory: *mandatory,
+            deadline: None,
+            claim: true,
+        };
+        let Some(seq) = self.publish(exchange, routing_key, body, properties, publish)? else {
             return Ok(());
         };
         let timeout = self.rpc_timeout();
@@ -121,7 +136,13 @@ impl Channel {
                 Some(settled)
             },
             |_| Error::timeout(format!("waiting for the confirm of message {seq}"), timeout),
-        )?;
+        );
+        let settled = settled.inspect_err(|_| {
+            // Given up: the outcome goes to the next `wait_for_confirms`.
+            if let Some(tracker) = self.core().lock().confirms.as_mut() {
+                tracker.release(seq);
+            }
+        })?;
         // The error path only: the caller's message is copied into the error.
         let message = || {
             Box::new(Message::new(
@@ -168,8 +189,11 @@ impl Channel {
                 routing_key,
                 body,
                 &options.properties,
-                options.mandatory,
-                None,
+                Publish {
+                    mandatory: options.mandatory,
+                    deadline: None,
+                    claim: false,
+                },
             )?
             .unwrap_or(0))
     }
@@ -185,8 +209,11 @@ impl Channel {
         routing_key: &str,
         body: &[u8],
         properties: &BasicProperties,
-        mandatory: bool,
-        deadline: Option<Instant>,
+        Publish {
+            mandatory,
+            deadline,
+            claim,
+        }: Publish,
     ) -> Result<Option<u64>> {
         // Only a mandatory message can come back, so only it needs telling apart from the rest.
         let mandatory_fingerprint = mandatory.then(|| fingerprint(exchange, routing_key, body));
@@ -200,10 +227,13 @@ impl Channel {
             let conn = owner.ready_core(until)?;
             let sent = conn.send_on(core, frames, Some(body), deadline, |st| {
                 ensure_open(st)?;
-                Ok(st
-                    .confirms
-                    .as_mut()
-                    .map(|t| t.publish(mandatory_fingerprint)))
+                Ok(st.confirms.as_mut().map(|t| {
+                    let seq = t.publish(mandatory_fingerprint);
+                    if claim {
+                        t.claim(seq);
+                    }
+                    seq
+                }))
             });
             match sent {
                 Err(e) if self.lost() => {
@@ -263,7 +293,10 @@ impl Channel {
 
     /// Waits until every message published so far in confirm mode is acked or nacked, at most
     /// `timeout` (the RPC timeout when `None`), and reports which were nacked or returned since
-    /// the last call, with the returned messages. Not in pika.
+    /// the last call, with the returned messages. A message published with
+    /// [`basic_publish_with`](Self::basic_publish_with) is waited for here too, but its outcome
+    /// is its own call's to report, not this one's (unless that call gave up on a timeout).
+    /// Not in pika.
     pub fn wait_for_confirms(&self, timeout: Option<Duration>) -> Result<ConfirmOutcome> {
         let core = self.core();
         let timeout = timeout.unwrap_or_else(|| self.rpc_timeout());

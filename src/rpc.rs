@@ -83,6 +83,7 @@ use crate::engine::deadline_after;
 use crate::error::{Error, Result};
 use crate::options::{BasicConsumeOptions, PublishOptions};
 use crate::protocol::properties::BasicProperties;
+use crate::publish::Publish;
 
 /// The pseudo-queue of direct reply-to: a client consumes it and sends it as `reply_to`.
 pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -243,10 +244,14 @@ impl RpcClient {
         // With the call's deadline: a full outbound buffer or a blocked connection holds the
         // request back at most until then (nothing is queued if it passes).
         let properties = request_properties(options.properties, &id);
-        let published =
-            inner
-                .channel
-                .publish(exchange, routing_key, body, &properties, false, deadline);
+        let publish = Publish {
+            mandatory: false,
+            deadline,
+            claim: false,
+        };
+        let published = inner
+            .channel
+            .publish(exchange, routing_key, body, &properties, publish);
         if let Err(e) = published {
             inner.leave(&mut inner.lock(), &id);
             return Err(match e {

@@ -141,3 +141,105 @@ fn deferred_mandatory_publishes_report_exactly_the_returned_sequence_numbers() {
     assert_eq!(support::message_count(&connection, &queue), routable);
     channel.queue_delete(&queue, Default::default()).unwrap();
 }
+
+/// `basic_publish_with` in confirm mode waits for its own message's outcome, while another
+/// thread waits for windows of deferred publishes with `wait_for_confirms` on the same channel:
+/// each nack reaches exactly one of them, its own publisher (never a window's wait, which
+/// used to take it and leave the publisher a plain `Ok`).
+#[test]
+fn a_publish_waiting_for_its_confirm_keeps_its_nack_from_a_concurrent_window() {
+    use cottontail::{FieldTable, QueueDeclareOptions};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const PUBLISHERS: usize = 4;
+    const EACH: usize = 150;
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                arguments: FieldTable::new()
+                    .with("x-max-length", 1)
+                    .with("x-overflow", "reject-publish"),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .queue;
+    channel.confirm_delivery().unwrap();
+    // The queue is full from here on: the broker nacks every later publish.
+    channel.basic_publish("", &queue, b"first").unwrap();
+
+    let done = AtomicBool::new(false);
+    let (own, deferred, windows) = std::thread::scope(|s| {
+        let publishers: Vec<_> = (0..PUBLISHERS)
+            .map(|t| {
+                let (channel, queue) = (&channel, &queue);
+                s.spawn(move || {
+                    (0..EACH)
+                        .map(|i| {
+                            let body = format!("publisher {t} message {i}");
+                            channel.basic_publish_with(
+                                "",
+                                queue,
+                                body.as_bytes(),
+                                &Default::default(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let deferring = s.spawn(|| {
+            (0..EACH)
+                .map(|i| {
+                    let body = format!("deferred {i}");
+                    channel
+                        .basic_publish_deferred("", &queue, body.as_bytes(), &Default::default())
+                        .unwrap()
+                })
+                .collect::<BTreeSet<u64>>()
+        });
+        let waiter = s.spawn(|| {
+            let mut nacked = Vec::new();
+            loop {
+                let last = done.load(Ordering::SeqCst);
+                let outcome = channel
+                    .wait_for_confirms(Some(Duration::from_secs(30)))
+                    .unwrap();
+                assert!(outcome.returned.is_empty() && outcome.unknown.is_empty());
+                nacked.extend(outcome.nacked);
+                if last {
+                    return nacked;
+                }
+            }
+        });
+        let own: Vec<_> = publishers
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let deferred = deferring.join().unwrap();
+        done.store(true, Ordering::SeqCst);
+        (own, deferred, waiter.join().unwrap())
+    });
+
+    let mut own_seqs = BTreeSet::new();
+    for result in &own {
+        match result {
+            Err(Error::Nack { delivery_tag, .. }) => {
+                own_seqs.insert(*delivery_tag);
+            }
+            other => panic!("a publish into a full queue reported {other:?}, not its nack"),
+        }
+    }
+    assert_eq!(own_seqs.len(), PUBLISHERS * EACH);
+    let windows_seqs: BTreeSet<u64> = windows.iter().copied().collect();
+    assert_eq!(windows_seqs.len(), windows.len(), "no nack reported twice");
+    assert_eq!(
+        windows_seqs, deferred,
+        "the windows report the deferred publishes' nacks, and only those"
+    );
+    assert_eq!(support::message_count(&connection, &queue), 1);
+}

@@ -96,6 +96,10 @@ pub(crate) struct ConfirmTracker {
     /// Sequence numbers returned as unroutable, with the return's reply code and text, that
     /// nobody has looked at yet.
     returned: BTreeMap<u64, (u16, String)>,
+    /// Publishes whose own publisher waits for their outcome (`basic_publish_with`), from the
+    /// publish until it takes the outcome or gives up: [`take_outcomes`](Self::take_outcomes)
+    /// (a `wait_for_confirms` on another thread) leaves them to it.
+    claimed: BTreeSet<u64>,
 }
 
 /// What went wrong with a window of publishes: the API's `ConfirmOutcome` is built from it.
@@ -149,6 +153,20 @@ impl ConfirmTracker {
             self.mandatory.push_back((seq, fingerprint));
         }
         seq
+    }
+
+    /// The publisher of `seq` waits for its outcome itself: until it takes it with
+    /// [`take_outcome_of`](Self::take_outcome_of) or [`release`](Self::release)s it, nobody
+    /// else reports it. Called in the same lock as [`publish`](Self::publish), before its
+    /// confirm can arrive.
+    pub(crate) fn claim(&mut self, seq: u64) {
+        self.claimed.insert(seq);
+    }
+
+    /// The publisher of a [`claim`](Self::claim)ed `seq` gave up waiting (a timeout): its
+    /// outcome goes to the next [`take_outcomes`](Self::take_outcomes) like any other.
+    pub(crate) fn release(&mut self, seq: u64) {
+        self.claimed.remove(&seq);
     }
 
     /// The broker returned a message (basic.return) whose [`fingerprint`] is `fingerprint`:
@@ -221,6 +239,7 @@ impl ConfirmTracker {
     /// Removes and reports what happened to `seq` once it is settled. A nack wins over a
     /// return.
     pub(crate) fn take_outcome_of(&mut self, seq: u64) -> Settled {
+        self.claimed.remove(&seq);
         if self.unknown.remove(&seq) {
             return Settled::Unknown;
         }
@@ -236,12 +255,27 @@ impl ConfirmTracker {
         }
     }
 
-    /// Removes and reports everything settled badly so far.
+    /// Removes and reports everything settled badly so far, but the outcomes
+    /// [`claim`](Self::claim)ed by their own publishers.
     pub(crate) fn take_outcomes(&mut self) -> Outcomes {
+        let claimed = &self.claimed;
+        let unclaimed = |seq: &u64| !claimed.contains(seq);
+        let nacked: Vec<u64> = self.nacked.iter().copied().filter(unclaimed).collect();
+        let returned: Vec<u64> = self.returned.keys().copied().filter(unclaimed).collect();
+        let unknown: Vec<u64> = self.unknown.iter().copied().filter(unclaimed).collect();
+        for seq in &nacked {
+            self.nacked.remove(seq);
+        }
+        for seq in &returned {
+            self.returned.remove(seq);
+        }
+        for seq in &unknown {
+            self.unknown.remove(seq);
+        }
         Outcomes {
-            nacked: std::mem::take(&mut self.nacked).into_iter().collect(),
-            returned: std::mem::take(&mut self.returned).into_keys().collect(),
-            unknown: std::mem::take(&mut self.unknown).into_iter().collect(),
+            nacked,
+            returned,
+            unknown,
         }
     }
 }
@@ -255,6 +289,42 @@ mod tests {
             reply_code,
             reply_text: reply_text.into(),
         }
+    }
+
+    #[test]
+    fn a_claimed_outcome_is_left_to_its_publisher_until_released() {
+        let mut t = ConfirmTracker::new();
+        let fp = fingerprint("", "nowhere", b"x");
+        let own = t.publish(None);
+        t.claim(own);
+        let other = t.publish(None);
+        let returned_own = t.publish(Some(fp));
+        t.claim(returned_own);
+        let lost = t.publish(None);
+        t.claim(lost);
+        assert_eq!(t.on_return(fp, 312, "NO_ROUTE"), Some(returned_own));
+        t.on_confirm(other, true, true);
+        t.on_confirm(returned_own, false, false);
+        t.lose();
+        // A window's wait sees the unclaimed nack only.
+        assert_eq!(
+            t.take_outcomes(),
+            Outcomes {
+                nacked: vec![other],
+                ..Default::default()
+            }
+        );
+        assert_eq!(t.take_outcome_of(own), Settled::Nacked);
+        assert_eq!(t.take_outcome_of(returned_own), returned(312, "NO_ROUTE"));
+        // Released by a publisher that gave up: the next window's wait reports it.
+        t.release(lost);
+        assert_eq!(
+            t.take_outcomes(),
+            Outcomes {
+                unknown: vec![lost],
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
