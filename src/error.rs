@@ -173,7 +173,7 @@ pub enum Error {
     /// cottontail closed the connection with the given AMQP reply code.
     #[error("protocol violation by the peer ({reply_code}): {reason}")]
     Protocol {
-        /// The reply code cottontail sent while closing (501, 504 or 505).
+        /// The reply code cottontail sent while closing (501, 503, 504 or 505).
         reply_code: u16,
         /// What was wrong.
         reason: String,

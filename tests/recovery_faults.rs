@@ -406,3 +406,69 @@ fn confirms_outstanding_at_the_loss_are_unknown_never_confirmed() {
     connection.close().unwrap();
     join(fake);
 }
+
+/// basic.get-ok with `delivery_tag`, its header and a 2-byte body on `channel`.
+fn send_get_ok(peer: &mut Peer, channel: u16, delivery_tag: u64) {
+    use amq_protocol::frame::AMQPContentHeader;
+    peer.send_method(
+        channel,
+        AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+            delivery_tag,
+            redelivered: false,
+            exchange: "".into(),
+            routing_key: "q".into(),
+            message_count: 0,
+        })),
+    );
+    peer.send_frame(&AMQPFrame::Header(
+        channel,
+        AMQPContentHeader {
+            class_id: 60,
+            body_size: 2,
+            properties: amq_protocol::protocol::BasicProperties::default(),
+        },
+    ));
+    peer.send_frame(&AMQPFrame::Body(channel, b"hi".to_vec()));
+}
+
+/// The application's delivery tags run on across recoveries (the new channel's tags plus the
+/// old ones'): a broker whose tags would overflow them is refused with a typed protocol
+/// error, never a panic (debug) or a wrapped tag (release), which an ack would then misuse.
+#[test]
+fn a_delivery_tag_that_would_overflow_across_a_recovery_is_a_protocol_error() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut first = broker.accept_and_handshake(0, 131_072);
+        first.open_channel(1);
+        first.expect_get(1);
+        send_get_ok(&mut first, 1, u64::MAX);
+        // The connection drops: the client recovers.
+        drop(first);
+        let mut second = broker.accept_and_handshake(0, 131_072);
+        second.open_channel(1);
+        serve_recovery_channel(&mut second);
+        second.expect_get(1);
+        send_get_ok(&mut second, 1, 1);
+        second.drain()
+    });
+    let connection = Connection::open(client_params(port).with_recovery(policy())).expect("open");
+    let channel = connection.channel().expect("channel");
+    let first = channel.basic_get("q", true).unwrap().expect("a message");
+    assert_eq!(first.method.delivery_tag, u64::MAX);
+    assert!(
+        support::eventually(Duration::from_secs(10), || connection.recovery_generation()
+            == 1),
+        "no recovery after the connection dropped"
+    );
+    connection
+        .wait_for_recovery(Duration::from_secs(5))
+        .unwrap();
+    match channel.basic_get("q", true) {
+        Err(Error::Protocol { reply_code, reason }) => {
+            assert_eq!(reply_code, 503);
+            assert!(reason.contains("overflows"), "{reason}");
+        }
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    drop(connection);
+    join(fake);
+}

@@ -271,7 +271,7 @@ impl ChannelCore {
         st.awaiting = false;
         st.stale.clear();
         st.orphans.clear();
-        st.tag_offset += st.acks.last_delivered();
+        st.tag_offset = st.tag_offset.saturating_add(st.acks.last_delivered());
         st.acks = AckRun::default();
         if let Some(tracker) = st.confirms.as_mut() {
             tracker.lose();

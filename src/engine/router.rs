@@ -157,7 +157,7 @@ impl Router {
             AMQPFrame::Header(channel, header) => self
                 .on_header(core, channel, Header::from_wire(&header))
                 .map(|()| None),
-            AMQPFrame::Body(channel, data) => self.on_body(core, channel, &data).map(|()| None),
+            AMQPFrame::Body(channel, data) => self.on_body(core, channel, &data, 0).map(|()| None),
             AMQPFrame::InvalidHeartbeat(channel) => Err(Error::protocol(
                 FRAME_ERROR,
                 format!("heartbeat frame on channel {channel}"),
@@ -173,7 +173,7 @@ impl Router {
     pub(crate) fn on_header(&mut self, core: &Core, channel: u16, header: Header) -> Result<()> {
         let entry = self.entry(core, channel)?;
         if let Some(content) = entry.assembly.header(channel, header)? {
-            self.finish_content(core, channel, content);
+            self.finish_content(core, channel, content)?;
         }
         Ok(())
     }
@@ -188,21 +188,28 @@ impl Router {
             .start(channel, ContentMethod::Deliver(deliver))
     }
 
-    pub(crate) fn on_body(&mut self, core: &Core, channel: u16, data: &[u8]) -> Result<()> {
+    /// A body frame or a piece of one, with `rest` more of the frame's bytes to come.
+    pub(crate) fn on_body(
+        &mut self,
+        core: &Core,
+        channel: u16,
+        data: &[u8],
+        rest: usize,
+    ) -> Result<()> {
         let entry = self.entry(core, channel)?;
-        if let Some(content) = entry.assembly.body(channel, data)? {
-            self.finish_content(core, channel, content);
+        if let Some(content) = entry.assembly.body(channel, data, rest)? {
+            self.finish_content(core, channel, content)?;
         }
         Ok(())
     }
 
-    fn finish_content(&mut self, core: &Core, channel: u16, content: Content) {
+    fn finish_content(&mut self, core: &Core, channel: u16, content: Content) -> Result<()> {
         let Some(entry) = self
             .channels
             .get_mut(channel as usize)
             .and_then(Option::as_mut)
         else {
-            return;
+            return Ok(());
         };
         let chan = entry.core.clone();
         let Content {
@@ -212,26 +219,39 @@ impl Router {
         } = content;
         let mut st = chan.lock();
         if st.closed_error().is_some() || matches!(st.life, Life::Closing(_)) {
-            return;
+            return Ok(());
         }
+        // The application's tags run on across recoveries (see `ChanState::tag_offset`); a
+        // broker's tag that would overflow them is no tag RabbitMQ gives.
+        let offset = st.tag_offset;
+        let run_on = |tag: u64| {
+            tag.checked_add(offset).ok_or_else(|| {
+                Error::protocol(
+                    COMMAND_INVALID,
+                    format!(
+                        "delivery tag {tag} on channel {channel} overflows the {offset} tags \
+                         of its earlier connections"
+                    ),
+                )
+            })
+        };
         match method {
             ContentMethod::Deliver(method) => {
                 st.acks.delivered(method.delivery_tag);
                 if let Some(orphan) = st.orphan_as(method.consumer_tag.as_str()) {
                     drop(st);
                     self.orphaned(core, channel, &method, &properties, body.len(), orphan);
-                    return;
+                    return Ok(());
                 }
-                // The application's tags run on across recoveries (see `ChanState::tag_offset`).
                 let mut method = method;
-                method.delivery_tag += st.tag_offset;
+                method.delivery_tag = run_on(method.delivery_tag)?;
                 let delivery = Delivery::new(method, properties, body, core.generation);
                 st.deliveries.push_back(Held::new(delivery, &core.inbound));
             }
             ContentMethod::GetOk(method) => {
                 st.acks.delivered(method.delivery_tag);
                 let mut method = method;
-                method.delivery_tag += st.tag_offset;
+                method.delivery_tag = run_on(method.delivery_tag)?;
                 let reply = Reply::Get(GetMessage::new(method, properties, body, core.generation));
                 match st.deliver_reply(reply) {
                     Delivered::ToWaiter | Delivered::Stale => {}
@@ -253,6 +273,7 @@ impl Router {
             }
         }
         self.changed = true;
+        Ok(())
     }
 
     /// A delivery for an orphaned consumer (nobody will consume it: its basic.consume or

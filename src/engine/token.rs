@@ -366,9 +366,9 @@ fn route_buffered(core: &Core, side: &mut ReadSide) -> Result<Option<Exit>> {
                 side.router.on_header(core, channel, header)?;
                 None
             }
-            Inbound::Body(channel, range) => {
+            Inbound::Body(channel, range, rest) => {
                 side.router
-                    .on_body(core, channel, side.reader.bytes(range))?;
+                    .on_body(core, channel, side.reader.bytes(range), rest)?;
                 None
             }
         };

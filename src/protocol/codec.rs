@@ -39,9 +39,12 @@ pub(crate) enum Inbound {
     /// A body frame's payload, or a piece of it: `reader.bytes(range)` until the reader's next
     /// `next_frame` or `read_from`. A body frame that has not all arrived is handed out in
     /// pieces as its bytes come, so no body frame is ever buffered whole or moved; its last
-    /// piece comes only with its frame-end octet, checked, so a message completes only from
-    /// whole, valid frames. No piece is empty but the one of an empty frame.
-    Body(u16, Range<usize>),
+    /// piece comes only with its frame-end octet, checked. The `usize` is how many of the
+    /// frame's payload bytes are still to come after this piece (0 for a whole frame or its
+    /// last piece), so the content assembly counts a frame's whole size from its first piece
+    /// and a message completes only from whole, valid frames. No piece is empty but the one
+    /// of an empty frame.
+    Body(u16, Range<usize>, usize),
 }
 
 /// A content header as cottontail reads it.
@@ -186,7 +189,7 @@ impl FrameReader {
         } else {
             self.body_left = Some((channel, left - n));
         }
-        Ok(Some(Inbound::Body(channel, piece)))
+        Ok(Some(Inbound::Body(channel, piece, left - n)))
     }
 
     /// Cuts the next complete frame (or the next piece of a body frame) out of the buffer,
@@ -263,7 +266,7 @@ impl FrameReader {
         self.start += total;
         let payload = frame_start + HEADER_LEN..frame_start + HEADER_LEN + size;
         match frame_type {
-            constants::FRAME_BODY => return Ok(Some(Inbound::Body(channel, payload))),
+            constants::FRAME_BODY => return Ok(Some(Inbound::Body(channel, payload, 0))),
             constants::FRAME_METHOD => {
                 let bytes = &self.buf[payload];
                 if let Some(deliver) = fast::deliver(bytes, &mut self.last_deliver) {
@@ -475,7 +478,7 @@ mod tests {
         reader.read_from(&mut bytes).unwrap();
         while let Some(f) = reader.next_frame().unwrap() {
             match f {
-                Inbound::Body(ch, r) => out.push((ch, reader.bytes(r).to_vec())),
+                Inbound::Body(ch, r, _) => out.push((ch, reader.bytes(r).to_vec())),
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -513,8 +516,10 @@ mod tests {
                         Ok(Some(Inbound::Header(ch, header))) => {
                             assert!(assembly.header(ch, header).unwrap().is_none());
                         }
-                        Ok(Some(Inbound::Body(ch, range))) => {
-                            if let Some(content) = assembly.body(ch, reader.bytes(range)).unwrap() {
+                        Ok(Some(Inbound::Body(ch, range, rest))) => {
+                            if let Some(content) =
+                                assembly.body(ch, reader.bytes(range), rest).unwrap()
+                            {
                                 completed = Some((at, content.body));
                             }
                         }
@@ -557,7 +562,7 @@ mod tests {
         assert!(reader.has_partial());
         reader.read_from(&mut &empty[7..]).unwrap();
         match reader.next_frame().unwrap() {
-            Some(Inbound::Body(3, range)) => assert!(range.is_empty()),
+            Some(Inbound::Body(3, range, 0)) => assert!(range.is_empty()),
             other => panic!("{other:?}"),
         }
         assert!(reader.next_frame().unwrap().is_none());
@@ -704,7 +709,7 @@ mod tests {
         let mut got = Vec::new();
         for piece in buf.chunks(1000) {
             reader.read_from(&mut &piece[..]).unwrap();
-            while let Some(Inbound::Body(_, r)) = reader.next_frame().unwrap() {
+            while let Some(Inbound::Body(_, r, _)) = reader.next_frame().unwrap() {
                 got.extend_from_slice(reader.bytes(r));
             }
         }

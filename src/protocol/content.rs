@@ -117,8 +117,15 @@ impl Assembly {
         Ok(self.finish_if_complete())
     }
 
-    /// A body frame arrived; returns the message once its body is complete.
-    pub(crate) fn body(&mut self, channel: u16, data: &[u8]) -> Result<Option<Content>> {
+    /// A body frame, or a piece of one with `rest` more of the frame's bytes to come, arrived;
+    /// returns the message once its body is complete. A frame that would overrun the announced
+    /// size is refused at its first piece, so a message never completes from part of a frame.
+    pub(crate) fn body(
+        &mut self,
+        channel: u16,
+        data: &[u8],
+        rest: usize,
+    ) -> Result<Option<Content>> {
         let Some(Partial {
             header: Some((_, size)),
             body,
@@ -130,7 +137,11 @@ impl Assembly {
                 format!("body frame on channel {channel} without a content header"),
             ));
         };
-        if (body.len() + data.len()) as u64 > *size {
+        if (body.len() as u64)
+            .saturating_add(data.len() as u64)
+            .saturating_add(rest as u64)
+            > *size
+        {
             return Err(Error::protocol(
                 FRAME_ERROR,
                 format!(
@@ -187,11 +198,31 @@ mod tests {
         let mut a = Assembly::default();
         a.start(1, deliver(7)).unwrap();
         assert!(a.header(1, header(5)).unwrap().is_none());
-        assert!(a.body(1, b"he").unwrap().is_none());
-        let content = a.body(1, b"llo").unwrap().expect("complete");
+        assert!(a.body(1, b"he", 0).unwrap().is_none());
+        let content = a.body(1, b"llo", 0).unwrap().expect("complete");
         assert_eq!(content.body, b"hello");
         assert!(matches!(content.method, ContentMethod::Deliver(d) if d.delivery_tag == 7));
         assert!(!a.in_progress());
+    }
+
+    #[test]
+    fn a_frame_that_overruns_the_body_is_refused_at_its_first_piece() {
+        let mut a = Assembly::default();
+        a.start(1, deliver(1)).unwrap();
+        a.header(1, header(5)).unwrap();
+        // Five bytes, with five more of their frame to come: they would fill the body, but
+        // their frame is longer than it.
+        assert_eq!(
+            a.body(1, b"01234", 5).unwrap_err().reply_code(),
+            Some(FRAME_ERROR)
+        );
+        // A frame that fits completes with its last piece only.
+        let mut a = Assembly::default();
+        a.start(1, deliver(1)).unwrap();
+        a.header(1, header(5)).unwrap();
+        assert!(a.body(1, b"012", 2).unwrap().is_none());
+        let content = a.body(1, b"34", 0).unwrap().expect("complete");
+        assert_eq!(content.body, b"01234");
     }
 
     #[test]
@@ -205,7 +236,7 @@ mod tests {
     fn frames_out_of_order_or_too_long_are_refused() {
         let mut a = Assembly::default();
         assert_eq!(
-            a.body(1, b"x").unwrap_err().reply_code(),
+            a.body(1, b"x", 0).unwrap_err().reply_code(),
             Some(UNEXPECTED_FRAME)
         );
         assert_eq!(
@@ -219,7 +250,7 @@ mod tests {
         );
         a.header(1, header(2)).unwrap();
         assert_eq!(
-            a.body(1, b"xyz").unwrap_err().reply_code(),
+            a.body(1, b"xyz", 0).unwrap_err().reply_code(),
             Some(FRAME_ERROR)
         );
         let mut c = Assembly::default();

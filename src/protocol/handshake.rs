@@ -141,7 +141,7 @@ impl<'a> Handshake<'a> {
         match (&self.stage, method) {
             (_, connection::AMQPMethod::Close(close)) => Err(self.refusal(close)),
             (Stage::AwaitStart, connection::AMQPMethod::Start(start)) => self.on_start(start),
-            (Stage::AwaitTune, connection::AMQPMethod::Tune(tune)) => Ok(self.on_tune(tune)),
+            (Stage::AwaitTune, connection::AMQPMethod::Tune(tune)) => self.on_tune(tune),
             (Stage::AwaitTune, connection::AMQPMethod::Secure(_)) => {
                 Err(Error::AuthenticationFailed {
                     reason: "the broker sent a SASL challenge, which PLAIN does not answer".into(),
@@ -219,7 +219,18 @@ impl<'a> Handshake<'a> {
         )]))
     }
 
-    fn on_tune(&mut self, tune: connection::Tune) -> Step {
+    fn on_tune(&mut self, tune: connection::Tune) -> Result<Step> {
+        if (1..FRAME_MIN_SIZE).contains(&tune.frame_max) {
+            // The spec's floor: every method frame we send must fit, heartbeats included.
+            return Err(Error::protocol(
+                crate::error::SYNTAX_ERROR,
+                format!(
+                    "the broker's connection.tune offers frame_max {}, below the protocol's \
+                     minimum of {FRAME_MIN_SIZE}",
+                    tune.frame_max
+                ),
+            ));
+        }
         let tuned = negotiate(self.params, &tune);
         let tune_ok = connection::TuneOk {
             channel_max: tuned.channel_max,
@@ -231,12 +242,15 @@ impl<'a> Handshake<'a> {
         };
         self.tuned = Some(tuned);
         self.stage = Stage::AwaitOpenOk;
-        Step::Send(vec![
+        Ok(Step::Send(vec![
             AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
             AMQPClass::Connection(connection::AMQPMethod::Open(open)),
-        ])
+        ]))
     }
 }
+
+/// AMQP 0-9-1's smallest `frame_max` (its `frame-min-size`).
+const FRAME_MIN_SIZE: u32 = 4096;
 
 /// pika's `_negotiate_integer_value`: 0 means "no limit", so the other side's value wins; else
 /// the smaller one.
@@ -397,6 +411,29 @@ mod tests {
         {
             Step::Done(t) => assert_eq!(t.heartbeat, 60),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_tune_below_the_protocols_minimum_frame_max_is_refused() {
+        let p = ConnectionParameters::default();
+        let settings = Settings::from(&p);
+        for (frame_max, refused) in [(1, true), (4095, true), (4096, false), (0, false)] {
+            let mut hs = Handshake::new(&settings);
+            hs.on_frame(method(connection::AMQPMethod::Start(start())))
+                .unwrap();
+            let step = hs.on_frame(method(connection::AMQPMethod::Tune(tune(0, frame_max, 0))));
+            match step {
+                Err(Error::Protocol { reply_code, reason }) if refused => {
+                    assert_eq!(reply_code, 502);
+                    assert!(
+                        reason.contains(&format!("frame_max {frame_max}")),
+                        "{reason}"
+                    );
+                }
+                Ok(Step::Send(_)) if !refused => {}
+                other => panic!("frame_max {frame_max}: {other:?}"),
+            }
         }
     }
 

@@ -150,7 +150,10 @@ impl Assemblies {
             }
             Got::Body(c, data) => {
                 let ch = self.channels.entry(*c).or_default();
-                (*c, ch.assembly.body(*c, data).map(|d| d.map(Event::from)))
+                (
+                    *c,
+                    ch.assembly.body(*c, data, 0).map(|d| d.map(Event::from)),
+                )
             }
             // Heartbeats, and what the router refuses before any assembly sees it.
             Got::Frame(_) => return Ok(()),

