@@ -14,7 +14,7 @@ use cottontail::{Connection, Error};
 #[path = "support/fake_broker.rs"]
 mod fake_broker;
 
-use fake_broker::{client_params, join, spawn_fake, Peer};
+use fake_broker::{client_params, join, spawn_fake, FakeBroker, Peer};
 
 /// Checks that `err` is [`Error::Protocol`] with `reply_code`; returns its reason.
 fn protocol_reason(result: cottontail::Result<impl std::fmt::Debug>, reply_code: u16) -> String {
@@ -101,4 +101,72 @@ fn a_body_frame_overrunning_its_message_is_refused_even_when_split() {
     assert!(reason.contains("longer than"), "{reason}");
     assert!(connection.is_closed());
     join(fake);
+}
+
+/// The broker closes the connection while 6 MiB of ours wait to go out, then drains them in
+/// slow bursts: the client ends the connection within the one second it gives its close-ok,
+/// however the peer paces its reads. (Each write now waits only for what is left of that
+/// second; before, each got a second of its own, so a peer that read just fast enough to keep
+/// every write going could hold the connection open for as long as its trickle lasted. On this
+/// machine the kernel wakes a blocked writer only once a third of its send buffer is free,
+/// and these bursts end it within the second either way.)
+#[test]
+fn a_broker_that_closes_and_then_drains_a_trickle_cannot_hold_the_connection_open() {
+    let broker = FakeBroker::bind_with_receive_buffer(8 * 1024);
+    let port = broker.port();
+    let (published_tx, published_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let fake = std::thread::spawn(move || {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        published_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the publish returned");
+        peer.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: 320,
+                reply_text: "CONNECTION_FORCED - go away".into(),
+                class_id: 0,
+                method_id: 0,
+            })),
+        );
+        let started = Instant::now();
+        // Until the client is done, or at most as long as the trickle would take: 1.5 MiB
+        // (enough for the client's blocked write to go on), then a pause of 0.8 s.
+        let mut eof = false;
+        while !eof && done_rx.try_recv().is_err() && started.elapsed() < Duration::from_secs(120) {
+            let mut budget = 3 << 19;
+            while !eof && budget > 0 {
+                let n = peer.read_some(budget.min(64 * 1024));
+                eof = n == 0;
+                budget -= n.min(budget);
+            }
+            std::thread::sleep(Duration::from_millis(800));
+        }
+        started.elapsed()
+    });
+    let connection = Connection::open(client_params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    for _ in 0..2 {
+        channel
+            .basic_publish("", "q", &vec![7u8; 3 << 20])
+            .expect("the publish is queued");
+    }
+    published_tx.send(()).unwrap();
+    let started = Instant::now();
+    while !connection.is_closed() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let closed_after = started.elapsed();
+    drop(channel);
+    drop(connection);
+    let dropped_after = started.elapsed();
+    done_tx.send(()).unwrap();
+    let drained_for = join(fake);
+    assert!(
+        closed_after < Duration::from_secs(5) && dropped_after < Duration::from_secs(8),
+        "the connection closed {closed_after:?} and was dropped {dropped_after:?} after the \
+         broker's close (the peer drained for {drained_for:?})"
+    );
 }

@@ -261,6 +261,12 @@ impl IoThread {
 
     /// Writes queued bytes until everything is out or the socket is full.
     fn flush(&mut self) -> Result<()> {
+        self.flush_until(None)
+    }
+
+    /// [`flush`](Self::flush); with `until`, on a blocking socket, each write may wait only
+    /// until then (a peer draining a trickle cannot stretch it), and none starts after it.
+    fn flush_until(&mut self, until: Option<Instant>) -> Result<()> {
         loop {
             if self.wpos == self.wbuf.len() {
                 self.wbuf.clear();
@@ -285,6 +291,12 @@ impl IoThread {
                     self.core.link_cond.notify_all();
                 }
             }
+            if let Some(until) = until {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() || self.stream.tcp().set_write_timeout(Some(left)).is_err() {
+                    return Ok(());
+                }
+            }
             match self.stream.write(&self.wbuf[self.wpos..]) {
                 Ok(0) => {
                     return Err(Error::StreamLost {
@@ -307,9 +319,10 @@ impl IoThread {
     }
 
     /// Writes what is queued (the close-ok to the broker's close) with the socket back in
-    /// blocking mode, for at most a second. A caller finishing its own write (outbound rule 2)
-    /// is let finish first, within that second: its frames come before the close-ok, and
-    /// blocking mode would make its non-blocking writes wait.
+    /// blocking mode, for at most a second in all (each write waits only for what is left of
+    /// it). A caller finishing its own write (outbound rule 2) is let finish first, within
+    /// that second: its frames come before the close-ok, and blocking mode would make its
+    /// non-blocking writes wait.
     fn flush_before_exit(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(1);
         let mut link = self.core.lock_link();
@@ -326,12 +339,8 @@ impl IoThread {
                 .0;
         }
         drop(link);
-        let tcp = self.stream.tcp();
-        let blocking = tcp
-            .set_nonblocking(false)
-            .and_then(|()| tcp.set_write_timeout(Some(Duration::from_secs(1))));
-        if blocking.is_ok() {
-            let _ = self.flush();
+        if self.stream.tcp().set_nonblocking(false).is_ok() {
+            let _ = self.flush_until(Some(deadline));
         }
     }
 
