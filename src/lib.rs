@@ -286,11 +286,12 @@
 //! ## Deadlines
 //!
 //! Nothing waits for ever on a broker that stopped answering: `socket_timeout` bounds each
-//! socket wait while opening and `stack_timeout` the whole open (TLS handshake included);
-//! `rpc_timeout` bounds every synchronous method, confirm wait and [`Connection::close`] (also
-//! while the broker blocks the connection); a broker silent for two heartbeat intervals is
-//! [`Error::HeartbeatTimeout`]. Only `start_consuming` waits without a deadline, as in pika: it
-//! returns when its consumers are cancelled or the channel or connection fails.
+//! socket wait while opening and `stack_timeout` the whole open (TLS handshake included,
+//! however slowly the peer sends); `rpc_timeout` bounds every synchronous method, confirm wait
+//! and [`Connection::close`] (also while the broker blocks the connection); a broker silent
+//! for two heartbeat intervals is [`Error::HeartbeatTimeout`]. Only `start_consuming` waits
+//! without a deadline, as in pika: it returns when its consumers are cancelled or the channel
+//! or connection fails.
 //!
 //! ## What a hostile peer cannot do
 //!

@@ -59,7 +59,9 @@ pub(crate) fn spawn(f: impl FnOnce() + Send + 'static) -> Result<std::thread::Jo
 }
 
 /// Runs the I/O loop for an open connection on the current (I/O) thread until it ends.
-pub(crate) fn run(core: Arc<Core>, stream: Stream, side: ReadSide, poll: Poll) {
+pub(crate) fn run(core: Arc<Core>, mut stream: Stream, side: ReadSide, poll: Poll) {
+    // Open: the open's deadline and the socket's timeouts no longer apply.
+    stream.opened();
     let tcp = stream.tcp();
     let ready = tcp
         .set_read_timeout(None)

@@ -364,6 +364,9 @@ pub(crate) fn with_scratch<T>(f: impl FnOnce(&mut Vec<u8>) -> Result<T>) -> Resu
     })
 }
 
+/// Runs the AMQP handshake on `stream`: each wait bounded by `socket_timeout`, the whole by
+/// `deadline` (here between reads; inside a TLS record's reads by the stream itself, see
+/// `transport`).
 fn handshake(
     params: &ConnectionParameters,
     stream: &mut Stream,
@@ -430,7 +433,9 @@ fn handshake(
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                let after = if wait < params.socket_timeout {
+                // Over TLS the stream itself gives up once the deadline has passed, inside
+                // a read that began with more than socket_timeout left (see `transport`).
+                let after = if wait < params.socket_timeout || Instant::now() >= deadline {
                     params.stack_timeout
                 } else {
                     params.socket_timeout

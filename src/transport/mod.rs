@@ -3,7 +3,12 @@
 //! Both are used the same way: connected and (for TLS) handshaken in blocking mode with
 //! timeouts, then switched to non-blocking mode and registered with `mio` by file descriptor,
 //! so the I/O thread owns the one stream and does every read and write (see the crate docs).
+//! Under TLS the socket is a [`bounded::Bounded`], which holds every wait of the TLS and AMQP
+//! handshakes to the open's deadline however slowly a peer sends its records, until
+//! [`Stream::opened`].
 
+#[cfg(feature = "tls")]
+mod bounded;
 mod tcp;
 #[cfg(feature = "tls")]
 mod tls;
@@ -20,7 +25,7 @@ use crate::params::ConnectionParameters;
 pub(crate) enum Stream {
     Tcp(TcpStream),
     #[cfg(feature = "tls")]
-    Tls(Box<native_tls::TlsStream<TcpStream>>),
+    Tls(Box<native_tls::TlsStream<bounded::Bounded>>),
 }
 
 impl Stream {
@@ -49,7 +54,16 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s,
             #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.get_ref(),
+            Stream::Tls(s) => s.get_ref().tcp(),
+        }
+    }
+
+    /// The connection is open: the open's deadline no longer bounds reads and writes.
+    pub(crate) fn opened(&mut self) {
+        match self {
+            Stream::Tcp(_) => {}
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.get_mut().opened(),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! TLS through native-tls. Certificates and host names are verified by default.
 
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use super::bounded::Bounded;
 use super::Stream;
 use crate::error::{Error, Result};
 use crate::params::{ConnectionParameters, SslOptions, TlsVersion};
@@ -51,25 +52,9 @@ fn pkcs8_key(key: &[u8], password: Option<&str>) -> Result<Vec<u8>> {
     Ok(key.to_vec())
 }
 
-/// Sets the socket's timeouts to what is left of `socket_timeout` and the open's deadline.
-fn bound_waits(tcp: &TcpStream, params: &ConnectionParameters, deadline: Instant) -> Result<()> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(Error::timeout("the TLS handshake", params.stack_timeout));
-    }
-    let wait = Some(
-        params
-            .socket_timeout
-            .min(left)
-            .max(Duration::from_millis(1)),
-    );
-    tcp.set_read_timeout(wait)
-        .and_then(|()| tcp.set_write_timeout(wait))
-        .map_err(|e| Error::io("setting the socket timeout", &e))
-}
-
-/// Runs the TLS handshake on a connected (blocking, with timeouts) TCP stream, each wait
-/// bounded by `socket_timeout` and the whole by the open's `deadline`.
+/// Runs the TLS handshake on a connected (blocking) TCP stream, each wait bounded by
+/// `socket_timeout` and the whole by the open's `deadline`, as are the waits of the AMQP
+/// handshake that follows (see `bounded`).
 pub(crate) fn wrap(
     tcp: TcpStream,
     params: &ConnectionParameters,
@@ -100,17 +85,9 @@ pub(crate) fn wrap(
     builder.danger_accept_invalid_hostnames(options.skip_hostname);
     let connector = builder.build().map_err(tls_error)?;
     let name = options.server_hostname.as_deref().unwrap_or(&params.host);
-    bound_waits(&tcp, params, deadline)?;
+    let tcp = Bounded::new(tcp, params.socket_timeout, deadline);
     match connector.connect(name, tcp) {
-        Ok(stream) => {
-            // Back to the plain per-wait bound for the AMQP handshake that follows.
-            let wait = Some(params.socket_timeout.max(Duration::from_millis(1)));
-            let tcp = stream.get_ref();
-            tcp.set_read_timeout(wait)
-                .and_then(|()| tcp.set_write_timeout(wait))
-                .map_err(|e| Error::io("setting the socket timeout", &e))?;
-            Ok(Stream::Tls(Box::new(stream)))
-        }
+        Ok(stream) => Ok(Stream::Tls(Box::new(stream))),
         Err(native_tls::HandshakeError::Failure(e)) => Err(tls_error(e)),
         // A socket wait timed out: the open's deadline if it has passed, else socket_timeout.
         Err(native_tls::HandshakeError::WouldBlock(_)) => {
