@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crate::callback::{self, BoxError, CallbackReturn};
 use crate::channel::{Channel, ChannelHandle};
 use crate::connection::{Connection, Owner};
-use crate::error::{Error, Result};
-use crate::recovery::RecoveryEvent;
+use crate::error::Result;
+use crate::recovery::{RecoveryEvent, Waited};
 
 /// A timer callback as cottontail keeps it (pika's `call_later` callback), its error boxed (see
 /// [`Connection::call_later`]).
@@ -109,10 +109,26 @@ impl Owner {
             }
             dispatch.recovery_events.push_back(event);
         }
+        self.work_added();
+    }
+
+    /// Wakes the consuming threads for connection-level work just queued (a timer, a
+    /// threadsafe callback, a recovery event, a recovery callback): those waiting on the
+    /// engine (`Core::kick`) and, with recovery on, those waiting for a recovery (see
+    /// `recovery`).
+    pub(crate) fn work_added(&self) {
         self.core().kick();
         if let Some(recovery) = &self.recovery {
             recovery.notify();
         }
+    }
+
+    /// What a consuming thread does while it waits for a recovery (`Owner::wait_recovered`'s
+    /// `between`): runs the connection callbacks that are due, then says when the next timer
+    /// falls due, for the wait to wake up then.
+    pub(crate) fn run_callbacks_while_recovering(self: &Arc<Self>) -> Result<Option<Instant>> {
+        self.run_connection_callbacks()?;
+        Ok(self.next_timer())
     }
 
     /// When the earliest timer is due, if any.
@@ -232,15 +248,15 @@ impl Connection {
                 let Some(recovery) = owner.recovery.as_ref() else {
                     return Err(e);
                 };
-                // Recovering: wait for it (running the recovery callbacks), within the limit.
+                // Recovering: wait for it (running the connection's callbacks as they fall
+                // due), within the limit. A callback's error ends it as it is.
                 match owner.wait_recovered(
                     recovery,
                     || deadline,
-                    || owner.run_connection_callbacks().map(|_| ()),
-                ) {
-                    Ok(_) => continue,
-                    Err(Error::Timeout { .. }) => return Ok(()),
-                    Err(e) => return Err(e),
+                    || owner.run_callbacks_while_recovering(),
+                )? {
+                    Waited::Ready(_) => continue,
+                    Waited::TimedOut(_) => return Ok(()),
                 }
             }
             let now = Instant::now();
@@ -296,7 +312,7 @@ impl Connection {
             );
             id
         };
-        owner.core().kick();
+        owner.work_added();
         TimeoutId(id)
     }
 
@@ -348,7 +364,7 @@ impl Connection {
             .lock_dispatch()
             .threadsafe
             .push_back(Box::new(move || callback().into_result()));
-        owner.core().kick();
+        owner.work_added();
         Ok(())
     }
 
@@ -411,7 +427,7 @@ impl Connection {
                 callback(connection, event).into_result()
             },
         ));
-        self.owner().core().kick();
+        self.owner().work_added();
     }
 }
 

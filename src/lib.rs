@@ -339,7 +339,9 @@
 //! The callback runs where every cottontail callback runs, on a thread inside
 //! [`Channel::start_consuming`], a [`Channel::consume`] iteration,
 //! [`Connection::process_data_events`] or [`Connection::sleep`] (also while that thread waits
-//! for the recovery); events nobody has run yet are kept, the last 64.
+//! for the recovery); events nobody has run yet are kept, the last 64. Timers and threadsafe
+//! callbacks run on time during that wait too, and any callback's error ends the call as it
+//! does while connected, an [`Error::Timeout`] included.
 //! `examples/recovering_worker.rs` is tutorial 2's worker with recovery on.
 //!
 //! **What starts a recovery.** A loss by a socket error or EOF, a TLS error, a heartbeat

@@ -1,7 +1,9 @@
 //! Automatic recovery against a fake broker, for what a real one will not do on demand: go
 //! silent (heartbeat timeout), take its time to accept the new connection, refuse every
 //! attempt, close with a code recovery must not handle. The real-broker tests are
-//! `tests/recovery.rs` and `tests/cluster_recovery.rs`.
+//! `tests/recovery.rs` and `tests/cluster_recovery.rs`. The last tests are about what the
+//! consuming thread does while it waits for a recovery: it runs timers and threadsafe
+//! callbacks on time, and a callback's error ends its call, whatever that error is.
 
 #[path = "support/fake_broker.rs"]
 mod fake_broker;
@@ -12,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
-use cottontail::{Connection, Error, QosOptions, RecoveryEvent, RecoveryPolicy};
+use cottontail::{
+    BasicConsumeOptions, Connection, ConsumeOptions, Consumed, Error, QosOptions, RecoveryEvent,
+    RecoveryPolicy,
+};
 use fake_broker::{client_params, join, spawn_fake, Peer};
 
 fn policy() -> RecoveryPolicy {
@@ -469,6 +474,196 @@ fn a_delivery_tag_that_would_overflow_across_a_recovery_is_a_protocol_error() {
         }
         other => panic!("expected a protocol error, got {other:?}"),
     }
+    drop(connection);
+    join(fake);
+}
+
+/// A policy whose retries come `delay` apart, exactly: while the fake refuses them, nothing
+/// happens between two attempts.
+fn slow_policy(delay: Duration) -> RecoveryPolicy {
+    RecoveryPolicy::default()
+        .with_initial_delay(delay)
+        .with_max_delay(delay)
+        .with_jitter(0.0)
+}
+
+/// A fake broker whose one connection opens channel 1 (and answers a basic.consume on it when
+/// `consumer`), then stops listening and closes the connection with 320: the client recovers,
+/// every attempt refused, until the test drops it. The receiver hears when the fake is done.
+fn lost_and_refused(consumer: bool) -> (u16, std::thread::JoinHandle<()>, mpsc::Receiver<()>) {
+    let (lost_tx, lost_rx) = mpsc::channel();
+    let (port, fake) = spawn_fake(move |broker| {
+        let mut first = broker.accept_and_handshake(0, 131_072);
+        first.open_channel(1);
+        if consumer {
+            let tag = match first.expect_method() {
+                (1, AMQPClass::Basic(basic::AMQPMethod::Consume(consume))) => consume.consumer_tag,
+                other => panic!("fake broker: expected basic.consume on 1, got {other:?}"),
+            };
+            first.send_method(
+                1,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: tag,
+                })),
+            );
+        }
+        drop(broker);
+        close_connection(&mut first, 320, "CONNECTION_FORCED - test");
+        first.drain();
+        lost_tx.send(()).unwrap();
+    });
+    (port, fake, lost_rx)
+}
+
+/// Waits until `connection` recovers from the fake's close.
+fn until_recovering(connection: &Connection, lost: &mpsc::Receiver<()>) {
+    lost.recv_timeout(Duration::from_secs(5))
+        .expect("the fake closed the connection");
+    assert!(support::eventually(Duration::from_secs(2), || {
+        connection.is_recovering()
+    }));
+}
+
+/// An [`Error::Timeout`] of the application's own, which no wait of cottontail's makes.
+fn own_timeout() -> Error {
+    Error::Timeout {
+        context: "the application's own wait".into(),
+        after: Duration::from_millis(1),
+    }
+}
+
+#[test]
+fn a_recovery_callbacks_timeout_error_ends_process_data_events_while_recovering() {
+    let (port, fake, lost) = lost_and_refused(false);
+    let connection =
+        Connection::open(client_params(port).with_recovery(slow_policy(Duration::from_secs(1))))
+            .expect("open");
+    let _channel = connection.channel().expect("channel");
+    // The second attempt fails a second after the first, while process_data_events waits.
+    connection.add_on_recovery_callback(|_c, event: &RecoveryEvent| match event {
+        RecoveryEvent::AttemptFailed { attempt: 2, .. } => Err(own_timeout()),
+        _ => Ok(()),
+    });
+    until_recovering(&connection, &lost);
+    let started = Instant::now();
+    let ended = connection.process_data_events(Duration::from_secs(5));
+    assert_eq!(ended, Err(own_timeout()), "after {:?}", started.elapsed());
+    drop(connection);
+    join(fake);
+}
+
+#[test]
+fn a_timers_timeout_error_is_yielded_by_a_recovering_iterator_which_goes_on() {
+    let (port, fake, lost) = lost_and_refused(true);
+    let connection =
+        Connection::open(client_params(port).with_recovery(slow_policy(Duration::from_secs(5))))
+            .expect("open");
+    let channel = connection.channel().expect("channel");
+    let mut consumer = channel
+        .consume(
+            "q",
+            ConsumeOptions {
+                inactivity_timeout: Some(Duration::from_secs(2)),
+                ..Default::default()
+            },
+        )
+        .expect("consume");
+    until_recovering(&connection, &lost);
+    let scheduled = Instant::now();
+    connection.call_later(Duration::from_millis(200), || Err::<(), _>(own_timeout()));
+    let first = consumer.next();
+    let waited = scheduled.elapsed();
+    assert!(
+        matches!(&first, Some(Err(e)) if *e == own_timeout()),
+        "{first:?} after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(1500),
+        "the 200 ms timer ran after {waited:?}"
+    );
+    // As after any callback's error, the iterator goes on: here to its inactivity timeout.
+    let second = consumer.next();
+    assert!(matches!(second, Some(Ok(Consumed::Inactive))), "{second:?}");
+    drop(consumer);
+    drop(channel);
+    drop(connection);
+    join(fake);
+}
+
+#[test]
+fn timers_and_threadsafe_callbacks_run_on_time_while_process_data_events_waits_for_a_recovery() {
+    let (port, fake, lost) = lost_and_refused(false);
+    let connection =
+        Connection::open(client_params(port).with_recovery(slow_policy(Duration::from_secs(5))))
+            .expect("open");
+    let _channel = connection.channel().expect("channel");
+    until_recovering(&connection, &lost);
+    let (ran_tx, ran_rx) = mpsc::channel();
+    let timer_tx = ran_tx.clone();
+    let scheduled = Instant::now();
+    connection.call_later(Duration::from_millis(200), move || {
+        timer_tx.send(("timer", scheduled.elapsed())).unwrap();
+    });
+    let other = connection.clone();
+    let adder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        let added = Instant::now();
+        other
+            .add_callback_threadsafe(move || {
+                ran_tx.send(("threadsafe", added.elapsed())).unwrap();
+            })
+            .expect("add_callback_threadsafe");
+    });
+    connection
+        .process_data_events(Duration::from_secs(2))
+        .expect("process_data_events");
+    adder.join().unwrap();
+    let ran: Vec<_> = ran_rx.try_iter().collect();
+    assert_eq!(
+        ran.iter().map(|(what, _)| *what).collect::<Vec<_>>(),
+        ["timer", "threadsafe"],
+        "what ran inside process_data_events: {ran:?}"
+    );
+    for (what, after) in &ran {
+        assert!(
+            *after < Duration::from_millis(1500),
+            "the {what} callback ran {after:?} after it was due"
+        );
+    }
+    drop(connection);
+    join(fake);
+}
+
+#[test]
+fn a_threadsafe_callback_runs_at_once_while_start_consuming_waits_for_a_recovery() {
+    let (port, fake, lost) = lost_and_refused(true);
+    let connection =
+        Connection::open(client_params(port).with_recovery(slow_policy(Duration::from_secs(5))))
+            .expect("open");
+    let channel = connection.channel().expect("channel");
+    channel
+        .basic_consume("q", |_ch, _m, _p, _body| {}, BasicConsumeOptions::default())
+        .expect("basic_consume");
+    until_recovering(&connection, &lost);
+    let other = connection.clone();
+    let adder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        let added = Instant::now();
+        other
+            .add_callback_threadsafe(|| Err::<(), _>(std::io::Error::other("stop")))
+            .expect("add_callback_threadsafe");
+        added
+    });
+    let ended = channel.start_consuming();
+    let stopped = Instant::now();
+    let added = adder.join().unwrap();
+    assert!(matches!(&ended, Err(Error::Callback(_))), "{ended:?}");
+    let after = stopped.saturating_duration_since(added);
+    assert!(
+        after < Duration::from_millis(1500),
+        "the threadsafe callback ended start_consuming {after:?} after it was added"
+    );
+    drop(channel);
     drop(connection);
     join(fake);
 }

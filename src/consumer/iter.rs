@@ -158,10 +158,12 @@ impl Iterator for Consumer {
                 }
                 // The connection recovers: the iterator goes on on the recovered channel.
                 Err(_) if guard.0.lost() => match guard.0.wait_for_recovery(deadline) {
-                    Ok(()) => {}
-                    Err(Error::Timeout { .. }) => return Some(Ok(Consumed::Inactive)),
+                    Ok(true) => {}
+                    Ok(false) => return Some(Ok(Consumed::Inactive)),
+                    // A callback's error: the iterator goes on after it, as after any
+                    // callback's; the error that closed the connection for good ends it.
                     Err(e) => {
-                        self.done = true;
+                        self.done = guard.0.closed_for_good();
                         return Some(Err(e));
                     }
                 },

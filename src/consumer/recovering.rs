@@ -6,22 +6,35 @@ use std::time::Instant;
 use crate::channel::Channel;
 use crate::engine::chan::{Held, Life};
 use crate::error::{Error, Result};
+use crate::recovery::Waited;
 
 impl Channel {
     /// Waits while the connection recovers (see `recovery`), at most until `deadline`,
-    /// running the connection's callbacks (recovery events included) as they come.
-    pub(crate) fn wait_for_recovery(&self, deadline: Option<Instant>) -> Result<()> {
+    /// running the connection's callbacks (recovery events, timers, threadsafe callbacks) as
+    /// they fall due. False if `deadline` passed first; the error of a callback that failed, as
+    /// it is, or the error that closed the connection for good.
+    pub(crate) fn wait_for_recovery(&self, deadline: Option<Instant>) -> Result<bool> {
         let owner = &self.inner.owner;
         let Some(recovery) = &owner.recovery else {
-            return Ok(());
+            return Ok(true);
         };
-        owner
-            .wait_recovered(
-                recovery,
-                || deadline,
-                || owner.run_connection_callbacks().map(|_| ()),
-            )
-            .map(|_| ())
+        let waited = owner.wait_recovered(
+            recovery,
+            || deadline,
+            || owner.run_callbacks_while_recovering(),
+        )?;
+        Ok(matches!(waited, Waited::Ready(_)))
+    }
+
+    /// True once the connection is closed for good (recovery gave up, or the application
+    /// closed it): what a consuming call waiting for a recovery then ends with is that error,
+    /// not a callback's.
+    pub(crate) fn closed_for_good(&self) -> bool {
+        self.inner
+            .owner
+            .recovery
+            .as_ref()
+            .is_some_and(|r| r.closed_error().is_some())
     }
 
     /// A callback error a consuming call goes on after, logged: with recovery on (and not

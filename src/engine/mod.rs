@@ -27,7 +27,7 @@
 //! | the I/O thread's `poll` | `io_waker`, the socket | its next heartbeat, held-acks, blocked or parked-token deadline |
 //! | a lock (`Link`, `Turn`, a channel's state) | its holder, which never waits while holding one | a few microseconds |
 //! | the I/O thread's last write after the broker's close (`io_thread::flush_before_exit`) | a caller finishing its own write (`link_cond`) | one second |
-//! | the connection's recovery (`recovery`: `Owner::ready_core`, `wait_recovered`), recovery on only | the recovery thread at each event, when the new engine is in place or it gives up; a close | the call's deadline (`rpc_timeout` for methods, publishes and acks; the inactivity timeout of a `consume()` iterator; none for `start_consuming`) |
+//! | the connection's recovery (`recovery`: `Owner::ready_core`, `wait_recovered`), recovery on only | the recovery thread at each event, when the new engine is in place or it gives up; a close; for a consuming thread, a timer, threadsafe callback or recovery event added (`Owner::work_added`) | the call's deadline (`rpc_timeout` for methods, publishes and acks; the inactivity timeout of a `consume()` iterator; none for `start_consuming`); for a consuming thread, also its next timer |
 //!
 //! Each wait's rules are written once, in the file that owns it: `token` (reading, waiting,
 //! inbound back-pressure), `outbound` (writing, outbound back-pressure, held acks),

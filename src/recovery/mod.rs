@@ -27,6 +27,14 @@
 //!   the iterator's inactivity timeout, or none for `start_consuming`). An ack of a delivery
 //!   from before the loss does not wait: it is `Error::StaleDeliveryTag` at once. The recovery
 //!   thread notifies at every change (an event, the new engine in place, giving up).
+//! - **A consuming thread** (inside `process_data_events`, `sleep`, `start_consuming` or a
+//!   `consume()` iteration) waits the same way, and runs the connection's callbacks (recovery
+//!   events, timers, threadsafe callbacks) at first and at every wake-up, as it does while
+//!   connected. Besides the above, `Owner::work_added` wakes it (a timer, a threadsafe
+//!   callback or a recovery event added, from any thread), and it sleeps at most until the
+//!   earliest timer falls due: timers and threadsafe callbacks run on time while recovering.
+//!   Its own deadline passing is [`Waited::TimedOut`], never an error, so a callback's error
+//!   (an `Error::Timeout` included) ends its call as it is.
 //! - **The recovery thread** sleeps between attempts on the same condvar, woken early by a
 //!   close of the connection; it holds the owner only weakly, so dropping every handle ends
 //!   it too (at its next wake-up, at most the policy's `max_delay`).
@@ -89,7 +97,8 @@ struct State {
     phase: Phase,
     /// Recoveries so far.
     generation: u64,
-    /// Bumped at every change a waiter may look at (phase, event), under the lock.
+    /// Bumped at every change a waiter may look at (phase, event, new connection work), under
+    /// the lock.
     changes: u64,
 }
 
@@ -178,7 +187,7 @@ impl Recovery {
         }
     }
 
-    /// Wakes every waiter (a recovery event was queued).
+    /// Wakes every waiter (a recovery event, a timer or a threadsafe callback was queued).
     pub(crate) fn notify(&self) {
         self.changed(self.lock());
     }
@@ -216,6 +225,26 @@ impl Recovery {
     }
 }
 
+/// How [`Owner::wait_recovered`] ended, when nothing failed.
+#[derive(Debug)]
+pub(crate) enum Waited {
+    /// The connection is usable: its current engine.
+    Ready(Arc<Core>),
+    /// The wait's own deadline passed first: the [`Error::Timeout`] for a caller that reports
+    /// it (a consuming call returns or yields nothing instead).
+    TimedOut(Error),
+}
+
+impl Waited {
+    /// The engine, or the timeout as an error.
+    pub(crate) fn ready(self) -> Result<Arc<Core>> {
+        match self {
+            Waited::Ready(core) => Ok(core),
+            Waited::TimedOut(e) => Err(e),
+        }
+    }
+}
+
 impl Owner {
     /// The connection's current engine (it may be a lost one while recovering).
     pub(crate) fn core(&self) -> Arc<Core> {
@@ -236,19 +265,22 @@ impl Owner {
         let Some(recovery) = &self.recovery else {
             return Ok(self.core());
         };
-        self.wait_recovered(recovery, deadline, || Ok(()))
+        self.wait_recovered(recovery, deadline, || Ok(None))?
+            .ready()
     }
 
     /// Waits while the connection recovers (see [`ready_core`](Self::ready_core)), running
     /// `between` at first and after every change (a consuming thread runs the connection's
-    /// callbacks there, recovery events included); its error ends the wait. Returns the
-    /// current engine, open.
+    /// callbacks there, see `Owner::run_callbacks_while_recovering`), and again by the time
+    /// it returns (the next timer), if it returns one. `between`'s error ends the wait as it
+    /// is, as does the error that closed the connection for good; the wait's own deadline
+    /// passing is [`Waited::TimedOut`]. Otherwise the current engine, open.
     pub(crate) fn wait_recovered(
         &self,
         recovery: &Recovery,
         deadline: impl FnOnce() -> Option<Instant>,
-        mut between: impl FnMut() -> Result<()>,
-    ) -> Result<Arc<Core>> {
+        mut between: impl FnMut() -> Result<Option<Instant>>,
+    ) -> Result<Waited> {
         let mut deadline = Some(deadline);
         let mut until = None;
         let started = Instant::now();
@@ -267,28 +299,30 @@ impl Owner {
             if connected {
                 let core = self.core();
                 if core.closed_error().is_none() {
-                    return Ok(core);
+                    return Ok(Waited::Ready(core));
                 }
             }
-            between()?;
+            let again = between()?;
             if let Some(deadline) = deadline.take() {
                 until = deadline();
             }
             let mut state = recovery.lock();
             while state.changes == seen {
-                let timeout = match until {
-                    None => std::time::Duration::from_secs(3600),
-                    Some(at) => {
-                        let left = at.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            return Err(Error::Timeout {
-                                context: "waiting for the connection to recover".into(),
-                                after: at.saturating_duration_since(started),
-                            });
-                        }
-                        left
-                    }
-                };
+                let now = Instant::now();
+                if let Some(at) = until.filter(|at| *at <= now) {
+                    return Ok(Waited::TimedOut(Error::Timeout {
+                        context: "waiting for the connection to recover".into(),
+                        after: at.saturating_duration_since(started),
+                    }));
+                }
+                if again.is_some_and(|at| at <= now) {
+                    break;
+                }
+                let timeout = [until, again]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map_or(std::time::Duration::from_secs(3600), |at| at - now);
                 state = recovery
                     .cond
                     .wait_timeout(state, timeout)
@@ -375,11 +409,13 @@ impl crate::Connection {
                 None => Ok(()),
             };
         };
-        owner.wait_recovered(
-            recovery,
-            || crate::engine::deadline_after(timeout),
-            || Ok(()),
-        )?;
+        owner
+            .wait_recovered(
+                recovery,
+                || crate::engine::deadline_after(timeout),
+                || Ok(None),
+            )?
+            .ready()?;
         match recovery.closed_error() {
             Some(e) => Err(e),
             None => Ok(()),
