@@ -1,12 +1,13 @@
-//! Secrets never reach the logs: everything cottontail logs at every level while it connects
-//! (with a good and a wrong password), works and closes is captured and searched. Its own test
-//! binary, because the logger is process-wide.
+//! What the logs hold. Secrets never reach them: everything cottontail logs at every level while it connects
+//! (with a good and a wrong password), works and closes is captured and searched. Messages
+//! nobody will get are reported there. Its own test binary, because the logger is
+//! process-wide.
 
 mod support;
 
 use std::sync::Mutex;
 
-use cottontail::{Connection, PlainCredentials};
+use cottontail::{Connection, ConsumeOptions, Consumed, PlainCredentials};
 use support::{params, rabbitmqctl, unique};
 
 static CAPTURED: Mutex<String> = Mutex::new(String::new());
@@ -24,10 +25,18 @@ impl log::Log for Capture {
     fn flush(&self) {}
 }
 
+/// Installs the capturing logger once for the tests of this binary.
+fn capture() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&Capture).unwrap();
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+}
+
 #[test]
 fn passwords_appear_in_no_log_record_at_any_level() {
-    log::set_logger(&Capture).unwrap();
-    log::set_max_level(log::LevelFilter::Trace);
+    capture();
     let user = unique("log-user");
     let password = format!("pw-{}", unique("secret"));
     let wrong = format!("wrong-{}", unique("secret"));
@@ -63,4 +72,45 @@ fn passwords_appear_in_no_log_record_at_any_level() {
         !captured.contains(&wrong),
         "the wrong password was logged:\n{captured}"
     );
+}
+
+/// An `auto_ack` iterator dropped with messages received but not yet yielded: the broker no
+/// longer holds them, and they are not dropped silently (a warning names how many).
+#[test]
+fn an_auto_ack_iterator_dropped_with_messages_in_hand_reports_them() {
+    capture();
+    let connection = support::connect();
+    let channel = connection.channel().unwrap();
+    let queue = support::exclusive_queue(&channel);
+    support::publish_numbered(&channel, &queue, 0..10);
+    let tag = unique("dropped-consumer");
+    let mut consumer = channel
+        .consume(
+            &queue,
+            ConsumeOptions {
+                auto_ack: true,
+                consumer_tag: Some(tag.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(matches!(consumer.next(), Some(Ok(Consumed::Delivery(_)))));
+    assert!(
+        support::eventually(std::time::Duration::from_secs(5), || {
+            consumer.waiting_message_count() == 9
+        }),
+        "the other nine did not arrive"
+    );
+    drop(consumer);
+    assert_eq!(support::message_count(&connection, &queue), 0);
+    let captured = CAPTURED.lock().unwrap().clone();
+    let line = captured
+        .lines()
+        .find(|l| l.contains(&tag) && l.contains("auto-acked"))
+        .unwrap_or_else(|| panic!("no log line reports the dropped messages:\n{captured}"));
+    assert!(
+        line.starts_with("WARN") && line.contains("dropping 9 "),
+        "{line}"
+    );
+    connection.close().unwrap();
 }

@@ -132,7 +132,8 @@ pub(crate) fn begin_close(
             });
             // Nobody will consume these any more; unacked ones go back to their queues when
             // the broker closes the channel. Freeing them also lifts inbound back-pressure.
-            st.deliveries.clear();
+            // The application closes the channel on purpose: noted, not warned about.
+            crate::engine::chan::drop_deliveries(core.id, &mut st.deliveries, log::Level::Info);
             Ok(Some(()))
         })
     });

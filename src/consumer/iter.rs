@@ -111,10 +111,15 @@ impl Consumer {
 
     /// Cancels the consumer (pika's `cancel()`): messages received but not yet yielded are
     /// rejected with requeue (for a manual-ack consumer) and their number returned. Messages
-    /// already yielded are the caller's to ack.
+    /// already yielded are the caller's to ack. An `auto_ack` consumer's messages received but
+    /// not yet yielded cannot go back (the broker forgot them): they are dropped with a
+    /// warning in the log, as when the iterator is dropped; to keep them, cancel with
+    /// [`Channel::basic_cancel`] instead, which returns them.
     pub fn cancel(mut self) -> Result<usize> {
         self.done = true;
-        Ok(self.channel.cancel_consumer(&self.tag)?.1)
+        let (dropped, requeued) = self.channel.cancel_consumer(&self.tag)?;
+        super::report_dropped(&self.tag, &dropped);
+        Ok(requeued)
     }
 }
 
@@ -186,8 +191,9 @@ fn callback_failed(done: &mut bool, channel: &Channel, e: Error) -> Error {
 impl Drop for Consumer {
     fn drop(&mut self) {
         if !self.done {
-            if let Err(e) = self.channel.basic_cancel(&self.tag) {
-                log::debug!("cancelling consumer {} on drop: {e}", self.tag);
+            match self.channel.basic_cancel(&self.tag) {
+                Ok(dropped) => super::report_dropped(&self.tag, &dropped),
+                Err(e) => log::debug!("cancelling consumer {} on drop: {e}", self.tag),
             }
         }
     }

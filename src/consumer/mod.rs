@@ -424,7 +424,8 @@ impl Channel {
 
     /// Cancels the consumers made by [`consume`](Self::consume) on this channel (pika's
     /// `BlockingChannel.cancel()`): their messages received but not yet yielded are rejected
-    /// with requeue; returns how many. Their iterators end.
+    /// with requeue; returns how many. Their iterators end. An `auto_ack` iterator's messages
+    /// cannot go back: they are dropped with a warning in the log (see [`Consumer::cancel`]).
     pub fn cancel(&self) -> Result<usize> {
         let tags: Vec<String> = self
             .lock_consumers()
@@ -434,7 +435,9 @@ impl Channel {
             .collect();
         let mut requeued = 0;
         for tag in tags {
-            requeued += self.cancel_consumer(&tag)?.1;
+            let (dropped, n) = self.cancel_consumer(&tag)?;
+            report_dropped(&tag, &dropped);
+            requeued += n;
         }
         Ok(requeued)
     }
@@ -704,6 +707,21 @@ impl Channel {
             *slot = Some(callback);
         }
         Ok(progress(ran))
+    }
+}
+
+/// Logs the auto-acked messages of a cancelled consumer that nobody will get: received, not
+/// yet handed out, and no longer held by the broker (never dropped silently).
+pub(crate) fn report_dropped(consumer_tag: &str, dropped: &[Delivery]) {
+    if let (Some(first), Some(last)) = (dropped.first(), dropped.last()) {
+        log::warn!(
+            "consumer {consumer_tag} cancelled: dropping {} auto-acked message(s) received but \
+             not yet handed out (delivery tags {} to {}); the broker no longer holds them \
+             (Channel::basic_cancel returns them instead)",
+            dropped.len(),
+            first.method.delivery_tag,
+            last.method.delivery_tag
+        );
     }
 }
 

@@ -92,6 +92,21 @@ impl Held {
     }
 }
 
+/// Drops the deliveries a closed `channel` held for its consumers, logged at `level` if there
+/// were any: the manual-ack ones go back to their queues with the channel, the auto-acked ones
+/// are lost (nothing is dropped silently).
+pub(crate) fn drop_deliveries(channel: u16, deliveries: &mut VecDeque<Held>, level: log::Level) {
+    if !deliveries.is_empty() {
+        log::log!(
+            level,
+            "channel {channel} closed with {} deliveries not yet handed out: manual-ack ones go \
+             back to their queues, auto-acked ones are lost",
+            deliveries.len()
+        );
+        deliveries.clear();
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         self.meter.fetch_sub(self.weight, Ordering::SeqCst);

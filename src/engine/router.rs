@@ -37,7 +37,7 @@ use std::time::Instant;
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 
-use super::chan::{ChannelCore, Delivered, Held, Life, Reply};
+use super::chan::{drop_deliveries, ChannelCore, Delivered, Held, Life, Reply};
 use super::Core;
 use crate::delivery::{Delivery, GetMessage, Returned};
 use crate::error::{Error, Result, CHANNEL_ERROR, COMMAND_INVALID, FRAME_ERROR};
@@ -448,7 +448,7 @@ impl Router {
                 st.awaiting = false;
                 // The broker requeued everything unacked; nothing may follow the close-ok.
                 st.acks.discard();
-                st.deliveries.clear();
+                drop_deliveries(channel, &mut st.deliveries, log::Level::Warn);
                 // Marked closed before close-ok is queued, under the lock callers take to queue
                 // frames for the channel, so nothing of theirs follows the close-ok.
                 let ok = AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}));
