@@ -78,6 +78,14 @@ impl Channel {
     /// publish many messages and wait once, use
     /// [`basic_publish_deferred`](Self::basic_publish_deferred) and
     /// [`wait_for_confirms`](Self::wait_for_confirms).
+    ///
+    /// While the broker blocks the connection (`connection.blocked`: a memory or disk alarm)
+    /// the publish waits until it is unblocked (the connection goes on reading meanwhile, so
+    /// the broker's `connection.unblocked` is seen); set
+    /// [`blocked_connection_timeout`](crate::ConnectionParameters::with_blocked_connection_timeout)
+    /// to bound that wait (the connection then ends with
+    /// [`Error::ConnectionBlockedTimeout`]). When the broker reads nothing, it waits at most
+    /// `rpc_timeout` for room in the outbound buffer ([`Error::Timeout`], nothing queued).
     pub fn basic_publish(&self, exchange: &str, routing_key: &str, body: &[u8]) -> Result<()> {
         self.basic_publish_with(exchange, routing_key, body, &PublishOptions::default())
     }

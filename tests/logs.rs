@@ -1,7 +1,7 @@
-//! What the logs hold. Secrets never reach them: everything cottontail logs at every level while it connects
-//! (with a good and a wrong password), works and closes is captured and searched. Messages
-//! nobody will get are reported there. Its own test binary, because the logger is
-//! process-wide.
+//! What the logs hold. Secrets never reach them: everything cottontail logs at every level
+//! while it connects (with a good and a wrong password), works and closes is captured and
+//! searched. Messages nobody will get are reported there. Its own test binary, because the
+//! logger is process-wide.
 
 mod support;
 
