@@ -170,3 +170,44 @@ fn a_broker_that_closes_and_then_drains_a_trickle_cannot_hold_the_connection_ope
          broker's close (the peer drained for {drained_for:?})"
     );
 }
+
+/// A peer that sends requests needing a reply (here basic.cancel with nowait off, each
+/// answered with a cancel-ok as long) and reads nothing: the client stops reading once a
+/// megabyte of its replies waits unwritten, so the peer cannot make it queue replies without
+/// bound, and its writes stall.
+#[test]
+fn a_peer_that_reads_none_of_our_replies_cannot_grow_them_without_bound() {
+    use std::io::Write;
+    const OFFERED: usize = 64 << 20;
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        let cancel = Peer::encode(&AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                consumer_tag: "t".repeat(250).into(),
+                nowait: false,
+            })),
+        ));
+        let burst = cancel.repeat(1000);
+        let stream = peer.stream();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(1)))
+            .expect("write timeout");
+        // What the client takes before its reading stops (and the kernel's buffers fill).
+        let mut sent = 0;
+        while sent < OFFERED && stream.write_all(&burst).is_ok() {
+            sent += burst.len();
+        }
+        sent
+    });
+    let connection = Connection::open(client_params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    let sent = join(fake);
+    assert!(
+        sent < OFFERED,
+        "the client read all {OFFERED} bytes of requests whose replies nobody read"
+    );
+    drop(channel);
+    drop(connection);
+}

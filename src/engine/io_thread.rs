@@ -287,6 +287,7 @@ impl IoThread {
                 }
                 std::mem::swap(&mut link.buf, &mut self.wbuf);
                 link.writer = Writer::Io;
+                link.replies_queued = 0;
                 let was_full = self.wbuf.len() >= OUTBOUND_HIGH_WATER;
                 drop(link);
                 if was_full {

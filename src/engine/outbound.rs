@@ -74,6 +74,9 @@ use crate::protocol::codec::{self, short};
 pub(crate) const OUTBOUND_HIGH_WATER: usize = 4 * 1024 * 1024;
 /// Capacity an emptied outbound buffer keeps; a larger one (after one big message) is freed.
 pub(crate) const OUTBOUND_KEPT_CAPACITY: usize = 256 * 1024;
+/// Bytes of the reader's own replies waiting to be written past which reading pauses
+/// ([`Link::replies_queued`]).
+pub(crate) const REPLY_BACKLOG: usize = 1024 * 1024;
 /// How long no publish must have been appended on the connection for a publish to be written
 /// directly (rule 2): about the I/O thread's wake-up time. Publishes that follow others (of any
 /// thread) more closely are queued, so a burst goes out in large writes (S2b: 20,005 `sendmsg`
@@ -161,6 +164,10 @@ pub(crate) struct Link {
     pub(crate) acks_due: Option<Instant>,
     /// Tells the I/O thread to stop now (the close deadline passed).
     pub(crate) shutdown: bool,
+    /// Bytes of the reader's own replies (close-ok, flow-ok, cancel-ok, rejects) queued since
+    /// the I/O thread last took the buffer to write: past [`REPLY_BACKLOG`] reading pauses
+    /// (token rule 9), so a peer that sends requests and reads no replies cannot grow it.
+    pub(crate) replies_queued: usize,
 }
 
 impl Link {
@@ -177,6 +184,7 @@ impl Link {
             closing_soon: false,
             acks_due: None,
             shutdown: false,
+            replies_queued: 0,
         }
     }
 

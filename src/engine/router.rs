@@ -38,6 +38,7 @@ use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 
 use super::chan::{drop_deliveries, ChannelCore, Delivered, Held, Life, Reply};
+use super::outbound::REPLY_BACKLOG;
 use super::Core;
 use crate::delivery::{Delivery, GetMessage, Returned};
 use crate::error::{Error, Result, CHANNEL_ERROR, COMMAND_INVALID, FRAME_ERROR};
@@ -75,6 +76,9 @@ pub(crate) struct Router {
     channels: Vec<Option<Entry>>,
     /// Something a waiter may look at changed since the last [`take_changed`](Self::take_changed).
     changed: bool,
+    /// The reader's own replies piled up unwritten when it last looked
+    /// ([`backlogged`](Self::backlogged)).
+    backlog: bool,
 }
 
 impl Router {
@@ -311,7 +315,7 @@ impl Router {
             delivery_tag,
             requeue: true,
         }));
-        queue_reply(core, channel, reject);
+        self.queue_reply(core, channel, reject);
     }
 
     fn on_connection(
@@ -323,7 +327,7 @@ impl Router {
             connection::AMQPMethod::Close(close) => {
                 let close_ok =
                     AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}));
-                queue_reply(core, 0, close_ok);
+                self.queue_reply(core, 0, close_ok);
                 Ok(Some(Exit::ClosedByBroker(Error::ConnectionClosed {
                     reply_code: close.reply_code,
                     reply_text: close.reply_text.to_string(),
@@ -425,7 +429,7 @@ impl Router {
                     let ok = AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
                         consumer_tag: cancel.consumer_tag.clone(),
                     }));
-                    queue_reply(core, channel, ok);
+                    self.queue_reply(core, channel, ok);
                 }
                 chan.lock().push_cancel(cancel.consumer_tag.to_string());
             }
@@ -452,7 +456,7 @@ impl Router {
                 // Marked closed before close-ok is queued, under the lock callers take to queue
                 // frames for the channel, so nothing of theirs follows the close-ok.
                 let ok = AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}));
-                queue_reply(core, channel, ok);
+                self.queue_reply(core, channel, ok);
                 self.forget(core, channel, crossed);
             }
             AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
@@ -479,7 +483,7 @@ impl Router {
                 let ok = AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
                     active: flow.active,
                 }));
-                queue_reply(core, channel, ok);
+                self.queue_reply(core, channel, ok);
             }
             reply => match chan.lock().deliver_reply(Reply::Method(reply)) {
                 Delivered::Unwanted => {
@@ -493,13 +497,29 @@ impl Router {
     }
 }
 
-/// Queues a reply of the reader's own behind everything callers queued before it; the I/O
-/// thread writes it (woken if the buffer was empty).
-fn queue_reply(core: &Core, channel: u16, method: AMQPClass) {
-    let mut frame = Vec::new();
-    if let Err(e) = codec::encode_method(&mut frame, channel, method) {
-        log::error!("cannot encode a reply on channel {channel}: {e}");
-        return;
+impl Router {
+    /// Queues a reply of the reader's own behind everything callers queued before it; the I/O
+    /// thread writes it (woken if the buffer was empty). Notes when such replies pile up
+    /// unwritten ([`backlogged`](Self::backlogged)).
+    fn queue_reply(&mut self, core: &Core, channel: u16, method: AMQPClass) {
+        let mut frame = Vec::new();
+        if let Err(e) = codec::encode_method(&mut frame, channel, method) {
+            log::error!("cannot encode a reply on channel {channel}: {e}");
+            return;
+        }
+        let mut link = core.lock_link();
+        link.replies_queued += frame.len();
+        self.backlog |= link.replies_queued > REPLY_BACKLOG;
+        core.enqueue(link, |buf| buf.extend_from_slice(&frame));
     }
-    core.enqueue(core.lock_link(), |buf| buf.extend_from_slice(&frame));
+
+    /// Whether more than [`REPLY_BACKLOG`] bytes of the reader's own replies wait unwritten
+    /// (the peer reads nothing): reading then pauses until the I/O thread takes them to write
+    /// (token rule 9). Looks at the outbound buffer only once replies piled up.
+    pub(crate) fn backlogged(&mut self, core: &Core) -> bool {
+        if self.backlog {
+            self.backlog = core.lock_link().replies_queued > REPLY_BACKLOG;
+        }
+        self.backlog
+    }
 }

@@ -61,6 +61,10 @@
 //!    reading is paused the broker's silence is ours: heartbeat deadlines do not run. (The
 //!    blocked-connection timeout does: a connection.unblocked behind the held messages is
 //!    not read either, so a connection nobody consumes from may be given up as blocked.)
+//!    Reading also pauses while more than `outbound::REPLY_BACKLOG` bytes of the router's
+//!    own replies (close-ok, flow-ok, cancel-ok, rejects) wait for the I/O thread to take
+//!    them: they are queued without waiting for room, so a peer that sends requests and
+//!    reads nothing would grow the buffer for ever otherwise. Taking them to write lifts it.
 //!
 //! Locks: `Turn` is taken with no other engine lock held, except that the I/O thread's leave
 //! check looks at the outbound buffer under it (order: `Turn`, then `Link`); it is held for a
@@ -310,7 +314,8 @@ pub(crate) fn read_loop(
                 return Step::Leave;
             }
         }
-        if paused(&core.inbound, &mut core.token.lock()) {
+        let paused = paused(&core.inbound, &mut core.token.lock());
+        if paused || side.router.backlogged(core) {
             return Step::Paused;
         }
         let read = match (src.as_deref_mut(), side.user.as_ref()) {
