@@ -205,3 +205,51 @@ fn callback_error_ends_start_consuming_with_it() {
         Err(Error::InvalidArgument("stop here".into()))
     );
 }
+
+/// The broker cancels a `consume()` iterator's consumer (its queue is deleted) while messages
+/// it received wait to be yielded: they are yielded first (as pika's generator does), then
+/// the iterator ends. With auto-ack the broker no longer holds them, so nothing else has them.
+#[test]
+fn an_iterator_cancelled_by_the_broker_yields_what_it_received_then_ends() {
+    use cottontail::{ConsumeOptions, Consumed};
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = support::exclusive_queue(&channel);
+    support::publish_numbered(&channel, &queue, 0..10);
+    let mut consumer = channel
+        .consume(
+            &queue,
+            ConsumeOptions {
+                auto_ack: true,
+                inactivity_timeout: Some(Duration::from_secs(5)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mut bodies = Vec::new();
+    match consumer.next() {
+        Some(Ok(Consumed::Delivery(d))) => bodies.push(d.body),
+        other => panic!("expected the first message, got {other:?}"),
+    }
+    assert!(
+        support::eventually(Duration::from_secs(5), || consumer.waiting_message_count()
+            == 9),
+        "the other nine did not arrive"
+    );
+    let other = connection.channel().unwrap();
+    other.queue_delete(&queue, Default::default()).unwrap();
+    // The broker's basic.cancel reaches the channel; a pump of the channel (here
+    // process_data_events) handles it before the iterator looks again.
+    connection
+        .process_data_events(Duration::from_millis(300))
+        .unwrap();
+    for item in consumer.by_ref() {
+        match item.unwrap() {
+            Consumed::Delivery(d) => bodies.push(d.body),
+            other => panic!("the iterator neither yielded nor ended: {other:?}"),
+        }
+    }
+    let expected: Vec<Vec<u8>> = (0..10u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    assert_eq!(bodies, expected);
+    assert!(channel.consumer_tags().is_empty());
+}

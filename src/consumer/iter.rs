@@ -44,7 +44,8 @@ pub enum Consumed {
 ///
 /// Yields `Ok(Consumed::Delivery(..))` per message and `Ok(Consumed::Inactive)` after each
 /// inactivity timeout. It ends (returns `None`) when the consumer is cancelled, by
-/// [`cancel`](Self::cancel) or by the broker (queue deleted); when the channel or connection
+/// [`cancel`](Self::cancel), or by the broker (queue deleted: it first yields the messages it
+/// had received, as pika's generator does); when the channel or connection
 /// closes it yields that error once and then ends. Callbacks of other consumers on the same
 /// channel, the channel's return and cancel callbacks and the connection's timers, threadsafe
 /// and blocked/unblocked callbacks run while it waits, as in pika. An error (or panic) of one of

@@ -69,6 +69,9 @@ pub(crate) struct ConsumerEntry {
     pending: VecDeque<Held>,
     /// basic.cancel sent: deliveries are kept in `pending`, no callback runs.
     cancelling: bool,
+    /// The broker cancelled this iterator's consumer while it held deliveries: it yields them,
+    /// then ends (and the entry goes), as pika's generator does.
+    ended_by_broker: bool,
 }
 
 impl ConsumerEntry {
@@ -235,6 +238,7 @@ impl Channel {
                     auto_ack,
                     pending: VecDeque::new(),
                     cancelling: false,
+                    ended_by_broker: false,
                 },
             );
         }
@@ -323,10 +327,10 @@ impl Channel {
     /// Cancels a consumer; returns the auto-ack messages handed back and how many manual-ack
     /// ones were requeued.
     fn cancel_consumer(&self, consumer_tag: &str) -> Result<(Vec<Delivery>, usize)> {
-        let auto_ack = match self.lock_consumers().get_mut(consumer_tag) {
+        let (auto_ack, ended_by_broker) = match self.lock_consumers().get_mut(consumer_tag) {
             Some(entry) if !entry.cancelling => {
                 entry.cancelling = true;
-                entry.auto_ack
+                (entry.auto_ack, entry.ended_by_broker)
             }
             _ => return Ok((Vec::new(), 0)),
         };
@@ -334,7 +338,8 @@ impl Channel {
             consumer_tag: short(consumer_tag)?,
             nowait: false,
         }));
-        let reply = self.rpc(method, "basic.cancel");
+        // One the broker cancelled already has nothing to send: only what it holds is left.
+        let reply = (!ended_by_broker).then(|| self.rpc(method, "basic.cancel"));
         self.inner
             .owner
             .record(|t| t.consumer_cancelled(consumer_tag));
@@ -349,18 +354,15 @@ impl Channel {
             .unwrap_or_default();
         pending.extend(self.take_queued(consumer_tag));
         self.inner.owner.core().nudge();
-        let reply = match reply {
-            Ok(reply) => reply,
-            Err(e) => {
+        match reply {
+            None | Some(Ok(Reply::Method(AMQPClass::Basic(basic::AMQPMethod::CancelOk(_))))) => {}
+            Some(Err(e)) => {
                 // After a timeout the cancel may still be on its way: what arrives meanwhile
                 // is requeued by the router (the consumer is an orphan).
                 self.requeue(pending.into(), auto_ack);
                 return Err(e);
             }
-        };
-        match reply {
-            Reply::Method(AMQPClass::Basic(basic::AMQPMethod::CancelOk(_))) => {}
-            _ => {
+            Some(Ok(_)) => {
                 self.requeue(pending.into(), auto_ack);
                 return Err(Error::protocol(
                     crate::error::COMMAND_INVALID,
@@ -543,13 +545,24 @@ impl Channel {
             Some(Next::Cancelled(tags)) => {
                 let mut ran = Ok(());
                 for tag in &tags {
-                    // The broker ended it: what it held for an iterator goes back to the queue
-                    // (auto-acked ones are reported lost), like a delivery in flight.
+                    // The broker ended it. An iterator yields what it holds first, then ends;
+                    // anything else held goes back to the queue (auto-acked: reported lost),
+                    // like a delivery in flight.
                     let auto_ack = self.lock_consumers().get(tag).map(|e| e.auto_ack);
                     if let Some(auto_ack) = auto_ack {
                         self.core().lock().push_orphan(tag, auto_ack);
                     }
-                    let gone = self.lock_consumers().remove(tag);
+                    let gone = {
+                        let mut consumers = self.lock_consumers();
+                        match consumers.get_mut(tag) {
+                            // An iterator's messages in hand are still its to yield.
+                            Some(e) if e.callback.is_none() && !e.pending.is_empty() => {
+                                e.ended_by_broker = true;
+                                None
+                            }
+                            _ => consumers.remove(tag),
+                        }
+                    };
                     self.inner.owner.record(|t| t.consumer_cancelled(tag));
                     if let Some(entry) = gone {
                         self.requeue(entry.pending.into(), entry.auto_ack);
@@ -598,6 +611,10 @@ impl Channel {
                         if entry.auto_ack || !stale(&held) {
                             return Some(Next::Mine(held));
                         }
+                    }
+                    if entry.ended_by_broker {
+                        consumers.remove(tag);
+                        return Some(Next::Finished);
                     }
                 }
                 _ => return Some(Next::Finished),
