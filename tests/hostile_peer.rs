@@ -174,13 +174,14 @@ fn a_broker_that_closes_and_then_drains_a_trickle_cannot_hold_the_connection_ope
 /// A peer that sends requests needing a reply (here basic.cancel with nowait off, each
 /// answered with a cancel-ok as long) and reads nothing: the client stops reading once a
 /// megabyte of its replies waits unwritten, so the peer cannot make it queue replies without
-/// bound, and its writes stall.
+/// bound, and its writes stall. The pause is the client's own doing: the peer's silence
+/// meanwhile is no heartbeat timeout.
 #[test]
 fn a_peer_that_reads_none_of_our_replies_cannot_grow_them_without_bound() {
     use std::io::Write;
     const OFFERED: usize = 64 << 20;
     let (port, fake) = spawn_fake(|broker| {
-        let mut peer = broker.accept_and_handshake(0, 131_072);
+        let mut peer = broker.accept_and_handshake(1, 131_072);
         peer.open_channel(1);
         let cancel = Peer::encode(&AMQPFrame::Method(
             1,
@@ -199,15 +200,24 @@ fn a_peer_that_reads_none_of_our_replies_cannot_grow_them_without_bound() {
         while sent < OFFERED && stream.write_all(&burst).is_ok() {
             sent += burst.len();
         }
-        sent
+        // Kept open (and still not reading) until the test is done.
+        (sent, peer)
     });
     let connection = Connection::open(client_params(port)).expect("open");
     let channel = connection.channel().expect("channel");
-    let sent = join(fake);
+    let (sent, peer) = join(fake);
     assert!(
         sent < OFFERED,
         "the client read all {OFFERED} bytes of requests whose replies nobody read"
     );
+    // Three heartbeat intervals of the peer's silence while reading is paused.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        connection.is_open(),
+        "the connection ended: {:?}",
+        connection.close_reason()
+    );
+    drop(peer);
     drop(channel);
     drop(connection);
 }

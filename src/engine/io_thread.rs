@@ -343,6 +343,7 @@ impl IoThread {
         }
         drop(link);
         if self.stream.tcp().set_nonblocking(false).is_ok() {
+            self.stream.bound_until(deadline);
             let _ = self.flush_until(Some(deadline));
         }
     }

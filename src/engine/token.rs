@@ -314,8 +314,12 @@ pub(crate) fn read_loop(
                 return Step::Leave;
             }
         }
-        let paused = paused(&core.inbound, &mut core.token.lock());
-        if paused || side.router.backlogged(core) {
+        if paused(&core.inbound, &mut core.token.lock()) {
+            return Step::Paused;
+        }
+        if side.router.backlogged(core) {
+            // As in `paused`: while reading is paused the broker's silence is ours.
+            core.token.lock().last_read = Instant::now();
             return Step::Paused;
         }
         let read = match (src.as_deref_mut(), side.user.as_ref()) {

@@ -216,7 +216,13 @@ impl ConfirmTracker {
     /// The connection was lost: every outstanding publish becomes unknown, and the next
     /// publish is the broker's 1 on the new channel.
     pub(crate) fn lose(&mut self) {
-        self.unknown.extend(self.outstanding.drain(..));
+        // A returned one is settled: the broker said what became of it.
+        let returned = &self.returned;
+        self.unknown.extend(
+            self.outstanding
+                .drain(..)
+                .filter(|seq| !returned.contains_key(seq)),
+        );
         self.mandatory.clear();
         self.base = self.next - 1;
     }
@@ -240,18 +246,17 @@ impl ConfirmTracker {
     /// return.
     pub(crate) fn take_outcome_of(&mut self, seq: u64) -> Settled {
         self.claimed.remove(&seq);
-        if self.unknown.remove(&seq) {
-            return Settled::Unknown;
-        }
+        let unknown = self.unknown.remove(&seq);
         let nacked = self.nacked.remove(&seq);
         let returned = self.returned.remove(&seq);
-        match (nacked, returned) {
-            (true, _) => Settled::Nacked,
-            (false, Some((reply_code, reply_text))) => Settled::Returned {
+        match (nacked, returned, unknown) {
+            (true, _, _) => Settled::Nacked,
+            (false, Some((reply_code, reply_text)), _) => Settled::Returned {
                 reply_code,
                 reply_text,
             },
-            (false, None) => Settled::Acked,
+            (false, None, true) => Settled::Unknown,
+            (false, None, false) => Settled::Acked,
         }
     }
 
@@ -288,6 +293,33 @@ mod tests {
         Settled::Returned {
             reply_code,
             reply_text: reply_text.into(),
+        }
+    }
+
+    #[test]
+    fn a_message_returned_before_a_loss_is_returned_not_unknown() {
+        let fp = fingerprint("", "nowhere", b"x");
+        for claim in [false, true] {
+            let mut t = ConfirmTracker::new();
+            let seq = t.publish(Some(fp));
+            if claim {
+                t.claim(seq);
+            }
+            assert_eq!(t.on_return(fp, 312, "NO_ROUTE"), Some(seq));
+            // Lost before its ack.
+            t.lose();
+            if claim {
+                assert_eq!(t.take_outcome_of(seq), returned(312, "NO_ROUTE"));
+                assert_eq!(t.take_outcomes(), Outcomes::default());
+            } else {
+                assert_eq!(
+                    t.take_outcomes(),
+                    Outcomes {
+                        returned: vec![seq],
+                        ..Default::default()
+                    }
+                );
+            }
         }
     }
 

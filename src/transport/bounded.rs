@@ -11,7 +11,10 @@
 //! `stack_timeout` once the deadline has passed, else `socket_timeout`.
 //!
 //! [`Bounded::opened`] ends this when the connection is open: every later read and write goes
-//! straight to the socket, which the I/O thread then makes non-blocking.
+//! straight to the socket, which the I/O thread then makes non-blocking. The I/O thread's
+//! last flush after the broker's close puts a deadline back ([`Bounded::bound_until`]): one
+//! TLS write is as many socket writes as its record takes, each of which would otherwise
+//! wait for the whole of the socket's timeout again.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -45,6 +48,11 @@ impl Bounded {
     /// The connection is open: no deadline any more.
     pub(crate) fn opened(&mut self) {
         self.deadline = None;
+    }
+
+    /// Every later read and write ends by `deadline` again (the socket is blocking again).
+    pub(crate) fn bound_until(&mut self, deadline: Instant) {
+        self.deadline = Some(deadline);
     }
 
     /// Runs `io` on the socket within what is left of the deadline (set as the socket's

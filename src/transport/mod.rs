@@ -66,6 +66,18 @@ impl Stream {
             Stream::Tls(s) => s.get_mut().opened(),
         }
     }
+
+    /// Bounds every later socket wait by `deadline` (the I/O thread's last flush, on a
+    /// blocking socket): over TLS by the `Bounded` stream under it, each of a record's writes;
+    /// on plain TCP the caller's write timeout does it.
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+    pub(crate) fn bound_until(&mut self, deadline: Instant) {
+        match self {
+            Stream::Tcp(_) => {}
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.get_mut().bound_until(deadline),
+        }
+    }
 }
 
 impl Read for Stream {
