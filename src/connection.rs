@@ -70,6 +70,8 @@ impl Drop for Owner {
 impl Owner {
     /// Closes the connection for good: stops a recovery, then closes the current engine.
     fn close(&self, reply_code: u16, reply_text: &str) -> Result<()> {
+        // Refused before anything changes (a text over 255 bytes).
+        crate::protocol::codec::short(reply_text)?;
         if let Some(recovery) = &self.recovery {
             let error = Error::ConnectionClosedByClient {
                 reply_code,
@@ -299,6 +301,8 @@ impl Connection {
     /// for the broker to accept it (pika's `update_secret(new_secret, reason)`), at most the
     /// RPC timeout. The secret is never logged.
     pub fn update_secret(&self, new_secret: &str, reason: &str) -> Result<()> {
+        // Refused before anything changes (a reason over 255 bytes).
+        let reason = crate::protocol::codec::short(reason)?;
         if let Some(recovery) = &self.owner.recovery {
             // A recovery logs in with it from now on; while the connection is down, that is
             // all there is to do.
@@ -312,7 +316,7 @@ impl Connection {
         let method = AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(
             connection::UpdateSecret {
                 new_secret: new_secret.into(),
-                reason: crate::protocol::codec::short(reason)?,
+                reason,
             },
         ));
         core.send_connection_method(

@@ -216,8 +216,9 @@ impl Channel {
         consumer_tag: Option<String>,
         arguments: FieldTable,
     ) -> Result<String> {
-        // pika's form: ctag<channel>.<uuid hex>
-        let tag = consumer_tag.unwrap_or_else(|| {
+        // pika's form: ctag<channel>.<uuid hex>, for no tag or an empty one (pika makes one
+        // whenever the tag is falsy; the broker would make its own, under a name we don't know).
+        let tag = consumer_tag.filter(|t| !t.is_empty()).unwrap_or_else(|| {
             format!(
                 "ctag{}.{}",
                 self.channel_number(),

@@ -426,6 +426,7 @@ impl Core {
         deadline: Option<Instant>,
         check: impl FnOnce(&mut ChanState) -> Result<Option<T>>,
     ) -> Result<Option<T>> {
+        codec::check_frames_fit(frames, self.tuned.frame_max)?;
         let body = body.map(|b| (channel.id, b));
         let mut unfinished = None;
         let sent = self.with_room(channel, body.is_some(), deadline, |st, link| {
@@ -558,6 +559,7 @@ impl Core {
     ) -> Result<()> {
         with_scratch(|buf| {
             codec::encode_method(buf, 0, method)?;
+            codec::check_frames_fit(buf, self.tuned.frame_max)?;
             self.wait_for_room(false, deadline)?;
             self.append_locked(self.lock_link(), &[], buf, None)
                 .map(|_| ())

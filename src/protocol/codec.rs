@@ -310,6 +310,29 @@ fn parse_checked(frame: &[u8]) -> std::result::Result<AMQPFrame, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Refuses whole encoded `frames` if any of them is larger than `frame_max` (0: no limit): the
+/// broker would close the whole connection with 501 FRAME_ERROR for it. Only walks the frames
+/// when their total is over the limit.
+pub(crate) fn check_frames_fit(frames: &[u8], frame_max: u32) -> Result<()> {
+    let limit = frame_max as usize;
+    if limit == 0 || frames.len() <= limit {
+        return Ok(());
+    }
+    let mut at = 0;
+    while let Some(header) = frames.get(at..at + HEADER_LEN) {
+        let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize
+            + FRAME_OVERHEAD;
+        if size > limit {
+            return Err(Error::InvalidArgument(format!(
+                "a frame of {size} bytes is over the connection's frame_max of {frame_max} \
+                 (properties, headers or arguments too large); nothing was sent"
+            )));
+        }
+        at += size;
+    }
+    Ok(())
+}
+
 /// Appends a method frame to `buf`.
 pub(crate) fn encode_method(buf: &mut Vec<u8>, channel: u16, method: AMQPClass) -> Result<()> {
     encode_frame(buf, &AMQPFrame::Method(channel, method))
@@ -452,6 +475,35 @@ mod tests {
             buf.extend_from_slice(piece);
             buf.push(constants::FRAME_END);
         }
+    }
+
+    #[test]
+    fn frames_over_frame_max_are_refused_by_size() {
+        let mut frames = Vec::new();
+        encode_method(
+            &mut frames,
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+                prefetch_count: 1,
+                global: false,
+            })),
+        )
+        .unwrap();
+        let small = frames.len();
+        let mut big = frames.clone();
+        encode_content_header(
+            &mut big,
+            1,
+            0,
+            &BasicProperties::default().with_message_id("m"),
+        )
+        .unwrap();
+        let header = big.len() - small;
+        // Together over the limit, each within it: fine.
+        assert!(check_frames_fit(&big, header.max(small) as u32).is_ok());
+        assert!(check_frames_fit(&big, 0).is_ok());
+        let err = check_frames_fit(&big, header as u32 - 1).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
     }
 
     #[test]

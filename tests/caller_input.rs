@@ -1,0 +1,117 @@
+//! A caller's bad values, against a real RabbitMQ: each is refused with a typed error before
+//! anything is sent or changed, and the connection goes on as if the call had not been made.
+
+mod support;
+
+use std::time::Duration;
+
+use cottontail::{
+    BasicConsumeOptions, BasicProperties, ConsumeOptions, Consumed, Error, FieldTable,
+    PublishOptions, QueueDeclareOptions, RecoveryPolicy,
+};
+use support::{connect, exclusive_queue, message_count, params};
+
+/// A header table larger than a frame would make the broker close the whole connection with
+/// 501 FRAME_ERROR: the publish (and a declare with such arguments) is refused instead, and
+/// the connection and channel go on.
+#[test]
+fn a_frame_over_frame_max_is_refused_and_the_connection_goes_on() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    let big = "x".repeat(connection.frame_max() as usize + 1);
+    let options = PublishOptions {
+        properties: BasicProperties::default().with_header("h", big.as_str()),
+        ..Default::default()
+    };
+    match channel.basic_publish_with("", &queue, b"too big", &options) {
+        Err(Error::InvalidArgument(text)) => assert!(text.contains("frame_max"), "{text}"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    let declared = channel.queue_declare(
+        "",
+        QueueDeclareOptions {
+            exclusive: true,
+            arguments: FieldTable::new().with("x-big", big.as_str()),
+            ..Default::default()
+        },
+    );
+    assert!(
+        matches!(declared, Err(Error::InvalidArgument(_))),
+        "{declared:?}"
+    );
+    channel.basic_publish("", &queue, b"fine").unwrap();
+    assert!(connection.is_open() && channel.is_open());
+    assert_eq!(message_count(&connection, &queue), 1);
+    connection.close().unwrap();
+}
+
+/// An empty consumer tag means "make one" (pika makes one whenever the tag is falsy): the
+/// consumer gets its messages, under a tag of its own.
+#[test]
+fn an_empty_consumer_tag_gets_a_tag_of_its_own_and_its_messages() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    channel.basic_publish("", &queue, b"one").unwrap();
+    let tag = channel
+        .basic_consume(
+            &queue,
+            |ch, _method, _props, body| {
+                assert_eq!(body, b"one");
+                ch.stop_consuming(None)
+            },
+            BasicConsumeOptions {
+                auto_ack: true,
+                consumer_tag: Some(String::new()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(!tag.is_empty());
+    channel.start_consuming().unwrap();
+    channel.basic_publish("", &queue, b"two").unwrap();
+    let mut consumer = channel
+        .consume(
+            &queue,
+            ConsumeOptions {
+                auto_ack: true,
+                consumer_tag: Some(String::new()),
+                inactivity_timeout: Some(Duration::from_secs(5)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(!consumer.consumer_tag().is_empty());
+    match consumer.next() {
+        Some(Ok(Consumed::Delivery(d))) => assert_eq!(d.body, b"two"),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    drop(consumer);
+    connection.close().unwrap();
+}
+
+/// A close text or an update-secret reason over 255 bytes is refused before anything
+/// changes: with recovery on, the connection stays open (its recovery not ended for good),
+/// and works on.
+#[test]
+fn an_overlong_close_text_or_secret_reason_changes_nothing() {
+    let connection =
+        cottontail::Connection::open(params().with_recovery(RecoveryPolicy::default())).unwrap();
+    let long = "r".repeat(256);
+    assert!(matches!(
+        connection.close_with(200, &long),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(connection.is_open(), "{:?}", connection.close_reason());
+    assert!(matches!(
+        connection.update_secret("not the password", &long),
+        Err(Error::InvalidArgument(_))
+    ));
+    let channel = connection.channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    channel.basic_publish("", &queue, b"still open").unwrap();
+    assert_eq!(message_count(&connection, &queue), 1);
+    connection.close().unwrap();
+    assert!(connection.is_closed());
+}
