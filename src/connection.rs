@@ -96,7 +96,8 @@ impl Connection {
     /// failover between cluster nodes: each set is tried `connection_attempts` times, with
     /// `retry_delay` between attempts, in order, as pika does. A refused login or vhost is not
     /// retried with the same parameters. When one attempt was made its error is returned as
-    /// is; otherwise [`Error::AllAttemptsFailed`] holds every attempt's error.
+    /// is; otherwise [`Error::AllAttemptsFailed`] holds the attempts' errors (the last
+    /// [`ATTEMPT_ERRORS_KEPT`](crate::ATTEMPT_ERRORS_KEPT) of them).
     pub fn open(params: impl IntoParameterList) -> Result<Connection> {
         let list = params.into_parameter_list();
         for params in &list {
@@ -107,9 +108,10 @@ impl Connection {
             .and_then(|p| p.recovery.clone())
             .map(|policy| Arc::new(Recovery::new(policy, list.clone())));
         let mut errors = Vec::new();
+        let mut failed = 0;
         for params in list {
             for attempt in 1..=params.connection_attempts.max(1) {
-                if !errors.is_empty() {
+                if failed > 0 {
                     std::thread::sleep(params.retry_delay);
                 }
                 match Core::open(params.clone(), 0) {
@@ -140,6 +142,10 @@ impl Connection {
                             e,
                             Error::AuthenticationFailed { .. } | Error::AccessRefused { .. }
                         );
+                        failed += 1;
+                        if errors.len() == crate::error::ATTEMPT_ERRORS_KEPT {
+                            errors.remove(0);
+                        }
                         errors.push(e);
                         if refused {
                             break;
@@ -148,7 +154,7 @@ impl Connection {
                 }
             }
         }
-        if errors.len() == 1 {
+        if failed == 1 {
             return Err(errors.pop().expect("one error"));
         }
         if errors.is_empty() {
@@ -156,7 +162,10 @@ impl Connection {
                 "no connection parameters given".into(),
             ));
         }
-        Err(Error::AllAttemptsFailed { attempts: errors })
+        Err(Error::AllAttemptsFailed {
+            failed,
+            attempts: errors,
+        })
     }
 
     pub(crate) fn from_owner(owner: Arc<Owner>) -> Connection {

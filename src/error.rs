@@ -27,6 +27,9 @@ pub const RESOURCE_LOCKED: u16 = 405;
 pub const PRECONDITION_FAILED: u16 = 406;
 /// AMQP reply code 320 `CONNECTION_FORCED`.
 pub const CONNECTION_FORCED: u16 = 320;
+/// The most attempt errors [`Error::AllAttemptsFailed`] keeps: those of the last attempts.
+pub const ATTEMPT_ERRORS_KEPT: usize = 32;
+
 /// AMQP reply code 501 `FRAME_ERROR`.
 pub const FRAME_ERROR: u16 = 501;
 /// AMQP reply code 502 `SYNTAX_ERROR`.
@@ -242,9 +245,12 @@ pub enum Error {
     },
     /// Every connection attempt failed (several parameter sets or `connection_attempts > 1`);
     /// the attempts' errors in order, the last one last.
-    #[error("{} connection attempts failed; the last: {}", .attempts.len(), last_of(.attempts))]
+    #[error("{failed} connection attempts failed; the last: {}", last_of(.attempts))]
     AllAttemptsFailed {
-        /// Each attempt's error, in order.
+        /// How many attempts failed.
+        failed: usize,
+        /// The attempts' errors, in order: all of them, or the last [`ATTEMPT_ERRORS_KEPT`] of
+        /// a longer run (a caller's `connection_attempts` must not grow it without bound).
         attempts: Vec<Error>,
     },
     /// The broker kept the connection blocked (resource alarm) longer than

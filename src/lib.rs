@@ -489,7 +489,7 @@ pub use crate::consumer::{
     CancelCallback, ConsumeOptions, Consumed, Consumer, ConsumerCallback, ReturnCallback,
 };
 pub use crate::delivery::{Delivery, GetMessage, Returned};
-pub use crate::error::{CallbackError, Error, Result};
+pub use crate::error::{CallbackError, Error, Result, ATTEMPT_ERRORS_KEPT};
 pub use crate::events::{
     BlockedCallback, RecoveryCallback, ThreadsafeCallback, TimeoutId, TimerCallback,
     UnblockedCallback,

@@ -268,6 +268,24 @@ fn failover_tries_parameter_sets_in_order() {
     connection.channel().unwrap();
 }
 
+/// A long run of failed attempts (a caller's `connection_attempts`, no delay) keeps only the
+/// last attempts' errors, and counts them all.
+#[test]
+fn many_failed_attempts_keep_a_bounded_list_of_errors() {
+    const ATTEMPTS: u32 = 5_000;
+    let dead = ConnectionParameters::new("127.0.0.1")
+        .with_port(1)
+        .with_connection_attempts(ATTEMPTS)
+        .with_retry_delay(Duration::ZERO);
+    match Connection::open(dead).unwrap_err() {
+        Error::AllAttemptsFailed { failed, attempts } => {
+            assert_eq!(failed, ATTEMPTS as usize);
+            assert_eq!(attempts.len(), cottontail::ATTEMPT_ERRORS_KEPT);
+        }
+        other => panic!("expected AllAttemptsFailed, got {other:?}"),
+    }
+}
+
 #[test]
 fn every_attempt_is_made_and_reported_when_all_fail() {
     let dead = ConnectionParameters::new("127.0.0.1")
@@ -278,8 +296,8 @@ fn every_attempt_is_made_and_reported_when_all_fail() {
     let err = Connection::open([dead.clone(), dead.with_port(2).with_connection_attempts(1)])
         .unwrap_err();
     match &err {
-        Error::AllAttemptsFailed { attempts } => {
-            assert_eq!(attempts.len(), 4);
+        Error::AllAttemptsFailed { failed, attempts } => {
+            assert_eq!((*failed, attempts.len()), (4, 4));
             assert!(
                 attempts.iter().all(|e| matches!(e, Error::Io { .. })),
                 "{attempts:?}"
@@ -297,7 +315,7 @@ fn every_attempt_is_made_and_reported_when_all_fail() {
         "{err}"
     );
     // Every host is named by its attempt's error.
-    let Error::AllAttemptsFailed { attempts } = &err else {
+    let Error::AllAttemptsFailed { attempts, .. } = &err else {
         unreachable!()
     };
     let errors: Vec<String> = attempts.iter().map(ToString::to_string).collect();

@@ -138,7 +138,10 @@ fn attempt_once(
     }
     Err(match errors.len() {
         1 => errors.remove(0),
-        _ => Error::AllAttemptsFailed { attempts: errors },
+        failed => Error::AllAttemptsFailed {
+            failed,
+            attempts: errors,
+        },
     })
 }
 
