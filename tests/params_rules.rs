@@ -106,6 +106,12 @@ fn out_of_range_values_are_refused_before_any_socket_is_opened() {
             witness.params().with_socket_timeout(Duration::ZERO),
             "socket_timeout must be more than 0 seconds, got 0",
         ),
+        (
+            witness
+                .params()
+                .with_client_properties(cottontail::FieldTable::new().with("k".repeat(256), 1)),
+            "client_properties: field table name of 256 bytes (at most 255): kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk...",
+        ),
     ];
     for (params, message) in cases {
         let started = Instant::now();

@@ -343,6 +343,13 @@ impl ConnectionParameters {
         if let Some(ssl) = &self.ssl_options {
             ssl.validate()?;
         }
+        // Refused here, before any socket, not at the broker's connection.start.
+        crate::protocol::table::to_wire(&self.client_properties).map_err(|e| match e {
+            Error::InvalidArgument(why) => {
+                Error::InvalidArgument(format!("client_properties: {why}"))
+            }
+            other => other,
+        })?;
         Ok(())
     }
 
