@@ -183,3 +183,16 @@ fn ssl_options_without_a_port_connect_to_5671() {
     assert!(err.is_connection_error(), "{err:?}");
     assert!(server.join().unwrap(), "nobody connected to 5671");
 }
+
+/// A CA file that is a device (or a pipe) is refused at once, not read for ever.
+#[test]
+fn a_ca_file_that_is_not_a_regular_file_is_refused() {
+    let started = Instant::now();
+    match SslOptions::new().with_ca_file("/dev/zero") {
+        Err(Error::InvalidArgument(why)) => {
+            assert!(why.contains("not a regular file"), "{why}")
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -182,13 +182,49 @@ impl Parser {
                         .get(self.pos + 1)
                         .copied()
                         .ok_or("unterminated string")?;
-                    out.push(match escaped {
-                        'n' => '\n',
-                        't' => '\t',
-                        'r' => '\r',
-                        other => other,
-                    });
-                    self.pos += 2;
+                    // Python's escapes; an unknown one keeps its backslash (`'C:\dir'`).
+                    let simple = match escaped {
+                        'n' => Some('\n'),
+                        't' => Some('\t'),
+                        'r' => Some('\r'),
+                        '0' => Some('\0'),
+                        'a' => Some('\x07'),
+                        'b' => Some('\x08'),
+                        'f' => Some('\x0c'),
+                        'v' => Some('\x0b'),
+                        '\\' | '\'' | '"' => Some(escaped),
+                        _ => None,
+                    };
+                    let digits = match escaped {
+                        'x' => 2,
+                        'u' => 4,
+                        'U' => 8,
+                        _ => 0,
+                    };
+                    if let Some(c) = simple {
+                        out.push(c);
+                        self.pos += 2;
+                    } else if digits > 0 {
+                        let at = self.pos;
+                        let hex: String = self
+                            .chars
+                            .get(at + 2..at + 2 + digits)
+                            .ok_or_else(|| {
+                                format!("truncated \\{escaped} escape at character {at}")
+                            })?
+                            .iter()
+                            .collect();
+                        let c = u32::from_str_radix(&hex, 16)
+                            .ok()
+                            .and_then(char::from_u32)
+                            .ok_or_else(|| format!("bad \\{escaped} escape at character {at}"))?;
+                        out.push(c);
+                        self.pos += 2 + digits;
+                    } else {
+                        out.push('\\');
+                        out.push(escaped);
+                        self.pos += 2;
+                    }
                 }
                 Some(c) => {
                     out.push(c);
@@ -214,6 +250,10 @@ impl Parser {
         if let Ok(n) = text.parse::<i64>() {
             return Ok(Value::Int(n));
         }
+        if !text.contains(['.', 'e', 'E']) {
+            // An integer, too large for any AMQP integer: not silently a float.
+            return Err(format!("integer {text} out of range at character {start}"));
+        }
         text.parse::<f64>()
             .map(Value::Float)
             .map_err(|_| format!("bad number at character {start}"))
@@ -223,6 +263,23 @@ impl Parser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn python_escapes_and_integers_out_of_range() {
+        let dict = parse(r"{'a': '\x41\u00e9\U0001F600', 'b': 'C:\dir\n', 'c': '\'q\''}").unwrap();
+        let text = |k: &str| match dict.iter().find(|(key, _)| key == k) {
+            Some((_, Value::Text(s))) => s.clone(),
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(text("a"), "A\u{e9}\u{1F600}");
+        assert_eq!(text("b"), "C:\\dir\n");
+        assert_eq!(text("c"), "'q'");
+        assert!(parse(r"{'a': '\x4'}").is_err());
+        assert!(parse(r"{'a': '\udfff'}").is_err());
+        let err = parse("{'n': 99999999999999999999}").unwrap_err();
+        assert!(err.contains("out of range"), "{err}");
+        assert!(parse("{'f': 1e30}").is_ok());
+    }
 
     #[test]
     fn parses_what_pika_urls_carry() {

@@ -286,6 +286,30 @@ impl SslOptions {
 /// What starts a PEM certificate.
 const CERTIFICATE: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
+/// The largest certificate or key file read: PEM bundles are kilobytes; a path to a device or
+/// a pipe (`/dev/zero`) must not be read for ever.
+const MAX_PEM_FILE: u64 = 16 * 1024 * 1024;
+
 fn read_file(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(format!("reading the {what} {}", path.display()), &e))
+    use std::io::Read;
+    let context = || format!("reading the {what} {}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| Error::io(context(), &e))?;
+    let meta = file.metadata().map_err(|e| Error::io(context(), &e))?;
+    if !meta.is_file() {
+        return Err(Error::InvalidArgument(format!(
+            "the {what} {} is not a regular file",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(context(), &e))?;
+    if bytes.len() as u64 > MAX_PEM_FILE {
+        return Err(Error::InvalidArgument(format!(
+            "the {what} {} is larger than {MAX_PEM_FILE} bytes",
+            path.display()
+        )));
+    }
+    Ok(bytes)
 }
