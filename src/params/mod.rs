@@ -68,7 +68,7 @@ pub struct TcpOptions {
 /// | `retry_delay` | 2 s | | pause between attempts |
 /// | `blocked_connection_timeout` | `None` | | tear the connection down (`Error::ConnectionBlockedTimeout`) when the broker keeps it blocked longer |
 /// | `ssl_options` | `None` | | TLS settings; `Some` (or an `amqps://` URL) connects with TLS |
-/// | `tcp_options` | none set | | keepalive and `TCP_USER_TIMEOUT` |
+/// | `tcp_options` | none set | keepalive idle and interval 1 to 32767 whole seconds, count 1 to 127; user timeout whole milliseconds, more than 0 | keepalive and `TCP_USER_TIMEOUT` |
 /// | `recovery` | `None` (off) | | automatic recovery after a connection loss: [`RecoveryPolicy`](crate::RecoveryPolicy); the first parameter set's counts |
 ///
 /// An `amqp://` / `amqps://` URL carries the same settings as query options (see
@@ -343,6 +343,7 @@ impl ConnectionParameters {
         if let Some(ssl) = &self.ssl_options {
             ssl.validate()?;
         }
+        self.tcp_options.validate()?;
         // Refused here, before any socket, not at the broker's connection.start.
         crate::protocol::table::to_wire(&self.client_properties).map_err(|e| match e {
             Error::InvalidArgument(why) => {
@@ -439,6 +440,50 @@ impl FromStr for ConnectionParameters {
 const CHANNEL_RANGE: &str = "from 1 to 65535";
 
 /// "`name` must be `allowed`, got `got`": the error for a value outside its range.
+impl TcpOptions {
+    /// Linux's ranges (`TCP_KEEPIDLE` and `TCP_KEEPINTVL` 1 to 32767 whole seconds,
+    /// `TCP_KEEPCNT` 1 to 127, `TCP_USER_TIMEOUT` whole milliseconds, more than 0): refused
+    /// here rather than rounded by the socket call or refused by the OS after connecting.
+    fn validate(&self) -> Result<()> {
+        for (name, value) in [
+            ("tcp_options keepalive_idle", self.keepalive_idle),
+            ("tcp_options keepalive_interval", self.keepalive_interval),
+        ] {
+            if let Some(d) = value {
+                if d.subsec_nanos() != 0 || !(1..=32767).contains(&d.as_secs()) {
+                    return Err(out_of_range(
+                        name,
+                        "1 to 32767 whole seconds",
+                        format_args!("{d:?}"),
+                    ));
+                }
+            }
+        }
+        if let Some(count) = self.keepalive_count {
+            if !(1..=127).contains(&count) {
+                return Err(out_of_range(
+                    "tcp_options keepalive_count",
+                    "from 1 to 127",
+                    count,
+                ));
+            }
+        }
+        if let Some(d) = self.user_timeout {
+            if d.subsec_nanos() % 1_000_000 != 0
+                || d.is_zero()
+                || d.as_millis() > u128::from(u32::MAX)
+            {
+                return Err(out_of_range(
+                    "tcp_options user_timeout",
+                    "whole milliseconds, more than 0 and at most u32::MAX",
+                    format_args!("{d:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn out_of_range(name: &str, allowed: &str, got: impl Display) -> Error {
     Error::InvalidArgument(format!("{name} must be {allowed}, got {got}"))
 }
@@ -590,6 +635,35 @@ mod tests {
             (
                 h().with_channel_max(0),
                 "channel_max must be from 1 to 65535, got 0",
+            ),
+            (
+                h().with_tcp_options(TcpOptions {
+                    keepalive_idle: Some(Duration::from_millis(1900)),
+                    ..Default::default()
+                }),
+                "tcp_options keepalive_idle must be 1 to 32767 whole seconds, got 1.9s",
+            ),
+            (
+                h().with_tcp_options(TcpOptions {
+                    keepalive_interval: Some(Duration::from_secs(40_000)),
+                    ..Default::default()
+                }),
+                "tcp_options keepalive_interval must be 1 to 32767 whole seconds, got 40000s",
+            ),
+            (
+                h().with_tcp_options(TcpOptions {
+                    keepalive_count: Some(200),
+                    ..Default::default()
+                }),
+                "tcp_options keepalive_count must be from 1 to 127, got 200",
+            ),
+            (
+                h().with_tcp_options(TcpOptions {
+                    user_timeout: Some(Duration::from_micros(500)),
+                    ..Default::default()
+                }),
+                "tcp_options user_timeout must be whole milliseconds, more than 0 and at most \
+                 u32::MAX, got 500µs",
             ),
             (
                 h().with_connection_attempts(0),
