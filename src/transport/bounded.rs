@@ -148,8 +148,10 @@ mod tests {
             io::ErrorKind::WouldBlock
         );
         assert!(again.elapsed() < Duration::from_millis(100));
-        // Once open, reads go straight to the socket: bytes arrive again.
+        // Once open, reads go straight to the socket (whose timeout the I/O thread then
+        // clears, as here): bytes arrive again.
         bounded.opened();
+        bounded.tcp().set_read_timeout(None).unwrap();
         assert_eq!(bounded.read(&mut [0; 1]).unwrap(), 1);
         drop(bounded);
         peer.join().unwrap();
