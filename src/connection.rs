@@ -310,8 +310,17 @@ impl Connection {
     /// for the broker to accept it (pika's `update_secret(new_secret, reason)`), at most the
     /// RPC timeout. The secret is never logged.
     pub fn update_secret(&self, new_secret: &str, reason: &str) -> Result<()> {
-        // Refused before anything changes (a reason over 255 bytes).
-        let reason = crate::protocol::codec::short(reason)?;
+        let method = AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(
+            connection::UpdateSecret {
+                new_secret: new_secret.into(),
+                // Refused before anything changes (a reason over 255 bytes) ...
+                reason: crate::protocol::codec::short(reason)?,
+            },
+        ));
+        // ... as is a secret too large for one frame.
+        let mut frame = Vec::new();
+        crate::protocol::codec::encode_method(&mut frame, 0, method.clone())?;
+        crate::protocol::codec::check_frames_fit(&frame, self.frame_max())?;
         if let Some(recovery) = &self.owner.recovery {
             // A recovery logs in with it from now on; while the connection is down, that is
             // all there is to do.
@@ -322,12 +331,6 @@ impl Connection {
         }
         let core = self.core();
         let seen = core.lock_link().secret_updates;
-        let method = AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(
-            connection::UpdateSecret {
-                new_secret: new_secret.into(),
-                reason,
-            },
-        ));
         core.send_connection_method(
             method,
             crate::engine::deadline_after(core.params.rpc_timeout),

@@ -249,8 +249,9 @@ pub enum Error {
     AllAttemptsFailed {
         /// How many attempts failed.
         failed: usize,
-        /// The attempts' errors, in order: all of them, or the last [`ATTEMPT_ERRORS_KEPT`] of
-        /// a longer run (a caller's `connection_attempts` must not grow it without bound).
+        /// The attempts' errors, in order: all of them, or, from
+        /// [`Connection::open`](crate::Connection::open), the last [`ATTEMPT_ERRORS_KEPT`] of a longer run (a
+        /// caller's `connection_attempts` must not grow it without bound).
         attempts: Vec<Error>,
     },
     /// The broker kept the connection blocked (resource alarm) longer than

@@ -253,3 +253,48 @@ fn an_iterator_cancelled_by_the_broker_yields_what_it_received_then_ends() {
     assert_eq!(bodies, expected);
     assert!(channel.consumer_tags().is_empty());
 }
+
+/// `start_consuming` on a channel whose only consumer is an iterator nobody iterates: when
+/// the broker cancels it while it holds messages, no consumer is left and `start_consuming`
+/// returns (the iterator still yields what it holds, then ends).
+#[test]
+fn start_consuming_returns_when_the_broker_cancels_an_idle_iterator_holding_messages() {
+    use cottontail::{ConsumeOptions, Consumed};
+    support::within(Duration::from_secs(20), "start_consuming", || {
+        let connection = connect();
+        let channel = connection.channel().unwrap();
+        let queue = support::exclusive_queue(&channel);
+        publish_numbered(&channel, &queue, 0..5);
+        let mut consumer = channel
+            .consume(
+                &queue,
+                ConsumeOptions {
+                    auto_ack: true,
+                    inactivity_timeout: Some(Duration::from_secs(5)),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let deleter = {
+            let connection = connection.clone();
+            let queue = queue.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                let other = connection.channel().unwrap();
+                other.queue_delete(&queue, Default::default()).unwrap();
+            })
+        };
+        channel.start_consuming().unwrap();
+        deleter.join().unwrap();
+        assert!(channel.consumer_tags().is_empty());
+        let yielded = consumer
+            .by_ref()
+            .map(|item| match item.unwrap() {
+                Consumed::Delivery(d) => d.body,
+                other => panic!("{other:?}"),
+            })
+            .count();
+        assert_eq!(yielded, 5);
+        connection.close().unwrap();
+    });
+}

@@ -400,7 +400,7 @@ impl Channel {
     pub fn consumer_tags(&self) -> Vec<String> {
         self.lock_consumers()
             .iter()
-            .filter(|(_, e)| !e.cancelling)
+            .filter(|(_, e)| !e.cancelling && !e.ended_by_broker)
             .map(|(tag, _)| tag.clone())
             .collect()
     }
@@ -643,7 +643,9 @@ impl Channel {
                 return Some(Next::Failed(e));
             }
         }
-        if want.is_none() && self.lock_consumers().is_empty() {
+        // Only iterators the broker cancelled (ending once they yield what they hold): no
+        // consumer is left for `start_consuming`.
+        if want.is_none() && self.lock_consumers().values().all(|e| e.ended_by_broker) {
             return Some(Next::Finished);
         }
         if st.acks.holding() {

@@ -68,7 +68,7 @@ pub struct TcpOptions {
 /// | `retry_delay` | 2 s | | pause between attempts |
 /// | `blocked_connection_timeout` | `None` | | tear the connection down (`Error::ConnectionBlockedTimeout`) when the broker keeps it blocked longer |
 /// | `ssl_options` | `None` | | TLS settings; `Some` (or an `amqps://` URL) connects with TLS |
-/// | `tcp_options` | none set | keepalive idle and interval 1 to 32767 whole seconds, count 1 to 127; user timeout whole milliseconds, more than 0 | keepalive and `TCP_USER_TIMEOUT` |
+/// | `tcp_options` | none set | keepalive idle and interval 1 to 32767 whole seconds, count 1 to 127; user timeout whole milliseconds (0: the OS default) | keepalive and `TCP_USER_TIMEOUT` |
 /// | `recovery` | `None` (off) | | automatic recovery after a connection loss: [`RecoveryPolicy`](crate::RecoveryPolicy); the first parameter set's counts |
 ///
 /// An `amqp://` / `amqps://` URL carries the same settings as query options (see
@@ -439,11 +439,11 @@ impl FromStr for ConnectionParameters {
 /// `channel_max`'s range (pika's), as errors state it.
 const CHANNEL_RANGE: &str = "from 1 to 65535";
 
-/// "`name` must be `allowed`, got `got`": the error for a value outside its range.
 impl TcpOptions {
     /// Linux's ranges (`TCP_KEEPIDLE` and `TCP_KEEPINTVL` 1 to 32767 whole seconds,
-    /// `TCP_KEEPCNT` 1 to 127, `TCP_USER_TIMEOUT` whole milliseconds, more than 0): refused
-    /// here rather than rounded by the socket call or refused by the OS after connecting.
+    /// `TCP_KEEPCNT` 1 to 127, `TCP_USER_TIMEOUT` whole milliseconds, 0 for the OS default):
+    /// refused here rather than rounded by the socket call or refused by the OS after
+    /// connecting.
     fn validate(&self) -> Result<()> {
         for (name, value) in [
             ("tcp_options keepalive_idle", self.keepalive_idle),
@@ -469,13 +469,10 @@ impl TcpOptions {
             }
         }
         if let Some(d) = self.user_timeout {
-            if d.subsec_nanos() % 1_000_000 != 0
-                || d.is_zero()
-                || d.as_millis() > u128::from(u32::MAX)
-            {
+            if d.subsec_nanos() % 1_000_000 != 0 || d.as_millis() > u128::from(u32::MAX) {
                 return Err(out_of_range(
                     "tcp_options user_timeout",
-                    "whole milliseconds, more than 0 and at most u32::MAX",
+                    "whole milliseconds, at most u32::MAX (0: the OS default)",
                     format_args!("{d:?}"),
                 ));
             }
@@ -484,6 +481,7 @@ impl TcpOptions {
     }
 }
 
+/// "`name` must be `allowed`, got `got`": the error for a value outside its range.
 fn out_of_range(name: &str, allowed: &str, got: impl Display) -> Error {
     Error::InvalidArgument(format!("{name} must be {allowed}, got {got}"))
 }
@@ -662,8 +660,8 @@ mod tests {
                     user_timeout: Some(Duration::from_micros(500)),
                     ..Default::default()
                 }),
-                "tcp_options user_timeout must be whole milliseconds, more than 0 and at most \
-                 u32::MAX, got 500µs",
+                "tcp_options user_timeout must be whole milliseconds, at most u32::MAX (0: the \
+                 OS default), got 500µs",
             ),
             (
                 h().with_connection_attempts(0),

@@ -187,7 +187,6 @@ impl Parser {
                         'n' => Some('\n'),
                         't' => Some('\t'),
                         'r' => Some('\r'),
-                        '0' => Some('\0'),
                         'a' => Some('\x07'),
                         'b' => Some('\x08'),
                         'f' => Some('\x0c'),
@@ -204,6 +203,18 @@ impl Parser {
                     if let Some(c) = simple {
                         out.push(c);
                         self.pos += 2;
+                    } else if escaped.is_digit(8) {
+                        // Octal, one to three digits: `\0`, `\012`.
+                        let start = self.pos + 1;
+                        let mut end = start;
+                        while end < start + 3 && self.chars.get(end).is_some_and(|c| c.is_digit(8))
+                        {
+                            end += 1;
+                        }
+                        let octal: String = self.chars[start..end].iter().collect();
+                        let code = u32::from_str_radix(&octal, 8).expect("octal digits");
+                        out.push(char::from_u32(code).expect("at most 0o777"));
+                        self.pos = end;
                     } else if digits > 0 {
                         let at = self.pos;
                         let hex: String = self
@@ -250,7 +261,8 @@ impl Parser {
         if let Ok(n) = text.parse::<i64>() {
             return Ok(Value::Int(n));
         }
-        if !text.contains(['.', 'e', 'E']) {
+        let digits = text.trim_start_matches(['-', '+']);
+        if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) {
             // An integer, too large for any AMQP integer: not silently a float.
             return Err(format!("integer {text} out of range at character {start}"));
         }
@@ -274,6 +286,13 @@ mod tests {
         assert_eq!(text("a"), "A\u{e9}\u{1F600}");
         assert_eq!(text("b"), "C:\\dir\n");
         assert_eq!(text("c"), "'q'");
+        let octal = parse(r"{'o': '\0\012\1010'}").unwrap();
+        assert!(
+            matches!(&octal[0].1, Value::Text(s) if s == "\0\nA0"),
+            "{octal:?}"
+        );
+        let err = parse("{'n': 1-2}").unwrap_err();
+        assert!(err.contains("bad number"), "{err}");
         assert!(parse(r"{'a': '\x4'}").is_err());
         assert!(parse(r"{'a': '\udfff'}").is_err());
         let err = parse("{'n': 99999999999999999999}").unwrap_err();

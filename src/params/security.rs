@@ -293,14 +293,15 @@ const MAX_PEM_FILE: u64 = 16 * 1024 * 1024;
 fn read_file(what: &str, path: &std::path::Path) -> Result<Vec<u8>> {
     use std::io::Read;
     let context = || format!("reading the {what} {}", path.display());
-    let file = std::fs::File::open(path).map_err(|e| Error::io(context(), &e))?;
-    let meta = file.metadata().map_err(|e| Error::io(context(), &e))?;
+    // Looked at before it is opened: opening a pipe waits for a writer.
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(context(), &e))?;
     if !meta.is_file() {
         return Err(Error::InvalidArgument(format!(
             "the {what} {} is not a regular file",
             path.display()
         )));
     }
+    let file = std::fs::File::open(path).map_err(|e| Error::io(context(), &e))?;
     let mut bytes = Vec::new();
     file.take(MAX_PEM_FILE + 1)
         .read_to_end(&mut bytes)

@@ -416,11 +416,13 @@ impl AuxChannel {
     }
 
     /// Runs `method`; a channel error (the broker refused it and closed the channel) is
-    /// returned as `Ok(Err(e))` after the channel is opened again.
+    /// returned as `Ok(Err(e))` after the channel is opened again. One refused before it was
+    /// sent (too large for the new connection's `frame_max`) leaves the channel as it is.
     fn call(&mut self, core: &Core, method: AMQPClass, what: &str) -> Result<Result<Reply>> {
         match call(core, &self.channel, method, what) {
             Ok(reply) => Ok(Ok(reply)),
             Err(e) if ends_attempt(&e) => Err(e),
+            Err(e @ Error::InvalidArgument(_)) => Ok(Err(e)),
             Err(e) => {
                 self.wait_closed(core);
                 *self = AuxChannel::open(core)?;
@@ -575,6 +577,9 @@ fn consume(
         match call(core, chan, method, "basic.consume") {
             Ok(_) => return Ok(()),
             Err(e) if ends_attempt(&e) => return Err(e),
+            // Refused before it was sent (too large for the new connection): the channel is
+            // open as it was.
+            Err(e @ Error::InvalidArgument(_)) => refused = Some(e),
             Err(e) => {
                 // The broker closed the consumer's channel: the application sees it closed.
                 report.closed_channels.push((chan.id, e.clone()));
