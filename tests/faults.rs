@@ -163,24 +163,7 @@ fn body_longer_than_header_announces_is_a_frame_error() {
         let mut peer = broker.accept_and_handshake(0, 131_072);
         peer.open_channel(1);
         peer.expect_get(1);
-        let mut bytes = Peer::encode(&AMQPFrame::Method(
-            1,
-            AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
-                delivery_tag: 1,
-                redelivered: false,
-                exchange: "".into(),
-                routing_key: "q".into(),
-                message_count: 0,
-            })),
-        ));
-        bytes.extend(Peer::encode(&AMQPFrame::Header(
-            1,
-            AMQPContentHeader {
-                class_id: 60,
-                body_size: 5,
-                properties: amq_protocol::protocol::BasicProperties::default(),
-            },
-        )));
+        let mut bytes = Peer::get_ok_and_header(1, 1, 5);
         bytes.extend(Peer::encode(&AMQPFrame::Body(1, b"0123456789".to_vec())));
         peer.send_raw(&bytes);
         peer.drain()

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{basic, connection, AMQPClass};
 use cottontail::{Connection, Error};
 
@@ -33,17 +33,7 @@ fn protocol_reason(result: cottontail::Result<impl std::fmt::Debug>, reply_code:
 fn a_tune_below_the_minimum_frame_size_fails_the_open() {
     let (port, fake) = spawn_fake(|broker| {
         let mut peer = broker.accept();
-        peer.read_protocol_header();
-        peer.send_start();
-        peer.expect_start_ok();
-        peer.send_method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
-                channel_max: 2047,
-                frame_max: 100,
-                heartbeat: 0,
-            })),
-        );
+        peer.start_and_tune(0, 100);
         peer.drain()
     });
     let started = Instant::now();
@@ -68,24 +58,7 @@ fn a_body_frame_overrunning_its_message_is_refused_even_when_split() {
         let mut peer = broker.accept_and_handshake(0, 131_072);
         peer.open_channel(1);
         peer.expect_get(1);
-        let mut bytes = Peer::encode(&AMQPFrame::Method(
-            1,
-            AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
-                delivery_tag: 1,
-                redelivered: false,
-                exchange: "".into(),
-                routing_key: "q".into(),
-                message_count: 0,
-            })),
-        ));
-        bytes.extend(Peer::encode(&AMQPFrame::Header(
-            1,
-            AMQPContentHeader {
-                class_id: 60,
-                body_size: 5,
-                properties: amq_protocol::protocol::BasicProperties::default(),
-            },
-        )));
+        let mut bytes = Peer::get_ok_and_header(1, 1, 5);
         let body = Peer::encode(&AMQPFrame::Body(1, b"0123456789".to_vec()));
         // The frame's header and its first five payload bytes, then the rest a little later.
         let cut = 7 + 5;

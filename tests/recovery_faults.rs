@@ -414,25 +414,7 @@ fn confirms_outstanding_at_the_loss_are_unknown_never_confirmed() {
 
 /// basic.get-ok with `delivery_tag`, its header and a 2-byte body on `channel`.
 fn send_get_ok(peer: &mut Peer, channel: u16, delivery_tag: u64) {
-    use amq_protocol::frame::AMQPContentHeader;
-    peer.send_method(
-        channel,
-        AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
-            delivery_tag,
-            redelivered: false,
-            exchange: "".into(),
-            routing_key: "q".into(),
-            message_count: 0,
-        })),
-    );
-    peer.send_frame(&AMQPFrame::Header(
-        channel,
-        AMQPContentHeader {
-            class_id: 60,
-            body_size: 2,
-            properties: amq_protocol::protocol::BasicProperties::default(),
-        },
-    ));
+    peer.send_raw(&Peer::get_ok_and_header(channel, delivery_tag, 2));
     peer.send_frame(&AMQPFrame::Body(channel, b"hi".to_vec()));
 }
 

@@ -114,17 +114,7 @@ impl FakeBroker {
         after_open_ok: &[AMQPFrame],
     ) -> Peer {
         let mut peer = self.accept();
-        peer.read_protocol_header();
-        peer.send_start();
-        peer.expect_start_ok();
-        peer.send_method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
-                channel_max: 2047,
-                frame_max,
-                heartbeat,
-            })),
-        );
+        peer.start_and_tune(heartbeat, frame_max);
         match peer.expect_method() {
             (0, AMQPClass::Connection(connection::AMQPMethod::TuneOk(ok))) => {
                 assert_eq!(ok.heartbeat, heartbeat, "client's tune-ok heartbeat");
@@ -181,6 +171,46 @@ impl Peer {
 
     pub fn send_method(&mut self, channel: u16, method: AMQPClass) {
         self.send_frame(&AMQPFrame::Method(channel, method));
+    }
+
+    /// Reads the protocol header, sends connection.start, reads start-ok and sends
+    /// connection.tune with `heartbeat` and `frame_max`.
+    pub fn start_and_tune(&mut self, heartbeat: u16, frame_max: u32) {
+        self.read_protocol_header();
+        self.send_start();
+        self.expect_start_ok();
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                channel_max: 2047,
+                frame_max,
+                heartbeat,
+            })),
+        );
+    }
+
+    /// basic.get-ok for `delivery_tag` (exchange "", routing key "q") and a content header
+    /// announcing `body_size` bytes without properties, encoded, on `channel`.
+    pub fn get_ok_and_header(channel: u16, delivery_tag: u64, body_size: u64) -> Vec<u8> {
+        let mut bytes = Self::encode(&AMQPFrame::Method(
+            channel,
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                delivery_tag,
+                redelivered: false,
+                exchange: "".into(),
+                routing_key: "q".into(),
+                message_count: 0,
+            })),
+        ));
+        bytes.extend(Self::encode(&AMQPFrame::Header(
+            channel,
+            amq_protocol::frame::AMQPContentHeader {
+                class_id: 60,
+                body_size,
+                properties: amq_protocol::protocol::BasicProperties::default(),
+            },
+        )));
+        bytes
     }
 
     pub fn send_start(&mut self) {
