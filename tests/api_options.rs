@@ -274,19 +274,7 @@ fn unhandled_returns_are_bounded_by_their_headers_too() {
 fn a_nacked_publish_carries_the_message() {
     let connection = connect();
     let channel = connection.channel().unwrap();
-    let queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                arguments: FieldTable::new()
-                    .with("x-max-length", 1)
-                    .with("x-overflow", "reject-publish"),
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .queue;
+    let queue = support::one_message_queue(&channel);
     channel.confirm_delivery().unwrap();
     let options = PublishOptions {
         properties: BasicProperties::default().with_message_id("second"),

@@ -148,26 +148,13 @@ fn deferred_mandatory_publishes_report_exactly_the_returned_sequence_numbers() {
 /// used to take it and leave the publisher a plain `Ok`).
 #[test]
 fn a_publish_waiting_for_its_confirm_keeps_its_nack_from_a_concurrent_window() {
-    use cottontail::{FieldTable, QueueDeclareOptions};
     use std::sync::atomic::{AtomicBool, Ordering};
 
     const PUBLISHERS: usize = 4;
     const EACH: usize = 150;
     let connection = connect();
     let channel = connection.channel().unwrap();
-    let queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                arguments: FieldTable::new()
-                    .with("x-max-length", 1)
-                    .with("x-overflow", "reject-publish"),
-                ..Default::default()
-            },
-        )
-        .unwrap()
-        .queue;
+    let queue = support::one_message_queue(&channel);
     channel.confirm_delivery().unwrap();
     // The queue is full from here on: the broker nacks every later publish.
     channel.basic_publish("", &queue, b"first").unwrap();

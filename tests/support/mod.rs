@@ -126,6 +126,25 @@ pub fn publish_numbered(channel: &cottontail::Channel, queue: &str, numbers: std
     }
 }
 
+/// A server-named exclusive queue that holds one message and refuses more
+/// (`x-max-length` 1, `x-overflow: reject-publish`): in confirm mode the broker nacks every
+/// publish once it is full.
+pub fn one_message_queue(channel: &cottontail::Channel) -> String {
+    channel
+        .queue_declare(
+            "",
+            cottontail::QueueDeclareOptions {
+                exclusive: true,
+                arguments: cottontail::FieldTable::new()
+                    .with("x-max-length", 1)
+                    .with("x-overflow", "reject-publish"),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .queue
+}
+
 /// Declares a broker-named exclusive queue on `channel` and returns its name.
 pub fn exclusive_queue(channel: &cottontail::Channel) -> String {
     channel
