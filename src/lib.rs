@@ -300,11 +300,15 @@
 //! ## What a hostile peer cannot do
 //!
 //! Every frame size is checked against the negotiated `frame_max` before anything is buffered;
-//! a body longer than its header announced, content frames out of order, frames on channels
-//! that are not open, unknown frame types, a bad frame-end octet, and field tables nested
-//! deeper than 32 levels close the connection with the AMQP reply code that fits (501, 504,
-//! 505) and reach every waiter as [`Error::Protocol`]. Nothing a peer sends makes cottontail
-//! panic or allocate more than the frames it actually sends.
+//! a body longer than its header announced (even when its frame arrives in pieces), content
+//! frames out of order, frames on channels that are not open, unknown frame types, a bad
+//! frame-end octet, field tables nested deeper than 32 levels, a tune below the protocol's
+//! minimum frame size and delivery tags that would overflow close the connection with the
+//! AMQP reply code that fits (501 to 505) and reach every waiter as [`Error::Protocol`].
+//! Nothing a peer sends makes cottontail panic or allocate more than the frames it actually
+//! sends: a peer that sends requests and reads none of the replies finds reading paused once
+//! a megabyte of them waits. A peer that reads slowly after closing the connection gets one
+//! second for its close-ok; a TLS peer that trickles its handshake, `stack_timeout`.
 //!
 //! ## TLS and failover
 //!
