@@ -27,9 +27,6 @@ pub const RESOURCE_LOCKED: u16 = 405;
 pub const PRECONDITION_FAILED: u16 = 406;
 /// AMQP reply code 320 `CONNECTION_FORCED`.
 pub const CONNECTION_FORCED: u16 = 320;
-/// The most attempt errors [`Error::AllAttemptsFailed`] keeps: those of the last attempts.
-pub const ATTEMPT_ERRORS_KEPT: usize = 32;
-
 /// AMQP reply code 501 `FRAME_ERROR`.
 pub const FRAME_ERROR: u16 = 501;
 /// AMQP reply code 502 `SYNTAX_ERROR`.
@@ -44,6 +41,9 @@ pub const UNEXPECTED_FRAME: u16 = 505;
 pub const NOT_IMPLEMENTED: u16 = 540;
 /// AMQP reply code 541 `INTERNAL_ERROR`.
 pub const INTERNAL_ERROR: u16 = 541;
+
+/// The most attempt errors [`Error::AllAttemptsFailed`] keeps: those of the last attempts.
+pub const ATTEMPT_ERRORS_KEPT: usize = 32;
 
 /// Everything that can go wrong in cottontail.
 ///
@@ -250,8 +250,8 @@ pub enum Error {
         /// How many attempts failed.
         failed: usize,
         /// The attempts' errors, in order: all of them, or, from
-        /// [`Connection::open`](crate::Connection::open), the last [`ATTEMPT_ERRORS_KEPT`] of a longer run (a
-        /// caller's `connection_attempts` must not grow it without bound).
+        /// [`Connection::open`](crate::Connection::open), the last [`ATTEMPT_ERRORS_KEPT`] of
+        /// a longer run (a caller's `connection_attempts` must not grow it without bound).
         attempts: Vec<Error>,
     },
     /// The broker kept the connection blocked (resource alarm) longer than

@@ -206,26 +206,31 @@ fn callback_error_ends_start_consuming_with_it() {
     );
 }
 
-/// The broker cancels a `consume()` iterator's consumer (its queue is deleted) while messages
-/// it received wait to be yielded: they are yielded first (as pika's generator does), then
-/// the iterator ends. With auto-ack the broker no longer holds them, so nothing else has them.
-#[test]
-fn an_iterator_cancelled_by_the_broker_yields_what_it_received_then_ends() {
-    use cottontail::{ConsumeOptions, Consumed};
-    let connection = connect();
-    let channel = connection.channel().unwrap();
-    let queue = support::exclusive_queue(&channel);
-    support::publish_numbered(&channel, &queue, 0..10);
-    let mut consumer = channel
+/// An auto-ack `consume()` iterator on `queue` that gives up waiting after 5 s of nothing.
+fn auto_ack_iterator(channel: &cottontail::Channel, queue: &str) -> cottontail::Consumer {
+    channel
         .consume(
-            &queue,
-            ConsumeOptions {
+            queue,
+            cottontail::ConsumeOptions {
                 auto_ack: true,
                 inactivity_timeout: Some(Duration::from_secs(5)),
                 ..Default::default()
             },
         )
-        .unwrap();
+        .unwrap()
+}
+
+/// The broker cancels a `consume()` iterator's consumer (its queue is deleted) while messages
+/// it received wait to be yielded: they are yielded first (as pika's generator does), then
+/// the iterator ends. With auto-ack the broker no longer holds them, so nothing else has them.
+#[test]
+fn an_iterator_cancelled_by_the_broker_yields_what_it_received_then_ends() {
+    use cottontail::Consumed;
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = support::exclusive_queue(&channel);
+    support::publish_numbered(&channel, &queue, 0..10);
+    let mut consumer = auto_ack_iterator(&channel, &queue);
     let mut bodies = Vec::new();
     match consumer.next() {
         Some(Ok(Consumed::Delivery(d))) => bodies.push(d.body),
@@ -259,22 +264,13 @@ fn an_iterator_cancelled_by_the_broker_yields_what_it_received_then_ends() {
 /// returns (the iterator still yields what it holds, then ends).
 #[test]
 fn start_consuming_returns_when_the_broker_cancels_an_idle_iterator_holding_messages() {
-    use cottontail::{ConsumeOptions, Consumed};
+    use cottontail::Consumed;
     support::within(Duration::from_secs(20), "start_consuming", || {
         let connection = connect();
         let channel = connection.channel().unwrap();
         let queue = support::exclusive_queue(&channel);
         publish_numbered(&channel, &queue, 0..5);
-        let mut consumer = channel
-            .consume(
-                &queue,
-                ConsumeOptions {
-                    auto_ack: true,
-                    inactivity_timeout: Some(Duration::from_secs(5)),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let mut consumer = auto_ack_iterator(&channel, &queue);
         let deleter = {
             let connection = connection.clone();
             let queue = queue.clone();

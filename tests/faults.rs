@@ -406,15 +406,7 @@ fn broker_close_reaches_every_waiter() {
         }
         waiting.sort_unstable();
         assert_eq!(waiting, [1, 2]);
-        peer.send_method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-                reply_code: 320,
-                reply_text: "CONNECTION_FORCED - test".into(),
-                class_id: 0,
-                method_id: 0,
-            })),
-        );
+        peer.send_connection_close(320, "CONNECTION_FORCED - test");
         peer.drain()
     });
     let connection = Connection::open(client_params(port)).expect("open");

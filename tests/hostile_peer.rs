@@ -95,15 +95,7 @@ fn a_broker_that_closes_and_then_drains_a_trickle_cannot_hold_the_connection_ope
         published_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("the publish returned");
-        peer.send_method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-                reply_code: 320,
-                reply_text: "CONNECTION_FORCED - go away".into(),
-                class_id: 0,
-                method_id: 0,
-            })),
-        );
+        peer.send_connection_close(320, "CONNECTION_FORCED - go away");
         let started = Instant::now();
         // Until the client is done, or at most as long as the trickle would take: 1.5 MiB
         // (enough for the client's blocked write to go on), then a pause of 0.8 s.

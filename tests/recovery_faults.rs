@@ -26,18 +26,6 @@ fn policy() -> RecoveryPolicy {
         .with_max_delay(Duration::from_millis(100))
 }
 
-fn close_connection(peer: &mut Peer, reply_code: u16, reply_text: &str) {
-    peer.send_method(
-        0,
-        AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-            reply_code,
-            reply_text: reply_text.into(),
-            class_id: 0,
-            method_id: 0,
-        })),
-    );
-}
-
 fn send_close_ok(peer: &mut Peer) {
     peer.send_method(
         0,
@@ -145,7 +133,7 @@ fn a_publish_made_while_recovering_waits_and_goes_out_on_the_new_connection() {
     let (port, fake) = spawn_fake(move |broker| {
         let mut first = broker.accept_and_handshake(0, 131_072);
         first.open_channel(1);
-        close_connection(&mut first, 320, "CONNECTION_FORCED - test");
+        first.send_connection_close(320, "CONNECTION_FORCED - test");
         first.drain();
         lost_tx.send(()).unwrap();
         // Slow to take the new connection: the publish below waits meanwhile.
@@ -198,7 +186,7 @@ fn a_call_made_while_recovering_gives_up_at_its_own_deadline() {
     let (port, fake) = spawn_fake(|broker| {
         let mut first = broker.accept_and_handshake(0, 131_072);
         first.open_channel(1);
-        close_connection(&mut first, 320, "CONNECTION_FORCED - test");
+        first.send_connection_close(320, "CONNECTION_FORCED - test");
         first.drain();
         // Never accepts again until the client is done.
         std::thread::sleep(Duration::from_secs(2));
@@ -233,7 +221,7 @@ fn recovery_gives_up_after_its_attempts_and_every_call_gets_the_error() {
     let (port, fake) = spawn_fake(|broker| {
         let mut first = broker.accept_and_handshake(0, 131_072);
         first.open_channel(1);
-        close_connection(&mut first, 320, "CONNECTION_FORCED - test");
+        first.send_connection_close(320, "CONNECTION_FORCED - test");
         first.drain();
         // The listener goes: every attempt is refused.
         drop(broker);
@@ -288,7 +276,7 @@ fn a_close_recovery_does_not_handle_ends_the_connection_without_reconnecting() {
         for number in 1..=CHANNELS {
             first.open_channel(number);
         }
-        close_connection(&mut first, 530, "NOT_ALLOWED - test");
+        first.send_connection_close(530, "NOT_ALLOWED - test");
         first.drain();
         // No new connection may come.
         broker.accept_within(Duration::from_millis(700)).is_none()
@@ -350,7 +338,7 @@ fn confirms_outstanding_at_the_loss_are_unknown_never_confirmed() {
         );
         // The fourth publish (made with basic_publish, waiting for its confirm).
         while !matches!(first.read_frame(), Some(AMQPFrame::Body(1, _))) {}
-        close_connection(&mut first, 320, "CONNECTION_FORCED - test");
+        first.send_connection_close(320, "CONNECTION_FORCED - test");
         first.drain();
         let mut second = broker.accept_and_handshake(0, 131_072);
         second.open_channel(1);
@@ -490,7 +478,7 @@ fn lost_and_refused(consumer: bool) -> (u16, std::thread::JoinHandle<()>, mpsc::
             );
         }
         drop(broker);
-        close_connection(&mut first, 320, "CONNECTION_FORCED - test");
+        first.send_connection_close(320, "CONNECTION_FORCED - test");
         first.drain();
         lost_tx.send(()).unwrap();
     });

@@ -20,13 +20,14 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-/// A TCP stream whose reads and writes, until [`opened`](Self::opened), end by `deadline`.
+/// A TCP stream whose reads and writes end by `deadline`: the open's until
+/// [`opened`](Self::opened), the last flush's after [`bound_until`](Self::bound_until).
 #[derive(Debug)]
 pub(crate) struct Bounded {
     tcp: TcpStream,
     /// The bound on each socket wait.
     socket_timeout: Duration,
-    /// The open's deadline; `None` once the connection is open.
+    /// The deadline; `None` while the connection is open and working.
     deadline: Option<Instant>,
 }
 
@@ -70,7 +71,7 @@ impl Bounded {
             if left.is_zero() {
                 return Err(io::Error::new(
                     io::ErrorKind::WouldBlock,
-                    "the connection's open deadline (stack_timeout) has passed",
+                    "the deadline of the open (stack_timeout) or of the last flush has passed",
                 ));
             }
             let by_deadline = left <= self.socket_timeout;

@@ -213,6 +213,19 @@ impl Peer {
         bytes
     }
 
+    /// The broker's connection.close with `reply_code` and `reply_text`.
+    pub fn send_connection_close(&mut self, reply_code: u16, reply_text: &str) {
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code,
+                reply_text: reply_text.into(),
+                class_id: 0,
+                method_id: 0,
+            })),
+        );
+    }
+
     pub fn send_start(&mut self) {
         self.send_method(
             0,
