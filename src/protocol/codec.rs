@@ -72,8 +72,13 @@ impl Header {
 /// more is buffered, so a forged size can neither make us allocate nor make us wait for bytes
 /// that will never come. Body frames are handed out in pieces as their bytes arrive (see
 /// [`Inbound::Body`]): only method, header and heartbeat frames are ever moved to the buffer's
-/// front or grow it, so a large message's body is copied once, from this buffer into the
-/// message.
+/// front, so a large message's body is copied once, from this buffer into the message.
+///
+/// The buffer starts at 64 KiB and grows, never past `frame_max` plus 64 KiB, for two
+/// reasons: a method or header frame larger than it, and a body frame whose rest is larger
+/// than its room (it grows to take that rest, the frame-end octet and the next frame header in
+/// one read: with RabbitMQ's 128 KiB frames, one read per body frame instead of two or three,
+/// which halved the `recvfrom` calls of a 1 MiB consume; BENCHMARKS.md).
 #[derive(Debug)]
 pub(crate) struct FrameReader {
     buf: Vec<u8>,
@@ -130,10 +135,17 @@ impl FrameReader {
             self.end -= self.start;
             self.start = 0;
         }
+        if let Some((_, left)) = self.body_left {
+            // Inside a body frame: room for the rest of it, its frame-end octet and the next
+            // frame's header, so a large body frame comes in one read (within frame_max).
+            let want = self.end + left + 1 + HEADER_LEN;
+            if want > self.buf.len() {
+                self.buf.resize(want.min(self.capacity_bound()), 0);
+            }
+        }
         if self.buf.len() - self.end < READ_CHUNK / 4 {
             // Only reached when one frame is larger than the buffer; bounded by frame_max.
-            let bound = self.frame_max.saturating_add(FRAME_OVERHEAD + READ_CHUNK);
-            let want = (self.end + READ_CHUNK).min(bound);
+            let want = (self.end + READ_CHUNK).min(self.capacity_bound());
             self.buf.resize(want.max(self.buf.len()), 0);
         }
         let n = r.read(&mut self.buf[self.end..])?;
@@ -148,7 +160,6 @@ impl FrameReader {
     }
 
     /// The most the buffer grows to: the largest frame accepted, plus one read's room.
-    #[cfg(test)]
     pub(crate) fn capacity_bound(&self) -> usize {
         self.frame_max.saturating_add(FRAME_OVERHEAD + READ_CHUNK)
     }
@@ -766,5 +777,59 @@ mod tests {
             }
         }
         assert_eq!(got, body);
+    }
+
+    /// A reader that hands out as much as it is asked for, and counts the reads.
+    struct Counting<'a>(&'a [u8], usize);
+
+    impl Read for Counting<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            self.1 += 1;
+            self.0.read(out)
+        }
+    }
+
+    #[test]
+    fn each_read_inside_a_large_body_frame_takes_the_rest_of_it() {
+        // A 1 MiB body in nine frames (eight of 128 KiB, one of 64 bytes), then a heartbeat,
+        // from a source that gives all it is asked for: every read after the first ends the
+        // frame it started in, so ten reads (a 64 KiB buffer took seventeen).
+        let body: Vec<u8> = (0..1 << 20).map(|i| i as u8).collect();
+        let mut buf = Vec::new();
+        encode_body(&mut buf, 2, &body, 131_072);
+        encode_heartbeat(&mut buf);
+        let mut reader = FrameReader::new(131_072);
+        let mut source = Counting(&buf, 0);
+        let (mut got, mut heartbeat) = (Vec::new(), false);
+        while !heartbeat {
+            assert!(reader.read_from(&mut source).unwrap() > 0);
+            while let Some(inbound) = reader.next_frame().unwrap() {
+                match inbound {
+                    Inbound::Body(2, r, _) => got.extend_from_slice(reader.bytes(r)),
+                    Inbound::Frame(f) if matches!(*f, AMQPFrame::Heartbeat) => heartbeat = true,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert!(got == body);
+        assert_eq!(source.1, 10);
+        assert!(reader.buf.len() <= reader.capacity_bound());
+
+        // Small body frames cut by the end of the buffer do not grow it.
+        let mut buf = Vec::new();
+        for _ in 0..2_000 {
+            encode_body(&mut buf, 1, &[7; 100], 131_072);
+        }
+        let mut reader = FrameReader::new(131_072);
+        let mut source = Counting(&buf, 0);
+        let mut total = 0;
+        while reader.read_from(&mut source).unwrap() > 0 {
+            while let Some(inbound) = reader.next_frame().unwrap() {
+                if let Inbound::Body(1, r, _) = inbound {
+                    total += r.len();
+                }
+            }
+        }
+        assert_eq!((total, reader.buf.len()), (200_000, READ_CHUNK));
     }
 }
