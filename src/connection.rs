@@ -6,7 +6,7 @@ use std::time::Instant;
 use amq_protocol::protocol::{channel, connection, AMQPClass};
 
 use crate::channel::Channel;
-use crate::engine::chan::{ChannelCore, ChannelTable, Reply};
+use crate::engine::chan::{ChannelCore, ChannelTable, Life, Reply};
 use crate::engine::Core;
 use crate::error::{Error, Result};
 use crate::params::ConnectionParameters;
@@ -387,8 +387,10 @@ impl<const N: usize> IntoParameterList for [ConnectionParameters; N] {
 /// Takes a number for a new channel in the connection's table: `number`, or the lowest free
 /// one. A number a crossed close left shadowed (see `engine::router`) is not taken until its
 /// late close-ok came or the shadow ended: `channel()` passes it by (and waits only if no
-/// other number is free), `channel_with_number` waits for it. The wait is
-/// [`Core::wait_until`], woken by the reader routing that close-ok or by the connection's
+/// other number is free), `channel_with_number` waits for it. With every number taken,
+/// `channel()` also waits while one of them is closing (our channel.close not yet answered,
+/// as after dropping a `Channel`), and fails at once with `NoFreeChannels` otherwise. The wait
+/// is [`Core::wait_until`], woken by the reader routing that close-ok or by the connection's
 /// end, and lasts at most until the shadow ends or `deadline`.
 fn take_number(
     core: &Core,
@@ -396,26 +398,24 @@ fn take_number(
     deadline: Option<Instant>,
 ) -> Result<Arc<ChannelCore>> {
     let channel_max = core.tuned.channel_max;
-    let pick = |table: &ChannelTable, now: Instant| -> Result<std::result::Result<u16, Instant>> {
-        Ok(match number {
-            Some(0) => return Err(invalid_number(0, "channel 0 is the connection's own")),
-            Some(n) if n > channel_max => {
-                return Err(invalid_number(
-                    n,
-                    &format!("above channel_max {channel_max}"),
-                ))
-            }
-            Some(n) if table.live.contains_key(&n) => {
-                return Err(invalid_number(n, "already in use"))
-            }
-            Some(n) => table.shadowed_until(n, now).map_or(Ok(n), Err),
-            None => match table.free_number(channel_max, now) {
-                Ok(n) => Ok(n),
-                Err(Some(until)) => Err(until),
-                Err(None) => return Err(Error::NoFreeChannels { channel_max }),
-            },
-        })
-    };
+    // `Err(None)`: every number is taken (by open or closing channels).
+    let pick =
+        |table: &ChannelTable, now: Instant| -> Result<std::result::Result<u16, Option<Instant>>> {
+            Ok(match number {
+                Some(0) => return Err(invalid_number(0, "channel 0 is the connection's own")),
+                Some(n) if n > channel_max => {
+                    return Err(invalid_number(
+                        n,
+                        &format!("above channel_max {channel_max}"),
+                    ))
+                }
+                Some(n) if table.live.contains_key(&n) => {
+                    return Err(invalid_number(n, "already in use"))
+                }
+                Some(n) => table.shadowed_until(n, now).map_or(Ok(n), |u| Err(Some(u))),
+                None => table.free_number(channel_max, now),
+            })
+        };
     loop {
         let mut table = core.lock_channels();
         let until = match pick(&table, Instant::now())? {
@@ -426,7 +426,17 @@ fn take_number(
             }
             Err(until) => until,
         };
+        // Lock order: a channel's state before the table, so look at them after it.
+        let taken: Vec<Arc<ChannelCore>> = match until {
+            None => table.live.values().cloned().collect(),
+            Some(_) => Vec::new(),
+        };
         drop(table);
+        let closing = |c: &Arc<ChannelCore>| matches!(c.lock().life, Life::Closing(_));
+        if until.is_none() && !taken.iter().any(closing) {
+            return Err(Error::NoFreeChannels { channel_max });
+        }
+        drop(taken);
         if let Some(e) = core.closed_error() {
             return Err(e);
         }
@@ -437,7 +447,11 @@ fn take_number(
                 None => Error::NoFreeChannels { channel_max },
             });
         }
-        core.wait_until(Some(deadline.map_or(until, |d| d.min(until))), || {
+        let wake = match (deadline, until) {
+            (Some(d), Some(u)) => Some(d.min(u)),
+            (d, u) => d.or(u),
+        };
+        core.wait_until(wake, || {
             let ready = pick(&core.lock_channels(), Instant::now()).map_or(true, |p| p.is_ok());
             (ready || core.closed_error().is_some()).then_some(())
         });

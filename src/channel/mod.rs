@@ -87,7 +87,11 @@ impl std::fmt::Debug for ChannelHandle {
 impl Drop for ChannelHandle {
     fn drop(&mut self) {
         // No waiting: the reader frees the number when the channel is closed (see `router`).
-        let _ = begin_close(&self.owner.core(), &self.core, 0, "Normal shutdown");
+        // Its consumers go from the recorded topology only if it was still open: otherwise
+        // the number may be a new channel's already.
+        if let Ok(true) = begin_close(&self.owner.core(), &self.core, 0, "Normal shutdown") {
+            self.owner.record(|t| t.channel_closed(self.core.id));
+        }
     }
 }
 

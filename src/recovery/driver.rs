@@ -303,9 +303,7 @@ fn restore(
             })
             .collect();
         let mut topology = recovery.lock_topology();
-        for tag in topology.consumers_not_in(&live) {
-            topology.consumer_cancelled(&tag);
-        }
+        topology.keep_consumers(&live);
         topology.plan()
     };
     let mut consumers = Vec::new();

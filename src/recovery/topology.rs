@@ -20,7 +20,7 @@
 //! The channel methods feed it (`Owner::record`, only with recovery on) and the recovery
 //! thread (`driver`) replays its plan.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::options::{
     BasicConsumeOptions, ExchangeBindOptions, ExchangeDeclareOptions, QueueDeclareOptions,
@@ -124,17 +124,18 @@ impl Topology {
 
     /// The broker confirmed `queue.delete` of `name`.
     pub(crate) fn queue_deleted(&mut self, name: &str) {
-        self.queues.remove(name);
-        self.queue_bindings.retain(|b| b.queue != name);
-        let gone: Vec<String> = self
-            .consumers
-            .iter()
-            .filter(|(_, c)| c.queue == name)
-            .map(|(tag, _)| tag.clone())
-            .collect();
-        for tag in gone {
-            self.consumers.remove(&tag);
+        self.queues_deleted(&BTreeSet::from([name.to_owned()]));
+    }
+
+    /// The queues `names` are gone: with them their bindings and consumers, and the
+    /// auto-delete exchanges that leaves unbound. One pass however many there are.
+    fn queues_deleted(&mut self, names: &BTreeSet<String>) {
+        if names.is_empty() {
+            return;
         }
+        self.queues.retain(|name, _| !names.contains(name));
+        self.queue_bindings.retain(|b| !names.contains(&b.queue));
+        self.consumers.retain(|_, c| !names.contains(&c.queue));
         self.auto_delete_unbound_exchanges();
     }
 
@@ -172,38 +173,44 @@ impl Topology {
     /// The consumer `tag` was cancelled (by us or the broker). An auto-delete queue left
     /// without consumers is deleted by the broker, and so here.
     pub(crate) fn consumer_cancelled(&mut self, tag: &str) {
-        let Some(gone) = self.consumers.remove(tag) else {
-            return;
-        };
-        let auto_delete = self
-            .queues
-            .get(&gone.queue)
-            .is_some_and(|q| q.options.auto_delete);
-        if auto_delete && !self.consumers.values().any(|c| c.queue == gone.queue) {
-            self.queue_deleted(&gone.queue);
-        }
+        self.remove_consumers(|t, _| t == tag);
     }
 
-    /// Tags of the recorded consumers that are not among `live` (channel number, tag).
-    pub(crate) fn consumers_not_in(&self, live: &[(u16, String)]) -> Vec<String> {
-        self.consumers
-            .iter()
-            .filter(|(tag, c)| !live.iter().any(|(n, t)| *n == c.channel && t == *tag))
-            .map(|(tag, _)| tag.clone())
-            .collect()
+    /// Keeps only the recorded consumers that are among `live` (channel number, tag): the
+    /// others went with a channel that is gone.
+    pub(crate) fn keep_consumers(&mut self, live: &[(u16, String)]) {
+        let live: BTreeSet<(u16, &str)> = live.iter().map(|(n, t)| (*n, t.as_str())).collect();
+        self.remove_consumers(|tag, c| !live.contains(&(c.channel, tag)));
     }
 
     /// Channel `channel` closed: its consumers are gone (with what that deletes).
     pub(crate) fn channel_closed(&mut self, channel: u16) {
-        let tags: Vec<String> = self
-            .consumers
-            .iter()
-            .filter(|(_, c)| c.channel == channel)
-            .map(|(tag, _)| tag.clone())
-            .collect();
-        for tag in tags {
-            self.consumer_cancelled(&tag);
+        self.remove_consumers(|_, c| c.channel == channel);
+    }
+
+    /// Removes the consumers `gone` picks, then the auto-delete queues that leaves without
+    /// consumers (the broker deletes those), in passes linear in what is recorded.
+    fn remove_consumers(&mut self, mut gone: impl FnMut(&str, &ConsumerRecord) -> bool) {
+        let mut left = BTreeSet::new();
+        self.consumers.retain(|tag, c| {
+            let remove = gone(tag, c);
+            if remove {
+                left.insert(c.queue.clone());
+            }
+            !remove
+        });
+        if left.is_empty() {
+            return;
         }
+        let consumed: BTreeSet<&str> = self.consumers.values().map(|c| c.queue.as_str()).collect();
+        let deleted: BTreeSet<String> = left
+            .into_iter()
+            .filter(|q| {
+                !consumed.contains(q.as_str())
+                    && self.queues.get(q).is_some_and(|r| r.options.auto_delete)
+            })
+            .collect();
+        self.queues_deleted(&deleted);
     }
 
     /// RabbitMQ deletes an auto-delete exchange once it is no longer the source of any binding.
