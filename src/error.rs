@@ -461,6 +461,15 @@ impl Error {
         }
     }
 
+    /// True for a close by this application: [`Error::ChannelClosedByClient`] or
+    /// [`Error::ConnectionClosedByClient`].
+    pub fn is_closed_by_client(&self) -> bool {
+        matches!(
+            self,
+            Error::ChannelClosedByClient { .. } | Error::ConnectionClosedByClient { .. }
+        )
+    }
+
     /// True for a soft error: one that closes only the channel (AMQP codes 311-406), so the
     /// connection can go on with a new channel.
     pub fn is_soft(&self) -> bool {

@@ -442,6 +442,8 @@
 //! | `ch.basic_ack(delivery_tag=method.delivery_tag)` | `ch.basic_ack(method.delivery_tag, false)` |
 //! | `channel.start_consuming()` / `stop_consuming()` / `stop_consuming(consumer_tag)` | [`Channel::start_consuming`] / `stop_consuming(None)` / `stop_consuming(Some(tag))` ([`Channel::stop_consuming`]) |
 //! | `connection.add_callback_threadsafe(cb)` (raises on a closed connection) | [`Connection::add_callback_threadsafe`]`(cb)?` |
+//! | `for method, properties, body in channel.consume(queue, inactivity_timeout=1): ... break`, then `channel.consume(queue)` again resumes the same generator | `let mut consumer = channel.consume(queue, options)?;` then `for item in &mut consumer { .. break }`, and iterate `&mut consumer` again to go on: leaving a `for` over the [`Consumer`] itself drops it, which cancels the consumer (its unyielded messages go back to the queue; an `auto_ack` one's are lost, with a warning) |
+//! | `channel.close()` or `connection.close()` in a callback or a `consume()` loop: `start_consuming()` returns, the generator ends | the same: `start_consuming()` returns `Ok(())`, the iterator ends without an error |
 //! | `channel.basic_get(queue, auto_ack)` → `(method, properties, body)` or `(None, None, None)` | `channel.basic_get(queue, auto_ack)` → `Option<GetMessage>` |
 //! | `channel.confirm_delivery()` | [`Channel::confirm_delivery`], plus [`Channel::basic_publish_deferred`] and [`Channel::wait_for_confirms`] for windows |
 //! | exceptions | [`Error`] variants (the table is on [`Error`]) |

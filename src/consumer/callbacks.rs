@@ -47,7 +47,9 @@ impl Channel {
 
     /// Registers a callback for consumers the broker cancels, e.g. because their queue was
     /// deleted (pika's `add_on_cancel_callback`). The consumer is removed, and
-    /// `start_consuming` returns once no consumer is left.
+    /// `start_consuming` returns once no consumer is left. As in pika, it runs for
+    /// [`basic_consume`](Self::basic_consume) consumers: a [`consume`](Self::consume) iterator
+    /// hears of it by ending.
     ///
     /// It returns `()` or any `Result<(), E>` (see [`CallbackReturn`]); its error or panic ends
     /// the call that ran it, as a consumer callback's does ([`basic_consume`](Self::basic_consume)).

@@ -45,8 +45,9 @@ pub enum Consumed {
 /// Yields `Ok(Consumed::Delivery(..))` per message and `Ok(Consumed::Inactive)` after each
 /// inactivity timeout. It ends (returns `None`) when the consumer is cancelled, by
 /// [`cancel`](Self::cancel), or by the broker (queue deleted: it first yields the messages it
-/// had received, as pika's generator does); when the channel or connection
-/// closes it yields that error once and then ends. Callbacks of other consumers on the same
+/// had received, as pika's generator does), and when the application closes the channel or
+/// the connection; when the broker closes either, or the connection is lost, it yields that
+/// error once and then ends. Callbacks of other consumers on the same
 /// channel, the channel's return and cancel callbacks and the connection's timers, threadsafe
 /// and blocked/unblocked callbacks run while it waits, as in pika. An error (or panic) of one of
 /// them is yielded as an `Err` item, as [`Channel::start_consuming`] would return it; the
@@ -62,6 +63,12 @@ pub struct Consumer {
 
 impl Channel {
     /// Starts a consumer and iterates over its messages (pika's `consume()` generator).
+    ///
+    /// Dropping the [`Consumer`] cancels the consumer, and leaving a `for` loop over it drops
+    /// it: messages it received and had not yielded go back to the queue (an `auto_ack`
+    /// consumer's cannot: they are lost, with a warning in the log). pika's generator survives
+    /// a `break` and a second `consume()` resumes it; here, keep the `Consumer` and iterate
+    /// `&mut consumer` (`for item in &mut consumer { .. break }`) to stop and go on later.
     ///
     /// ```no_run
     /// # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;
@@ -175,7 +182,8 @@ impl Iterator for Consumer {
                 },
                 Err(e) => {
                     self.done = true;
-                    return Some(Err(e));
+                    // The application closed the channel or the connection: the end, as in pika.
+                    return (!e.is_closed_by_client()).then_some(Err(e));
                 }
             }
         }

@@ -427,7 +427,8 @@ impl Channel {
 
     /// Cancels the consumers made by [`consume`](Self::consume) on this channel (pika's
     /// `BlockingChannel.cancel()`): their messages received but not yet yielded are rejected
-    /// with requeue; returns how many. Their iterators end. An `auto_ack` iterator's messages
+    /// with requeue; returns how many (pika 1.4 requeues them too, but returns 0). Their
+    /// iterators end. An `auto_ack` iterator's messages
     /// cannot go back: they are dropped with a warning in the log (see [`Consumer::cancel`]).
     pub fn cancel(&self) -> Result<usize> {
         let tags: Vec<String> = self
@@ -484,6 +485,10 @@ impl Channel {
     /// runs the channel's return and cancel callbacks and the connection's timers, threadsafe
     /// and blocked/unblocked callbacks.
     ///
+    /// As in pika, a close by the application (of the channel or the connection, from a
+    /// callback or another thread) ends it with `Ok(())`; a close by the broker or a lost
+    /// connection is its error.
+    ///
     /// The first callback that fails ends it with its error: a cottontail [`Error`] as the
     /// callback returned it, any other error (or a panic) as [`Error::Callback`], whose
     /// [`source()`](std::error::Error::source) is the callback's error. The consumers stay
@@ -494,16 +499,21 @@ impl Channel {
     /// it, is [`Error::Reentrancy`].
     pub fn start_consuming(&self) -> Result<()> {
         let _guard = self.enter_consuming()?;
+        let was_open = self.is_open();
         let mut turn = ConnTurn::default();
         let mut timer_fired = false;
         loop {
-            let (work, next_timer) = turn.take(&self.inner.owner, timer_fired)?;
+            let (work, next_timer) = match turn.take(&self.inner.owner, timer_fired) {
+                Err(e) if was_open && e.is_closed_by_client() => return Ok(()),
+                taken => taken?,
+            };
             let pumped = match self.pump(None, next_timer, Some(work)) {
                 Err(_) if self.lost() => {
                     self.wait_for_recovery(None)?;
                     timer_fired = false;
                     continue;
                 }
+                Err(e) if was_open && e.is_closed_by_client() => return Ok(()),
                 pumped => pumped?,
             };
             match pumped {
@@ -549,10 +559,15 @@ impl Channel {
                     // The broker ended it. An iterator yields what it holds first, then ends;
                     // anything else held goes back to the queue (auto-acked: reported lost),
                     // like a delivery in flight.
-                    let auto_ack = self.lock_consumers().get(tag).map(|e| e.auto_ack);
-                    if let Some(auto_ack) = auto_ack {
+                    let entry = self
+                        .lock_consumers()
+                        .get(tag)
+                        .map(|e| (e.auto_ack, e.callback.is_none()));
+                    if let Some((auto_ack, _)) = entry {
                         self.core().lock().push_orphan(tag, auto_ack);
                     }
+                    // As in pika, an iterator hears of it by ending, not through the callbacks.
+                    let iterator = entry.is_some_and(|(_, iterator)| iterator);
                     let gone = {
                         let mut consumers = self.lock_consumers();
                         match consumers.get_mut(tag) {
@@ -568,11 +583,17 @@ impl Channel {
                     if let Some(entry) = gone {
                         self.requeue(entry.pending.into(), entry.auto_ack);
                     }
-                    match (self.run_cancel_callbacks(tag), &ran) {
+                    let called = if iterator {
+                        Ok(())
+                    } else {
+                        self.run_cancel_callbacks(tag)
+                    };
+                    match (called, &ran) {
                         (Err(e), Ok(())) => ran = Err(e),
                         // Only the first error ends the call; the others are not lost silently.
                         (Err(e), Err(_)) => log::warn!(
-                            "channel {}: a cancel callback for consumer {tag} failed after an                              earlier callback error: {e}",
+                            "channel {}: a cancel callback for consumer {tag} failed after an \
+                             earlier callback error: {e}",
                             self.channel_number()
                         ),
                         (Ok(()), _) => {}
