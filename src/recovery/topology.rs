@@ -511,4 +511,37 @@ mod tests {
         t.queue_unbound(&queue_binding("q", "x", "k"));
         assert_eq!(t.plan().len(), 1);
     }
+
+    #[test]
+    fn keeping_the_live_consumers_drops_the_others_and_their_auto_delete_queues() {
+        // 10,000 consumers, each on an auto-delete queue of its own, on channels 1 to 100;
+        // channel 1's consumers are live, the others' channels are gone.
+        let mut t = Topology::default();
+        let auto_delete = QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        };
+        let mut live = Vec::new();
+        for i in 0..10_000u16 {
+            let (tag, queue, channel) = (format!("c{i}"), format!("q{i}"), 1 + i % 100);
+            t.queue_declared(&queue, &queue, &auto_delete);
+            t.queue_bound(queue_binding(&queue, "x", "k"));
+            t.consumer_started(&tag, consumer(channel, &queue));
+            if channel == 1 {
+                live.push((1, tag));
+            }
+        }
+        t.queue_declared("kept", "kept", &durable());
+        t.keep_consumers(&live);
+        let plan = t.plan();
+        let count = |f: fn(&Step) -> bool| plan.iter().filter(|s| f(s)).count();
+        assert_eq!(count(|s| matches!(s, Step::Consumer(..))), 100);
+        assert_eq!(
+            count(|s| matches!(s, Step::Queue(..))),
+            101,
+            "channel 1's and `kept`"
+        );
+        assert_eq!(count(|s| matches!(s, Step::QueueBinding(..))), 100);
+        assert!(plan.contains(&Step::Consumer("c100".into(), consumer(1, "q100"))));
+    }
 }
