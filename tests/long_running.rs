@@ -23,7 +23,7 @@ use cottontail::{
     BasicConsumeOptions, BasicProperties, CallOptions, Connection, ConsumeOptions, Consumed, Error,
     PublishOptions, QueueDeclareOptions, QueueDeleteOptions, RecoveryPolicy, RpcClient,
 };
-use support::{broker_connections_named, eventually, params, rabbitmqctl, unique};
+use support::{broker_connections_named, eventually, named_queue, params, rabbitmqctl, unique};
 
 const CHILD_ENV: &str = "COTTONTAIL_LONGRUN_CHILD";
 const MIB: i64 = 1024;
@@ -127,20 +127,6 @@ fn queue_counts(queue: &str) -> (u64, u64, u64) {
         }
     }
     panic!("no queue {queue} on the broker")
-}
-
-fn declare_queue(channel: &cottontail::Channel, prefix: &str) -> String {
-    let queue = unique(prefix);
-    channel
-        .queue_declare(
-            &queue,
-            QueueDeclareOptions {
-                auto_delete: false,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    queue
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -347,7 +333,7 @@ fn consumer_churn_5000() {
         warm_up();
         let c = Connection::open(params()).unwrap();
         let ch = c.channel().unwrap();
-        let queue = declare_queue(&ch, "churn");
+        let queue = named_queue(&ch, "churn");
         for _ in 0..50 {
             let tag = ch
                 .basic_consume(&queue, |_, _, _, _| {}, BasicConsumeOptions::default())
@@ -389,7 +375,7 @@ fn consume_iterators_dropped_mid_stream_requeue_what_they_held() {
         || {
             let c = Connection::open(params()).unwrap();
             let ch = c.channel().unwrap();
-            let queue = declare_queue(&ch, "midstream");
+            let queue = named_queue(&ch, "midstream");
             const N: u32 = 200;
             support::publish_numbered(&ch, &queue, 0..N);
             assert!(eventually(Duration::from_secs(5), || queue_counts(&queue)
@@ -478,7 +464,7 @@ fn rpc_calls_that_time_out_and_their_late_replies() {
         warm_up();
         let c = Connection::open(params()).unwrap();
         let setup = c.channel().unwrap();
-        let queue = declare_queue(&setup, "rpc-late");
+        let queue = named_queue(&setup, "rpc-late");
         let client = RpcClient::new(&c).unwrap();
         let body = vec![7u8; 16 * 1024];
         let call = |timeout| {
@@ -631,7 +617,7 @@ fn broker_closed_connection_with_recovery_20() {
         )
         .unwrap();
         let ch = c.channel().unwrap();
-        let queue = declare_queue(&ch, "forced-rec");
+        let queue = named_queue(&ch, "forced-rec");
         ch.basic_consume(&queue, |_, _, _, _| {}, BasicConsumeOptions::default())
             .unwrap();
         let forced = |n: u64| {
@@ -677,7 +663,7 @@ fn idle_connection_and_slow_callback_survive_heartbeat_2s() {
             let c = Connection::open(params().with_heartbeat(Some(2))).unwrap();
             assert_eq!(c.heartbeat(), 2);
             let ch = c.channel().unwrap();
-            let queue = declare_queue(&ch, "hb");
+            let queue = named_queue(&ch, "hb");
             // Idle: nobody calls anything for 3 intervals and more.
             std::thread::sleep(Duration::from_secs(7));
             assert!(c.is_open(), "idle: {:?}", c.close_reason());

@@ -5,24 +5,9 @@ mod support;
 use std::time::Duration;
 
 use cottontail::{
-    BasicProperties, Channel, Connection, Error, FieldTable, FieldValue, PublishOptions,
-    QueueDeclareOptions,
+    BasicProperties, Connection, Error, FieldTable, FieldValue, PublishOptions, QueueDeclareOptions,
 };
-use support::{connect, publish_numbered, unique};
-
-fn temp_queue(channel: &Channel, prefix: &str) -> String {
-    let queue = unique(prefix);
-    channel
-        .queue_declare(
-            &queue,
-            QueueDeclareOptions {
-                auto_delete: false,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    queue
-}
+use support::{connect, named_queue, publish_numbered, unique};
 
 fn nested_headers() -> FieldTable {
     let inner = FieldTable::new()
@@ -58,7 +43,7 @@ fn publish_then_get_round_trips_all_13_properties_besides_headers() {
 fn round_trip_properties(headers: Option<FieldTable>) {
     let connection = connect();
     let channel = connection.channel().unwrap();
-    let queue = temp_queue(&channel, "props");
+    let queue = named_queue(&channel, "props");
     let mut properties = BasicProperties::default()
         .with_content_type("application/json")
         .with_content_encoding("utf-8")
@@ -114,7 +99,7 @@ fn round_trip_properties(headers: Option<FieldTable>) {
 fn empty_body_round_trips() {
     let connection = connect();
     let channel = connection.channel().unwrap();
-    let queue = temp_queue(&channel, "empty");
+    let queue = named_queue(&channel, "empty");
     channel.basic_publish("", &queue, b"").unwrap();
     channel.basic_publish("", &queue, b"after").unwrap();
     let first = channel
@@ -136,7 +121,7 @@ fn empty_body_round_trips() {
 fn one_mebibyte_body_crosses_frame_max_intact() {
     let connection = connect();
     let channel = connection.channel().unwrap();
-    let queue = temp_queue(&channel, "big");
+    let queue = named_queue(&channel, "big");
     let body: Vec<u8> = (0..1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -171,7 +156,7 @@ fn large_bodies_published_faster_than_the_broker_reads_arrive_intact() {
     };
     let connection = connect();
     let channel = connection.channel().unwrap();
-    let queue = temp_queue(&channel, "big-burst");
+    let queue = named_queue(&channel, "big-burst");
     let bodies: Vec<Vec<u8>> = (0..N).map(body_of).collect();
     for body in &bodies {
         channel.basic_publish("", &queue, body).unwrap();
@@ -199,7 +184,7 @@ fn large_bodies_published_faster_than_the_broker_reads_arrive_intact() {
 fn publishes_are_all_on_the_broker_after_close() {
     let connection = connect();
     let channel = connection.channel().unwrap();
-    let queue = temp_queue(&channel, "close-flushes");
+    let queue = named_queue(&channel, "close-flushes");
     publish_numbered(&channel, &queue, 0..5000);
     connection.close().unwrap();
     let other = connect();
@@ -223,7 +208,7 @@ fn publishes_are_all_on_the_broker_after_close() {
 fn confirm_mode_publish_returns_once_the_broker_has_the_message() {
     let connection = connect();
     let channel = connection.channel().unwrap();
-    let queue = temp_queue(&channel, "confirm");
+    let queue = named_queue(&channel, "confirm");
     channel.confirm_delivery().unwrap();
     for _ in 0..50 {
         channel.basic_publish("", &queue, b"confirmed").unwrap();
@@ -273,7 +258,7 @@ fn confirm_mode_unroutable_mandatory_message_is_unroutable_error() {
 fn windowed_confirms_settle_every_message() {
     let connection = connect();
     let channel = connection.channel().unwrap();
-    let queue = temp_queue(&channel, "window");
+    let queue = named_queue(&channel, "window");
     channel.confirm_delivery().unwrap();
     let mut last = 0;
     for window in 0..3 {

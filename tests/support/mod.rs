@@ -145,6 +145,16 @@ pub fn one_message_queue(channel: &cottontail::Channel) -> String {
         .queue
 }
 
+/// Declares a plain queue named `prefix` plus a unique suffix on `channel` (not exclusive, not
+/// auto-delete: it outlives the connection) and returns its name.
+pub fn named_queue(channel: &cottontail::Channel, prefix: &str) -> String {
+    let queue = unique(prefix);
+    channel
+        .queue_declare(&queue, cottontail::QueueDeclareOptions::default())
+        .expect("declaring a queue");
+    queue
+}
+
 /// Declares a broker-named exclusive queue on `channel` and returns its name.
 pub fn exclusive_queue(channel: &cottontail::Channel) -> String {
     channel
