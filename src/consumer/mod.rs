@@ -428,8 +428,8 @@ impl Channel {
     /// Cancels the consumers made by [`consume`](Self::consume) on this channel (pika's
     /// `BlockingChannel.cancel()`): their messages received but not yet yielded are rejected
     /// with requeue; returns how many (pika 1.4 requeues them too, but returns 0). Their
-    /// iterators end. An `auto_ack` iterator's messages
-    /// cannot go back: they are dropped with a warning in the log (see [`Consumer::cancel`]).
+    /// iterators end. An `auto_ack` iterator's messages cannot go back: they are dropped with
+    /// a warning in the log (see [`Consumer::cancel`]).
     pub fn cancel(&self) -> Result<usize> {
         let tags: Vec<String> = self
             .lock_consumers()
