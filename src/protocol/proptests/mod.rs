@@ -246,9 +246,11 @@ fn header_encoder_agrees(config: &Config) -> u64 {
 /// A valid handshake, heartbeats anywhere, read in any splits: start-ok, then tune-ok and
 /// open, then done with what `negotiate` settles.
 fn valid_handshakes_finish(config: &Config) -> u64 {
+    // A valid tune's frame_max is 0 (no limit) or at least the protocol's 4096.
+    let frame_max = prop_oneof![Just(0u32), 4096u32..];
     let strategy = (
         field_table(),
-        any::<(u16, u32, u16)>(),
+        (any::<u16>(), frame_max, any::<u16>()),
         vec(0..3usize, 0..4),
         splits(),
     );
