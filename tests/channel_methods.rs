@@ -1163,10 +1163,8 @@ fn queue_deleted_while_iterating_consume_ends_the_iterator() {
     let channel = connection.channel().unwrap();
     let mut cleanup = Cleanup::default();
     let queue = declare_queue(&channel, &mut cleanup, "cancel-iter");
-    let (cancelled_tx, cancelled_rx) = mpsc::channel();
-    channel.add_on_cancel_callback(move |_, tag| cancelled_tx.send(tag.to_string()).unwrap());
+    // As in pika, the channel's cancel callbacks are not told (pika_parity.rs shows it).
     let consumer = channel.consume(&queue, ConsumeOptions::default()).unwrap();
-    let tag = consumer.consumer_tag().to_string();
     let (done_tx, done_rx) = mpsc::channel();
     thread::spawn(move || {
         let items: Vec<String> = consumer.map(|item| format!("{item:?}")).collect();
@@ -1183,7 +1181,6 @@ fn queue_deleted_while_iterating_consume_ends_the_iterator() {
         Ok(Vec::new()),
         "the iterator ended without yielding anything"
     );
-    assert_eq!(cancelled_rx.recv_timeout(Duration::from_secs(1)), Ok(tag));
     assert!(channel.consumer_tags().is_empty());
     assert!(channel.is_open());
 }
