@@ -37,7 +37,7 @@ const RECOVERY_EVENTS_KEPT: usize = 64;
 
 /// Identifies a timer made by [`Connection::call_later`], for [`Connection::remove_timeout`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct TimeoutId(u64);
+pub struct TimeoutId(Instant, u64);
 
 /// What the consuming threads of one connection share.
 #[derive(Default)]
@@ -302,26 +302,28 @@ impl Connection {
         R: CallbackReturn,
     {
         let owner = self.owner();
-        let id = {
+        let key = {
             let mut dispatch = owner.lock_dispatch();
             dispatch.next_timer_id += 1;
-            let id = dispatch.next_timer_id;
-            dispatch.timers.insert(
-                (crate::engine::saturating_deadline(delay), id),
-                Box::new(move || callback().into_result()),
+            let key = (
+                crate::engine::saturating_deadline(delay),
+                dispatch.next_timer_id,
             );
-            id
+            dispatch
+                .timers
+                .insert(key, Box::new(move || callback().into_result()));
+            key
         };
         owner.work_added();
-        TimeoutId(id)
+        TimeoutId(key.0, key.1)
     }
 
     /// Cancels a timer made by [`call_later`](Self::call_later) (pika's `remove_timeout`).
     /// Returns false when it already ran or was removed.
     pub fn remove_timeout(&self, id: TimeoutId) -> bool {
+        // The id is the timer's key: no scan, however many timers are pending.
         let mut dispatch = self.owner().lock_dispatch();
-        let key = dispatch.timers.keys().find(|(_, i)| *i == id.0).copied();
-        key.and_then(|k| dispatch.timers.remove(&k)).is_some()
+        dispatch.timers.remove(&(id.0, id.1)).is_some()
     }
 
     /// Queues `callback` to run on the thread that is inside `process_data_events`, `sleep`,
