@@ -1,7 +1,7 @@
 //! [`Channel`]: pika's `BlockingChannel` methods.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -57,7 +57,13 @@ pub(crate) struct ChannelHandle {
     pub(crate) consuming: AtomicBool,
     /// What a recovery sets again on the new channel (see `recovery`).
     pub(crate) settings: Mutex<ChannelSettings>,
+    /// This channel among all of the process's, unlike its number, which a later channel may
+    /// take: what the recorded topology files its consumers under (see `recovery::topology`).
+    pub(crate) instance: u64,
 }
+
+/// The last [`ChannelHandle::instance`] given out.
+static INSTANCES: AtomicU64 = AtomicU64::new(0);
 
 /// A channel's settings as the broker confirmed them, for a recovery to set again (confirm
 /// mode is the channel state's `confirms`).
@@ -87,11 +93,9 @@ impl std::fmt::Debug for ChannelHandle {
 impl Drop for ChannelHandle {
     fn drop(&mut self) {
         // No waiting: the reader frees the number when the channel is closed (see `router`).
-        // Its consumers go from the recorded topology only if it was still open: otherwise
-        // the number may be a new channel's already.
-        if let Ok(true) = begin_close(&self.owner.core(), &self.core, 0, "Normal shutdown") {
-            self.owner.record(|t| t.channel_closed(self.core.id));
-        }
+        let _ = begin_close(&self.owner.core(), &self.core, 0, "Normal shutdown");
+        // Whether we closed it now or the broker had: its consumers are gone.
+        self.owner.record(|t| t.channel_closed(self.instance));
     }
 }
 
@@ -159,6 +163,7 @@ impl Channel {
             publish_cache: Mutex::new(PublishCache::default()),
             consuming: AtomicBool::new(false),
             settings: Mutex::default(),
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed) + 1,
         });
         inner.owner.register_channel(&inner);
         Channel { inner }
@@ -235,7 +240,9 @@ impl Channel {
                     reply_code,
                     reply_text: reply_text.to_owned(),
                 });
-                self.inner.owner.record(|t| t.channel_closed(core.id));
+                self.inner
+                    .owner
+                    .record(|t| t.channel_closed(self.inner.instance));
                 return Ok(());
             }
             if st.closed_error().is_some() {
@@ -252,7 +259,9 @@ impl Channel {
             Err(e) => return Err(e),
         };
         begin_close(&conn, core, reply_code, reply_text)?;
-        self.inner.owner.record(|t| t.channel_closed(core.id));
+        self.inner
+            .owner
+            .record(|t| t.channel_closed(self.inner.instance));
         wait_closed(&conn, core, deadline, timeout)
     }
 

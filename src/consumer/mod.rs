@@ -252,6 +252,7 @@ impl Channel {
                         &tag,
                         ConsumerRecord {
                             channel: self.channel_number(),
+                            instance: self.inner.instance,
                             queue: queue.to_owned(),
                             options: BasicConsumeOptions {
                                 auto_ack,

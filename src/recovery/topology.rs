@@ -52,10 +52,12 @@ pub(crate) struct ExchangeBinding {
     pub(crate) options: ExchangeBindOptions,
 }
 
-/// A consumer: its channel number and queue, and how it was started.
+/// A consumer: its channel (number, and `ChannelHandle::instance`) and queue, and how it was
+/// started.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct ConsumerRecord {
     pub(crate) channel: u16,
+    pub(crate) instance: u64,
     pub(crate) queue: String,
     pub(crate) options: BasicConsumeOptions,
 }
@@ -183,9 +185,10 @@ impl Topology {
         self.remove_consumers(|tag, c| !live.contains(&(c.channel, tag)));
     }
 
-    /// Channel `channel` closed: its consumers are gone (with what that deletes).
-    pub(crate) fn channel_closed(&mut self, channel: u16) {
-        self.remove_consumers(|_, c| c.channel == channel);
+    /// The channel `instance` closed (or was dropped): its consumers are gone (with what that
+    /// deletes). By instance, not number: a later channel may have the number already.
+    pub(crate) fn channel_closed(&mut self, instance: u64) {
+        self.remove_consumers(|_, c| c.instance == instance);
     }
 
     /// Removes the consumers `gone` picks, then the auto-delete queues that leaves without
@@ -309,6 +312,7 @@ mod tests {
     fn consumer(channel: u16, queue: &str) -> ConsumerRecord {
         ConsumerRecord {
             channel,
+            instance: channel.into(),
             queue: queue.into(),
             options: BasicConsumeOptions::default(),
         }
@@ -543,5 +547,21 @@ mod tests {
         );
         assert_eq!(count(|s| matches!(s, Step::QueueBinding(..))), 100);
         assert!(plan.contains(&Step::Consumer("c100".into(), consumer(1, "q100"))));
+    }
+
+    #[test]
+    fn a_channel_closes_its_own_consumers_not_a_later_channel_on_its_number() {
+        // Channel number 1 closed by the broker (instance 10), the number taken again by a
+        // new channel (instance 11) with a consumer of its own; then the first one's handle
+        // is dropped.
+        let mut t = Topology::default();
+        let on = |instance: u64, queue: &str| ConsumerRecord {
+            instance,
+            ..consumer(1, queue)
+        };
+        t.consumer_started("old", on(10, "a"));
+        t.consumer_started("new", on(11, "b"));
+        t.channel_closed(10);
+        assert_eq!(t.plan(), vec![Step::Consumer("new".into(), on(11, "b"))]);
     }
 }
