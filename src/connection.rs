@@ -1,7 +1,7 @@
 //! [`Connection`]: pika's `BlockingConnection`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::{channel, connection, AMQPClass};
 
@@ -93,10 +93,12 @@ impl Connection {
     /// `BlockingConnection(parameters)`).
     ///
     /// Takes one [`ConnectionParameters`] or a list of them (a `Vec`, an array or a slice) for
-    /// failover between cluster nodes: each set is tried `connection_attempts` times, with
-    /// `retry_delay` between attempts, in order, as pika does. A refused login or vhost is not
-    /// retried with the same parameters. When one attempt was made its error is returned as
-    /// is; otherwise [`Error::AllAttemptsFailed`] holds the attempts' errors (the last
+    /// failover between cluster nodes, as pika does: each pass tries every set once, in order,
+    /// with no pause between them; the last set's `connection_attempts` is the number of
+    /// passes and its `retry_delay` the pause between two passes (so a healthy second node is
+    /// tried at once after the first refuses). A set whose login or vhost was refused is not
+    /// tried again. When one attempt was made its error is returned as is; otherwise
+    /// [`Error::AllAttemptsFailed`] holds the attempts' errors (the last
     /// [`ATTEMPT_ERRORS_KEPT`](crate::ATTEMPT_ERRORS_KEPT) of them).
     pub fn open(params: impl IntoParameterList) -> Result<Connection> {
         let list = params.into_parameter_list();
@@ -109,10 +111,20 @@ impl Connection {
             .map(|policy| Arc::new(Recovery::new(policy, list.clone())));
         let mut errors = Vec::new();
         let mut failed = 0;
-        for params in list {
-            for attempt in 1..=params.connection_attempts.max(1) {
-                if failed > 0 {
-                    std::thread::sleep(params.retry_delay);
+        let (passes, pause) = list.last().map_or((1, Duration::ZERO), |p| {
+            (p.connection_attempts.max(1), p.retry_delay)
+        });
+        let mut refused_sets = vec![false; list.len()];
+        for attempt in 1..=passes {
+            if refused_sets.iter().all(|refused| *refused) {
+                break;
+            }
+            if attempt > 1 {
+                std::thread::sleep(pause);
+            }
+            for (index, params) in list.iter().enumerate() {
+                if refused_sets[index] {
+                    continue;
                 }
                 match Core::open(params.clone(), 0) {
                     Ok(core) => {
@@ -147,9 +159,7 @@ impl Connection {
                             errors.remove(0);
                         }
                         errors.push(e);
-                        if refused {
-                            break;
-                        }
+                        refused_sets[index] = refused;
                     }
                 }
             }

@@ -64,8 +64,8 @@ pub struct TcpOptions {
 /// | `rpc_timeout` | 10 s | more than 0 | default deadline of every synchronous method (cottontail's; pika has none) |
 /// | `locale` | `"en_US"` | at most 255 bytes | locale sent in start-ok |
 /// | `client_properties` | empty | | merged over the properties cottontail sends (`connection_name` shows in the management UI) |
-/// | `connection_attempts` | 1 | at least 1 | attempts per parameter set before the next one is tried |
-/// | `retry_delay` | 2 s | | pause between attempts |
+/// | `connection_attempts` | 1 | at least 1 | passes over the parameter list (the last set's counts, as in pika) |
+/// | `retry_delay` | 2 s | | pause between two passes (the last set's counts) |
 /// | `blocked_connection_timeout` | `None` | | tear the connection down (`Error::ConnectionBlockedTimeout`) when the broker keeps it blocked longer |
 /// | `ssl_options` | `None` | | TLS settings; `Some` (or an `amqps://` URL) connects with TLS |
 /// | `tcp_options` | none set | keepalive idle and interval 1 to 32767 whole seconds, count 1 to 127; user timeout whole milliseconds (0: the OS default) | keepalive and `TCP_USER_TIMEOUT` |
@@ -177,13 +177,17 @@ impl ConnectionParameters {
         self
     }
 
-    /// Attempts per parameter set, at least 1. Defaults to 1.
+    /// Connection attempts, at least 1. Defaults to 1. With a list of parameter sets the last
+    /// set's value counts: it is the number of passes over the list (pika's rule,
+    /// [`Connection::open`](crate::Connection::open)).
     pub fn with_connection_attempts(mut self, attempts: u32) -> Self {
         self.connection_attempts = attempts;
         self
     }
 
-    /// Pause between connection attempts. Defaults to 2 s.
+    /// Pause between connection attempts. Defaults to 2 s. With a list of parameter sets the
+    /// last set's value counts: it is the pause between two passes over the list, not between
+    /// two sets.
     pub fn with_retry_delay(mut self, delay: Duration) -> Self {
         self.retry_delay = delay;
         self
