@@ -1,14 +1,15 @@
 //! More of what a real RabbitMQ will not do, played by the scripted fake broker (see
 //! `faults.rs` for the first set): a tune below the protocol's minimum frame size, a body
 //! frame split so that its first bytes would complete a message its frame overruns, a peer
-//! that floods requests needing replies while it reads nothing, and a peer that closes the
-//! connection and then drains our output a trickle at a time. Each test checks the exact
+//! that floods requests needing replies while it reads nothing, a peer that closes the
+//! connection and then drains our output a trickle at a time, and one that stops reading
+//! while a channel is dropped. Each test checks the exact
 //! typed error, or that the client stays bounded in time and memory.
 
 use std::time::{Duration, Instant};
 
 use amq_protocol::frame::AMQPFrame;
-use amq_protocol::protocol::{basic, connection, AMQPClass};
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use cottontail::{Connection, Error};
 
 #[path = "support/fake_broker.rs"]
@@ -185,4 +186,68 @@ fn a_peer_that_reads_none_of_our_replies_cannot_grow_them_without_bound() {
     drop(peer);
     drop(channel);
     drop(connection);
+}
+
+/// A peer that stops reading while megabytes of publishes wait to go out (the outbound
+/// buffer past its high-water mark, a publishing thread waiting for room): dropping another
+/// channel returns at once, without waiting for room for its channel.close, and that close
+/// reaches the peer once it reads again.
+#[test]
+fn dropping_a_channel_does_not_wait_for_a_peer_that_reads_nothing() {
+    let broker = FakeBroker::bind_with_receive_buffer(8 * 1024);
+    let port = broker.port();
+    let (dropped_tx, dropped_rx) = std::sync::mpsc::channel::<()>();
+    let fake = std::thread::spawn(move || {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        peer.open_channel(2);
+        dropped_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the client dropped its channel");
+        while let Some(frame) = peer.read_frame() {
+            if matches!(
+                frame,
+                AMQPFrame::Method(2, AMQPClass::Channel(channel::AMQPMethod::Close(_)))
+            ) {
+                return true;
+            }
+        }
+        false
+    });
+    let connection =
+        Connection::open(client_params(port).with_rpc_timeout(Duration::from_secs(10)))
+            .expect("open");
+    let publisher = connection.channel().expect("channel 1");
+    let other = connection.channel().expect("channel 2");
+    // 15 MiB: more than the socket and the outbound buffer's high-water mark take, so the
+    // publishing thread ends up waiting for room.
+    let publishing = std::thread::spawn(move || {
+        for _ in 0..5 {
+            if publisher
+                .basic_publish("", "q", &vec![7u8; 3 << 20])
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !publishing.is_finished(),
+        "the publisher should be waiting for room while the peer reads nothing"
+    );
+    let started = Instant::now();
+    drop(other);
+    let took = started.elapsed();
+    dropped_tx.send(()).unwrap();
+    let closed = join(fake);
+    let _ = publishing.join();
+    assert!(
+        took < Duration::from_millis(500),
+        "dropping a channel took {took:?} while the peer read nothing"
+    );
+    assert!(
+        closed,
+        "the dropped channel's channel.close never reached the peer"
+    );
 }

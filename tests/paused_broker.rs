@@ -141,3 +141,69 @@ fn close_returns_within_its_deadline_while_the_broker_is_frozen() {
     assert!(elapsed < Duration::from_secs(4), "close took {elapsed:?}");
     assert!(connection.is_closed());
 }
+
+/// How many consumers the broker lists on `queue`.
+fn broker_consumers(queue: &str) -> Option<usize> {
+    support::rabbitmqctl(&["list_queues", "name", "consumers"])
+        .lines()
+        .find_map(|line| line.strip_prefix(queue)?.strip_prefix('\t'))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// A `basic_consume` that times out while the broker is frozen: once the broker runs again it
+/// registers the consumer and answers late. The client must then end that consumer without
+/// breaking anything: the connection and channel stay open, the broker is left with no
+/// consumer, and the queue's messages are all ready again (none stuck unacknowledged).
+/// Cancelling right behind the unanswered consume crashed RabbitMQ 3.10's channel process,
+/// which closed the whole connection with 541.
+#[test]
+fn basic_consume_timed_out_on_a_frozen_broker_leaves_the_connection_and_queue_intact() {
+    const MESSAGES: usize = 10;
+    let _turn = FREEZE.lock().unwrap_or_else(|p| p.into_inner());
+    let connection = Connection::open(
+        support::params()
+            .with_heartbeat(Some(0))
+            .with_rpc_timeout(Duration::from_secs(2)),
+    )
+    .unwrap();
+    let channel = connection.channel().unwrap();
+    let queue = support::unique("frozen-consume");
+    channel.queue_declare(&queue, Default::default()).unwrap();
+    for i in 0..MESSAGES {
+        channel
+            .basic_publish("", &queue, i.to_string().as_bytes())
+            .unwrap();
+    }
+    assert_eq!(support::message_count(&connection, &queue), MESSAGES as u32);
+
+    let frozen = Frozen::new();
+    let consumed = channel.basic_consume(&queue, |_, _, _, _| {}, Default::default());
+    drop(frozen);
+    assert!(
+        matches!(consumed, Err(Error::Timeout { .. })),
+        "basic_consume on a frozen broker: {consumed:?}"
+    );
+
+    // The late consume-ok and the deliveries that follow it arrive while the client idles.
+    let settled = support::eventually(Duration::from_secs(15), || {
+        if let Err(e) = connection.process_data_events(Duration::from_millis(200)) {
+            panic!("the connection failed after the late consume-ok: {e:?}");
+        }
+        broker_consumers(&queue) == Some(0) && support::broker_counts(&queue) == Some((MESSAGES, 0))
+    });
+    assert!(
+        settled,
+        "the broker shows {:?} consumers and (ready, unacked) {:?}; expected 0 and \
+         ({MESSAGES}, 0)",
+        broker_consumers(&queue),
+        support::broker_counts(&queue)
+    );
+    assert!(connection.is_open(), "{:?}", connection.close_reason());
+    assert!(channel.is_open());
+    // The channel still works: its next RPC is answered, not taken by the late reply.
+    let ok = channel
+        .queue_declare(&queue, support::consuming::passive())
+        .unwrap();
+    assert_eq!(ok.message_count, MESSAGES as u32);
+    channel.queue_delete(&queue, Default::default()).unwrap();
+}

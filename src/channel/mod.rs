@@ -115,7 +115,8 @@ pub(crate) fn wait_closed(
     )
 }
 
-/// Sends channel.close unless the channel is already closing or closed; true if it was sent.
+/// Sends channel.close unless the channel is already closing or closed, without waiting for
+/// room in the outbound buffer; true if it was sent.
 pub(crate) fn begin_close(
     conn: &crate::engine::Core,
     core: &ChannelCore,
@@ -130,7 +131,7 @@ pub(crate) fn begin_close(
     }));
     let sent = with_scratch(|buf| {
         codec::encode_method(buf, core.id, method)?;
-        conn.send_on_if(core, buf, None, None, |st| {
+        conn.send_close_if(core, buf, |st| {
             if !matches!(st.life, Life::Open) {
                 return Ok(None);
             }

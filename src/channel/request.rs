@@ -188,19 +188,6 @@ impl Channel {
         self.lost() && deadline.is_none_or(|d| Instant::now() < d)
     }
 
-    /// Sends a method that has no reply (nowait), without taking the channel's turn at
-    /// synchronous methods.
-    pub(crate) fn send_method(&self, method: AMQPClass) -> Result<()> {
-        let core = self.core();
-        with_scratch(|buf| {
-            codec::encode_method(buf, core.id, method)?;
-            self.inner
-                .owner
-                .core()
-                .send_on(core, buf, None, None, |st| ensure_open(st))
-        })
-    }
-
     /// Waits for the channel's turn at a synchronous method (AMQP allows one outstanding per
     /// channel), at most until `deadline`.
     pub(super) fn rpc_turn(

@@ -19,7 +19,7 @@ use crate::callback::{self, BoxError, CallbackReturn};
 use crate::channel::Channel;
 use crate::connection::Owner;
 use crate::delivery::{Delivery, Returned};
-use crate::engine::chan::{Held, Life, Reply};
+use crate::engine::chan::{Held, Life, Reply, Stale};
 use crate::error::{Error, Result};
 use crate::options::BasicConsumeOptions;
 use crate::protocol::codec::short;
@@ -245,7 +245,7 @@ impl Channel {
         }
         // A tag used before (and orphaned) is this consumer's now.
         self.core().lock().forget_orphan(&tag);
-        match self.rpc(method, "basic.consume") {
+        match self.rpc_with(method, "basic.consume", Stale::Consume, |_| {}) {
             Ok(Reply::Method(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))) => {
                 self.inner.owner.record(|t| {
                     t.consumer_started(
@@ -267,8 +267,9 @@ impl Channel {
             }
             other => {
                 if matches!(other, Err(Error::Timeout { .. })) {
-                    // The broker may have the consumer: cancel it, and requeue what it
-                    // delivers meanwhile (an orphan before its entry goes, see `route`).
+                    // The broker may have the consumer: what it delivers is requeued (an
+                    // orphan before its entry goes, see `route`), and a late consume-ok is
+                    // answered with a cancel (`Stale::Consume`).
                     self.abandon(&tag, auto_ack);
                 }
                 self.lock_consumers().remove(&tag);
@@ -285,19 +286,10 @@ impl Channel {
 
     /// A consumer whose basic.consume timed out: the broker may have it, and nobody will
     /// consume what it delivers. It becomes an orphan (the router requeues its deliveries, or
-    /// reports auto-acked ones lost), those already here are requeued, and a basic.cancel
-    /// (nowait) ends it at the broker.
+    /// reports auto-acked ones lost) and those already here are requeued. Nothing is sent: the
+    /// router cancels the consumer when its late consume-ok comes (see [`Stale::Consume`]).
     fn abandon(&self, tag: &str, auto_ack: bool) {
         self.core().lock().push_orphan(tag, auto_ack);
-        if let Ok(consumer_tag) = short(tag) {
-            let method = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                consumer_tag,
-                nowait: true,
-            }));
-            if let Err(e) = self.send_method(method) {
-                log::debug!("cancelling timed-out consumer {tag}: {e}");
-            }
-        }
         self.requeue(self.take_queued(tag), auto_ack);
     }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use amq_protocol::protocol::AMQPClass;
+use amq_protocol::protocol::{basic, AMQPClass};
 
 use crate::delivery::{Delivery, GetMessage, Returned};
 use crate::error::Error;
@@ -130,6 +130,11 @@ pub(crate) enum Stale {
     /// A basic.get: a get-ok that arrives is rejected with requeue (manual ack), or reported
     /// as lost (auto ack: the broker already counts it delivered).
     Get { auto_ack: bool },
+    /// A basic.consume: a consume-ok that arrives is answered with a basic.cancel (nowait) of
+    /// its tag, so the broker does not keep a consumer nobody has (its deliveries meanwhile
+    /// are orphaned, see `orphans`). Cancelling earlier, behind the unanswered consume,
+    /// crashes RabbitMQ 3.10's channel process (541 closes the connection).
+    Consume,
 }
 
 /// What became of a reply that arrived.
@@ -141,6 +146,10 @@ pub(crate) enum Delivered {
     Stale,
     /// A get-ok whose caller gave up, manual ack: reject this delivery tag with requeue.
     StaleGet { delivery_tag: u64 },
+    /// A consume-ok whose caller gave up: cancel this consumer tag (nowait).
+    StaleConsume {
+        consumer_tag: amq_protocol::types::ShortString,
+    },
     /// Nobody asked for it.
     Unwanted,
 }
@@ -336,6 +345,12 @@ impl ChanState {
                     );
                     Delivered::Stale
                 }
+                (
+                    Stale::Consume,
+                    Reply::Method(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok))),
+                ) => Delivered::StaleConsume {
+                    consumer_tag: ok.consumer_tag.clone(),
+                },
                 _ => Delivered::Stale,
             };
         }

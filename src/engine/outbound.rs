@@ -43,7 +43,9 @@
 //!    connection (until connection.unblocked, or until `blocked_connection_timeout` makes the
 //!    I/O thread end the connection; a publish given a deadline of its own, `RpcClient`'s,
 //!    waits at most until that deadline). A thread waiting for room counts as wanting input
-//!    (see `token`), so reading never pauses while the unblock it waits for is unread.
+//!    (see `token`), so reading never pauses while the unblock it waits for is unread. A
+//!    channel.close never waits ([`Core::send_close_if`]): one per channel, it is bounded,
+//!    and dropping a channel must not block.
 //! 4. **Lock order.** A channel's state, then `Link`. No waiting (for room or anything else)
 //!    with a channel lock held.
 //! 5. **Held acks.** Merged acks (see `protocol::acks`) are written before any other frame of
@@ -443,6 +445,28 @@ impl Core {
             self.finish_direct(unfinished, frames, body, deadline);
         }
         sent
+    }
+
+    /// Queues `frames` (a channel.close) on `channel` when `check` says so, without waiting
+    /// for room (rule 3): a channel is closed once, so what this adds past the high-water
+    /// mark is bounded by `channel_max` small frames, and dropping a `Channel` never blocks.
+    pub(crate) fn send_close_if<T>(
+        &self,
+        channel: &ChannelCore,
+        frames: &[u8],
+        check: impl FnOnce(&mut ChanState) -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
+        let mut st = channel.lock();
+        let link = self.lock_link();
+        if let Some(e) = link.refusal() {
+            return Err(e);
+        }
+        let value = check(&mut st)?;
+        if value.is_some() {
+            let held = AckFrames::held(channel.id, &mut st.acks)?;
+            self.append_locked(link, held.as_slice(), frames, None)?;
+        }
+        Ok(value)
     }
 
     /// [`send_on_if`](Self::send_on_if) for a `check` that always sends.

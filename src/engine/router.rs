@@ -258,7 +258,7 @@ impl Router {
                 method.delivery_tag = run_on(method.delivery_tag)?;
                 let reply = Reply::Get(GetMessage::new(method, properties, body, core.generation));
                 match st.deliver_reply(reply) {
-                    Delivered::ToWaiter | Delivered::Stale => {}
+                    Delivered::ToWaiter | Delivered::Stale | Delivered::StaleConsume { .. } => {}
                     Delivered::StaleGet { delivery_tag } => {
                         drop(st);
                         log::warn!(
@@ -488,6 +488,17 @@ impl Router {
             reply => match chan.lock().deliver_reply(Reply::Method(reply)) {
                 Delivered::Unwanted => {
                     log::warn!("channel {channel}: ignoring a reply nobody waits for")
+                }
+                Delivered::StaleConsume { consumer_tag } => {
+                    log::warn!(
+                        "channel {channel}: basic.consume-ok for {consumer_tag} arrived after \
+                         its caller gave up: cancelling that consumer"
+                    );
+                    let cancel = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                        consumer_tag,
+                        nowait: true,
+                    }));
+                    self.queue_reply(core, channel, cancel);
                 }
                 Delivered::ToWaiter | Delivered::Stale | Delivered::StaleGet { .. } => {}
             },
