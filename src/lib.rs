@@ -380,7 +380,8 @@
 //! tag, the same callback and the same `consume()` iterator. A server-named queue (declared as
 //! `""`) comes back under a new name: each recovery's renames are in
 //! [`RecoveryReport::renamed`], and [`Connection::current_queue_name`]`(old)` gives the name
-//! now. A consumer whose queue is
+//! now; one that is not exclusive and is still on the broker (it outlived the connection) is
+//! kept as it is, with its name and messages. A consumer whose queue is
 //! gone, or that [`RecoveryPolicy::with_topology_filter`] leaves out, is reported cancelled
 //! (its cancel callbacks run, its iterator ends) instead of closing its channel; what was
 //! not declared again is in [`RecoveryReport::skipped`]. `channel.flow` is not restored

@@ -96,8 +96,15 @@ fn frozen_broker_is_a_heartbeat_timeout_for_every_waiter() {
     let frozen = Frozen::new();
     let started = Instant::now();
     // An RPC whose reply never comes: the heartbeat, not the 30 s rpc_timeout, ends it.
+    // (Exclusive: the broker may still run it once thawed, and must not keep the queue.)
     let err = other
-        .queue_declare("anything", Default::default())
+        .queue_declare(
+            "anything",
+            cottontail::QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
         .unwrap_err();
     let elapsed = started.elapsed();
     assert!(
@@ -169,6 +176,7 @@ fn basic_consume_timed_out_on_a_frozen_broker_leaves_the_connection_and_queue_in
     let channel = connection.channel().unwrap();
     let queue = support::unique("frozen-consume");
     channel.queue_declare(&queue, Default::default()).unwrap();
+    let _cleanup = support::consuming::Cleanup(vec![queue.clone()]);
     for i in 0..MESSAGES {
         channel
             .basic_publish("", &queue, i.to_string().as_bytes())
@@ -205,5 +213,4 @@ fn basic_consume_timed_out_on_a_frozen_broker_leaves_the_connection_and_queue_in
         .queue_declare(&queue, support::consuming::passive())
         .unwrap();
     assert_eq!(ok.message_count, MESSAGES as u32);
-    channel.queue_delete(&queue, Default::default()).unwrap();
 }

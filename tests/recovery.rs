@@ -143,6 +143,72 @@ fn topology_and_a_server_named_queue_come_back_under_a_new_name() {
     assert_eq!(report.generation, 1);
 }
 
+/// A server-named queue that is neither exclusive nor auto-delete outlives the connection: the
+/// recovery keeps it (same name, bindings, messages) instead of declaring a second one that
+/// would leave it bound and filling unseen.
+#[test]
+fn a_server_named_queue_that_outlives_the_connection_keeps_its_name_and_messages() {
+    let (name, connection) = recovering("recovery-kept-queue");
+    let channel = connection.channel().unwrap();
+    let exchange = unique("recovery-kept-x");
+    channel
+        .exchange_declare(
+            &exchange,
+            ExchangeDeclareOptions {
+                exchange_type: ExchangeType::Fanout,
+                auto_delete: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let queue = channel
+        .queue_declare("", QueueDeclareOptions::default())
+        .unwrap()
+        .queue;
+    let _cleanup = support::consuming::Cleanup(vec![queue.clone()]);
+    channel
+        .queue_bind(&queue, &exchange, QueueBindOptions::default())
+        .unwrap();
+    channel.basic_publish(&exchange, "", b"before").unwrap();
+    let (events_tx, events_rx) = mpsc::channel();
+    connection.add_on_recovery_callback(move |_c, event: &RecoveryEvent| {
+        let _ = events_tx.send(event.clone());
+    });
+
+    force_close(&connection, &name);
+
+    assert_eq!(connection.current_queue_name(&queue), queue);
+    connection.process_data_events(Duration::ZERO).unwrap();
+    let report = events_rx
+        .try_iter()
+        .find_map(|e| match e {
+            RecoveryEvent::Recovered(report) => Some(report),
+            _ => None,
+        })
+        .expect("a Recovered event");
+    assert!(report.renamed.is_empty(), "{:?}", report.renamed);
+    // The message from before is still there, and the binding still routes to it.
+    channel.basic_publish(&exchange, "", b"after").unwrap();
+    let mut bodies = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            while let Ok(Some(m)) = channel.basic_get(&queue, true) {
+                bodies.push(m.body.clone());
+            }
+            bodies.len() >= 2
+        }),
+        "got {bodies:?}"
+    );
+    assert_eq!(bodies, vec![b"before".to_vec(), b"after".to_vec()]);
+    // No second server-named queue bound to the exchange.
+    let bound: Vec<String> = rabbitmqctl(&["list_bindings", "source_name", "destination_name"])
+        .lines()
+        .filter_map(|line| line.strip_prefix(&format!("{exchange}\t")))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(bound, vec![queue.clone()]);
+}
+
 #[test]
 fn a_consumer_goes_on_with_its_tag_and_stale_acks_are_typed_errors() {
     let (name, connection) = recovering("recovery-consumer");

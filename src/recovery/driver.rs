@@ -7,8 +7,9 @@
 //!    settings, confirm.select, tx.select;
 //! 2. the recorded topology (exchanges, queues, queue bindings, exchange bindings) on a
 //!    channel of its own, so that an entity the broker refuses (it closes that channel) costs
-//!    only itself: it is reported skipped and the rest goes on; server-named queues are
-//!    declared as `""` and renamed;
+//!    only itself: it is reported skipped and the rest goes on; a server-named queue is
+//!    declared as `""` and renamed, unless it is not exclusive and a passive declare finds
+//!    it still there (it outlived the connection: it keeps its name, bindings and messages);
 //! 3. the consumers, each on its own channel with its own tag, once a passive declare has
 //!    shown its queue exists (a consumer whose queue is gone is reported cancelled to the
 //!    application, as a broker cancel would be, instead of closing its channel with 404).
@@ -454,7 +455,7 @@ fn declare(
     report: &mut RecoveryReport,
 ) -> Result<()> {
     // Recorded declares are never passive (`Topology` records none).
-    let (entity, method, what) = match step {
+    let (entity, method, what) = match &step {
         Step::Exchange(name, options) => (
             Entity::Exchange { name: name.clone() },
             methods::exchange_declare(&name, &options)?,
@@ -504,6 +505,13 @@ fn declare(
         report.skipped.push((entity, None));
         return Ok(());
     }
+    // A server-named queue that outlived the connection is kept: declaring "" would leave it
+    // bound and filling, unseen.
+    if let Step::Queue(name, record) = &step {
+        if record.server_named && !record.options.exclusive && still_there(core, aux, name)? {
+            return Ok(());
+        }
+    }
     match aux.call(core, method, what)? {
         Ok(Reply::Method(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)))) => {
             if let Entity::Queue {
@@ -526,6 +534,19 @@ fn declare(
         }
     }
     Ok(())
+}
+
+/// Whether queue `name` exists (a passive declare on the recovery's channel, opened again if
+/// the broker refused it).
+fn still_there(core: &Core, aux: &mut AuxChannel, name: &str) -> Result<bool> {
+    let passive = methods::queue_declare(
+        name,
+        &QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+    )?;
+    Ok(aux.call(core, passive, "queue.declare")?.is_ok())
 }
 
 /// Registers a consumer again on its channel (module docs, step 3).
