@@ -458,7 +458,7 @@ fn declare(
     let (entity, method, what) = match &step {
         Step::Exchange(name, options) => (
             Entity::Exchange { name: name.clone() },
-            methods::exchange_declare(&name, &options)?,
+            methods::exchange_declare(name, options)?,
             "exchange.declare",
         ),
         Step::Queue(name, record) => (
@@ -467,7 +467,7 @@ fn declare(
                 server_named: record.server_named,
             },
             methods::queue_declare(
-                if record.server_named { "" } else { &name },
+                if record.server_named { "" } else { name },
                 &record.options,
             )?,
             "queue.declare",
