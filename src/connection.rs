@@ -311,9 +311,11 @@ impl Connection {
         self.capability("publisher_confirms")
     }
 
-    /// True while the broker has the connection blocked (memory or disk alarm).
+    /// True while the broker has the (open) connection blocked (memory or disk alarm).
     pub fn is_blocked(&self) -> bool {
-        self.core().lock_link().blocked_since.is_some()
+        let core = self.core();
+        let link = core.lock_link();
+        link.blocked_since.is_some() && link.closed.is_none()
     }
 
     /// Replaces the secret (password or token) the connection authenticated with and waits

@@ -291,8 +291,8 @@
 //! and [`Connection::close`] (also while the broker blocks the connection); a broker silent
 //! for two heartbeat intervals is [`Error::HeartbeatTimeout`]. A publish waits at most
 //! `rpc_timeout` for room in the outbound buffer; while the broker blocks the connection
-//! (`connection.blocked`, a resource alarm) it waits until the broker unblocks it, as pika's
-//! publisher does, and `blocked_connection_timeout` (off by default, as in pika) bounds that
+//! (`connection.blocked`, a resource alarm) it waits until the broker unblocks it (pika's
+//! publisher ends up waiting too, once the socket's buffers fill), and `blocked_connection_timeout` (off by default, as in pika) bounds that
 //! by ending the connection ([`Error::ConnectionBlockedTimeout`]); `RpcClient::call` stops
 //! at its own timeout. Only `start_consuming` waits without a deadline of its own, as in
 //! pika: it returns when its consumers are cancelled or the channel or connection fails.

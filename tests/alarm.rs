@@ -178,6 +178,10 @@ fn blocked_connection_timeout_tears_down_the_connection_and_wakes_publishers() {
         started.elapsed()
     );
     assert!(connection.is_closed());
+    assert!(
+        !connection.is_blocked(),
+        "a closed connection is not blocked"
+    );
 }
 
 #[test]

@@ -294,3 +294,83 @@ fn start_consuming_returns_when_the_broker_cancels_an_idle_iterator_holding_mess
         connection.close().unwrap();
     });
 }
+
+/// 80 x 1 MiB delivered to a `consume()` iterator nobody iterates, read while another
+/// iterator waits (so reading goes on past 16 MiB), pass the connection's 64 MiB limit on
+/// messages held for callers: reading pauses for everyone, and an RPC on another channel
+/// times out at its `rpc_timeout`. Its error says why. Iterating takes the messages, reading
+/// goes on, and the channel's next RPC gets its own reply.
+#[test]
+fn an_rpc_behind_messages_nobody_takes_times_out_saying_why() {
+    const MIB: usize = 1 << 20;
+    const MESSAGES: usize = 80;
+    let connection =
+        cottontail::Connection::open(support::params().with_rpc_timeout(Duration::from_secs(2)))
+            .unwrap();
+    let channel = connection.channel().unwrap();
+    let queue = support::exclusive_queue(&channel);
+    let empty = support::exclusive_queue(&channel);
+    channel.confirm_delivery().unwrap();
+    let body = vec![b'x'; MIB];
+    for _ in 0..MESSAGES {
+        channel.basic_publish("", &queue, &body).unwrap();
+    }
+    let mut waiting = channel
+        .consume(
+            &empty,
+            cottontail::ConsumeOptions {
+                inactivity_timeout: Some(Duration::from_millis(100)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mut unread = channel
+        .consume(&queue, cottontail::ConsumeOptions::default())
+        .unwrap();
+    // Until the held messages stop growing: reading has paused at the limit.
+    let started = Instant::now();
+    let mut last = (0, Instant::now());
+    while last.1.elapsed() < Duration::from_millis(500) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{} messages held after 20 s",
+            last.0
+        );
+        assert!(matches!(
+            waiting.next(),
+            Some(Ok(cottontail::Consumed::Inactive))
+        ));
+        let held = unread.waiting_message_count();
+        if held != last.0 {
+            last = (held, Instant::now());
+        }
+    }
+    assert!(
+        (64..MESSAGES).contains(&last.0),
+        "{} messages held: reading should pause at 64 MiB",
+        last.0
+    );
+    let other = connection.channel();
+    let declared = other.and_then(|o| o.queue_declare(&queue, support::consuming::passive()));
+    match &declared {
+        Err(Error::Timeout { context, .. }) => assert!(
+            context.contains("reading was paused")
+                && context.contains("wait for consumers that do not take them"),
+            "{context}"
+        ),
+        other => panic!("expected a timeout behind 64 MiB nobody takes, got {other:?}"),
+    }
+    for n in 0..MESSAGES {
+        match unread.next() {
+            Some(Ok(cottontail::Consumed::Delivery(d))) => {
+                assert_eq!(d.body.len(), MIB);
+                channel.basic_ack(d.delivery_tag(), false).unwrap();
+            }
+            other => panic!("message {n}: {other:?}"),
+        }
+    }
+    let ok = channel
+        .queue_declare(&queue, support::consuming::passive())
+        .unwrap();
+    assert_eq!((ok.queue.as_str(), ok.message_count), (queue.as_str(), 0));
+}

@@ -251,7 +251,19 @@ impl Core {
             if let Some(value) = ready(&mut st) {
                 return Ok(value);
             }
-            Err(on_expiry(&mut st))
+            let mut e = on_expiry(&mut st);
+            // What it waited for may sit unread behind messages nobody takes (token rule 9).
+            let held = self.inbound.load(std::sync::atomic::Ordering::SeqCst);
+            if let (Error::Timeout { context, .. }, true) =
+                (&mut e, held >= token::INBOUND_HARD_LIMIT)
+            {
+                context.push_str(&format!(
+                    " (reading was paused: {} MiB of messages wait for consumers that do not \
+                     take them)",
+                    held >> 20
+                ));
+            }
+            Err(e)
         })
     }
 

@@ -466,10 +466,7 @@ fn declare(
                 name: name.clone(),
                 server_named: record.server_named,
             },
-            methods::queue_declare(
-                if record.server_named { "" } else { name },
-                &record.options,
-            )?,
+            methods::queue_declare(if record.server_named { "" } else { name }, &record.options)?,
             "queue.declare",
         ),
         Step::QueueBinding(binding) => {
