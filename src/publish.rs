@@ -305,6 +305,11 @@ impl Channel {
     /// [`basic_publish_with`](Self::basic_publish_with) is waited for here too, but its outcome
     /// is its own call's to report, not this one's (unless that call gave up on a timeout).
     /// Not in pika.
+    ///
+    /// If the channel or the connection closes first (the broker refused a publish with 404,
+    /// say), this returns that error and no outcome: treat every message published since the
+    /// last call that returned `Ok` as of unknown fate. (With recovery on, a connection loss
+    /// instead reports the messages it left unconfirmed in [`ConfirmOutcome::unknown`].)
     pub fn wait_for_confirms(&self, timeout: Option<Duration>) -> Result<ConfirmOutcome> {
         let core = self.core();
         let timeout = timeout.unwrap_or_else(|| self.rpc_timeout());
