@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine: installs and starts RabbitMQ on 127.0.0.1
 # (scripts/broker.sh), makes a virtualenv with pika for the interop tests, then runs the
-# tests and the fmt / clippy / doc checks.
+# tests and the fmt / clippy / doc checks; stops the cluster tests' private nodes at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +27,11 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import pika' 2>/dev/n
     "$venv/bin/pip" install -q 'pika>=1.3,<2'
 fi
 export COTTONTAIL_PYTHON="$venv/bin/python"
+
+# The cluster tests leave their 3 private nodes running for the next test binary; stop them
+# when the suite ends, so they do not take CPU and memory from whatever runs next (a
+# benchmark above all). The main test node stays up.
+trap './scripts/cluster.sh stop >/dev/null 2>&1 || true' EXIT
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

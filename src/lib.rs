@@ -131,6 +131,8 @@
 //! let client = RpcClient::new(&connection)?;
 //! let reply = client.call("", "rpc_queue", b"30", CallOptions {
 //!     timeout: Some(Duration::from_secs(5)),
+//!     // No server's queue there: fail at once with Error::Unroutable, not at the timeout.
+//!     mandatory: true,
 //!     ..Default::default()
 //! })?;
 //! println!("fib(30) = {}", String::from_utf8_lossy(&reply.body));

@@ -33,6 +33,13 @@
 //!   call waits, one is pumping or has been woken to. When the channel or the connection
 //!   fails, the pumper records the error and wakes every call: each returns that error (a
 //!   call still publishing finds it when it starts to wait), and so does every later call.
+//! - **Returns.** A request published with [`CallOptions::mandatory`] that no queue takes
+//!   comes back as basic.return. The channel's return callback files [`Error::Unroutable`] as
+//!   that call's reply (under the table's lock) and wakes it, like a reply; then it moves the
+//!   connection's work counter on (`Core::kick`), which ends a pump in progress. The pumper
+//!   reads that counter before it looks at its own entry and pumps only while the counter is
+//!   unchanged, so its own return reaches it whether it ran the callback itself or another
+//!   thread's [`Connection::process_data_events`] did.
 //! - **By when.** Each call waits at most until its own deadline: its publish waits for room
 //!   in the outbound buffer, or for a connection the broker blocks, with that deadline (and
 //!   queues nothing once it passed), the pumper pumps with it, a sleeper sleeps with it.
@@ -72,6 +79,7 @@
 //! fails with that error; make a new client on a new channel.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -82,6 +90,7 @@ use crate::delivery::Delivery;
 use crate::engine::deadline_after;
 use crate::error::{Error, Result};
 use crate::options::{BasicConsumeOptions, PublishOptions};
+use crate::protocol::methods::{Message, Return};
 use crate::protocol::properties::BasicProperties;
 use crate::publish::Publish;
 
@@ -101,6 +110,11 @@ pub struct CallOptions {
     /// How long to wait for the reply, from the call. Defaults to `None`: the connection's
     /// `rpc_timeout`. A duration too large for a deadline waits for ever.
     pub timeout: Option<Duration>,
+    /// Publish the request as mandatory: if no queue takes it (no server's queue bound, a
+    /// mistyped routing key), the broker returns it and the call fails at once with
+    /// [`Error::Unroutable`], carrying the request, instead of waiting for its timeout.
+    /// Defaults to `false`, as for every publish.
+    pub mandatory: bool,
 }
 
 /// A client for request/reply over direct reply-to, shared by many threads (module docs:
@@ -143,7 +157,8 @@ struct Inner {
     /// The consumer of [`REPLY_TO`]; the pumper pumps the channel for its tag. Never iterated:
     /// kept so that the consumer lives as long as the client.
     replies: Consumer,
-    table: Mutex<Table>,
+    /// Shared with the channel's return callback (see [`file_return`]).
+    table: Arc<Mutex<Table>>,
 }
 
 /// The waiting calls and who pumps (module docs).
@@ -158,8 +173,8 @@ struct Table {
 }
 
 struct Waiter {
-    /// Filed by the pumper.
-    reply: Option<Delivery>,
+    /// Filed by the pumper, or by the return callback (the request came back unroutable).
+    reply: Option<Result<Delivery>>,
     /// The call sleeps on it (with the table's lock).
     wake: Arc<Condvar>,
     /// The call is inside [`Inner::wait`] (set there, under the lock): only such a call can be
@@ -184,11 +199,18 @@ impl RpcClient {
             .core()
             .lock()
             .push_orphan_as(replies.consumer_tag(), true, LATE_REPLY);
+        let table = Arc::new(Mutex::new(Table::default()));
+        let filed = table.clone();
+        channel.add_on_return_callback(
+            move |channel: &Channel, method: &Return, properties: &BasicProperties, body: &[u8]| {
+                file_return(&filed, channel, method, properties, body)
+            },
+        );
         Ok(RpcClient {
             inner: Arc::new(Inner {
                 channel,
                 replies,
-                table: Mutex::new(Table::default()),
+                table,
             }),
         })
     }
@@ -201,8 +223,9 @@ impl RpcClient {
     /// broker blocks (memory or disk alarm) is not sent once it passes.
     ///
     /// A request nobody receives (no queue bound, no server) is dropped by the broker, and the
-    /// call times out. If the client's channel or connection fails meanwhile, the call returns
-    /// that error.
+    /// call times out; with [`CallOptions::mandatory`] the broker returns it instead, and the
+    /// call fails at once with [`Error::Unroutable`]. If the client's channel or connection
+    /// fails meanwhile, the call returns that error.
     pub fn call(
         &self,
         exchange: &str,
@@ -245,7 +268,7 @@ impl RpcClient {
         // request back at most until then (nothing is queued if it passes).
         let properties = request_properties(options.properties, &id);
         let publish = Publish {
-            mandatory: false,
+            mandatory: options.mandatory,
             deadline,
             claim: false,
         };
@@ -310,7 +333,7 @@ impl Inner {
         loop {
             if let Some(reply) = table.waiting.get_mut(id).and_then(|w| w.reply.take()) {
                 self.leave(&mut table, id);
-                return Ok(Some(reply));
+                return reply.map(Some);
             }
             if let Some(e) = table.failed.clone() {
                 self.leave(&mut table, id);
@@ -369,11 +392,23 @@ impl Inner {
     /// deadline passes or the channel fails; then hands the pumping over.
     fn pump(&self, id: &str, deadline: Option<Instant>) -> Result<Option<Delivery>> {
         let tag = self.replies.consumer_tag();
+        let conn = self.channel.inner.owner.core();
         loop {
+            // Read before the look at the table: a return filed after that look (by another
+            // thread's `process_data_events`) has moved it on, and the pump returns.
+            let work = conn.conn_work.load(Ordering::SeqCst);
+            {
+                let mut table = self.lock();
+                if let Some(returned) = table.waiting.get_mut(id).and_then(|w| w.reply.take()) {
+                    table.pumping = false;
+                    self.leave(&mut table, id);
+                    return returned.map(Some);
+                }
+            }
             // Without the channel's consuming flag: the channel has no callbacks to keep to one
             // thread, and `process_data_events` on another thread may take a turn at it too
             // (it keeps the replies for this consumer).
-            let pumped = self.channel.pump(Some(tag), deadline, None);
+            let pumped = self.channel.pump(Some(tag), deadline, Some(work));
             if let Ok(Pumped::Finished) = pumped {
                 // The reply consumer is gone (RabbitMQ does not cancel direct reply-to
                 // consumers; this is for a broker that would): no reply can come any more.
@@ -429,7 +464,7 @@ impl Table {
         }
         match id.and_then(|id| self.waiting.get_mut(id)) {
             Some(waiter) if waiter.reply.is_none() => {
-                waiter.reply = Some(reply);
+                waiter.reply = Some(Ok(reply));
                 waiter.wake.notify_one();
             }
             _ => drop_reply(&reply),
@@ -445,6 +480,46 @@ impl Table {
         }
         error
     }
+}
+
+/// The client channel's return callback: a request published with
+/// [`CallOptions::mandatory`] came back unroutable. Its call fails with [`Error::Unroutable`]:
+/// a sleeping call is woken, and the pumper finds its own on its next look (this runs on the
+/// pumper's thread, inside its pump, or on a thread in `process_data_events`, which then
+/// moves the connection's work counter on so that the pump returns). A return whose call has
+/// left is dropped with a warning.
+fn file_return(
+    table: &Mutex<Table>,
+    channel: &Channel,
+    method: &Return,
+    properties: &BasicProperties,
+    body: &[u8],
+) {
+    let mut table = table.lock().unwrap_or_else(|p| p.into_inner());
+    let id = properties.correlation_id();
+    match id.and_then(|id| table.waiting.get_mut(id)) {
+        Some(waiter) if waiter.reply.is_none() => {
+            waiter.reply = Some(Err(Error::Unroutable {
+                reply_code: method.reply_code,
+                reply_text: method.reply_text.clone(),
+                message: Box::new(Message::new(
+                    &method.exchange,
+                    &method.routing_key,
+                    properties.clone(),
+                    body.to_vec(),
+                )),
+            }));
+            waiter.wake.notify_one();
+        }
+        _ => log::warn!(
+            "RpcClient: request {id:?} came back unroutable ({} {}) after its call left; \
+             dropped",
+            method.reply_code,
+            method.reply_text
+        ),
+    }
+    drop(table);
+    channel.inner.owner.core().kick();
 }
 
 impl std::fmt::Debug for RpcClient {

@@ -1011,6 +1011,7 @@ fn properties_pass_through_both_ways() {
                     .with_correlation_id("set by the caller")
                     .with_reply_to("elsewhere"),
                 timeout: Some(Duration::from_secs(20)),
+                ..Default::default()
             },
         )
         .expect("the reply");

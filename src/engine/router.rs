@@ -485,23 +485,31 @@ impl Router {
                 }));
                 self.queue_reply(core, channel, ok);
             }
-            reply => match chan.lock().deliver_reply(Reply::Method(reply)) {
-                Delivered::Unwanted => {
-                    log::warn!("channel {channel}: ignoring a reply nobody waits for")
+            reply => {
+                let mut st = chan.lock();
+                match st.deliver_reply(Reply::Method(reply)) {
+                    Delivered::Unwanted => {
+                        log::warn!("channel {channel}: ignoring a reply nobody waits for")
+                    }
+                    // Not behind our channel.close: the close ends the consumer anyway. The
+                    // channel's lock is held while it is queued, so no close slips ahead.
+                    Delivered::StaleConsume { consumer_tag } if matches!(st.life, Life::Open) => {
+                        log::warn!(
+                            "channel {channel}: basic.consume-ok for {consumer_tag} arrived \
+                             after its caller gave up: cancelling that consumer"
+                        );
+                        let cancel = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                            consumer_tag,
+                            nowait: true,
+                        }));
+                        self.queue_reply(core, channel, cancel);
+                    }
+                    Delivered::ToWaiter
+                    | Delivered::Stale
+                    | Delivered::StaleGet { .. }
+                    | Delivered::StaleConsume { .. } => {}
                 }
-                Delivered::StaleConsume { consumer_tag } => {
-                    log::warn!(
-                        "channel {channel}: basic.consume-ok for {consumer_tag} arrived after \
-                         its caller gave up: cancelling that consumer"
-                    );
-                    let cancel = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                        consumer_tag,
-                        nowait: true,
-                    }));
-                    self.queue_reply(core, channel, cancel);
-                }
-                Delivered::ToWaiter | Delivered::Stale | Delivered::StaleGet { .. } => {}
-            },
+            }
         }
         self.changed = true;
         Ok(())

@@ -11,7 +11,7 @@
 //! next `start` return in about half a second instead of about 15 s. `start` rebuilds the
 //! cluster from scratch when it finds anything else (nothing running, a node down, a crashed
 //! earlier run). `scripts/cluster.sh stop` stops the nodes and removes their directories under
-//! /tmp/cottontail-cluster.
+//! /tmp/cottontail-cluster; `scripts/test.sh` runs it when the suite ends.
 //!
 //! Node indexes are 0, 1, 2 for ct1, ct2, ct3. The tests sharing the cluster must run one at
 //! a time (hold a static `Mutex` in the test file), and a test that kills or stops a node must
