@@ -12,6 +12,7 @@ use cottontail::{Connection, ConnectionParameters, PublishOptions};
 
 pub mod cluster;
 pub mod consuming;
+pub mod methods;
 pub mod recovery;
 
 pub const HOST: &str = "127.0.0.1";
