@@ -198,7 +198,10 @@ pub enum Error {
         /// Why it cannot be used.
         reason: String,
     },
-    /// A consumer with this tag already exists on the channel (pika's `DuplicateConsumerTag`).
+    /// A consumer with this tag already exists on the channel (pika's `DuplicateConsumerTag`),
+    /// or a `basic_consume` with it timed out and the broker has not answered yet (it may
+    /// still register that consumer, which the client then cancels; the tag is free again
+    /// once the late reply came).
     #[error("duplicate consumer tag {0:?}")]
     DuplicateConsumerTag(String),
     /// `start_consuming` was called from inside a callback of the same channel (pika's `ReentrancyError`).

@@ -56,16 +56,20 @@ pub(crate) struct Dispatch {
 /// Runs every callback of a list kept behind a lock, without holding the lock while they run
 /// (a callback may use the connection, or register more callbacks: those are kept, after the
 /// ones that were there). Every callback runs, whatever the others did; the first error is
-/// returned and later ones are logged.
+/// returned and later ones are logged. `None`, with nothing run, when the list is empty: none
+/// registered, or another thread is running them.
 pub(crate) fn run_callbacks<S, G, C>(
     lock: impl Fn() -> G,
     list: impl Fn(&mut S) -> &mut Vec<C>,
     mut call: impl FnMut(&mut C) -> Result<()>,
-) -> Result<()>
+) -> Option<Result<()>>
 where
     G: std::ops::DerefMut<Target = S>,
 {
     let mut taken = std::mem::take(list(&mut lock()));
+    if taken.is_empty() {
+        return None;
+    }
     let mut first = Ok(());
     for callback in &mut taken {
         if let Err(e) = call(callback) {
@@ -85,7 +89,7 @@ where
     let slot = list(&mut guard);
     taken.append(slot);
     *slot = taken;
-    first
+    Some(first)
 }
 
 impl Owner {
@@ -158,7 +162,8 @@ impl Owner {
                             || cb(&connection, &reason),
                         )
                     },
-                )?,
+                )
+                .unwrap_or(Ok(()))?,
                 None => run_callbacks(
                     || self.lock_dispatch(),
                     |d| &mut d.on_unblocked,
@@ -168,7 +173,8 @@ impl Owner {
                             || cb(&connection),
                         )
                     },
-                )?,
+                )
+                .unwrap_or(Ok(()))?,
             }
         }
         loop {
@@ -179,7 +185,8 @@ impl Owner {
                 || self.lock_dispatch(),
                 |d| &mut d.on_recovery,
                 |cb| callback::call(|| "a recovery callback".into(), || cb(&connection, &event)),
-            )?;
+            )
+            .unwrap_or(Ok(()))?;
         }
         loop {
             let now = Instant::now();

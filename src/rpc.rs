@@ -392,11 +392,17 @@ impl Inner {
     /// deadline passes or the channel fails; then hands the pumping over.
     fn pump(&self, id: &str, deadline: Option<Instant>) -> Result<Option<Delivery>> {
         let tag = self.replies.consumer_tag();
-        let conn = self.channel.inner.owner.core();
         loop {
             // Read before the look at the table: a return filed after that look (by another
-            // thread's `process_data_events`) has moved it on, and the pump returns.
-            let work = conn.conn_work.load(Ordering::SeqCst);
+            // thread's `process_data_events`) has moved it on, and the pump returns. From the
+            // current engine, each round: a recovery replaces it (and its counter).
+            let work = self
+                .channel
+                .inner
+                .owner
+                .core()
+                .conn_work
+                .load(Ordering::SeqCst);
             {
                 let mut table = self.lock();
                 if let Some(returned) = table.waiting.get_mut(id).and_then(|w| w.reply.take()) {
@@ -419,7 +425,9 @@ impl Inner {
             let mut table = self.lock();
             let outcome = match pumped {
                 Ok(Pumped::Mine(reply)) => table.file(*reply, id).map(|mine| Ok(Some(mine))),
-                Ok(Pumped::Progress) => None,
+                Ok(Pumped::Progress) => deadline
+                    .is_some_and(|d| Instant::now() >= d)
+                    .then_some(Ok(None)),
                 // The client's channel is private and has no callbacks of anyone's; should one
                 // fail all the same, that is not this call's business.
                 Ok(Pumped::CallbackFailed(e)) => {

@@ -42,7 +42,15 @@ fn a_frame_over_frame_max_is_refused_and_the_connection_goes_on() {
     );
     channel.basic_publish("", &queue, b"fine").unwrap();
     assert!(connection.is_open() && channel.is_open());
-    assert_eq!(message_count(&connection, &queue), 1);
+    // Counted on another channel, which the publish may not have reached yet.
+    assert!(
+        support::eventually(Duration::from_secs(5), || message_count(
+            &connection,
+            &queue
+        ) == 1),
+        "the queue holds {} messages, not the 1 published after the refused calls",
+        message_count(&connection, &queue)
+    );
     connection.close().unwrap();
 }
 

@@ -184,12 +184,23 @@ fn basic_consume_timed_out_on_a_frozen_broker_leaves_the_connection_and_queue_in
     }
     assert_eq!(support::message_count(&connection, &queue), MESSAGES as u32);
 
+    let tag = || cottontail::BasicConsumeOptions {
+        consumer_tag: Some(format!("{queue}-consumer")),
+        ..Default::default()
+    };
     let frozen = Frozen::new();
-    let consumed = channel.basic_consume(&queue, |_, _, _, _| {}, Default::default());
+    let consumed = channel.basic_consume(&queue, |_, _, _, _| {}, tag());
+    // The broker may still register that tag: a second consume with it would be refused
+    // (530, closing the channel), so the client refuses it while the reply is due.
+    let again = channel.basic_consume(&queue, |_, _, _, _| {}, tag());
     drop(frozen);
     assert!(
         matches!(consumed, Err(Error::Timeout { .. })),
         "basic_consume on a frozen broker: {consumed:?}"
+    );
+    assert!(
+        matches!(&again, Err(Error::DuplicateConsumerTag(t)) if *t == format!("{queue}-consumer")),
+        "basic_consume again with the same tag while the first one's reply is due: {again:?}"
     );
 
     // The late consume-ok and the deliveries that follow it arrive while the client idles.
@@ -213,4 +224,11 @@ fn basic_consume_timed_out_on_a_frozen_broker_leaves_the_connection_and_queue_in
         .queue_declare(&queue, support::consuming::passive())
         .unwrap();
     assert_eq!(ok.message_count, MESSAGES as u32);
+    // Once the late reply came (and the consumer was cancelled), the tag is free again.
+    channel
+        .basic_consume(&queue, |_, _, _, _| {}, tag())
+        .unwrap();
+    assert!(support::eventually(Duration::from_secs(5), || {
+        broker_consumers(&queue) == Some(1)
+    }));
 }

@@ -53,11 +53,9 @@ fn force_close(connection: &Connection, name: &str) -> Duration {
     started.elapsed()
 }
 
-#[test]
-fn topology_and_a_server_named_queue_come_back_under_a_new_name() {
-    let (name, connection) = recovering("recovery-topology");
-    let channel = connection.channel().unwrap();
-    let exchange = unique("recovery-x");
+/// Declares an auto-delete fanout exchange named after `prefix` on `channel`.
+fn auto_delete_fanout(channel: &cottontail::Channel, prefix: &str) -> String {
+    let exchange = unique(prefix);
     channel
         .exchange_declare(
             &exchange,
@@ -68,22 +66,20 @@ fn topology_and_a_server_named_queue_come_back_under_a_new_name() {
             },
         )
         .unwrap();
+    exchange
+}
+
+#[test]
+fn topology_and_a_server_named_queue_come_back_under_a_new_name() {
+    let (name, connection) = recovering("recovery-topology");
+    let channel = connection.channel().unwrap();
+    let exchange = auto_delete_fanout(&channel, "recovery-x");
     let old = support::exclusive_queue(&channel);
     channel
         .queue_bind(&old, &exchange, QueueBindOptions::default())
         .unwrap();
     // An exchange-to-exchange binding in front of it: upstream -> exchange -> queue.
-    let upstream = unique("recovery-up");
-    channel
-        .exchange_declare(
-            &upstream,
-            ExchangeDeclareOptions {
-                exchange_type: ExchangeType::Fanout,
-                auto_delete: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let upstream = auto_delete_fanout(&channel, "recovery-up");
     channel
         .exchange_bind(&exchange, &upstream, Default::default())
         .unwrap();
@@ -150,17 +146,7 @@ fn topology_and_a_server_named_queue_come_back_under_a_new_name() {
 fn a_server_named_queue_that_outlives_the_connection_keeps_its_name_and_messages() {
     let (name, connection) = recovering("recovery-kept-queue");
     let channel = connection.channel().unwrap();
-    let exchange = unique("recovery-kept-x");
-    channel
-        .exchange_declare(
-            &exchange,
-            ExchangeDeclareOptions {
-                exchange_type: ExchangeType::Fanout,
-                auto_delete: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let exchange = auto_delete_fanout(&channel, "recovery-kept-x");
     let queue = channel
         .queue_declare("", QueueDeclareOptions::default())
         .unwrap()
@@ -728,4 +714,44 @@ fn an_rpc_client_and_an_rpc_server_go_on_after_a_recovery() {
     serving.stop_consuming(None).unwrap();
     served.join().unwrap().unwrap();
     serving.queue_delete(&queue, Default::default()).unwrap();
+}
+
+/// A call pumping the client's channel when the connection is lost, after the client's
+/// connection had done connection-level work (here a mandatory request's return, which moves
+/// the engine's work counter on): the call ends by its deadline (with the loss, or a timeout)
+/// and the client goes on after the recovery. (A pumper that kept comparing against the old
+/// engine's counter after the recovery swapped engines under it would spin past its deadline;
+/// that needs the swap to land inside one pump, which this test hits only by chance.)
+#[test]
+fn an_rpc_call_pumping_across_a_recovery_ends_by_its_deadline() {
+    use cottontail::{CallOptions, RpcClient};
+    let (name, connection) = recovering("recovery-rpc-pump");
+    let client = RpcClient::new(&connection).unwrap();
+    let nowhere = unique("recovery-rpc-nowhere");
+    let options = |mandatory| CallOptions {
+        timeout: Some(Duration::from_secs(4)),
+        mandatory,
+        ..Default::default()
+    };
+    let returned = client.call("", &nowhere, b"returned", options(true));
+    assert!(
+        matches!(returned, Err(Error::Unroutable { .. })),
+        "{returned:?}"
+    );
+    let (done_tx, done_rx) = mpsc::channel();
+    let pumping = {
+        let (client, nowhere) = (client.clone(), nowhere.clone());
+        std::thread::spawn(move || {
+            let _ = done_tx.send(client.call("", &nowhere, b"lost", options(false)));
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    force_close(&connection, &name);
+    let ended = done_rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the call pumping at the loss never returned");
+    assert!(ended.is_err(), "{ended:?}");
+    pumping.join().unwrap();
+    let again = client.call("", &nowhere, b"after", options(true));
+    assert!(matches!(again, Err(Error::Unroutable { .. })), "{again:?}");
 }

@@ -68,7 +68,7 @@ impl Channel {
     }
 
     pub(super) fn run_return_callbacks(&self, returned: Returned) -> Result<()> {
-        run_callbacks(
+        let ran = run_callbacks(
             || self.lock_callbacks(),
             |c| &mut c.on_return,
             |cb| {
@@ -77,11 +77,26 @@ impl Channel {
                     || cb(self, &returned.method, &returned.properties, &returned.body),
                 )
             },
-        )
+        );
+        // Returns are popped only while callbacks are registered (`next_event`): none here
+        // means another thread is running them. The return goes back, first in line, and
+        // whoever puts a return back or the list back wakes the waiters, so one of them looks
+        // again once both are back.
+        let ran = match ran {
+            Some(result) => result,
+            None => {
+                self.core().lock().unpop_return(returned);
+                Ok(())
+            }
+        };
+        if self.core().lock().has_returns() {
+            self.inner.owner.core().nudge();
+        }
+        ran
     }
 
     pub(super) fn run_cancel_callbacks(&self, tag: &str) -> Result<()> {
-        run_callbacks(
+        let ran = run_callbacks(
             || self.lock_callbacks(),
             |c| &mut c.on_cancel,
             |cb| {
@@ -95,6 +110,7 @@ impl Channel {
                     || cb(self, tag),
                 )
             },
-        )
+        );
+        ran.unwrap_or(Ok(()))
     }
 }

@@ -228,8 +228,12 @@ impl Channel {
         let method =
             crate::channel::methods::consume(queue, &tag, auto_ack, exclusive, &arguments)?;
         {
+            // The channel's state first (lock order), for a timed-out consume of this tag
+            // whose reply is still due: the broker may hold that consumer, and would refuse
+            // (530) a second one.
+            let pending = self.core().lock().consume_pending(&tag);
             let mut consumers = self.lock_consumers();
-            if consumers.contains_key(&tag) {
+            if pending || consumers.contains_key(&tag) {
                 return Err(Error::DuplicateConsumerTag(tag));
             }
             consumers.insert(
@@ -245,7 +249,10 @@ impl Channel {
         }
         // A tag used before (and orphaned) is this consumer's now.
         self.core().lock().forget_orphan(&tag);
-        match self.rpc_with(method, "basic.consume", Stale::Consume, |_| {}) {
+        let stale = Stale::Consume {
+            consumer_tag: tag.clone(),
+        };
+        match self.rpc_with(method, "basic.consume", stale, |_| {}) {
             Ok(Reply::Method(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))) => {
                 self.inner.owner.record(|t| {
                     t.consumer_started(

@@ -123,7 +123,7 @@ pub(crate) enum Reply {
 }
 
 /// A request whose caller gave up (timed out) and whose reply is still to come.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Stale {
     /// Any method: its reply is dropped on arrival.
     Method,
@@ -133,8 +133,9 @@ pub(crate) enum Stale {
     /// A basic.consume: a consume-ok that arrives is answered with a basic.cancel (nowait) of
     /// its tag, so the broker does not keep a consumer nobody has (its deliveries meanwhile
     /// are orphaned, see `orphans`). Cancelling earlier, behind the unanswered consume,
-    /// crashes RabbitMQ 3.10's channel process (541 closes the connection).
-    Consume,
+    /// crashes RabbitMQ 3.10's channel process (541 closes the connection). Until then the
+    /// tag may not be used again on the channel (`basic_consume` refuses it).
+    Consume { consumer_tag: String },
 }
 
 /// What became of a reply that arrived.
@@ -346,7 +347,7 @@ impl ChanState {
                     Delivered::Stale
                 }
                 (
-                    Stale::Consume,
+                    Stale::Consume { .. },
                     Reply::Method(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok))),
                 ) => Delivered::StaleConsume {
                     consumer_tag: ok.consumer_tag.clone(),
@@ -412,6 +413,20 @@ impl ChanState {
         let (_, returned) = self.returns.pop_front()?;
         self.returns_bytes -= weight(&returned.body, &returned.properties);
         Some(returned)
+    }
+
+    /// Puts back a return taken with [`pop_return`](Self::pop_return), first in line (no
+    /// longer charged to a publish).
+    pub(crate) fn unpop_return(&mut self, returned: Returned) {
+        self.returns_bytes += weight(&returned.body, &returned.properties);
+        self.returns.push_front((None, returned));
+    }
+
+    /// Whether a basic.consume with `consumer_tag` timed out and its reply is still to come.
+    pub(crate) fn consume_pending(&self, consumer_tag: &str) -> bool {
+        self.stale
+            .iter()
+            .any(|s| matches!(s, Stale::Consume { consumer_tag: t } if t == consumer_tag))
     }
 
     /// Takes the returned message charged to publish `seq`, if it is still kept.
