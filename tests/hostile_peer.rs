@@ -2,8 +2,8 @@
 //! `faults.rs` for the first set): a tune below the protocol's minimum frame size, a body
 //! frame split so that its first bytes would complete a message its frame overruns, a peer
 //! that floods requests needing replies while it reads nothing, a peer that closes the
-//! connection and then drains our output a trickle at a time, and one that stops reading
-//! while a channel is dropped. Each test checks the exact
+//! connection and then drains our output a trickle at a time, one that stops reading while a
+//! channel is dropped, and one that sends methods needing replies after our connection.close. Each test checks the exact
 //! typed error, or that the client stays bounded in time and memory.
 
 use std::time::{Duration, Instant};
@@ -249,5 +249,50 @@ fn dropping_a_channel_does_not_wait_for_a_peer_that_reads_nothing() {
     assert!(
         closed,
         "the dropped channel's channel.close never reached the peer"
+    );
+}
+
+/// A broker that, after our connection.close, still sends methods that would need a reply (a
+/// channel.close, a channel.flow) before its close-ok: AMQP says they are discarded, so the
+/// client sends nothing on a channel after its connection.close, and the close completes.
+#[test]
+fn nothing_follows_our_connection_close_but_the_close_itself() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        match peer.expect_method() {
+            (0, AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {}
+            other => panic!("expected connection.close, got {other:?}"),
+        }
+        peer.send_method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: 404,
+                reply_text: "NOT_FOUND - late".into(),
+                class_id: 0,
+                method_id: 0,
+            })),
+        );
+        peer.send_method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::Flow(channel::Flow { active: false })),
+        );
+        peer.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+        );
+        peer.drain()
+    });
+    let connection = Connection::open(client_params(port)).expect("open");
+    let _channel = connection.channel().expect("channel");
+    connection.close().expect("the close-ok came");
+    let after_close = join(fake);
+    let on_channels: Vec<_> = after_close
+        .iter()
+        .filter(|f| matches!(f, AMQPFrame::Method(ch, _) if *ch != 0))
+        .collect();
+    assert!(
+        on_channels.is_empty(),
+        "sent after connection.close: {on_channels:?}"
     );
 }

@@ -518,7 +518,8 @@ impl Router {
 
 impl Router {
     /// Queues a reply of the reader's own behind everything callers queued before it; the I/O
-    /// thread writes it (woken if the buffer was empty). Notes when such replies pile up
+    /// thread writes it (woken if the buffer was empty). Channel replies are dropped once we
+    /// sent connection.close. Notes when such replies pile up
     /// unwritten ([`backlogged`](Self::backlogged)).
     fn queue_reply(&mut self, core: &Core, channel: u16, method: AMQPClass) {
         let mut frame = Vec::new();
@@ -527,6 +528,11 @@ impl Router {
             return;
         }
         let mut link = core.lock_link();
+        // After our connection.close, the broker's methods are discarded (AMQP): nothing but
+        // the close-ok to a close of its own that crossed ours may follow on the wire.
+        if link.closing.is_some() && channel != 0 {
+            return;
+        }
         link.replies_queued += frame.len();
         self.backlog |= link.replies_queued > REPLY_BACKLOG;
         core.enqueue(link, |buf| buf.extend_from_slice(&frame));
