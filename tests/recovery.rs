@@ -53,6 +53,17 @@ fn force_close(connection: &Connection, name: &str) -> Duration {
     started.elapsed()
 }
 
+/// The report of the first `Recovered` event received so far on `events`.
+fn first_report(events: &mpsc::Receiver<RecoveryEvent>) -> cottontail::RecoveryReport {
+    events
+        .try_iter()
+        .find_map(|e| match e {
+            RecoveryEvent::Recovered(report) => Some(report),
+            _ => None,
+        })
+        .expect("a Recovered event")
+}
+
 /// Declares an auto-delete fanout exchange named after `prefix` on `channel`.
 fn auto_delete_fanout(channel: &cottontail::Channel, prefix: &str) -> String {
     let exchange = unique(prefix);
@@ -165,13 +176,7 @@ fn a_server_named_queue_that_outlives_the_connection_keeps_its_name_and_messages
 
     assert_eq!(connection.current_queue_name(&queue), queue);
     connection.process_data_events(Duration::ZERO).unwrap();
-    let report = events_rx
-        .try_iter()
-        .find_map(|e| match e {
-            RecoveryEvent::Recovered(report) => Some(report),
-            _ => None,
-        })
-        .expect("a Recovered event");
+    let report = first_report(&events_rx);
     assert!(report.renamed.is_empty(), "{:?}", report.renamed);
     // The message from before is still there, and the binding still routes to it.
     channel.basic_publish(&exchange, "", b"after").unwrap();
@@ -542,13 +547,7 @@ fn a_reused_channel_number_does_not_bring_back_an_old_consumer_and_tx_channels_c
         commit.as_ref().is_err_and(Error::is_connection_error),
         "{commit:?}"
     );
-    let report = events_rx
-        .try_iter()
-        .find_map(|e| match e {
-            RecoveryEvent::Recovered(report) => Some(report),
-            _ => None,
-        })
-        .expect("a Recovered event");
+    let report = first_report(&events_rx);
     assert!(
         report
             .closed_channels
@@ -648,13 +647,7 @@ fn the_filter_leaves_entities_out_and_a_broker_closed_channel_stays_closed() {
             ..
         })
     ));
-    let report = events_rx
-        .try_iter()
-        .find_map(|e| match e {
-            RecoveryEvent::Recovered(report) => Some(report),
-            _ => None,
-        })
-        .expect("a Recovered event");
+    let report = first_report(&events_rx);
     assert!(
         report.skipped.iter().any(|(e, err)| err.is_none()
             && matches!(e, cottontail::Entity::Queue { name, .. } if *name == skipped_queue)),
