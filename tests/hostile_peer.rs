@@ -3,7 +3,9 @@
 //! frame split so that its first bytes would complete a message its frame overruns, a peer
 //! that floods requests needing replies while it reads nothing, a peer that closes the
 //! connection and then drains our output a trickle at a time, one that stops reading while a
-//! channel is dropped, and one that sends methods needing replies after our connection.close. Each test checks the exact
+//! channel is dropped, one that sends methods needing replies after our connection.close, an
+//! unasked connection.close-ok, a late update-secret-ok, and a flood of cancels for unknown
+//! consumers. Each test checks the exact
 //! typed error, or that the client stays bounded in time and memory.
 
 use std::time::{Duration, Instant};
@@ -295,4 +297,134 @@ fn nothing_follows_our_connection_close_but_the_close_itself() {
         on_channels.is_empty(),
         "sent after connection.close: {on_channels:?}"
     );
+}
+
+/// A connection.close-ok the client never asked for (it sent no connection.close) is the
+/// peer's protocol error, not a close by the application: the waiting call gets
+/// `Error::Protocol` 503, and the connection's close reason is not "closed by the client".
+#[test]
+fn an_unasked_connection_close_ok_is_a_protocol_error_not_a_client_close() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        peer.expect_qos(1);
+        peer.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+        );
+        peer.drain()
+    });
+    let connection = Connection::open(client_params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    let result = channel.basic_qos(Default::default());
+    let reason = protocol_reason(result, 503);
+    assert!(reason.contains("close-ok"), "{reason}");
+    let closed = connection.close_reason();
+    assert!(
+        !closed.as_ref().is_some_and(Error::is_closed_by_client),
+        "{closed:?}"
+    );
+    join(fake);
+}
+
+/// An update-secret that timed out is answered late, while the next update-secret waits: that
+/// late ok is the first call's, so the second call does not take it for its own (here the
+/// broker then refuses the second secret and closes the connection with 530).
+#[test]
+fn a_late_update_secret_ok_is_not_taken_for_the_next_calls() {
+    let update_secret = |peer: &mut Peer| match peer.expect_method() {
+        (0, AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_))) => {}
+        other => panic!("expected connection.update-secret, got {other:?}"),
+    };
+    let (port, fake) = spawn_fake(move |broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        update_secret(&mut peer);
+        update_secret(&mut peer);
+        peer.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                connection::UpdateSecretOk {},
+            )),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        peer.send_connection_close(530, "NOT_ALLOWED - new secret refused");
+        peer.drain()
+    });
+    let connection = Connection::open(client_params(port)).expect("open");
+    let first = connection.update_secret("first", "rotation");
+    assert!(matches!(first, Err(Error::Timeout { .. })), "{first:?}");
+    let second = connection.update_secret("second", "rotation");
+    assert!(
+        matches!(
+            second,
+            Err(Error::ConnectionClosed {
+                reply_code: 530,
+                ..
+            })
+        ),
+        "the second update_secret took the first one's late ok: {second:?}"
+    );
+    join(fake);
+}
+
+/// A flood of broker cancels for tags nobody has, then the cancel of a real consumer, all in
+/// one burst: the real one is not crowded out, and the consumer's iterator ends.
+#[test]
+fn a_flood_of_unknown_cancels_does_not_hide_a_real_one() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        let tag = match peer.expect_method() {
+            (1, AMQPClass::Basic(basic::AMQPMethod::Consume(c))) => c.consumer_tag.to_string(),
+            other => panic!("expected basic.consume, got {other:?}"),
+        };
+        peer.send_method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                consumer_tag: tag.as_str().into(),
+            })),
+        );
+        let cancel = |tag: &str| {
+            Peer::encode(&AMQPFrame::Method(
+                1,
+                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: tag.into(),
+                    nowait: true,
+                })),
+            ))
+        };
+        let mut burst: Vec<u8> = (0..1_500)
+            .flat_map(|i| cancel(&format!("nobody-{i}")))
+            .collect();
+        burst.extend(cancel(&tag));
+        peer.send_raw(&burst);
+        peer.drain()
+    });
+    let connection = Connection::open(client_params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    let consumer = channel
+        .consume(
+            "q",
+            cottontail::ConsumeOptions {
+                inactivity_timeout: Some(Duration::from_millis(200)),
+                ..Default::default()
+            },
+        )
+        .expect("consume");
+    let started = Instant::now();
+    let mut inactive = 0;
+    for item in consumer {
+        match item {
+            Ok(cottontail::Consumed::Inactive) => inactive += 1,
+            other => panic!("only inactivity before the end, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the iterator did not end after the broker cancelled its consumer ({inactive} \
+             inactivity timeouts)"
+        );
+    }
+    drop(channel);
+    drop(connection);
+    join(fake);
 }

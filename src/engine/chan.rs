@@ -364,11 +364,18 @@ impl ChanState {
         Delivered::ToWaiter
     }
 
-    /// Records a broker cancel of `consumer_tag` (once, and at most [`CANCELS_KEPT`]).
+    /// Records a broker cancel of `consumer_tag` (once, and at most [`CANCELS_KEPT`]: past
+    /// that the oldest goes, so a flood of cancels for tags nobody has cannot crowd out a
+    /// real one that follows).
     pub(crate) fn push_cancel(&mut self, consumer_tag: String) {
-        if self.cancelled.len() < CANCELS_KEPT && !self.cancelled.contains(&consumer_tag) {
-            self.cancelled.push(consumer_tag);
+        if self.cancelled.contains(&consumer_tag) {
+            return;
         }
+        if self.cancelled.len() >= CANCELS_KEPT {
+            let dropped = self.cancelled.remove(0);
+            log::debug!("more than {CANCELS_KEPT} broker cancels unseen: forgetting {dropped}");
+        }
+        self.cancelled.push(consumer_tag);
     }
 
     /// Keeps a returned message for the return callbacks, at most [`RETURNS_KEPT_BYTES`] of

@@ -285,6 +285,12 @@ impl Core {
             link.closed.clone().map(Err)
         });
         got.unwrap_or_else(|| {
+            let mut link = self.lock_link();
+            if link.secret_updates > seen {
+                return Ok(());
+            }
+            // Its ok may still come: it is not the next call's.
+            link.secret_updates_stale += 1;
             Err(Error::timeout(
                 "waiting for connection.update-secret-ok",
                 timeout,

@@ -156,6 +156,9 @@ pub(crate) struct Link {
     pub(crate) blocked_events: VecDeque<Option<String>>,
     /// update-secret-ok replies received (a counter, so a waiter can tell a new one).
     pub(crate) secret_updates: u64,
+    /// update-secret calls that timed out and whose ok is still to come: the next that many
+    /// oks are theirs, not counted in `secret_updates`.
+    pub(crate) secret_updates_stale: u64,
     /// Who writes outside this lock (rule 2): callers write directly only while nobody does.
     pub(crate) writer: Writer,
     /// When a caller last appended a publish (rule 2).
@@ -181,6 +184,7 @@ impl Link {
             blocked_since: None,
             blocked_events: VecDeque::new(),
             secret_updates: 0,
+            secret_updates_stale: 0,
             writer: Writer::Nobody,
             last_publish: None,
             closing_soon: false,

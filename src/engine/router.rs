@@ -335,7 +335,14 @@ impl Router {
                     method_id: close.method_id,
                 })))
             }
-            connection::AMQPMethod::CloseOk(_) => Ok(Some(Exit::CloseOk)),
+            connection::AMQPMethod::CloseOk(_) if core.lock_link().closing.is_some() => {
+                Ok(Some(Exit::CloseOk))
+            }
+            // Not the application's close: a peer's error, not a normal shutdown.
+            connection::AMQPMethod::CloseOk(_) => Err(Error::protocol(
+                COMMAND_INVALID,
+                "connection.close-ok for a connection.close we did not send",
+            )),
             connection::AMQPMethod::Blocked(blocked) => {
                 log::warn!("the broker blocked the connection: {}", blocked.reason);
                 let mut link = core.lock_link();
@@ -357,7 +364,13 @@ impl Router {
                 Ok(None)
             }
             connection::AMQPMethod::UpdateSecretOk(_) => {
-                core.lock_link().secret_updates += 1;
+                let mut link = core.lock_link();
+                // The first ones answer calls that gave up (in order): not the current one's.
+                match link.secret_updates_stale.checked_sub(1) {
+                    Some(left) => link.secret_updates_stale = left,
+                    None => link.secret_updates += 1,
+                }
+                drop(link);
                 self.changed = true;
                 Ok(None)
             }
