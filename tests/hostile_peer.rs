@@ -4,8 +4,8 @@
 //! that floods requests needing replies while it reads nothing, a peer that closes the
 //! connection and then drains our output a trickle at a time, one that stops reading while a
 //! channel is dropped, one that sends methods needing replies after our connection.close, an
-//! unasked connection.close-ok, a late update-secret-ok, and a flood of cancels for unknown
-//! consumers. Each test checks the exact
+//! unasked connection.close-ok, a late update-secret-ok, a flood of cancels for unknown
+//! consumers, and replies that do not answer the request. Each test checks the exact
 //! typed error, or that the client stays bounded in time and memory.
 
 use std::time::{Duration, Instant};
@@ -427,4 +427,47 @@ fn a_flood_of_unknown_cancels_does_not_hide_a_real_one() {
     drop(channel);
     drop(connection);
     join(fake);
+}
+
+/// A reply of the wrong kind (a basic.get-ok with a message, and a consume-ok, while a
+/// queue.declare waits) is the peer's protocol error: the call gets `Error::Protocol` 503, the
+/// client closes the connection with 503 (so the broker requeues what it sent), instead of
+/// handing a wrong reply to the caller on a connection left open.
+#[test]
+fn a_reply_that_does_not_answer_the_request_ends_the_connection_with_503() {
+    for wrong_get_ok in [true, false] {
+        let (port, fake) = spawn_fake(move |broker| {
+            let mut peer = broker.accept_and_handshake(0, 131_072);
+            peer.open_channel(1);
+            match peer.expect_method() {
+                (1, AMQPClass::Queue(_)) => {}
+                other => panic!("expected queue.declare, got {other:?}"),
+            }
+            if wrong_get_ok {
+                let mut bytes = Peer::get_ok_and_header(1, 1, 2);
+                bytes.extend(Peer::encode(&AMQPFrame::Body(1, b"hi".to_vec())));
+                peer.send_raw(&bytes);
+            } else {
+                peer.send_method(
+                    1,
+                    AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                        consumer_tag: "stray".into(),
+                    })),
+                );
+            }
+            peer.drain()
+        });
+        let connection = Connection::open(client_params(port)).expect("open");
+        let channel = connection.channel().expect("channel");
+        let declared = channel.queue_declare("q", Default::default());
+        let reason = protocol_reason(declared, 503);
+        assert!(reason.contains("does not answer"), "{reason}");
+        assert!(!connection.is_open());
+        let frames = join(fake);
+        assert_eq!(
+            fake_broker::connection_close_code(&frames),
+            Some(503),
+            "the client's connection.close (wrong get-ok: {wrong_get_ok})"
+        );
+    }
 }

@@ -26,7 +26,7 @@ pub(crate) fn send_request(
 ) -> Result<u64> {
     conn.send_on(core, frame, None, deadline, |st| {
         ensure_open(st)?;
-        st.awaiting = true;
+        st.awaiting = codec::method_id(frame);
         st.reply = None;
         if let Some(on_send) = on_send.take() {
             on_send(st);
@@ -70,7 +70,7 @@ pub(crate) fn await_reply(
             }
             // The reply may still come: it is dealt with then (dropped, or a get-ok
             // requeued), not taken for the next request's.
-            st.awaiting = false;
+            st.awaiting = None;
             st.stale.push_back(stale);
             Error::timeout(format!("waiting for the reply to {what}"), timeout)
         },

@@ -16,6 +16,7 @@ use amq_protocol::protocol::{basic, AMQPClass};
 use crate::delivery::{Delivery, GetMessage, Returned};
 use crate::error::Error;
 use crate::protocol::acks::AckRun;
+use crate::protocol::codec;
 use crate::protocol::confirms::{fingerprint, ConfirmTracker};
 use crate::protocol::properties::BasicProperties;
 
@@ -122,6 +123,16 @@ pub(crate) enum Reply {
     Get(GetMessage),
 }
 
+impl Reply {
+    /// Its class and method id.
+    pub(crate) fn id(&self) -> (u16, u16) {
+        match self {
+            Reply::Method(m) => (m.get_amqp_class_id(), m.get_amqp_method_id()),
+            Reply::Get(_) => (60, 71),
+        }
+    }
+}
+
 /// A request whose caller gave up (timed out) and whose reply is still to come.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Stale {
@@ -153,6 +164,8 @@ pub(crate) enum Delivered {
     },
     /// Nobody asked for it.
     Unwanted,
+    /// It does not answer the request awaited (class and method id): a peer's protocol error.
+    Mismatch { request: (u16, u16) },
 }
 
 /// Where a channel is in its life.
@@ -176,8 +189,8 @@ pub(crate) enum Life {
 #[derive(Debug)]
 pub(crate) struct ChanState {
     pub(crate) life: Life,
-    /// A synchronous method was sent and its reply is awaited.
-    pub(crate) awaiting: bool,
+    /// A synchronous method (its class and method id) was sent and its reply is awaited.
+    pub(crate) awaiting: Option<(u16, u16)>,
     pub(crate) reply: Option<Reply>,
     /// Replies still to come for requests whose caller gave up, oldest first.
     pub(crate) stale: VecDeque<Stale>,
@@ -240,7 +253,7 @@ impl ChannelCore {
             id,
             state: Mutex::new(ChanState {
                 life: Life::Open,
-                awaiting: false,
+                awaiting: None,
                 reply: None,
                 stale: VecDeque::new(),
                 deliveries: VecDeque::new(),
@@ -273,7 +286,7 @@ impl ChannelCore {
         if !matches!(st.life, Life::Closed(_)) {
             st.life = Life::Closed(error.clone());
         }
-        st.awaiting = false;
+        st.awaiting = None;
     }
 
     /// The connection was lost and is to recover (see `recovery`): an open channel becomes
@@ -293,7 +306,7 @@ impl ChannelCore {
         };
         st.losses = (st.losses.0 + 1, Some(error.clone()));
         // A reply already routed stays for its waiter; none is coming any more.
-        st.awaiting = false;
+        st.awaiting = None;
         st.stale.clear();
         st.orphans.clear();
         st.tag_offset = st.tag_offset.saturating_add(st.acks.last_delivered());
@@ -355,10 +368,13 @@ impl ChanState {
                 _ => Delivered::Stale,
             };
         }
-        if !self.awaiting {
+        let Some(request) = self.awaiting else {
             return Delivered::Unwanted;
+        };
+        if !codec::answers(request, reply.id()) {
+            return Delivered::Mismatch { request };
         }
-        self.awaiting = false;
+        self.awaiting = None;
         self.reply = Some(reply);
         self.reply_losses = self.losses.0;
         Delivered::ToWaiter

@@ -257,7 +257,12 @@ impl Router {
                 let mut method = method;
                 method.delivery_tag = run_on(method.delivery_tag)?;
                 let reply = Reply::Get(GetMessage::new(method, properties, body, core.generation));
+                let id = reply.id();
                 match st.deliver_reply(reply) {
+                    // The connection ends: the broker requeues the message.
+                    Delivered::Mismatch { request } => {
+                        return Err(mismatched(channel, request, id))
+                    }
                     Delivered::ToWaiter | Delivered::Stale | Delivered::StaleConsume { .. } => {}
                     Delivered::StaleGet { delivery_tag } => {
                         drop(st);
@@ -462,7 +467,7 @@ impl Router {
                     Life::Closing(ours) => ours.clone(),
                     _ => error,
                 });
-                st.awaiting = false;
+                st.awaiting = None;
                 // The broker requeued everything unacked; nothing may follow the close-ok.
                 st.acks.discard();
                 drop_deliveries(channel, &mut st.deliveries, log::Level::Warn);
@@ -482,7 +487,7 @@ impl Router {
                     return Ok(());
                 };
                 st.life = Life::Closed(ours.clone());
-                st.awaiting = false;
+                st.awaiting = None;
                 st.deliveries.clear();
                 self.forget(core, channel, false);
                 drop(st);
@@ -500,7 +505,12 @@ impl Router {
             }
             reply => {
                 let mut st = chan.lock();
-                match st.deliver_reply(Reply::Method(reply)) {
+                let reply = Reply::Method(reply);
+                let id = reply.id();
+                match st.deliver_reply(reply) {
+                    Delivered::Mismatch { request } => {
+                        return Err(mismatched(channel, request, id))
+                    }
                     Delivered::Unwanted => {
                         log::warn!("channel {channel}: ignoring a reply nobody waits for")
                     }
@@ -560,4 +570,16 @@ impl Router {
         }
         self.backlog
     }
+}
+
+/// The protocol error for a reply that does not answer the request awaited on `channel`
+/// (class and method ids).
+fn mismatched(channel: u16, request: (u16, u16), reply: (u16, u16)) -> Error {
+    Error::protocol(
+        COMMAND_INVALID,
+        format!(
+            "channel {channel}: method {}.{} does not answer the request {}.{} awaiting a reply",
+            reply.0, reply.1, request.0, request.1
+        ),
+    )
 }

@@ -476,3 +476,25 @@ fn truncate_for_display(s: &str) -> String {
 #[cfg(test)]
 #[path = "codec_tests.rs"]
 mod tests;
+
+/// The class and method id of the method frame `frame` starts with (its payload's first four
+/// bytes); `None` for anything shorter.
+pub(crate) fn method_id(frame: &[u8]) -> Option<(u16, u16)> {
+    let ids = frame.get(7..11)?;
+    Some((
+        u16::from_be_bytes([ids[0], ids[1]]),
+        u16::from_be_bytes([ids[2], ids[3]]),
+    ))
+}
+
+/// Whether method `reply` (class and method id) answers the synchronous method `request`:
+/// the same class, and the method's `-ok`, which AMQP 0-9-1 numbers one past the request
+/// except `exchange.unbind-ok` (51 for 40) and `basic.get-empty` (72 for 70, with get-ok 71).
+pub(crate) fn answers(request: (u16, u16), reply: (u16, u16)) -> bool {
+    const EXCHANGE: u16 = 40;
+    const BASIC: u16 = 60;
+    request.0 == reply.0
+        && (reply.1 == request.1.wrapping_add(1)
+            || (request == (EXCHANGE, 40) && reply.1 == 51)
+            || (request == (BASIC, 70) && reply.1 == 72))
+}

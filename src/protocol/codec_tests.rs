@@ -356,3 +356,78 @@ fn each_read_inside_a_large_body_frame_takes_the_rest_of_it() {
     }
     assert_eq!((total, reader.buf.len()), (200_000, READ_CHUNK));
 }
+
+#[test]
+fn every_synchronous_request_is_answered_by_its_own_ok_only() {
+    use amq_protocol::protocol::{channel, confirm, exchange, queue, tx};
+    let id = |m: AMQPClass| {
+        let mut frame = Vec::new();
+        encode_method(&mut frame, 1, m.clone()).unwrap();
+        let from_frame = method_id(&frame).unwrap();
+        assert_eq!(from_frame, (m.get_amqp_class_id(), m.get_amqp_method_id()));
+        from_frame
+    };
+    let pairs = [
+        (
+            id(AMQPClass::Channel(channel::AMQPMethod::Open(
+                channel::Open {},
+            ))),
+            id(AMQPClass::Channel(channel::AMQPMethod::OpenOk(
+                channel::OpenOk {},
+            ))),
+        ),
+        (
+            id(AMQPClass::Exchange(exchange::AMQPMethod::Unbind(
+                exchange::Unbind::default(),
+            ))),
+            id(AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(
+                exchange::UnbindOk {},
+            ))),
+        ),
+        (
+            id(AMQPClass::Queue(queue::AMQPMethod::Unbind(
+                queue::Unbind::default(),
+            ))),
+            id(AMQPClass::Queue(queue::AMQPMethod::UnbindOk(
+                queue::UnbindOk {},
+            ))),
+        ),
+        (
+            id(AMQPClass::Basic(basic::AMQPMethod::Get(
+                basic::Get::default(),
+            ))),
+            id(AMQPClass::Basic(basic::AMQPMethod::GetEmpty(
+                basic::GetEmpty {},
+            ))),
+        ),
+        (
+            id(AMQPClass::Basic(basic::AMQPMethod::Qos(
+                basic::Qos::default(),
+            ))),
+            id(AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {}))),
+        ),
+        (
+            id(AMQPClass::Tx(tx::AMQPMethod::Commit(tx::Commit {}))),
+            id(AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {}))),
+        ),
+        (
+            id(AMQPClass::Confirm(confirm::AMQPMethod::Select(
+                confirm::Select::default(),
+            ))),
+            id(AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(
+                confirm::SelectOk {},
+            ))),
+        ),
+    ];
+    for (request, reply) in pairs {
+        assert!(answers(request, reply), "{request:?} -> {reply:?}");
+    }
+    // basic.get-ok (60.71) answers basic.get; nothing answers across classes or with
+    // another method's ok.
+    assert!(answers((60, 70), (60, 71)));
+    assert!(!answers((50, 10), (60, 71)), "get-ok for queue.declare");
+    assert!(!answers((60, 10), (60, 21)), "consume-ok for basic.qos");
+    assert!(!answers((40, 40), (40, 31)), "bind-ok for exchange.unbind");
+    assert!(!answers((60, 20), (60, 20)));
+    assert_eq!(method_id(&[1, 0, 1, 0, 0, 0, 4, 0]), None);
+}
