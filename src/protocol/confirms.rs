@@ -186,9 +186,13 @@ impl ConfirmTracker {
         Some(seq)
     }
 
-    /// The broker acked (`nack == false`) or nacked `tag`, `multiple` meaning everything up to it.
+    /// The broker acked (`nack == false`) or nacked `tag`, `multiple` meaning everything up to it
+    /// (and tag 0 with `multiple` every outstanding publish, as AMQP 0-9-1 defines it).
     pub(crate) fn on_confirm(&mut self, tag: u64, multiple: bool, nack: bool) {
-        let tag = tag.saturating_add(self.base);
+        let tag = match (tag, multiple) {
+            (0, true) => u64::MAX,
+            _ => tag.saturating_add(self.base),
+        };
         if multiple {
             while let Some(&front) = self.outstanding.front() {
                 if front > tag {
@@ -525,6 +529,21 @@ mod tests {
         long[999] = 1;
         assert_ne!(fingerprint("", "q", &long), base);
         assert_ne!(fingerprint("", "q", &long[..999]), base);
+    }
+
+    #[test]
+    fn a_multiple_confirm_of_tag_0_settles_every_outstanding_publish() {
+        let mut t = ConfirmTracker::new();
+        for _ in 0..3 {
+            t.publish(Some(1));
+        }
+        t.on_confirm(0, true, true);
+        assert!(!t.has_outstanding());
+        assert_eq!(t.take_outcomes().nacked, vec![1, 2, 3]);
+        // Without `multiple`, tag 0 names no publish.
+        t.publish(None);
+        t.on_confirm(0, false, false);
+        assert!(t.is_outstanding(4));
     }
 
     #[test]
