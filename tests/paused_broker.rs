@@ -71,18 +71,23 @@ impl Drop for Frozen {
     }
 }
 
+/// A connection to the test broker with this heartbeat and RPC timeout.
+fn connect(heartbeat: Option<u16>, rpc_timeout: Duration) -> Connection {
+    Connection::open(
+        support::params()
+            .with_heartbeat(heartbeat)
+            .with_rpc_timeout(rpc_timeout),
+    )
+    .unwrap()
+}
+
 /// The tests of this file take turns: each freezes the whole broker.
 static FREEZE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn frozen_broker_is_a_heartbeat_timeout_for_every_waiter() {
     let _turn = FREEZE.lock().unwrap_or_else(|p| p.into_inner());
-    let connection = Connection::open(
-        support::params()
-            .with_heartbeat(Some(1))
-            .with_rpc_timeout(Duration::from_secs(30)),
-    )
-    .unwrap();
+    let connection = connect(Some(1), Duration::from_secs(30));
     let channel = connection.channel().unwrap();
     let queue = support::exclusive_queue(&channel);
     channel
@@ -126,12 +131,7 @@ fn frozen_broker_is_a_heartbeat_timeout_for_every_waiter() {
 #[test]
 fn close_returns_within_its_deadline_while_the_broker_is_frozen() {
     let _turn = FREEZE.lock().unwrap_or_else(|p| p.into_inner());
-    let connection = Connection::open(
-        support::params()
-            .with_heartbeat(Some(0))
-            .with_rpc_timeout(Duration::from_secs(2)),
-    )
-    .unwrap();
+    let connection = connect(Some(0), Duration::from_secs(2));
     let _channel = connection.channel().unwrap();
     let frozen = Frozen::new();
     // Open until the close: an `Ok` below would then be a close-ok from a frozen broker.
@@ -167,12 +167,7 @@ fn broker_consumers(queue: &str) -> Option<usize> {
 fn basic_consume_timed_out_on_a_frozen_broker_leaves_the_connection_and_queue_intact() {
     const MESSAGES: usize = 10;
     let _turn = FREEZE.lock().unwrap_or_else(|p| p.into_inner());
-    let connection = Connection::open(
-        support::params()
-            .with_heartbeat(Some(0))
-            .with_rpc_timeout(Duration::from_secs(2)),
-    )
-    .unwrap();
+    let connection = connect(Some(0), Duration::from_secs(2));
     let channel = connection.channel().unwrap();
     let queue = support::unique("frozen-consume");
     channel.queue_declare(&queue, Default::default()).unwrap();

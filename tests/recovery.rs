@@ -55,12 +55,10 @@ fn force_close(connection: &Connection, name: &str) -> Duration {
 
 /// The report of the first `Recovered` event received so far on `events`.
 fn first_report(events: &mpsc::Receiver<RecoveryEvent>) -> cottontail::RecoveryReport {
-    events
-        .try_iter()
-        .find_map(|e| match e {
-            RecoveryEvent::Recovered(report) => Some(report),
-            _ => None,
-        })
+    let events: Vec<RecoveryEvent> = events.try_iter().collect();
+    support::recovery::reports(&events)
+        .into_iter()
+        .next()
         .expect("a Recovered event")
 }
 

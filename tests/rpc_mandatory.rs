@@ -5,12 +5,15 @@
 
 mod support;
 
+#[path = "support/rpc.rs"]
+mod rpc_support;
+
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cottontail::{rpc, CallOptions, Channel, Connection, Error, RpcClient};
-use support::consuming::{named_queue, passive, Cleanup};
+use cottontail::{CallOptions, Error, RpcClient};
+use rpc_support::{request_queue, servers};
 use support::{connect, unique};
 
 /// Each call's own timeout: far longer than a return takes to come back.
@@ -22,32 +25,6 @@ fn mandatory() -> CallOptions {
         mandatory: true,
         ..Default::default()
     }
-}
-
-/// An echo server (`rpc::serve`) on `queue`, on a channel and thread of its own; returns the
-/// channel (to stop it) and the thread.
-fn echo_server(
-    connection: &Connection,
-    queue: &str,
-) -> (Channel, thread::JoinHandle<cottontail::Result<()>>) {
-    let channel = connection.channel().unwrap();
-    let serving = channel.clone();
-    let queue_name = queue.to_string();
-    let thread = thread::spawn(move || {
-        rpc::serve(&serving, &queue_name, |_properties, body| {
-            Ok([b"echo:", body].concat())
-        })
-    });
-    let probe = connection.channel().unwrap();
-    assert!(
-        support::eventually(Duration::from_secs(10), || probe
-            .queue_declare(queue, passive())
-            .unwrap()
-            .consumer_count
-            == 1),
-        "the echo server did not start consuming {queue}"
-    );
-    (channel, thread)
 }
 
 /// Checks that `result` is the broker's return of request `body` sent to `routing_key`, and
@@ -87,24 +64,20 @@ fn a_mandatory_request_nobody_takes_fails_at_once_as_unroutable() {
     assert_unroutable(&result, &nowhere, b"ping", started.elapsed());
 
     // The client goes on: a routable call gets its reply.
-    let mut cleanup = Cleanup::default();
-    let queue = named_queue(&mut cleanup, "rpc-mandatory");
+    let (queue, _cleanup) = request_queue("rpc-mandatory");
     let server = connect();
-    let (serving, thread) = echo_server(&server, &queue);
+    let _servers = servers(&server, &queue, 1, 1);
     let reply = client.call("", &queue, b"hello", mandatory()).unwrap();
     assert_eq!(reply.body, b"echo:hello");
-    serving.stop_consuming(None).unwrap();
-    thread.join().unwrap().unwrap();
 }
 
 #[test]
 fn routable_and_unroutable_calls_from_eight_threads_each_get_their_own_outcome() {
     const THREADS: usize = 8;
     const CALLS: usize = 20;
-    let mut cleanup = Cleanup::default();
-    let queue = named_queue(&mut cleanup, "rpc-mandatory-threads");
+    let (queue, _cleanup) = request_queue("rpc-mandatory-threads");
     let server = connect();
-    let (serving, server_thread) = echo_server(&server, &queue);
+    let _servers = servers(&server, &queue, 1, 1);
     let connection = connect();
     let client = RpcClient::new(&connection).unwrap();
     let nowhere = Arc::new(unique("no-such-queue"));
@@ -132,8 +105,6 @@ fn routable_and_unroutable_calls_from_eight_threads_each_get_their_own_outcome()
     for caller in callers {
         caller.join().expect("a calling thread failed");
     }
-    serving.stop_consuming(None).unwrap();
-    server_thread.join().unwrap().unwrap();
 }
 
 /// Another thread runs `process_data_events` on the client's connection all along, so it may

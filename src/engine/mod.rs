@@ -54,13 +54,14 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::table::FieldTable;
 use amq_protocol::frame::{AMQPFrame, ProtocolVersion};
+use amq_protocol::protocol::{connection, AMQPClass};
 
 use self::chan::{ChanState, ChannelCore, ChannelTable, InboundMeter};
 use self::outbound::Link;
 use self::token::ReadToken;
 use crate::error::{Error, Result};
 use crate::params::ConnectionParameters;
-use crate::protocol::codec::{self, FrameReader, Inbound};
+use crate::protocol::codec::{self, short, FrameReader, Inbound};
 use crate::protocol::handshake::{Handshake, Login, Settings, Step, Tuned};
 use crate::transport::Stream;
 
@@ -296,6 +297,48 @@ impl Core {
                 timeout,
             ))
         })
+    }
+
+    /// Closes the connection: sends connection.close, waits for close-ok (at most `timeout`),
+    /// then stops the I/O thread. Queued frames are written before the close.
+    pub(crate) fn close(&self, reply_code: u16, reply_text: &str, timeout: Duration) -> Result<()> {
+        let method = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code,
+            reply_text: short(reply_text)?,
+            class_id: 0,
+            method_id: 0,
+        }));
+        let mut frame = Vec::new();
+        codec::encode_method(&mut frame, 0, method)?;
+        // First no new acks are held, then the held ones are written: an ack made before
+        // this call reaches the broker ahead of the close.
+        self.lock_link().closing_soon = true;
+        self.flush_all_acks();
+        let mut link = self.lock_link();
+        let mut result = Ok(());
+        if link.closed.is_none() {
+            if link.closing.is_none() {
+                link.closing = Some((reply_code, reply_text.to_string()));
+                self.enqueue(link, |buf| buf.extend_from_slice(&frame));
+                // Publishers waiting on a blocked connection give up now.
+                self.link_cond.notify_all();
+            } else {
+                drop(link);
+            }
+            let closed = self.wait_until(deadline_after(timeout), || {
+                self.lock_link().closed.is_some().then_some(())
+            });
+            if closed.is_none() {
+                result = Err(Error::timeout("waiting for connection.close-ok", timeout));
+            }
+        } else {
+            drop(link);
+        }
+        self.stop_thread(Error::ConnectionClosedByClient {
+            reply_code,
+            reply_text: reply_text.to_string(),
+        });
+        result
     }
 
     /// Makes the I/O thread exit (if it has not) and waits for it.

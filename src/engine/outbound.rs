@@ -59,7 +59,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use amq_protocol::protocol::{connection, AMQPClass};
+use amq_protocol::protocol::AMQPClass;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
@@ -70,7 +70,7 @@ use super::{with_scratch, Core};
 use crate::error::{Error, Result};
 use crate::protocol::ack_frames::{AckFrames, Settle};
 use crate::protocol::acks::ACK_FLUSH_DELAY;
-use crate::protocol::codec::{self, short};
+use crate::protocol::codec;
 
 /// Outbound bytes past which callers wait for the I/O thread to drain (back-pressure).
 pub(crate) const OUTBOUND_HIGH_WATER: usize = 4 * 1024 * 1024;
@@ -592,48 +592,6 @@ impl Core {
             self.append_locked(self.lock_link(), &[], buf, None)
                 .map(|_| ())
         })
-    }
-
-    /// Closes the connection: sends connection.close, waits for close-ok (at most `timeout`),
-    /// then stops the I/O thread. Queued frames are written before the close.
-    pub(crate) fn close(&self, reply_code: u16, reply_text: &str, timeout: Duration) -> Result<()> {
-        let method = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-            reply_code,
-            reply_text: short(reply_text)?,
-            class_id: 0,
-            method_id: 0,
-        }));
-        let mut frame = Vec::new();
-        codec::encode_method(&mut frame, 0, method)?;
-        // First no new acks are held, then the held ones are written: an ack made before
-        // this call reaches the broker ahead of the close.
-        self.lock_link().closing_soon = true;
-        self.flush_all_acks();
-        let mut link = self.lock_link();
-        let mut result = Ok(());
-        if link.closed.is_none() {
-            if link.closing.is_none() {
-                link.closing = Some((reply_code, reply_text.to_string()));
-                self.enqueue(link, |buf| buf.extend_from_slice(&frame));
-                // Publishers waiting on a blocked connection give up now.
-                self.link_cond.notify_all();
-            } else {
-                drop(link);
-            }
-            let closed = self.wait_until(super::deadline_after(timeout), || {
-                self.lock_link().closed.is_some().then_some(())
-            });
-            if closed.is_none() {
-                result = Err(Error::timeout("waiting for connection.close-ok", timeout));
-            }
-        } else {
-            drop(link);
-        }
-        self.stop_thread(Error::ConnectionClosedByClient {
-            reply_code,
-            reply_text: reply_text.to_string(),
-        });
-        result
     }
 }
 
