@@ -374,3 +374,95 @@ fn an_rpc_behind_messages_nobody_takes_times_out_saying_why() {
         .unwrap();
     assert_eq!((ok.queue.as_str(), ok.message_count), (queue.as_str(), 0));
 }
+
+/// With a consumer of `queue` on `channel` and nothing pumping it, waits until every one of
+/// the queue's `n` messages left it for the client (auto-acked: the queue holds nothing;
+/// `manual` ack: all unacked), then has the broker close the channel (a publish to a missing
+/// exchange, 404).
+fn closed_by_the_broker_behind_deliveries(
+    channel: &cottontail::Channel,
+    queue: &str,
+    n: usize,
+    manual: bool,
+) {
+    let sent = if manual { (0, n) } else { (0, 0) };
+    assert!(
+        support::eventually(Duration::from_secs(10), || {
+            support::broker_counts(queue) == Some(sent)
+        }),
+        "the broker did not send every message: {:?}",
+        support::broker_counts(queue)
+    );
+    // Delivered by the queue to the channel; a moment more to reach the client.
+    std::thread::sleep(Duration::from_millis(200));
+    channel
+        .basic_publish(&unique("missing-exchange"), "k", b"x")
+        .unwrap();
+    assert!(
+        support::eventually(Duration::from_secs(5), || channel.is_closed()),
+        "the broker did not close the channel"
+    );
+}
+
+/// Deletes `queue` on a channel of its own.
+fn delete(connection: &cottontail::Connection, queue: &str) {
+    let channel = connection.channel().unwrap();
+    channel.queue_delete(queue, Default::default()).unwrap();
+}
+
+#[test]
+fn auto_acked_deliveries_read_before_the_broker_closes_the_channel_are_handed_out_first() {
+    const N: u32 = 200;
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = support::named_queue(&channel, "closed-behind");
+    publish_numbered(&channel, &queue, 0..N);
+    let (tx, rx) = mpsc::channel();
+    channel
+        .basic_consume(
+            &queue,
+            move |_, _, _, body| {
+                tx.send(u32::from_be_bytes(body.try_into().expect("4-byte body")))
+                    .unwrap()
+            },
+            BasicConsumeOptions {
+                auto_ack: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    closed_by_the_broker_behind_deliveries(&channel, &queue, N as usize, false);
+    // Every message the broker counts delivered reaches the callback, in order, and only
+    // then does start_consuming end with the channel's error.
+    let error = channel.start_consuming().unwrap_err();
+    assert_eq!(error.reply_code(), Some(404), "{error}");
+    let got: Vec<u32> = rx.try_iter().collect();
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+    assert_eq!(support::message_count(&connection, &queue), 0);
+    delete(&connection, &queue);
+}
+
+#[test]
+fn manual_ack_deliveries_read_before_the_broker_closes_the_channel_go_back_to_the_queue() {
+    const N: u32 = 200;
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = support::named_queue(&channel, "closed-behind-manual");
+    publish_numbered(&channel, &queue, 0..N);
+    let (tx, rx) = mpsc::channel();
+    channel
+        .basic_consume(
+            &queue,
+            move |_, method, _, _| tx.send(method.delivery_tag).unwrap(),
+            BasicConsumeOptions::default(),
+        )
+        .unwrap();
+    closed_by_the_broker_behind_deliveries(&channel, &queue, N as usize, true);
+    // They cannot be acked on a closed channel: none reaches the callback, and the broker
+    // holds every one again.
+    let error = channel.start_consuming().unwrap_err();
+    assert_eq!(error.reply_code(), Some(404), "{error}");
+    assert_eq!(rx.try_iter().count(), 0);
+    assert_eq!(support::message_count(&connection, &queue), N);
+    delete(&connection, &queue);
+}

@@ -5,8 +5,9 @@
 //! connection and then drains our output a trickle at a time, one that stops reading while a
 //! channel is dropped, one that sends methods needing replies after our connection.close, an
 //! unasked connection.close-ok, a late update-secret-ok, a flood of cancels for unknown
-//! consumers, and replies that do not answer the request. Each test checks the exact
-//! typed error, or that the client stays bounded in time and memory.
+//! consumers, replies that do not answer the request, and consume-oks and cancel-oks that
+//! name another consumer tag. Each test checks the exact typed error, or that the client
+//! stays bounded in time and memory.
 
 use std::time::{Duration, Instant};
 
@@ -468,6 +469,64 @@ fn a_reply_that_does_not_answer_the_request_ends_the_connection_with_503() {
             fake_broker::connection_close_code(&frames),
             Some(503),
             "the client's connection.close (wrong get-ok: {wrong_get_ok})"
+        );
+    }
+}
+
+/// A consume-ok or cancel-ok naming a consumer tag other than the one asked for is the
+/// peer's protocol error too (AMQP 0-9-1 echoes the client's tag; cottontail always names
+/// one): 503, the connection closed, so the broker requeues what it sent for that tag instead
+/// of leaving it unacked for a consumer the client does not know.
+#[test]
+fn a_consume_ok_or_cancel_ok_for_another_tag_ends_the_connection_with_503() {
+    for cancel in [false, true] {
+        let (port, fake) = spawn_fake(move |broker| {
+            let mut peer = broker.accept_and_handshake(0, 131_072);
+            peer.open_channel(1);
+            let tag = match peer.expect_method() {
+                (1, AMQPClass::Basic(basic::AMQPMethod::Consume(c))) => c.consumer_tag,
+                other => panic!("expected basic.consume, got {other:?}"),
+            };
+            let reply = |consumer_tag: &str| {
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: consumer_tag.into(),
+                }))
+            };
+            if !cancel {
+                peer.send_method(1, reply("not-the-one-asked-for"));
+                return peer.drain();
+            }
+            peer.send_method(1, reply(tag.as_str()));
+            match peer.expect_method() {
+                (1, AMQPClass::Basic(basic::AMQPMethod::Cancel(_))) => {}
+                other => panic!("expected basic.cancel, got {other:?}"),
+            }
+            peer.send_method(
+                1,
+                AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                    consumer_tag: "not-the-one-asked-for".into(),
+                })),
+            );
+            peer.drain()
+        });
+        let connection = Connection::open(client_params(port)).expect("open");
+        let channel = connection.channel().expect("channel");
+        let consumed = channel.basic_consume("q", |_, _, _, _| {}, Default::default());
+        let result = match cancel {
+            false => consumed.map(drop),
+            true => channel.basic_cancel(&consumed.expect("consume")).map(drop),
+        };
+        let reason = protocol_reason(result, 503);
+        assert!(
+            reason.contains("names consumer tag \"not-the-one-asked-for\""),
+            "{reason}"
+        );
+        assert!(!connection.is_open());
+        let frames = join(fake);
+        assert_eq!(
+            fake_broker::connection_close_code(&frames),
+            Some(503),
+            "the client's connection.close (cancel: {cancel})"
         );
     }
 }

@@ -26,7 +26,7 @@ pub(crate) fn send_request(
 ) -> Result<u64> {
     conn.send_on(core, frame, None, deadline, |st| {
         ensure_open(st)?;
-        st.awaiting = codec::method_id(frame);
+        st.awaiting = codec::Awaited::of(frame);
         st.reply = None;
         if let Some(on_send) = on_send.take() {
             on_send(st);

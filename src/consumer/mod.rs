@@ -333,7 +333,10 @@ impl Channel {
     ///
     /// As in pika, a close by the application (of the channel or the connection, from a
     /// callback or another thread) ends it with `Ok(())`; a close by the broker or a lost
-    /// connection is its error.
+    /// connection is its error. Before that error, `auto_ack` consumers get the messages that
+    /// arrived ahead of the close (the broker counts them delivered); messages for manual-ack
+    /// consumers that were not handed out yet are not handed out any more: they could not be
+    /// acked, and the broker delivers them again.
     ///
     /// The first callback that fails ends it with its error: a cottontail [`Error`] as the
     /// callback returned it, any other error (or a panic) as [`Error::Callback`], whose
@@ -491,7 +494,8 @@ impl Channel {
         let core = self.core();
         let mut st = core.lock();
         if let Some(held) = st.deliveries.pop_front() {
-            let stale = matches!(st.life, Life::Lost(_)) || held.generation() < st.generation;
+            // `stale_rule`'s rule.
+            let stale = !matches!(st.life, Life::Open) || held.generation() < st.generation;
             return Some(Next::Delivery(held, stale));
         }
         if st.has_returns() && !self.lock_callbacks().on_return.is_empty() {
@@ -524,7 +528,7 @@ impl Channel {
         None
     }
 
-    /// Hands a delivery to whoever it belongs to. `stale`: it is from before a recovery (see
+    /// Hands a delivery to whoever it belongs to. `stale`: it can no longer be acked (see
     /// [`stale_rule`](Self::stale_rule)); a manual-ack one is dropped.
     fn route(&self, held: Held, want: Option<&str>, stale: bool) -> Result<Pumped> {
         let mut consumers = self.lock_consumers();
@@ -534,8 +538,8 @@ impl Channel {
                 .is_some_and(|e| !e.auto_ack)
         {
             log::debug!(
-                "dropping delivery {} of consumer {} from before the connection's recovery: \
-                 the broker delivers it again",
+                "dropping delivery {} of consumer {}: its channel closed or the connection \
+                 recovered since, so it cannot be acked, and the broker delivers it again",
                 held.delivery_tag(),
                 held.consumer_tag()
             );

@@ -1,5 +1,6 @@
 //! What consuming does around a connection's recovery (see `recovery`): waiting for it,
-//! which callback errors it goes on after, and which held deliveries are stale.
+//! which callback errors it goes on after, and which held deliveries are stale (also after
+//! a close).
 
 use std::time::Instant;
 
@@ -60,17 +61,15 @@ impl Channel {
         true
     }
 
-    /// Whether a manual-ack delivery is from before a recovery (or the connection is
-    /// recovering): it cannot be acked any more, and the broker delivers it again, so it is
-    /// dropped rather than handed out.
+    /// Whether a manual-ack delivery held for a consumer can no longer be acked, so it is
+    /// dropped rather than handed out (the broker delivers it again): its channel is not open
+    /// (the broker or the application closed it, the connection closed, or it is lost and
+    /// recovering) or the delivery is from before a recovery. Auto-acked ones are handed out
+    /// all the same: the broker counts them delivered. `next_event` applies the same rule to
+    /// the channel's queue under the channel's lock.
     pub(super) fn stale_rule(&self) -> impl Fn(&Held) -> bool {
-        let (lost, generation) = match self.inner.owner.recovery {
-            None => (false, 0),
-            Some(_) => {
-                let st = self.core().lock();
-                (matches!(st.life, Life::Lost(_)), st.generation)
-            }
-        };
-        move |held: &Held| lost || held.generation() < generation
+        let st = self.core().lock();
+        let (open, generation) = (matches!(st.life, Life::Open), st.generation);
+        move |held: &Held| !open || held.generation() < generation
     }
 }

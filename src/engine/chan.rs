@@ -16,7 +16,7 @@ use amq_protocol::protocol::{basic, AMQPClass};
 use crate::delivery::{Delivery, GetMessage, Returned};
 use crate::error::Error;
 use crate::protocol::acks::AckRun;
-use crate::protocol::codec;
+use crate::protocol::codec::Awaited;
 use crate::protocol::confirms::{fingerprint, ConfirmTracker};
 use crate::protocol::properties::BasicProperties;
 
@@ -131,6 +131,19 @@ impl Reply {
             Reply::Get(_) => (60, 71),
         }
     }
+
+    /// The consumer tag of a basic.consume-ok or basic.cancel-ok.
+    pub(crate) fn consumer_tag(&self) -> Option<&str> {
+        match self {
+            Reply::Method(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok))) => {
+                Some(ok.consumer_tag.as_str())
+            }
+            Reply::Method(AMQPClass::Basic(basic::AMQPMethod::CancelOk(ok))) => {
+                Some(ok.consumer_tag.as_str())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A request whose caller gave up (timed out) and whose reply is still to come.
@@ -164,8 +177,13 @@ pub(crate) enum Delivered {
     },
     /// Nobody asked for it.
     Unwanted,
-    /// It does not answer the request awaited (class and method id): a peer's protocol error.
-    Mismatch { request: (u16, u16) },
+    /// It does not answer the request awaited (another method, or a consume-ok or cancel-ok
+    /// naming another consumer tag): a peer's protocol error.
+    Mismatch {
+        request: Awaited,
+        reply: (u16, u16),
+        reply_tag: Option<String>,
+    },
 }
 
 /// Where a channel is in its life.
@@ -189,8 +207,8 @@ pub(crate) enum Life {
 #[derive(Debug)]
 pub(crate) struct ChanState {
     pub(crate) life: Life,
-    /// A synchronous method (its class and method id) was sent and its reply is awaited.
-    pub(crate) awaiting: Option<(u16, u16)>,
+    /// A synchronous method was sent and its reply is awaited (what the reply must be).
+    pub(crate) awaiting: Option<Awaited>,
     pub(crate) reply: Option<Reply>,
     /// Replies still to come for requests whose caller gave up, oldest first.
     pub(crate) stale: VecDeque<Stale>,
@@ -368,13 +386,16 @@ impl ChanState {
                 _ => Delivered::Stale,
             };
         }
-        let Some(request) = self.awaiting else {
+        let Some(request) = self.awaiting.take() else {
             return Delivered::Unwanted;
         };
-        if !codec::answers(request, reply.id()) {
-            return Delivered::Mismatch { request };
+        if !request.answered_by(reply.id(), reply.consumer_tag()) {
+            return Delivered::Mismatch {
+                request,
+                reply: reply.id(),
+                reply_tag: reply.consumer_tag().map(str::to_owned),
+            };
         }
-        self.awaiting = None;
         self.reply = Some(reply);
         self.reply_losses = self.losses.0;
         Delivered::ToWaiter

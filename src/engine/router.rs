@@ -37,11 +37,12 @@ use std::time::Instant;
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 
-use super::chan::{drop_deliveries, ChannelCore, Delivered, Held, Life, Reply};
+use super::chan::{ChannelCore, Delivered, Held, Life, Reply};
 use super::outbound::REPLY_BACKLOG;
 use super::Core;
 use crate::delivery::{Delivery, GetMessage, Returned};
 use crate::error::{Error, Result, CHANNEL_ERROR, COMMAND_INVALID, FRAME_ERROR};
+use crate::protocol::codec::Awaited;
 use crate::protocol::codec::{self, Header};
 use crate::protocol::content::{Assembly, Content, ContentMethod};
 use crate::protocol::methods::{Deliver, GetOk, Return};
@@ -257,12 +258,13 @@ impl Router {
                 let mut method = method;
                 method.delivery_tag = run_on(method.delivery_tag)?;
                 let reply = Reply::Get(GetMessage::new(method, properties, body, core.generation));
-                let id = reply.id();
                 match st.deliver_reply(reply) {
                     // The connection ends: the broker requeues the message.
-                    Delivered::Mismatch { request } => {
-                        return Err(mismatched(channel, request, id))
-                    }
+                    Delivered::Mismatch {
+                        request,
+                        reply,
+                        reply_tag,
+                    } => return Err(mismatched(channel, &request, reply, reply_tag)),
                     Delivered::ToWaiter | Delivered::Stale | Delivered::StaleConsume { .. } => {}
                     Delivered::StaleGet { delivery_tag } => {
                         drop(st);
@@ -470,7 +472,10 @@ impl Router {
                 st.awaiting = None;
                 // The broker requeued everything unacked; nothing may follow the close-ok.
                 st.acks.discard();
-                drop_deliveries(channel, &mut st.deliveries, log::Level::Warn);
+                // Deliveries read before the close stay, to be handed out ahead of the
+                // channel's error: the broker counts the auto-acked ones delivered. The
+                // consumer loop drops the manual-ack ones, which it requeued (see
+                // `Channel::route`).
                 // Marked closed before close-ok is queued, under the lock callers take to queue
                 // frames for the channel, so nothing of theirs follows the close-ok.
                 let ok = AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}));
@@ -506,11 +511,12 @@ impl Router {
             reply => {
                 let mut st = chan.lock();
                 let reply = Reply::Method(reply);
-                let id = reply.id();
                 match st.deliver_reply(reply) {
-                    Delivered::Mismatch { request } => {
-                        return Err(mismatched(channel, request, id))
-                    }
+                    Delivered::Mismatch {
+                        request,
+                        reply,
+                        reply_tag,
+                    } => return Err(mismatched(channel, &request, reply, reply_tag)),
                     Delivered::Unwanted => {
                         log::warn!("channel {channel}: ignoring a reply nobody waits for")
                     }
@@ -572,14 +578,19 @@ impl Router {
     }
 }
 
-/// The protocol error for a reply that does not answer the request awaited on `channel`
-/// (class and method ids).
-fn mismatched(channel: u16, request: (u16, u16), reply: (u16, u16)) -> Error {
-    Error::protocol(
-        COMMAND_INVALID,
-        format!(
-            "channel {channel}: method {}.{} does not answer the request {}.{} awaiting a reply",
-            reply.0, reply.1, request.0, request.1
+/// The protocol error for a reply that does not answer the request awaited on `channel`.
+fn mismatched(channel: u16, request: &Awaited, id: (u16, u16), tag: Option<String>) -> Error {
+    let asked = request.id;
+    let reason = match (&request.consumer_tag, tag) {
+        (Some(asked_tag), Some(tag)) if id.0 == asked.0 => format!(
+            "channel {channel}: the reply {}.{} names consumer tag {tag:?}, not {asked_tag:?} \
+             that the request {}.{} asked for",
+            id.0, id.1, asked.0, asked.1
         ),
-    )
+        _ => format!(
+            "channel {channel}: method {}.{} does not answer the request {}.{} awaiting a reply",
+            id.0, id.1, asked.0, asked.1
+        ),
+    };
+    Error::protocol(COMMAND_INVALID, reason)
 }

@@ -477,9 +477,52 @@ fn truncate_for_display(s: &str) -> String {
 #[path = "codec_tests.rs"]
 mod tests;
 
+/// What a synchronous request awaits, read from its own method frame: its class and method id,
+/// and for basic.consume and basic.cancel the consumer tag, which their -ok must echo (AMQP
+/// 0-9-1: the tag "specified by the client"; cottontail always names one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Awaited {
+    /// Class and method id.
+    pub(crate) id: (u16, u16),
+    /// The consumer tag, for basic.consume (60.20) and basic.cancel (60.30).
+    pub(crate) consumer_tag: Option<String>,
+}
+
+impl Awaited {
+    /// What the method frame `frame` awaits; `None` for anything shorter than a method's ids.
+    pub(crate) fn of(frame: &[u8]) -> Option<Awaited> {
+        let id = method_id(frame)?;
+        // The arguments after the ids: basic.consume's reserved short and queue name come
+        // before its tag; basic.cancel's tag comes first.
+        let args = frame.get(11..).unwrap_or_default();
+        let tag_at = match id {
+            (60, 20) => args.get(2).map(|&queue_len| 2 + 1 + usize::from(queue_len)),
+            (60, 30) => Some(0),
+            _ => None,
+        };
+        let consumer_tag = tag_at.and_then(|at| {
+            let len = usize::from(*args.get(at)?);
+            let tag = args.get(at + 1..at + 1 + len)?;
+            Some(String::from_utf8_lossy(tag).into_owned())
+        });
+        Some(Awaited { id, consumer_tag })
+    }
+
+    /// Whether a reply (its class and method id, and the consumer tag of a consume-ok or
+    /// cancel-ok) answers this request: see [`answers`]; a consumer tag must be the one asked
+    /// for.
+    pub(crate) fn answered_by(&self, reply: (u16, u16), consumer_tag: Option<&str>) -> bool {
+        answers(self.id, reply)
+            && match (&self.consumer_tag, consumer_tag) {
+                (Some(asked), Some(got)) => asked == got,
+                _ => true,
+            }
+    }
+}
+
 /// The class and method id of the method frame `frame` starts with (its payload's first four
 /// bytes); `None` for anything shorter.
-pub(crate) fn method_id(frame: &[u8]) -> Option<(u16, u16)> {
+fn method_id(frame: &[u8]) -> Option<(u16, u16)> {
     let ids = frame.get(7..11)?;
     Some((
         u16::from_be_bytes([ids[0], ids[1]]),
@@ -490,7 +533,7 @@ pub(crate) fn method_id(frame: &[u8]) -> Option<(u16, u16)> {
 /// Whether method `reply` (class and method id) answers the synchronous method `request`:
 /// the same class, and the method's `-ok`, which AMQP 0-9-1 numbers one past the request
 /// except `exchange.unbind-ok` (51 for 40) and `basic.get-empty` (72 for 70, with get-ok 71).
-pub(crate) fn answers(request: (u16, u16), reply: (u16, u16)) -> bool {
+fn answers(request: (u16, u16), reply: (u16, u16)) -> bool {
     const EXCHANGE: u16 = 40;
     const BASIC: u16 = 60;
     request.0 == reply.0

@@ -431,3 +431,62 @@ fn every_synchronous_request_is_answered_by_its_own_ok_only() {
     assert!(!answers((60, 20), (60, 20)));
     assert_eq!(method_id(&[1, 0, 1, 0, 0, 0, 4, 0]), None);
 }
+
+#[test]
+fn a_consume_or_cancel_awaits_an_ok_that_echoes_its_consumer_tag() {
+    let awaited = |m: AMQPClass| {
+        let mut frame = Vec::new();
+        encode_method(&mut frame, 1, m).unwrap();
+        Awaited::of(&frame).unwrap()
+    };
+    let consume = awaited(AMQPClass::Basic(basic::AMQPMethod::Consume(
+        basic::Consume {
+            queue: "a-queue-name".into(),
+            consumer_tag: "ctag1.abc".into(),
+            ..Default::default()
+        },
+    )));
+    assert_eq!(consume.id, (60, 20));
+    assert_eq!(consume.consumer_tag.as_deref(), Some("ctag1.abc"));
+    assert!(consume.answered_by((60, 21), Some("ctag1.abc")));
+    assert!(!consume.answered_by((60, 21), Some("ctag1.abd")));
+    assert!(
+        !consume.answered_by((60, 31), Some("ctag1.abc")),
+        "cancel-ok"
+    );
+    let cancel = awaited(AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+        consumer_tag: "t".into(),
+        nowait: false,
+    })));
+    assert_eq!(cancel.consumer_tag.as_deref(), Some("t"));
+    assert!(cancel.answered_by((60, 31), Some("t")));
+    assert!(!cancel.answered_by((60, 31), Some("")));
+    // An empty queue name, and requests without a tag.
+    let empty = awaited(AMQPClass::Basic(basic::AMQPMethod::Consume(
+        basic::Consume {
+            consumer_tag: "x".into(),
+            ..Default::default()
+        },
+    )));
+    assert_eq!(empty.consumer_tag.as_deref(), Some("x"));
+    let qos = awaited(AMQPClass::Basic(basic::AMQPMethod::Qos(
+        basic::Qos::default(),
+    )));
+    assert_eq!((qos.id, qos.consumer_tag), ((60, 10), None));
+    // A truncated frame has no tag to compare, never a panic.
+    let mut frame = Vec::new();
+    encode_method(
+        &mut frame,
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: "q".into(),
+            consumer_tag: "long-tag".into(),
+            ..Default::default()
+        })),
+    )
+    .unwrap();
+    for cut in 11..frame.len() {
+        let _ = Awaited::of(&frame[..cut]);
+    }
+    assert_eq!(Awaited::of(&frame[..16]).unwrap().consumer_tag, None);
+}
