@@ -304,10 +304,10 @@
 //! Every frame size is checked against the negotiated `frame_max` before anything is buffered;
 //! a body longer than its header announced (even when its frame arrives in pieces), content
 //! frames out of order, frames on channels that are not open, unknown frame types, a bad
-//! frame-end octet, field tables nested deeper than 32 levels, a tune below the protocol's
-//! minimum frame size, delivery tags that would overflow, a reply that does not answer the
-//! request awaiting it (a consume-ok or cancel-ok for another consumer tag included) and a
-//! connection.close-ok nobody asked for close the connection with
+//! frame-end octet, a heartbeat with a payload, field tables nested deeper than 32 levels, a
+//! tune below the protocol's minimum frame size, delivery tags that would overflow, a reply
+//! that does not answer the request awaiting it (a consume-ok or cancel-ok for another
+//! consumer tag included) and a connection.close-ok nobody asked for close the connection with
 //! the AMQP reply code that fits (501 to 505) and reach every waiter as [`Error::Protocol`].
 //! Nothing a peer sends makes cottontail panic or allocate more than the frames it actually
 //! sends: a peer that sends requests and reads none of the replies finds reading paused once

@@ -278,6 +278,13 @@ impl FrameReader {
         let payload = frame_start + HEADER_LEN..frame_start + HEADER_LEN + size;
         match frame_type {
             constants::FRAME_BODY => return Ok(Some(Inbound::Body(channel, payload, 0))),
+            // AMQP's grammar gives a heartbeat no payload; RabbitMQ refuses one with a payload.
+            constants::FRAME_HEARTBEAT if size != 0 => {
+                return Err(Error::protocol(
+                    FRAME_ERROR,
+                    format!("heartbeat frame with a {size}-byte payload"),
+                ))
+            }
             constants::FRAME_METHOD => {
                 let bytes = &self.buf[payload];
                 if let Some(deliver) = fast::deliver(bytes, &mut self.last_deliver) {

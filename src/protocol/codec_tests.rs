@@ -490,3 +490,24 @@ fn a_consume_or_cancel_awaits_an_ok_that_echoes_its_consumer_tag() {
     }
     assert_eq!(Awaited::of(&frame[..16]).unwrap().consumer_tag, None);
 }
+
+#[test]
+fn a_heartbeat_with_a_payload_is_a_frame_error() {
+    let mut reader = FrameReader::new(4096);
+    let mut bytes = Vec::new();
+    encode_heartbeat(&mut bytes);
+    bytes.extend_from_slice(&[constants::FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 2, b'h', b'i']);
+    bytes.push(constants::FRAME_END);
+    reader.read_from(&mut &bytes[..]).unwrap();
+    assert!(matches!(
+        reader.next_frame(),
+        Ok(Some(Inbound::Frame(frame))) if matches!(*frame, AMQPFrame::Heartbeat)
+    ));
+    match reader.next_frame() {
+        Err(Error::Protocol { reply_code, reason }) => {
+            assert_eq!(reply_code, FRAME_ERROR);
+            assert!(reason.contains("2-byte payload"), "{reason}");
+        }
+        other => panic!("expected a frame error, got {other:?}"),
+    }
+}
