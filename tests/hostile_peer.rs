@@ -144,7 +144,7 @@ fn a_broker_that_closes_and_then_drains_a_trickle_cannot_hold_the_connection_ope
 /// answered with a cancel-ok as long) and reads nothing: the client stops reading once a
 /// megabyte of its replies waits unwritten, so the peer cannot make it queue replies without
 /// bound, and its writes stall. The pause is the client's own doing: the peer's silence
-/// meanwhile is no heartbeat timeout.
+/// meanwhile is no heartbeat timeout, and a call that times out meanwhile says why.
 #[test]
 fn a_peer_that_reads_none_of_our_replies_cannot_grow_them_without_bound() {
     use std::io::Write;
@@ -186,6 +186,14 @@ fn a_peer_that_reads_none_of_our_replies_cannot_grow_them_without_bound() {
         "the connection ended: {:?}",
         connection.close_reason()
     );
+    // A call meanwhile times out, saying why its reply cannot be read.
+    match channel.queue_declare("q", Default::default()) {
+        Err(Error::Timeout { context, .. }) => assert!(
+            context.contains("reading was paused: the broker does not read"),
+            "{context}"
+        ),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
     drop(peer);
     drop(channel);
     drop(connection);

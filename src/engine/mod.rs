@@ -253,16 +253,25 @@ impl Core {
                 return Ok(value);
             }
             let mut e = on_expiry(&mut st);
-            // What it waited for may sit unread behind messages nobody takes (token rule 9).
-            let held = self.inbound.load(std::sync::atomic::Ordering::SeqCst);
-            if let (Error::Timeout { context, .. }, true) =
-                (&mut e, held >= token::INBOUND_HARD_LIMIT)
-            {
-                context.push_str(&format!(
-                    " (reading was paused: {} MiB of messages wait for consumers that do not \
-                     take them)",
-                    held >> 20
-                ));
+            drop(st);
+            // What it waited for may sit unread behind messages nobody takes, or behind our
+            // own replies the broker does not read (token rule 9).
+            if let Error::Timeout { context, .. } = &mut e {
+                let held = self.inbound.load(std::sync::atomic::Ordering::SeqCst);
+                let replies = self.lock_link().replies_queued;
+                if held >= token::INBOUND_HARD_LIMIT {
+                    context.push_str(&format!(
+                        " (reading was paused: {} MiB of messages wait for consumers that do \
+                         not take them)",
+                        held >> 20
+                    ));
+                } else if replies > outbound::REPLY_BACKLOG {
+                    context.push_str(&format!(
+                        " (reading was paused: the broker does not read; {} KiB of replies to \
+                         it wait unwritten)",
+                        replies >> 10
+                    ));
+                }
             }
             Err(e)
         })
