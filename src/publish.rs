@@ -7,7 +7,7 @@ use amq_protocol::protocol::{confirm, AMQPClass};
 
 use crate::channel::{ensure_open, unexpected, Channel};
 use crate::delivery::Returned;
-use crate::engine::chan::Reply;
+use crate::engine::chan::{ChanState, Reply, Stale};
 use crate::engine::{deadline_after, with_scratch};
 use crate::error::{Error, Result};
 use crate::options::PublishOptions;
@@ -286,14 +286,15 @@ impl Channel {
         let method = AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
             nowait: false,
         }));
-        {
-            let mut st = self.core().lock();
+        // Made as the select is queued, under the channel's lock publishes take their sequence
+        // numbers under: the broker numbers exactly the publishes queued after the select, and
+        // no ack can arrive ahead of the tracker.
+        let tracker = |st: &mut ChanState| {
             if st.confirms.is_none() {
-                // Before the select goes out, so no ack can arrive ahead of the tracker.
                 st.confirms = Some(ConfirmTracker::new());
             }
-        }
-        match self.rpc(method, "confirm.select")? {
+        };
+        match self.rpc_with(method, "confirm.select", Stale::Method, tracker)? {
             Reply::Method(AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_))) => Ok(()),
             other => Err(unexpected("confirm.select", other)),
         }

@@ -76,7 +76,8 @@
 //!
 //! Once the client's channel is closed (by [`RpcClient::close`], by the broker, e.g. for a
 //! request published to an exchange that does not exist, or with the connection) every call
-//! fails with that error; make a new client on a new channel.
+//! fails with that error (a call whose reply arrived before the close still gets it); make a
+//! new client on a new channel.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

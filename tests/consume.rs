@@ -466,3 +466,81 @@ fn manual_ack_deliveries_read_before_the_broker_closes_the_channel_go_back_to_th
     assert_eq!(support::message_count(&connection, &queue), N);
     delete(&connection, &queue);
 }
+
+/// A channel the broker closed keeps the deliveries it had read (to hand out the auto-acked
+/// ones), but they no longer count against the connection's inbound limits: 24 MiB of
+/// manual-ack messages on a closed channel nobody pumps must not pause reading for the other
+/// channels (here: the broker's close of another channel is still read).
+#[test]
+fn what_a_channel_the_broker_closed_holds_does_not_pause_reading_for_the_others() {
+    const N: usize = 24;
+    let connection = connect();
+    let held = connection.channel().unwrap();
+    let queue = support::named_queue(&held, "closed-holding");
+    let body = vec![7u8; 1 << 20];
+    for _ in 0..N {
+        held.basic_publish("", &queue, &body).unwrap();
+    }
+    held.basic_consume(&queue, |_, _, _, _| {}, BasicConsumeOptions::default())
+        .unwrap();
+    assert!(
+        support::eventually(Duration::from_secs(20), || {
+            support::broker_counts(&queue) == Some((0, N))
+        }),
+        "{:?}",
+        support::broker_counts(&queue)
+    );
+    // A call the broker refuses (404) closes the channel; this caller reads past the soft
+    // limit meanwhile, since it waits for the reply.
+    let missing = held.queue_declare(
+        &unique("missing"),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(missing.unwrap_err().reply_code(), Some(404));
+    let other = connection.channel().unwrap();
+    other
+        .basic_publish(&unique("missing-exchange"), "k", b"x")
+        .unwrap();
+    assert!(
+        support::eventually(Duration::from_secs(5), || other.is_closed()),
+        "the broker's close of another channel was not read while the closed one held {N} MiB"
+    );
+    // The broker requeued them with the channel.
+    assert_eq!(support::message_count(&connection, &queue), N as u32);
+    drop(held);
+    delete(&connection, &queue);
+}
+
+/// `basic_cancel` of an `auto_ack` consumer whose channel the broker closed hands back the
+/// messages that had arrived and were not handed out, as it does on an open channel (there
+/// is no cancel to send: the consumer went with the channel).
+#[test]
+fn basic_cancel_on_a_channel_the_broker_closed_hands_back_its_auto_acked_messages() {
+    const N: u32 = 20;
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = support::named_queue(&channel, "cancel-closed");
+    publish_numbered(&channel, &queue, 0..N);
+    let consumer = channel
+        .consume(
+            &queue,
+            cottontail::ConsumeOptions {
+                auto_ack: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let tag = consumer.consumer_tag().to_owned();
+    closed_by_the_broker_behind_deliveries(&channel, &queue, N as usize, false);
+    let returned = channel.basic_cancel(&tag).unwrap();
+    let numbers: Vec<u32> = returned
+        .iter()
+        .map(|d| u32::from_be_bytes(d.body[..].try_into().expect("4-byte body")))
+        .collect();
+    assert_eq!(numbers, (0..N).collect::<Vec<_>>());
+    drop(consumer);
+    delete(&connection, &queue);
+}

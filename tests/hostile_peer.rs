@@ -568,3 +568,77 @@ fn a_heartbeat_with_a_payload_ends_the_connection_with_501() {
         "the client's connection.close"
     );
 }
+
+/// A late consume-ok (its `basic_consume` timed out) is checked like a timely one: one that
+/// names another consumer (here a live one of the same channel) is a protocol error (503),
+/// never taken as a reason to cancel that other consumer at the broker.
+#[test]
+fn a_late_consume_ok_naming_a_live_consumer_is_a_protocol_error_not_its_cancel() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        let live = match peer.expect_method() {
+            (1, AMQPClass::Basic(basic::AMQPMethod::Consume(c))) => c.consumer_tag,
+            other => panic!("expected basic.consume, got {other:?}"),
+        };
+        let consume_ok = |tag: &amq_protocol::types::ShortString| {
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                consumer_tag: tag.clone(),
+            }))
+        };
+        peer.send_method(1, consume_ok(&live));
+        match peer.expect_method() {
+            (1, AMQPClass::Basic(basic::AMQPMethod::Consume(_))) => {}
+            other => panic!("expected basic.consume, got {other:?}"),
+        }
+        // Past the client's rpc_timeout, a consume-ok naming the first consumer.
+        std::thread::sleep(Duration::from_millis(2_500));
+        peer.send_method(1, consume_ok(&live));
+        (live.to_string(), peer.drain())
+    });
+    let connection = Connection::open(client_params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    channel
+        .basic_consume("q", |_, _, _, _| {}, Default::default())
+        .unwrap();
+    let timed_out = channel.basic_consume("q", |_, _, _, _| {}, Default::default());
+    assert!(
+        matches!(timed_out, Err(Error::Timeout { .. })),
+        "{timed_out:?}"
+    );
+    let (live, frames) = join(fake);
+    assert_eq!(
+        fake_broker::connection_close_code(&frames),
+        Some(503),
+        "the client's connection.close"
+    );
+    let cancels: Vec<String> = frames
+        .iter()
+        .filter_map(|f| match f {
+            AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Cancel(c))) => {
+                Some(c.consumer_tag.to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !cancels.contains(&live),
+        "the live consumer {live} was cancelled: {cancels:?}"
+    );
+    // Closed once the close it sent is answered or given up on (the fake answers none).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connection.close_reason().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let reason = connection.close_reason();
+    assert!(
+        matches!(
+            reason,
+            Some(Error::Protocol {
+                reply_code: 503,
+                ..
+            })
+        ),
+        "{reason:?}"
+    );
+}

@@ -7,7 +7,7 @@ mod support;
 
 use std::sync::Mutex;
 
-use cottontail::{Connection, ConsumeOptions, Consumed, PlainCredentials};
+use cottontail::{BasicConsumeOptions, Connection, ConsumeOptions, Consumed, PlainCredentials};
 use support::{params, rabbitmqctl, unique};
 
 static CAPTURED: Mutex<String> = Mutex::new(String::new());
@@ -113,4 +113,191 @@ fn an_auto_ack_iterator_dropped_with_messages_in_hand_reports_them() {
         "{line}"
     );
     connection.close().unwrap();
+}
+
+/// Runs the tests that count log lines one at a time, each reading only what was logged
+/// since it started (channel numbers repeat across connections).
+static COUNTING: Mutex<()> = Mutex::new(());
+
+/// Where the captured logs end now.
+fn log_mark() -> usize {
+    CAPTURED.lock().unwrap().len()
+}
+
+/// What was logged since `mark`.
+fn logged_since(mark: usize) -> String {
+    CAPTURED.lock().unwrap()[mark..].to_string()
+}
+
+/// The number in the first log line holding all of `words`, just before `unit` ("... 9
+/// message(s)").
+fn logged_count(captured: &str, words: &[&str], unit: &str) -> Option<usize> {
+    let line = captured
+        .lines()
+        .find(|l| words.iter().all(|w| l.contains(w)))?;
+    let before = &line[..line.find(unit)?];
+    before.split_whitespace().last()?.parse().ok()
+}
+
+/// `stop_consuming` of an `auto_ack` callback consumer drops what it received and had not
+/// handed out (as pika does); a warning names how many, since the broker no longer holds
+/// them.
+#[test]
+fn stop_consuming_an_auto_ack_consumer_reports_the_messages_it_drops() {
+    capture();
+    let _one_at_a_time = COUNTING.lock().unwrap_or_else(|p| p.into_inner());
+    let mark = log_mark();
+    let connection = support::connect();
+    let channel = connection.channel().unwrap();
+    let queue = support::exclusive_queue(&channel);
+    const N: usize = 200;
+    support::publish_numbered(&channel, &queue, 0..N as u32);
+    let tag = unique("stopped-consumer");
+    let handed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = handed.clone();
+    channel
+        .basic_consume(
+            &queue,
+            move |ch, _, _, _| -> cottontail::Result<()> {
+                if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    // Everything else arrives meanwhile.
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                    ch.stop_consuming(None)?;
+                }
+                Ok(())
+            },
+            BasicConsumeOptions {
+                auto_ack: true,
+                consumer_tag: Some(tag.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    channel.start_consuming().unwrap();
+    let handed = handed.load(std::sync::atomic::Ordering::SeqCst);
+    let left = support::message_count(&connection, &queue) as usize;
+    let dropped = N - handed - left;
+    assert!(
+        dropped > 0,
+        "nothing was in hand: handed {handed}, left {left}"
+    );
+    let captured = logged_since(mark);
+    assert_eq!(
+        logged_count(&captured, &[&tag, "WARN", "auto-acked"], "auto-acked"),
+        Some(dropped),
+        "no warning names the {dropped} dropped messages:\n{captured}"
+    );
+    connection.close().unwrap();
+}
+
+/// Messages of an `auto_ack` consumer that arrive after the application's `close()` of the
+/// channel was sent (before its close-ok) are dropped like those queued when it was sent,
+/// and logged like them: every message the broker counts delivered and nobody got is in a
+/// log line.
+#[test]
+fn auto_acked_messages_arriving_while_the_channel_closes_are_reported() {
+    capture();
+    let _one_at_a_time = COUNTING.lock().unwrap_or_else(|p| p.into_inner());
+    let mark = log_mark();
+    let connection = support::connect();
+    let channel = connection.channel().unwrap();
+    let queue = support::named_queue(&channel, "closing-auto-ack");
+    const N: usize = 3000;
+    let body = vec![7u8; 32 * 1024];
+    for _ in 0..N {
+        channel.basic_publish("", &queue, &body).unwrap();
+    }
+    let consuming = connection.channel().unwrap();
+    let number = consuming.channel_number().to_string();
+    consuming
+        .basic_consume(
+            &queue,
+            |_, _, _, _| -> () { panic!("nobody runs this consumer") },
+            BasicConsumeOptions {
+                auto_ack: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // Some arrive (nobody consumes them); close with many more on their way.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    consuming.close().unwrap();
+    let left = support::message_count(&connection, &queue) as usize;
+    assert!(left < N, "the broker sent nothing");
+    let captured = logged_since(mark);
+    let channel_words = format!("channel {number}");
+    let queued = logged_count(
+        &captured,
+        &[&channel_words, "not yet handed out"],
+        "deliveries",
+    )
+    .unwrap_or(0);
+    let late = logged_count(
+        &captured,
+        &[&channel_words, "after the application closed"],
+        "message(s)",
+    )
+    .unwrap_or(0);
+    assert_eq!(
+        queued + late,
+        N - left,
+        "the broker sent {} messages; the logs report {queued} queued at the close and {late} \
+         after it:\n{captured}",
+        N - left
+    );
+    channel.queue_delete(&queue, Default::default()).unwrap();
+    connection.close().unwrap();
+}
+
+/// A channel dropped after its connection was closed, with `auto_ack` messages it received
+/// and nobody took: they are gone with it, and a log line says how many.
+#[test]
+fn auto_acked_messages_held_by_a_channel_dropped_after_its_connection_closed_are_reported() {
+    capture();
+    let _one_at_a_time = COUNTING.lock().unwrap_or_else(|p| p.into_inner());
+    let mark = log_mark();
+    let connection = support::connect();
+    let channel = connection.channel().unwrap();
+    let queue = support::named_queue(&channel, "dropped-after-close");
+    const N: usize = 50;
+    support::publish_numbered(&channel, &queue, 0..N as u32);
+    let consuming = connection.channel().unwrap();
+    let number = consuming.channel_number().to_string();
+    consuming
+        .basic_consume(
+            &queue,
+            |_, _, _, _| -> () { panic!("nobody runs this consumer") },
+            BasicConsumeOptions {
+                auto_ack: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let other = support::connect();
+    assert!(
+        support::eventually(std::time::Duration::from_secs(5), || {
+            support::message_count(&other, &queue) == 0
+        }),
+        "the broker did not send them all"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    connection.close().unwrap();
+    drop(consuming);
+    let captured = logged_since(mark);
+    let channel_words = format!("channel {number}");
+    assert_eq!(
+        logged_count(
+            &captured,
+            &[&channel_words, "not yet handed out"],
+            "deliveries"
+        ),
+        Some(N),
+        "no log line reports the {N} messages:\n{captured}"
+    );
+    drop(channel);
+    other
+        .channel()
+        .unwrap()
+        .queue_delete(&queue, Default::default())
+        .unwrap();
 }

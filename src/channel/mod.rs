@@ -10,7 +10,7 @@ use amq_protocol::protocol::{basic, channel, exchange, queue, tx, AMQPClass};
 use crate::connection::Owner;
 use crate::consumer::{CancelCallback, ConsumerEntry, ReturnCallback};
 use crate::delivery::GetMessage;
-use crate::engine::chan::{ChannelCore, Life, Reply, Stale};
+use crate::engine::chan::{ChannelCore, Held, Life, Reply, Stale};
 use crate::engine::{deadline_after, with_scratch};
 use crate::error::{Error, Result};
 use crate::options::{
@@ -94,6 +94,17 @@ impl Drop for ChannelHandle {
     fn drop(&mut self) {
         // No waiting: the reader frees the number when the channel is closed (see `router`).
         let _ = begin_close(&self.owner.core(), &self.core, 0, "Normal shutdown");
+        // What it still holds (kept when the broker closed it or the connection closed, or
+        // for an iterator that ended early) is nobody's now.
+        let iterators: Vec<Held> = (self.consumers.get_mut())
+            .unwrap_or_else(|p| p.into_inner())
+            .values_mut()
+            .flat_map(|entry| entry.take_pending())
+            .collect();
+        let mut st = self.core.lock();
+        st.deliveries.extend(iterators);
+        crate::engine::chan::drop_deliveries(self.core.id, &mut st.deliveries, log::Level::Info);
+        drop(st);
         // Whether we closed it now or the broker had: its consumers are gone.
         self.owner.record(|t| t.channel_closed(self.instance));
     }

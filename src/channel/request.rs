@@ -68,10 +68,10 @@ pub(crate) fn await_reply(
             if let Some(e) = lost(st) {
                 return e;
             }
-            // The reply may still come: it is dealt with then (dropped, or a get-ok
-            // requeued), not taken for the next request's.
-            st.awaiting = None;
-            st.stale.push_back(stale);
+            // The reply may still come: it is checked against this request and dealt with
+            // then (dropped, or a get-ok requeued), not taken for the next request's.
+            let awaited = st.awaiting.take();
+            st.stale.push_back((stale, awaited));
             Error::timeout(format!("waiting for the reply to {what}"), timeout)
         },
     )?

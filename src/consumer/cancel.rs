@@ -8,7 +8,7 @@ use amq_protocol::protocol::{basic, AMQPClass};
 use super::report_dropped;
 use crate::channel::Channel;
 use crate::delivery::Delivery;
-use crate::engine::chan::{Held, Reply};
+use crate::engine::chan::{Held, Life, Reply};
 use crate::error::{Error, Result};
 use crate::protocol::codec::short;
 
@@ -61,8 +61,10 @@ impl Channel {
             consumer_tag: short(consumer_tag)?,
             nowait: false,
         }));
-        // One the broker cancelled already has nothing to send: only what it holds is left.
-        let reply = (!ended_by_broker).then(|| self.rpc(method, "basic.cancel"));
+        // One the broker cancelled, or whose channel is closed (or closing), has nothing to
+        // send: only what it holds is left (an auto-ack one's messages are still handed back).
+        let closed = matches!(self.core().lock().life, Life::Closed(_) | Life::Closing(_));
+        let reply = (!ended_by_broker && !closed).then(|| self.rpc(method, "basic.cancel"));
         self.inner
             .owner
             .record(|t| t.consumer_cancelled(consumer_tag));
@@ -97,7 +99,12 @@ impl Channel {
             return Ok((pending.into_iter().map(Held::take).collect(), 0));
         }
         let requeued = pending.len();
-        self.requeue(pending.into(), false);
+        if closed {
+            // The broker requeued them with the channel.
+            drop(pending);
+        } else {
+            self.requeue(pending.into(), false);
+        }
         Ok((Vec::new(), requeued))
     }
 
@@ -133,18 +140,17 @@ impl Channel {
     /// from another thread. An unknown tag does nothing.
     ///
     /// As in pika, messages a manual-ack consumer received but had not handed to its callback
-    /// are rejected with requeue, and those of an auto-ack consumer are dropped
-    /// ([`basic_cancel`](Self::basic_cancel) returns them instead).
+    /// are rejected with requeue, and those of an auto-ack consumer are dropped, with a
+    /// warning in the log ([`basic_cancel`](Self::basic_cancel) returns them instead).
     pub fn stop_consuming(&self, consumer_tag: Option<&str>) -> Result<()> {
-        match consumer_tag {
-            Some(tag) => self.basic_cancel(tag).map(drop),
-            None => {
-                for tag in self.consumer_tags() {
-                    self.basic_cancel(&tag)?;
-                }
-                Ok(())
-            }
+        let tags = match consumer_tag {
+            Some(tag) => vec![tag.to_owned()],
+            None => self.consumer_tags(),
+        };
+        for tag in tags {
+            report_dropped(&tag, &self.basic_cancel(&tag)?);
         }
+        Ok(())
     }
 
     /// Cancels the consumers made by [`consume`](Self::consume) on this channel (pika's

@@ -47,9 +47,11 @@ pub enum Consumed {
 /// [`cancel`](Self::cancel), or by the broker (queue deleted: it first yields the messages it
 /// had received, as pika's generator does), and when the application closes the channel or
 /// the connection; when the broker closes either, or the connection is lost, it yields that
-/// error once and then ends. Callbacks of other consumers on the same
-/// channel, the channel's return and cancel callbacks and the connection's timers, threadsafe
-/// and blocked/unblocked callbacks run while it waits, as in pika. An error (or panic) of one of
+/// error once and then ends (an `auto_ack` iterator first yields the messages that arrived
+/// before the broker's close; a manual-ack one's could not be acked, and the broker delivers
+/// them again). Callbacks of other consumers on the same channel, the channel's return and
+/// cancel callbacks and the connection's timers, threadsafe and blocked/unblocked callbacks
+/// run while it waits, as in pika. An error (or panic) of one of
 /// them is yielded as an `Err` item, as [`Channel::start_consuming`] would return it; the
 /// iterator goes on after it unless the channel closed.
 #[derive(Debug)]

@@ -85,6 +85,11 @@ impl ConsumerEntry {
     pub(crate) fn drop_pending(&mut self) {
         self.pending.clear();
     }
+
+    /// Takes what it holds for an iterator.
+    pub(crate) fn take_pending(&mut self) -> VecDeque<Held> {
+        std::mem::take(&mut self.pending)
+    }
 }
 
 /// When a consuming thread runs the connection's callbacks (timers, threadsafe, blocked): only
@@ -482,6 +487,12 @@ impl Channel {
                         if entry.auto_ack || !stale(&held) {
                             return Some(Next::Mine(held));
                         }
+                        log::debug!(
+                            "dropping delivery {} of consumer {tag}: its channel closed or the \
+                             connection recovered since, so it cannot be acked, and the broker \
+                             delivers it again",
+                            held.delivery_tag()
+                        );
                     }
                     if entry.ended_by_broker {
                         consumers.remove(tag);
@@ -633,7 +644,7 @@ enum Next {
     Work,
     /// A delivery for the iterator that asked.
     Mine(Held),
-    /// A delivery to route, and whether it is from before a recovery.
+    /// A delivery to route, and whether it can no longer be acked (see `stale_rule`).
     Delivery(Held, bool),
     /// A returned message for the return callbacks.
     Return(Returned),

@@ -48,9 +48,10 @@ pub(crate) fn weight(body: &[u8], properties: &BasicProperties) -> usize {
 /// `token`). Shared by the connection and every [`Held`] message.
 pub(crate) type InboundMeter = Arc<AtomicUsize>;
 
-/// A delivery held for a caller, counted in the [`InboundMeter`] for as long as it is held:
-/// whichever way it leaves (handed out, requeued, dropped with its channel), the count goes
-/// down, so the meter cannot drift.
+/// A delivery held for a caller, counted in the [`InboundMeter`] for as long as it is held
+/// (or until [`unmeter`](Held::unmeter)): whichever way it leaves (handed out, requeued,
+/// dropped with its channel), the count goes down by what it added, so the meter cannot
+/// drift.
 #[derive(Debug)]
 pub(crate) struct Held {
     /// Always `Some` until taken.
@@ -87,15 +88,23 @@ impl Held {
         self.delivery.as_ref().map_or(0, |d| d.method.delivery_tag)
     }
 
+    /// Stops counting it in the meter (it stays held): for what a closed channel keeps.
+    pub(crate) fn unmeter(&mut self) {
+        self.meter.fetch_sub(self.weight, Ordering::SeqCst);
+        self.weight = 0;
+    }
+
     /// Hands the delivery out; it no longer counts.
     pub(crate) fn take(mut self) -> Delivery {
         self.delivery.take().expect("a held delivery is taken once")
     }
 }
 
-/// Drops the deliveries a closed `channel` held for its consumers, logged at `level` if there
-/// were any: the manual-ack ones go back to their queues with the channel, the auto-acked ones
-/// are lost (nothing is dropped silently).
+/// Drops the deliveries a closed (or closing) `channel` held for its consumers, logged at
+/// `level` if there were any: the manual-ack ones go back to their queues with the channel,
+/// the auto-acked ones are lost (nothing is dropped silently). Called when the application
+/// closes the channel and when its last handle goes (what a channel the broker or the
+/// connection closed still held).
 pub(crate) fn drop_deliveries(channel: u16, deliveries: &mut VecDeque<Held>, level: log::Level) {
     if !deliveries.is_empty() {
         log::log!(
@@ -210,8 +219,9 @@ pub(crate) struct ChanState {
     /// A synchronous method was sent and its reply is awaited (what the reply must be).
     pub(crate) awaiting: Option<Awaited>,
     pub(crate) reply: Option<Reply>,
-    /// Replies still to come for requests whose caller gave up, oldest first.
-    pub(crate) stale: VecDeque<Stale>,
+    /// Replies still to come for requests whose caller gave up, oldest first, each with what
+    /// its reply must be.
+    pub(crate) stale: VecDeque<(Stale, Option<Awaited>)>,
     pub(crate) deliveries: VecDeque<Held>,
     /// Returned messages for the return callbacks, each with the publish sequence number the
     /// confirm tracker charged it to (see `protocol::confirms`), if any.
@@ -247,6 +257,11 @@ pub(crate) struct ChanState {
     pub(crate) losses: (u64, Option<Error>),
     /// `losses` when `reply` was routed: the reply is for a waiter that sent before as many.
     pub(crate) reply_losses: u64,
+    /// Deliveries and get-oks that arrived after our channel.close, dropped (nobody takes
+    /// them any more); reported once when the channel is closed ([`report_discarded`]).
+    ///
+    /// [`report_discarded`]: ChanState::report_discarded
+    pub(crate) discarded: usize,
 }
 
 /// A consumer tag whose deliveries belong to nobody (see [`ChanState::orphans`]).
@@ -287,6 +302,7 @@ impl ChannelCore {
                 generation: 0,
                 losses: (0, None),
                 reply_losses: 0,
+                discarded: 0,
             }),
         }
     }
@@ -344,6 +360,20 @@ impl ChanState {
         }
     }
 
+    /// Logs the messages dropped because they arrived after our channel.close (see
+    /// `discarded`), once, as [`drop_deliveries`] logs those queued when it was sent.
+    pub(crate) fn report_discarded(&mut self, channel: u16) {
+        if self.discarded > 0 {
+            log::info!(
+                "channel {channel}: {} message(s) arrived after the application closed the \
+                 channel and were dropped: manual-ack ones go back to their queues, \
+                 auto-acked ones are lost",
+                self.discarded
+            );
+            self.discarded = 0;
+        }
+    }
+
     /// The broker's tag for the application's `delivery_tag` (see `tag_offset`), or
     /// [`Error::StaleDeliveryTag`] for one from before a recovery. 0 (with `multiple`: every
     /// delivery so far) stays 0.
@@ -360,45 +390,53 @@ impl ChanState {
         Ok(delivery_tag - self.tag_offset)
     }
 
-    /// Hands a synchronous reply to its waiter, or says why not.
+    /// Hands a synchronous reply to its waiter, or says why not. Replies come in the order of
+    /// their requests: the oldest request still owed one (a stale one before the awaited one)
+    /// is the one it must answer.
     pub(crate) fn deliver_reply(&mut self, reply: Reply) -> Delivered {
-        if let Some(stale) = self.stale.pop_front() {
-            return match (stale, &reply) {
-                (Stale::Get { auto_ack: false }, Reply::Get(m)) => Delivered::StaleGet {
-                    delivery_tag: m.method.delivery_tag - self.tag_offset,
-                },
-                (Stale::Get { auto_ack: true }, Reply::Get(m)) => {
-                    log::warn!(
-                        "a basic.get-ok (delivery tag {}, {} bytes) arrived after its caller \
-                         gave up; it was fetched with auto_ack, so the broker counts it \
-                         delivered: it is lost",
-                        m.method.delivery_tag,
-                        m.body.len()
-                    );
-                    Delivered::Stale
-                }
-                (
-                    Stale::Consume { .. },
-                    Reply::Method(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok))),
-                ) => Delivered::StaleConsume {
-                    consumer_tag: ok.consumer_tag.clone(),
-                },
-                _ => Delivered::Stale,
-            };
-        }
-        let Some(request) = self.awaiting.take() else {
-            return Delivered::Unwanted;
+        let (stale, request) = match self.stale.pop_front() {
+            Some((stale, request)) => (Some(stale), request),
+            None => match self.awaiting.take() {
+                Some(request) => (None, Some(request)),
+                None => return Delivered::Unwanted,
+            },
         };
-        if !request.answered_by(reply.id(), reply.consumer_tag()) {
+        if let Some(request) = request.filter(|r| !r.answered_by(reply.id(), reply.consumer_tag()))
+        {
             return Delivered::Mismatch {
                 request,
                 reply: reply.id(),
                 reply_tag: reply.consumer_tag().map(str::to_owned),
             };
         }
-        self.reply = Some(reply);
-        self.reply_losses = self.losses.0;
-        Delivered::ToWaiter
+        let Some(stale) = stale else {
+            self.reply = Some(reply);
+            self.reply_losses = self.losses.0;
+            return Delivered::ToWaiter;
+        };
+        match (stale, &reply) {
+            (Stale::Get { auto_ack: false }, Reply::Get(m)) => Delivered::StaleGet {
+                delivery_tag: m.method.delivery_tag - self.tag_offset,
+            },
+            (Stale::Get { auto_ack: true }, Reply::Get(m)) => {
+                log::warn!(
+                    "a basic.get-ok (delivery tag {}, {} bytes) arrived after its caller gave \
+                     up; it was fetched with auto_ack, so the broker counts it delivered: it is \
+                     lost",
+                    m.method.delivery_tag,
+                    m.body.len()
+                );
+                Delivered::Stale
+            }
+            // Its tag is the one asked for (checked above).
+            (
+                Stale::Consume { .. },
+                Reply::Method(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok))),
+            ) => Delivered::StaleConsume {
+                consumer_tag: ok.consumer_tag.clone(),
+            },
+            _ => Delivered::Stale,
+        }
     }
 
     /// Records a broker cancel of `consumer_tag` (once, and at most [`CANCELS_KEPT`]: past
@@ -470,7 +508,7 @@ impl ChanState {
     pub(crate) fn consume_pending(&self, consumer_tag: &str) -> bool {
         self.stale
             .iter()
-            .any(|s| matches!(s, Stale::Consume { consumer_tag: t } if t == consumer_tag))
+            .any(|(s, _)| matches!(s, Stale::Consume { consumer_tag: t } if t == consumer_tag))
     }
 
     /// Takes the returned message charged to publish `seq`, if it is still kept.

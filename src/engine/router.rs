@@ -223,7 +223,13 @@ impl Router {
             body,
         } = content;
         let mut st = chan.lock();
-        if st.closed_error().is_some() || matches!(st.life, Life::Closing(_)) {
+        if st.closed_error().is_some() {
+            return Ok(());
+        }
+        // Our channel.close is on its way: nobody takes deliveries any more (counted, and
+        // logged once closed), but a return still settles its publish's confirm.
+        if matches!(st.life, Life::Closing(_)) && !matches!(method, ContentMethod::Return(_)) {
+            st.discarded += 1;
             return Ok(());
         }
         // The application's tags run on across recoveries (see `ChanState::tag_offset`); a
@@ -469,13 +475,17 @@ impl Router {
                     Life::Closing(ours) => ours.clone(),
                     _ => error,
                 });
+                st.report_discarded(channel);
                 st.awaiting = None;
                 // The broker requeued everything unacked; nothing may follow the close-ok.
                 st.acks.discard();
                 // Deliveries read before the close stay, to be handed out ahead of the
                 // channel's error: the broker counts the auto-acked ones delivered. The
                 // consumer loop drops the manual-ack ones, which it requeued (see
-                // `Channel::route`).
+                // `Channel::route`), and so does dropping the channel. They no longer count
+                // against the inbound limits: no more come, and a closed channel nobody
+                // pumps must not pause reading for the others.
+                st.deliveries.iter_mut().for_each(Held::unmeter);
                 // Marked closed before close-ok is queued, under the lock callers take to queue
                 // frames for the channel, so nothing of theirs follows the close-ok.
                 let ok = AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}));
@@ -494,6 +504,7 @@ impl Router {
                 st.life = Life::Closed(ours.clone());
                 st.awaiting = None;
                 st.deliveries.clear();
+                st.report_discarded(channel);
                 self.forget(core, channel, false);
                 drop(st);
                 log::debug!("channel {channel} closed");
@@ -582,7 +593,7 @@ impl Router {
 fn mismatched(channel: u16, request: &Awaited, id: (u16, u16), tag: Option<String>) -> Error {
     let asked = request.id;
     let reason = match (&request.consumer_tag, tag) {
-        (Some(asked_tag), Some(tag)) if id.0 == asked.0 => format!(
+        (Some(asked_tag), Some(tag)) if request.method_answered_by(id) => format!(
             "channel {channel}: the reply {}.{} names consumer tag {tag:?}, not {asked_tag:?} \
              that the request {}.{} asked for",
             id.0, id.1, asked.0, asked.1

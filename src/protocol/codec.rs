@@ -515,11 +515,17 @@ impl Awaited {
         Some(Awaited { id, consumer_tag })
     }
 
+    /// Whether method `reply` (class and method id) is this request's -ok, whatever its
+    /// arguments (see [`answers`]).
+    pub(crate) fn method_answered_by(&self, reply: (u16, u16)) -> bool {
+        answers(self.id, reply)
+    }
+
     /// Whether a reply (its class and method id, and the consumer tag of a consume-ok or
     /// cancel-ok) answers this request: see [`answers`]; a consumer tag must be the one asked
     /// for.
     pub(crate) fn answered_by(&self, reply: (u16, u16), consumer_tag: Option<&str>) -> bool {
-        answers(self.id, reply)
+        self.method_answered_by(reply)
             && match (&self.consumer_tag, consumer_tag) {
                 (Some(asked), Some(got)) => asked == got,
                 _ => true,
