@@ -115,6 +115,24 @@ fn an_auto_ack_iterator_dropped_with_messages_in_hand_reports_them() {
     connection.close().unwrap();
 }
 
+/// A channel with an `auto_ack` consumer of `queue` that nobody runs, and the words the logs
+/// name that channel with ("channel N").
+fn idle_auto_ack_consumer(connection: &Connection, queue: &str) -> (cottontail::Channel, String) {
+    let consuming = connection.channel().unwrap();
+    consuming
+        .basic_consume(
+            queue,
+            |_, _, _, _| -> () { panic!("nobody runs this consumer") },
+            BasicConsumeOptions {
+                auto_ack: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let words = format!("channel {}", consuming.channel_number());
+    (consuming, words)
+}
+
 /// Runs the tests that count log lines one at a time, each reading only what was logged
 /// since it started (channel numbers repeat across connections).
 static COUNTING: Mutex<()> = Mutex::new(());
@@ -207,25 +225,13 @@ fn auto_acked_messages_arriving_while_the_channel_closes_are_reported() {
     for _ in 0..N {
         channel.basic_publish("", &queue, &body).unwrap();
     }
-    let consuming = connection.channel().unwrap();
-    let number = consuming.channel_number().to_string();
-    consuming
-        .basic_consume(
-            &queue,
-            |_, _, _, _| -> () { panic!("nobody runs this consumer") },
-            BasicConsumeOptions {
-                auto_ack: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let (consuming, channel_words) = idle_auto_ack_consumer(&connection, &queue);
     // Some arrive (nobody consumes them); close with many more on their way.
     std::thread::sleep(std::time::Duration::from_millis(300));
     consuming.close().unwrap();
     let left = support::message_count(&connection, &queue) as usize;
     assert!(left < N, "the broker sent nothing");
     let captured = logged_since(mark);
-    let channel_words = format!("channel {number}");
     let queued = logged_count(
         &captured,
         &[&channel_words, "not yet handed out"],
@@ -261,18 +267,7 @@ fn auto_acked_messages_held_by_a_channel_dropped_after_its_connection_closed_are
     let queue = support::named_queue(&channel, "dropped-after-close");
     const N: usize = 50;
     support::publish_numbered(&channel, &queue, 0..N as u32);
-    let consuming = connection.channel().unwrap();
-    let number = consuming.channel_number().to_string();
-    consuming
-        .basic_consume(
-            &queue,
-            |_, _, _, _| -> () { panic!("nobody runs this consumer") },
-            BasicConsumeOptions {
-                auto_ack: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let (consuming, channel_words) = idle_auto_ack_consumer(&connection, &queue);
     let other = support::connect();
     assert!(
         support::eventually(std::time::Duration::from_secs(5), || {
@@ -284,7 +279,6 @@ fn auto_acked_messages_held_by_a_channel_dropped_after_its_connection_closed_are
     connection.close().unwrap();
     drop(consuming);
     let captured = logged_since(mark);
-    let channel_words = format!("channel {number}");
     assert_eq!(
         logged_count(
             &captured,
