@@ -342,12 +342,14 @@ impl Connection {
             }
         }
         let core = self.core();
-        let seen = core.lock_link().secret_updates;
-        core.send_connection_method(
-            method,
-            crate::engine::deadline_after(core.params.rpc_timeout),
-        )?;
-        core.wait_secret_update(seen, core.params.rpc_timeout)
+        let timeout = core.params.rpc_timeout;
+        let deadline = crate::engine::deadline_after(timeout);
+        // Numbered as it is queued: the broker answers in that order.
+        let ticket = core.send_connection_method(method, deadline, |link| {
+            link.secret_updates.0 += 1;
+            link.secret_updates.0
+        })?;
+        core.wait_secret_update(ticket, deadline, timeout)
     }
 
     /// The negotiated highest channel number.

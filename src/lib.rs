@@ -220,8 +220,11 @@
 //! when they pass 64 MiB; heartbeat deadlines stand still meanwhile. Up to 64 MiB, reading goes
 //! on while any thread waits for a reply, a confirm, a close-ok, a message or outbound room,
 //! so an RPC or a publish from a consumer callback cannot deadlock behind the deliveries that
-//! caused the pause. Returned messages nobody handles are kept up to 16 MiB (bodies and
-//! headers). Use `basic_qos` prefetch to bound what the broker pushes.
+//! caused the pause. A channel the broker closes keeps what it had read for its consumers (to
+//! hand the `auto_ack` ones out before the channel's error) outside these counts, since no
+//! more arrive; it goes when the channel is pumped or dropped. Returned messages nobody
+//! handles are kept up to 16 MiB (bodies and headers). Use `basic_qos` prefetch to bound what
+//! the broker pushes.
 //!
 //! ### Consuming and the event loop
 //!

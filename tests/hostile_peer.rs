@@ -376,6 +376,61 @@ fn a_late_update_secret_ok_is_not_taken_for_the_next_calls() {
     join(fake);
 }
 
+/// Two threads update the secret at once; the broker answers the first and refuses the
+/// second (530): exactly one call succeeds and the other gets the refusal. One update-secret-ok
+/// answers one call, the oldest (before, both calls returned `Ok` on the one answer).
+#[test]
+fn concurrent_update_secrets_each_wait_for_their_own_answer() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        for _ in 0..2 {
+            match peer.expect_method() {
+                (0, AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_))) => {}
+                other => panic!("expected connection.update-secret, got {other:?}"),
+            }
+        }
+        peer.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                connection::UpdateSecretOk {},
+            )),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        peer.send_connection_close(530, "NOT_ALLOWED - second secret refused");
+        peer.drain()
+    });
+    let connection = Connection::open(client_params(port)).expect("open");
+    let start = std::sync::Barrier::new(2);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let calls: Vec<_> = ["one", "two"]
+            .into_iter()
+            .map(|secret| {
+                let (connection, start) = (&connection, &start);
+                s.spawn(move || {
+                    start.wait();
+                    connection.update_secret(secret, "rotation")
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    join(fake);
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let refused = results
+        .iter()
+        .filter(|r| {
+            matches!(
+                r,
+                Err(Error::ConnectionClosed {
+                    reply_code: 530,
+                    ..
+                })
+            )
+        })
+        .count();
+    assert_eq!((ok, refused), (1, 1), "{results:?}");
+}
+
 /// A flood of broker cancels for tags nobody has, then the cancel of a real consumer, all in
 /// one burst: the real one is not crowded out, and the consumer's iterator ends.
 #[test]
@@ -641,4 +696,62 @@ fn a_late_consume_ok_naming_a_live_consumer_is_a_protocol_error_not_its_cancel()
         ),
         "{reason:?}"
     );
+}
+
+/// The broker answers in order, also while the client closes the channel: a `basic_get` and a
+/// `queue_declare` timed out, then `close()`; the late get-ok (arriving while the channel
+/// closes) still answers the get, so the late declare-ok behind it answers the declare and
+/// the connection stays open (RabbitMQ's own order, not a protocol error).
+#[test]
+fn a_late_get_ok_while_the_channel_closes_still_answers_its_get() {
+    use amq_protocol::protocol::queue;
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        peer.expect_get(1);
+        match peer.expect_method() {
+            (1, AMQPClass::Queue(_)) => {}
+            other => panic!("expected queue.declare, got {other:?}"),
+        }
+        match peer.expect_method() {
+            (1, AMQPClass::Channel(channel::AMQPMethod::Close(_))) => {}
+            other => panic!("expected channel.close, got {other:?}"),
+        }
+        let mut bytes = Peer::get_ok_and_header(1, 1, 2);
+        bytes.extend(Peer::encode(&AMQPFrame::Body(1, b"hi".to_vec())));
+        bytes.extend(Peer::encode(&AMQPFrame::Method(
+            1,
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                queue: "q".into(),
+                message_count: 0,
+                consumer_count: 0,
+            })),
+        )));
+        bytes.extend(Peer::encode(&AMQPFrame::Method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+        )));
+        peer.send_raw(&bytes);
+        peer.drain()
+    });
+    let connection = Connection::open(client_params(port)).expect("open");
+    let channel = connection.channel().expect("channel");
+    let got = channel.basic_get("q", false);
+    assert!(matches!(got, Err(Error::Timeout { .. })), "{got:?}");
+    let declared = channel.queue_declare("q", Default::default());
+    assert!(
+        matches!(declared, Err(Error::Timeout { .. })),
+        "{declared:?}"
+    );
+    channel.close().expect("close");
+    // The declare-ok was read behind the close-ok, or is being read: give it a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        connection.is_open(),
+        "the connection closed: {:?}",
+        connection.close_reason()
+    );
+    drop(channel);
+    drop(connection);
+    assert_ne!(fake_broker::connection_close_code(&join(fake)), Some(503));
 }

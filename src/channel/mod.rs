@@ -92,17 +92,18 @@ impl std::fmt::Debug for ChannelHandle {
 
 impl Drop for ChannelHandle {
     fn drop(&mut self) {
-        // No waiting: the reader frees the number when the channel is closed (see `router`).
-        let _ = begin_close(&self.owner.core(), &self.core, 0, "Normal shutdown");
-        // What it still holds (kept when the broker closed it or the connection closed, or
-        // for an iterator that ended early) is nobody's now.
+        // What it still holds, for its iterators too, is nobody's now: dropped (and logged,
+        // once) with the close, or below if it is closed already (the broker or the
+        // connection closed it, or an iterator ended early).
         let iterators: Vec<Held> = (self.consumers.get_mut())
             .unwrap_or_else(|p| p.into_inner())
             .values_mut()
             .flat_map(|entry| entry.take_pending())
             .collect();
+        self.core.lock().deliveries.extend(iterators);
+        // No waiting: the reader frees the number when the channel is closed (see `router`).
+        let _ = begin_close(&self.owner.core(), &self.core, 0, "Normal shutdown");
         let mut st = self.core.lock();
-        st.deliveries.extend(iterators);
         crate::engine::chan::drop_deliveries(self.core.id, &mut st.deliveries, log::Level::Info);
         drop(st);
         // Whether we closed it now or the broker had: its consumers are gone.

@@ -41,7 +41,9 @@ impl Channel {
     /// Cancels a consumer (pika's `basic_cancel`). Returns the messages of an `auto_ack`
     /// consumer that arrived but were not yet handed to it; those of a manual-ack consumer are
     /// rejected with requeue so the broker delivers them again at once. Cancelling an unknown
-    /// tag does nothing.
+    /// tag does nothing. On a channel that is closed (or closing) nothing is sent: the
+    /// consumer went with the channel, the `auto_ack` messages are still returned, and the
+    /// manual-ack ones are dropped (the broker requeued them with the channel).
     pub fn basic_cancel(&self, consumer_tag: &str) -> Result<Vec<Delivery>> {
         self.cancel_consumer(consumer_tag)
             .map(|(returned, _)| returned)
@@ -155,7 +157,8 @@ impl Channel {
 
     /// Cancels the consumers made by [`consume`](Self::consume) on this channel (pika's
     /// `BlockingChannel.cancel()`): their messages received but not yet yielded are rejected
-    /// with requeue; returns how many (pika 1.4 requeues them too, but returns 0). Their
+    /// with requeue (or, on a closed channel, left to the broker, which requeued them with the
+    /// channel); returns how many (pika 1.4 requeues them too, but returns 0). Their
     /// iterators end. An `auto_ack` iterator's messages cannot go back: they are dropped with
     /// a warning in the log (see [`Consumer::cancel`](crate::Consumer::cancel)).
     pub fn cancel(&self) -> Result<usize> {

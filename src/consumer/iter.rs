@@ -120,7 +120,8 @@ impl Consumer {
     }
 
     /// Cancels the consumer (pika's `cancel()`): messages received but not yet yielded are
-    /// rejected with requeue (for a manual-ack consumer) and their number returned. Messages
+    /// rejected with requeue (for a manual-ack consumer; on a closed channel the broker
+    /// requeued them already) and their number returned. Messages
     /// already yielded are the caller's to ack. An `auto_ack` consumer's messages received but
     /// not yet yielded cannot go back (the broker forgot them): they are dropped with a
     /// warning in the log, as when the iterator is dropped; to keep them, cancel with

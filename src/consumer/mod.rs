@@ -66,7 +66,7 @@ pub(crate) struct ConsumerEntry {
     callback: Option<Option<ConsumerCallback>>,
     auto_ack: bool,
     /// Deliveries waiting for an iterator, or for a consumer being cancelled (still counted
-    /// for inbound back-pressure).
+    /// for inbound back-pressure, except what was routed here after the channel closed).
     pending: VecDeque<Held>,
     /// basic.cancel sent: deliveries are kept in `pending`, no callback runs.
     cancelling: bool,
@@ -578,7 +578,12 @@ impl Channel {
             _ => None,
         };
         let Some(mut callback) = callback else {
-            // An iterator's message (or a cancelling consumer's): keep it for its owner.
+            // An iterator's message (or a cancelling consumer's): keep it for its owner; from
+            // a closed channel it no longer counts (see the router's channel.close).
+            let mut held = held;
+            if stale {
+                held.unmeter();
+            }
             entry.pending.push_back(held);
             drop(consumers);
             self.inner.owner.core().nudge();

@@ -321,6 +321,7 @@ impl ChannelCore {
             st.life = Life::Closed(error.clone());
         }
         st.awaiting = None;
+        st.report_discarded(self.id);
     }
 
     /// The connection was lost and is to recover (see `recovery`): an open channel becomes
@@ -338,6 +339,7 @@ impl ChannelCore {
             Life::Closing(ours) => Life::Closed(ours.clone()),
             Life::Closed(e) => Life::Closed(e.clone()),
         };
+        st.report_discarded(self.id);
         st.losses = (st.losses.0 + 1, Some(error.clone()));
         // A reply already routed stays for its waiter; none is coming any more.
         st.awaiting = None;

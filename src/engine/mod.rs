@@ -285,26 +285,28 @@ impl Core {
         self.nudge();
     }
 
-    /// Waits until the update-secret-ok counter passes `seen`, at most until `deadline`.
-    pub(crate) fn wait_secret_update(&self, seen: u64, timeout: Duration) -> Result<()> {
-        let got = self.wait_until(deadline_after(timeout), || {
-            let link = self.lock_link();
-            if link.secret_updates > seen {
+    /// Waits until the broker answered the `ticket`-th update-secret (see
+    /// `Link::secret_updates`), at most until `deadline` (`timeout` from the call's start,
+    /// for the error).
+    pub(crate) fn wait_secret_update(
+        &self,
+        ticket: u64,
+        deadline: Option<Instant>,
+        timeout: Duration,
+    ) -> Result<()> {
+        let answered = || self.lock_link().secret_updates.1 >= ticket;
+        let got = self.wait_until(deadline, || {
+            if answered() {
                 return Some(Ok(()));
             }
-            link.closed.clone().map(Err)
+            self.lock_link().closed.clone().map(Err)
         });
-        got.unwrap_or_else(|| {
-            let mut link = self.lock_link();
-            if link.secret_updates > seen {
-                return Ok(());
-            }
-            // Its ok may still come: it is not the next call's.
-            link.secret_updates_stale += 1;
-            Err(Error::timeout(
+        got.unwrap_or_else(|| match answered() {
+            true => Ok(()),
+            false => Err(Error::timeout(
                 "waiting for connection.update-secret-ok",
                 timeout,
-            ))
+            )),
         })
     }
 

@@ -154,11 +154,10 @@ pub(crate) struct Link {
     /// connection.blocked (`Some(reason)`) and unblocked (`None`) not yet seen by callbacks,
     /// at most [`BLOCKED_EVENTS_KEPT`].
     pub(crate) blocked_events: VecDeque<Option<String>>,
-    /// update-secret-ok replies received (a counter, so a waiter can tell a new one).
-    pub(crate) secret_updates: u64,
-    /// update-secret calls that timed out and whose ok is still to come: the next that many
-    /// oks are theirs, not counted in `secret_updates`.
-    pub(crate) secret_updates_stale: u64,
+    /// update-secret methods queued, and update-secret-ok replies received. The broker
+    /// answers in order, so the call that queued the n-th method has its answer once n oks
+    /// came (a late ok of a call that timed out counts for that call, not the next).
+    pub(crate) secret_updates: (u64, u64),
     /// Who writes outside this lock (rule 2): callers write directly only while nobody does.
     pub(crate) writer: Writer,
     /// When a caller last appended a publish (rule 2).
@@ -183,8 +182,7 @@ impl Link {
             closing: None,
             blocked_since: None,
             blocked_events: VecDeque::new(),
-            secret_updates: 0,
-            secret_updates_stale: 0,
+            secret_updates: (0, 0),
             writer: Writer::Nobody,
             last_publish: None,
             closing_soon: false,
@@ -579,18 +577,21 @@ impl Core {
         }
     }
 
-    /// Queues a method on channel 0.
-    pub(crate) fn send_connection_method(
+    /// Queues a method on channel 0; `on_queue` runs under the link's lock as it is queued
+    /// (so what it counts is in the order the methods go out).
+    pub(crate) fn send_connection_method<T>(
         &self,
         method: AMQPClass,
         deadline: Option<Instant>,
-    ) -> Result<()> {
+        on_queue: impl FnOnce(&mut Link) -> T,
+    ) -> Result<T> {
         with_scratch(|buf| {
             codec::encode_method(buf, 0, method)?;
             codec::check_frames_fit(buf, self.tuned.frame_max)?;
             self.wait_for_room(false, deadline)?;
-            self.append_locked(self.lock_link(), &[], buf, None)
-                .map(|_| ())
+            let mut link = self.lock_link();
+            let queued = on_queue(&mut link);
+            self.append_locked(link, &[], buf, None).map(|_| queued)
         })
     }
 }

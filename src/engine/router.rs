@@ -227,8 +227,10 @@ impl Router {
             return Ok(());
         }
         // Our channel.close is on its way: nobody takes deliveries any more (counted, and
-        // logged once closed), but a return still settles its publish's confirm.
-        if matches!(st.life, Life::Closing(_)) && !matches!(method, ContentMethod::Return(_)) {
+        // logged once closed). A get-ok still answers its request (its waiter may still take
+        // it), and a return still settles its publish's confirm.
+        let closing = matches!(st.life, Life::Closing(_));
+        if closing && matches!(method, ContentMethod::Deliver(_)) {
             st.discarded += 1;
             return Ok(());
         }
@@ -272,6 +274,8 @@ impl Router {
                         reply_tag,
                     } => return Err(mismatched(channel, &request, reply, reply_tag)),
                     Delivered::ToWaiter | Delivered::Stale | Delivered::StaleConsume { .. } => {}
+                    // Nothing may follow our channel.close: the close requeues it.
+                    Delivered::StaleGet { .. } if closing => st.discarded += 1,
                     Delivered::StaleGet { delivery_tag } => {
                         drop(st);
                         log::warn!(
@@ -377,11 +381,13 @@ impl Router {
                 Ok(None)
             }
             connection::AMQPMethod::UpdateSecretOk(_) => {
+                // In order: the oldest call still owed one has it (see `Link::secret_updates`).
                 let mut link = core.lock_link();
-                // The first ones answer calls that gave up (in order): not the current one's.
-                match link.secret_updates_stale.checked_sub(1) {
-                    Some(left) => link.secret_updates_stale = left,
-                    None => link.secret_updates += 1,
+                let (sent, answered) = link.secret_updates;
+                if answered < sent {
+                    link.secret_updates.1 += 1;
+                } else {
+                    log::warn!("ignoring a connection.update-secret-ok nobody asked for");
                 }
                 drop(link);
                 self.changed = true;
