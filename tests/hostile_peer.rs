@@ -5,8 +5,9 @@
 //! connection and then drains our output a trickle at a time, one that stops reading while a
 //! channel is dropped, one that sends methods needing replies after our connection.close, an
 //! unasked connection.close-ok, a late update-secret-ok, a flood of cancels for unknown
-//! consumers, replies that do not answer the request, consume-oks and cancel-oks that name
-//! another consumer tag, and a heartbeat with a payload. Each test checks the exact typed error, or that the client
+//! consumers, replies that do not answer the request (late ones too), consume-oks and
+//! cancel-oks that name another consumer tag, and concurrent update-secrets answered in order
+//! (`hostile_frames.rs` has more). Each test checks the exact typed error, or that the client
 //! stays bounded in time and memory.
 
 use std::time::{Duration, Instant};
@@ -18,20 +19,7 @@ use cottontail::{Connection, Error};
 #[path = "support/fake_broker.rs"]
 mod fake_broker;
 
-use fake_broker::{client_params, join, spawn_fake, FakeBroker, Peer};
-
-/// Checks that `err` is [`Error::Protocol`] with `reply_code`; returns its reason.
-fn protocol_reason(result: cottontail::Result<impl std::fmt::Debug>, reply_code: u16) -> String {
-    match result {
-        Err(Error::Protocol {
-            reply_code: code,
-            reason,
-        }) if code == reply_code => reason,
-        other => {
-            panic!("expected Error::Protocol {{ reply_code: {reply_code}, .. }}, got {other:?}")
-        }
-    }
-}
+use fake_broker::{client_params, join, protocol_reason, spawn_fake, FakeBroker, Peer};
 
 #[test]
 fn a_tune_below_the_minimum_frame_size_fails_the_open() {
@@ -592,36 +580,6 @@ fn a_consume_ok_or_cancel_ok_for_another_tag_ends_the_connection_with_503() {
             "the client's connection.close (cancel: {cancel})"
         );
     }
-}
-
-/// A heartbeat frame carrying a payload (AMQP's grammar gives it none; RabbitMQ refuses one)
-/// is a frame error: the waiting call gets `Error::Protocol` 501 and the client closes the
-/// connection with 501.
-#[test]
-fn a_heartbeat_with_a_payload_ends_the_connection_with_501() {
-    let (port, fake) = spawn_fake(|broker| {
-        let mut peer = broker.accept_and_handshake(0, 131_072);
-        peer.open_channel(1);
-        match peer.expect_method() {
-            (1, AMQPClass::Queue(_)) => {}
-            other => panic!("expected queue.declare, got {other:?}"),
-        }
-        peer.send_raw(&[8, 0, 0, 0, 0, 0, 3, b'b', b'a', b'd', 0xCE]);
-        peer.drain()
-    });
-    let connection = Connection::open(client_params(port)).expect("open");
-    let channel = connection.channel().expect("channel");
-    let reason = protocol_reason(channel.queue_declare("q", Default::default()), 501);
-    assert!(
-        reason.contains("heartbeat frame with a 3-byte payload"),
-        "{reason}"
-    );
-    assert!(!connection.is_open());
-    assert_eq!(
-        fake_broker::connection_close_code(&join(fake)),
-        Some(501),
-        "the client's connection.close"
-    );
 }
 
 /// A late consume-ok (its `basic_consume` timed out) is checked like a timely one: one that

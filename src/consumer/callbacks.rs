@@ -85,7 +85,8 @@ impl Channel {
         let ran = match ran {
             Some(result) => result,
             None => {
-                self.core().lock().unpop_return(returned);
+                let kept = self.inner.owner.core().returns_kept.clone();
+                self.core().lock().unpop_return(returned, &kept);
                 Ok(())
             }
         };

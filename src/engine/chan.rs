@@ -21,8 +21,8 @@ use crate::protocol::confirms::{fingerprint, ConfirmTracker};
 use crate::protocol::properties::BasicProperties;
 
 /// Bytes (by [`weight`]: body, properties, per-message allowance) of unhandled returned messages
-/// kept for a channel that has no return callback
-/// yet; the oldest are dropped (with a warning) beyond it.
+/// a connection keeps, on all its channels, for return callbacks not yet run or registered;
+/// beyond it the oldest of the channel are dropped (with a warning), then the new one.
 pub(crate) const RETURNS_KEPT_BYTES: usize = 16 * 1024 * 1024;
 /// Consumer tags kept as orphans (see [`ChanState::orphans`]); the oldest are forgotten: an
 /// orphan matters only until the broker has seen its cancel, or until a consuming thread has
@@ -48,14 +48,15 @@ pub(crate) fn weight(body: &[u8], properties: &BasicProperties) -> usize {
 /// `token`). Shared by the connection and every [`Held`] message.
 pub(crate) type InboundMeter = Arc<AtomicUsize>;
 
-/// A delivery held for a caller, counted in the [`InboundMeter`] for as long as it is held
-/// (or until [`unmeter`](Held::unmeter)): whichever way it leaves (handed out, requeued,
+/// A message held for a caller (a delivery; also a returned message, in the connection's
+/// returns meter, see [`ChanState::push_return`]), counted in its meter for as long as it is
+/// held (or until [`unmeter`](Held::unmeter)): whichever way it leaves (handed out, requeued,
 /// dropped with its channel), the count goes down by what it added, so the meter cannot
 /// drift.
 #[derive(Debug)]
-pub(crate) struct Held {
+pub(crate) struct Held<T = Delivery> {
     /// Always `Some` until taken.
-    delivery: Option<Delivery>,
+    value: Option<T>,
     meter: InboundMeter,
     weight: usize,
 }
@@ -63,29 +64,41 @@ pub(crate) struct Held {
 impl Held {
     pub(crate) fn new(delivery: Delivery, meter: &InboundMeter) -> Held {
         let weight = weight(&delivery.body, &delivery.properties);
-        meter.fetch_add(weight, Ordering::SeqCst);
-        Held {
-            delivery: Some(delivery),
-            meter: meter.clone(),
-            weight,
-        }
+        Held::metered(delivery, weight, meter)
     }
 
     /// The consumer tag the delivery is for.
     pub(crate) fn consumer_tag(&self) -> &str {
-        self.delivery
+        self.value
             .as_ref()
             .map_or("", |d| d.method.consumer_tag.as_str())
     }
 
     /// The recoveries of the connection before it arrived.
     pub(crate) fn generation(&self) -> u64 {
-        self.delivery.as_ref().map_or(0, |d| d.generation)
+        self.value.as_ref().map_or(0, |d| d.generation)
     }
 
     /// The delivery tag.
     pub(crate) fn delivery_tag(&self) -> u64 {
-        self.delivery.as_ref().map_or(0, |d| d.method.delivery_tag)
+        self.value.as_ref().map_or(0, |d| d.method.delivery_tag)
+    }
+}
+
+impl<T> Held<T> {
+    /// Holds `value`, adding `weight` to `meter`.
+    pub(crate) fn metered(value: T, weight: usize, meter: &InboundMeter) -> Held<T> {
+        meter.fetch_add(weight, Ordering::SeqCst);
+        Held {
+            value: Some(value),
+            meter: meter.clone(),
+            weight,
+        }
+    }
+
+    /// What it holds, until taken.
+    pub(crate) fn get(&self) -> Option<&T> {
+        self.value.as_ref()
     }
 
     /// Stops counting it in the meter (it stays held): for what a closed channel keeps.
@@ -94,9 +107,9 @@ impl Held {
         self.weight = 0;
     }
 
-    /// Hands the delivery out; it no longer counts.
-    pub(crate) fn take(mut self) -> Delivery {
-        self.delivery.take().expect("a held delivery is taken once")
+    /// Hands the message out; it no longer counts.
+    pub(crate) fn take(mut self) -> T {
+        self.value.take().expect("a held message is taken once")
     }
 }
 
@@ -117,7 +130,17 @@ pub(crate) fn drop_deliveries(channel: u16, deliveries: &mut VecDeque<Held>, lev
     }
 }
 
-impl Drop for Held {
+/// Logs a returned message dropped unhandled (see [`ChanState::push_return`]).
+fn warn_return_dropped(returned: &Returned) {
+    log::warn!(
+        "dropping an unhandled returned message ({} bytes, routing key {:?}): more than \
+         {RETURNS_KEPT_BYTES} bytes of returns wait for a return callback on this connection",
+        returned.body.len(),
+        returned.method.routing_key.as_str()
+    );
+}
+
+impl<T> Drop for Held<T> {
     fn drop(&mut self) {
         self.meter.fetch_sub(self.weight, Ordering::SeqCst);
     }
@@ -225,9 +248,7 @@ pub(crate) struct ChanState {
     pub(crate) deliveries: VecDeque<Held>,
     /// Returned messages for the return callbacks, each with the publish sequence number the
     /// confirm tracker charged it to (see `protocol::confirms`), if any.
-    returns: VecDeque<(Option<u64>, Returned)>,
-    /// Body bytes in `returns`.
-    returns_bytes: usize,
+    returns: VecDeque<(Option<u64>, Held<Returned>)>,
     pub(crate) confirms: Option<ConfirmTracker>,
     /// Consumer tags the broker cancelled (queue deleted...), not yet seen by the consumer loop.
     pub(crate) cancelled: Vec<String>,
@@ -291,7 +312,6 @@ impl ChannelCore {
                 stale: VecDeque::new(),
                 deliveries: VecDeque::new(),
                 returns: VecDeque::new(),
-                returns_bytes: 0,
                 confirms: None,
                 cancelled: Vec::new(),
                 orphans: VecDeque::new(),
@@ -455,11 +475,13 @@ impl ChanState {
         self.cancelled.push(consumer_tag);
     }
 
-    /// Keeps a returned message for the return callbacks, at most [`RETURNS_KEPT_BYTES`] of
-    /// messages by [`weight`] (the oldest go first, with a warning); in confirm mode, first
-    /// marks the publish
-    /// it belongs to as returned.
-    pub(crate) fn push_return(&mut self, returned: Returned) {
+    /// Keeps a returned message for the return callbacks, counted in the connection's `kept`
+    /// (its `Core::returns_kept`), at most [`RETURNS_KEPT_BYTES`] of messages by [`weight`] on
+    /// all channels together, since a peer could return messages on every one: the oldest of
+    /// this channel go first, then, if that is not enough, this one is not kept (unless
+    /// nothing is: one message is always kept). Each drop is logged. In confirm mode, first
+    /// marks the publish it belongs to as returned.
+    pub(crate) fn push_return(&mut self, returned: Returned, kept: &InboundMeter) {
         let seq = self.confirms.as_mut().and_then(|tracker| {
             let method = &returned.method;
             tracker.on_return(
@@ -472,19 +494,22 @@ impl ChanState {
                 method.reply_text.as_str(),
             )
         });
-        self.returns_bytes += weight(&returned.body, &returned.properties);
-        self.returns.push_back((seq, returned));
-        while self.returns_bytes > RETURNS_KEPT_BYTES && self.returns.len() > 1 {
-            if let Some((_, old)) = self.returns.pop_front() {
-                self.returns_bytes -= weight(&old.body, &old.properties);
-                log::warn!(
-                    "dropping an unhandled returned message ({} bytes, routing key {:?}): more \
-                     than {RETURNS_KEPT_BYTES} bytes of returns wait for a return callback",
-                    old.body.len(),
-                    old.method.routing_key.as_str()
-                );
+        let size = weight(&returned.body, &returned.properties);
+        let over = || kept.load(Ordering::SeqCst) + size > RETURNS_KEPT_BYTES;
+        while over() {
+            let Some((_, old)) = self.returns.pop_front() else {
+                break;
+            };
+            if let Some(old) = old.get() {
+                warn_return_dropped(old);
             }
         }
+        if over() && kept.load(Ordering::SeqCst) > 0 {
+            warn_return_dropped(&returned);
+            return;
+        }
+        self.returns
+            .push_back((seq, Held::metered(returned, size, kept)));
     }
 
     /// Whether returned messages wait for the return callbacks.
@@ -494,16 +519,15 @@ impl ChanState {
 
     /// Takes the oldest returned message, if any.
     pub(crate) fn pop_return(&mut self) -> Option<Returned> {
-        let (_, returned) = self.returns.pop_front()?;
-        self.returns_bytes -= weight(&returned.body, &returned.properties);
-        Some(returned)
+        self.returns.pop_front().map(|(_, held)| held.take())
     }
 
     /// Puts back a return taken with [`pop_return`](Self::pop_return), first in line (no
-    /// longer charged to a publish).
-    pub(crate) fn unpop_return(&mut self, returned: Returned) {
-        self.returns_bytes += weight(&returned.body, &returned.properties);
-        self.returns.push_front((None, returned));
+    /// longer charged to a publish), counted in `kept` again.
+    pub(crate) fn unpop_return(&mut self, returned: Returned, kept: &InboundMeter) {
+        let size = weight(&returned.body, &returned.properties);
+        self.returns
+            .push_front((None, Held::metered(returned, size, kept)));
     }
 
     /// Whether a basic.consume with `consumer_tag` timed out and its reply is still to come.
@@ -516,9 +540,7 @@ impl ChanState {
     /// Takes the returned message charged to publish `seq`, if it is still kept.
     pub(crate) fn take_return_of(&mut self, seq: u64) -> Option<Returned> {
         let i = self.returns.iter().position(|(s, _)| *s == Some(seq))?;
-        let (_, returned) = self.returns.remove(i)?;
-        self.returns_bytes -= weight(&returned.body, &returned.properties);
-        Some(returned)
+        self.returns.remove(i).map(|(_, held)| held.take())
     }
 
     /// Records a consumer that is gone for us (see `orphans`): its deliveries are

@@ -84,6 +84,9 @@ pub(crate) struct Core {
     token: ReadToken,
     /// Bytes of messages held for callers (see `token`, rule 9).
     pub(crate) inbound: InboundMeter,
+    /// Bytes of the returned messages kept for the return callbacks on all its channels
+    /// (see `ChanState::push_return`).
+    pub(crate) returns_kept: InboundMeter,
     /// Bumped when connection-level work appears for the consuming threads (a threadsafe
     /// callback, a timer, a blocked/unblocked event); see [`Core::kick`].
     pub(crate) conn_work: AtomicU64,
@@ -202,6 +205,7 @@ impl Core {
             channels: Mutex::new(ChannelTable::default()),
             token,
             inbound: InboundMeter::default(),
+            returns_kept: InboundMeter::default(),
             conn_work: AtomicU64::new(0),
             thread: Mutex::new(Some(handle)),
             generation,

@@ -92,11 +92,14 @@ impl Router {
         let index = channel as usize;
         if self.channels.get(index).is_none_or(Option::is_none) {
             let known = core.lock_channels().live.get(&channel).cloned();
-            let known = known.ok_or_else(|| {
-                Error::protocol(
+            let known = known.ok_or_else(|| match channel {
+                // The connection's own: only connection methods and heartbeats go there, as
+                // `on_frame` says for any other method, whichever way it was decoded.
+                0 => Error::protocol(COMMAND_INVALID, "content frame or method on channel 0"),
+                _ => Error::protocol(
                     CHANNEL_ERROR,
                     format!("frame on channel {channel}, which is not open"),
-                )
+                ),
             })?;
             if self.channels.len() <= index {
                 self.channels.resize_with(index + 1, || None);
@@ -290,7 +293,7 @@ impl Router {
                 }
             }
             ContentMethod::Return(method) => {
-                st.push_return(Returned::new(method, properties, body))
+                st.push_return(Returned::new(method, properties, body), &core.returns_kept)
             }
         }
         self.changed = true;

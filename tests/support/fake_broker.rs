@@ -374,3 +374,19 @@ pub fn join<T>(fake: JoinHandle<T>) -> T {
         Err(panic) => std::panic::resume_unwind(panic),
     }
 }
+
+/// Checks that `err` is [`cottontail::Error::Protocol`] with `reply_code`; returns its reason.
+pub fn protocol_reason(
+    result: cottontail::Result<impl std::fmt::Debug>,
+    reply_code: u16,
+) -> String {
+    match result {
+        Err(cottontail::Error::Protocol {
+            reply_code: code,
+            reason,
+        }) if code == reply_code => reason,
+        other => {
+            panic!("expected cottontail::Error::Protocol {{ reply_code: {reply_code}, .. }}, got {other:?}")
+        }
+    }
+}
