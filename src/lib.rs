@@ -223,9 +223,9 @@
 //! caused the pause. A channel the broker closes keeps what it had read for its consumers (to
 //! hand the `auto_ack` ones out before the channel's error) outside these counts, since no
 //! more arrive; it goes when the channel is pumped or dropped. Returned messages nobody
-//! handles are kept up to 16 MiB per connection (bodies and headers). A message being
-//! received is kept whole until its last frame, up to 512 MiB on each channel. Use
-//! `basic_qos` prefetch to bound what the broker pushes.
+//! handles are kept up to 16 MiB per channel and 64 MiB per connection (bodies and headers).
+//! A message being received is kept whole until its last frame, up to 512 MiB on each
+//! channel. Use `basic_qos` prefetch to bound what the broker pushes.
 //!
 //! ### Consuming and the event loop
 //!

@@ -42,8 +42,9 @@ pub struct ConfirmOutcome {
     pub returned: Vec<u64>,
     /// The returned messages themselves, with their sequence numbers, taken from the
     /// channel's returned messages so the return callbacks do not see them again. A return
-    /// that a return callback already handled (on a thread consuming this channel meanwhile)
-    /// is in [`returned`](Self::returned) but not here.
+    /// that a return callback already handled (on a thread consuming this channel meanwhile),
+    /// or that was not kept because too many returns waited unhandled (see
+    /// [`Channel::add_on_return_callback`]), is in [`returned`](Self::returned) but not here.
     pub returned_messages: Vec<(u64, Returned)>,
     /// Sequence numbers of messages whose confirm had not come when the connection was lost
     /// (with recovery on): they may or may not have reached their queues. Never reported as

@@ -45,11 +45,11 @@ fn a_heartbeat_with_a_payload_ends_the_connection_with_501() {
     );
 }
 
-/// A basic.deliver or a content header on channel 0 (the connection's own) is 503
-/// COMMAND_INVALID, as any other non-connection method there is, whichever decoder read it
-/// (before, the fast path's deliver and the header said 504 "channel 0, which is not open").
+/// A basic.deliver on channel 0 (the connection's own) is 503 COMMAND_INVALID, as any other
+/// non-connection method there is, whichever decoder read it; a content header there is 505
+/// UNEXPECTED_FRAME (before, both said 504 "channel 0, which is not open").
 #[test]
-fn content_on_channel_0_is_command_invalid() {
+fn content_on_channel_0_is_refused() {
     use amq_protocol::frame::AMQPContentHeader;
     for header_only in [false, true] {
         let (port, fake) = spawn_fake(move |broker| {
@@ -84,81 +84,102 @@ fn content_on_channel_0_is_command_invalid() {
         });
         let connection = Connection::open(client_params(port)).expect("open");
         let channel = connection.channel().expect("channel");
-        let reason = protocol_reason(channel.queue_declare("q", Default::default()), 503);
+        let code = if header_only { 505 } else { 503 };
+        let reason = protocol_reason(channel.queue_declare("q", Default::default()), code);
         assert!(reason.contains("channel 0"), "{reason}");
         assert_eq!(
             fake_broker::connection_close_code(&join(fake)),
-            Some(503),
+            Some(code),
             "header only: {header_only}"
         );
     }
 }
 
-/// A peer that returns messages on every channel (here 1 MiB on each of 32 channels, 20
-/// times; a real RabbitMQ returns only what was published): what the client keeps for return
-/// callbacks is bounded for the whole connection, not per channel, so the callbacks
-/// registered afterwards get at most 16 MiB of them (before: 16 MiB per channel, 512 here).
-#[test]
-fn returns_on_many_channels_are_kept_within_one_bound_for_the_connection() {
-    const CHANNELS: u16 = 32;
-    const ROUNDS: usize = 20;
-    let (port, fake) = spawn_fake(|broker| {
+/// `rounds` returned 1 MiB messages on each of `channels` (1, 2, ...), as one burst.
+fn returns(channels: std::ops::RangeInclusive<u16>, rounds: usize) -> Vec<u8> {
+    let body = vec![7u8; 1 << 20];
+    let mut round = Vec::new();
+    for channel in channels {
+        round.extend(Peer::encode(&AMQPFrame::Method(
+            channel,
+            AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                reply_code: 312,
+                reply_text: "NO_ROUTE".into(),
+                exchange: "".into(),
+                routing_key: "nowhere".into(),
+            })),
+        )));
+        round.extend(Peer::encode(&AMQPFrame::Header(
+            channel,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size: body.len() as u64,
+                properties: Default::default(),
+            },
+        )));
+        for piece in body.chunks(131_072 - 8) {
+            round.extend(Peer::encode(&AMQPFrame::Body(channel, piece.to_vec())));
+        }
+    }
+    round.repeat(rounds)
+}
+
+/// Opens `count` channels on a connection to a fake broker that sends `burst` once they are
+/// open; once it has all been read, registers a return callback on each channel and returns
+/// how many returned messages each callback got.
+fn returned_to_late_callbacks(count: u16, burst: Vec<u8>) -> Vec<usize> {
+    let (port, fake) = spawn_fake(move |broker| {
         let mut peer = broker.accept_and_handshake(0, 131_072);
-        for channel in 1..=CHANNELS {
+        for channel in 1..=count {
             peer.open_channel(channel);
         }
-        let body = vec![7u8; 1 << 20];
-        let mut round = Vec::new();
-        for channel in 1..=CHANNELS {
-            round.extend(Peer::encode(&AMQPFrame::Method(
-                channel,
-                AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
-                    reply_code: 312,
-                    reply_text: "NO_ROUTE".into(),
-                    exchange: "".into(),
-                    routing_key: "nowhere".into(),
-                })),
-            )));
-            round.extend(Peer::encode(&AMQPFrame::Header(
-                channel,
-                AMQPContentHeader {
-                    class_id: 60,
-                    body_size: body.len() as u64,
-                    properties: Default::default(),
-                },
-            )));
-            for piece in body.chunks(131_072 - 8) {
-                round.extend(Peer::encode(&AMQPFrame::Body(channel, piece.to_vec())));
-            }
-        }
-        for _ in 0..ROUNDS {
-            peer.send_raw(&round);
-        }
+        peer.send_raw(&burst);
         peer
     });
     let connection = Connection::open(client_params(port)).expect("open");
-    let channels: Vec<_> = (0..CHANNELS)
+    let channels: Vec<_> = (0..count)
         .map(|_| connection.channel().expect("channel"))
         .collect();
     let peer = join(fake);
     // The fake has written everything; the last of it may still be on its way in.
     std::thread::sleep(Duration::from_secs(2));
-    static HANDED: AtomicUsize = AtomicUsize::new(0);
-    for channel in &channels {
-        channel.add_on_return_callback(|_, _, _, body| {
+    let handed: Vec<_> = (0..count)
+        .map(|_| std::sync::Arc::new(AtomicUsize::new(0)))
+        .collect();
+    for (channel, handed) in channels.iter().zip(&handed) {
+        let handed = handed.clone();
+        channel.add_on_return_callback(move |_, _, _, body| {
             assert_eq!(body.len(), 1 << 20);
-            HANDED.fetch_add(1, Ordering::SeqCst);
+            handed.fetch_add(1, Ordering::SeqCst);
         });
     }
     connection
         .process_data_events(Duration::ZERO)
         .expect("process_data_events");
-    let handed = HANDED.load(Ordering::SeqCst);
-    assert!(
-        (1..=16).contains(&handed),
-        "{handed} returned 1 MiB messages were kept for the callbacks"
-    );
     assert!(connection.is_open());
     drop(peer);
-    drop(channels);
+    handed.iter().map(|h| h.load(Ordering::SeqCst)).collect()
+}
+
+/// A peer that returns messages on every channel (here 1 MiB on each of 32 channels, 20
+/// times; a real RabbitMQ returns only what was published): what the client keeps for return
+/// callbacks is bounded for the whole connection, 64 MiB, not only per channel (16 MiB each:
+/// 480 of them here before).
+#[test]
+fn returns_on_many_channels_are_kept_within_one_bound_for_the_connection() {
+    let handed = returned_to_late_callbacks(32, returns(1..=32, 20));
+    let total: usize = handed.iter().sum();
+    assert!((16..=64).contains(&total), "{total} kept: {handed:?}");
+    assert!(handed.iter().all(|&n| n <= 16), "{handed:?}");
+}
+
+/// One channel whose returns nobody handles fills its own 16 MiB; another channel's returns
+/// that come after are still kept for its callback.
+#[test]
+fn a_channel_whose_returns_nobody_handles_does_not_crowd_out_another_channels() {
+    let mut burst = returns(1..=1, 40);
+    burst.extend(returns(2..=2, 3));
+    let handed = returned_to_late_callbacks(2, burst);
+    assert_eq!(handed[1], 3, "{handed:?}");
+    assert!((1..=16).contains(&handed[0]), "{handed:?}");
 }

@@ -30,8 +30,9 @@ impl Channel {
     /// returns of its window back in [`ConfirmOutcome::returned_messages`](crate::ConfirmOutcome)
     /// (unless a return callback ran first). Returns nobody handles (no callback registered, or
     /// no thread consuming the channel) are kept for later callbacks up to 16 MiB per
-    /// channel; beyond that the oldest are dropped, each with a warning in the log. They go
-    /// with the channel when it closes.
+    /// channel (beyond that its oldest are dropped) and 64 MiB per connection (beyond that a
+    /// new one is not kept), each drop with a warning in the log. They go with the channel
+    /// when its last handle is dropped.
     pub fn add_on_return_callback<F, R>(&self, mut callback: F)
     where
         F: FnMut(&Channel, &Return, &BasicProperties, &[u8]) -> R + Send + 'static,

@@ -590,6 +590,9 @@ impl Core {
             codec::check_frames_fit(buf, self.tuned.frame_max)?;
             self.wait_for_room(false, deadline)?;
             let mut link = self.lock_link();
+            if let Some(e) = link.refusal() {
+                return Err(e);
+            }
             let queued = on_queue(&mut link);
             self.append_locked(link, &[], buf, None).map(|_| queued)
         })

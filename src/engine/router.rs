@@ -41,7 +41,7 @@ use super::chan::{ChannelCore, Delivered, Held, Life, Reply};
 use super::outbound::REPLY_BACKLOG;
 use super::Core;
 use crate::delivery::{Delivery, GetMessage, Returned};
-use crate::error::{Error, Result, CHANNEL_ERROR, COMMAND_INVALID, FRAME_ERROR};
+use crate::error::{Error, Result, CHANNEL_ERROR, COMMAND_INVALID, FRAME_ERROR, UNEXPECTED_FRAME};
 use crate::protocol::codec::Awaited;
 use crate::protocol::codec::{self, Header};
 use crate::protocol::content::{Assembly, Content, ContentMethod};
@@ -93,9 +93,9 @@ impl Router {
         if self.channels.get(index).is_none_or(Option::is_none) {
             let known = core.lock_channels().live.get(&channel).cloned();
             let known = known.ok_or_else(|| match channel {
-                // The connection's own: only connection methods and heartbeats go there, as
-                // `on_frame` says for any other method, whichever way it was decoded.
-                0 => Error::protocol(COMMAND_INVALID, "content frame or method on channel 0"),
+                // The connection's own: only connection methods and heartbeats go there
+                // (`on_deliver` says so for a deliver, as `on_frame` does for other methods).
+                0 => Error::protocol(UNEXPECTED_FRAME, "content frame on channel 0"),
                 _ => Error::protocol(
                     CHANNEL_ERROR,
                     format!("frame on channel {channel}, which is not open"),
@@ -189,6 +189,12 @@ impl Router {
     /// A basic.deliver decoded by `protocol::fast` (the parsed ones come through
     /// [`on_frame`](Self::on_frame)).
     pub(crate) fn on_deliver(&mut self, core: &Core, channel: u16, deliver: Deliver) -> Result<()> {
+        if channel == 0 {
+            return Err(Error::protocol(
+                COMMAND_INVALID,
+                "method basic.deliver on channel 0",
+            ));
+        }
         log::trace!("channel {channel}: {deliver:?}");
         let entry = self.entry(core, channel)?;
         entry
@@ -491,10 +497,10 @@ impl Router {
                 // Deliveries read before the close stay, to be handed out ahead of the
                 // channel's error: the broker counts the auto-acked ones delivered. The
                 // consumer loop drops the manual-ack ones, which it requeued (see
-                // `Channel::route`), and so does dropping the channel. They no longer count
-                // against the inbound limits: no more come, and a closed channel nobody
-                // pumps must not pause reading for the others.
-                st.deliveries.iter_mut().for_each(Held::unmeter);
+                // `Channel::route`), and so does dropping the channel. They (and kept returns)
+                // no longer count against the connection's limits: no more come, and a closed
+                // channel nobody pumps must not hold back the others.
+                st.unmeter_all();
                 // Marked closed before close-ok is queued, under the lock callers take to queue
                 // frames for the channel, so nothing of theirs follows the close-ok.
                 let ok = AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}));
@@ -513,6 +519,7 @@ impl Router {
                 st.life = Life::Closed(ours.clone());
                 st.awaiting = None;
                 st.deliveries.clear();
+                st.unmeter_all();
                 st.report_discarded(channel);
                 self.forget(core, channel, false);
                 drop(st);

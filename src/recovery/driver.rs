@@ -273,6 +273,8 @@ fn restore(
             }
             st.life = Life::Open;
             st.generation = generation;
+            // What it kept across the loss counts on the new connection.
+            st.remeter_all(&core.inbound, &core.returns_kept);
         }
         core.lock_channels().live.insert(chan.id, chan.clone());
         restored.push(chan.clone());
