@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use amq_protocol::protocol::{basic, channel, connection, queue, AMQPClass};
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use cottontail::{
     BasicConsumeOptions, Connection, ConnectionParameters, Error, PublishOptions, QosOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -238,10 +238,7 @@ fn rpc_times_out_on_time_while_another_channel_is_flooded() {
         let tag = accept_consume(&mut peer, 2);
         // The flood starts once the client waits for its reply on channel 1: the waiting
         // caller is then the one reading the socket.
-        match peer.expect_method() {
-            (1, AMQPClass::Queue(queue::AMQPMethod::Declare(_))) => {}
-            other => panic!("fake broker: expected queue.declare on 1, got {other:?}"),
-        }
+        peer.expect_queue_declare(1);
         flood(&mut peer, &deliveries(2, &tag));
     });
     let (took, result, delivered) = within(Duration::from_secs(30), "the scenario", move || {

@@ -23,10 +23,7 @@ fn a_heartbeat_with_a_payload_ends_the_connection_with_501() {
     let (port, fake) = spawn_fake(|broker| {
         let mut peer = broker.accept_and_handshake(0, 131_072);
         peer.open_channel(1);
-        match peer.expect_method() {
-            (1, AMQPClass::Queue(_)) => {}
-            other => panic!("expected queue.declare, got {other:?}"),
-        }
+        peer.expect_queue_declare(1);
         peer.send_raw(&[8, 0, 0, 0, 0, 0, 3, b'b', b'a', b'd', 0xCE]);
         peer.drain()
     });
@@ -50,15 +47,11 @@ fn a_heartbeat_with_a_payload_ends_the_connection_with_501() {
 /// UNEXPECTED_FRAME (before, both said 504 "channel 0, which is not open").
 #[test]
 fn content_on_channel_0_is_refused() {
-    use amq_protocol::frame::AMQPContentHeader;
     for header_only in [false, true] {
         let (port, fake) = spawn_fake(move |broker| {
             let mut peer = broker.accept_and_handshake(0, 131_072);
             peer.open_channel(1);
-            match peer.expect_method() {
-                (1, AMQPClass::Queue(_)) => {}
-                other => panic!("expected queue.declare, got {other:?}"),
-            }
+            peer.expect_queue_declare(1);
             let frame = match header_only {
                 false => AMQPFrame::Method(
                     0,

@@ -491,10 +491,7 @@ fn a_reply_that_does_not_answer_the_request_ends_the_connection_with_503() {
         let (port, fake) = spawn_fake(move |broker| {
             let mut peer = broker.accept_and_handshake(0, 131_072);
             peer.open_channel(1);
-            match peer.expect_method() {
-                (1, AMQPClass::Queue(_)) => {}
-                other => panic!("expected queue.declare, got {other:?}"),
-            }
+            peer.expect_queue_declare(1);
             if wrong_get_ok {
                 let mut bytes = Peer::get_ok_and_header(1, 1, 2);
                 bytes.extend(Peer::encode(&AMQPFrame::Body(1, b"hi".to_vec())));
@@ -667,10 +664,7 @@ fn a_late_get_ok_while_the_channel_closes_still_answers_its_get() {
         let mut peer = broker.accept_and_handshake(0, 131_072);
         peer.open_channel(1);
         peer.expect_get(1);
-        match peer.expect_method() {
-            (1, AMQPClass::Queue(_)) => {}
-            other => panic!("expected queue.declare, got {other:?}"),
-        }
+        peer.expect_queue_declare(1);
         match peer.expect_method() {
             (1, AMQPClass::Channel(channel::AMQPMethod::Close(_))) => {}
             other => panic!("expected channel.close, got {other:?}"),

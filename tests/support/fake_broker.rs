@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame, WriteContext};
-use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
+use amq_protocol::protocol::{basic, channel, connection, queue, AMQPClass};
 use amq_protocol::types::FieldTable;
 
 // ---------------------------------------------------------------------------------------------
@@ -321,6 +321,14 @@ impl Peer {
         match self.expect_method() {
             (ch, AMQPClass::Basic(basic::AMQPMethod::Get(_))) if ch == channel => {}
             other => panic!("fake broker: expected basic.get on {channel}, got {other:?}"),
+        }
+    }
+
+    /// Reads the client's queue.declare on `channel`.
+    pub fn expect_queue_declare(&mut self, channel: u16) {
+        match self.expect_method() {
+            (ch, AMQPClass::Queue(queue::AMQPMethod::Declare(_))) if ch == channel => {}
+            other => panic!("fake broker: expected queue.declare on {channel}, got {other:?}"),
         }
     }
 
