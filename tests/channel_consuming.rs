@@ -279,10 +279,7 @@ fn consume_yields_deliveries_in_order_then_inactive() {
     let connection = connect();
     let channel = connection.channel().unwrap();
     let mut cleanup = Cleanup::default();
-    let queue = declare_queue(&channel, &mut cleanup, "in-order");
-    for i in 0..5 {
-        publish(&channel, "", &queue, &format!("m{i}"));
-    }
+    let queue = queue_holding(&channel, &mut cleanup, "in-order", 5);
     let consumer = channel
         .consume(
             &queue,
@@ -318,10 +315,7 @@ fn consumer_cancel_requeues_waiting_messages_and_returns_their_number() {
     let connection = connect();
     let channel = connection.channel().unwrap();
     let mut cleanup = Cleanup::default();
-    let queue = declare_queue(&channel, &mut cleanup, "consumer-cancel");
-    for i in 0..5 {
-        publish(&channel, "", &queue, &format!("m{i}"));
-    }
+    let queue = queue_holding(&channel, &mut cleanup, "consumer-cancel", 5);
     let mut consumer = channel.consume(&queue, ConsumeOptions::default()).unwrap();
     let Some(Ok(Consumed::Delivery(first))) = consumer.next() else {
         panic!("expected a delivery");
@@ -403,10 +397,7 @@ fn basic_cancel_of_an_auto_ack_consumer_returns_the_undispatched_messages() {
     let connection = connect();
     let channel = connection.channel().unwrap();
     let mut cleanup = Cleanup::default();
-    let queue = declare_queue(&channel, &mut cleanup, "cancel-auto-ack");
-    for i in 0..3 {
-        publish(&channel, "", &queue, &format!("m{i}"));
-    }
+    let queue = queue_holding(&channel, &mut cleanup, "cancel-auto-ack", 3);
     let consumer = channel
         .consume(
             &queue,

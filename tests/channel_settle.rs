@@ -132,20 +132,8 @@ fn basic_nack_multiple_settles_every_delivery_up_to_the_tag() {
     let connection = connect();
     let channel = connection.channel().unwrap();
     let mut cleanup = Cleanup::default();
-    let queue = declare_queue(&channel, &mut cleanup, "nack-multiple");
-    for i in 0..5 {
-        publish(&channel, "", &queue, &format!("m{i}"));
-    }
-    let tags: Vec<u64> = (0..5)
-        .map(|_| {
-            channel
-                .basic_get(&queue, false)
-                .unwrap()
-                .unwrap()
-                .method
-                .delivery_tag
-        })
-        .collect();
+    let queue = queue_holding(&channel, &mut cleanup, "nack-multiple", 5);
+    let tags = get_tags(&channel, &queue, 5);
     // Nack the first four at once, with requeue: they are ready again, the fifth stays unacked.
     channel
         .basic_nack(
@@ -186,20 +174,8 @@ fn basic_ack_multiple_acks_every_delivery_up_to_the_tag() {
     let connection = connect();
     let channel = connection.channel().unwrap();
     let mut cleanup = Cleanup::default();
-    let queue = declare_queue(&channel, &mut cleanup, "ack-multiple");
-    for i in 0..4 {
-        publish(&channel, "", &queue, &format!("m{i}"));
-    }
-    let tags: Vec<u64> = (0..4)
-        .map(|_| {
-            channel
-                .basic_get(&queue, false)
-                .unwrap()
-                .unwrap()
-                .method
-                .delivery_tag
-        })
-        .collect();
+    let queue = queue_holding(&channel, &mut cleanup, "ack-multiple", 4);
+    let tags = get_tags(&channel, &queue, 4);
     channel.basic_ack(tags[2], true).unwrap();
     channel.close().unwrap();
     // Only the fourth was not acked, so only it comes back.
@@ -213,10 +189,7 @@ fn basic_recover_requeue_redelivers_unacked_messages_as_redelivered() {
     let connection = connect();
     let channel = connection.channel().unwrap();
     let mut cleanup = Cleanup::default();
-    let queue = declare_queue(&channel, &mut cleanup, "recover");
-    for i in 0..3 {
-        publish(&channel, "", &queue, &format!("m{i}"));
-    }
+    let queue = queue_holding(&channel, &mut cleanup, "recover", 3);
     for i in 0..3 {
         let message = channel.basic_get(&queue, false).unwrap().unwrap();
         assert_eq!(message.body, format!("m{i}").as_bytes());
@@ -239,10 +212,7 @@ fn basic_recover_requeue_redelivers_to_a_consumer() {
     let connection = connect();
     let channel = connection.channel().unwrap();
     let mut cleanup = Cleanup::default();
-    let queue = declare_queue(&channel, &mut cleanup, "recover-consumer");
-    for i in 0..3 {
-        publish(&channel, "", &queue, &format!("m{i}"));
-    }
+    let queue = queue_holding(&channel, &mut cleanup, "recover-consumer", 3);
     let mut consumer = channel
         .consume(
             &queue,

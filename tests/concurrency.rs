@@ -11,9 +11,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cottontail::{
-    ConnectionParameters, ConsumeOptions, Consumed, QosOptions, QueueDeclareOk,
-    QueueDeclareOptions, QueueDeleteOptions,
+    ConnectionParameters, ConsumeOptions, Consumed, QosOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
+use support::methods::{broker_view, passive};
 use support::{connect, eventually, unique};
 
 /// Deletes the test's queues when it ends, even when it fails.
@@ -33,25 +34,6 @@ impl Drop for Cleanup {
         }
         let _ = connection.close();
     }
-}
-
-fn passive() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    }
-}
-
-/// What the broker holds for `queue`, seen from a separate connection.
-fn broker_view(queue: &str) -> QueueDeclareOk {
-    let connection = connect();
-    let ok = connection
-        .channel()
-        .unwrap()
-        .queue_declare(queue, passive())
-        .unwrap();
-    connection.close().unwrap();
-    ok
 }
 
 /// Parses the `"<thread>:<seq>"` id at the start of a body (what follows may be binary).

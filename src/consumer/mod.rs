@@ -255,10 +255,7 @@ impl Channel {
         }
         // A tag used before (and orphaned) is this consumer's now.
         self.core().lock().forget_orphan(&tag);
-        let stale = Stale::Consume {
-            consumer_tag: tag.clone(),
-        };
-        match self.rpc_with(method, "basic.consume", stale, |_| {}) {
+        match self.rpc_with(method, "basic.consume", Stale::Consume, |_| {}) {
             Ok(Reply::Method(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))) => {
                 self.inner.owner.record(|t| {
                     t.consumer_started(

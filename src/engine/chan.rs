@@ -14,7 +14,7 @@ use std::time::Instant;
 use amq_protocol::protocol::{basic, AMQPClass};
 
 use crate::delivery::{Delivery, GetMessage, Returned};
-use crate::error::Error;
+use crate::error::{Error, COMMAND_INVALID};
 use crate::protocol::acks::AckRun;
 use crate::protocol::codec::Awaited;
 use crate::protocol::confirms::{fingerprint, ConfirmTracker};
@@ -189,7 +189,7 @@ impl Reply {
 }
 
 /// A request whose caller gave up (timed out) and whose reply is still to come.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stale {
     /// Any method: its reply is dropped on arrival.
     Method,
@@ -200,8 +200,9 @@ pub(crate) enum Stale {
     /// its tag, so the broker does not keep a consumer nobody has (its deliveries meanwhile
     /// are orphaned, see `orphans`). Cancelling earlier, behind the unanswered consume,
     /// crashes RabbitMQ 3.10's channel process (541 closes the connection). Until then the
-    /// tag may not be used again on the channel (`basic_consume` refuses it).
-    Consume { consumer_tag: String },
+    /// tag (in the stale entry's [`Awaited`]) may not be used again on the channel
+    /// (`basic_consume` refuses it).
+    Consume,
 }
 
 /// What became of a reply that arrived.
@@ -221,11 +222,36 @@ pub(crate) enum Delivered {
     Unwanted,
     /// It does not answer the request awaited (another method, or a consume-ok or cancel-ok
     /// naming another consumer tag): a peer's protocol error.
-    Mismatch {
-        request: Awaited,
-        reply: (u16, u16),
-        reply_tag: Option<String>,
-    },
+    Mismatch(Mismatch),
+}
+
+/// A reply that does not answer the request owed one ([`Delivered::Mismatch`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Mismatch {
+    request: Awaited,
+    /// The reply's class and method id, and its consumer tag if it has one.
+    reply: (u16, u16),
+    reply_tag: Option<String>,
+}
+
+impl Mismatch {
+    /// The protocol error that closes the connection for it, on `channel`.
+    pub(crate) fn error(self, channel: u16) -> Error {
+        let (id, asked) = (self.reply, self.request.id);
+        let reason = match (&self.request.consumer_tag, self.reply_tag) {
+            (Some(asked_tag), Some(tag)) if self.request.method_answered_by(id) => format!(
+                "channel {channel}: the reply {}.{} names consumer tag {tag:?}, not {asked_tag:?} \
+                 that the request {}.{} asked for",
+                id.0, id.1, asked.0, asked.1
+            ),
+            _ => format!(
+                "channel {channel}: method {}.{} does not answer the request {}.{} awaiting a \
+                 reply",
+                id.0, id.1, asked.0, asked.1
+            ),
+        };
+        Error::protocol(COMMAND_INVALID, reason)
+    }
 }
 
 /// Where a channel is in its life.
@@ -438,11 +464,11 @@ impl ChanState {
         };
         if let Some(request) = request.filter(|r| !r.answered_by(reply.id(), reply.consumer_tag()))
         {
-            return Delivered::Mismatch {
+            return Delivered::Mismatch(Mismatch {
                 request,
                 reply: reply.id(),
                 reply_tag: reply.consumer_tag().map(str::to_owned),
-            };
+            });
         }
         let Some(stale) = stale else {
             self.reply = Some(reply);
@@ -464,12 +490,11 @@ impl ChanState {
                 Delivered::Stale
             }
             // Its tag is the one asked for (checked above).
-            (
-                Stale::Consume { .. },
-                Reply::Method(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok))),
-            ) => Delivered::StaleConsume {
-                consumer_tag: ok.consumer_tag.clone(),
-            },
+            (Stale::Consume, Reply::Method(AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(ok)))) => {
+                Delivered::StaleConsume {
+                    consumer_tag: ok.consumer_tag.clone(),
+                }
+            }
             _ => Delivered::Stale,
         }
     }
@@ -580,7 +605,8 @@ impl ChanState {
     pub(crate) fn consume_pending(&self, consumer_tag: &str) -> bool {
         self.stale
             .iter()
-            .any(|(s, _)| matches!(s, Stale::Consume { consumer_tag: t } if t == consumer_tag))
+            .filter(|(s, _)| *s == Stale::Consume)
+            .any(|(_, a)| a.as_ref().and_then(|a| a.consumer_tag.as_deref()) == Some(consumer_tag))
     }
 
     /// Takes the returned message charged to publish `seq`, if it is still kept.

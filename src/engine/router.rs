@@ -42,7 +42,6 @@ use super::outbound::REPLY_BACKLOG;
 use super::Core;
 use crate::delivery::{Delivery, GetMessage, Returned};
 use crate::error::{Error, Result, CHANNEL_ERROR, COMMAND_INVALID, FRAME_ERROR, UNEXPECTED_FRAME};
-use crate::protocol::codec::Awaited;
 use crate::protocol::codec::{self, Header};
 use crate::protocol::content::{Assembly, Content, ContentMethod};
 use crate::protocol::methods::{Deliver, GetOk, Return};
@@ -277,11 +276,7 @@ impl Router {
                 let reply = Reply::Get(GetMessage::new(method, properties, body, core.generation));
                 match st.deliver_reply(reply) {
                     // The connection ends: the broker requeues the message.
-                    Delivered::Mismatch {
-                        request,
-                        reply,
-                        reply_tag,
-                    } => return Err(mismatched(channel, &request, reply, reply_tag)),
+                    Delivered::Mismatch(m) => return Err(m.error(channel)),
                     Delivered::ToWaiter | Delivered::Stale | Delivered::StaleConsume { .. } => {}
                     // Nothing may follow our channel.close: the close requeues it.
                     Delivered::StaleGet { .. } if closing => st.discarded += 1,
@@ -539,11 +534,7 @@ impl Router {
                 let mut st = chan.lock();
                 let reply = Reply::Method(reply);
                 match st.deliver_reply(reply) {
-                    Delivered::Mismatch {
-                        request,
-                        reply,
-                        reply_tag,
-                    } => return Err(mismatched(channel, &request, reply, reply_tag)),
+                    Delivered::Mismatch(m) => return Err(m.error(channel)),
                     Delivered::Unwanted => {
                         log::warn!("channel {channel}: ignoring a reply nobody waits for")
                     }
@@ -603,21 +594,4 @@ impl Router {
         }
         self.backlog
     }
-}
-
-/// The protocol error for a reply that does not answer the request awaited on `channel`.
-fn mismatched(channel: u16, request: &Awaited, id: (u16, u16), tag: Option<String>) -> Error {
-    let asked = request.id;
-    let reason = match (&request.consumer_tag, tag) {
-        (Some(asked_tag), Some(tag)) if request.method_answered_by(id) => format!(
-            "channel {channel}: the reply {}.{} names consumer tag {tag:?}, not {asked_tag:?} \
-             that the request {}.{} asked for",
-            id.0, id.1, asked.0, asked.1
-        ),
-        _ => format!(
-            "channel {channel}: method {}.{} does not answer the request {}.{} awaiting a reply",
-            id.0, id.1, asked.0, asked.1
-        ),
-    };
-    Error::protocol(COMMAND_INVALID, reason)
 }

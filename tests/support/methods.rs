@@ -89,6 +89,35 @@ pub fn declare_queue(channel: &Channel, cleanup: &mut Cleanup, prefix: &str) -> 
     queue
 }
 
+/// Declares a queue (as [`declare_queue`]) holding `count` messages, "m0", "m1"...
+pub fn queue_holding(
+    channel: &Channel,
+    cleanup: &mut Cleanup,
+    prefix: &str,
+    count: usize,
+) -> String {
+    let queue = declare_queue(channel, cleanup, prefix);
+    for i in 0..count {
+        publish(channel, "", &queue, &format!("m{i}"));
+    }
+    queue
+}
+
+/// Takes `count` messages of `queue` with `basic_get` (manual ack) and returns their delivery
+/// tags.
+pub fn get_tags(channel: &Channel, queue: &str, count: usize) -> Vec<u64> {
+    (0..count)
+        .map(|_| {
+            channel
+                .basic_get(queue, false)
+                .unwrap()
+                .expect("a message")
+                .method
+                .delivery_tag
+        })
+        .collect()
+}
+
 pub fn declare_exchange(
     channel: &Channel,
     cleanup: &mut Cleanup,
