@@ -224,8 +224,9 @@
 //! hand the `auto_ack` ones out before the channel's error) outside these counts, since no
 //! more arrive; it goes when the channel is pumped or dropped. Returned messages nobody
 //! handles are kept up to 16 MiB per channel and 64 MiB per connection (bodies and headers).
-//! A message being received is kept whole until its last frame, up to 512 MiB on each
-//! channel. Use `basic_qos` prefetch to bound what the broker pushes.
+//! A message being received is kept whole until its last frame, up to 512 MiB for the messages
+//! in progress on all channels together. Use `basic_qos` prefetch to bound what the broker
+//! pushes.
 //!
 //! ### Consuming and the event loop
 //!
@@ -298,16 +299,17 @@
 //! for two heartbeat intervals is [`Error::HeartbeatTimeout`]. A publish waits at most
 //! `rpc_timeout` for room in the outbound buffer; while the broker blocks the connection
 //! (`connection.blocked`, a resource alarm) it waits until the broker unblocks it (pika's
-//! publisher ends up waiting too, once the socket's buffers fill), and `blocked_connection_timeout` (off by default, as in pika) bounds that
-//! by ending the connection ([`Error::ConnectionBlockedTimeout`]); `RpcClient::call` stops
+//! publisher ends up waiting too, once the socket's buffers fill), and
+//! `blocked_connection_timeout` (off by default, as in pika) bounds that by ending the connection ([`Error::ConnectionBlockedTimeout`]); `RpcClient::call` stops
 //! at its own timeout. Only `start_consuming` waits without a deadline of its own, as in
 //! pika: it returns when its consumers are cancelled or the channel or connection fails.
 //!
 //! ## What a hostile peer cannot do
 //!
 //! Every frame size is checked against the negotiated `frame_max` before anything is buffered;
-//! a body longer than its header announced (even when its frame arrives in pieces), content
-//! frames out of order, frames on channels that are not open, unknown frame types, a bad
+//! a body longer than its header announced (even when its frame arrives in pieces), messages
+//! in progress on all channels announcing more than 512 MiB together, content frames out of
+//! order, frames on channels that are not open, unknown frame types, a bad
 //! frame-end octet, a heartbeat with a payload, field tables nested deeper than 32 levels, a
 //! tune below the protocol's minimum frame size, delivery tags that would overflow, a reply
 //! that does not answer the request awaiting it (a consume-ok or cancel-ok for another

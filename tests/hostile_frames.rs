@@ -1,7 +1,7 @@
 //! Frames and volumes a real RabbitMQ will not send, played by the scripted fake broker (see
 //! `faults.rs` and `hostile_peer.rs` for the others): a heartbeat with a payload, content on
-//! channel 0, and returned messages on many channels at once. Each test checks the exact
-//! typed error, or what the client keeps.
+//! channel 0, large messages started on many channels at once, and returned messages on many
+//! channels at once. Each test checks the exact typed error, or what the client keeps.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -86,6 +86,63 @@ fn content_on_channel_0_is_refused() {
             "header only: {header_only}"
         );
     }
+}
+
+/// A peer that starts large messages on many channels and finishes none (RabbitMQ sends a
+/// message's frames together): the bodies being received on all channels together may not
+/// announce more than the largest body accepted, 512 MiB, so the third 200 MiB one ends the
+/// connection with 501 FRAME_ERROR. Before, each channel could hold a message of up to
+/// 512 MiB in progress (16 MiB reserved for each at its header), so 2,047 channels could hold
+/// a terabyte, and the waiting call here timed out instead.
+#[test]
+fn messages_started_on_many_channels_are_bounded_together() {
+    const ANNOUNCED: u64 = 200 << 20;
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        for channel in 1..=3 {
+            peer.open_channel(channel);
+        }
+        peer.expect_queue_declare(1);
+        for channel in 1..=3u16 {
+            peer.send_raw(&Peer::encode(&AMQPFrame::Method(
+                channel,
+                AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                    reply_code: 312,
+                    reply_text: "NO_ROUTE".into(),
+                    exchange: "".into(),
+                    routing_key: "nowhere".into(),
+                })),
+            )));
+            peer.send_raw(&Peer::encode(&AMQPFrame::Header(
+                channel,
+                AMQPContentHeader {
+                    class_id: 60,
+                    body_size: ANNOUNCED,
+                    properties: Default::default(),
+                },
+            )));
+            peer.send_raw(&Peer::encode(&AMQPFrame::Body(channel, vec![1; 1000])));
+        }
+        peer.drain()
+    });
+    let connection = Connection::open(client_params(port)).expect("open");
+    let channels: Vec<_> = (0..3)
+        .map(|_| connection.channel().expect("channel"))
+        .collect();
+    let reason = protocol_reason(channels[0].queue_declare("q", Default::default()), 501);
+    assert!(
+        reason.contains(&format!(
+            "content of {ANNOUNCED} bytes announced on channel 3 while {} bytes",
+            2 * ANNOUNCED
+        )),
+        "{reason}"
+    );
+    assert!(!connection.is_open());
+    assert_eq!(
+        fake_broker::connection_close_code(&join(fake)),
+        Some(501),
+        "the client's connection.close"
+    );
 }
 
 /// `rounds` returned 1 MiB messages on each of `channels` (1, 2, ...), as one burst.

@@ -79,6 +79,10 @@ pub(crate) struct Router {
     /// The reader's own replies piled up unwritten when it last looked
     /// ([`backlogged`](Self::backlogged)).
     backlog: bool,
+    /// The body sizes announced by the content headers of messages still being received, all
+    /// channels together (`Assembly::header` bounds it). A channel is forgotten only between
+    /// messages (any method in the middle of one is refused), so nothing else lowers it.
+    receiving: u64,
 }
 
 impl Router {
@@ -178,9 +182,12 @@ impl Router {
 
     /// A content header (decoded by amq-protocol or by `protocol::fast`).
     pub(crate) fn on_header(&mut self, core: &Core, channel: u16, header: Header) -> Result<()> {
+        let size = header.body_size;
+        let elsewhere = self.receiving;
         let entry = self.entry(core, channel)?;
-        if let Some(content) = entry.assembly.header(channel, header)? {
-            self.finish_content(core, channel, content)?;
+        match entry.assembly.header(channel, header, elsewhere)? {
+            Some(content) => self.finish_content(core, channel, content)?,
+            None => self.receiving += size,
         }
         Ok(())
     }
@@ -211,6 +218,7 @@ impl Router {
     ) -> Result<()> {
         let entry = self.entry(core, channel)?;
         if let Some(content) = entry.assembly.body(channel, data, rest)? {
+            self.receiving -= content.body.len() as u64;
             self.finish_content(core, channel, content)?;
         }
         Ok(())

@@ -102,7 +102,7 @@ fn a_body_fed_byte_by_byte_completes_only_at_its_last_valid_frame_end() {
             loop {
                 match reader.next_frame() {
                     Ok(Some(Inbound::Header(ch, header))) => {
-                        assert!(assembly.header(ch, header).unwrap().is_none());
+                        assert!(assembly.header(ch, header, 0).unwrap().is_none());
                     }
                     Ok(Some(Inbound::Body(ch, range, rest))) => {
                         if let Some(content) = assembly.body(ch, reader.bytes(range), rest).unwrap()

@@ -2,9 +2,13 @@
 //! content header, then body frames, into one message.
 //!
 //! One [`Assembly`] per channel. The sizes a peer announces are checked before anything is
-//! reserved: a body larger than [`MAX_BODY_SIZE`] is refused, at most [`MAX_BODY_PREALLOC`] is
+//! reserved: a body larger than [`MAX_BODY_SIZE`] is refused, and so is one that would make the
+//! bodies being received on all the connection's channels together larger than that (the
+//! caller says how much the other channels' announced), at most [`MAX_BODY_PREALLOC`] is
 //! reserved up front, and a body frame that would make the body longer than its header
 //! announced is refused (501 FRAME_ERROR). Frames out of order are 505 UNEXPECTED_FRAME.
+//! So a connection's partial bodies never hold more than [`MAX_BODY_SIZE`], however many
+//! channels a peer starts messages on.
 
 use super::codec::Header;
 use super::methods::{Deliver, GetOk, Return};
@@ -14,7 +18,8 @@ use crate::error::{Error, Result, FRAME_ERROR, UNEXPECTED_FRAME};
 
 /// The class of every content method (basic); a content header must carry it.
 const BASIC_CLASS: u16 = 60;
-/// Largest message body accepted (RabbitMQ's own hard limit is 512 MiB).
+/// Largest message body accepted (RabbitMQ's own hard limit is 512 MiB), and the most the
+/// bodies being received on a connection's channels may announce together.
 pub(crate) const MAX_BODY_SIZE: u64 = 512 * 1024 * 1024;
 /// Largest body buffer reserved up front from a content header's (peer-controlled) size.
 pub(crate) const MAX_BODY_PREALLOC: u64 = 16 * 1024 * 1024;
@@ -86,8 +91,14 @@ impl Assembly {
         Ok(())
     }
 
-    /// A content header arrived; returns the message if its body is empty.
-    pub(crate) fn header(&mut self, channel: u16, header: Header) -> Result<Option<Content>> {
+    /// A content header arrived; returns the message if its body is empty. `elsewhere` is
+    /// what the headers of the messages still being received on other channels announced.
+    pub(crate) fn header(
+        &mut self,
+        channel: u16,
+        header: Header,
+        elsewhere: u64,
+    ) -> Result<Option<Content>> {
         let partial = match self.partial.as_mut() {
             Some(p) if p.header.is_none() => p,
             _ => {
@@ -110,6 +121,17 @@ impl Assembly {
             return Err(Error::protocol(
                 FRAME_ERROR,
                 format!("content of {} bytes announced", header.body_size),
+            ));
+        }
+        if header.body_size > MAX_BODY_SIZE.saturating_sub(elsewhere) {
+            return Err(Error::protocol(
+                FRAME_ERROR,
+                format!(
+                    "content of {} bytes announced on channel {channel} while {elsewhere} bytes \
+                     of content are still being received on other channels (at most \
+                     {MAX_BODY_SIZE} at once)",
+                    header.body_size
+                ),
             ));
         }
         partial.body = Vec::with_capacity(header.body_size.min(MAX_BODY_PREALLOC) as usize);
@@ -197,7 +219,7 @@ mod tests {
     fn method_header_and_bodies_make_one_message() {
         let mut a = Assembly::default();
         a.start(1, deliver(7)).unwrap();
-        assert!(a.header(1, header(5)).unwrap().is_none());
+        assert!(a.header(1, header(5), 0).unwrap().is_none());
         assert!(a.body(1, b"he", 0).unwrap().is_none());
         let content = a.body(1, b"llo", 0).unwrap().expect("complete");
         assert_eq!(content.body, b"hello");
@@ -209,7 +231,7 @@ mod tests {
     fn a_frame_that_overruns_the_body_is_refused_at_its_first_piece() {
         let mut a = Assembly::default();
         a.start(1, deliver(1)).unwrap();
-        a.header(1, header(5)).unwrap();
+        a.header(1, header(5), 0).unwrap();
         // Five bytes, with five more of their frame to come: they would fill the body, but
         // their frame is longer than it.
         assert_eq!(
@@ -219,7 +241,7 @@ mod tests {
         // A frame that fits completes with its last piece only.
         let mut a = Assembly::default();
         a.start(1, deliver(1)).unwrap();
-        a.header(1, header(5)).unwrap();
+        a.header(1, header(5), 0).unwrap();
         assert!(a.body(1, b"012", 2).unwrap().is_none());
         let content = a.body(1, b"34", 0).unwrap().expect("complete");
         assert_eq!(content.body, b"01234");
@@ -229,7 +251,7 @@ mod tests {
     fn an_empty_body_completes_at_the_header() {
         let mut a = Assembly::default();
         a.start(1, deliver(1)).unwrap();
-        assert!(a.header(1, header(0)).unwrap().is_some());
+        assert!(a.header(1, header(0), 0).unwrap().is_some());
     }
 
     #[test]
@@ -240,7 +262,7 @@ mod tests {
             Some(UNEXPECTED_FRAME)
         );
         assert_eq!(
-            a.header(1, header(1)).unwrap_err().reply_code(),
+            a.header(1, header(1), 0).unwrap_err().reply_code(),
             Some(UNEXPECTED_FRAME)
         );
         a.start(1, deliver(1)).unwrap();
@@ -248,7 +270,7 @@ mod tests {
             a.start(1, deliver(2)).unwrap_err().reply_code(),
             Some(UNEXPECTED_FRAME)
         );
-        a.header(1, header(2)).unwrap();
+        a.header(1, header(2), 0).unwrap();
         assert_eq!(
             a.body(1, b"xyz", 0).unwrap_err().reply_code(),
             Some(FRAME_ERROR)
@@ -258,16 +280,33 @@ mod tests {
         let mut wrong_class = header(1);
         wrong_class.class_id = 50;
         assert_eq!(
-            c.header(1, wrong_class).unwrap_err().reply_code(),
+            c.header(1, wrong_class, 0).unwrap_err().reply_code(),
             Some(UNEXPECTED_FRAME)
         );
         let mut b = Assembly::default();
         b.start(1, deliver(1)).unwrap();
         assert_eq!(
-            b.header(1, header(MAX_BODY_SIZE + 1))
+            b.header(1, header(MAX_BODY_SIZE + 1), 0)
                 .unwrap_err()
                 .reply_code(),
             Some(FRAME_ERROR)
         );
+    }
+
+    #[test]
+    fn bodies_on_all_channels_together_stay_within_the_largest_body() {
+        let half = MAX_BODY_SIZE / 2;
+        let mut a = Assembly::default();
+        a.start(1, deliver(1)).unwrap();
+        let err = a.header(1, header(half + 1), half).unwrap_err();
+        assert_eq!(err.reply_code(), Some(FRAME_ERROR));
+        assert!(
+            err.to_string().contains(&format!("while {half} bytes")),
+            "{err}"
+        );
+        let mut b = Assembly::default();
+        b.start(2, deliver(1)).unwrap();
+        assert!(b.header(2, header(half), half).unwrap().is_none());
+        assert_eq!(b.body_buffer(), Some((0, MAX_BODY_PREALLOC as usize)));
     }
 }

@@ -14,9 +14,11 @@
 //!   stray header, a method in the middle of a content, a header's `body_size` forged up to
 //!   `u64::MAX`), with or without the byte-level [`Mutation`]s of `mutations`, never panics,
 //!   never lets a body buffer's capacity exceed the body bytes received plus what the
-//!   announced size may reserve (at most [`MAX_BODY_PREALLOC`]), and fails only with
+//!   announced size may reserve (at most [`MAX_BODY_PREALLOC`]) nor the sizes announced by
+//!   the messages in progress on all channels exceed [`MAX_BODY_SIZE`], and fails only with
 //!   `FRAME_ERROR` (501) or `UNEXPECTED_FRAME` (505). With one content mutation and no byte
-//!   damage, the failure (or its absence) is the one the mutation calls for, on its channel.
+//!   damage, the failure (or its absence) is the one the mutation calls for, on its channel
+//!   (or, for a size forged within the other channels' sizes of that limit, a 501 for them).
 
 use std::collections::BTreeMap;
 
@@ -139,10 +141,11 @@ impl Assemblies {
                 (*c, result)
             }
             Got::Frame(AMQPFrame::Header(c, header)) => {
+                let elsewhere = self.receiving(Some(*c));
                 let ch = self.channels.entry(*c).or_default();
                 let size = header.body_size;
                 let header = crate::protocol::codec::Header::from_wire(header);
-                let result = ch.assembly.header(*c, header).map(|done| {
+                let result = ch.assembly.header(*c, header, elsewhere).map(|done| {
                     ch.announced = size;
                     done.map(Event::from)
                 });
@@ -172,11 +175,27 @@ impl Assemblies {
         }
     }
 
+    /// What the headers of the messages in progress announced, on all channels but `except`.
+    fn receiving(&self, except: Option<u16>) -> u64 {
+        self.channels
+            .iter()
+            .filter(|(c, ch)| Some(**c) != except && ch.assembly.in_progress())
+            .map(|(_, ch)| ch.announced)
+            .sum()
+    }
+
     /// The memory bound: a body buffer holds no more than the bytes received into it plus
-    /// what its header's size may reserve up front (the size, at most `MAX_BODY_PREALLOC`).
-    /// (Past `MAX_BODY_PREALLOC` received, `Vec`'s doubling could pass this; no test body
-    /// comes near 16 MiB.)
+    /// what its header's size may reserve up front (the size, at most `MAX_BODY_PREALLOC`),
+    /// and the messages in progress on all channels together announced at most
+    /// `MAX_BODY_SIZE`. (Past `MAX_BODY_PREALLOC` received, `Vec`'s doubling could pass the
+    /// first; no test body comes near 16 MiB.)
     fn check_bound(&self) -> Result<(), String> {
+        let receiving = self.receiving(None);
+        if receiving > MAX_BODY_SIZE {
+            return Err(format!(
+                "{receiving} bytes announced on all channels together"
+            ));
+        }
         for (channel, ch) in &self.channels {
             if let Some((len, capacity)) = ch.assembly.body_buffer() {
                 let bound = len as u64 + ch.announced.min(MAX_BODY_PREALLOC);
@@ -438,10 +457,13 @@ fn body_outcome(size: u64, bodies: &[usize], more_on_channel: bool) -> Option<u1
 
 /// What one content mutation of an otherwise valid stream must end in: the channel whose
 /// assembly fails and the reply code, or `None` for no failure.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Expected {
     channel: u16,
     code: Option<u16>,
+    /// A forged size so close to `MAX_BODY_SIZE` that, with another channel's message in
+    /// progress, one of the two may be refused (501) for the bodies of all channels together.
+    or_over_budget: bool,
 }
 
 /// Applies `mutation` to `frames`; returns what it must end in, or `None` when the stream
@@ -483,6 +505,7 @@ fn apply(
         Some(Expected {
             channel: m.channel,
             code: Some(UNEXPECTED_FRAME),
+            ..Expected::default()
         })
     };
     match mutation {
@@ -498,6 +521,7 @@ fn apply(
             Some(Expected {
                 channel: m.channel,
                 code,
+                ..Expected::default()
             })
         }
         DuplicateHeader(i) => {
@@ -535,6 +559,7 @@ fn apply(
             Some(Expected {
                 channel: m.channel,
                 code: body_outcome(size, &lens, more),
+                ..Expected::default()
             })
         }
         BodySize(i, forged) => {
@@ -549,9 +574,18 @@ fn apply(
             if let AMQPFrame::Header(_, h) = &mut frames[m.header.unwrap()] {
                 h.body_size = size;
             }
+            let elsewhere: u64 = frames
+                .iter()
+                .filter_map(|f| match f {
+                    AMQPFrame::Header(c, h) if *c != m.channel => Some(h.body_size),
+                    _ => None,
+                })
+                .fold(0, u64::saturating_add);
             Some(Expected {
                 channel: m.channel,
                 code: body_outcome(size, &lens, more),
+                or_over_budget: size <= MAX_BODY_SIZE
+                    && size > MAX_BODY_SIZE.saturating_sub(elsewhere),
             })
         }
         StrayHeader(at, on, size) => {
@@ -572,6 +606,7 @@ fn apply(
             Some(Expected {
                 channel,
                 code: Some(UNEXPECTED_FRAME),
+                ..Expected::default()
             })
         }
         MethodInContent(i, at, method) => {
@@ -631,9 +666,20 @@ pub(super) fn mutated_contents_fail_cleanly(config: &Config) -> u64 {
             }
             if let ([one], true) = (&expected[..], damage.is_empty()) {
                 match one {
+                    // Refused for the bodies of all channels together, on either side.
+                    Some(Expected {
+                        or_over_budget: true,
+                        ..
+                    }) if error
+                        .as_ref()
+                        .is_some_and(|e| e.to_string().contains("on other channels")) =>
+                    {
+                        prop_assert_eq!(error.as_ref().and_then(protocol_code), Some(FRAME_ERROR));
+                    }
                     Some(Expected {
                         channel,
                         code: Some(code),
+                        ..
                     }) => {
                         prop_assert_eq!(error.as_ref().and_then(protocol_code), Some(*code));
                         prop_assert_eq!(assemblies.failed_on, Some(*channel), "{:?}", error);
