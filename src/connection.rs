@@ -81,6 +81,8 @@ impl Owner {
             // it in place, and the engine read below is the last one.
             recovery.close(error.clone());
             self.close_lost_channels(&error);
+            // What a recovery under way had opened is given back and closed first.
+            recovery.wait_thread_ended(self.core().params.rpc_timeout);
         }
         let core = self.core();
         core.close(reply_code, reply_text, core.params.rpc_timeout)

@@ -244,29 +244,18 @@ impl Channel {
         let core = self.core();
         let timeout = self.rpc_timeout();
         let deadline = deadline_after(timeout);
-        let lost = self.lost();
-        {
-            let mut st = core.lock();
-            if lost && matches!(st.life, Life::Lost(_) | Life::Open) {
-                // The connection is lost or recovering: the channel's broker side went with
-                // it (or the recovery closes it), and the recovery will not open it again.
-                st.life = Life::Closed(Error::ChannelClosedByClient {
-                    reply_code,
-                    reply_text: reply_text.to_owned(),
-                });
-                self.inner
-                    .owner
-                    .record(|t| t.channel_closed(self.inner.instance));
-                return Ok(());
-            }
-            if st.closed_error().is_some() {
-                return Ok(());
-            }
+        if self.closed_locally(reply_code, reply_text) {
+            return Ok(());
         }
-        let conn = self.inner.owner.core();
-        let _turn = match self.rpc_turn(&conn, "channel.close", deadline) {
+        // Open (or closing): on the connection's engine, once it is usable. A channel a
+        // recovery has opened again is on the new engine, the current one once it is in place.
+        let conn = self.inner.owner.ready_core(|| deadline);
+        let turn =
+            conn.and_then(|conn| Ok((self.rpc_turn(&conn, "channel.close", deadline)?, conn)));
+        let (_turn, conn) = match turn {
             Ok(turn) => turn,
-            Err(e) if core.lock().closed_error().is_some() => {
+            // Lost meanwhile, or closed by the broker or another thread.
+            Err(e) if self.closed_locally(reply_code, reply_text) => {
                 log::debug!("channel {} closed while waiting to close it: {e}", core.id);
                 return Ok(());
             }
@@ -277,6 +266,28 @@ impl Channel {
             .owner
             .record(|t| t.channel_closed(self.inner.instance));
         wait_closed(&conn, core, deadline, timeout)
+    }
+
+    /// Closes the channel here only, if it has no broker side any more: true if it was lost
+    /// with its connection (the recovery then does not open it again) or is closed already.
+    fn closed_locally(&self, reply_code: u16, reply_text: &str) -> bool {
+        let mut st = self.core().lock();
+        match st.life {
+            // Checked and changed under the channel's lock, as the recovery checks it before
+            // opening the channel again.
+            Life::Lost(_) => {
+                st.life = Life::Closed(Error::ChannelClosedByClient {
+                    reply_code,
+                    reply_text: reply_text.to_owned(),
+                });
+                self.inner
+                    .owner
+                    .record(|t| t.channel_closed(self.inner.instance));
+                true
+            }
+            Life::Closed(_) => true,
+            Life::Open | Life::Closing(_) => false,
+        }
     }
 
     /// Declares a queue (pika's `queue_declare`). Pass `""` to let the broker name it; the name

@@ -69,7 +69,7 @@ impl Channel {
         let reply = (!ended_by_broker && !closed).then(|| self.rpc(method, "basic.cancel"));
         self.inner
             .owner
-            .record(|t| t.consumer_cancelled(consumer_tag));
+            .record(|t| t.consumer_cancelled(self.inner.instance, consumer_tag));
         // Whatever happened, the consumer is gone for us; what it had not handed out is taken.
         // It is an orphan first: a consuming thread that took one of its deliveries before it
         // went finds it one when it routes that delivery (and requeues it).

@@ -180,7 +180,8 @@ impl Iterator for Consumer {
                     // callback's; the error that closed the connection for good ends it.
                     Err(e) => {
                         self.done = guard.0.closed_for_good();
-                        return Some(Err(e));
+                        // The application closed the connection meanwhile: the end, as in pika.
+                        return (!(self.done && e.is_closed_by_client())).then_some(Err(e));
                     }
                 },
                 Err(e) => {

@@ -81,6 +81,11 @@ impl ConsumerEntry {
         self.auto_ack
     }
 
+    /// Its cancel by the application is under way: a recovery does not register it again.
+    pub(crate) fn cancelling(&self) -> bool {
+        self.cancelling
+    }
+
     /// Drops what it holds for an iterator (a recovery: see `recovery::driver`).
     pub(crate) fn drop_pending(&mut self) {
         self.pending.clear();
@@ -360,7 +365,11 @@ impl Channel {
             };
             let pumped = match self.pump(None, next_timer, Some(work)) {
                 Err(_) if self.lost() => {
-                    self.wait_for_recovery(None)?;
+                    match self.wait_for_recovery(None) {
+                        // The application closed the connection meanwhile: the end, as in pika.
+                        Err(e) if was_open && e.is_closed_by_client() => return Ok(()),
+                        waited => waited?,
+                    };
                     timer_fired = false;
                     continue;
                 }
@@ -430,7 +439,9 @@ impl Channel {
                             _ => consumers.remove(tag),
                         }
                     };
-                    self.inner.owner.record(|t| t.consumer_cancelled(tag));
+                    self.inner
+                        .owner
+                        .record(|t| t.consumer_cancelled(self.inner.instance, tag));
                     if let Some(entry) = gone {
                         self.requeue(entry.pending.into(), entry.auto_ack);
                     }

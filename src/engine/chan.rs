@@ -330,6 +330,11 @@ struct Orphan {
     auto_ack: bool,
     /// What its deliveries are, for the router's log line (e.g. [`ORPHANED_DELIVERY`]).
     what: &'static str,
+    /// The broker may still hold the consumer (its basic.cancel timed out, or was never sent
+    /// because its turn or a recovery took too long): at its first delivery the router
+    /// cancels it (nowait; harmless when the broker no longer has it), so that its messages
+    /// do not come back to it for ever, requeued each time.
+    cancel: bool,
 }
 
 /// One channel as the connection knows it.
@@ -620,6 +625,9 @@ impl ChanState {
     /// [`ORPHANED_DELIVERY`].
     pub(crate) fn push_orphan(&mut self, consumer_tag: &str, auto_ack: bool) {
         self.push_orphan_as(consumer_tag, auto_ack, ORPHANED_DELIVERY);
+        if let Some(orphan) = self.orphans.back_mut() {
+            orphan.cancel = true;
+        }
     }
 
     /// Records a consumer whose deliveries belong to nobody, saying what they are (`what`, a
@@ -639,7 +647,16 @@ impl ChanState {
             tag: consumer_tag.to_string(),
             auto_ack,
             what,
+            cancel: false,
         });
+    }
+
+    /// True once for an orphan the router is to cancel at the broker (see `Orphan::cancel`).
+    pub(crate) fn orphan_cancel_due(&mut self, consumer_tag: &str) -> bool {
+        self.orphans
+            .iter_mut()
+            .find(|o| o.tag == consumer_tag)
+            .is_some_and(|o| std::mem::take(&mut o.cancel))
     }
 
     /// A consumer starts with `consumer_tag` (or an `RpcClient` call waits again): deliveries

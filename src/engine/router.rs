@@ -268,8 +268,21 @@ impl Router {
             ContentMethod::Deliver(method) => {
                 st.acks.delivered(method.delivery_tag);
                 if let Some(orphan) = st.orphan_as(method.consumer_tag.as_str()) {
-                    drop(st);
+                    let cancel = st.orphan_cancel_due(method.consumer_tag.as_str());
                     self.orphaned(core, channel, &method, &properties, body.len(), orphan);
+                    // Under the channel's lock, so no channel.close of ours slips ahead.
+                    if cancel && matches!(st.life, Life::Open) {
+                        log::warn!(
+                            "channel {channel}: cancelling consumer {} at the broker: it \
+                             delivers to a consumer that is gone for us",
+                            method.consumer_tag
+                        );
+                        let cancel = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                            consumer_tag: method.consumer_tag.as_str().into(),
+                            nowait: true,
+                        }));
+                        self.queue_reply(core, channel, cancel);
+                    }
                     return Ok(());
                 }
                 let mut method = method;

@@ -18,6 +18,7 @@
 //! An attempt that fails part-way gives its channels back (`ChannelCore::lose`) before its
 //! engine is closed, so the next attempt finds them as the loss left them.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -39,13 +40,25 @@ pub(super) fn spawn(owner: Weak<Owner>, recovery: Arc<Recovery>, cause: Error) {
     let (weak, rec) = (owner.clone(), recovery.clone());
     let spawned = std::thread::Builder::new()
         .name("cottontail-recovery".into())
-        .spawn(move || run(&weak, &rec, cause));
+        .spawn(move || {
+            rec.thread_started();
+            let ran = std::panic::catch_unwind(AssertUnwindSafe(|| run(&weak, &rec, cause)));
+            if let Err(panic) = ran {
+                let message = format!(
+                    "the recovery thread panicked: {}",
+                    crate::error::panic_message(&*panic)
+                );
+                give_up(&weak, &rec, Error::StreamLost { message });
+            }
+            rec.thread_ended();
+        });
     if let Err(e) = spawned {
         give_up(
             &owner,
             &recovery,
             Error::io("starting the recovery thread", &e),
         );
+        recovery.thread_ended();
     }
 }
 
@@ -133,6 +146,13 @@ fn attempt_once(
             }
             Err(e) => {
                 abandon(&core, &restored, &e);
+                // The application closed the connection: its channels are closed for good.
+                if let Some(closed) = recovery.closed_error() {
+                    for channel in &restored {
+                        channel.fail(&closed);
+                    }
+                    return Ok(());
+                }
                 errors.push(e);
             }
         }
@@ -243,6 +263,7 @@ fn restore(
     channels.sort_by_key(Channel::channel_number);
     let mut open = Vec::new();
     for channel in channels {
+        still_wanted(recovery)?;
         let chan = channel.inner.core.clone();
         let unusable = if chan.id > core.tuned.channel_max {
             Some(Error::InvalidChannelNumber {
@@ -292,16 +313,17 @@ fn restore(
         // Only the consumers the open channels still have (a channel number reused after a
         // close must not bring its old consumers back).
         // Nor one whose cancel (by the broker, or by an earlier attempt) is still to be
-        // handled: the consuming thread removes it when it handles the cancel.
+        // handled: the consuming thread removes it when it handles the cancel. Nor one the
+        // application is cancelling (its cancel waits for this recovery, or gave up).
         let live: Vec<(u16, String)> = open
             .iter()
             .flat_map(|c| {
                 let number = c.channel_number();
                 let cancelled = c.inner.core.lock().cancelled.clone();
                 c.lock_consumers()
-                    .keys()
-                    .filter(|tag| !cancelled.contains(tag))
-                    .map(|tag| (number, tag.clone()))
+                    .iter()
+                    .filter(|(tag, entry)| !cancelled.contains(tag) && !entry.cancelling())
+                    .map(|(tag, _)| (number, tag.clone()))
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -311,12 +333,14 @@ fn restore(
     };
     let mut consumers = Vec::new();
     for step in plan {
+        still_wanted(recovery)?;
         match step {
             Step::Consumer(tag, record) => consumers.push((tag, record)),
             step => declare(core, recovery, &mut aux, step, &mut report)?,
         }
     }
     for (tag, mut record) in consumers {
+        still_wanted(recovery)?;
         record.queue = recovery.current_name(&record.queue);
         let Some(channel) = open.iter().find(|c| c.channel_number() == record.channel) else {
             continue;
@@ -333,6 +357,15 @@ fn restore(
     }
     aux.close(core);
     Ok((report, open))
+}
+
+/// Ends the attempt (`attempt_once` gives back what it restored) once the application has
+/// closed the connection: nothing more is declared or consumed for it.
+fn still_wanted(recovery: &Recovery) -> Result<()> {
+    match recovery.closed_error() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Drops the manual-ack deliveries a channel holds from before the recovery (queued on the
@@ -448,6 +481,23 @@ impl AuxChannel {
     }
 }
 
+/// Asks the topology filter about `entity`: false, and `entity` reported skipped (with the
+/// filter's panic, if it panicked), when it is not to be declared again.
+fn kept(recovery: &Recovery, entity: &Entity, report: &mut RecoveryReport) -> bool {
+    match recovery.policy.keeps(entity) {
+        Ok(true) => true,
+        Ok(false) => {
+            report.skipped.push((entity.clone(), None));
+            false
+        }
+        Err(e) => {
+            log::error!("recovery: skipping {entity}: {e}");
+            report.skipped.push((entity.clone(), Some(e)));
+            false
+        }
+    }
+}
+
 /// Declares one entity again (module docs, step 2).
 fn declare(
     core: &Core,
@@ -500,8 +550,7 @@ fn declare(
         ),
         Step::Consumer(..) => return Ok(()),
     };
-    if !recovery.policy.keeps(&entity) {
-        report.skipped.push((entity, None));
+    if !kept(recovery, &entity, report) {
         return Ok(());
     }
     // A server-named queue that outlived the connection is kept: declaring "" would leave it
@@ -565,8 +614,7 @@ fn consume(
     };
     let chan = &channel.inner.core;
     let mut refused = None;
-    if !recovery.policy.keeps(&entity) {
-        report.skipped.push((entity, None));
+    if !kept(recovery, &entity, report) {
         chan.lock().push_cancel(tag.to_owned());
         return Ok(());
     }

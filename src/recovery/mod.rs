@@ -37,7 +37,10 @@
 //!   (an `Error::Timeout` included) ends its call as it is.
 //! - **The recovery thread** sleeps between attempts on the same condvar, woken early by a
 //!   close of the connection; it holds the owner only weakly, so dropping every handle ends
-//!   it too (at its next wake-up, at most the policy's `max_delay`).
+//!   it too (at its next wake-up, at most the policy's `max_delay`). An attempt looks for a
+//!   close before each step (each channel, declare and consumer) and stops there, giving
+//!   back and closing what it had opened; the application's close waits for that
+//!   ([`Recovery::wait_thread_ended`], at most its `rpc_timeout`), woken by the thread's end.
 //! - **The swap.** The new engine becomes current under the phase lock, in the same step
 //!   that sets the phase to `Connected`: a call that gets the new engine finds the channels
 //!   open on it. Nothing else changes the current engine.
@@ -100,6 +103,10 @@ struct State {
     /// Bumped at every change a waiter may look at (phase, event, new connection work), under
     /// the lock.
     changes: u64,
+    /// The recovery thread is running (set before it starts, cleared as it ends), and its id
+    /// once it runs: a close waits for it to end (see [`Recovery::wait_thread_ended`]).
+    running: bool,
+    thread: Option<std::thread::ThreadId>,
 }
 
 /// A connection's recovery: its policy and host list, its phase, and the topology it
@@ -124,6 +131,8 @@ impl Recovery {
                 phase: Phase::Connected,
                 generation: 0,
                 changes: 0,
+                running: false,
+                thread: None,
             }),
             cond: Condvar::new(),
             topology: Mutex::default(),
@@ -199,6 +208,42 @@ impl Recovery {
             state.phase = Phase::Closed(error);
         }
         self.changed(state);
+    }
+
+    /// Runs on the recovery thread as it starts.
+    fn thread_started(&self) {
+        self.lock().thread = Some(std::thread::current().id());
+    }
+
+    /// Runs on the recovery thread as it ends (or where it could not be started).
+    fn thread_ended(&self) {
+        let mut state = self.lock();
+        state.running = false;
+        state.thread = None;
+        self.changed(state);
+    }
+
+    /// Waits until the recovery thread has ended, at most `timeout` (it stops at its next
+    /// step once the connection is closed: within one broker round trip, or the
+    /// `rpc_timeout` of the call it is in), unless called on that thread (it drops the last
+    /// handle). So once the application's close returns, the recovery has stopped and given
+    /// back or closed what it had opened.
+    pub(crate) fn wait_thread_ended(&self, timeout: std::time::Duration) {
+        let until = crate::engine::saturating_deadline(timeout);
+        let me = std::thread::current().id();
+        let mut state = self.lock();
+        while state.running && state.thread != Some(me) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                log::warn!("the recovery thread is still at work after {timeout:?}");
+                return;
+            }
+            state = self
+                .cond
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
     }
 
     /// Recoveries so far.
@@ -365,6 +410,7 @@ impl Owner {
         }
         log::warn!("connection lost ({error}): recovering");
         state.phase = Phase::Recovering;
+        state.running = true;
         recovery.changed(state);
         self.push_recovery_event(RecoveryEvent::ConnectionLost {
             cause: error.clone(),

@@ -120,9 +120,21 @@ impl RecoveryPolicy {
         self.backoff.max_elapsed
     }
 
-    /// Whether `entity` is declared again (the topology filter's answer).
-    pub(crate) fn keeps(&self, entity: &Entity) -> bool {
-        self.filter.as_ref().is_none_or(|f| (f.0)(entity))
+    /// Whether `entity` is declared again (the topology filter's answer); a filter that
+    /// panicked is an [`Error::Callback`](crate::Error::Callback), and the entity is skipped.
+    pub(crate) fn keeps(&self, entity: &Entity) -> crate::Result<bool> {
+        let Some(filter) = &self.filter else {
+            return Ok(true);
+        };
+        let mut kept = false;
+        crate::callback::call(
+            || format!("the topology filter, on {entity},"),
+            || {
+                kept = (filter.0)(entity);
+                Ok(())
+            },
+        )?;
+        Ok(kept)
     }
 }
 

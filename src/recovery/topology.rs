@@ -80,8 +80,9 @@ pub(crate) struct Topology {
     queues: BTreeMap<String, QueueRecord>,
     queue_bindings: Vec<QueueBinding>,
     exchange_bindings: Vec<ExchangeBinding>,
-    /// By consumer tag.
-    consumers: BTreeMap<String, ConsumerRecord>,
+    /// By channel (`ChannelHandle::instance`) and consumer tag: a tag is unique only within
+    /// its channel.
+    consumers: BTreeMap<(u64, String), ConsumerRecord>,
     /// Old name to new name of server-named queues renamed by recoveries.
     renames: BTreeMap<String, String>,
 }
@@ -169,13 +170,14 @@ impl Topology {
 
     /// The broker confirmed `basic.consume` with tag `tag`.
     pub(crate) fn consumer_started(&mut self, tag: &str, record: ConsumerRecord) {
-        self.consumers.insert(tag.to_owned(), record);
+        self.consumers
+            .insert((record.instance, tag.to_owned()), record);
     }
 
-    /// The consumer `tag` was cancelled (by us or the broker). An auto-delete queue left
-    /// without consumers is deleted by the broker, and so here.
-    pub(crate) fn consumer_cancelled(&mut self, tag: &str) {
-        self.remove_consumers(|t, _| t == tag);
+    /// The consumer `tag` of the channel `instance` was cancelled (by us or the broker). An
+    /// auto-delete queue left without consumers is deleted by the broker, and so here.
+    pub(crate) fn consumer_cancelled(&mut self, instance: u64, tag: &str) {
+        self.remove_consumers(|t, c| t == tag && c.instance == instance);
     }
 
     /// Keeps only the recorded consumers that are among `live` (channel number, tag): the
@@ -195,7 +197,7 @@ impl Topology {
     /// consumers (the broker deletes those), in passes linear in what is recorded.
     fn remove_consumers(&mut self, mut gone: impl FnMut(&str, &ConsumerRecord) -> bool) {
         let mut left = BTreeSet::new();
-        self.consumers.retain(|tag, c| {
+        self.consumers.retain(|(_, tag), c| {
             let remove = gone(tag, c);
             if remove {
                 left.insert(c.queue.clone());
@@ -257,7 +259,7 @@ impl Topology {
         steps.extend(
             self.consumers
                 .iter()
-                .map(|(tag, record)| Step::Consumer(tag.clone(), record.clone())),
+                .map(|((_, tag), record)| Step::Consumer(tag.clone(), record.clone())),
         );
         steps
     }
@@ -463,11 +465,11 @@ mod tests {
         t.queue_bound(queue_binding("q", "x", "k"));
         t.consumer_started("c1", consumer(1, "q"));
         t.consumer_started("c2", consumer(2, "q"));
-        t.consumer_cancelled("c1");
+        t.consumer_cancelled(1, "c1");
         assert_eq!(t.plan().len(), 4, "one consumer left: all stays");
         // The last consumer goes: the queue goes, its binding, then the exchange it left
         // without bindings.
-        t.consumer_cancelled("c2");
+        t.consumer_cancelled(2, "c2");
         assert!(t.plan().is_empty(), "{:?}", t.plan());
     }
 
@@ -547,6 +549,27 @@ mod tests {
         );
         assert_eq!(count(|s| matches!(s, Step::QueueBinding(..))), 100);
         assert!(plan.contains(&Step::Consumer("c100".into(), consumer(1, "q100"))));
+    }
+
+    #[test]
+    fn the_same_tag_on_two_channels_is_two_consumers() {
+        // Tags are unique within a channel only (AMQP): both come back, and cancelling one
+        // leaves the other.
+        let mut t = Topology::default();
+        t.consumer_started("worker", consumer(1, "q1"));
+        t.consumer_started("worker", consumer(2, "q2"));
+        assert_eq!(
+            t.plan(),
+            vec![
+                Step::Consumer("worker".into(), consumer(1, "q1")),
+                Step::Consumer("worker".into(), consumer(2, "q2")),
+            ]
+        );
+        t.consumer_cancelled(1, "worker");
+        assert_eq!(
+            t.plan(),
+            vec![Step::Consumer("worker".into(), consumer(2, "q2"))]
+        );
     }
 
     #[test]
