@@ -240,6 +240,32 @@ impl Connection {
         }
     }
 
+    /// Writes everything published and acked so far to the socket, at most `timeout` (then
+    /// [`Error::Timeout`]). A publish or ack leaves on the caller's thread or, in a burst,
+    /// from the connection's I/O thread moments later (acks are held up to 5 ms to merge
+    /// them), so when a call returns its frames may still be queued. [`close`](Self::close),
+    /// and dropping the last handle, write them all first; call `flush` before a process
+    /// ends without either (`std::process::exit`, a connection kept in a `static`), which
+    /// would lose what was queued. It does not wait for the broker: publisher confirms
+    /// ([`Channel::confirm_delivery`]) say whether a message arrived. An error if the
+    /// connection is closed or lost (what was queued is then lost with it).
+    ///
+    /// ```no_run
+    /// # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;
+    /// # let channel = connection.channel()?;
+    /// for i in 0..1000 {
+    ///     channel.basic_publish("", "tasks", format!("task {i}").as_bytes())?;
+    /// }
+    /// connection.flush(std::time::Duration::from_secs(5))?;
+    /// std::process::exit(0);
+    /// # Ok::<(), cottontail::Error>(())
+    /// ```
+    pub fn flush(&self, timeout: std::time::Duration) -> Result<()> {
+        self.owner
+            .core()
+            .flush(crate::engine::deadline_after(timeout), timeout)
+    }
+
     /// Closes the connection with pika's defaults (200, "Normal shutdown"): everything queued
     /// is written first, then connection.close, then close-ok is awaited (at most the RPC
     /// timeout, even if the broker stopped reading). Closing a closed connection does nothing.

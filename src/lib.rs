@@ -186,7 +186,10 @@
 //! socket does not take is queued. A publish that follows another within 20 us is queued
 //! instead, so a publishing loop leaves in a few large writes. An ack or publish is therefore
 //! on the wire when the call returns or one I/O-thread pass later (tens of microseconds);
-//! [`Connection::close`] writes everything queued before closing. See `BENCHMARKS.md` for the
+//! [`Connection::close`] (and dropping the last handle) writes everything queued before
+//! closing, and [`Connection::flush`] waits until it is written: a process that ends without
+//! either (`std::process::exit`, a connection in a `static`) can lose the last publishes and
+//! acks, where pika has written each before its call returns. See `BENCHMARKS.md` for the
 //! measurements behind this choice.
 //!
 //! Reading works with one read token: whoever holds it reads and routes the socket for
@@ -458,6 +461,8 @@
 //! | `channel.close()` or `connection.close()` in a callback or a `consume()` loop: `start_consuming()` returns, the generator ends | the same: `start_consuming()` returns `Ok(())`, the iterator ends without an error |
 //! | `channel.basic_get(queue, auto_ack)` → `(method, properties, body)` or `(None, None, None)` | `channel.basic_get(queue, auto_ack)` → `Option<GetMessage>` |
 //! | `channel.confirm_delivery()` | [`Channel::confirm_delivery`], plus [`Channel::basic_publish_deferred`] and [`Channel::wait_for_confirms`] for windows |
+//! | `ch = connection.channel(); ch.basic_consume(q, cb)` in a loop, the channels kept open by the connection | keep each [`Channel`] (in a `Vec`, say): dropping its last handle closes it, and its consumers stop (with a warning in the log) |
+//! | `basic_publish(...)` then `sys.exit()`: each publish was written before its call returned | [`Connection::close`] or dropping the connection writes what is queued; before `std::process::exit`, or with a connection in a `static`, call [`Connection::flush`] |
 //! | exceptions | [`Error`] variants (the table is on [`Error`]) |
 //!
 //! ## Types, and what is promised about them

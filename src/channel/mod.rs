@@ -95,14 +95,26 @@ impl Drop for ChannelHandle {
         // What it still holds, for its iterators too, is nobody's now: dropped (and logged,
         // once) with the close, or below if it is closed already (the broker or the
         // connection closed it, or an iterator ended early).
-        let iterators: Vec<Held> = (self.consumers.get_mut())
-            .unwrap_or_else(|p| p.into_inner())
-            .values_mut()
+        let consumers = self.consumers.get_mut().unwrap_or_else(|p| p.into_inner());
+        let with_callbacks: Vec<String> = (consumers.iter())
+            .filter(|(_, entry)| entry.runs_callbacks())
+            .map(|(tag, _)| tag.clone())
+            .collect();
+        let iterators: Vec<Held> = (consumers.values_mut())
             .flat_map(|entry| entry.take_pending())
             .collect();
         self.core.lock().deliveries.extend(iterators);
         // No waiting: the reader frees the number when the channel is closed (see `router`).
-        let _ = begin_close(&self.owner.core(), &self.core, 0, "Normal shutdown");
+        let closed_now = begin_close(&self.owner.core(), &self.core, 0, "Normal shutdown");
+        if closed_now.unwrap_or(false) && !with_callbacks.is_empty() {
+            // pika's connection keeps every channel open; here the last handle does.
+            log::warn!(
+                "channel {}: its last handle was dropped while consumers {with_callbacks:?} \
+                 were registered: closing it, so they stop; keep a Channel for as long as its \
+                 consumers should run",
+                self.core.id
+            );
+        }
         let mut st = self.core.lock();
         crate::engine::chan::drop_deliveries(self.core.id, &mut st.deliveries, log::Level::Info);
         st.drop_returns(self.core.id);

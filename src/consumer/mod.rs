@@ -81,6 +81,11 @@ impl ConsumerEntry {
         self.auto_ack
     }
 
+    /// A consumer with a callback, neither being cancelled nor cancelled by the broker.
+    pub(crate) fn runs_callbacks(&self) -> bool {
+        self.callback.is_some() && !self.cancelling && !self.ended_by_broker
+    }
+
     /// Its cancel by the application is under way: a recovery does not register it again.
     pub(crate) fn cancelling(&self) -> bool {
         self.cancelling

@@ -283,6 +283,9 @@ impl IoThread {
                 }
                 // A caller finishing its own write wakes us when it is done (outbound rule 2).
                 if link.buf.is_empty() || link.writer == Writer::Caller {
+                    if link.flushing > 0 && link.writer == Writer::Nobody {
+                        self.core.link_cond.notify_all();
+                    }
                     return Ok(());
                 }
                 std::mem::swap(&mut link.buf, &mut self.wbuf);

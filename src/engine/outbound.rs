@@ -168,6 +168,9 @@ pub(crate) struct Link {
     pub(crate) acks_due: Option<Instant>,
     /// Tells the I/O thread to stop now (the close deadline passed).
     pub(crate) shutdown: bool,
+    /// Callers in [`Core::flush`]: the I/O thread signals `link_cond` when it has written
+    /// everything (only then, so a write costs no wake-up while nobody waits for one).
+    pub(crate) flushing: usize,
     /// Bytes of the reader's own replies (close-ok, flow-ok, cancel-ok, rejects) queued since
     /// the I/O thread last took the buffer to write: past [`REPLY_BACKLOG`] reading pauses
     /// (token rule 9), so a peer that sends requests and reads no replies cannot grow it.
@@ -188,6 +191,7 @@ impl Link {
             closing_soon: false,
             acks_due: None,
             shutdown: false,
+            flushing: 0,
             replies_queued: 0,
         }
     }
@@ -575,6 +579,41 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Writes every held ack, then waits until everything queued so far is handed to the
+    /// socket (the buffer empty and nobody writing), at most until `deadline` (`timeout`, for
+    /// the error): `Connection::flush`. Woken by the I/O thread when it has written
+    /// everything (`flushing`), by a caller finishing its own write, and by the end of the
+    /// connection. Called without any channel lock held.
+    pub(crate) fn flush(&self, deadline: Option<Instant>, timeout: Duration) -> Result<()> {
+        self.flush_all_acks();
+        let mut link = self.lock_link();
+        link.flushing += 1;
+        let flushed = loop {
+            if let Some(e) = link.refusal() {
+                break Err(e);
+            }
+            if link.buf.is_empty() && link.writer == Writer::Nobody {
+                break Ok(());
+            }
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            if left.is_zero() {
+                break Err(Error::timeout(
+                    "waiting for what was queued to be written (the broker is not reading)",
+                    timeout,
+                ));
+            }
+            link = self
+                .link_cond
+                .wait_timeout(link, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        };
+        link.flushing -= 1;
+        flushed
     }
 
     /// Queues a method on channel 0; `on_queue` runs under the link's lock as it is queued
