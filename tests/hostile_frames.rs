@@ -1,13 +1,14 @@
 //! Frames and volumes a real RabbitMQ will not send, played by the scripted fake broker (see
 //! `faults.rs` and `hostile_peer.rs` for the others): a heartbeat with a payload, content on
 //! channel 0, large messages started on many channels at once, and returned messages on many
-//! channels at once. Each test checks the exact typed error, or what the client keeps.
+//! channels at once, and methods crossing our channel.close. Each test checks the exact typed
+//! error, or what the client keeps or sends.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
-use amq_protocol::protocol::{basic, AMQPClass};
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use cottontail::Connection;
 
 #[path = "support/fake_broker.rs"]
@@ -232,4 +233,63 @@ fn a_channel_whose_returns_nobody_handles_does_not_crowd_out_another_channels() 
     let handed = returned_to_late_callbacks(2, burst);
     assert_eq!(handed[1], 3, "{handed:?}");
     assert!((1..=16).contains(&handed[0]), "{handed:?}");
+}
+
+/// A broker's basic.cancel (not nowait) and channel.flow that cross our channel.close are not
+/// answered: AMQP has them discarded once we sent the close, and RabbitMQ, which forgets the
+/// channel when it handles our close, would take a late cancel-ok or flow-ok on that number
+/// for a frame on a channel that is not open (504, closing the connection). Before, both
+/// were answered after the close.
+#[test]
+fn nothing_follows_our_channel_close_on_its_channel() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        let (number, close) = peer.expect_method();
+        assert!(
+            matches!(close, AMQPClass::Channel(channel::AMQPMethod::Close(_))),
+            "{close:?}"
+        );
+        assert_eq!(number, 1);
+        peer.send_method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                consumer_tag: "gone".into(),
+                nowait: false,
+            })),
+        );
+        peer.send_method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::Flow(channel::Flow { active: false })),
+        );
+        peer.stream()
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let after: Vec<AMQPFrame> = std::iter::from_fn(|| peer.read_frame()).collect();
+        peer.stream()
+            .set_read_timeout(Some(Duration::from_secs(8)))
+            .unwrap();
+        peer.send_method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+        );
+        peer.expect_method();
+        peer.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+        );
+        after
+    });
+    let connection = Connection::open(client_params(port)).expect("open");
+    connection
+        .channel()
+        .expect("channel")
+        .close()
+        .expect("close");
+    connection.close().expect("connection close");
+    let after = join(fake);
+    assert!(
+        after.is_empty(),
+        "sent on channel 1 after its channel.close: {after:?}"
+    );
 }

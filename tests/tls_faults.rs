@@ -2,7 +2,8 @@
 //! ClientHello, or trickling one byte at a time a TLS record that announces 16 KiB, during the
 //! TLS handshake or (after a real TLS handshake with a self-signed certificate) during the AMQP
 //! handshake. `socket_timeout` bounds each wait and `stack_timeout` the whole of `open()`,
-//! however the bytes arrive. No broker needed; the TLS tests against RabbitMQ are in
+//! however the bytes arrive. And once open, a peer that never stops sending cannot hold
+//! `close()` past its `rpc_timeout`. No broker needed; the TLS tests against RabbitMQ are in
 //! `tests/tls.rs`.
 #![cfg(all(
     feature = "tls",
@@ -15,7 +16,13 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use amq_protocol::frame::{parse_frame, AMQPFrame};
+use amq_protocol::protocol::{connection, AMQPClass};
 use cottontail::{Connection, ConnectionParameters, Error, SslOptions};
+
+#[path = "support/fake_broker.rs"]
+mod fake_broker;
+use fake_broker::Peer;
 
 /// The gap between two trickled bytes: well inside every `socket_timeout` below.
 const TRICKLE_GAP: Duration = Duration::from_millis(250);
@@ -239,4 +246,89 @@ fn a_trickled_record_fails_the_amqp_handshake_over_tls_within_stack_timeout() {
         "the timeout names what the client waited for: {err}"
     );
     client_hung_up(peer);
+}
+
+/// Reads one AMQP frame from `stream` (after what `buf` holds), whatever it is.
+fn skip_frame(stream: &mut impl Read, buf: &mut Vec<u8>) {
+    loop {
+        if let Ok((rest, _)) = parse_frame(&buf[..]) {
+            let used = buf.len() - rest.len();
+            buf.drain(..used);
+            return;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).expect("fake peer: reading a frame");
+        assert!(n > 0, "fake peer: the client hung up mid-handshake");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A TLS peer that, once the connection is open, ignores our connection.close and sends
+/// heartbeat frames without pause: `close()` returns within about its `rpc_timeout` (2 s).
+/// Over TLS the I/O thread is the only reader, and its read loop left only for a waiter,
+/// output or a timer: told to stop at the close's deadline, it went on reading until the
+/// peer stopped (8 s and more, here the whole flood).
+#[test]
+fn close_over_tls_returns_at_its_deadline_while_the_peer_keeps_sending() {
+    let acceptor = native_tls::TlsAcceptor::new(self_signed_identity()).unwrap();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let method = |m| Peer::encode(&AMQPFrame::Method(0, AMQPClass::Connection(m)));
+    let (port, peer) = fake_peer(move |stream| {
+        let mut tls = acceptor
+            .accept(stream)
+            .expect("fake peer: the TLS handshake");
+        let mut header = [0; 8];
+        tls.read_exact(&mut header)
+            .expect("fake peer: the protocol header");
+        tls.write_all(&method(connection::AMQPMethod::Start(connection::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: Default::default(),
+            mechanisms: "PLAIN".into(),
+            locales: "en_US".into(),
+        })))
+        .unwrap();
+        let mut buf = Vec::new();
+        skip_frame(&mut tls, &mut buf); // start-ok
+        tls.write_all(&method(connection::AMQPMethod::Tune(connection::Tune {
+            channel_max: 2047,
+            frame_max: 131_072,
+            heartbeat: 0,
+        })))
+        .unwrap();
+        skip_frame(&mut tls, &mut buf); // tune-ok
+        skip_frame(&mut tls, &mut buf); // open
+        tls.write_all(&method(connection::AMQPMethod::OpenOk(
+            connection::OpenOk {},
+        )))
+        .unwrap();
+        let heartbeats = Peer::encode(&AMQPFrame::Heartbeat).repeat(8 * 1024);
+        tls.get_ref()
+            .set_write_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let started = Instant::now();
+        while stop_rx.try_recv().is_err() && started.elapsed() < PEER_PATIENCE {
+            if tls.write_all(&heartbeats).is_err() {
+                break;
+            }
+        }
+    });
+    let params = params(port, Duration::from_secs(5), Duration::from_secs(5))
+        .with_rpc_timeout(Duration::from_secs(2));
+    let connection = Connection::open(params).expect("open");
+    let (closed_tx, closed_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let closed = connection.close();
+        let _ = closed_tx.send((started.elapsed(), closed));
+    });
+    let outcome = closed_rx.recv_timeout(Duration::from_secs(8));
+    let _ = stop_tx.send(());
+    peer.join().expect("fake peer");
+    let (took, closed) = outcome.expect("close() (rpc_timeout 2 s) still blocked after 8 s");
+    assert!(took < Duration::from_secs(5), "close() took {took:?}");
+    assert!(
+        closed.is_err(),
+        "the peer never answered the close: {closed:?}"
+    );
 }

@@ -229,9 +229,11 @@ impl Core {
         self.link.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether outbound bytes wait for the I/O thread.
-    pub(crate) fn has_output(&self) -> bool {
-        !self.lock_link().buf.is_empty()
+    /// Whether the I/O thread has bytes to write or must stop now (`Link::shutdown`): its
+    /// read loop leaves for either, however long the peer keeps sending.
+    pub(crate) fn io_thread_wanted(&self) -> bool {
+        let link = self.lock_link();
+        !link.buf.is_empty() || link.shutdown
     }
 
     /// The error of a closed connection, `None` while it is open.

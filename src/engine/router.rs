@@ -486,7 +486,7 @@ impl Router {
                     let ok = AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
                         consumer_tag: cancel.consumer_tag.clone(),
                     }));
-                    self.queue_reply(core, channel, ok);
+                    self.queue_reply_while_open(core, &chan, ok);
                 }
                 chan.lock().push_cancel(cancel.consumer_tag.to_string());
             }
@@ -549,7 +549,7 @@ impl Router {
                 let ok = AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
                     active: flow.active,
                 }));
-                self.queue_reply(core, channel, ok);
+                self.queue_reply_while_open(core, &chan, ok);
             }
             reply => {
                 let mut st = chan.lock();
@@ -604,6 +604,17 @@ impl Router {
         link.replies_queued += frame.len();
         self.backlog |= link.replies_queued > REPLY_BACKLOG;
         core.enqueue(link, |buf| buf.extend_from_slice(&frame));
+    }
+
+    /// [`queue_reply`](Self::queue_reply) for an answer to the broker's method on an open
+    /// channel: nothing may follow our channel.close on its channel (AMQP: the broker's
+    /// methods crossing it are discarded). The channel's lock is held while it is queued, so
+    /// no close slips ahead.
+    fn queue_reply_while_open(&mut self, core: &Core, chan: &ChannelCore, method: AMQPClass) {
+        let st = chan.lock();
+        if matches!(st.life, Life::Open) {
+            self.queue_reply(core, chan.id, method);
+        }
     }
 
     /// Whether more than [`REPLY_BACKLOG`] bytes of the reader's own replies wait unwritten

@@ -497,7 +497,7 @@ impl Core {
         let step = read_loop(self, side, src, |turn, _| {
             (shared && turn.waiting > 0)
                 || due.is_some_and(|d| Instant::now() >= d)
-                || self.has_output()
+                || self.io_thread_wanted()
         });
         match step {
             Step::WouldBlock => IoRead {
