@@ -544,3 +544,56 @@ fn basic_cancel_on_a_channel_the_broker_closed_hands_back_its_auto_acked_message
     drop(consumer);
     delete(&connection, &queue);
 }
+
+/// `consumer_tags()` lists no consumer once the channel is closed, by the application or by
+/// the broker (a 404 here), as pika's does; before, the closed channel's consumers were still
+/// listed.
+#[test]
+fn a_closed_channels_consumer_tags_are_empty() {
+    let connection = connect();
+    let queue = unique("closed-tags");
+    for broker_closes in [false, true] {
+        let channel = connection.channel().unwrap();
+        channel
+            .queue_declare(
+                &queue,
+                QueueDeclareOptions {
+                    auto_delete: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        channel
+            .basic_consume(&queue, |_, _, _, _| {}, BasicConsumeOptions::default())
+            .unwrap();
+        assert_eq!(channel.consumer_tags().len(), 1);
+        if broker_closes {
+            let missing = channel.queue_declare(
+                &unique("no-such-queue"),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+            );
+            assert!(
+                matches!(
+                    missing,
+                    Err(Error::ChannelClosed {
+                        reply_code: 404,
+                        ..
+                    })
+                ),
+                "{missing:?}"
+            );
+        } else {
+            channel.close().unwrap();
+        }
+        assert!(channel.is_closed());
+        assert_eq!(
+            channel.consumer_tags(),
+            Vec::<String>::new(),
+            "broker closed it: {broker_closes}"
+        );
+    }
+    connection.close().unwrap();
+}

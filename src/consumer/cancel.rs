@@ -127,8 +127,13 @@ impl Channel {
         taken
     }
 
-    /// The tags of this channel's consumers (pika's `consumer_tags`).
+    /// The tags of this channel's consumers (pika's `consumer_tags`); none once the channel
+    /// is closed or closing (its consumers went with it), as in pika. While the connection
+    /// recovers they are listed: the recovery registers them again.
     pub fn consumer_tags(&self) -> Vec<String> {
+        if matches!(self.core().lock().life, Life::Closed(_) | Life::Closing(_)) {
+            return Vec::new();
+        }
         self.lock_consumers()
             .iter()
             .filter(|(_, e)| !e.cancelling && !e.ended_by_broker)
