@@ -128,6 +128,7 @@ impl Channel {
             return Ok(());
         };
         let timeout = self.rpc_timeout();
+        let to_callbacks = self.has_return_callbacks();
         let settled = self.inner.owner.core().wait_on(
             self.core(),
             deadline_after(timeout),
@@ -137,9 +138,9 @@ impl Channel {
                     return None;
                 }
                 let settled = tracker.take_outcome_of(seq);
-                if matches!(settled, Settled::Returned { .. }) {
-                    // Reported as the error below, so it leaves the queue for the return
-                    // callbacks: this message's own return, not another one.
+                if matches!(settled, Settled::Returned { .. }) && !to_callbacks {
+                    // Reported as the error below, and no return callback to run as well (as
+                    // pika runs both): it leaves the queue, this message's own return.
                     st.take_return_of(seq);
                 }
                 Some(settled)
@@ -320,6 +321,7 @@ impl Channel {
                 "wait_for_confirms needs confirm_delivery() first".into(),
             ));
         }
+        let to_callbacks = self.has_return_callbacks();
         self.inner.owner.core().wait_on(
             core,
             deadline_after(timeout),
@@ -329,10 +331,14 @@ impl Channel {
                     return None;
                 }
                 let outcomes = tracker.take_outcomes();
+                // Copies when the return callbacks get them too (as in pika).
                 let returned_messages = outcomes
                     .returned
                     .iter()
-                    .filter_map(|&seq| st.take_return_of(seq).map(|m| (seq, m)))
+                    .filter_map(|&seq| match to_callbacks {
+                        true => st.return_of(seq).map(|m| (seq, m)),
+                        false => st.take_return_of(seq).map(|m| (seq, m)),
+                    })
                     .collect();
                 Some(ConfirmOutcome {
                     nacked: outcomes.nacked,

@@ -308,3 +308,53 @@ fn confirm_delivery_while_another_thread_publishes_numbers_publishes_as_the_brok
         channel.close().unwrap();
     }
 }
+
+/// In confirm mode with a return callback registered, an unroutable mandatory message is
+/// reported both ways, as pika both raises `UnroutableError` and runs the return callbacks:
+/// `basic_publish_with` fails with `Error::Unroutable` and `wait_for_confirms` lists it in
+/// `returned_messages`, and the return callback gets each too. Before, the confirm took the
+/// return and the callback never ran.
+#[test]
+fn in_confirm_mode_returns_reach_the_return_callbacks_too() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    channel.add_on_return_callback(move |_, method, _, body| {
+        let _ = tx.send((method.reply_code, body.to_vec()));
+    });
+    channel.confirm_delivery().unwrap();
+    let mandatory = PublishOptions {
+        mandatory: true,
+        ..Default::default()
+    };
+    let nowhere = unique("nowhere");
+    let published = channel.basic_publish_with("", &nowhere, b"direct", &mandatory);
+    assert!(
+        matches!(
+            published,
+            Err(Error::Unroutable {
+                reply_code: 312,
+                ..
+            })
+        ),
+        "{published:?}"
+    );
+    channel
+        .basic_publish_deferred("", &nowhere, b"deferred", &mandatory)
+        .unwrap();
+    let outcome = channel.wait_for_confirms(None).unwrap();
+    let bodies: Vec<&[u8]> = outcome
+        .returned_messages
+        .iter()
+        .map(|(_, m)| &m.body[..])
+        .collect();
+    assert_eq!(bodies, vec![&b"deferred"[..]]);
+    connection.process_data_events(Duration::ZERO).unwrap();
+    let called: Vec<_> = rx.try_iter().collect();
+    assert_eq!(
+        called,
+        vec![(312, b"direct".to_vec()), (312, b"deferred".to_vec())],
+        "what the return callback got"
+    );
+    connection.close().unwrap();
+}

@@ -418,3 +418,52 @@ fn invalid_parameters_are_refused_before_connecting() {
     );
     assert!(started.elapsed() < Duration::from_millis(100));
 }
+
+/// Cleanup that runs while a panic unwinds (a guard's `Drop` that declares, acks or closes)
+/// uses the connection like any other call: the calls succeed and the connection stays open.
+/// Before, a call that read the socket while the thread was unwinding a panic of the
+/// application's took that panic for one of its own while reading, and ended the connection
+/// with `StreamLost` ("a panic while reading the socket").
+#[test]
+fn calls_made_while_a_panic_unwinds_work_and_leave_the_connection_open() {
+    struct DeclareOnDrop(Channel, String, mpsc::Sender<Result<u32, Error>>);
+    impl Drop for DeclareOnDrop {
+        fn drop(&mut self) {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let declared = self.0.queue_declare(&self.1, passive);
+            let _ = self.2.send(declared.map(|ok| ok.message_count));
+        }
+    }
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = unique("unwinding");
+    channel
+        .queue_declare(
+            &queue,
+            QueueDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    channel.basic_publish("", &queue, b"kept").unwrap();
+    let (tx, rx) = mpsc::channel();
+    let guard = DeclareOnDrop(channel.clone(), queue.clone(), tx);
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _guard = guard;
+        panic!("the application's own bug");
+    }));
+    assert!(unwound.is_err());
+    let declared = rx.recv().expect("the guard ran");
+    assert!(
+        matches!(declared, Ok(0 | 1)),
+        "the declare during unwinding: {declared:?}"
+    );
+    assert!(connection.is_open(), "{:?}", connection.close());
+    assert!(channel.is_open());
+    channel.queue_delete(&queue, Default::default()).unwrap();
+    connection.close().unwrap();
+}

@@ -24,11 +24,13 @@ impl Channel {
     /// error is returned.
     ///
     /// Which returns reach it: every `basic.return` of the channel, in the order the broker
-    /// sent them, except those a confirm already reported. In confirm mode
-    /// [`basic_publish_with`](Self::basic_publish_with) reports its own message's return as
-    /// [`Error::Unroutable`] and [`wait_for_confirms`](Self::wait_for_confirms) hands the
-    /// returns of its window back in [`ConfirmOutcome::returned_messages`](crate::ConfirmOutcome)
-    /// (unless a return callback ran first). Returns nobody handles (no callback registered, or
+    /// sent them. In confirm mode [`basic_publish_with`](Self::basic_publish_with) also reports
+    /// its own message's return as [`Error::Unroutable`], and
+    /// [`wait_for_confirms`](Self::wait_for_confirms) hands the returns of its window back in
+    /// [`ConfirmOutcome::returned_messages`](crate::ConfirmOutcome) too (unless a return
+    /// callback ran first), as pika both raises `UnroutableError` and runs the return
+    /// callbacks; with no return callback registered, those reports take the return, and
+    /// nothing is kept for a callback registered later. Returns nobody handles (no callback registered, or
     /// no thread consuming the channel) are kept for later callbacks up to 16 MiB per
     /// channel (beyond that its oldest are dropped) and 64 MiB per connection (beyond that a
     /// new one is not kept), each drop with a warning in the log. They go with the channel
@@ -44,6 +46,12 @@ impl Channel {
             },
         ));
         self.inner.owner.core().nudge();
+    }
+
+    /// Whether a return callback is registered (a confirm then leaves its returned message for
+    /// the callbacks as well).
+    pub(crate) fn has_return_callbacks(&self) -> bool {
+        !self.lock_callbacks().on_return.is_empty()
     }
 
     /// Registers a callback for consumers the broker cancels, e.g. because their queue was

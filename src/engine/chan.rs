@@ -116,6 +116,13 @@ impl<T> Held<T> {
         self.weight = 0;
     }
 
+    /// The message, still held.
+    pub(crate) fn value(&self) -> &T {
+        self.value
+            .as_ref()
+            .expect("a held message is there until taken")
+    }
+
     /// Hands the message out; it no longer counts.
     pub(crate) fn take(mut self) -> T {
         self.value.take().expect("a held message is taken once")
@@ -612,6 +619,15 @@ impl ChanState {
             .iter()
             .filter(|(s, _)| *s == Stale::Consume)
             .any(|(_, a)| a.as_ref().and_then(|a| a.consumer_tag.as_deref()) == Some(consumer_tag))
+    }
+
+    /// The returned message charged to publish `seq`, if it is still kept (it stays, for the
+    /// return callbacks).
+    pub(crate) fn return_of(&self, seq: u64) -> Option<Returned> {
+        self.returns
+            .iter()
+            .find(|(s, _)| *s == Some(seq))
+            .map(|(_, held)| held.value().clone())
     }
 
     /// Takes the returned message charged to publish `seq`, if it is still kept.

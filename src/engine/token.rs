@@ -616,7 +616,11 @@ impl Core {
                 let side = turn.side.take();
                 turn.holder = Holder::User;
                 drop(turn);
-                let mut taken = Taken { core: self, side };
+                let mut taken = Taken {
+                    core: self,
+                    side,
+                    unwinding: std::thread::panicking(),
+                };
                 self.read_as_user(&mut taken, deadline);
                 continue;
             }
@@ -718,6 +722,10 @@ impl Core {
 struct Taken<'a> {
     core: &'a Core,
     side: Option<ReadSide>,
+    /// The thread was already unwinding a panic when it took the token (a cottontail call
+    /// from a `Drop` during unwinding): only a panic that starts while it holds the token
+    /// ends the connection.
+    unwinding: bool,
 }
 
 impl Taken<'_> {
@@ -739,7 +747,7 @@ impl Drop for Taken<'_> {
         if self.side.is_none() {
             return;
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() && !self.unwinding {
             self.end(Err(Error::StreamLost {
                 message: "a panic while reading the socket".into(),
             }));

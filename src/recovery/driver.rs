@@ -597,6 +597,14 @@ fn still_there(core: &Core, aux: &mut AuxChannel, name: &str) -> Result<bool> {
     Ok(aux.call(core, passive, "queue.declare")?.is_ok())
 }
 
+/// Whether the channel still has consumer `tag`, not being cancelled by the application.
+fn wanted(channel: &Channel, tag: &str) -> bool {
+    channel
+        .lock_consumers()
+        .get(tag)
+        .is_some_and(|entry| !entry.cancelling())
+}
+
 /// Registers a consumer again on its channel (module docs, step 3).
 fn consume(
     core: &Core,
@@ -632,6 +640,12 @@ fn consume(
         }
     }
     if refused.is_none() {
+        // The application may have closed the connection, or begun to cancel this consumer,
+        // while the filter or the passive declare ran.
+        still_wanted(recovery)?;
+        if !wanted(channel, tag) {
+            return Ok(());
+        }
         let options = &record.options;
         let method = methods::consume(
             &record.queue,
@@ -641,6 +655,18 @@ fn consume(
             &options.arguments,
         )?;
         match call(core, chan, method, "basic.consume") {
+            Ok(_) if !wanted(channel, tag) => {
+                // Cancelled meanwhile: that cancel may have given up waiting for this
+                // recovery, so the consumer is cancelled here (a second cancel is harmless).
+                let cancel = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: tag.into(),
+                    nowait: false,
+                }));
+                return match call(core, chan, cancel, "basic.cancel") {
+                    Err(e) if ends_attempt(&e) => Err(e),
+                    _ => Ok(()),
+                };
+            }
             Ok(_) => return Ok(()),
             Err(e) if ends_attempt(&e) => return Err(e),
             // Refused before it was sent (too large for the new connection): the channel is
