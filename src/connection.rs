@@ -269,6 +269,8 @@ impl Connection {
     /// Closes the connection with pika's defaults (200, "Normal shutdown"): everything queued
     /// is written first, then connection.close, then close-ok is awaited (at most the RPC
     /// timeout, even if the broker stopped reading). Closing a closed connection does nothing.
+    /// During a recovery it first stops the recovery and waits (at most the RPC timeout too)
+    /// until what that had opened again is given back and closed.
     pub fn close(&self) -> Result<()> {
         self.close_with(200, "Normal shutdown")
     }

@@ -12,7 +12,8 @@
 //!   (its consumer goes, its messages stay ready, its number is free again),
 //! - a `Channel::close` waiting behind another call when the connection is lost returns Ok,
 //!   and the recovery does not open the channel again (fake broker),
-//! - the same consumer tag on two channels: both consumers come back,
+//! - the same consumer tag on two channels: both consumers come back; on a channel the
+//!   broker closed and the new channel that took its number: only the new one's,
 //! - a topology filter that panics: the entity is skipped (reported with the panic), the
 //!   recovery ends, and close leaves no I/O thread behind,
 //! - `start_consuming` and a `consume()` iterator end quietly (`Ok(())`, `None`) when the
@@ -608,6 +609,50 @@ fn the_same_consumer_tag_on_two_channels_recovers_both() {
     drop(channels);
     connection.close().unwrap();
     assert_eq!(after, both, "consumer tags on [q1, q2]");
+}
+
+/// The same tag on a channel the broker closed (404; the application keeps its handle) and
+/// on the new channel that took its number: only the new channel's consumer comes back.
+/// Before (with consumers recorded by channel and tag, matched by number), the recovery
+/// registered the old channel's consumer on the new channel too; the second consume of the
+/// tag was refused with 530, which closed the new connection, and the new channel ended
+/// closed with no consumer on either queue.
+#[test]
+fn a_broker_closed_channels_consumer_does_not_come_back_on_its_number() {
+    let _serial = one_at_a_time();
+    let cluster = Cluster::start();
+    let name = connection_name("rr-reused");
+    let (q1, q2) = (unique("rr-reused-q1"), unique("rr-reused-q2"));
+    let _tidy = tidy(cluster, &[&q1, &q2]);
+    let connection = Connection::open(params(cluster, &name, policy())).unwrap();
+    let old = connection.channel().unwrap();
+    old.queue_declare(&q1, QueueDeclareOptions::default())
+        .unwrap();
+    old.basic_consume(&q1, |_c, _m, _p, _b| {}, tagged("w", false))
+        .unwrap();
+    let missing = old.queue_declare(&unique("rr-missing"), support::consuming::passive());
+    assert!(missing.is_err() && old.is_closed(), "{missing:?}");
+    let new = connection.channel().unwrap();
+    assert_eq!(new.channel_number(), old.channel_number());
+    new.queue_declare(&q2, QueueDeclareOptions::default())
+        .unwrap();
+    new.basic_consume(&q2, |_c, _m, _p, _b| {}, tagged("w", false))
+        .unwrap();
+
+    force_close(cluster, &connection, &name);
+    connection
+        .wait_for_recovery(Duration::from_secs(15))
+        .expect("the connection recovers");
+    let after = consumer_tags(cluster, &[&q1, &q2]);
+    let open = new.is_open();
+    drop((old, new));
+    connection.close().unwrap();
+    assert!(open, "the new channel is open after the recovery");
+    assert_eq!(
+        after,
+        vec![BTreeSet::new(), BTreeSet::from(["w".to_string()])],
+        "consumer tags on [q1, q2]"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

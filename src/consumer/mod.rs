@@ -86,9 +86,10 @@ impl ConsumerEntry {
         self.callback.is_some() && !self.cancelling && !self.ended_by_broker
     }
 
-    /// Its cancel by the application is under way: a recovery does not register it again.
-    pub(crate) fn cancelling(&self) -> bool {
-        self.cancelling
+    /// A recovery registers it again: neither the application (its cancel under way, or
+    /// given up) nor the broker cancelled it.
+    pub(crate) fn to_recover(&self) -> bool {
+        !self.cancelling && !self.ended_by_broker
     }
 
     /// Drops what it holds for an iterator (a recovery: see `recovery::driver`).

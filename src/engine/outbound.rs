@@ -599,20 +599,22 @@ impl Core {
             if link.buf.is_empty() && link.writer == Writer::Nobody {
                 break Ok(());
             }
-            let left = deadline.map_or(Duration::MAX, |d| {
-                d.saturating_duration_since(Instant::now())
-            });
-            if left.is_zero() {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|left| left.is_zero()) {
                 break Err(Error::timeout(
                     "waiting for what was queued to be written (the broker is not reading)",
                     timeout,
                 ));
             }
-            link = self
-                .link_cond
-                .wait_timeout(link, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            link = match left {
+                None => self.link_cond.wait(link).unwrap_or_else(|p| p.into_inner()),
+                Some(left) => {
+                    self.link_cond
+                        .wait_timeout(link, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
         };
         link.flushing -= 1;
         flushed

@@ -135,7 +135,19 @@ fn attempt_once(
             }
         };
         let mut restored = Vec::new();
-        match restore(owner, recovery, &core, generation, &mut restored) {
+        let restoring = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            restore(owner, recovery, &core, generation, &mut restored)
+        }));
+        // A panic (a callback's `Drop`, say): what the attempt opened is given back and
+        // closed, then the thread ends the recovery (`spawn`).
+        let restoring = restoring.unwrap_or_else(|panic| {
+            let error = Error::StreamLost {
+                message: "the recovery thread panicked".into(),
+            };
+            abandon(&core, &restored, &error);
+            std::panic::resume_unwind(panic)
+        });
+        match restoring {
             Ok((mut report, open)) => {
                 report.attempt = attempt;
                 report.took = lost_at.elapsed();
@@ -315,15 +327,15 @@ fn restore(
         // Nor one whose cancel (by the broker, or by an earlier attempt) is still to be
         // handled: the consuming thread removes it when it handles the cancel. Nor one the
         // application is cancelling (its cancel waits for this recovery, or gave up).
-        let live: Vec<(u16, String)> = open
+        let live: Vec<(u64, String)> = open
             .iter()
             .flat_map(|c| {
-                let number = c.channel_number();
+                let instance = c.inner.instance;
                 let cancelled = c.inner.core.lock().cancelled.clone();
                 c.lock_consumers()
                     .iter()
-                    .filter(|(tag, entry)| !cancelled.contains(tag) && !entry.cancelling())
-                    .map(|(tag, _)| (number, tag.clone()))
+                    .filter(|(tag, entry)| !cancelled.contains(tag) && entry.to_recover())
+                    .map(|(tag, _)| (instance, tag.clone()))
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -342,7 +354,7 @@ fn restore(
     for (tag, mut record) in consumers {
         still_wanted(recovery)?;
         record.queue = recovery.current_name(&record.queue);
-        let Some(channel) = open.iter().find(|c| c.channel_number() == record.channel) else {
+        let Some(channel) = open.iter().find(|c| c.inner.instance == record.instance) else {
             continue;
         };
         consume(
@@ -597,12 +609,12 @@ fn still_there(core: &Core, aux: &mut AuxChannel, name: &str) -> Result<bool> {
     Ok(aux.call(core, passive, "queue.declare")?.is_ok())
 }
 
-/// Whether the channel still has consumer `tag`, not being cancelled by the application.
+/// Whether the channel still has consumer `tag`, to recover (not being cancelled).
 fn wanted(channel: &Channel, tag: &str) -> bool {
     channel
         .lock_consumers()
         .get(tag)
-        .is_some_and(|entry| !entry.cancelling())
+        .is_some_and(|entry| entry.to_recover())
 }
 
 /// Registers a consumer again on its channel (module docs, step 3).

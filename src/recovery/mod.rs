@@ -103,10 +103,17 @@ struct State {
     /// Bumped at every change a waiter may look at (phase, event, new connection work), under
     /// the lock.
     changes: u64,
-    /// The recovery thread is running (set before it starts, cleared as it ends), and its id
-    /// once it runs: a close waits for it to end (see [`Recovery::wait_thread_ended`]).
-    running: bool,
-    thread: Option<std::thread::ThreadId>,
+    /// Recovery threads running: counted before one starts, uncounted as it ends. Usually
+    /// one; two for a moment when a new engine is lost as it is put in place (its loss starts
+    /// the next thread before the first has ended). A close waits for none to be left
+    /// ([`Recovery::wait_thread_ended`]).
+    running: usize,
+}
+
+thread_local! {
+    /// Set on recovery threads: a close there (the thread dropped the last handle) does not
+    /// wait for itself.
+    static ON_RECOVERY_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A connection's recovery: its policy and host list, its phase, and the topology it
@@ -131,8 +138,7 @@ impl Recovery {
                 phase: Phase::Connected,
                 generation: 0,
                 changes: 0,
-                running: false,
-                thread: None,
+                running: 0,
             }),
             cond: Condvar::new(),
             topology: Mutex::default(),
@@ -210,29 +216,30 @@ impl Recovery {
         self.changed(state);
     }
 
-    /// Runs on the recovery thread as it starts.
+    /// Runs on a recovery thread as it starts.
     fn thread_started(&self) {
-        self.lock().thread = Some(std::thread::current().id());
+        ON_RECOVERY_THREAD.with(|on| on.set(true));
     }
 
-    /// Runs on the recovery thread as it ends (or where it could not be started).
+    /// Runs on a recovery thread as it ends (or where it could not be started).
     fn thread_ended(&self) {
         let mut state = self.lock();
-        state.running = false;
-        state.thread = None;
+        state.running = state.running.saturating_sub(1);
         self.changed(state);
     }
 
-    /// Waits until the recovery thread has ended, at most `timeout` (it stops at its next
-    /// step once the connection is closed: within one broker round trip, or the
-    /// `rpc_timeout` of the call it is in), unless called on that thread (it drops the last
-    /// handle). So once the application's close returns, the recovery has stopped and given
-    /// back or closed what it had opened.
+    /// Waits until no recovery thread is left, at most `timeout` (one stops at its next step
+    /// once the connection is closed: within one broker round trip, or the `rpc_timeout` of
+    /// the call it is in), unless called on a recovery thread (it dropped the last handle).
+    /// So once the application's close returns, the recovery has stopped and given back or
+    /// closed what it had opened.
     pub(crate) fn wait_thread_ended(&self, timeout: std::time::Duration) {
+        if ON_RECOVERY_THREAD.with(|on| on.get()) {
+            return;
+        }
         let until = crate::engine::saturating_deadline(timeout);
-        let me = std::thread::current().id();
         let mut state = self.lock();
-        while state.running && state.thread != Some(me) {
+        while state.running > 0 {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 log::warn!("the recovery thread is still at work after {timeout:?}");
@@ -410,7 +417,7 @@ impl Owner {
         }
         log::warn!("connection lost ({error}): recovering");
         state.phase = Phase::Recovering;
-        state.running = true;
+        state.running += 1;
         recovery.changed(state);
         self.push_recovery_event(RecoveryEvent::ConnectionLost {
             cause: error.clone(),

@@ -180,11 +180,12 @@ impl Topology {
         self.remove_consumers(|t, c| t == tag && c.instance == instance);
     }
 
-    /// Keeps only the recorded consumers that are among `live` (channel number, tag): the
-    /// others went with a channel that is gone.
-    pub(crate) fn keep_consumers(&mut self, live: &[(u16, String)]) {
-        let live: BTreeSet<(u16, &str)> = live.iter().map(|(n, t)| (*n, t.as_str())).collect();
-        self.remove_consumers(|tag, c| !live.contains(&(c.channel, tag)));
+    /// Keeps only the recorded consumers that are among `live` (channel instance, tag): the
+    /// others went with a channel that is gone (one the broker closed whose number a new
+    /// channel took included: by instance, not number).
+    pub(crate) fn keep_consumers(&mut self, live: &[(u64, String)]) {
+        let live: BTreeSet<(u64, &str)> = live.iter().map(|(i, t)| (*i, t.as_str())).collect();
+        self.remove_consumers(|tag, c| !live.contains(&(c.instance, tag)));
     }
 
     /// The channel `instance` closed (or was dropped): its consumers are gone (with what that
