@@ -247,8 +247,9 @@ impl Connection {
     /// and dropping the last handle, write them all first; call `flush` before a process
     /// ends without either (`std::process::exit`, a connection kept in a `static`), which
     /// would lose what was queued. It does not wait for the broker: publisher confirms
-    /// ([`Channel::confirm_delivery`]) say whether a message arrived. An error if the
-    /// connection is closed or lost (what was queued is then lost with it).
+    /// ([`Channel::confirm_delivery`]) say whether a message arrived. It waits until nothing
+    /// is queued at all, so while other threads go on publishing it waits for theirs too. An
+    /// error if the connection is closed or lost (what was queued is then lost with it).
     ///
     /// ```no_run
     /// # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;

@@ -408,7 +408,10 @@
 //! error. [`Connection::is_recovering`] tells whether a recovery is under way (meanwhile
 //! [`Connection::is_open`] and [`Channel::is_open`] are false and `close_reason()` is the
 //! loss), [`Connection::wait_for_recovery`] waits for it, and
-//! [`Connection::recovery_generation`] counts recoveries.
+//! [`Connection::recovery_generation`] counts recoveries. [`Connection::close`] during a
+//! recovery stops it at its next step and returns once what it had opened again is closed
+//! (consuming threads then end as after any close by the application); a channel closed
+//! meanwhile stays closed, and a consumer cancelled meanwhile is not registered again.
 //!
 //! **Deliveries.** Delivery tags keep growing across recoveries, and each delivery carries
 //! the generation it arrived in ([`Delivery::generation`]). A delivery from before a recovery
