@@ -40,8 +40,9 @@ pub struct ConfirmOutcome {
     pub nacked: Vec<u64>,
     /// Sequence numbers of mandatory messages returned as unroutable (then acked), ascending.
     pub returned: Vec<u64>,
-    /// The returned messages themselves, with their sequence numbers, taken from the
-    /// channel's returned messages so the return callbacks do not see them again. A return
+    /// The returned messages themselves, with their sequence numbers: copies when a return
+    /// callback is registered (it gets them too, as in pika), else taken from the channel's
+    /// returned messages (nothing is kept for a callback registered later). A return
     /// that a return callback already handled (on a thread consuming this channel meanwhile),
     /// or that was not kept because too many returns waited unhandled (see
     /// [`Channel::add_on_return_callback`]), is in [`returned`](Self::returned) but not here.
@@ -128,7 +129,6 @@ impl Channel {
             return Ok(());
         };
         let timeout = self.rpc_timeout();
-        let to_callbacks = self.has_return_callbacks();
         let settled = self.inner.owner.core().wait_on(
             self.core(),
             deadline_after(timeout),
@@ -138,10 +138,12 @@ impl Channel {
                     return None;
                 }
                 let settled = tracker.take_outcome_of(seq);
-                if matches!(settled, Settled::Returned { .. }) && !to_callbacks {
+                // Asked only for a return (one lock), under the channel's (the order the
+                // consumer loop takes them in).
+                if matches!(settled, Settled::Returned { .. }) && !self.has_return_callbacks() {
                     // Reported as the error below, and no return callback to run as well (as
                     // pika runs both): it leaves the queue, this message's own return.
-                    st.take_return_of(seq);
+                    st.returns.take_of(seq);
                 }
                 Some(settled)
             },
@@ -336,8 +338,8 @@ impl Channel {
                     .returned
                     .iter()
                     .filter_map(|&seq| match to_callbacks {
-                        true => st.return_of(seq).map(|m| (seq, m)),
-                        false => st.take_return_of(seq).map(|m| (seq, m)),
+                        true => st.returns.of(seq).map(|m| (seq, m)),
+                        false => st.returns.take_of(seq).map(|m| (seq, m)),
                     })
                     .collect();
                 Some(ConfirmOutcome {

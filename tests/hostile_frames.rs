@@ -5,6 +5,7 @@
 //! error, or what the client keeps or sends.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
@@ -15,6 +16,16 @@ use cottontail::Connection;
 mod fake_broker;
 
 use fake_broker::{client_params, join, protocol_reason, spawn_fake, Peer};
+
+/// The connection is closed, and the client's connection.close to the fake carried `code`.
+fn closed_with(connection: &Connection, fake: JoinHandle<Vec<AMQPFrame>>, code: u16) {
+    assert!(!connection.is_open());
+    assert_eq!(
+        fake_broker::connection_close_code(&join(fake)),
+        Some(code),
+        "the client's connection.close"
+    );
+}
 
 /// A heartbeat frame carrying a payload (AMQP's grammar gives it none; RabbitMQ refuses one)
 /// is a frame error: the waiting call gets `Error::Protocol` 501 and the client closes the
@@ -35,12 +46,7 @@ fn a_heartbeat_with_a_payload_ends_the_connection_with_501() {
         reason.contains("heartbeat frame with a 3-byte payload"),
         "{reason}"
     );
-    assert!(!connection.is_open());
-    assert_eq!(
-        fake_broker::connection_close_code(&join(fake)),
-        Some(501),
-        "the client's connection.close"
-    );
+    closed_with(&connection, fake, 501);
 }
 
 /// A basic.deliver on channel 0 (the connection's own) is 503 COMMAND_INVALID, as any other
@@ -81,11 +87,7 @@ fn content_on_channel_0_is_refused() {
         let code = if header_only { 505 } else { 503 };
         let reason = protocol_reason(channel.queue_declare("q", Default::default()), code);
         assert!(reason.contains("channel 0"), "{reason}");
-        assert_eq!(
-            fake_broker::connection_close_code(&join(fake)),
-            Some(code),
-            "header only: {header_only}"
-        );
+        closed_with(&connection, fake, code);
     }
 }
 
@@ -138,12 +140,7 @@ fn messages_started_on_many_channels_are_bounded_together() {
         )),
         "{reason}"
     );
-    assert!(!connection.is_open());
-    assert_eq!(
-        fake_broker::connection_close_code(&join(fake)),
-        Some(501),
-        "the client's connection.close"
-    );
+    closed_with(&connection, fake, 501);
 }
 
 /// `rounds` returned 1 MiB messages on each of `channels` (1, 2, ...), as one burst.

@@ -80,21 +80,15 @@ fn tidy(cluster: Cluster, queues: &[&str]) -> Tidy {
 
 /// Closes the broker side of our connection named `name` (320 CONNECTION_FORCED, as
 /// `rabbitmqctl close_connection` does; one `rabbitmqctl eval` finds and closes it, as in
-/// `tests/recovery_storms.rs`) and waits until the client has noticed.
+/// `tests/recovery_storms.rs`, with `support::recovery::erlang_ours`) and waits until the
+/// client has noticed.
 fn force_close(cluster: Cluster, connection: &Connection, name: &str) {
     let script = format!(
-        "Name = <<\"{name}\">>, \
-         Ours = fun(Pid) -> \
-             case catch rabbit_networking:connection_info(Pid, [client_properties]) of \
-                 [{{client_properties, Props}}] when is_list(Props) -> \
-                     lists:keyfind(<<\"connection_name\">>, 1, Props) \
-                         =:= {{<<\"connection_name\">>, longstr, Name}}; \
-                 _ -> false \
-             end \
-         end, \
+        "{ours} \
          Pids = [P || P <- rabbit_networking:connections_local(), Ours(P)], \
          [rabbit_networking:close_connection(P, \"test: forced close\") || P <- Pids], \
-         length(Pids)."
+         length(Pids).",
+        ours = erlang_ours(name)
     );
     let closed = cluster.rabbitmqctl(NODE, &["eval", &script]);
     assert_eq!(closed.trim(), "1", "broker connections named {name} closed");

@@ -96,15 +96,7 @@ fn close_storm(
     length: Duration,
 ) -> usize {
     let script = format!(
-        "Name = <<\"{name}\">>, \
-         Ours = fun(Pid) -> \
-             case catch rabbit_networking:connection_info(Pid, [client_properties]) of \
-                 [{{client_properties, Props}}] when is_list(Props) -> \
-                     lists:keyfind(<<\"connection_name\">>, 1, Props) \
-                         =:= {{<<\"connection_name\">>, longstr, Name}}; \
-                 _ -> false \
-             end \
-         end, \
+        "{ours} \
          Until = erlang:monotonic_time(millisecond) + {length}, \
          Loop = fun L(Closed) -> \
              case erlang:monotonic_time(millisecond) >= Until of \
@@ -119,6 +111,7 @@ fn close_storm(
              end \
          end, \
          Loop([]).",
+        ours = erlang_ours(name),
         every = every.as_millis(),
         length = length.as_millis()
     );

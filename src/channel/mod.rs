@@ -117,7 +117,7 @@ impl Drop for ChannelHandle {
         }
         let mut st = self.core.lock();
         crate::engine::chan::drop_deliveries(self.core.id, &mut st.deliveries, log::Level::Info);
-        st.drop_returns(self.core.id);
+        st.returns.drop_all(self.core.id);
         drop(st);
         // Whether we closed it now or the broker had: its consumers are gone.
         self.owner.record(|t| t.channel_closed(self.instance));

@@ -95,11 +95,11 @@ impl Channel {
             Some(result) => result,
             None => {
                 let kept = self.inner.owner.core().returns_kept.clone();
-                self.core().lock().unpop_return(returned, &kept);
+                self.core().lock().returns.unpop(returned, &kept);
                 Ok(())
             }
         };
-        if self.core().lock().has_returns() {
+        if !self.core().lock().returns.is_empty() {
             self.inner.owner.core().nudge();
         }
         ran

@@ -16,7 +16,7 @@ impl Channel {
     /// A consumer whose basic.consume timed out: the broker may have it, and nobody will
     /// consume what it delivers. It becomes an orphan (the router requeues its deliveries, or
     /// reports auto-acked ones lost) and those already here are requeued. Nothing is sent: the
-    /// router cancels the consumer when its late consume-ok comes (see [`Stale::Consume`]).
+    /// router cancels the consumer when its late consume-ok comes (see [`Stale::Consume`](crate::engine::chan::Stale::Consume)).
     pub(super) fn abandon(&self, tag: &str, auto_ack: bool) {
         self.core().lock().push_orphan(tag, auto_ack);
         self.requeue(self.take_queued(tag), auto_ack);
@@ -136,7 +136,7 @@ impl Channel {
         }
         self.lock_consumers()
             .iter()
-            .filter(|(_, e)| !e.cancelling && !e.ended_by_broker)
+            .filter(|(_, e)| e.active())
             .map(|(tag, _)| tag.clone())
             .collect()
     }

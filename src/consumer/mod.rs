@@ -81,15 +81,15 @@ impl ConsumerEntry {
         self.auto_ack
     }
 
-    /// A consumer with a callback, neither being cancelled nor cancelled by the broker.
-    pub(crate) fn runs_callbacks(&self) -> bool {
-        self.callback.is_some() && !self.cancelling && !self.ended_by_broker
+    /// Neither the application (its cancel under way, or given up) nor the broker cancelled
+    /// it: `consumer_tags` lists it and a recovery registers it again.
+    pub(crate) fn active(&self) -> bool {
+        !self.cancelling && !self.ended_by_broker
     }
 
-    /// A recovery registers it again: neither the application (its cancel under way, or
-    /// given up) nor the broker cancelled it.
-    pub(crate) fn to_recover(&self) -> bool {
-        !self.cancelling && !self.ended_by_broker
+    /// An [`active`](Self::active) consumer with a callback.
+    pub(crate) fn runs_callbacks(&self) -> bool {
+        self.callback.is_some() && self.active()
     }
 
     /// Drops what it holds for an iterator (a recovery: see `recovery::driver`).
@@ -523,8 +523,8 @@ impl Channel {
             let stale = !matches!(st.life, Life::Open) || held.generation() < st.generation;
             return Some(Next::Delivery(held, stale));
         }
-        if st.has_returns() && !self.lock_callbacks().on_return.is_empty() {
-            return st.pop_return().map(Next::Return);
+        if !st.returns.is_empty() && !self.lock_callbacks().on_return.is_empty() {
+            return st.returns.pop().map(Next::Return);
         }
         if !st.cancelled.is_empty() {
             return Some(Next::Cancelled(st.cancelled.drain(..).collect()));

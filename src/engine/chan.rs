@@ -20,14 +20,8 @@ use crate::protocol::codec::Awaited;
 use crate::protocol::confirms::{fingerprint, ConfirmTracker};
 use crate::protocol::properties::BasicProperties;
 
-/// Bytes (by [`weight`]: body, properties, per-message allowance) of unhandled returned messages
-/// a channel keeps for return callbacks not yet run or registered; beyond it its oldest are
-/// dropped (with a warning).
-pub(crate) const RETURNS_KEPT_BYTES: usize = 16 * 1024 * 1024;
-/// What a connection keeps of them on all its channels together (a peer could return messages
-/// on every channel); beyond it a new one is not kept (with a warning). Four channels' worth,
-/// so one channel nobody handles returns for does not crowd out the others'.
-pub(crate) const RETURNS_KEPT_TOTAL: usize = 4 * RETURNS_KEPT_BYTES;
+use super::returns::KeptReturns;
+
 /// Consumer tags kept as orphans (see [`ChanState::orphans`]); the oldest are forgotten: an
 /// orphan matters only until the broker has seen its cancel, or until a consuming thread has
 /// routed what it took before the consumer went.
@@ -51,11 +45,11 @@ pub(crate) fn weight(body: &[u8], properties: &BasicProperties) -> usize {
 /// [`Held`] message in it: `Core::inbound` for deliveries queued on channels or kept for
 /// `consume()` iterators (reading pauses while it is over the inbound limits, see `token`),
 /// `Core::returns_kept` for returned messages kept for return callbacks (bounded by
-/// [`RETURNS_KEPT_TOTAL`]).
+/// `returns::RETURNS_KEPT_TOTAL`).
 pub(crate) type InboundMeter = Arc<AtomicUsize>;
 
 /// A message held for a caller (a delivery; also a returned message, in the connection's
-/// returns meter, see [`ChanState::push_return`]), counted in its meter for as long as it is
+/// returns meter, see `returns`), counted in its meter for as long as it is
 /// held (or until [`unmeter`](Held::unmeter)): whichever way it leaves (handed out, requeued,
 /// dropped with its channel), the count goes down by what it added, so the meter cannot
 /// drift.
@@ -144,17 +138,6 @@ pub(crate) fn drop_deliveries(channel: u16, deliveries: &mut VecDeque<Held>, lev
         );
         deliveries.clear();
     }
-}
-
-/// Logs a returned message dropped unhandled (see [`ChanState::push_return`]): `whose` bound
-/// it is over.
-fn warn_return_dropped(returned: &Returned, whose: &str) {
-    log::warn!(
-        "dropping an unhandled returned message ({} bytes, routing key {:?}): the bound {whose} \
-         returns waiting for a return callback is reached",
-        returned.body.len(),
-        returned.method.routing_key.as_str()
-    );
 }
 
 impl<T> Drop for Held<T> {
@@ -289,11 +272,8 @@ pub(crate) struct ChanState {
     /// its reply must be.
     pub(crate) stale: VecDeque<(Stale, Option<Awaited>)>,
     pub(crate) deliveries: VecDeque<Held>,
-    /// Returned messages for the return callbacks, each with the publish sequence number the
-    /// confirm tracker charged it to (see `protocol::confirms`), if any.
-    returns: VecDeque<(Option<u64>, Held<Returned>)>,
-    /// Bytes (by [`weight`]) in `returns`.
-    returns_bytes: usize,
+    /// Returned messages for the return callbacks.
+    pub(crate) returns: KeptReturns,
     pub(crate) confirms: Option<ConfirmTracker>,
     /// Consumer tags the broker cancelled (queue deleted...), not yet seen by the consumer loop.
     pub(crate) cancelled: Vec<String>,
@@ -361,8 +341,7 @@ impl ChannelCore {
                 reply: None,
                 stale: VecDeque::new(),
                 deliveries: VecDeque::new(),
-                returns: VecDeque::new(),
-                returns_bytes: 0,
+                returns: KeptReturns::default(),
                 confirms: None,
                 cancelled: Vec::new(),
                 orphans: VecDeque::new(),
@@ -525,12 +504,9 @@ impl ChanState {
         self.cancelled.push(consumer_tag);
     }
 
-    /// Keeps a returned message for the return callbacks, at most [`RETURNS_KEPT_BYTES`] of
-    /// messages by [`weight`] on this channel (its oldest go first) and
-    /// [`RETURNS_KEPT_TOTAL`] on the connection (counted in `kept`, its `Core::returns_kept`):
-    /// past that this one is not kept, unless the connection keeps none. Each drop is logged.
-    /// In confirm mode, first marks the publish it belongs to as returned (so the publisher
-    /// hears of it, kept or not).
+    /// Keeps a returned message for the return callbacks (within the bounds of
+    /// [`KeptReturns::push`]; `kept` is `Core::returns_kept`). In confirm mode, first marks the
+    /// publish it belongs to as returned (so the publisher hears of it, kept or not).
     pub(crate) fn push_return(&mut self, returned: Returned, kept: &InboundMeter) {
         let seq = self.confirms.as_mut().and_then(|tracker| {
             let method = &returned.method;
@@ -544,73 +520,21 @@ impl ChanState {
                 method.reply_text.as_str(),
             )
         });
-        let size = weight(&returned.body, &returned.properties);
-        while self.returns_bytes + size > RETURNS_KEPT_BYTES {
-            let Some(old) = self.pop_return() else {
-                break;
-            };
-            warn_return_dropped(&old, "of this channel's");
-        }
-        let total = kept.load(Ordering::SeqCst);
-        if total > 0 && total + size > RETURNS_KEPT_TOTAL {
-            warn_return_dropped(&returned, "of this connection's");
-            return;
-        }
-        self.returns_bytes += size;
-        self.returns
-            .push_back((seq, Held::metered(returned, size, kept)));
-    }
-
-    /// Whether returned messages wait for the return callbacks.
-    pub(crate) fn has_returns(&self) -> bool {
-        !self.returns.is_empty()
-    }
-
-    /// Takes the oldest returned message, if any.
-    pub(crate) fn pop_return(&mut self) -> Option<Returned> {
-        let (_, held) = self.returns.pop_front()?;
-        Some(self.untrack_return(held))
-    }
-
-    /// Puts back a return taken with [`pop_return`](Self::pop_return), first in line (no
-    /// longer charged to a publish), counted in `kept` again.
-    pub(crate) fn unpop_return(&mut self, returned: Returned, kept: &InboundMeter) {
-        let size = weight(&returned.body, &returned.properties);
-        self.returns_bytes += size;
-        self.returns
-            .push_front((None, Held::metered(returned, size, kept)));
-    }
-
-    fn untrack_return(&mut self, held: Held<Returned>) -> Returned {
-        let returned = held.take();
-        self.returns_bytes -= weight(&returned.body, &returned.properties);
-        returned
+        self.returns.push(seq, returned, kept);
     }
 
     /// What a closed channel keeps leaves the connection's counts (no more come; a return
     /// callback may still be run for what it kept, or it goes with the channel).
     pub(crate) fn unmeter_all(&mut self) {
         self.deliveries.iter_mut().for_each(Held::unmeter);
-        self.returns.iter_mut().for_each(|(_, held)| held.unmeter());
+        self.returns.unmeter();
     }
 
     /// What the channel keeps is counted on `core`'s meters (a recovery opened it again on a
     /// new connection).
     pub(crate) fn remeter_all(&mut self, inbound: &InboundMeter, kept: &InboundMeter) {
         self.deliveries.iter_mut().for_each(|h| h.remeter(inbound));
-        self.returns.iter_mut().for_each(|(_, h)| h.remeter(kept));
-    }
-
-    /// Drops the returned messages no return callback took, logged (the channel goes).
-    pub(crate) fn drop_returns(&mut self, channel: u16) {
-        if !self.returns.is_empty() {
-            log::info!(
-                "channel {channel} dropped with {} returned message(s) no return callback took",
-                self.returns.len()
-            );
-            self.returns.clear();
-            self.returns_bytes = 0;
-        }
+        self.returns.remeter(kept);
     }
 
     /// Whether a basic.consume with `consumer_tag` timed out and its reply is still to come.
@@ -619,22 +543,6 @@ impl ChanState {
             .iter()
             .filter(|(s, _)| *s == Stale::Consume)
             .any(|(_, a)| a.as_ref().and_then(|a| a.consumer_tag.as_deref()) == Some(consumer_tag))
-    }
-
-    /// The returned message charged to publish `seq`, if it is still kept (it stays, for the
-    /// return callbacks).
-    pub(crate) fn return_of(&self, seq: u64) -> Option<Returned> {
-        self.returns
-            .iter()
-            .find(|(s, _)| *s == Some(seq))
-            .map(|(_, held)| held.value().clone())
-    }
-
-    /// Takes the returned message charged to publish `seq`, if it is still kept.
-    pub(crate) fn take_return_of(&mut self, seq: u64) -> Option<Returned> {
-        let i = self.returns.iter().position(|(s, _)| *s == Some(seq))?;
-        let (_, held) = self.returns.remove(i)?;
-        Some(self.untrack_return(held))
     }
 
     /// Records a consumer that is gone for us (see `orphans`): its deliveries are

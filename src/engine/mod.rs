@@ -14,7 +14,7 @@
 //!   socket themselves when the token is free. They wait for outbound room on `link_cond`
 //!   (`outbound`, rule 3).
 //! - The **router** (`router`) runs on whichever thread holds the token and fills the
-//!   channels' state (`chan`).
+//!   channels' state (`chan`, with the returned messages kept in `returns`).
 //!
 //! # Can this thread block here, and until when?
 //!
@@ -22,8 +22,9 @@
 //! |---|---|---|
 //! | a reply, confirm, delivery, close-ok ([`Core::wait_until`]) | the reader's generation bump, [`Core::nudge`], its own reading | the caller's deadline (`rpc_timeout` for methods; none for `start_consuming`) |
 //! | a channel number a crossed close shadowed (`router`; `channel_with_number`, or `channel()` when no other is free), in [`Core::wait_until`] | the reader routing the late close-ok (on plain TCP maybe this thread), the connection's end ([`Core::nudge`]) | the shadow's end (`router::LATE_CLOSE_OK`, nobody wakes it: the wait's own deadline) or `rpc_timeout` |
-//! | room in the socket for the rest of a caller's own large publish (`outbound::finish_direct`, plain TCP) | the socket draining (its own poll) | [`outbound::STALL`] without progress, or the call's deadline (`RpcClient::call`'s, else `rpc_timeout` from when it starts finishing), whichever comes first; then the rest is queued for the I/O thread |
+//! | room in the socket for the rest of a caller's own large publish (`outbound::finish_direct`, plain TCP) | the socket draining (its own poll) | [`direct::STALL`] without progress, or the call's deadline (`RpcClient::call`'s, else `rpc_timeout` from when it starts finishing), whichever comes first; then the rest is queued for the I/O thread |
 //! | outbound room (`outbound::wait_for_room`) | the I/O thread draining, a caller finishing its own write, connection.unblocked, a close | the call's deadline (blocked: until unblocked or `blocked_connection_timeout`, or the publish's own deadline if it has one: `RpcClient::call`) |
+//! | everything queued written (`outbound::flush`, [`Connection::flush`](crate::Connection::flush)) | the I/O thread having written it all (`Link::flushing`), a caller finishing its own write, the connection's end | the call's timeout |
 //! | the I/O thread's `poll` | `io_waker`, the socket | its next heartbeat, held-acks, blocked or parked-token deadline |
 //! | a lock (`Link`, `Turn`, a channel's state) | its holder, which never waits while holding one | a few microseconds |
 //! | the I/O thread's last write after the broker's close (`io_thread::flush_before_exit`) | a caller finishing its own write (`link_cond`) | one second |
@@ -42,8 +43,10 @@
 //! never an overflow.
 
 pub(crate) mod chan;
+pub(crate) mod direct;
 mod io_thread;
 pub(crate) mod outbound;
+pub(crate) mod returns;
 mod router;
 mod token;
 
@@ -78,14 +81,14 @@ pub(crate) struct Core {
     io_waker: mio::Waker,
     /// A second handle on a plain TCP socket, for callers to write to directly when nothing is
     /// queued (see `outbound`); `None` for TLS, whose state only the I/O thread touches.
-    direct: Option<outbound::Direct>,
+    direct: Option<direct::Direct>,
     pub(crate) channels: Mutex<ChannelTable>,
     /// Who reads, and how everyone else waits (see `token`).
     token: ReadToken,
     /// Bytes of messages held for callers (see `token`, rule 9).
     pub(crate) inbound: InboundMeter,
     /// Bytes of the returned messages kept for the return callbacks on all its channels
-    /// (see `ChanState::push_return`).
+    /// (see `returns`).
     pub(crate) returns_kept: InboundMeter,
     /// Bumped when connection-level work appears for the consuming threads (a threadsafe
     /// callback, a timer, a blocked/unblocked event); see [`Core::kick`].
@@ -139,7 +142,7 @@ impl Core {
         };
         // Without its poll, callers do not write directly (the I/O thread writes everything).
         let direct = match &read_half {
-            Some(tcp) => match tcp.try_clone().and_then(outbound::Direct::new) {
+            Some(tcp) => match tcp.try_clone().and_then(direct::Direct::new) {
                 Ok(direct) => Some(direct),
                 Err(e) => {
                     log::warn!("callers will not write to the socket directly: {e}");

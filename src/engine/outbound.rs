@@ -21,10 +21,12 @@
 //!
 //!    A publish whose direct write took its held acks (`prefix`) but left at least
 //!    [`DIRECT_REST_MIN`] of the rest unwritten, with a body of at most
-//!    [`DIRECT_BODY_FRAMES`] frames, finishes it itself instead of queuing it
-//!    ([`Writer::Caller`], set under the lock), after releasing every lock: it writes the rest
-//!    from its own body as the socket takes it, waiting for room in its own poll ([`Direct`],
-//!    whose lock only that caller takes) at most [`STALL`] at a time and never past its
+//!    [`DIRECT_BODY_FRAMES`](super::direct::DIRECT_BODY_FRAMES) frames, finishes it itself
+//!    instead of queuing it ([`Writer::Caller`], set under the lock), after releasing every
+//!    lock: it writes the rest from its own body as the socket takes it (the socket writes
+//!    themselves are `direct`'s), waiting for room in its own poll
+//!    ([`Direct`](super::direct::Direct), whose lock only that caller takes) at most
+//!    [`STALL`](super::direct::STALL) at a time and never past its
 //!    call's deadline (`RpcClient::call`'s; for every other publish, `rpc_timeout` from when it
 //!    starts finishing, so a peer that takes a trickle of bytes cannot hold it). Meanwhile
 //!    nobody else writes (the I/O thread leaves the buffer alone, callers queue behind), so
@@ -53,17 +55,13 @@
 //!    I/O thread is woken to write them by then.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
-use std::net::TcpStream;
-use std::os::fd::AsRawFd;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use amq_protocol::protocol::AMQPClass;
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
 
 use super::chan::{ChanState, ChannelCore, Life};
+use super::direct::{fits_direct, write_direct, Unfinished, DIRECT_REST_MIN};
 use super::router::BLOCKED_EVENTS_KEPT;
 use super::token::Wanting;
 use super::{with_scratch, Core};
@@ -88,14 +86,6 @@ pub(crate) const REPLY_BACKLOG: usize = 1024 * 1024;
 /// and other methods (awaited at once) do not count: they are written directly whenever nothing
 /// is queued.
 const QUIET: Duration = Duration::from_micros(20);
-/// A caller finishes its own direct write when at least this much of it is left (rule 2):
-/// below it, copying the rest into the buffer costs less than waiting for the socket.
-pub(crate) const DIRECT_REST_MIN: usize = 64 * 1024;
-/// The longest a caller finishing its own direct write waits for the socket to take more
-/// (rule 2) before it queues the rest for the I/O thread: the socket stalls (the broker is not
-/// reading, or the network is slow), and the caller should not wait for it.
-pub(crate) const STALL: Duration = Duration::from_millis(10);
-
 /// Who writes to the socket outside the `Link` lock (rule 2). While someone does, nobody
 /// else writes to it, so bytes never land inside another writer's frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,38 +96,6 @@ pub(crate) enum Writer {
     Io,
     /// A caller is finishing its own direct write ([`Core::finish_direct`]).
     Caller,
-}
-
-/// A plain TCP socket's handle for callers' direct writes (rule 2), and the poll in which a
-/// caller finishing its own direct write waits for room (used by that caller only, one at a
-/// time: [`Writer::Caller`]).
-#[derive(Debug)]
-pub(crate) struct Direct {
-    pub(crate) tcp: TcpStream,
-    room: Mutex<(Poll, Events)>,
-}
-
-impl Direct {
-    pub(crate) fn new(tcp: TcpStream) -> std::io::Result<Direct> {
-        let poll = Poll::new()?;
-        poll.registry().register(
-            &mut SourceFd(&tcp.as_raw_fd()),
-            Token(0),
-            Interest::WRITABLE,
-        )?;
-        Ok(Direct {
-            tcp,
-            room: Mutex::new((poll, Events::with_capacity(4))),
-        })
-    }
-}
-
-/// The part of a caller's direct write still to write, [`Core::finish_direct`]'s job: `done`
-/// bytes of its frames and body frames are written.
-#[derive(Debug)]
-#[must_use]
-pub(crate) struct Unfinished {
-    done: usize,
 }
 
 /// State behind [`Core::link`]: the outbound buffer and whether the connection is usable.
@@ -343,8 +301,8 @@ impl Core {
     }
 
     /// Finishes a caller's own direct write (rule 2), called with no lock held: writes the
-    /// rest of `frames` and `body` as the socket takes it, waiting for room at most [`STALL`]
-    /// at a time and never past `deadline` (the call's own; `rpc_timeout` from now if it has
+    /// rest of `frames` and `body` as the socket takes it (`Direct::write_rest`), waiting for
+    /// room at most `direct::STALL` at a time and never past `deadline` (the call's own; `rpc_timeout` from now if it has
     /// none); what the socket has not taken by then goes to the front of the buffer, ahead of
     /// what others queued meanwhile, for the I/O thread. Then nobody writes: `link_cond` is signalled (the I/O
     /// thread may wait for that before its last write, see `io_thread`), and the I/O thread is
@@ -358,32 +316,12 @@ impl Core {
     ) {
         let frame_max = self.tuned.frame_max;
         let total = frames.len() + codec::body_frames_len(body.1.len(), frame_max);
-        let mut done = unfinished.done;
         // A peer that takes a trickle of bytes must not hold the caller for ever.
         let deadline = deadline.or_else(|| super::deadline_after(self.params.rpc_timeout));
-        if let Some(socket) = &self.direct {
-            let mut room = socket.room.lock().unwrap_or_else(|p| p.into_inner());
-            let (poll, events) = &mut *room;
-            let mut give_up = give_up_at(Instant::now(), deadline);
-            while done < total {
-                let n = write_direct(&socket.tcp, &[], frames, Some(body), frame_max, done);
-                if n > 0 {
-                    done += n;
-                    give_up = give_up_at(Instant::now(), deadline);
-                    continue;
-                }
-                // Full (or failed: the I/O thread meets the error on its next write).
-                let left = give_up.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                match poll.poll(events, Some(left)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
-        }
+        let done = match &self.direct {
+            Some(socket) => socket.write_rest(unfinished, frames, body, frame_max, deadline),
+            None => unfinished.done,
+        };
         // The rest is encoded before the lock is taken: only what others queued meanwhile
         // (usually little, the writer being this thread) is copied under it.
         let mut rest = Vec::new();
@@ -639,175 +577,5 @@ impl Core {
             let queued = on_queue(&mut link);
             self.append_locked(link, &[], buf, None).map(|_| queued)
         })
-    }
-}
-
-/// Body frames a caller writes directly at most (8 MiB at RabbitMQ's 128 KiB `frame_max`; the
-/// I/O slices, ~3 KiB, fit on the stack); larger bodies go through the I/O thread.
-const DIRECT_BODY_FRAMES: usize = 64;
-
-/// `MSG_NOSIGNAL`: a write to a socket the peer reset fails with EPIPE instead of raising
-/// SIGPIPE, which kills a host process that did not ignore it. `MSG_DONTWAIT`: a direct write
-/// never blocks, even once the I/O thread has put the shared socket in blocking mode for its
-/// last write (`io_thread::flush_before_exit`).
-#[cfg(target_os = "linux")]
-const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
-#[cfg(not(target_os = "linux"))]
-const SEND_FLAGS: i32 = 0;
-
-/// When a caller finishing its own write stops waiting for room (rule 2): [`STALL`] after
-/// `now` (its last progress), or its deadline if that comes first.
-fn give_up_at(now: Instant, deadline: Option<Instant>) -> Instant {
-    let stall = now + STALL;
-    deadline.map_or(stall, |d| d.min(stall))
-}
-
-/// Whether a body of `len` bytes is split into at most [`DIRECT_BODY_FRAMES`] frames, so that
-/// [`write_direct`] writes it.
-fn fits_direct(len: usize, frame_max: u32) -> bool {
-    len.div_ceil(codec::body_chunk(frame_max)) <= DIRECT_BODY_FRAMES
-}
-
-/// Writes `prefix`, `frames` and `body` (as body frames of at most `frame_max - 8` payload
-/// bytes each), but their first `skip` bytes, to a non-blocking socket with one vectored send,
-/// allocating nothing; returns how many bytes it took (0 when it would block, on error, or for
-/// a body that does not [`fits_direct`]: the caller queues the rest). `skip` is less than
-/// their length.
-pub(crate) fn write_direct(
-    tcp: &TcpStream,
-    prefix: &[u8],
-    frames: &[u8],
-    body: Option<(u16, &[u8])>,
-    frame_max: u32,
-    skip: usize,
-) -> usize {
-    let chunk = codec::body_chunk(frame_max);
-    let (channel, body) = body.unwrap_or((0, &[]));
-    let socket = socket2::SockRef::from(tcp);
-    let end = [amq_protocol::protocol::constants::FRAME_END];
-    if body.len() <= chunk {
-        // At most one body frame, the common case: five slices, not the large arrays below
-        // (whose initialisation alone cost more than the rest of a publish).
-        let header = codec::body_frame_header(channel, body.len());
-        let mut slices = [
-            IoSlice::new(prefix),
-            IoSlice::new(frames),
-            IoSlice::new(&header),
-            IoSlice::new(body),
-            IoSlice::new(&end),
-        ];
-        let used = if body.is_empty() { 2 } else { 5 };
-        let mut slices = &mut slices[..used];
-        IoSlice::advance_slices(&mut slices, skip);
-        return send_some(&socket, slices);
-    }
-    if !fits_direct(body.len(), frame_max) {
-        return 0;
-    }
-    let mut headers = [[0u8; 7]; DIRECT_BODY_FRAMES];
-    for (header, piece) in headers.iter_mut().zip(body.chunks(chunk)) {
-        *header = codec::body_frame_header(channel, piece.len());
-    }
-    let mut slices = [IoSlice::new(&[]); 2 + 3 * DIRECT_BODY_FRAMES];
-    slices[0] = IoSlice::new(prefix);
-    slices[1] = IoSlice::new(frames);
-    let mut used = 2;
-    for (header, piece) in headers.iter().zip(body.chunks(chunk)) {
-        slices[used] = IoSlice::new(header);
-        slices[used + 1] = IoSlice::new(piece);
-        slices[used + 2] = IoSlice::new(&end);
-        used += 3;
-    }
-    let mut slices = &mut slices[..used];
-    IoSlice::advance_slices(&mut slices, skip);
-    send_some(&socket, slices)
-}
-
-/// One vectored send of `slices`: the bytes it took (0 when it would block or on error).
-fn send_some(socket: &socket2::SockRef<'_>, slices: &[IoSlice<'_>]) -> usize {
-    loop {
-        match socket.send_vectored_with_flags(slices, SEND_FLAGS) {
-            Ok(n) => return n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            // WouldBlock, or an error the I/O thread will meet and report on its next write.
-            Err(_) => return 0,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A client socket and the server's end of it, on loopback.
-    fn connected_pair() -> (TcpStream, TcpStream) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        (client, server)
-    }
-
-    #[test]
-    fn direct_writes_send_the_same_bytes_as_the_queue() {
-        use std::io::Read;
-        let (client, mut server) = connected_pair();
-        let frames = b"method and header frames";
-        let chunk = 8192 - codec::FRAME_OVERHEAD;
-        // 20000 bytes at frame_max 8192: 3 body frames; then exactly one full frame, one
-        // short frame, and no body frame at all (the one-frame path).
-        for len in [20_000, chunk, chunk + 1, 100, 0] {
-            let body: Vec<u8> = (0..len as u32).map(|i| i as u8).collect();
-            let written = write_direct(&client, b"prefix", frames, Some((5, &body)), 8192, 0);
-            let mut expected = Vec::new();
-            codec::encode_tail(&mut expected, 0, b"prefix", frames, Some((5, &body)), 8192);
-            assert_eq!(written, expected.len(), "body of {len} bytes");
-            let mut got = vec![0; expected.len()];
-            server.read_exact(&mut got).unwrap();
-            assert_eq!(got, expected, "body of {len} bytes");
-        }
-        // Too many body frames for a direct write: nothing is written, the caller queues.
-        let too_many = vec![0; (8192 - codec::FRAME_OVERHEAD) * DIRECT_BODY_FRAMES + 1];
-        assert_eq!(
-            write_direct(&client, &[], frames, Some((5, &too_many)), 8192, 0),
-            0
-        );
-    }
-
-    #[test]
-    fn a_finishing_caller_gives_up_at_a_stall_or_at_its_deadline_whichever_comes_first() {
-        let now = Instant::now();
-        assert_eq!(give_up_at(now, None), now + STALL);
-        assert_eq!(give_up_at(now, Some(now + STALL * 100)), now + STALL);
-        let soon = now + STALL / 2;
-        assert_eq!(give_up_at(now, Some(soon)), soon);
-        // A deadline already past: no wait at all.
-        assert_eq!(give_up_at(now, Some(now)), now);
-    }
-
-    #[test]
-    fn a_direct_write_resumes_where_the_last_one_stopped() {
-        use std::io::Read;
-        let (client, mut server) = connected_pair();
-        let frames = b"method and header frames";
-        let body: Vec<u8> = (0..20_000u32).map(|i| (i * 7) as u8).collect();
-        let mut expected = Vec::new();
-        codec::encode_tail(&mut expected, 0, b"ack", frames, Some((5, &body)), 8192);
-        // Cut inside the prefix, the frames, a frame header, a body piece and a frame end.
-        let cuts = [
-            0,
-            2,
-            10,
-            3 + frames.len() + 3,
-            3 + frames.len() + 7 + 100,
-            8219,
-            20_050,
-        ];
-        for from in cuts {
-            let sent = write_direct(&client, b"ack", frames, Some((5, &body)), 8192, from);
-            assert_eq!(sent, expected.len() - from, "from {from}");
-            let mut got = vec![0; sent];
-            server.read_exact(&mut got).unwrap();
-            assert_eq!(got, expected[from..], "from {from}");
-        }
     }
 }

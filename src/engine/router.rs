@@ -270,18 +270,13 @@ impl Router {
                 if let Some(orphan) = st.orphan_as(method.consumer_tag.as_str()) {
                     let cancel = st.orphan_cancel_due(method.consumer_tag.as_str());
                     self.orphaned(core, channel, &method, &properties, body.len(), orphan);
-                    // Under the channel's lock, so no channel.close of ours slips ahead.
                     if cancel && matches!(st.life, Life::Open) {
                         log::warn!(
                             "channel {channel}: cancelling consumer {} at the broker: it \
                              delivers to a consumer that is gone for us",
                             method.consumer_tag
                         );
-                        let cancel = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                            consumer_tag: method.consumer_tag.as_str().into(),
-                            nowait: true,
-                        }));
-                        self.queue_reply(core, channel, cancel);
+                        self.queue_cancel(core, channel, method.consumer_tag.as_str());
                     }
                     return Ok(());
                 }
@@ -566,11 +561,7 @@ impl Router {
                             "channel {channel}: basic.consume-ok for {consumer_tag} arrived \
                              after its caller gave up: cancelling that consumer"
                         );
-                        let cancel = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                            consumer_tag,
-                            nowait: true,
-                        }));
-                        self.queue_reply(core, channel, cancel);
+                        self.queue_cancel(core, channel, consumer_tag.as_str());
                     }
                     Delivered::ToWaiter
                     | Delivered::Stale
@@ -604,6 +595,17 @@ impl Router {
         link.replies_queued += frame.len();
         self.backlog |= link.replies_queued > REPLY_BACKLOG;
         core.enqueue(link, |buf| buf.extend_from_slice(&frame));
+    }
+
+    /// Cancels consumer `consumer_tag` at the broker (nowait: harmless if the broker no
+    /// longer has it), for a consumer the broker keeps and nobody has. Called with the
+    /// channel's lock held, the channel open, so no channel.close of ours slips ahead.
+    fn queue_cancel(&mut self, core: &Core, channel: u16, consumer_tag: &str) {
+        let cancel = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+            consumer_tag: consumer_tag.into(),
+            nowait: true,
+        }));
+        self.queue_reply(core, channel, cancel);
     }
 
     /// [`queue_reply`](Self::queue_reply) for an answer to the broker's method on an open

@@ -393,7 +393,7 @@ pub(crate) fn encode_content_header(
     )
 }
 
-/// Appends what a direct write (`engine::outbound::write_direct`) writes for `prefix`, `frames` and `body` to `buf`,
+/// Appends what a direct write (`engine::direct::write_direct`) writes for `prefix`, `frames` and `body` to `buf`,
 /// leaving out the first `skip` bytes (what a direct write already took): each byte is copied
 /// once, whatever part the socket took.
 pub(crate) fn encode_tail(

@@ -334,7 +334,7 @@ fn restore(
                 let cancelled = c.inner.core.lock().cancelled.clone();
                 c.lock_consumers()
                     .iter()
-                    .filter(|(tag, entry)| !cancelled.contains(tag) && entry.to_recover())
+                    .filter(|(tag, entry)| !cancelled.contains(tag) && entry.active())
                     .map(|(tag, _)| (instance, tag.clone()))
                     .collect::<Vec<_>>()
             })
@@ -614,7 +614,7 @@ fn wanted(channel: &Channel, tag: &str) -> bool {
     channel
         .lock_consumers()
         .get(tag)
-        .is_some_and(|entry| entry.to_recover())
+        .is_some_and(|entry| entry.active())
 }
 
 /// Registers a consumer again on its channel (module docs, step 3).

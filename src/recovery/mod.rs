@@ -162,10 +162,15 @@ impl Recovery {
 
     /// Sleeps `delay` unless the connection is closed meanwhile; true if it was.
     fn sleep(&self, delay: std::time::Duration) -> bool {
-        let until = crate::engine::saturating_deadline(delay);
+        self.wait_for(delay, |state| matches!(state.phase, Phase::Closed(_)))
+    }
+
+    /// Waits until `done` holds (checked at every change), at most `timeout`; whether it does.
+    fn wait_for(&self, timeout: std::time::Duration, done: impl Fn(&State) -> bool) -> bool {
+        let until = crate::engine::saturating_deadline(timeout);
         let mut state = self.lock();
         loop {
-            if matches!(state.phase, Phase::Closed(_)) {
+            if done(&state) {
                 return true;
             }
             let left = until.saturating_duration_since(Instant::now());
@@ -237,19 +242,8 @@ impl Recovery {
         if ON_RECOVERY_THREAD.with(|on| on.get()) {
             return;
         }
-        let until = crate::engine::saturating_deadline(timeout);
-        let mut state = self.lock();
-        while state.running > 0 {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                log::warn!("the recovery thread is still at work after {timeout:?}");
-                return;
-            }
-            state = self
-                .cond
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+        if !self.wait_for(timeout, |state| state.running == 0) {
+            log::warn!("the recovery thread is still at work after {timeout:?}");
         }
     }
 

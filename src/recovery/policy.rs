@@ -121,7 +121,7 @@ impl RecoveryPolicy {
     }
 
     /// Whether `entity` is declared again (the topology filter's answer); a filter that
-    /// panicked is an [`Error::Callback`](crate::Error::Callback), and the entity is skipped.
+    /// panicked is an [`crate::Error::Callback`], and the entity is skipped.
     pub(crate) fn keeps(&self, entity: &Entity) -> crate::Result<bool> {
         let Some(filter) = &self.filter else {
             return Ok(true);

@@ -187,3 +187,19 @@ pub fn consume_options(tag: &str, inactivity: Duration) -> ConsumeOptions {
         ..Default::default()
     }
 }
+
+/// The start of a `rabbitmqctl eval` script that binds `Ours`, a fun telling whether a
+/// connection pid is one whose client named it `name` (its `connection_name`), and `Name`.
+pub fn erlang_ours(name: &str) -> String {
+    format!(
+        "Name = <<\"{name}\">>, \
+         Ours = fun(Pid) -> \
+             case catch rabbit_networking:connection_info(Pid, [client_properties]) of \
+                 [{{client_properties, Props}}] when is_list(Props) -> \
+                     lists:keyfind(<<\"connection_name\">>, 1, Props) \
+                         =:= {{<<\"connection_name\">>, longstr, Name}}; \
+                 _ -> false \
+             end \
+         end,"
+    )
+}
