@@ -358,3 +358,82 @@ fn in_confirm_mode_returns_reach_the_return_callbacks_too() {
     );
     connection.close().unwrap();
 }
+
+/// The consumer loop runs return callbacks and consumer callbacks in the order their messages
+/// arrived, as pika dispatches them: a return that arrived after three deliveries and before
+/// three more runs between them. Before, every queued delivery went first, so a return
+/// waited behind a consumer whose queue never ran dry.
+#[test]
+fn return_callbacks_run_between_the_deliveries_they_arrived_between() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = order.clone();
+    // Whichever callback runs seventh ends the loop.
+    channel.add_on_return_callback(move |ch, _, _, body| {
+        let mut seen = seen.lock().unwrap();
+        seen.push(format!("r:{}", String::from_utf8_lossy(body)));
+        if seen.len() == 7 {
+            ch.stop_consuming(None).unwrap();
+        }
+    });
+    let seen = order.clone();
+    channel
+        .basic_consume(
+            &queue,
+            move |ch, deliver, _, body| {
+                ch.basic_ack(deliver.delivery_tag, false).unwrap();
+                let mut seen = seen.lock().unwrap();
+                seen.push(format!("d:{}", String::from_utf8_lossy(body)));
+                if seen.len() == 7 {
+                    ch.stop_consuming(None).unwrap();
+                }
+            },
+            Default::default(),
+        )
+        .unwrap();
+    channel.confirm_delivery().unwrap();
+    let publish = |key: &str, body: &str| {
+        channel.basic_publish_with(
+            "",
+            key,
+            body.as_bytes(),
+            &PublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+        )
+    };
+    // Each step is on its way before the next is sent: the broker counts deliveries unacked
+    // once its channel process has passed them to the socket's writer, which sends what the
+    // channel process gives it in order; the return precedes its publish's confirm.
+    let arrived = |n: usize| {
+        assert!(
+            support::eventually(Duration::from_secs(20), || support::broker_counts(&queue)
+                == Some((0, n))),
+            "{n} deliveries were not sent: {:?}",
+            support::broker_counts(&queue)
+        );
+    };
+    for body in ["1", "2", "3"] {
+        publish(&queue, body).unwrap();
+    }
+    arrived(3);
+    let nowhere = unique("nowhere");
+    assert!(matches!(
+        publish(&nowhere, "returned"),
+        Err(Error::Unroutable { .. })
+    ));
+    for body in ["4", "5", "6"] {
+        publish(&queue, body).unwrap();
+    }
+    arrived(6);
+    channel.start_consuming().unwrap();
+    assert_eq!(
+        *order.lock().unwrap(),
+        ["d:1", "d:2", "d:3", "r:returned", "d:4", "d:5", "d:6"],
+        "the order the callbacks ran in"
+    );
+    connection.close().unwrap();
+}

@@ -518,13 +518,20 @@ impl Channel {
         }
         let core = self.core();
         let mut st = core.lock();
+        // Deliveries and returns in the order they arrived (`ChanState::next_arrival`); returns
+        // wait, behind later deliveries, while no return callback is registered.
+        let return_first = st.returns.first_arrival().is_some_and(|returned| {
+            st.deliveries
+                .front()
+                .is_none_or(|delivery| returned < delivery.arrival())
+        });
+        if return_first && !self.lock_callbacks().on_return.is_empty() {
+            return st.returns.pop().map(Next::Return);
+        }
         if let Some(held) = st.deliveries.pop_front() {
             // `stale_rule`'s rule.
             let stale = !matches!(st.life, Life::Open) || held.generation() < st.generation;
             return Some(Next::Delivery(held, stale));
-        }
-        if !st.returns.is_empty() && !self.lock_callbacks().on_return.is_empty() {
-            return st.returns.pop().map(Next::Return);
         }
         if !st.cancelled.is_empty() {
             return Some(Next::Cancelled(st.cancelled.drain(..).collect()));

@@ -59,6 +59,8 @@ pub(crate) struct Held<T = Delivery> {
     value: Option<T>,
     meter: InboundMeter,
     weight: usize,
+    /// Its place in the channel's arrivals ([`ChanState::next_arrival`]); 0 if not numbered.
+    arrival: u64,
 }
 
 impl Held {
@@ -93,7 +95,19 @@ impl<T> Held<T> {
             value: Some(value),
             meter: meter.clone(),
             weight,
+            arrival: 0,
         }
+    }
+
+    /// Numbers it `arrival` in its channel's arrivals ([`ChanState::next_arrival`]).
+    pub(crate) fn arriving(mut self, arrival: u64) -> Held<T> {
+        self.arrival = arrival;
+        self
+    }
+
+    /// Its place in its channel's arrivals: deliveries and returns are handed out in it.
+    pub(crate) fn arrival(&self) -> u64 {
+        self.arrival
     }
 
     /// Counts it in `meter` instead (a recovery's new connection); one no longer counted
@@ -295,6 +309,9 @@ pub(crate) struct ChanState {
     /// Delivery tags restart at 1 on a new channel, so the tags handed out keep growing and a
     /// tag at or below it is one from before a recovery: [`Error::StaleDeliveryTag`].
     pub(crate) tag_offset: u64,
+    /// Deliveries and returned messages that arrived on the channel (see
+    /// [`next_arrival`](Self::next_arrival)).
+    arrivals: u64,
     /// Recoveries of the connection when the channel was last opened (see `tag_offset`).
     pub(crate) generation: u64,
     /// Connection losses the channel went through, with the last one's error: a caller that
@@ -349,6 +366,7 @@ impl ChannelCore {
                 rpc_busy: false,
                 rpc_queued: 0,
                 tag_offset: 0,
+                arrivals: 0,
                 generation: 0,
                 losses: (0, None),
                 reply_losses: 0,
@@ -520,7 +538,16 @@ impl ChanState {
                 method.reply_text.as_str(),
             )
         });
-        self.returns.push(seq, returned, kept);
+        let arrival = self.next_arrival();
+        self.returns.push(seq, returned, arrival, kept);
+    }
+
+    /// The next number of the channel's arrivals. Deliveries and returned messages are numbered
+    /// as they arrive ([`Held::arrival`]) so that the consumer loop runs a return callback
+    /// between the deliveries it arrived between, as pika dispatches them.
+    pub(crate) fn next_arrival(&mut self) -> u64 {
+        self.arrivals += 1;
+        self.arrivals
     }
 
     /// What a closed channel keeps leaves the connection's counts (no more come; a return

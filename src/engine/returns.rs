@@ -29,9 +29,15 @@ pub(crate) struct KeptReturns {
 }
 
 impl KeptReturns {
-    /// Keeps `returned` (charged to publish `seq`) within both bounds (module docs); `kept` is
-    /// the connection's count.
-    pub(crate) fn push(&mut self, seq: Option<u64>, returned: Returned, kept: &InboundMeter) {
+    /// Keeps `returned` (charged to publish `seq`, numbered `arrival` in the channel's
+    /// arrivals) within both bounds (module docs); `kept` is the connection's count.
+    pub(crate) fn push(
+        &mut self,
+        seq: Option<u64>,
+        returned: Returned,
+        arrival: u64,
+        kept: &InboundMeter,
+    ) {
         let size = weight(&returned.body, &returned.properties);
         while self.bytes + size > RETURNS_KEPT_BYTES {
             let Some(old) = self.pop() else {
@@ -45,13 +51,19 @@ impl KeptReturns {
             return;
         }
         self.bytes += size;
-        self.returns
-            .push_back((seq, Held::metered(returned, size, kept)));
+        let held = Held::metered(returned, size, kept).arriving(arrival);
+        self.returns.push_back((seq, held));
     }
 
     /// Whether returned messages wait for the return callbacks.
     pub(crate) fn is_empty(&self) -> bool {
         self.returns.is_empty()
+    }
+
+    /// The place in the channel's arrivals of the oldest returned message, if any (one put
+    /// back with [`unpop`](Self::unpop) is first: 0).
+    pub(crate) fn first_arrival(&self) -> Option<u64> {
+        self.returns.front().map(|(_, held)| held.arrival())
     }
 
     /// Takes the oldest returned message, if any.

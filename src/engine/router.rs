@@ -283,7 +283,9 @@ impl Router {
                 let mut method = method;
                 method.delivery_tag = run_on(method.delivery_tag)?;
                 let delivery = Delivery::new(method, properties, body, core.generation);
-                st.deliveries.push_back(Held::new(delivery, &core.inbound));
+                let arrival = st.next_arrival();
+                let held = Held::new(delivery, &core.inbound).arriving(arrival);
+                st.deliveries.push_back(held);
             }
             ContentMethod::GetOk(method) => {
                 st.acks.delivered(method.delivery_tag);
