@@ -351,7 +351,10 @@ impl Connection {
 
     /// Replaces the secret (password or token) the connection authenticated with and waits
     /// for the broker to accept it (pika's `update_secret(new_secret, reason)`), at most the
-    /// RPC timeout. The secret is never logged.
+    /// RPC timeout. The secret is never logged. With recovery on, a secret too large for a
+    /// login (over the 4096 bytes a connection's first frames may take, with the client
+    /// properties) is refused with [`Error::InvalidArgument`] before anything changes: the
+    /// next recovery could not log in with it.
     pub fn update_secret(&self, new_secret: &str, reason: &str) -> Result<()> {
         let method = AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(
             connection::UpdateSecret {
@@ -367,7 +370,7 @@ impl Connection {
         if let Some(recovery) = &self.owner.recovery {
             // A recovery logs in with it from now on; while the connection is down, that is
             // all there is to do.
-            recovery.update_secret(new_secret);
+            recovery.update_secret(new_secret)?;
             if recovery.is_recovering() {
                 return Ok(());
             }

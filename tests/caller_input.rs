@@ -123,3 +123,73 @@ fn an_overlong_close_text_or_secret_reason_changes_nothing() {
     connection.close().unwrap();
     assert!(connection.is_closed());
 }
+
+/// The login (connection.start-ok) must fit in the 4096 bytes a connection's first frames may
+/// take: RabbitMQ drops a larger one without a word and resets the socket 3 s later, which
+/// came back as an opaque I/O error (every attempt paying the 3 s). A connection name or a
+/// password that makes it larger is refused before any socket, naming the frame's size; the
+/// longest name that fits logs in, and the broker shows it.
+#[test]
+fn a_login_too_large_for_the_first_frames_is_refused_and_the_largest_that_fits_works() {
+    let name = |len: usize| {
+        let prefix = support::unique("n");
+        format!("{prefix}{}", "n".repeat(len - prefix.len()))
+    };
+    let started = std::time::Instant::now();
+    let refused = cottontail::Connection::open(params().with_connection_name(name(4000)));
+    let size: usize = match &refused {
+        Err(Error::InvalidArgument(why)) if why.contains("before connection.tune") => why
+            .split("a frame of ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no frame size in {why:?}")),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once"
+    );
+    assert!(size > 4096, "{size}");
+    let largest = name(4000 - (size - 4096));
+    let connection = cottontail::Connection::open(params().with_connection_name(&largest))
+        .expect("the largest login that fits in 4096 bytes");
+    assert_eq!(support::broker_connections_named(&largest).len(), 1);
+    connection.close().unwrap();
+    // A 5,000-byte password (an OAuth2 token, say) likewise.
+    let token = "t".repeat(5000);
+    let refused = cottontail::Connection::open(
+        params().with_credentials(cottontail::PlainCredentials::new("guest", token.as_str())),
+    );
+    assert!(
+        matches!(&refused, Err(Error::InvalidArgument(why)) if why.contains("before connection.tune")),
+        "{refused:?}"
+    );
+    // With recovery on, `update_secret` refuses it before anything changes: the next
+    // recovery could not log in with it.
+    let connection =
+        cottontail::Connection::open(params().with_recovery(RecoveryPolicy::default())).unwrap();
+    assert!(matches!(
+        connection.update_secret(&token, "rotation"),
+        Err(Error::InvalidArgument(_))
+    ));
+    connection.update_secret("guest", "rotation").unwrap();
+    connection.close().unwrap();
+}
+
+/// A TLS server name with a NUL byte made the TLS library panic inside `Connection::open` (it
+/// becomes a C string), from the builder and from a URL's `ssl_options` alike: it is refused.
+#[test]
+fn a_tls_server_name_with_a_nul_byte_is_refused_not_a_panic() {
+    let ssl = cottontail::SslOptions::new().with_server_hostname("rabbit\0evil");
+    let from_builder = cottontail::Connection::open(params().with_ssl_options(Some(ssl)));
+    let from_url = cottontail::Connection::open_url(
+        "amqps://guest:guest@127.0.0.1:5672/?ssl_options=%7B'server_hostname'%3A'rabbit%5Cx00evil'%7D",
+    );
+    for opened in [from_builder, from_url] {
+        match opened {
+            Err(Error::InvalidArgument(why)) => assert!(why.contains("NUL"), "{why}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+}

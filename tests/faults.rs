@@ -333,6 +333,57 @@ fn peer_silent_after_start_makes_open_time_out() {
     );
 }
 
+/// A socket closed right after start-ok is pika's "probable authentication failure" only
+/// from a broker that does not announce `authentication_failure_close`: one that does (RabbitMQ)
+/// refuses a login with connection.close 403, so its EOF is a lost stream, and
+/// `connection_attempts` tries again (before, it was taken for a refusal and never retried).
+#[test]
+fn a_socket_closed_after_start_ok_is_retried_when_the_broker_closes_on_refusal() {
+    for announces in [true, false] {
+        let (port, fake) = spawn_fake(move |broker| {
+            let mut peer = broker.accept();
+            peer.read_protocol_header();
+            if announces {
+                peer.send_start_announcing(&["authentication_failure_close"]);
+            } else {
+                peer.send_start();
+            }
+            peer.expect_start_ok();
+            peer.close();
+            // A second attempt, if any, gets the whole handshake.
+            let retried = broker
+                .accept_within(Duration::from_secs(2))
+                .map(|mut peer| {
+                    peer.start_and_tune(0, 131_072);
+                    let _tune_ok = peer.expect_method();
+                    let _open = peer.expect_method();
+                    peer.send_method(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::OpenOk(
+                            connection::OpenOk {},
+                        )),
+                    );
+                    peer.drain();
+                });
+            retried.is_some()
+        });
+        let opened = Connection::open(
+            client_params(port)
+                .with_connection_attempts(2)
+                .with_retry_delay(Duration::from_millis(50)),
+        );
+        if announces {
+            let connection = opened.expect("the second attempt opens the connection");
+            drop(connection);
+            assert!(join(fake), "a second attempt was made");
+        } else {
+            let err = opened.map(|_| ()).unwrap_err();
+            assert!(matches!(err, Error::AuthenticationFailed { .. }), "{err:?}");
+            assert!(!join(fake), "a refused login is not retried");
+        }
+    }
+}
+
 #[test]
 fn peer_that_never_sends_start_times_out() {
     let (port, fake) = spawn_fake(|broker| {

@@ -355,6 +355,8 @@ impl ConnectionParameters {
             }
             other => other,
         })?;
+        // The login must fit in the frame size allowed before tuning.
+        crate::protocol::handshake::start_ok(&crate::protocol::handshake::Settings::from(self))?;
         Ok(())
     }
 
@@ -699,6 +701,10 @@ mod tests {
                 )),
                 "ssl_options: the minimum TLS version (tlsv1.3) is newer than the maximum \
                  (tlsv1.2)",
+            ),
+            (
+                h().with_ssl_options(Some(SslOptions::new().with_server_hostname("rabbit\0evil"))),
+                "ssl_options: server_hostname contains a NUL byte",
             ),
         ];
         for (params, message) in cases {

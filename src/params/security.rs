@@ -272,6 +272,16 @@ impl SslOptions {
 
     /// Checks that the TLS versions leave something to connect with.
     pub(crate) fn validate(&self) -> Result<()> {
+        if self
+            .server_hostname
+            .as_deref()
+            .is_some_and(|name| name.contains('\0'))
+        {
+            // The TLS library would panic on it (a C string).
+            return Err(Error::InvalidArgument(
+                "ssl_options: server_hostname contains a NUL byte".into(),
+            ));
+        }
         match (self.min_tls, self.max_tls) {
             (Some(min), Some(max)) if min > max => Err(Error::InvalidArgument(format!(
                 "ssl_options: the minimum TLS version ({}) is newer than the maximum ({})",

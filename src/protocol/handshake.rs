@@ -107,22 +107,35 @@ impl<'a> Handshake<'a> {
         }
     }
 
-    /// The error for a socket that closed (EOF) during the handshake.
+    /// The error for a socket that closed (EOF) during the handshake. A broker that announced
+    /// `authentication_failure_close` (RabbitMQ does) refuses a login or a virtual host with a
+    /// connection.close, so its EOF is a lost stream (retried by `connection_attempts`);
+    /// from any other broker an EOF after start-ok or open is pika's "probable" refusal.
     pub(crate) fn eof_error(&self) -> Error {
+        let closes_on_refusal = self.server_announces("authentication_failure_close");
         match self.stage {
-            // Brokers without `authentication_failure_close` just drop the socket.
-            Stage::AwaitTune => Error::AuthenticationFailed {
+            Stage::AwaitTune if !closes_on_refusal => Error::AuthenticationFailed {
                 reason:
                     "the broker closed the socket after start-ok (probable authentication failure)"
                         .into(),
             },
-            Stage::AwaitOpenOk => Error::AccessRefused {
+            Stage::AwaitOpenOk if !closes_on_refusal => Error::AccessRefused {
                 vhost: self.params.virtual_host.clone(),
                 reply_text: "the broker closed the socket after connection.open".into(),
             },
             _ => Error::StreamLost {
                 message: format!("the broker closed the socket while {}", self.waiting_for()),
             },
+        }
+    }
+
+    /// Whether the broker's connection.start listed `capability` as true.
+    fn server_announces(&self, capability: &str) -> bool {
+        match self.server_properties.inner().get("capabilities") {
+            Some(AMQPValue::FieldTable(caps)) => {
+                matches!(caps.inner().get(capability), Some(AMQPValue::Boolean(true)))
+            }
+            _ => false,
         }
     }
 
@@ -190,29 +203,15 @@ impl<'a> Handshake<'a> {
                 ),
             ));
         }
-        let (mechanism, credentials) = match &self.params.login {
-            Login::Plain { username, password } => (
-                SASLMechanism::Plain,
-                Credentials::new(username.as_str().into(), password.as_str().into()),
-            ),
-            Login::External => (SASLMechanism::External, Credentials::default()),
-        };
+        let start_ok = start_ok(self.params)?;
         let offered = String::from_utf8_lossy(start.mechanisms.as_bytes()).to_string();
-        if !offered.split_whitespace().any(|m| m == mechanism.name()) {
+        let mechanism = start_ok.mechanism.as_str();
+        if !offered.split_whitespace().any(|m| m == mechanism) {
             return Err(Error::AuthenticationFailed {
-                reason: format!(
-                    "the broker does not offer {} (offers: {offered})",
-                    mechanism.name()
-                ),
+                reason: format!("the broker does not offer {mechanism} (offers: {offered})"),
             });
         }
         self.server_properties = start.server_properties;
-        let start_ok = connection::StartOk {
-            client_properties: client_properties(&self.params.client_properties)?,
-            mechanism: mechanism.name().into(),
-            response: credentials.sasl_auth_string(mechanism),
-            locale: crate::protocol::codec::short(&self.params.locale)?,
-        };
         self.stage = Stage::AwaitTune;
         Ok(Step::Send(vec![AMQPClass::Connection(
             connection::AMQPMethod::StartOk(start_ok),
@@ -249,8 +248,41 @@ impl<'a> Handshake<'a> {
     }
 }
 
-/// AMQP 0-9-1's smallest `frame_max` (its `frame-min-size`).
+/// AMQP 0-9-1's smallest `frame_max` (its `frame-min-size`), also the largest frame a peer
+/// must take before connection.tune.
 const FRAME_MIN_SIZE: u32 = 4096;
+
+/// The connection.start-ok that logs in with `settings`. Refused as [`Error::InvalidArgument`]
+/// when its frame is over the [`FRAME_MIN_SIZE`] bytes AMQP allows before connection.tune
+/// (client properties, connection name and credentials together): RabbitMQ drops such a frame
+/// without a word and resets the socket seconds later.
+pub(crate) fn start_ok(settings: &Settings) -> Result<connection::StartOk> {
+    let (mechanism, credentials) = match &settings.login {
+        Login::Plain { username, password } => (
+            SASLMechanism::Plain,
+            Credentials::new(username.as_str().into(), password.as_str().into()),
+        ),
+        Login::External => (SASLMechanism::External, Credentials::default()),
+    };
+    let start_ok = connection::StartOk {
+        client_properties: client_properties(&settings.client_properties)?,
+        mechanism: mechanism.name().into(),
+        response: credentials.sasl_auth_string(mechanism),
+        locale: crate::protocol::codec::short(&settings.locale)?,
+    };
+    let mut frame = Vec::new();
+    let method = AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok.clone()));
+    crate::protocol::codec::encode_method(&mut frame, 0, method)?;
+    if frame.len() > FRAME_MIN_SIZE as usize {
+        return Err(Error::InvalidArgument(format!(
+            "the login (connection.start-ok: client properties, connection name and \
+             credentials) would be a frame of {} bytes, over the {FRAME_MIN_SIZE} bytes AMQP \
+             allows before connection.tune",
+            frame.len()
+        )));
+    }
+    Ok(start_ok)
+}
 
 /// pika's `_negotiate_integer_value`: 0 means "no limit", so the other side's value wins; else
 /// the smaller one.
@@ -515,5 +547,83 @@ mod tests {
             hs.on_frame(method(connection::AMQPMethod::Start(s))),
             Err(Error::AuthenticationFailed { .. })
         ));
+    }
+
+    #[test]
+    fn an_eof_is_a_refusal_only_from_a_broker_that_does_not_close_on_refusal() {
+        let p = ConnectionParameters::default().with_virtual_host("v");
+        let settings = Settings::from(&p);
+        let mut announcing = FieldTable::default();
+        let mut caps = FieldTable::default();
+        caps.insert(
+            "authentication_failure_close".into(),
+            AMQPValue::Boolean(true),
+        );
+        announcing.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+        for (server_properties, refusal) in [(FieldTable::default(), true), (announcing, false)] {
+            let mut hs = Handshake::new(&settings);
+            assert!(
+                matches!(hs.eof_error(), Error::StreamLost { .. }),
+                "before start"
+            );
+            hs.on_frame(method(connection::AMQPMethod::Start(connection::Start {
+                server_properties: server_properties.clone(),
+                ..start()
+            })))
+            .unwrap();
+            match hs.eof_error() {
+                Error::AuthenticationFailed { reason } if refusal => {
+                    assert!(reason.contains("probable"), "{reason}")
+                }
+                Error::StreamLost { message } if !refusal => {
+                    assert!(message.contains("connection.tune"), "{message}")
+                }
+                other => panic!("after start-ok (refusal {refusal}): {other:?}"),
+            }
+            hs.on_frame(method(connection::AMQPMethod::Tune(tune(0, 0, 0))))
+                .unwrap();
+            match hs.eof_error() {
+                Error::AccessRefused { vhost, .. } if refusal => assert_eq!(vhost, "v"),
+                Error::StreamLost { message } if !refusal => {
+                    assert!(message.contains("open-ok"), "{message}")
+                }
+                other => panic!("after open (refusal {refusal}): {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_login_over_the_frame_size_allowed_before_tuning_is_refused_before_it_is_sent() {
+        let frame_len = |name_len: usize| {
+            let p = ConnectionParameters::default().with_connection_name("n".repeat(name_len));
+            let ok = start_ok(&Settings::from(&p))?;
+            let mut frame = Vec::new();
+            let method = AMQPClass::Connection(connection::AMQPMethod::StartOk(ok));
+            crate::protocol::codec::encode_method(&mut frame, 0, method).unwrap();
+            Ok::<_, Error>(frame.len())
+        };
+        // The longest name that fits makes a frame of exactly 4096 bytes.
+        let fits = 4096 - frame_len(0).unwrap();
+        assert_eq!(frame_len(fits).unwrap(), 4096);
+        match frame_len(fits + 1) {
+            Err(Error::InvalidArgument(why)) => {
+                assert!(why.contains("4097 bytes"), "{why}");
+                assert!(why.contains("before connection.tune"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The handshake refuses it at connection.start, before sending anything.
+        let p = ConnectionParameters::default().with_connection_name("n".repeat(fits + 1));
+        let settings = Settings::from(&p);
+        let mut hs = Handshake::new(&settings);
+        assert!(matches!(
+            hs.on_frame(method(connection::AMQPMethod::Start(start()))),
+            Err(Error::InvalidArgument(_))
+        ));
+        // And so do the parameters' checks, with a password as long.
+        let p = ConnectionParameters::default().with_credentials(
+            crate::params::PlainCredentials::new("guest", "p".repeat(5000)),
+        );
+        assert!(matches!(p.validate(), Err(Error::InvalidArgument(_))));
     }
 }

@@ -190,21 +190,25 @@ impl Recovery {
         self.hosts.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// `Connection::update_secret` succeeded: the next attempts log in with `secret`.
-    pub(crate) fn update_secret(&self, secret: &str) {
-        for params in self
-            .hosts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter_mut()
-        {
+    /// `Connection::update_secret`: the next attempts log in with `secret`; one too large for
+    /// their login (`handshake::start_ok`) is refused and nothing changes.
+    pub(crate) fn update_secret(&self, secret: &str) -> Result<()> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut updated = hosts.clone();
+        for params in &mut updated {
             if let crate::params::Credentials::Plain(plain) = &params.credentials {
                 let username = plain.username().to_owned();
                 params.credentials = crate::params::Credentials::Plain(
                     crate::params::PlainCredentials::new(username, secret),
                 );
+                // A secret the next login could not send is refused now, not at the recovery.
+                crate::protocol::handshake::start_ok(&crate::protocol::handshake::Settings::from(
+                    &*params,
+                ))?;
             }
         }
+        *hosts = updated;
+        Ok(())
     }
 
     /// Wakes every waiter (a recovery event, a timer or a threadsafe callback was queued).

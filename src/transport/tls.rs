@@ -85,6 +85,12 @@ pub(crate) fn wrap(
     builder.danger_accept_invalid_hostnames(options.skip_hostname);
     let connector = builder.build().map_err(tls_error)?;
     let name = options.server_hostname.as_deref().unwrap_or(&params.host);
+    if name.contains('\0') {
+        // The TLS library would panic on it (a C string); `validate` refuses it earlier.
+        return Err(Error::InvalidArgument(format!(
+            "the TLS server name {name:?} contains a NUL byte"
+        )));
+    }
     let tcp = Bounded::new(tcp, params.socket_timeout, deadline);
     match connector.connect(name, tcp) {
         Ok(stream) => Ok(Stream::Tls(Box::new(stream))),

@@ -227,12 +227,29 @@ impl Peer {
     }
 
     pub fn send_start(&mut self) {
+        self.send_start_announcing(&[]);
+    }
+
+    /// connection.start whose server properties list `capabilities` as true (RabbitMQ
+    /// announces `authentication_failure_close`, among others).
+    pub fn send_start_announcing(&mut self, capabilities: &[&str]) {
+        let mut caps = FieldTable::default();
+        for cap in capabilities {
+            caps.insert((*cap).into(), amq_protocol::types::AMQPValue::Boolean(true));
+        }
+        let mut server_properties = FieldTable::default();
+        if !capabilities.is_empty() {
+            server_properties.insert(
+                "capabilities".into(),
+                amq_protocol::types::AMQPValue::FieldTable(caps),
+            );
+        }
         self.send_method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
                 version_major: 0,
                 version_minor: 9,
-                server_properties: FieldTable::default(),
+                server_properties,
                 mechanisms: "PLAIN".into(),
                 locales: "en_US".into(),
             })),
