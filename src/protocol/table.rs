@@ -73,8 +73,9 @@ pub enum FieldValue {
     Decimal {
         /// Digits after the decimal point.
         scale: u8,
-        /// The unscaled value.
-        value: u32,
+        /// The unscaled value, signed as pika, the Java client and RabbitMQ encode it
+        /// (`Decimal('-1.5')` is scale 1, value -15).
+        value: i32,
     },
     /// `S`: a UTF-8 string.
     String(String),
@@ -400,9 +401,10 @@ fn value_to_wire(value: &FieldValue, depth: usize) -> Result<wire::AMQPValue> {
         FieldValue::I64(v) => W::LongLongInt(*v),
         FieldValue::F32(v) => W::Float(*v),
         FieldValue::F64(v) => W::Double(*v),
+        // amq-protocol calls the 32 bits unsigned; they are the same bits.
         FieldValue::Decimal { scale, value } => W::DecimalValue(wire::DecimalValue {
             scale: *scale,
-            value: *value,
+            value: u32::from_be_bytes(value.to_be_bytes()),
         }),
         FieldValue::String(s) => W::LongString(s.as_bytes().into()),
         FieldValue::StringBytes(b) => W::LongString(b.clone().into()),
@@ -456,7 +458,7 @@ fn value_from_wire(value: &wire::AMQPValue, depth: usize) -> FieldValue {
         W::Double(v) => FieldValue::F64(*v),
         W::DecimalValue(d) => FieldValue::Decimal {
             scale: d.scale,
-            value: d.value,
+            value: i32::from_be_bytes(d.value.to_be_bytes()),
         },
         W::ShortString(s) => FieldValue::String(s.as_str().to_owned()),
         W::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
@@ -499,6 +501,13 @@ mod tests {
                     value: 125,
                 },
             )
+            .with(
+                "negative dec",
+                FieldValue::Decimal {
+                    scale: 1,
+                    value: -15,
+                },
+            )
             .with("text", "héllo")
             .with("odd", FieldValue::StringBytes(vec![0xff, 0x00]))
             .with("bytes", vec![1u8, 2, 3])
@@ -531,6 +540,30 @@ mod tests {
         assert_eq!(from_wire(&d.arguments), table);
     }
 
+    /// A decimal's value is signed on the wire, as pika and the Java client write it:
+    /// `Decimal('-1.5')` is `D`, scale 1, then -15 as a big-endian two's complement.
+    #[test]
+    fn a_negative_decimal_has_the_wire_bytes_pika_writes() {
+        let table = FieldTable::new().with(
+            "d",
+            FieldValue::Decimal {
+                scale: 1,
+                value: -15,
+            },
+        );
+        let wire = to_wire(&table).unwrap();
+        match wire.inner().get("d") {
+            Some(wire::AMQPValue::DecimalValue(d)) => {
+                assert_eq!(
+                    (d.scale, d.value.to_be_bytes()),
+                    (1, [0xff, 0xff, 0xff, 0xf1])
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(from_wire(&wire), table);
+    }
+
     #[test]
     fn accessors_look_through_integer_widths() {
         let t = sample();
@@ -538,6 +571,10 @@ mod tests {
         assert_eq!(t.get("i16").and_then(FieldValue::as_i64), Some(-300));
         assert_eq!(t.get("u32").and_then(FieldValue::as_i64), Some(70_000));
         assert_eq!(t.get("dec").and_then(FieldValue::as_f64), Some(1.25));
+        assert_eq!(
+            t.get("negative dec").and_then(FieldValue::as_f64),
+            Some(-1.5)
+        );
         assert_eq!(t.get("text").and_then(FieldValue::as_str), Some("héllo"));
         assert_eq!(t.get("odd").and_then(FieldValue::as_str), None);
         assert_eq!(
