@@ -5,6 +5,7 @@
 //! through [`call`], which turns its error (or panic) into the cottontail error that ends the
 //! call that ran it.
 
+use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use crate::error::BoxError;
@@ -47,6 +48,35 @@ impl<E: Into<BoxError>> CallbackReturn for std::result::Result<(), E> {
     fn into_result(self) -> std::result::Result<(), BoxError> {
         self.map_err(Into::into)
     }
+}
+
+thread_local! {
+    /// The connections (by [`Owner::id`](crate::connection::Owner::id)) whose callbacks this
+    /// thread is running, innermost last.
+    static RUNNING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs a callback of the connection `connection` (its `Owner::id`) through [`call`], noting
+/// meanwhile that this thread is inside one of its callbacks. As in pika, a thread never
+/// dispatches a connection's events from inside one of its callbacks: `process_data_events`
+/// and `sleep` there only wait (the I/O goes on), and `start_consuming` and `consume()` are
+/// [`Error::Reentrancy`], so callbacks never nest and one never sees another half-way. This
+/// is pika's event-dispatch depth, kept per thread: other threads dispatch on their own.
+pub(crate) fn call_for(
+    connection: usize,
+    what: impl FnOnce() -> String,
+    callback: impl FnOnce() -> std::result::Result<(), BoxError>,
+) -> crate::Result<()> {
+    RUNNING.with_borrow_mut(|running| running.push(connection));
+    // `call` catches the callback's panic: the pop below always runs.
+    let ran = call(what, callback);
+    RUNNING.with_borrow_mut(|running| running.pop());
+    ran
+}
+
+/// Whether this thread is inside a callback of the connection `connection` (see [`call_for`]).
+pub(crate) fn inside_callback_of(connection: usize) -> bool {
+    RUNNING.with_borrow(|running| running.contains(&connection))
 }
 
 /// Runs a stored callback on this thread: its error becomes [`Error::from_callback`]'s, a panic

@@ -68,6 +68,12 @@ impl Drop for Owner {
 }
 
 impl Owner {
+    /// Identifies the connection while it lives (its address; every handle, and so every
+    /// callback that runs, keeps it alive).
+    pub(crate) fn id(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
     /// Closes the connection for good: stops a recovery, then closes the current engine.
     fn close(&self, reply_code: u16, reply_text: &str) -> Result<()> {
         // Refused before anything changes (a text over 255 bytes).

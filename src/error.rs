@@ -204,8 +204,12 @@ pub enum Error {
     /// once the late reply came).
     #[error("duplicate consumer tag {0:?}")]
     DuplicateConsumerTag(String),
-    /// `start_consuming` was called from inside a callback of the same channel (pika's `ReentrancyError`).
-    #[error("start_consuming called from inside a consumer callback")]
+    /// `start_consuming` or a `consume()` iterator was used from inside a callback of the same
+    /// connection, or on a channel another thread is consuming (pika's `ReentrancyError`).
+    #[error(
+        "start_consuming or consume() used inside a callback of the connection, or on a channel \
+         another thread consumes"
+    )]
     Reentrancy,
     /// The broker nacked a published message in confirm mode (pika's `NackError`).
     #[error("the broker nacked the message (delivery tag {delivery_tag})")]

@@ -157,7 +157,8 @@ impl Owner {
                     || self.lock_dispatch(),
                     |d| &mut d.on_blocked,
                     |cb| {
-                        callback::call(
+                        callback::call_for(
+                            self.id(),
                             || "a connection-blocked callback".into(),
                             || cb(&connection, &reason),
                         )
@@ -168,7 +169,8 @@ impl Owner {
                     || self.lock_dispatch(),
                     |d| &mut d.on_unblocked,
                     |cb| {
-                        callback::call(
+                        callback::call_for(
+                            self.id(),
                             || "a connection-unblocked callback".into(),
                             || cb(&connection),
                         )
@@ -184,7 +186,13 @@ impl Owner {
             run_callbacks(
                 || self.lock_dispatch(),
                 |d| &mut d.on_recovery,
-                |cb| callback::call(|| "a recovery callback".into(), || cb(&connection, &event)),
+                |cb| {
+                    callback::call_for(
+                        self.id(),
+                        || "a recovery callback".into(),
+                        || cb(&connection, &event),
+                    )
+                },
             )
             .unwrap_or(Ok(()))?;
         }
@@ -206,12 +214,34 @@ impl Owner {
             match due {
                 Some((cb, what)) => {
                     ran += 1;
-                    callback::call(|| what.into(), cb)?;
+                    callback::call_for(self.id(), || what.into(), cb)?;
                 }
                 None => break,
             }
         }
         Ok(ran)
+    }
+
+    /// `process_data_events` inside a callback (`callback::call_for`): waits until `deadline`
+    /// (for ever with `None`) without running anything; woken early only by the end of the
+    /// connection (its error; during a recovery, the recovery's end for good).
+    fn wait_without_dispatching(&self, deadline: Option<Instant>) -> Result<()> {
+        loop {
+            let core = self.core();
+            if let Some(e) = core.closed_error() {
+                let Some(recovery) = self.recovery.as_ref() else {
+                    return Err(e);
+                };
+                match self.wait_recovered(recovery, || deadline, || Ok(None))? {
+                    Waited::Ready(_) => continue,
+                    Waited::TimedOut(_) => return Ok(()),
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(());
+            }
+            core.wait_until(deadline, || core.closed_error().map(|_| ()));
+        }
     }
 
     pub(crate) fn live_channels(&self) -> Vec<Channel> {
@@ -237,6 +267,11 @@ impl Connection {
     /// Heartbeats never depend on it: the I/O thread answers them whatever this thread does.
     /// Returns the connection's error once it is closed.
     ///
+    /// Called from inside a callback of this connection, it runs nothing (as in pika, callbacks
+    /// never nest): it waits out `time_limit`, returning early only with the connection's
+    /// error. So [`sleep`](Self::sleep) inside a callback is a plain sleep that keeps the
+    /// connection's I/O going; what became due runs after the callback returns.
+    ///
     /// A callback that fails ends it with its error: a cottontail [`Error`](crate::Error) as
     /// the callback returned it, any other error (or a panic) as
     /// [`Error::Callback`](crate::Error::Callback), whose `source()` is the callback's error.
@@ -244,6 +279,9 @@ impl Connection {
     pub fn process_data_events(&self, time_limit: Duration) -> Result<()> {
         let owner = self.owner();
         let deadline = Instant::now().checked_add(time_limit);
+        if callback::inside_callback_of(owner.id()) {
+            return owner.wait_without_dispatching(deadline);
+        }
         loop {
             let core = owner.core();
             let generation = core.generation();

@@ -240,6 +240,12 @@
 //! `start_consuming` serves its own channel (so threads can each consume their own channel of
 //! one connection), `process_data_events` every channel nobody else is consuming.
 //!
+//! As in pika, callbacks never nest: on a thread running a callback of a connection,
+//! `process_data_events` and [`Connection::sleep`] only wait (the I/O thread keeps the
+//! connection alive; what falls due runs after the callback returns), and `start_consuming` or
+//! `consume()` on any of its channels is [`Error::Reentrancy`]. So a callback never sees another
+//! one half-way, and `connection.sleep(..)` inside a callback is a safe back-off.
+//!
 //! #### What a callback returns, and where its error goes
 //!
 //! Every callback returns `()` (it cannot fail) or a `Result<(), E>` with any error type `E`
@@ -459,6 +465,7 @@
 //! | `ch.basic_ack(delivery_tag=method.delivery_tag)` | `ch.basic_ack(method.delivery_tag, false)` |
 //! | `channel.start_consuming()` / `stop_consuming()` / `stop_consuming(consumer_tag)` | [`Channel::start_consuming`] / `stop_consuming(None)` / `stop_consuming(Some(tag))` ([`Channel::stop_consuming`]) |
 //! | `ch1.start_consuming()` also runs the consumers and return callbacks of `ch2` (pika runs every channel's events) | `start_consuming` runs its own channel's only (so threads can each consume a channel of one connection): run each channel's `start_consuming` on a thread of its own, or loop on [`Connection::process_data_events`], which runs every channel nobody else is consuming |
+//! | `connection.sleep(5)` inside a callback (a back-off that keeps heartbeats; nothing else is dispatched meanwhile) | `connection.sleep(Duration::from_secs(5))?`, the same: no callback runs inside another |
 //! | `connection.add_callback_threadsafe(cb)` (raises on a closed connection) | [`Connection::add_callback_threadsafe`]`(cb)?` |
 //! | `for method, properties, body in channel.consume(queue, inactivity_timeout=1): ... break`, then `channel.consume(queue)` again resumes the same generator | `let mut consumer = channel.consume(queue, options)?;` then `for item in &mut consumer { .. break }`, and iterate `&mut consumer` again to go on: leaving a `for` over the [`Consumer`] itself drops it, which cancels the consumer (its unyielded messages go back to the queue; an `auto_ack` one's are lost, with a warning) |
 //! | `channel.close()` or `connection.close()` in a callback or a `consume()` loop: `start_consuming()` returns, the generator ends | the same: `start_consuming()` returns `Ok(())`, the iterator ends without an error |

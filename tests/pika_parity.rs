@@ -271,3 +271,155 @@ fn broker_cancel_of_a_consume_iterator_runs_no_cancel_callback() {
         connection.close().unwrap();
     });
 }
+
+/// pika (what pika 1.4.4 printed, against RabbitMQ 3.10):
+/// ```python
+/// def on_a(ch, method, props, body):
+///     ev.append('A-start:%s' % body); conn.process_data_events(0.3)
+///     ev.append('A-mid:%s' % body); conn.sleep(0.2); ev.append('A-end:%s' % body)
+///     ch.basic_ack(method.delivery_tag)
+/// def on_b(ch, method, props, body):
+///     ev.append('B:%s' % body); ch.basic_ack(method.delivery_tag)
+/// ch1.basic_consume(qa, on_a); ch2.basic_consume(qb, on_b)   # two messages in each
+/// conn.call_later(0.1, lambda: ev.append('timer'))
+/// while len(ev) < 9: conn.process_data_events(1)
+/// # A-start:0 A-mid:0 A-end:0 A-start:1 A-mid:1 A-end:1 (B:0 B:1 timer around them, never inside)
+/// ```
+/// pika never dispatches from inside a callback: a nested `process_data_events` or `sleep` only
+/// keeps the I/O going. Before, cottontail ran the other channel's consumer and the timer
+/// inside A's callback, so a callback could see another one half-way (and deadlock on a lock
+/// it held); a nested `start_consuming` (of another channel) or `consume()` ran too, where
+/// pika raises `ReentrancyError`.
+#[test]
+fn callbacks_never_nest_inside_process_data_events_or_sleep() {
+    let connection = connect();
+    let ch1 = connection.channel().unwrap();
+    let ch2 = connection.channel().unwrap();
+    let qa = exclusive_queue(&ch1);
+    let qb = exclusive_queue(&ch2);
+    for body in ["0", "1"] {
+        ch1.basic_publish("", &qa, body.as_bytes()).unwrap();
+        ch2.basic_publish("", &qb, body.as_bytes()).unwrap();
+    }
+    let events = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log = |events: &Arc<Mutex<Vec<String>>>, what: String| events.lock().unwrap().push(what);
+    let nested = Arc::new(Mutex::new(Vec::new()));
+    let (ev, seen, conn, other, queue) = (
+        events.clone(),
+        nested.clone(),
+        connection.clone(),
+        ch2.clone(),
+        qa.clone(),
+    );
+    ch1.basic_consume(
+        &qa,
+        move |ch, method, _, body| -> cottontail::Result<()> {
+            let body = String::from_utf8_lossy(body).into_owned();
+            log(&ev, format!("A-start:{body}"));
+            conn.process_data_events(Duration::from_millis(300))?;
+            log(&ev, format!("A-mid:{body}"));
+            conn.sleep(Duration::from_millis(200))?;
+            log(&ev, format!("A-end:{body}"));
+            let mut seen = seen.lock().unwrap();
+            seen.push(other.start_consuming());
+            seen.push(ch.consume(&queue, Default::default()).map(|_| ()));
+            ch.basic_ack(method.delivery_tag, false)
+        },
+        Default::default(),
+    )
+    .unwrap();
+    let ev = events.clone();
+    ch2.basic_consume(
+        &qb,
+        move |ch, method, _, body| {
+            log(&ev, format!("B:{}", String::from_utf8_lossy(body)));
+            ch.basic_ack(method.delivery_tag, false)
+        },
+        Default::default(),
+    )
+    .unwrap();
+    let ev = events.clone();
+    connection.call_later(Duration::from_millis(100), move || log(&ev, "timer".into()));
+    within(LIMIT, "nested dispatch", move || {
+        while events.lock().unwrap().len() < 9 {
+            connection
+                .process_data_events(Duration::from_secs(1))
+                .unwrap();
+        }
+        let events = events.lock().unwrap().clone();
+        for body in ["0", "1"] {
+            let start = events
+                .iter()
+                .position(|e| *e == format!("A-start:{body}"))
+                .unwrap_or_else(|| panic!("no A-start:{body} in {events:?}"));
+            assert_eq!(
+                events[start..start + 3],
+                [
+                    format!("A-start:{body}"),
+                    format!("A-mid:{body}"),
+                    format!("A-end:{body}")
+                ],
+                "nothing ran inside A's callback: {events:?}"
+            );
+        }
+        for once in ["B:0", "B:1", "timer"] {
+            assert_eq!(
+                events.iter().filter(|e| *e == once).count(),
+                1,
+                "{events:?}"
+            );
+        }
+        let nested = nested.lock().unwrap();
+        assert_eq!(nested.len(), 4);
+        assert!(
+            nested
+                .iter()
+                .all(|r| *r == Err(cottontail::Error::Reentrancy)),
+            "start_consuming and consume() inside a callback: {nested:?}"
+        );
+    });
+}
+
+/// A timer that takes a lock the running callback holds while it sleeps runs after the
+/// callback returns, as in pika; before, it ran inside the callback's `sleep`, and a plain
+/// `lock()` there deadlocked (here `try_lock` shows it).
+#[test]
+fn a_timer_never_runs_while_the_callback_that_sleeps_holds_its_lock() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    channel.basic_publish("", &queue, b"x").unwrap();
+    let state = Arc::new(Mutex::new(0));
+    let timer_saw = Arc::new(Mutex::new(None));
+    let (held, saw) = (state.clone(), timer_saw.clone());
+    connection.call_later(Duration::from_millis(50), move || {
+        *saw.lock().unwrap() = Some(held.try_lock().is_ok());
+    });
+    let (held, conn) = (state.clone(), connection.clone());
+    channel
+        .basic_consume(
+            &queue,
+            move |ch, method, _, _| -> cottontail::Result<()> {
+                let mut guard = held.lock().unwrap();
+                conn.sleep(Duration::from_millis(200))?;
+                *guard += 1;
+                drop(guard);
+                ch.basic_ack(method.delivery_tag, false)?;
+                ch.stop_consuming(None)
+            },
+            Default::default(),
+        )
+        .unwrap();
+    within(LIMIT, "timer and lock", move || {
+        channel.start_consuming().unwrap();
+        connection
+            .process_data_events(Duration::from_millis(100))
+            .unwrap();
+        assert_eq!(*state.lock().unwrap(), 1);
+        assert_eq!(
+            *timer_saw.lock().unwrap(),
+            Some(true),
+            "the timer ran with the lock free"
+        );
+    });
+}

@@ -83,7 +83,8 @@ impl Channel {
             || self.lock_callbacks(),
             |c| &mut c.on_return,
             |cb| {
-                callback::call(
+                callback::call_for(
+                    self.inner.owner.id(),
                     || format!("a return callback of channel {}", self.channel_number()),
                     || cb(self, &returned.method, &returned.properties, &returned.body),
                 )
@@ -112,7 +113,8 @@ impl Channel {
             || self.lock_callbacks(),
             |c| &mut c.on_cancel,
             |cb| {
-                callback::call(
+                callback::call_for(
+                    self.inner.owner.id(),
                     || {
                         format!(
                             "a cancel callback of channel {} (consumer {tag})",

@@ -72,6 +72,9 @@ impl Channel {
     /// a `break` and a second `consume()` resumes it; here, keep the `Consumer` and iterate
     /// `&mut consumer` (`for item in &mut consumer { .. break }`) to stop and go on later.
     ///
+    /// As in pika, it is [`Error::Reentrancy`](crate::Error::Reentrancy) from inside a callback
+    /// of the connection (and so is iterating a `Consumer` there).
+    ///
     /// ```no_run
     /// # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;
     /// # let channel = connection.channel()?;
@@ -89,6 +92,10 @@ impl Channel {
     /// # Ok::<(), cottontail::Error>(())
     /// ```
     pub fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer> {
+        // As in pika: not from inside a callback (nothing is registered).
+        if crate::callback::inside_callback_of(self.inner.owner.id()) {
+            return Err(crate::Error::Reentrancy);
+        }
         let tag = self.start_consumer(
             queue,
             None,

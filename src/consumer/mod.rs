@@ -357,8 +357,9 @@ impl Channel {
     /// registered and the failed delivery unacked (unless the callback acked it): calling
     /// `start_consuming` again goes on where it stopped.
     ///
-    /// Calling it from inside a callback of the same channel, or while another thread is in
-    /// it, is [`Error::Reentrancy`].
+    /// Calling it from inside a callback of the connection (any channel's, a timer...: as in
+    /// pika, callbacks never nest), or while another thread consumes the channel, is
+    /// [`Error::Reentrancy`].
     pub fn start_consuming(&self) -> Result<()> {
         let _guard = self.enter_consuming()?;
         let was_open = self.is_open();
@@ -392,7 +393,12 @@ impl Channel {
         }
     }
 
+    /// Marks the channel consumed by this thread; [`Error::Reentrancy`] if a thread already
+    /// consumes it, or this one is inside a callback of the connection (`callback::call_for`).
     pub(crate) fn enter_consuming(&self) -> Result<ConsumingGuard<'_>> {
+        if callback::inside_callback_of(self.inner.owner.id()) {
+            return Err(Error::Reentrancy);
+        }
         if self.inner.consuming.swap(true, Ordering::SeqCst) {
             return Err(Error::Reentrancy);
         }
@@ -613,7 +619,8 @@ impl Channel {
         drop(consumers);
         let delivery = held.take();
         let tag = delivery.method.consumer_tag.as_str();
-        let ran = callback::call(
+        let ran = callback::call_for(
+            self.inner.owner.id(),
             || {
                 format!(
                     "the callback of consumer {tag} on delivery {}",
