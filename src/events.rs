@@ -321,7 +321,8 @@ impl Connection {
     /// Sleeps for `duration` while handling events as
     /// [`process_data_events`](Self::process_data_events) does (pika's `sleep`): it returns
     /// after `duration`, not at the first event, or at once with the error of a callback that
-    /// failed.
+    /// failed. Inside a callback of this connection it runs nothing (callbacks never nest, as
+    /// in pika): a back-off that keeps the connection alive.
     pub fn sleep(&self, duration: Duration) -> Result<()> {
         let deadline = crate::engine::saturating_deadline(duration);
         loop {

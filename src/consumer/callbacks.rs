@@ -24,19 +24,19 @@ impl Channel {
     /// error is returned.
     ///
     /// Which returns reach it: every `basic.return` of the channel, in the order the broker
-    /// sent them, each between the consumer callbacks of the deliveries it arrived between
-    /// (as pika dispatches them; a return that arrived before any callback was registered runs
-    /// when one is and the channel is next consumed). In confirm mode [`basic_publish_with`](Self::basic_publish_with) also reports
-    /// its own message's return as [`Error::Unroutable`], and
-    /// [`wait_for_confirms`](Self::wait_for_confirms) hands the returns of its window back in
-    /// [`ConfirmOutcome::returned_messages`](crate::ConfirmOutcome) too (unless a return
-    /// callback ran first), as pika both raises `UnroutableError` and runs the return
-    /// callbacks; with no return callback registered, those reports take the return, and
-    /// nothing is kept for a callback registered later. Returns nobody handles (no callback
-    /// registered, or no thread consuming the channel) are kept for later callbacks up to 16 MiB per
-    /// channel (beyond that its oldest are dropped) and 64 MiB per connection (beyond that a
-    /// new one is not kept), each drop with a warning in the log. They go with the channel
-    /// when its last handle is dropped.
+    /// sent them, each between the consumer callbacks of the deliveries it arrived between (as
+    /// pika dispatches them; a return that arrived before any callback was registered runs
+    /// when one is and the channel is next consumed). In confirm mode
+    /// [`basic_publish_with`](Self::basic_publish_with) also reports its own message's return
+    /// as [`Error::Unroutable`], and [`wait_for_confirms`](Self::wait_for_confirms) hands the
+    /// returns of its window back in [`ConfirmOutcome::returned_messages`](crate::ConfirmOutcome)
+    /// too (unless a return callback ran first), as pika both raises `UnroutableError` and runs
+    /// the return callbacks; with no return callback registered, those reports take the
+    /// return, and nothing is kept for a callback registered later. Returns nobody handles (no
+    /// callback registered, or no thread consuming the channel) are kept for later callbacks up
+    /// to 16 MiB per channel (beyond that its oldest are dropped) and 64 MiB per connection
+    /// (beyond that a new one is not kept), each drop with a warning in the log. They go with
+    /// the channel when its last handle is dropped.
     pub fn add_on_return_callback<F, R>(&self, mut callback: F)
     where
         F: FnMut(&Channel, &Return, &BasicProperties, &[u8]) -> R + Send + 'static,
