@@ -5,7 +5,7 @@
 //! through [`call`], which turns its error (or panic) into the cottontail error that ends the
 //! call that ran it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub use crate::error::BoxError;
@@ -51,9 +51,12 @@ impl<E: Into<BoxError>> CallbackReturn for std::result::Result<(), E> {
 }
 
 thread_local! {
-    /// The connections (by [`Owner::id`](crate::connection::Owner::id)) whose callbacks this
-    /// thread is running, innermost last.
-    static RUNNING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    /// The connection (its [`Owner::id`](crate::connection::Owner::id)) whose callback this
+    /// thread is running, the innermost if several; 0 for none.
+    static INNERMOST: Cell<usize> = const { Cell::new(0) };
+    /// The connections whose callbacks run further out on this thread (a callback of one
+    /// connection dispatching another's: rare, so the common case touches only `INNERMOST`).
+    static OUTER: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs a callback of the connection `connection` (its `Owner::id`) through [`call`], noting
@@ -67,16 +70,24 @@ pub(crate) fn call_for(
     what: impl FnOnce() -> String,
     callback: impl FnOnce() -> std::result::Result<(), BoxError>,
 ) -> crate::Result<()> {
-    RUNNING.with_borrow_mut(|running| running.push(connection));
-    // `call` catches the callback's panic: the pop below always runs.
+    let outer = INNERMOST.replace(connection);
+    if outer != 0 {
+        OUTER.with_borrow_mut(|running| running.push(outer));
+    }
+    // `call` catches the callback's panic: what follows always runs.
     let ran = call(what, callback);
-    RUNNING.with_borrow_mut(|running| running.pop());
+    if outer != 0 {
+        OUTER.with_borrow_mut(|running| running.pop());
+    }
+    INNERMOST.set(outer);
     ran
 }
 
 /// Whether this thread is inside a callback of the connection `connection` (see [`call_for`]).
 pub(crate) fn inside_callback_of(connection: usize) -> bool {
-    RUNNING.with_borrow(|running| running.contains(&connection))
+    let innermost = INNERMOST.get();
+    innermost == connection
+        || (innermost != 0 && OUTER.with_borrow(|running| running.contains(&connection)))
 }
 
 /// Runs a stored callback on this thread: its error becomes [`Error::from_callback`]'s, a panic
