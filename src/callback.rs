@@ -114,6 +114,32 @@ mod tests {
     use std::error::Error as _;
     use std::io;
 
+    /// Each thread knows every connection whose callback it runs, the outer ones too (a
+    /// callback of connection 1 that dispatches connection 2's), and forgets each when its
+    /// callback ends, even by a panic.
+    #[test]
+    fn a_thread_knows_every_connection_whose_callback_it_runs() {
+        assert!(!inside_callback_of(1));
+        let seen = std::cell::RefCell::new(Vec::new());
+        let _ = call_for(1, String::new, || {
+            seen.borrow_mut()
+                .push((inside_callback_of(1), inside_callback_of(2)));
+            let _ = call_for(2, String::new, || {
+                seen.borrow_mut()
+                    .push((inside_callback_of(1), inside_callback_of(2)));
+                panic!("in the inner callback");
+            });
+            seen.borrow_mut()
+                .push((inside_callback_of(1), inside_callback_of(2)));
+            // Another thread is inside nothing.
+            let other = std::thread::spawn(|| inside_callback_of(1)).join().unwrap();
+            assert!(!other);
+            Ok(())
+        });
+        assert_eq!(*seen.borrow(), [(true, false), (true, true), (true, false)]);
+        assert!(!inside_callback_of(1) && !inside_callback_of(2));
+    }
+
     #[test]
     fn an_io_error_becomes_a_callback_error_whose_source_is_that_error() {
         let e = call(String::new, || {
