@@ -270,7 +270,8 @@ impl Connection {
     /// Called from inside a callback of this connection, it runs nothing (as in pika, callbacks
     /// never nest): it waits out `time_limit`, returning early only with the connection's
     /// error. So [`sleep`](Self::sleep) inside a callback is a plain sleep that keeps the
-    /// connection's I/O going; what became due runs after the callback returns.
+    /// connection's I/O going; what became due runs when the thread next dispatches (see the
+    /// crate docs, "Consuming and the event loop").
     ///
     /// A callback that fails ends it with its error: a cottontail [`Error`](crate::Error) as
     /// the callback returned it, any other error (or a panic) as

@@ -242,9 +242,13 @@
 //!
 //! As in pika, callbacks never nest: on a thread running a callback of a connection,
 //! `process_data_events` and [`Connection::sleep`] only wait (the I/O thread keeps the
-//! connection alive; what falls due runs after the callback returns), and `start_consuming` or
-//! `consume()` on any of its channels is [`Error::Reentrancy`]. So a callback never sees another
-//! one half-way, and `connection.sleep(..)` inside a callback is a safe back-off.
+//! connection alive), and `start_consuming` or `consume()` on any of its channels is
+//! [`Error::Reentrancy`] (a `consume()` iterator used there yields it once, then ends). So a
+//! callback never sees another one half-way, and `connection.sleep(..)` inside a callback is a
+//! safe back-off. What falls due meanwhile runs when the thread next dispatches: threadsafe
+//! callbacks and timers queued meanwhile after the callback returns; a timer that fell due
+//! while deliveries wait in the channel once they are handed out (a channel that never runs dry
+//! delays it, as in pika).
 //!
 //! #### What a callback returns, and where its error goes
 //!

@@ -188,7 +188,8 @@ impl RpcClient {
     /// Opens a channel on `connection` and starts the consumer of direct reply-to on it.
     pub fn new(connection: &Connection) -> Result<RpcClient> {
         let channel = connection.channel()?;
-        let replies = channel.consume(
+        // Not `consume`: a client may start inside a callback, and never iterates it.
+        let replies = channel.consumer(
             REPLY_TO,
             ConsumeOptions {
                 auto_ack: true,

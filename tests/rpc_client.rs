@@ -531,3 +531,48 @@ fn late_replies_nobody_waits_for_do_not_stall_the_connection() {
         server_connection.close().unwrap();
     });
 }
+
+/// A service that calls another from its consumer callback may make its `RpcClient` there
+/// (on first use): the client never iterates its reply consumer, so the rule that
+/// `consume()` is `Error::Reentrancy` inside a callback does not apply to it. A
+/// `consume()` iterator made outside and iterated inside a callback yields `Reentrancy`
+/// once, then ends (it would never work there).
+#[test]
+fn an_rpc_client_made_and_called_inside_a_consumer_callback_works() {
+    let (queue, _cleanup) = request_queue("rpc-in-callback");
+    let server_connection = connect();
+    let _servers = servers(&server_connection, &queue, 1, 10);
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let trigger = support::exclusive_queue(&channel);
+    channel.basic_publish("", &trigger, b"go").unwrap();
+    let mut outside = channel
+        .consume(&support::exclusive_queue(&channel), Default::default())
+        .unwrap();
+    let conn = connection.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    channel
+        .basic_consume(
+            &trigger,
+            move |ch, method, _, _| -> cottontail::Result<()> {
+                let client = RpcClient::new(&conn)?;
+                let reply = call(&client, &queue, "from a callback", Duration::from_secs(10))?;
+                let iterated: Vec<_> = (&mut outside).take(3).collect();
+                tx.send((body_of(&reply), iterated)).unwrap();
+                ch.basic_ack(method.delivery_tag, false)?;
+                ch.stop_consuming(None)
+            },
+            Default::default(),
+        )
+        .unwrap();
+    within(HANG, "RpcClient inside a callback", move || {
+        channel.start_consuming()
+    })
+    .unwrap();
+    let (reply, iterated) = rx.recv().unwrap();
+    assert_eq!(reply, "echo:from a callback");
+    assert_eq!(iterated.len(), 1, "{iterated:?}");
+    assert!(matches!(iterated[0], Err(cottontail::Error::Reentrancy)));
+    connection.close().unwrap();
+    server_connection.close().unwrap();
+}

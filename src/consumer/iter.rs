@@ -73,7 +73,7 @@ impl Channel {
     /// `&mut consumer` (`for item in &mut consumer { .. break }`) to stop and go on later.
     ///
     /// As in pika, it is [`Error::Reentrancy`](crate::Error::Reentrancy) from inside a callback
-    /// of the connection (and so is iterating a `Consumer` there).
+    /// of the connection; a `Consumer` iterated there yields that error once, then ends.
     ///
     /// ```no_run
     /// # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;
@@ -96,6 +96,12 @@ impl Channel {
         if crate::callback::inside_callback_of(self.inner.owner.id()) {
             return Err(crate::Error::Reentrancy);
         }
+        self.consumer(queue, options)
+    }
+
+    /// [`consume`](Self::consume) from anywhere: for `RpcClient`, which never iterates its
+    /// `Consumer` (it pumps the channel itself), so it may start inside a callback.
+    pub(crate) fn consumer(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer> {
         let tag = self.start_consumer(
             queue,
             None,
@@ -150,7 +156,12 @@ impl Iterator for Consumer {
         }
         let guard = match self.channel.enter_consuming() {
             Ok(guard) => guard,
-            Err(e) => return Some(Err(e)),
+            Err(e) => {
+                // Inside a callback it would never work: it ends, as pika's generator does once
+                // it raises (another thread's consuming the channel may end).
+                self.done = crate::callback::inside_callback_of(self.channel.inner.owner.id());
+                return Some(Err(e));
+            }
         };
         // No deadline for an inactivity timeout too large to be one.
         let deadline = self.inactivity_timeout.and_then(deadline_after);
