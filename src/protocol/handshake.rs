@@ -107,12 +107,17 @@ impl<'a> Handshake<'a> {
         }
     }
 
-    /// The error for a socket that closed (EOF) during the handshake. A broker that announced
-    /// `authentication_failure_close` (RabbitMQ does) refuses a login or a virtual host with a
-    /// connection.close, so its EOF is a lost stream (retried by `connection_attempts`);
-    /// from any other broker an EOF after start-ok or open is pika's "probable" refusal.
+    /// The error for a socket that closed (EOF) during the handshake. When both sides announced
+    /// `authentication_failure_close` (RabbitMQ does; so does cottontail unless the
+    /// application's client properties replace its `capabilities`), the broker refuses a login
+    /// or a virtual host with a connection.close, so an EOF is a lost stream (retried by
+    /// `connection_attempts`); otherwise an EOF after start-ok or open is pika's "probable"
+    /// refusal.
     pub(crate) fn eof_error(&self) -> Error {
-        let closes_on_refusal = self.server_announces("authentication_failure_close");
+        const CAPABILITY: &str = "authentication_failure_close";
+        let ours = client_properties(&self.params.client_properties)
+            .is_ok_and(|props| announces(&props, CAPABILITY));
+        let closes_on_refusal = ours && announces(&self.server_properties, CAPABILITY);
         match self.stage {
             Stage::AwaitTune if !closes_on_refusal => Error::AuthenticationFailed {
                 reason:
@@ -126,16 +131,6 @@ impl<'a> Handshake<'a> {
             _ => Error::StreamLost {
                 message: format!("the broker closed the socket while {}", self.waiting_for()),
             },
-        }
-    }
-
-    /// Whether the broker's connection.start listed `capability` as true.
-    fn server_announces(&self, capability: &str) -> bool {
-        match self.server_properties.inner().get("capabilities") {
-            Some(AMQPValue::FieldTable(caps)) => {
-                matches!(caps.inner().get(capability), Some(AMQPValue::Boolean(true)))
-            }
-            _ => false,
         }
     }
 
@@ -310,6 +305,16 @@ pub(crate) fn negotiate(params: &Settings, tune: &connection::Tune) -> Tuned {
         frame_max,
         heartbeat,
         server_properties: table::FieldTable::default(),
+    }
+}
+
+/// Whether `properties` (a connection.start's or start-ok's) list `capability` as true.
+fn announces(properties: &FieldTable, capability: &str) -> bool {
+    match properties.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(caps)) => {
+            matches!(caps.inner().get(capability), Some(AMQPValue::Boolean(true)))
+        }
+        _ => false,
     }
 }
 
@@ -550,9 +555,13 @@ mod tests {
     }
 
     #[test]
-    fn an_eof_is_a_refusal_only_from_a_broker_that_does_not_close_on_refusal() {
+    fn an_eof_is_a_refusal_unless_both_sides_announced_authentication_failure_close() {
         let p = ConnectionParameters::default().with_virtual_host("v");
-        let settings = Settings::from(&p);
+        // The application's `capabilities` replace cottontail's: it no longer announces it.
+        let silent = p.clone().with_client_properties(
+            crate::FieldTable::new().with("capabilities", crate::FieldTable::new()),
+        );
+        let (settings, silent) = (Settings::from(&p), Settings::from(&silent));
         let mut announcing = FieldTable::default();
         let mut caps = FieldTable::default();
         caps.insert(
@@ -560,8 +569,12 @@ mod tests {
             AMQPValue::Boolean(true),
         );
         announcing.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-        for (server_properties, refusal) in [(FieldTable::default(), true), (announcing, false)] {
-            let mut hs = Handshake::new(&settings);
+        for (settings, server_properties, refusal) in [
+            (&settings, FieldTable::default(), true),
+            (&settings, announcing.clone(), false),
+            (&silent, announcing, true),
+        ] {
+            let mut hs = Handshake::new(settings);
             assert!(
                 matches!(hs.eof_error(), Error::StreamLost { .. }),
                 "before start"
