@@ -270,7 +270,8 @@ impl SslOptions {
         self
     }
 
-    /// Checks that the TLS versions leave something to connect with.
+    /// Checks that the TLS versions leave something to connect with and that the server name
+    /// can be handed to the TLS library (no NUL byte).
     pub(crate) fn validate(&self) -> Result<()> {
         if self
             .server_hostname
