@@ -245,10 +245,10 @@
 //! connection alive), and `start_consuming` or `consume()` on any of its channels is
 //! [`Error::Reentrancy`] (a `consume()` iterator used there yields it once, then ends). So a
 //! callback never sees another one half-way, and `connection.sleep(..)` inside a callback is a
-//! safe back-off. What falls due meanwhile runs when the thread next dispatches: threadsafe
-//! callbacks and timers queued meanwhile after the callback returns; a timer that fell due
-//! while deliveries wait in the channel once they are handed out (a channel that never runs dry
-//! delays it, as in pika).
+//! safe back-off. What falls due meanwhile runs when the thread next dispatches: in
+//! `start_consuming` and `consume()`, right after the callback returns, before the next
+//! delivery (also when deliveries never stop coming; pika would wait for the channel to run
+//! dry); in `process_data_events`, after the deliveries that call is handling, as in pika.
 //!
 //! #### What a callback returns, and where its error goes
 //!

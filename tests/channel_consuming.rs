@@ -695,3 +695,56 @@ fn channel_cancel_ends_consume_iterators_and_requeues_what_they_held() {
     assert_eq!(broker_eventually_holds(&queue, 4), 4);
     channel.queue_delete(&queue, Default::default()).unwrap();
 }
+
+/// A timer that falls due while deliveries keep the consuming thread busy (a slow callback, a
+/// prefetch window the broker keeps full) runs at the next delivery's turn. Before, it waited
+/// until the channel's queue ran dry, here until the last of 600 deliveries (as pika's does).
+#[test]
+fn a_timer_runs_on_time_while_deliveries_keep_the_consumer_busy() {
+    const MESSAGES: usize = 600;
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = support::exclusive_queue(&channel);
+    for i in 0..MESSAGES {
+        channel
+            .basic_publish("", &queue, i.to_string().as_bytes())
+            .unwrap();
+    }
+    channel
+        .basic_qos(cottontail::QosOptions {
+            prefetch_count: 50,
+            ..Default::default()
+        })
+        .unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let ran_at = Arc::new(std::sync::Mutex::new(None));
+    let (count, seen) = (handled.clone(), ran_at.clone());
+    connection.call_later(Duration::from_millis(50), move || {
+        *seen.lock().unwrap() = Some(count.load(Ordering::SeqCst));
+    });
+    let count = handled.clone();
+    channel
+        .basic_consume(
+            &queue,
+            move |ch, method, _, _| -> cottontail::Result<()> {
+                thread::sleep(Duration::from_millis(2));
+                ch.basic_ack(method.delivery_tag, false)?;
+                if count.fetch_add(1, Ordering::SeqCst) + 1 == MESSAGES {
+                    ch.stop_consuming(None)?;
+                }
+                Ok(())
+            },
+            Default::default(),
+        )
+        .unwrap();
+    support::within(Duration::from_secs(60), "consuming", move || {
+        channel.start_consuming()
+    })
+    .unwrap();
+    let ran_at = *ran_at.lock().unwrap();
+    assert!(
+        ran_at.is_some_and(|n| n < MESSAGES / 2),
+        "the timer ran after {ran_at:?} of {MESSAGES} deliveries"
+    );
+    connection.close().unwrap();
+}

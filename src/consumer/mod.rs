@@ -104,8 +104,10 @@ impl ConsumerEntry {
 }
 
 /// When a consuming thread runs the connection's callbacks (timers, threadsafe, blocked): only
-/// when connection work was announced since the last run, or a wait ended at a timer's
-/// deadline; not once per delivery, which would cost several locks on the consume path.
+/// when connection work was announced since the last run, a wait ended at a timer's deadline,
+/// or a timer fell due while deliveries kept the thread busy (the clock is read only while a
+/// timer is pending); not once per delivery, which would cost several locks on the consume
+/// path.
 #[derive(Debug, Default)]
 struct ConnTurn {
     /// The engine (its generation) and its `conn_work` when the callbacks last ran: a
@@ -125,7 +127,8 @@ impl ConnTurn {
             (core.generation, core.conn_work.load(Ordering::SeqCst))
         };
         let work = seen.1;
-        if self.seen != Some(seen) || timer_fired {
+        let timer_due = timer_fired || self.next_timer.is_some_and(|t| t <= Instant::now());
+        if self.seen != Some(seen) || timer_due {
             owner.run_connection_callbacks()?;
             self.next_timer = owner.next_timer();
             self.seen = Some(seen);
