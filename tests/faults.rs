@@ -354,15 +354,7 @@ fn a_socket_closed_after_start_ok_is_retried_when_the_broker_closes_on_refusal()
             let retried = broker
                 .accept_within(Duration::from_secs(2))
                 .map(|mut peer| {
-                    peer.start_and_tune(0, 131_072);
-                    let _tune_ok = peer.expect_method();
-                    let _open = peer.expect_method();
-                    peer.send_method(
-                        0,
-                        AMQPClass::Connection(connection::AMQPMethod::OpenOk(
-                            connection::OpenOk {},
-                        )),
-                    );
+                    peer.handshake(0, 131_072, &[]);
                     peer.drain();
                 });
             retried.is_some()

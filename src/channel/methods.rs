@@ -1,4 +1,4 @@
-//! The declare, bind and consume methods as the wire carries them, built from cottontail's
+//! The declare, bind, consume and cancel methods as the wire carries them, built from cottontail's
 //! options: one place for what `Channel`'s methods send and what a recovery sends again
 //! (`recovery::driver`).
 
@@ -92,4 +92,12 @@ pub(crate) fn consume(
             arguments: table::to_wire(arguments)?,
         },
     )))
+}
+
+/// basic.cancel of consumer `tag`, waiting for its cancel-ok.
+pub(crate) fn cancel(tag: &str) -> Result<AMQPClass> {
+    Ok(AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+        consumer_tag: short(tag)?,
+        nowait: false,
+    })))
 }

@@ -10,7 +10,6 @@ use crate::channel::Channel;
 use crate::delivery::Delivery;
 use crate::engine::chan::{Held, Life, Reply};
 use crate::error::{Error, Result};
-use crate::protocol::codec::short;
 
 impl Channel {
     /// A consumer whose basic.consume timed out: the broker may have it, and nobody will
@@ -59,10 +58,7 @@ impl Channel {
             }
             _ => return Ok((Vec::new(), 0)),
         };
-        let method = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-            consumer_tag: short(consumer_tag)?,
-            nowait: false,
-        }));
+        let method = crate::channel::methods::cancel(consumer_tag)?;
         // One the broker cancelled, or whose channel is closed (or closing), has nothing to
         // send: only what it holds is left (an auto-ack one's messages are still handed back).
         let closed = matches!(self.core().lock().life, Life::Closed(_) | Life::Closing(_));

@@ -401,10 +401,10 @@ impl Channel {
     /// Marks the channel consumed by this thread; [`Error::Reentrancy`] if a thread already
     /// consumes it, or this one is inside a callback of the connection (`callback::call_for`).
     pub(crate) fn enter_consuming(&self) -> Result<ConsumingGuard<'_>> {
-        if callback::inside_callback_of(self.inner.owner.id()) {
-            return Err(Error::Reentrancy);
-        }
-        if self.inner.consuming.swap(true, Ordering::SeqCst) {
+        // Short-circuit: inside a callback the flag is not touched.
+        if callback::inside_callback_of(self.inner.owner.id())
+            || self.inner.consuming.swap(true, Ordering::SeqCst)
+        {
             return Err(Error::Reentrancy);
         }
         Ok(ConsumingGuard(self))
@@ -536,7 +536,7 @@ impl Channel {
                 .front()
                 .is_none_or(|delivery| returned < delivery.arrival())
         });
-        if return_first && !self.lock_callbacks().on_return.is_empty() {
+        if return_first && self.has_return_callbacks() {
             return st.returns.pop().map(Next::Return);
         }
         if let Some(held) = st.deliveries.pop_front() {

@@ -670,11 +670,7 @@ fn consume(
             Ok(_) if !wanted(channel, tag) => {
                 // Cancelled meanwhile: that cancel may have given up waiting for this
                 // recovery, so the consumer is cancelled here (a second cancel is harmless).
-                let cancel = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                    consumer_tag: tag.into(),
-                    nowait: false,
-                }));
-                return match call(core, chan, cancel, "basic.cancel") {
+                return match call(core, chan, methods::cancel(tag)?, "basic.cancel") {
                     Err(e) if ends_attempt(&e) => Err(e),
                     _ => Ok(()),
                 };

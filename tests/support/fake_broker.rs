@@ -114,31 +114,11 @@ impl FakeBroker {
         after_open_ok: &[AMQPFrame],
     ) -> Peer {
         let mut peer = self.accept();
-        peer.start_and_tune(heartbeat, frame_max);
-        match peer.expect_method() {
-            (0, AMQPClass::Connection(connection::AMQPMethod::TuneOk(ok))) => {
-                assert_eq!(ok.heartbeat, heartbeat, "client's tune-ok heartbeat");
-                assert!(ok.frame_max <= frame_max, "client's tune-ok frame_max");
-            }
-            other => panic!("fake broker: expected connection.tune-ok, got {other:?}"),
-        }
-        match peer.expect_method() {
-            (0, AMQPClass::Connection(connection::AMQPMethod::Open(_))) => {}
-            other => panic!("fake broker: expected connection.open, got {other:?}"),
-        }
-        let mut bytes = Peer::encode(&AMQPFrame::Method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
-        ));
-        for frame in after_open_ok {
-            bytes.extend(Peer::encode(frame));
-        }
-        peer.send_raw(&bytes);
+        peer.handshake(heartbeat, frame_max, after_open_ok);
         peer
     }
 }
 
-/// The fake broker's side of one client connection.
 pub struct Peer {
     /// `None` once the fake closed the socket.
     stream: Option<TcpStream>,
@@ -187,6 +167,32 @@ impl Peer {
                 heartbeat,
             })),
         );
+    }
+
+    /// Runs the whole opening handshake with a client just accepted (start, tune with
+    /// `heartbeat` and `frame_max`, open), sending `after_open_ok` in the same write as
+    /// connection.open-ok.
+    pub fn handshake(&mut self, heartbeat: u16, frame_max: u32, after_open_ok: &[AMQPFrame]) {
+        self.start_and_tune(heartbeat, frame_max);
+        match self.expect_method() {
+            (0, AMQPClass::Connection(connection::AMQPMethod::TuneOk(ok))) => {
+                assert_eq!(ok.heartbeat, heartbeat, "client's tune-ok heartbeat");
+                assert!(ok.frame_max <= frame_max, "client's tune-ok frame_max");
+            }
+            other => panic!("fake broker: expected connection.tune-ok, got {other:?}"),
+        }
+        match self.expect_method() {
+            (0, AMQPClass::Connection(connection::AMQPMethod::Open(_))) => {}
+            other => panic!("fake broker: expected connection.open, got {other:?}"),
+        }
+        let mut bytes = Peer::encode(&AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+        ));
+        for frame in after_open_ok {
+            bytes.extend(Peer::encode(frame));
+        }
+        self.send_raw(&bytes);
     }
 
     /// basic.get-ok for `delivery_tag` (exchange "", routing key "q") and a content header
