@@ -551,9 +551,9 @@ fn fill_with_backlog(queue: &str) {
     connection.close().unwrap();
 }
 
-/// A connection whose RPCs give up after 3 s, so a hang fails fast.
+/// A connection whose RPCs give up after 10 s, so a hang fails well before the test harness's.
 fn connect_impatient() -> cottontail::Connection {
-    cottontail::Connection::open(support::params().with_rpc_timeout(Duration::from_secs(3)))
+    cottontail::Connection::open(support::params().with_rpc_timeout(Duration::from_secs(10)))
         .unwrap()
 }
 
@@ -578,7 +578,7 @@ fn consumer_cancel_with_over_16_mib_waiting_returns_promptly_and_requeues_them()
     let started = Instant::now();
     let cancelled = consumer.cancel();
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(2), "cancel took {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "cancel took {elapsed:?}");
     // At least those waiting before; those still arriving while it cancels are requeued too.
     let requeued = cancelled.unwrap();
     assert!((waiting..=BACKLOG).contains(&requeued), "{requeued}");
@@ -615,7 +615,7 @@ fn stop_consuming_from_a_callback_with_over_16_mib_buffered_returns_promptly() {
     assert_eq!(channel.start_consuming(), Ok(()));
     let took = took_rx.recv().unwrap();
     assert!(
-        took < Duration::from_secs(2),
+        took < Duration::from_secs(5),
         "stop_consuming took {took:?}"
     );
     assert!(channel.consumer_tags().is_empty());
@@ -644,7 +644,7 @@ fn channel_close_with_over_16_mib_buffered_returns_promptly_and_the_connection_s
     let closed = channel.close();
     let elapsed = started.elapsed();
     assert_eq!(closed, Ok(()));
-    assert!(elapsed < Duration::from_secs(2), "close took {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "close took {elapsed:?}");
     drop(consumer);
     // The connection reads again: a new channel opens and works.
     let fresh = connection.channel().unwrap();

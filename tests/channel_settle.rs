@@ -248,6 +248,10 @@ fn basic_qos_prefetch_one_dispatches_fairly_to_a_slow_and_a_fast_consumer() {
     let setup = connection.channel().unwrap();
     let mut cleanup = Cleanup::default();
     let queue = declare_queue(&setup, &mut cleanup, "qos");
+    // Both consumers stop once the two of them have handled every message (an inactivity
+    // timeout only lets them look; the deadline keeps a lost message from hanging the test).
+    let handled_by_both = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let spawn_consumer = |work: Duration| {
         let channel = connection.channel().unwrap();
         channel
@@ -260,11 +264,12 @@ fn basic_qos_prefetch_one_dispatches_fairly_to_a_slow_and_a_fast_consumer() {
             .consume(
                 &queue,
                 ConsumeOptions {
-                    inactivity_timeout: Some(Duration::from_millis(800)),
+                    inactivity_timeout: Some(Duration::from_millis(100)),
                     ..Default::default()
                 },
             )
             .unwrap();
+        let handled_by_both = handled_by_both.clone();
         thread::spawn(move || {
             let mut handled = 0usize;
             for item in consumer {
@@ -273,8 +278,14 @@ fn basic_qos_prefetch_one_dispatches_fairly_to_a_slow_and_a_fast_consumer() {
                         thread::sleep(work);
                         channel.basic_ack(d.method.delivery_tag, false).unwrap();
                         handled += 1;
+                        handled_by_both.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }
-                    _ => break,
+                    _ => {
+                        let all = handled_by_both.load(std::sync::atomic::Ordering::SeqCst);
+                        if all >= MESSAGES || std::time::Instant::now() > deadline {
+                            break;
+                        }
+                    }
                 }
             }
             handled

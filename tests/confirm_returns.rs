@@ -275,7 +275,9 @@ fn confirm_delivery_while_another_thread_publishes_numbers_publishes_as_the_brok
         let numbered = std::thread::scope(|s| {
             let publisher = s.spawn(|| {
                 let mut numbered = Vec::new();
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                // At most 5,000 after the select: the broker confirms them within the wait
+                // below even on a loaded machine (unbounded, 70,000 once took over 5 s).
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && numbered.len() < 5_000 {
                     let seq = channel
                         .basic_publish_deferred("", &queue, b"m", &PublishOptions::default())
                         .unwrap();
@@ -298,7 +300,7 @@ fn confirm_delivery_while_another_thread_publishes_numbers_publishes_as_the_brok
             "round {round}"
         );
         let outcome = channel
-            .wait_for_confirms(Some(Duration::from_secs(5)))
+            .wait_for_confirms(Some(Duration::from_secs(30)))
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         assert!(outcome.all_confirmed(), "round {round}: {outcome:?}");
         // And the next publish waits for its own confirm, not one that never comes.

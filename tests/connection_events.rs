@@ -52,7 +52,7 @@ fn process_data_events_with_zero_time_limit_returns_at_once() {
     let connection = connect();
     let started = Instant::now();
     connection.process_data_events(Duration::ZERO).unwrap();
-    assert!(started.elapsed() < Duration::from_millis(100));
+    assert!(started.elapsed() < Duration::from_millis(500));
 }
 
 #[test]
@@ -72,12 +72,13 @@ fn call_later_runs_on_time_inside_process_data_events_and_remove_timeout_cancels
     };
     assert!(connection.remove_timeout(removed));
     assert!(!connection.remove_timeout(removed));
+    // It returns once the timer has run (and at the latest after 5 s).
     connection
-        .process_data_events(Duration::from_millis(600))
+        .process_data_events(Duration::from_secs(5))
         .unwrap();
     let at = rx.try_recv().expect("the timer ran");
     assert!(
-        at >= Duration::from_millis(200) && at < Duration::from_millis(600),
+        at >= Duration::from_millis(200) && at < Duration::from_secs(2),
         "{at:?}"
     );
     assert_eq!(fired.load(Ordering::SeqCst), 0);

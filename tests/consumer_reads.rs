@@ -47,12 +47,13 @@ fn next_body(rx: &mpsc::Receiver<Item>, within: Duration, what: &str) -> Vec<u8>
     }
 }
 
-/// Runs `f` and checks that it took less than a second (well under the RPC timeout).
+/// Runs `f` and checks that it took less than 2.5 s (half the RPC timeout: a reply routed
+/// without waking its waiter shows as a `Timeout` or as a call this slow).
 fn promptly<T>(what: &str, f: impl FnOnce() -> T) -> T {
     let started = Instant::now();
     let value = f();
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(1), "{what} took {took:?}");
+    assert!(took < Duration::from_millis(2500), "{what} took {took:?}");
     value
 }
 

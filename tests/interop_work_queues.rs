@@ -126,9 +126,23 @@ fn work_queue_two_rust_workers_share_tasks_fairly() {
         "Task 5.",
         "Task 6.",
     ];
-    for task in tasks {
-        produce(Rust, "new_task", &words(task), &format!(" [x] Sent {task}"));
+    // The first through `new_task`; the others from here, milliseconds apart, so that they all
+    // wait in the queue while the first keeps its worker busy (five `new_task` processes could
+    // take seconds to start on a loaded machine).
+    produce(
+        Rust,
+        "new_task",
+        &words(tasks[0]),
+        &format!(" [x] Sent {}", tasks[0]),
+    );
+    let connection = support::connect();
+    let channel = connection.channel().expect("opening a channel");
+    for task in &tasks[1..] {
+        channel
+            .basic_publish("", TASK_QUEUE, task.as_bytes())
+            .expect("publishing a task");
     }
+    connection.close().expect("closing the connection");
 
     // Six `Received` and six `Done` lines, from either worker.
     let deadline = Instant::now() + 2 * STEP;

@@ -48,7 +48,7 @@ use support::{eventually, message_count, publish_numbered, unique};
 const NODE: usize = 2;
 /// How long a [`Gate`] holds the recovery thread at most (a test that failed before opening
 /// it does not leave the recovery stuck).
-const HOLD: Duration = Duration::from_secs(10);
+const HOLD: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -298,7 +298,8 @@ fn a_close_during_a_recovery_stops_it_before_it_consumes_anything() {
 // ---------------------------------------------------------------------------------------
 
 /// basic_cancel made while the connection recovers waits for the recovery, and here times
-/// out (rpc_timeout 4 s) before the recovery ends: the recovery is held at a consumer it
+/// out (rpc_timeout 12 s: "early" must still wait through a forced close, `rabbitmqctl` taking
+/// seconds on a loaded machine, and the second attempt's handshake) before the recovery ends: the recovery is held at a consumer it
 /// registers after "early" and "late". "early" is cancelled before the attempt that succeeds
 /// plans the consumers (the first attempt, held, is cut short by a second forced close),
 /// "late" after (the second attempt, held at the same consumer). After the recovery the
@@ -318,7 +319,7 @@ fn cancels_that_time_out_during_a_recovery_leave_no_consumer_on_the_broker() {
     let gate = Gate::default();
     let held = gate.policy(|e| matches!(e, Entity::Consumer { tag, .. } if tag == "zz-held"));
     let connection =
-        Connection::open(params(cluster, &name, held).with_rpc_timeout(Duration::from_secs(4)))
+        Connection::open(params(cluster, &name, held).with_rpc_timeout(Duration::from_secs(12)))
             .unwrap();
     let consumer = |queue: &str, tag: &'static str| {
         let channel = connection.channel().unwrap();

@@ -31,7 +31,7 @@ fn a_storm_of_forced_closes_leaks_nothing_deadlocks_nothing_and_loses_nothing() 
         "storm",
         Duration::from_millis(200),
         Duration::from_secs(10),
-        20,
+        10,
         0,
     );
 }

@@ -15,7 +15,7 @@ use crate::support::consuming::{named_queue, passive, Cleanup};
 use crate::support::{params, unique};
 
 /// How much later than its deadline a call may return on a loaded machine.
-pub const SLACK: Duration = Duration::from_millis(700);
+pub const SLACK: Duration = Duration::from_millis(1500);
 
 /// Longest a scenario may take before it counts as hung.
 pub const HANG: Duration = Duration::from_secs(60);
@@ -40,6 +40,8 @@ pub fn request_queue(prefix: &str) -> (String, Cleanup) {
 /// sleeping `<ms>` for a body `slow:<ms>:...`. Stopped (and joined) when dropped.
 pub struct Server {
     pub channel: Channel,
+    /// The bodies of the requests it has taken, in order (recorded before answering).
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
     thread: Option<JoinHandle<cottontail::Result<()>>>,
 }
 
@@ -54,8 +56,11 @@ impl Server {
             .unwrap();
         let serving = channel.clone();
         let queue = queue.to_string();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let recording = received.clone();
         let thread = thread::spawn(move || {
-            rpc::serve(&serving, &queue, |_properties, body| {
+            rpc::serve(&serving, &queue, move |_properties, body| {
+                recording.lock().unwrap().push(body.to_vec());
                 if let Some(ms) = slow_ms(body) {
                     thread::sleep(Duration::from_millis(ms));
                 }
@@ -64,8 +69,15 @@ impl Server {
         });
         Server {
             channel,
+            received,
             thread: Some(thread),
         }
+    }
+
+    /// Whether it has taken a request with this body.
+    pub fn has_received(&self, body: &str) -> bool {
+        let received = self.received.lock().unwrap();
+        received.iter().any(|b| b == body.as_bytes())
     }
 }
 
