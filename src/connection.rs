@@ -19,7 +19,11 @@ use crate::recovery::Recovery;
 /// heartbeats and routes messages to channels. It is a cheap handle: clones share the
 /// connection and it can move to and be shared between threads (`Send + Sync`). The connection
 /// closes cleanly when [`close`](Self::close) is called or when its last handle (connection or
-/// channel) is dropped.
+/// channel) is dropped. A callback that holds a handle (a timer that re-arms itself with a
+/// captured `Connection`, a consumer that captured its `Channel`) counts as one: such a
+/// connection stays open until `close()`, which drops every callback of the connection and its
+/// channels. Call `close()` on a connection the broker closed or that was lost too: it
+/// releases those callbacks and what they hold.
 ///
 /// ```no_run
 /// use cottontail::{Connection, ConnectionParameters};
@@ -91,7 +95,9 @@ impl Owner {
             recovery.wait_thread_ended(self.core().params.rpc_timeout);
         }
         let core = self.core();
-        core.close(reply_code, reply_text, core.params.rpc_timeout)
+        let closed = core.close(reply_code, reply_text, core.params.rpc_timeout);
+        self.drop_callbacks();
+        closed
     }
 }
 

@@ -97,6 +97,43 @@ impl Owner {
         self.dispatch.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The connection's final error once it has ended for good: closed, lost without
+    /// recovery, or lost and given up by the recovery; `None` while it is open or recovering.
+    pub(crate) fn ended(&self) -> Option<crate::Error> {
+        match &self.recovery {
+            Some(recovery) => recovery.closed_error(),
+            None => self.core().closed_error(),
+        }
+    }
+
+    /// Drops every callback registered on the connection (timers, threadsafe, blocked,
+    /// unblocked and recovery callbacks) and on its channels (consumers, returns, cancels),
+    /// once [`Connection::close`](crate::Connection::close) has ended it: none can run any
+    /// more, and one holding a handle of this connection (a timer that re-arms itself, a
+    /// consumer that captured its channel) would keep the connection's memory and socket for
+    /// as long as the process runs. Dropped outside every lock, since dropping a callback may
+    /// drop a channel's last handle, which closes that channel.
+    pub(crate) fn drop_callbacks(&self) {
+        let (channels, timers, threadsafe, blocked, unblocked, recovery) = {
+            let mut dispatch = self.lock_dispatch();
+            let channels: Vec<Arc<ChannelHandle>> =
+                dispatch.channels.iter().filter_map(Weak::upgrade).collect();
+            (
+                channels,
+                std::mem::take(&mut dispatch.timers),
+                std::mem::take(&mut dispatch.threadsafe),
+                std::mem::take(&mut dispatch.on_blocked),
+                std::mem::take(&mut dispatch.on_unblocked),
+                std::mem::take(&mut dispatch.on_recovery),
+            )
+        };
+        for channel in &channels {
+            channel.drop_callbacks();
+        }
+        drop((timers, threadsafe, blocked, unblocked, recovery));
+        drop(channels);
+    }
+
     pub(crate) fn register_channel(&self, channel: &Arc<ChannelHandle>) {
         let mut dispatch = self.lock_dispatch();
         dispatch.channels.retain(|c| c.strong_count() > 0);
@@ -343,12 +380,17 @@ impl Connection {
     /// panic ends the call that ran it: `process_data_events` or `sleep` returns it,
     /// `start_consuming` returns it, a `consume()` iteration yields it (see
     /// [`process_data_events`](Self::process_data_events) for the form it takes).
+    ///
+    /// On a connection that has ended (closed, or lost without recovery) the timer can never
+    /// run: the callback is dropped at once (as [`close`](Self::close) drops the pending
+    /// ones), and the id returned matches no timer.
     pub fn call_later<F, R>(&self, delay: Duration, callback: F) -> TimeoutId
     where
         F: FnOnce() -> R + Send + 'static,
         R: CallbackReturn,
     {
         let owner = self.owner();
+        let ended = owner.ended().is_some();
         let key = {
             let mut dispatch = owner.lock_dispatch();
             dispatch.next_timer_id += 1;
@@ -356,9 +398,11 @@ impl Connection {
                 crate::engine::saturating_deadline(delay),
                 dispatch.next_timer_id,
             );
-            dispatch
-                .timers
-                .insert(key, Box::new(move || callback().into_result()));
+            if !ended {
+                dispatch
+                    .timers
+                    .insert(key, Box::new(move || callback().into_result()));
+            }
             key
         };
         owner.work_added();
@@ -401,13 +445,8 @@ impl Connection {
         R: CallbackReturn,
     {
         let owner = self.owner();
-        if let Some(e) = owner.recovery.as_ref().and_then(|r| r.closed_error()) {
+        if let Some(e) = owner.ended() {
             return Err(e);
-        }
-        if owner.recovery.is_none() {
-            if let Some(e) = owner.core().closed_error() {
-                return Err(e);
-            }
         }
         owner
             .lock_dispatch()

@@ -435,3 +435,88 @@ fn dropped_channels_leave_nothing_recorded_for_recovery() {
         },
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Callbacks that hold handles of their own connection
+// ---------------------------------------------------------------------------------------------
+
+/// Callbacks that hold a handle of their own connection (a consumer and a return callback that
+/// captured their channel, a timer holding the connection as one that re-arms itself does, a
+/// threadsafe callback still queued, a blocked callback) do not keep a closed connection:
+/// `Connection::close` drops them all, `Channel::close` drops the channel's, so the socket, the
+/// I/O thread and the memory go. Even cycles close the connection; odd ones close the channel
+/// only and drop the handles (the last one closes the connection). Before, each cycle kept the
+/// connection's descriptors, and the odd ones its I/O thread and its broker connection too.
+#[test]
+fn callbacks_holding_handles_do_not_keep_closed_connections_50() {
+    in_child(
+        "callbacks_holding_handles_do_not_keep_closed_connections_50",
+        || {
+            warm_up();
+            let name = unique("cb-holding");
+            let cycle = |n: usize| {
+                let c =
+                    Connection::open(params().with_connection_name(format!("{name}-{n}"))).unwrap();
+                let ch = c.channel().unwrap();
+                let exclusive = QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                };
+                let queue = ch.queue_declare("", exclusive).unwrap().queue;
+                let held = ch.clone();
+                ch.basic_consume(
+                    &queue,
+                    move |_, _, _, _| {
+                        let _ = &held;
+                    },
+                    BasicConsumeOptions::default(),
+                )
+                .unwrap();
+                let held = ch.clone();
+                ch.add_on_return_callback(move |_, _, _, _| {
+                    let _ = &held;
+                });
+                if n % 2 == 0 {
+                    let held = c.clone();
+                    c.call_later(Duration::from_secs(3600), move || {
+                        let _ = &held;
+                    });
+                    let held = ch.clone();
+                    c.add_callback_threadsafe(move || {
+                        let _ = &held;
+                    })
+                    .unwrap();
+                    let held = c.clone();
+                    c.add_on_connection_blocked_callback(move |_, _| {
+                        let _ = &held;
+                    });
+                    c.close().unwrap();
+                } else {
+                    ch.close().unwrap();
+                }
+            };
+            for n in 0..4 {
+                cycle(n);
+            }
+            let before = settled_snapshot(2, Duration::from_secs(5));
+            for n in 4..54 {
+                cycle(n);
+            }
+            let after = settled_snapshot(before.threads, Duration::from_secs(10));
+            report(
+                "50 connections whose callbacks held their handles, closed",
+                before,
+                after,
+            );
+            assert!(
+                eventually(Duration::from_secs(10), || broker_connections_named(&name)
+                    .is_empty()),
+                "connections left open on the broker: {:?}",
+                broker_connections_named(&name)
+            );
+            assert_eq!(after.io_threads, 0);
+            assert!(after.fds <= before.fds, "{before:?} -> {after:?}");
+            assert!(after.threads <= before.threads, "{before:?} -> {after:?}");
+        },
+    );
+}

@@ -35,7 +35,10 @@ pub(crate) use request::{call, call_until, ensure_open, unexpected};
 /// and each waits at most the connection's `rpc_timeout`. When the broker closes the channel
 /// (404, 406, 403...), the waiting call and every later call get [`Error::ChannelClosed`].
 ///
-/// The channel is closed when its last handle is dropped (without waiting for the broker).
+/// The channel is closed when its last handle is dropped (without waiting for the broker). A
+/// callback that captured a handle of the channel keeps it open: [`close`](Self::close) it
+/// (closing drops its consumer, return and cancel callbacks), or use the channel the
+/// callbacks are given.
 #[derive(Clone, Debug)]
 pub struct Channel {
     pub(crate) inner: Arc<ChannelHandle>,
@@ -87,6 +90,35 @@ impl std::fmt::Debug for ChannelHandle {
         f.debug_struct("Channel")
             .field("channel_number", &self.core.id)
             .finish_non_exhaustive()
+    }
+}
+
+impl ChannelHandle {
+    /// Drops the channel's consumer, return and cancel callbacks once it is closed: none can
+    /// run any more, and one that captured a handle of this channel would keep it for ever
+    /// (see [`Owner::drop_callbacks`]). Iterators' entries stay (they end by themselves); what
+    /// a removed consumer still held goes to the channel's queue, dropped and logged with it.
+    pub(crate) fn drop_callbacks(&self) {
+        let removed: Vec<ConsumerEntry> = {
+            let mut consumers = self.consumers.lock().unwrap_or_else(|p| p.into_inner());
+            let tags: Vec<String> = (consumers.iter())
+                .filter(|(_, entry)| entry.has_callback())
+                .map(|(tag, _)| tag.clone())
+                .collect();
+            (tags.iter())
+                .filter_map(|tag| consumers.remove(tag))
+                .collect()
+        };
+        let mut removed = removed;
+        let held: Vec<Held> = (removed.iter_mut())
+            .flat_map(ConsumerEntry::take_pending)
+            .collect();
+        if !held.is_empty() {
+            self.core.lock().deliveries.extend(held);
+        }
+        let callbacks =
+            std::mem::take(&mut *self.callbacks.lock().unwrap_or_else(|p| p.into_inner()));
+        drop((removed, callbacks));
     }
 }
 
@@ -251,8 +283,17 @@ impl Channel {
     }
 
     /// Closes the channel with a reply code and text (pika's `close(reply_code, reply_text)`).
-    /// Closing a closed channel does nothing.
+    /// Closing a closed channel does nothing but drop its callbacks, as every close does.
     pub fn close_with(&self, reply_code: u16, reply_text: &str) -> Result<()> {
+        let closed = self.close_on_broker(reply_code, reply_text);
+        if closed.is_ok() {
+            self.inner.drop_callbacks();
+        }
+        closed
+    }
+
+    /// [`close_with`](Self::close_with) but for dropping the callbacks.
+    fn close_on_broker(&self, reply_code: u16, reply_text: &str) -> Result<()> {
         let core = self.core();
         let timeout = self.rpc_timeout();
         let deadline = deadline_after(timeout);

@@ -68,8 +68,19 @@ impl Channel {
             .record(|t| t.consumer_cancelled(self.inner.instance, consumer_tag));
         // Whatever happened, the consumer is gone for us; what it had not handed out is taken.
         // It is an orphan first: a consuming thread that took one of its deliveries before it
-        // went finds it one when it routes that delivery (and requeues it).
-        self.core().lock().push_orphan(consumer_tag, auto_ack);
+        // went finds it one when it routes that delivery (and requeues it). Cancelled cleanly,
+        // the broker sends nothing more for it: only such a thread looks (`gone`).
+        let clean = matches!(
+            reply,
+            None | Some(Ok(Reply::Method(AMQPClass::Basic(
+                basic::AMQPMethod::CancelOk(_)
+            ))))
+        );
+        if clean {
+            self.core().lock().push_gone(consumer_tag, auto_ack);
+        } else {
+            self.core().lock().push_orphan(consumer_tag, auto_ack);
+        }
         let mut pending = self
             .lock_consumers()
             .remove(consumer_tag)

@@ -87,6 +87,11 @@ impl ConsumerEntry {
         !self.cancelling && !self.ended_by_broker
     }
 
+    /// A callback consumer (not a `consume()` iterator), active or not.
+    pub(crate) fn has_callback(&self) -> bool {
+        self.callback.is_some()
+    }
+
     /// An [`active`](Self::active) consumer with a callback.
     pub(crate) fn runs_callbacks(&self) -> bool {
         self.callback.is_some() && self.active()
@@ -441,7 +446,8 @@ impl Channel {
                         .get(tag)
                         .map(|e| (e.auto_ack, e.callback.is_none()));
                     if let Some((auto_ack, _)) = entry {
-                        self.core().lock().push_orphan(tag, auto_ack);
+                        // The broker delivers nothing more for it.
+                        self.core().lock().push_gone(tag, auto_ack);
                     }
                     // As in pika, an iterator hears of it by ending, not through the callbacks.
                     let iterator = entry.is_some_and(|(_, iterator)| iterator);

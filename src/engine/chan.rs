@@ -295,8 +295,14 @@ pub(crate) struct ChanState {
     /// basic.consume or basic.cancel timed out) or while a consuming thread still routes what
     /// it took for them (cancelled meanwhile), and `RpcClient` reply consumers while no call
     /// waits. Their deliveries are rejected with requeue (manual ack) or dropped and reported
-    /// lost (auto ack). One entry per tag, at most [`ORPHANS_KEPT`].
+    /// lost (auto ack). One entry per tag, at most [`ORPHANS_KEPT`]. The router looks each
+    /// delivery up here: consumers cancelled cleanly are kept apart, in `gone`.
     orphans: VecDeque<Orphan>,
+    /// Consumers cancelled cleanly (basic.cancel-ok routed, or cancelled by the broker), with
+    /// their ack mode: the broker delivers nothing more for them, so the router never looks
+    /// here; only a consuming thread that took one of their deliveries before they went does
+    /// ([`orphan`](Self::orphan)). At most [`ORPHANS_KEPT`], the oldest forgotten.
+    gone: VecDeque<(String, bool)>,
     /// Which deliveries are settled, and acks held for merging.
     pub(crate) acks: AckRun,
     /// A synchronous method is outstanding (AMQP allows one per channel); the next caller
@@ -362,6 +368,7 @@ impl ChannelCore {
                 confirms: None,
                 cancelled: Vec::new(),
                 orphans: VecDeque::new(),
+                gone: VecDeque::new(),
                 acks: AckRun::default(),
                 rpc_busy: false,
                 rpc_queued: 0,
@@ -413,6 +420,7 @@ impl ChannelCore {
         st.awaiting = None;
         st.stale.clear();
         st.orphans.clear();
+        st.gone.clear();
         st.tag_offset = st.tag_offset.saturating_add(st.acks.last_delivered());
         st.acks = AckRun::default();
         if let Some(tracker) = st.confirms.as_mut() {
@@ -610,15 +618,31 @@ impl ChanState {
             .is_some_and(|o| std::mem::take(&mut o.cancel))
     }
 
+    /// Records a consumer cancelled cleanly (see `gone`).
+    pub(crate) fn push_gone(&mut self, consumer_tag: &str, auto_ack: bool) {
+        self.forget_orphan(consumer_tag);
+        if self.gone.len() >= ORPHANS_KEPT {
+            self.gone.pop_front();
+        }
+        self.gone.push_back((consumer_tag.to_string(), auto_ack));
+    }
+
     /// A consumer starts with `consumer_tag` (or an `RpcClient` call waits again): deliveries
     /// for that tag are its from now on.
     pub(crate) fn forget_orphan(&mut self, consumer_tag: &str) {
         self.orphans.retain(|o| o.tag != consumer_tag);
+        self.gone.retain(|(tag, _)| tag != consumer_tag);
     }
 
-    /// Whether deliveries for `consumer_tag` belong to nobody (see `orphans`); its ack mode.
+    /// Whether deliveries for `consumer_tag` belong to nobody (see `orphans` and `gone`); its
+    /// ack mode.
     pub(crate) fn orphan(&self, consumer_tag: &str) -> Option<bool> {
-        self.orphan_as(consumer_tag).map(|(auto_ack, _)| auto_ack)
+        let orphan = self.orphan_as(consumer_tag).map(|(auto_ack, _)| auto_ack);
+        orphan.or_else(|| {
+            (self.gone.iter())
+                .find(|(tag, _)| tag == consumer_tag)
+                .map(|(_, auto_ack)| *auto_ack)
+        })
     }
 
     /// [`orphan`](Self::orphan), with what its deliveries are (see
@@ -732,5 +756,26 @@ mod tests {
         assert!(!table.late_close_ok(5), "nothing was owed on 5");
         table.live.insert(2, Arc::new(ChannelCore::new(2)));
         assert_eq!(table.free_number(2, now), Err(None));
+    }
+
+    #[test]
+    fn consumers_cancelled_cleanly_are_not_looked_up_by_the_router() {
+        let core = ChannelCore::new(1);
+        let mut st = core.lock();
+        for n in 0..ORPHANS_KEPT + 10 {
+            st.push_gone(&format!("gone-{n}"), n % 2 == 0);
+        }
+        st.push_orphan("timed-out", false);
+        // The router's lookup sees the orphan only; a consuming thread's sees both.
+        assert_eq!(st.orphan_as("gone-264"), None);
+        assert_eq!(st.orphan("gone-264"), Some(true));
+        assert_eq!(st.orphan("gone-265"), Some(false));
+        assert_eq!(st.orphan("gone-9"), None, "the oldest are forgotten");
+        assert_eq!(st.orphan_as("timed-out"), Some((false, ORPHANED_DELIVERY)));
+        // A consumer that starts with the tag takes its deliveries again.
+        st.forget_orphan("gone-264");
+        st.forget_orphan("timed-out");
+        assert_eq!(st.orphan("gone-264"), None);
+        assert_eq!(st.orphan("timed-out"), None);
     }
 }
