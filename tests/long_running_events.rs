@@ -476,7 +476,7 @@ fn callbacks_holding_handles_do_not_keep_closed_connections_50() {
                 ch.add_on_return_callback(move |_, _, _, _| {
                     let _ = &held;
                 });
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     let held = c.clone();
                     c.call_later(Duration::from_secs(3600), move || {
                         let _ = &held;
