@@ -139,6 +139,8 @@ impl Topology {
         self.queues.retain(|name, _| !names.contains(name));
         self.queue_bindings.retain(|b| !names.contains(&b.queue));
         self.consumers.retain(|_, c| !names.contains(&c.queue));
+        // Its old names lead nowhere now (and would pile up, one per recovery).
+        self.renames.retain(|_, new| !names.contains(new));
         self.auto_delete_unbound_exchanges();
     }
 
@@ -506,6 +508,11 @@ mod tests {
             plan[2],
             Step::Consumer("c1".into(), consumer(3, "amq.gen-3"))
         );
+        // Deleted, its old names are forgotten with it.
+        t.queue_deleted("amq.gen-3");
+        assert!(t.renames.is_empty(), "{:?}", t.renames);
+        assert_eq!(t.current_name("amq.gen-1"), "amq.gen-1");
+        assert!(t.plan().is_empty());
     }
 
     #[test]
