@@ -83,7 +83,8 @@ impl Channel {
     ///
     /// While the broker blocks the connection (`connection.blocked`: a memory or disk alarm)
     /// the publish waits until it is unblocked (the connection goes on reading meanwhile, so
-    /// the broker's `connection.unblocked` is seen); set
+    /// the broker's `connection.unblocked` is seen), and so does the wait for its confirm,
+    /// which has `rpc_timeout` counted without the time blocked; set
     /// [`blocked_connection_timeout`](crate::ConnectionParameters::with_blocked_connection_timeout)
     /// to bound that wait (the connection then ends with
     /// [`Error::ConnectionBlockedTimeout`]). When the broker reads nothing, it waits at most
@@ -129,26 +130,41 @@ impl Channel {
             return Ok(());
         };
         let timeout = self.rpc_timeout();
-        let settled = self.inner.owner.core().wait_on(
-            self.core(),
-            deadline_after(timeout),
-            |st| {
-                let tracker = st.confirms.as_mut()?;
-                if tracker.is_outstanding(seq) {
-                    return None;
-                }
-                let settled = tracker.take_outcome_of(seq);
-                // Asked only for a return (one lock), under the channel's (the order the
-                // consumer loop takes them in).
-                if matches!(settled, Settled::Returned { .. }) && !self.has_return_callbacks() {
-                    // Reported as the error below, and no return callback to run as well (as
-                    // pika runs both): it leaves the queue, this message's own return.
-                    st.returns.take_of(seq);
-                }
-                Some(settled)
-            },
-            |_| Error::timeout(format!("waiting for the confirm of message {seq}"), timeout),
-        );
+        let started = Instant::now();
+        let mut deadline = deadline_after(timeout);
+        let settled = loop {
+            let conn = self.inner.owner.core();
+            let waited = conn.wait_on(
+                self.core(),
+                deadline,
+                |st| {
+                    let tracker = st.confirms.as_mut()?;
+                    if tracker.is_outstanding(seq) {
+                        return None;
+                    }
+                    let settled = tracker.take_outcome_of(seq);
+                    // Asked only for a return (one lock), under the channel's (the order the
+                    // consumer loop takes them in).
+                    if matches!(settled, Settled::Returned { .. }) && !self.has_return_callbacks() {
+                        // Reported as the error below, and no return callback to run as well (as
+                        // pika runs both): it leaves the queue, this message's own return.
+                        st.returns.take_of(seq);
+                    }
+                    Some(settled)
+                },
+                |_| Error::timeout(format!("waiting for the confirm of message {seq}"), timeout),
+            );
+            // A broker blocking the connection holds the confirm back: that time does not
+            // count (see `Core::blocked_extension`), so a message the broker takes once
+            // unblocked is not reported as a timeout, and published again by the caller.
+            match &waited {
+                Err(Error::Timeout { .. }) => match conn.blocked_extension(started, timeout) {
+                    Some(later) => deadline = later,
+                    None => break waited,
+                },
+                _ => break waited,
+            }
+        };
         let settled = settled.inspect_err(|_| {
             // Given up: the outcome goes to the next `wait_for_confirms`.
             if let Some(tracker) = self.core().lock().confirms.as_mut() {

@@ -459,3 +459,44 @@ fn publish_in_a_consumer_callback_blocked_past_blocked_connection_timeout_ends_w
     );
     assert!(connection.is_closed());
 }
+
+/// In confirm mode, a publish whose confirm the broker holds back while it blocks the
+/// connection waits for the unblock (its `rpc_timeout` counts without the time blocked) and
+/// returns `Ok`: the message is in the queue once, and the caller was not told to publish it
+/// again. Before, it failed with `Timeout` after `rpc_timeout` although the broker then took
+/// the message (a caller retrying on a timeout published it twice).
+#[test]
+fn a_confirmed_publish_waits_through_a_memory_alarm_for_its_confirm() {
+    let _turn = one_alarm_at_a_time();
+    let rpc_timeout = Duration::from_secs(2);
+    let connection =
+        cottontail::Connection::open(support::params().with_rpc_timeout(rpc_timeout)).unwrap();
+    let channel = connection.channel().unwrap();
+    let queue = support::exclusive_queue(&channel);
+    channel.confirm_delivery().unwrap();
+    let _restore = RestoreWatermark;
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
+    // Lifts the alarm twice `rpc_timeout` after the broker blocked the connection.
+    let lifter = {
+        let connection = connection.clone();
+        std::thread::spawn(move || {
+            let blocked = blocked_within_10_s(&connection, true);
+            std::thread::sleep(2 * rpc_timeout);
+            rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+            blocked
+        })
+    };
+    let started = Instant::now();
+    let published = channel.basic_publish("", &queue, b"through the alarm");
+    let took = started.elapsed();
+    assert!(lifter.join().unwrap(), "no connection.blocked within 10 s");
+    assert_eq!(published, Ok(()), "the publish returned after {took:?}");
+    assert!(
+        took > rpc_timeout,
+        "the confirm came after {took:?}, before the unblock: the broker did not hold it back"
+    );
+    let declared = channel
+        .queue_declare(&queue, support::consuming::passive())
+        .unwrap();
+    assert_eq!(declared.message_count, 1);
+}

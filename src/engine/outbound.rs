@@ -109,6 +109,8 @@ pub(crate) struct Link {
     /// Since when the broker has the connection blocked (connection.blocked, resource alarm),
     /// until connection.unblocked.
     pub(crate) blocked_since: Option<Instant>,
+    /// When the last connection.unblocked came (see [`Core::blocked_extension`]).
+    pub(crate) unblocked_at: Option<Instant>,
     /// connection.blocked (`Some(reason)`) and unblocked (`None`) not yet seen by callbacks,
     /// at most [`BLOCKED_EVENTS_KEPT`].
     pub(crate) blocked_events: VecDeque<Option<String>>,
@@ -142,6 +144,7 @@ impl Link {
             closed: None,
             closing: None,
             blocked_since: None,
+            unblocked_at: None,
             blocked_events: VecDeque::new(),
             secret_updates: (0, 0),
             writer: Writer::Nobody,
@@ -197,6 +200,31 @@ impl Core {
     /// The error of a closed connection, `None` while it is open.
     pub(crate) fn closed_error(&self) -> Option<Error> {
         self.lock_link().closed.clone()
+    }
+
+    /// For a wait for the broker's answer to content (a publish's confirm) whose deadline,
+    /// `timeout` after `started`, ran out: the broker reads nothing while it blocks the
+    /// connection, so that time does not count, as for content waiting for room (rule 3).
+    /// Blocked now: wait `timeout` more (and ask again then); unblocked since `started`:
+    /// `timeout` from the unblock, if that is still ahead; else `None`, the wait is over.
+    pub(crate) fn blocked_extension(
+        &self,
+        started: Instant,
+        timeout: Duration,
+    ) -> Option<Option<Instant>> {
+        let link = self.lock_link();
+        if link.closed.is_some() {
+            return None;
+        }
+        if link.blocked_since.is_some() {
+            return Some(super::deadline_after(timeout));
+        }
+        let unblocked = link.unblocked_at.filter(|at| *at > started)?;
+        match unblocked.checked_add(timeout) {
+            Some(deadline) if deadline > Instant::now() => Some(Some(deadline)),
+            Some(_) => None,
+            None => Some(None),
+        }
     }
 
     /// Waits while the outbound buffer is over its high-water mark (at most until

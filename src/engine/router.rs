@@ -395,6 +395,7 @@ impl Router {
                 log::info!("the broker unblocked the connection");
                 let mut link = core.lock_link();
                 link.blocked_since = None;
+                link.unblocked_at = Some(Instant::now());
                 link.push_blocked_event(None);
                 drop(link);
                 // Publishers waiting for the unblock.
