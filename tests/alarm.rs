@@ -500,3 +500,64 @@ fn a_confirmed_publish_waits_through_a_memory_alarm_for_its_confirm() {
         .unwrap();
     assert_eq!(declared.message_count, 1);
 }
+
+/// With recovery on, a connection lost while the broker blocked it comes back unblocked, and
+/// the unblocked callbacks hear it (the broker never sends connection.unblocked on the new
+/// connection, which it never blocked): an application that paused its publishers on the
+/// blocked callback may resume. Before, the blocked callback ran and the unblocked one never
+/// did.
+#[test]
+fn a_connection_lost_while_blocked_reports_unblocked_once_recovered() {
+    let _turn = one_alarm_at_a_time();
+    let name = support::unique("blocked-lost");
+    let connection = cottontail::Connection::open(
+        support::params()
+            .with_connection_name(&name)
+            .with_recovery(cottontail::RecoveryPolicy::default()),
+    )
+    .unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    {
+        let events = events.clone();
+        connection.add_on_connection_blocked_callback(move |_, _| {
+            events.lock().unwrap().push("blocked");
+        });
+    }
+    {
+        let events = events.clone();
+        connection.add_on_connection_unblocked_callback(move |_| {
+            events.lock().unwrap().push("unblocked");
+        });
+    }
+    let channel = connection.channel().unwrap();
+    let queue = support::exclusive_queue(&channel);
+    let restore = RestoreWatermark;
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
+    channel
+        .basic_publish("", &queue, b"during the alarm")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events.lock().unwrap().is_empty() && Instant::now() < deadline {
+        connection
+            .process_data_events(Duration::from_millis(100))
+            .unwrap();
+    }
+    assert_eq!(*events.lock().unwrap(), ["blocked"]);
+
+    let pids = support::broker_connections_named(&name);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    rabbitmqctl(&["close_connection", &pids[0], "test: lost while blocked"]);
+    drop(restore);
+    connection
+        .wait_for_recovery(Duration::from_secs(15))
+        .expect("the connection recovers");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events.lock().unwrap().len() < 2 && Instant::now() < deadline {
+        connection
+            .process_data_events(Duration::from_millis(100))
+            .unwrap();
+    }
+    assert_eq!(*events.lock().unwrap(), ["blocked", "unblocked"]);
+    assert!(!connection.is_blocked());
+    connection.close().unwrap();
+}

@@ -238,6 +238,10 @@ fn recovery_gives_up_after_its_attempts_and_every_call_gets_the_error() {
     let ended = connection.wait_for_recovery(Duration::from_secs(10));
     let cause = ended.expect_err("recovery gave up");
     assert!(cause.is_connection_error(), "{cause:?}");
+    assert!(
+        matches!(&cause, Error::AllAttemptsFailed { failed: 3, attempts } if attempts.len() == 3),
+        "{cause:?}"
+    );
     assert!(!connection.is_recovering());
     assert_eq!(connection.close_reason(), Some(cause.clone()));
     // Every call fails at once with the error that ended it.
@@ -634,6 +638,48 @@ fn a_threadsafe_callback_runs_at_once_while_start_consuming_waits_for_a_recovery
         "the threadsafe callback ended start_consuming {after:?} after it was added"
     );
     drop(channel);
+    drop(connection);
+    join(fake);
+}
+
+/// A recovery that gives up on a broker that accepts connections and never answers ends the
+/// connection with a connection error (`AllAttemptsFailed`, holding each attempt's timeout),
+/// not with the last attempt's `Timeout`, which read as one slow call: a caller retrying on
+/// timeouts spun on a dead connection.
+#[test]
+fn recovery_that_gives_up_on_a_silent_broker_ends_with_a_connection_error() {
+    let (port, fake) = spawn_fake(|broker| {
+        let mut first = broker.accept_and_handshake(0, 131_072);
+        first.send_connection_close(320, "CONNECTION_FORCED - test");
+        first.drain();
+        // Every attempt is accepted, then hears nothing.
+        let silent: Vec<_> = (0..2).map(|_| broker.accept()).collect();
+        std::thread::sleep(Duration::from_secs(6));
+        drop(silent);
+    });
+    let connection =
+        Connection::open(client_params(port).with_recovery(policy().with_max_attempts(Some(2))))
+            .expect("open");
+    let lost = Instant::now();
+    while !connection.is_recovering() && lost.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(connection.is_recovering(), "the forced close was not seen");
+    let cause = connection
+        .wait_for_recovery(Duration::from_secs(15))
+        .expect_err("recovery gave up");
+    assert!(cause.is_connection_error(), "{cause:?}");
+    match &cause {
+        Error::AllAttemptsFailed {
+            failed: 2,
+            attempts,
+        } => assert!(
+            attempts.iter().all(|e| matches!(e, Error::Timeout { .. })),
+            "{attempts:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(connection.close_reason(), Some(cause));
     drop(connection);
     join(fake);
 }

@@ -18,6 +18,7 @@
 //! An attempt that fails part-way gives its channels back (`ChannelCore::lose`) before its
 //! engine is closed, so the next attempt finds them as the loss left them.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ use crate::channel::{call, methods, wait_closed, Channel};
 use crate::connection::Owner;
 use crate::engine::chan::{ChannelCore, Life, Reply};
 use crate::engine::{deadline_after, Core};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ATTEMPT_ERRORS_KEPT};
 use crate::options::QueueDeclareOptions;
 
 /// Starts the recovery thread; if no thread can be started, the connection is closed for good
@@ -65,12 +66,17 @@ pub(super) fn spawn(owner: Weak<Owner>, recovery: Arc<Recovery>, cause: Error) {
 fn run(owner: &Weak<Owner>, recovery: &Recovery, cause: Error) {
     let lost_at = Instant::now();
     let backoff = &recovery.policy.backoff;
-    let mut last_error = cause;
+    // What every call gets if recovery gives up: the loss, or the attempts' errors.
+    let mut failed = Failed {
+        cause,
+        count: 0,
+        errors: VecDeque::new(),
+    };
     let mut attempt = 0u32;
     loop {
         attempt = attempt.saturating_add(1);
         if !backoff.should_try(attempt, lost_at.elapsed()) {
-            give_up(owner, recovery, last_error);
+            give_up(owner, recovery, failed.into_error());
             return;
         }
         if attempt > 1 && recovery.sleep(backoff.delay(attempt - 1, random())) {
@@ -87,11 +93,52 @@ fn run(owner: &Weak<Owner>, recovery: &Recovery, cause: Error) {
                     attempt,
                     error: error.clone(),
                 });
-                last_error = error;
+                failed.push(error);
             }
         }
         if recovery.closed_error().is_some() {
             return;
+        }
+    }
+}
+
+/// The failed attempts of a recovery, for the error it gives up with.
+struct Failed {
+    /// The loss, for a recovery that gives up before any attempt.
+    cause: Error,
+    /// Connection attempts that failed (one per host tried in each attempt).
+    count: usize,
+    /// Their errors, the last [`ATTEMPT_ERRORS_KEPT`].
+    errors: VecDeque<Error>,
+}
+
+impl Failed {
+    /// Counts an attempt's error (an [`Error::AllAttemptsFailed`], one host each, is counted
+    /// and kept as its hosts' errors).
+    fn push(&mut self, error: Error) {
+        let errors = match error {
+            Error::AllAttemptsFailed { attempts, .. } => attempts,
+            error => vec![error],
+        };
+        for error in errors {
+            self.count += 1;
+            if self.errors.len() >= ATTEMPT_ERRORS_KEPT {
+                self.errors.pop_front();
+            }
+            self.errors.push_back(error);
+        }
+    }
+
+    /// [`Error::AllAttemptsFailed`], a connection error whatever the attempts' errors were
+    /// (an entity the broker refused in each, a broker that never answered: a `ChannelClosed`
+    /// or a `Timeout` alone would read as one channel's or one call's trouble).
+    fn into_error(self) -> Error {
+        if self.count == 0 {
+            return self.cause;
+        }
+        Error::AllAttemptsFailed {
+            failed: self.count,
+            attempts: self.errors.into(),
         }
     }
 }
@@ -229,6 +276,7 @@ fn install(
     state.phase = Phase::Connected;
     state.generation = generation;
     recovery.changed(state);
+    carry_blocked_events(owner, &old, &core);
     // A thread still waiting on the lost engine looks again, and moves to this one.
     old.nudge();
     // Lost between its hook and the swap: recover again.
@@ -236,6 +284,32 @@ fn install(
         let recover = super::recoverable(&e);
         owner.connection_lost(&core, &e, recover);
     }
+}
+
+/// The blocked/unblocked events of the lost engine that the callbacks have not seen go on
+/// from the new one, before its own; a block the loss ended is reported unblocked (the new
+/// connection starts unblocked; the broker blocks it again if its alarm lasts), so an
+/// application that paused its publishers on the blocked callback hears that it may resume.
+fn carry_blocked_events(owner: &Owner, old: &Core, new: &Core) {
+    let mut carried = {
+        let mut link = old.lock_link();
+        let mut carried = std::mem::take(&mut link.blocked_events);
+        if link.blocked_since.is_some() {
+            carried.push_back(None);
+        }
+        carried
+    };
+    if carried.is_empty() {
+        return;
+    }
+    {
+        let mut link = new.lock_link();
+        carried.append(&mut link.blocked_events);
+        for event in carried {
+            link.push_blocked_event(event);
+        }
+    }
+    owner.work_added();
 }
 
 /// Whether an error ends the attempt (the engine is unusable, or the broker still holds our

@@ -70,7 +70,10 @@ impl RecoveryPolicy {
     }
 
     /// Gives up after this many attempts (`None`, the default: never). Giving up closes the
-    /// connection with the last attempt's error.
+    /// connection with [`Error::AllAttemptsFailed`](crate::Error::AllAttemptsFailed), which
+    /// holds the attempts' errors (one per host tried; the last
+    /// [`ATTEMPT_ERRORS_KEPT`](crate::ATTEMPT_ERRORS_KEPT)) and is a connection error
+    /// whatever they were.
     pub fn with_max_attempts(mut self, attempts: Option<u32>) -> Self {
         self.backoff.max_attempts = attempts;
         self
