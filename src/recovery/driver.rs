@@ -182,8 +182,16 @@ fn attempt_once(
             }
         };
         let mut restored = Vec::new();
+        let locked_ends = lost_at.elapsed() < lock_grace(owner.core().tuned.heartbeat);
         let restoring = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            restore(owner, recovery, &core, generation, &mut restored)
+            restore(
+                owner,
+                recovery,
+                &core,
+                generation,
+                locked_ends,
+                &mut restored,
+            )
         }));
         // A panic (a callback's `Drop`, say): what the attempt opened is given back and
         // closed, then the thread ends the recovery (`spawn`).
@@ -312,13 +320,24 @@ fn carry_blocked_events(owner: &Owner, old: &Core, new: &Core) {
     owner.work_added();
 }
 
-/// Whether an error ends the attempt (the engine is unusable, or the broker still holds our
-/// lost connection's exclusive queue: 405 RESOURCE_LOCKED, until it notices the loss) rather
-/// than one channel or entity.
-fn ends_attempt(e: &Error) -> bool {
+/// Whether an error ends the attempt (the engine is unusable) rather than one channel or
+/// entity. So does 405 RESOURCE_LOCKED while `locked_ends` (see [`lock_grace`]).
+fn ends_attempt(e: &Error, locked_ends: bool) -> bool {
     e.is_connection_error()
         || matches!(e, Error::Timeout { .. })
-        || e.reply_code() == Some(crate::error::RESOURCE_LOCKED)
+        || (locked_ends && e.reply_code() == Some(crate::error::RESOURCE_LOCKED))
+}
+
+/// How long after the loss a 405 RESOURCE_LOCKED ends an attempt: the broker may still hold
+/// our lost connection's exclusive queues until it notices the loss (two of its heartbeat
+/// intervals, plus slack; a minute without heartbeats). Later the queue is another
+/// connection's: the entity is skipped (a consumer of it reported cancelled) and the rest
+/// recovered, so that one queue does not hold the whole connection back for good.
+fn lock_grace(heartbeat_secs: u16) -> Duration {
+    match heartbeat_secs {
+        0 => Duration::from_secs(60),
+        secs => Duration::from_secs(2 * u64::from(secs) + 5),
+    }
 }
 
 /// Restores channels, topology and consumers on `core` (module docs); the user channels it
@@ -328,6 +347,7 @@ fn restore(
     recovery: &Recovery,
     core: &Arc<Core>,
     generation: u64,
+    locked_ends: bool,
     restored: &mut Vec<Arc<ChannelCore>>,
 ) -> Result<(RecoveryReport, Vec<Channel>)> {
     if !core.set_on_lost(Owner::on_lost_hook(Arc::downgrade(owner))) {
@@ -387,14 +407,14 @@ fn restore(
         restored.push(chan.clone());
         match reopen(core, &channel) {
             Ok(()) => open.push(channel),
-            Err(e) if ends_attempt(&e) => return Err(e),
+            Err(e) if ends_attempt(&e, locked_ends) => return Err(e),
             Err(e) => {
                 chan.fail(&e);
                 report.closed_channels.push((chan.id, e));
             }
         }
     }
-    let mut aux = AuxChannel::open(core)?;
+    let mut aux = AuxChannel::open(core, locked_ends)?;
     let plan = {
         // Only the consumers the open channels still have (a channel number reused after a
         // close must not bring its old consumers back).
@@ -511,10 +531,12 @@ fn reopen(core: &Core, channel: &Channel) -> Result<()> {
 /// has, opened again whenever the broker closes it for an entity it refused.
 struct AuxChannel {
     channel: Arc<ChannelCore>,
+    /// A 405 RESOURCE_LOCKED ends the attempt (see [`lock_grace`]).
+    locked_ends: bool,
 }
 
 impl AuxChannel {
-    fn open(core: &Core) -> Result<AuxChannel> {
+    fn open(core: &Core, locked_ends: bool) -> Result<AuxChannel> {
         let channel = {
             let mut table = core.lock_channels();
             let id = table
@@ -532,7 +554,10 @@ impl AuxChannel {
             AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
             "channel.open",
         )?;
-        Ok(AuxChannel { channel })
+        Ok(AuxChannel {
+            channel,
+            locked_ends,
+        })
     }
 
     /// Runs `method`; a channel error (the broker refused it and closed the channel) is
@@ -541,11 +566,11 @@ impl AuxChannel {
     fn call(&mut self, core: &Core, method: AMQPClass, what: &str) -> Result<Result<Reply>> {
         match call(core, &self.channel, method, what) {
             Ok(reply) => Ok(Ok(reply)),
-            Err(e) if ends_attempt(&e) => Err(e),
+            Err(e) if ends_attempt(&e, self.locked_ends) => Err(e),
             Err(e @ Error::InvalidArgument(_)) => Ok(Err(e)),
             Err(e) => {
                 self.wait_closed(core);
-                *self = AuxChannel::open(core)?;
+                *self = AuxChannel::open(core, self.locked_ends)?;
                 Ok(Err(e))
             }
         }
@@ -745,12 +770,12 @@ fn consume(
                 // Cancelled meanwhile: that cancel may have given up waiting for this
                 // recovery, so the consumer is cancelled here (a second cancel is harmless).
                 return match call(core, chan, methods::cancel(tag)?, "basic.cancel") {
-                    Err(e) if ends_attempt(&e) => Err(e),
+                    Err(e) if ends_attempt(&e, aux.locked_ends) => Err(e),
                     _ => Ok(()),
                 };
             }
             Ok(_) => return Ok(()),
-            Err(e) if ends_attempt(&e) => return Err(e),
+            Err(e) if ends_attempt(&e, aux.locked_ends) => return Err(e),
             // Refused before it was sent (too large for the new connection): the channel is
             // open as it was.
             Err(e @ Error::InvalidArgument(_)) => refused = Some(e),
