@@ -442,3 +442,79 @@ fn late_get_ok_after_the_timeout_is_rejected_with_requeue() {
          came after its timeout; it sent: {frames:?}"
     );
 }
+
+/// A channel the application closes while other threads wait on it (a queue.declare the
+/// broker does not answer, another caller waiting for its turn behind it) releases them at
+/// once with `ChannelClosedByClient`, before the close-ok (which comes 4 s later), as the Java
+/// client does: after channel.close the broker answers nothing but the close-ok. Before, each
+/// waited out its `rpc_timeout`, and the close itself waited for the declare's turn first.
+#[test]
+fn closing_a_channel_releases_the_threads_waiting_on_it_at_once() {
+    const CLOSE_OK_AFTER: Duration = Duration::from_secs(4);
+    let (port, fake) = spawn_fake(|broker| {
+        let mut peer = broker.accept_and_handshake(0, 131_072);
+        peer.open_channel(1);
+        // The declare is never answered; the close is, 4 s later.
+        peer.expect_queue_declare(1);
+        loop {
+            match peer.expect_method() {
+                (1, AMQPClass::Channel(channel::AMQPMethod::Close(_))) => {
+                    thread::sleep(CLOSE_OK_AFTER);
+                    peer.send_method(
+                        1,
+                        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                    )
+                }
+                (0, AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {
+                    peer.send_method(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                            connection::CloseOk {},
+                        )),
+                    );
+                    break;
+                }
+                other => panic!("fake broker: unexpected {other:?}"),
+            }
+        }
+        peer.drain();
+    });
+    let connection =
+        Connection::open(client_params(port).with_rpc_timeout(Duration::from_secs(10))).unwrap();
+    let channel = connection.channel().unwrap();
+    let declare = |queue: &'static str| {
+        let channel = channel.clone();
+        thread::spawn(move || {
+            let started = Instant::now();
+            let declared = channel.queue_declare(queue, QueueDeclareOptions::default());
+            (declared.map(|_| ()), started.elapsed())
+        })
+    };
+    let first = declare("never-answered");
+    thread::sleep(Duration::from_millis(200));
+    let behind = declare("waiting-for-its-turn");
+    thread::sleep(Duration::from_millis(200));
+
+    let started = Instant::now();
+    channel.close().expect("closing the channel");
+    let closing = started.elapsed();
+    let ours = Err(Error::ChannelClosedByClient {
+        reply_code: 0,
+        reply_text: "Normal shutdown".into(),
+    });
+    for (what, waiter) in [("the declare", first), ("the caller behind it", behind)] {
+        let (declared, waited) = waiter.join().unwrap();
+        assert_eq!(declared, ours, "{what}, after {waited:?}");
+        assert!(
+            waited < Duration::from_millis(2500),
+            "{what} waited {waited:?}: until the close-ok ({CLOSE_OK_AFTER:?}), or its \
+             rpc_timeout (10 s)"
+        );
+    }
+    assert!(
+        closing >= CLOSE_OK_AFTER && closing < Duration::from_secs(8),
+        "close took {closing:?}"
+    );
+    connection.close().unwrap();
+    join(fake);
+}

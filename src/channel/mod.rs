@@ -164,12 +164,13 @@ pub(crate) fn wait_closed(
     deadline: Option<Instant>,
     timeout: Duration,
 ) -> Result<()> {
-    conn.wait_on(
-        core,
-        deadline,
-        |st| matches!(st.life, Life::Closed(_)).then_some(()),
-        |_| Error::timeout("waiting for channel.close-ok", timeout),
-    )
+    // Not `wait_on`, which ends at our own close.
+    let closed = conn.wait_until(deadline, || match &core.lock().life {
+        Life::Closed(_) => Some(Ok(())),
+        Life::Lost(e) => Some(Err(e.clone())),
+        Life::Open | Life::Closing(_) => None,
+    });
+    closed.unwrap_or_else(|| Err(Error::timeout("waiting for channel.close-ok", timeout)))
 }
 
 /// Sends channel.close unless the channel is already closing or closed, without waiting for
@@ -204,7 +205,12 @@ pub(crate) fn begin_close(
         })
     });
     match sent {
-        Ok(sent) => Ok(sent.is_some()),
+        Ok(Some(())) => {
+            // Whoever waits on the channel stops now (see `ChanState::ended_error`).
+            conn.nudge();
+            Ok(true)
+        }
+        Ok(None) => Ok(false),
         // The connection is gone, and the channel with it.
         Err(e) if e.is_connection_error() => Ok(false),
         Err(e) => Err(e),
@@ -302,11 +308,11 @@ impl Channel {
         }
         // Open (or closing): on the connection's engine, once it is usable. A channel a
         // recovery has opened again is on the new engine, the current one once it is in place.
-        let conn = self.inner.owner.ready_core(|| deadline);
-        let turn =
-            conn.and_then(|conn| Ok((self.rpc_turn(&conn, "channel.close", deadline)?, conn)));
-        let (_turn, conn) = match turn {
-            Ok(turn) => turn,
+        // No turn is taken: a method outstanding on the channel ends with our close (its
+        // caller and those waiting for a turn, a confirm or a reply stop at once, see
+        // `ChanState::ended_error`), as the broker answers nothing but the close-ok after it.
+        let conn = match self.inner.owner.ready_core(|| deadline) {
+            Ok(conn) => conn,
             // Lost meanwhile, or closed by the broker or another thread.
             Err(e) if self.closed_locally(reply_code, reply_text) => {
                 log::debug!("channel {} closed while waiting to close it: {e}", core.id);

@@ -207,7 +207,7 @@ impl Channel {
         }
         let got = conn.wait_until(deadline, || {
             let mut st = core.lock();
-            if let Some(e) = st.closed_error() {
+            if let Some(e) = st.ended_error() {
                 return Some(Err(e));
             }
             if st.rpc_busy {

@@ -438,6 +438,16 @@ impl ChanState {
         }
     }
 
+    /// [`closed_error`](Self::closed_error), or our close's error once the application's
+    /// channel.close is on its way: nothing but the close-ok is for us after it (AMQP), so a
+    /// caller waiting for a reply, a confirm or its turn stops at once.
+    pub(crate) fn ended_error(&self) -> Option<Error> {
+        match &self.life {
+            Life::Closed(e) | Life::Lost(e) | Life::Closing(e) => Some(e.clone()),
+            Life::Open => None,
+        }
+    }
+
     /// Logs the messages dropped because they arrived after our channel.close (see
     /// `discarded`), once, as [`drop_deliveries`] logs those queued when it was sent.
     pub(crate) fn report_discarded(&mut self, channel: u16) {

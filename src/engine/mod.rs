@@ -20,7 +20,7 @@
 //!
 //! | wait | woken by | at the latest |
 //! |---|---|---|
-//! | a reply, confirm, delivery, close-ok ([`Core::wait_until`]) | the reader's generation bump, [`Core::nudge`], its own reading | the caller's deadline (`rpc_timeout` for methods; none for `start_consuming`) |
+//! | a reply, confirm, delivery, close-ok ([`Core::wait_until`]) | the reader's generation bump, [`Core::nudge`] (also by the application's channel.close, which ends every wait on that channel but the close-ok's), its own reading | the caller's deadline (`rpc_timeout` for methods; none for `start_consuming`) |
 //! | a channel number a crossed close shadowed (`router`; `channel_with_number`, or `channel()` when no other is free), in [`Core::wait_until`] | the reader routing the late close-ok (on plain TCP maybe this thread), the connection's end ([`Core::nudge`]) | the shadow's end (`router::LATE_CLOSE_OK`, nobody wakes it: the wait's own deadline) or `rpc_timeout` |
 //! | room in the socket for the rest of a caller's own large publish (`outbound::finish_direct`, plain TCP) | the socket draining (its own poll) | [`direct::STALL`] without progress, or the call's deadline (`RpcClient::call`'s, else `rpc_timeout` from when it starts finishing), whichever comes first; then the rest is queued for the I/O thread |
 //! | outbound room (`outbound::wait_for_room`) | the I/O thread draining, a caller finishing its own write, connection.unblocked, a close | the call's deadline (blocked: until unblocked or `blocked_connection_timeout`, or the publish's own deadline if it has one: `RpcClient::call`) |
@@ -235,7 +235,8 @@ impl Core {
     }
 
     /// Waits until `ready` gives a value (it runs under `channel`'s lock, first at once, then
-    /// on every change), the channel closes (its error), or `deadline` passes: then
+    /// on every change), the channel closes or the application's close of it begins (the
+    /// error, [`ChanState::ended_error`]), or `deadline` passes: then
     /// `on_expiry` runs under the lock (to undo what the waiter set up) and its error is
     /// returned. For what the broker sends: a method's reply, confirms, a close-ok.
     pub(crate) fn wait_on<T>(
@@ -250,7 +251,7 @@ impl Core {
             if let Some(value) = ready(&mut st) {
                 return Some(Ok(value));
             }
-            st.closed_error().map(Err)
+            st.ended_error().map(Err)
         });
         got.unwrap_or_else(|| {
             // What arrived between the last look and now is still the caller's: once
