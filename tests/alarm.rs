@@ -561,3 +561,63 @@ fn a_connection_lost_while_blocked_reports_unblocked_once_recovered() {
     assert!(!connection.is_blocked());
     connection.close().unwrap();
 }
+
+/// A publish waiting while the broker blocks the connection stops with
+/// `ChannelClosedByClient` as soon as another thread closes its channel, instead of waiting
+/// for the unblock (for ever without `blocked_connection_timeout`); the close itself gets no
+/// close-ok from a broker that reads nothing and times out. Before, the publish waited until
+/// the alarm was lifted.
+#[test]
+fn closing_the_channel_of_a_publish_held_by_connection_blocked_releases_it() {
+    let _turn = one_alarm_at_a_time();
+    let connection =
+        cottontail::Connection::open(support::params().with_rpc_timeout(Duration::from_secs(2)))
+            .unwrap();
+    let channel = connection.channel().unwrap();
+    let queue = support::exclusive_queue(&channel);
+    let restore = RestoreWatermark;
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
+    channel.basic_publish("", &queue, b"first").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !connection.is_blocked() && Instant::now() < deadline {
+        connection
+            .process_data_events(Duration::from_millis(100))
+            .unwrap();
+    }
+    assert!(connection.is_blocked(), "no connection.blocked within 10 s");
+    let publishing = {
+        let channel = channel.clone();
+        std::thread::spawn(move || {
+            let result = channel.basic_publish("", "", b"held");
+            (result, Instant::now())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!publishing.is_finished(), "the publish was not held");
+    // Lifts the alarm once the publish returned, or 8 s from now whatever happens, so that a
+    // publish still held fails the assertion below instead of hanging the test.
+    let (returned_tx, returned_rx) = std::sync::mpsc::channel::<()>();
+    let lifter = std::thread::spawn(move || {
+        let _ = returned_rx.recv_timeout(Duration::from_secs(8));
+        drop(restore);
+    });
+    let closing = Instant::now();
+    let closed = channel.close();
+    let (published, returned) = publishing.join().unwrap();
+    let _ = returned_tx.send(());
+    lifter.join().unwrap();
+    assert_eq!(
+        published,
+        Err(cottontail::Error::ChannelClosedByClient {
+            reply_code: 0,
+            reply_text: "Normal shutdown".into()
+        })
+    );
+    let waited = returned.saturating_duration_since(closing);
+    assert!(
+        waited < Duration::from_millis(1500),
+        "the publish returned {waited:?} after the close began (the close: {closed:?})"
+    );
+    assert!(blocked_within_10_s(&connection, false));
+    connection.close().unwrap();
+}

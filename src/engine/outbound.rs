@@ -44,7 +44,9 @@
 //!    their call's deadline. Content also waits while the broker blocks the
 //!    connection (until connection.unblocked, or until `blocked_connection_timeout` makes the
 //!    I/O thread end the connection; a publish given a deadline of its own, `RpcClient`'s,
-//!    waits at most until that deadline). A thread waiting for room counts as wanting input
+//!    waits at most until that deadline). A caller whose channel starts closing or closes
+//!    meanwhile stops with its error (`Link::channel_ends` wakes it). A thread waiting for
+//!    room counts as wanting input
 //!    (see `token`), so reading never pauses while the unblock it waits for is unread. A
 //!    channel.close never waits ([`Core::send_close_if`]): one per channel, it is bounded,
 //!    and dropping a channel must not block.
@@ -111,6 +113,10 @@ pub(crate) struct Link {
     pub(crate) blocked_since: Option<Instant>,
     /// When the last connection.unblocked came (see [`Core::blocked_extension`]).
     pub(crate) unblocked_at: Option<Instant>,
+    /// Bumped, under this lock, when a channel starts closing or closes (the application's
+    /// channel.close queued, or the broker's routed), so that a caller waiting for room on it
+    /// looks at its channel again ([`Core::wait_for_room`]).
+    pub(crate) channel_ends: u64,
     /// connection.blocked (`Some(reason)`) and unblocked (`None`) not yet seen by callbacks,
     /// at most [`BLOCKED_EVENTS_KEPT`].
     pub(crate) blocked_events: VecDeque<Option<String>>,
@@ -145,6 +151,7 @@ impl Link {
             closing: None,
             blocked_since: None,
             unblocked_at: None,
+            channel_ends: 0,
             blocked_events: VecDeque::new(),
             secret_updates: (0, 0),
             writer: Writer::Nobody,
@@ -237,17 +244,37 @@ impl Core {
     /// (`RpcClient::call`), else until connection.unblocked (or the end of the connection,
     /// `blocked_connection_timeout`). The timeout error names `rpc_timeout`; a caller with a
     /// deadline of its own reports its own timeout.
-    fn wait_for_room(&self, content: bool, deadline: Option<Instant>) -> Result<()> {
+    fn wait_for_room(
+        &self,
+        channel: Option<&ChannelCore>,
+        content: bool,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
         let own = deadline;
         let deadline = deadline.or_else(|| super::deadline_after(self.params.rpc_timeout));
         let _wanting = Wanting::new(self);
         let mut link = self.lock_link();
+        let mut ends_seen = None;
         loop {
             if let Some(e) = link.refusal() {
                 return Err(e);
             }
             if link.has_room(content) {
                 return Ok(());
+            }
+            // A caller's channel that started closing or closed waits no more. Its channel is
+            // looked at without this lock (lock order); a close after the look bumps
+            // `channel_ends` under this lock, so it is seen here or wakes the wait below.
+            if let Some(channel) = channel {
+                if ends_seen != Some(link.channel_ends) {
+                    ends_seen = Some(link.channel_ends);
+                    drop(link);
+                    if let Some(e) = channel.lock().ended_error() {
+                        return Err(e);
+                    }
+                    link = self.lock_link();
+                    continue;
+                }
             }
             let blocked = content && link.blocked_since.is_some();
             let until = if blocked { own } else { deadline };
@@ -435,10 +462,14 @@ impl Core {
         if let Some(e) = link.refusal() {
             return Err(e);
         }
+        let mut link = link;
         let value = check(&mut st)?;
         if value.is_some() {
             let held = AckFrames::held(channel.id, &mut st.acks)?;
+            link.channel_ends += 1;
             self.append_locked(link, held.as_slice(), frames, None)?;
+            // Callers waiting for room on this channel look at it again.
+            self.link_cond.notify_all();
         }
         Ok(value)
     }
@@ -478,7 +509,7 @@ impl Core {
             }
             drop(link);
             drop(st);
-            self.wait_for_room(content, deadline)?;
+            self.wait_for_room(Some(channel), content, deadline)?;
         }
     }
 
@@ -597,7 +628,7 @@ impl Core {
         with_scratch(|buf| {
             codec::encode_method(buf, 0, method)?;
             codec::check_frames_fit(buf, self.tuned.frame_max)?;
-            self.wait_for_room(false, deadline)?;
+            self.wait_for_room(None, false, deadline)?;
             let mut link = self.lock_link();
             if let Some(e) = link.refusal() {
                 return Err(e);

@@ -519,6 +519,9 @@ impl Router {
                 // frames for the channel, so nothing of theirs follows the close-ok.
                 let ok = AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}));
                 self.queue_reply(core, channel, ok);
+                // Callers waiting for room on the channel look at it again (outbound rule 3).
+                core.lock_link().channel_ends += 1;
+                core.link_cond.notify_all();
                 self.forget(core, channel, crossed);
             }
             AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {
