@@ -130,8 +130,8 @@ impl Channel {
             return Ok(());
         };
         let timeout = self.rpc_timeout();
-        let started = Instant::now();
-        let mut deadline = deadline_after(timeout);
+        let first_deadline = deadline_after(timeout);
+        let mut deadline = first_deadline;
         let settled = loop {
             let conn = self.inner.owner.core();
             let waited = conn.wait_on(
@@ -157,11 +157,15 @@ impl Channel {
             // A broker blocking the connection holds the confirm back: that time does not
             // count (see `Core::blocked_extension`), so a message the broker takes once
             // unblocked is not reported as a timeout, and published again by the caller.
-            match &waited {
-                Err(Error::Timeout { .. }) => match conn.blocked_extension(started, timeout) {
-                    Some(later) => deadline = later,
-                    None => break waited,
-                },
+            // (When the wait began: no clock read on the way of every publish.)
+            let started = first_deadline.and_then(|d| d.checked_sub(timeout));
+            match (&waited, started) {
+                (Err(Error::Timeout { .. }), Some(started)) => {
+                    match conn.blocked_extension(started, timeout) {
+                        Some(later) => deadline = later,
+                        None => break waited,
+                    }
+                }
                 _ => break waited,
             }
         };

@@ -218,23 +218,23 @@ fn dropping_a_channel_does_not_wait_for_a_peer_that_reads_nothing() {
             .expect("open");
     let publisher = connection.channel().expect("channel 1");
     let other = connection.channel().expect("channel 2");
-    // 15 MiB: more than the socket and the outbound buffer's high-water mark take, so the
-    // publishing thread ends up waiting for room.
+    // 60 MiB: far more than the socket and the outbound buffer's high-water mark take (15 MiB
+    // was sometimes all taken on a loaded machine), so the publishing thread ends up waiting
+    // for room.
     let publishing = std::thread::spawn(move || {
-        for _ in 0..5 {
-            if publisher
-                .basic_publish("", "q", &vec![7u8; 3 << 20])
-                .is_err()
-            {
-                break;
-            }
+        for _ in 0..20 {
+            publisher.basic_publish("", "q", &vec![7u8; 3 << 20])?;
         }
+        Ok::<(), cottontail::Error>(())
     });
     std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        !publishing.is_finished(),
-        "the publisher should be waiting for room while the peer reads nothing"
-    );
+    if publishing.is_finished() {
+        panic!(
+            "the publisher should be waiting for room while the peer reads nothing; it \
+             ended with {:?}",
+            publishing.join()
+        );
+    }
     let started = Instant::now();
     drop(other);
     let took = started.elapsed();
