@@ -51,13 +51,29 @@ pub(crate) struct Dispatch {
     on_recovery: Vec<RecoveryCallback>,
     /// Every channel opened on the connection, for `process_data_events`.
     channels: Vec<Weak<ChannelHandle>>,
+    /// The callbacks were dropped ([`Owner::drop_callbacks`]): none is kept any more, neither
+    /// one registered later nor one put back after it ran.
+    dropped: bool,
+}
+
+/// Callback lists that [`run_callbacks`] runs and puts back: not once they were dropped.
+pub(crate) trait CallbackLists {
+    /// The lists' callbacks were dropped for good (the connection or channel is closed).
+    fn dropped(&self) -> bool;
+}
+
+impl CallbackLists for Dispatch {
+    fn dropped(&self) -> bool {
+        self.dropped
+    }
 }
 
 /// Runs every callback of a list kept behind a lock, without holding the lock while they run
 /// (a callback may use the connection, or register more callbacks: those are kept, after the
-/// ones that were there). Every callback runs, whatever the others did; the first error is
-/// returned and later ones are logged. `None`, with nothing run, when the list is empty: none
-/// registered, or another thread is running them.
+/// ones that were there, unless the lists were dropped meanwhile). Every callback runs,
+/// whatever the others did; the first error is returned and later ones are logged. `None`,
+/// with nothing run, when the list is empty: none registered, or another thread is running
+/// them.
 pub(crate) fn run_callbacks<S, G, C>(
     lock: impl Fn() -> G,
     list: impl Fn(&mut S) -> &mut Vec<C>,
@@ -65,6 +81,7 @@ pub(crate) fn run_callbacks<S, G, C>(
 ) -> Option<Result<()>>
 where
     G: std::ops::DerefMut<Target = S>,
+    S: CallbackLists,
 {
     let mut taken = std::mem::take(list(&mut lock()));
     if taken.is_empty() {
@@ -86,6 +103,12 @@ where
         }
     }
     let mut guard = lock();
+    if guard.dropped() {
+        // Closed while they ran (maybe by one of them): dropped, outside the lock.
+        drop(guard);
+        drop(taken);
+        return Some(first);
+    }
     let slot = list(&mut guard);
     taken.append(slot);
     *slot = taken;
@@ -116,6 +139,7 @@ impl Owner {
     pub(crate) fn drop_callbacks(&self) {
         let (channels, timers, threadsafe, blocked, unblocked, recovery) = {
             let mut dispatch = self.lock_dispatch();
+            dispatch.dropped = true;
             let channels: Vec<Arc<ChannelHandle>> =
                 dispatch.channels.iter().filter_map(Weak::upgrade).collect();
             (
@@ -393,6 +417,7 @@ impl Connection {
         let ended = owner.ended().is_some();
         let key = {
             let mut dispatch = owner.lock_dispatch();
+            let ended = ended || dispatch.dropped;
             dispatch.next_timer_id += 1;
             let key = (
                 crate::engine::saturating_deadline(delay),
@@ -448,10 +473,19 @@ impl Connection {
         if let Some(e) = owner.ended() {
             return Err(e);
         }
-        owner
-            .lock_dispatch()
-            .threadsafe
-            .push_back(Box::new(move || callback().into_result()));
+        {
+            let mut dispatch = owner.lock_dispatch();
+            if dispatch.dropped {
+                drop(dispatch);
+                return Err(owner
+                    .ended()
+                    .unwrap_or(crate::Error::ConnectionClosedByClient {
+                        reply_code: 200,
+                        reply_text: "Normal shutdown".into(),
+                    }));
+            }
+            (dispatch.threadsafe).push_back(Box::new(move || callback().into_result()));
+        }
         owner.work_added();
         Ok(())
     }
@@ -469,9 +503,14 @@ impl Connection {
         F: FnMut(&Connection, &str) -> R + Send + 'static,
         R: CallbackReturn,
     {
-        self.owner().lock_dispatch().on_blocked.push(Box::new(
-            move |connection: &Connection, reason: &str| callback(connection, reason).into_result(),
-        ));
+        let mut dispatch = self.owner().lock_dispatch();
+        if !dispatch.dropped {
+            dispatch
+                .on_blocked
+                .push(Box::new(move |connection: &Connection, reason: &str| {
+                    callback(connection, reason).into_result()
+                }));
+        }
     }
 
     /// Registers a callback for connection.unblocked (pika's
@@ -486,12 +525,14 @@ impl Connection {
         F: FnMut(&Connection) -> R + Send + 'static,
         R: CallbackReturn,
     {
-        self.owner()
-            .lock_dispatch()
-            .on_unblocked
-            .push(Box::new(move |connection: &Connection| {
-                callback(connection).into_result()
-            }));
+        let mut dispatch = self.owner().lock_dispatch();
+        if !dispatch.dropped {
+            dispatch
+                .on_unblocked
+                .push(Box::new(move |connection: &Connection| {
+                    callback(connection).into_result()
+                }));
+        }
     }
 }
 
@@ -510,11 +551,17 @@ impl Connection {
         F: FnMut(&Connection, &RecoveryEvent) -> R + Send + 'static,
         R: CallbackReturn,
     {
-        self.owner().lock_dispatch().on_recovery.push(Box::new(
-            move |connection: &Connection, event: &RecoveryEvent| {
-                callback(connection, event).into_result()
-            },
-        ));
+        {
+            let mut dispatch = self.owner().lock_dispatch();
+            if dispatch.dropped {
+                return;
+            }
+            dispatch.on_recovery.push(Box::new(
+                move |connection: &Connection, event: &RecoveryEvent| {
+                    callback(connection, event).into_result()
+                },
+            ));
+        }
         self.owner().work_added();
     }
 }
@@ -538,5 +585,50 @@ impl Channel {
                 Err(_) => return Ok(handled),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Lists {
+        list: Vec<Arc<()>>,
+        dropped: bool,
+    }
+
+    impl CallbackLists for Lists {
+        fn dropped(&self) -> bool {
+            self.dropped
+        }
+    }
+
+    #[test]
+    fn callbacks_running_when_their_lists_are_dropped_are_not_put_back() {
+        let callback = Arc::new(());
+        let lists = Mutex::new(Lists {
+            list: vec![callback.clone()],
+            dropped: false,
+        });
+        let lock = || lists.lock().unwrap();
+        // Kept when nothing happens meanwhile.
+        assert_eq!(
+            run_callbacks(lock, |l| &mut l.list, |_| Ok(())),
+            Some(Ok(()))
+        );
+        assert_eq!(Arc::strong_count(&callback), 2);
+        // A close while it runs (here, from the callback itself) drops it.
+        let ran = run_callbacks(
+            lock,
+            |l| &mut l.list,
+            |_| {
+                lock().dropped = true;
+                Ok(())
+            },
+        );
+        assert_eq!(ran, Some(Ok(())));
+        assert!(lock().list.is_empty());
+        assert_eq!(Arc::strong_count(&callback), 1, "the callback was kept");
     }
 }

@@ -227,3 +227,88 @@ fn call_later_fires_inside_start_consuming_and_consume() {
         other => panic!("expected the delivery the timer published, got {other:?}"),
     }
 }
+
+/// `Connection::close` called from a consumer callback while `start_consuming` works through
+/// a backlog: every delivery the client had read before the close still reaches the callback
+/// (the broker counts those auto-acked ones delivered), none is lost; the callbacks are
+/// dropped once `start_consuming` returns. The close comes once the broker has sent every
+/// message (auto-acked ones in flight at a close are lost by nature).
+#[test]
+fn a_close_from_a_callback_still_hands_out_what_was_read_before_it() {
+    const MESSAGES: usize = 500;
+    let connection = connect();
+    let setup = connect();
+    let setup_channel = setup.channel().unwrap();
+    let queue = support::named_queue(&setup_channel, "close-in-callback");
+    for i in 0..MESSAGES {
+        setup_channel
+            .basic_publish("", &queue, i.to_string().as_bytes())
+            .unwrap();
+    }
+    let channel = connection.channel().unwrap();
+    let got = Arc::new(AtomicUsize::new(0));
+    let counted = got.clone();
+    let held = Arc::new(());
+    let in_callback = held.clone();
+    let watcher = setup.channel().unwrap();
+    let watched = queue.clone();
+    channel
+        .basic_consume(
+            &queue,
+            move |ch, _, _, _| {
+                let _ = &in_callback;
+                if counted.fetch_add(1, Ordering::SeqCst) == 5 {
+                    // Every message sent by the broker, and given time to arrive.
+                    let sent = support::eventually(Duration::from_secs(10), || {
+                        (watcher.queue_declare(&watched, support::consuming::passive()))
+                            .unwrap()
+                            .message_count
+                            == 0
+                    });
+                    assert!(sent, "the broker did not send every message");
+                    std::thread::sleep(Duration::from_millis(300));
+                    ch.connection().close().unwrap();
+                }
+            },
+            BasicConsumeOptions {
+                auto_ack: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    // Ends once what was read is handed out (as pika's, without an error: the application
+    // closed the connection itself).
+    let consumed = channel.start_consuming();
+    assert!(
+        matches!(
+            consumed,
+            Ok(()) | Err(cottontail::Error::ConnectionClosedByClient { .. })
+        ),
+        "{consumed:?}"
+    );
+    let got = got.load(Ordering::SeqCst);
+    assert_eq!(got, MESSAGES, "the callback got {got}: the rest was lost");
+    assert_eq!(
+        Arc::strong_count(&held),
+        1,
+        "the consumer callback outlived the close"
+    );
+    // Callbacks registered on a closed connection are not kept either.
+    let registered = held.clone();
+    connection.add_on_connection_blocked_callback(move |_, _| {
+        let _ = &registered;
+    });
+    let registered = held.clone();
+    connection.call_later(Duration::from_secs(3600), move || {
+        let _ = &registered;
+    });
+    let registered = held.clone();
+    channel.add_on_return_callback(move |_, _, _, _| {
+        let _ = &registered;
+    });
+    assert_eq!(Arc::strong_count(&held), 1, "a callback was kept");
+    setup_channel
+        .queue_delete(&queue, Default::default())
+        .unwrap();
+    setup.close().unwrap();
+}

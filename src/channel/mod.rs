@@ -83,6 +83,14 @@ pub(crate) struct ChannelSettings {
 pub(crate) struct ChannelCallbacks {
     pub(crate) on_return: Vec<ReturnCallback>,
     pub(crate) on_cancel: Vec<CancelCallback>,
+    /// Dropped for good ([`ChannelHandle::drop_callbacks`]): none is kept any more.
+    pub(crate) dropped: bool,
+}
+
+impl crate::events::CallbackLists for ChannelCallbacks {
+    fn dropped(&self) -> bool {
+        self.dropped
+    }
 }
 
 impl std::fmt::Debug for ChannelHandle {
@@ -97,8 +105,13 @@ impl ChannelHandle {
     /// Drops the channel's consumer, return and cancel callbacks once it is closed: none can
     /// run any more, and one that captured a handle of this channel would keep it for ever
     /// (see [`Owner::drop_callbacks`]). Iterators' entries stay (they end by themselves); what
-    /// a removed consumer still held goes to the channel's queue, dropped and logged with it.
+    /// a removed consumer still held is dropped (and logged). While a thread consumes on the
+    /// channel nothing is dropped: it still hands out what was read before the close (see the
+    /// router), and drops them itself when it stops (`ConsumingGuard`).
     pub(crate) fn drop_callbacks(&self) {
+        if self.consuming.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let removed: Vec<ConsumerEntry> = {
             let mut consumers = self.consumers.lock().unwrap_or_else(|p| p.into_inner());
             let tags: Vec<String> = (consumers.iter())
@@ -110,14 +123,16 @@ impl ChannelHandle {
                 .collect()
         };
         let mut removed = removed;
-        let held: Vec<Held> = (removed.iter_mut())
+        let mut held: std::collections::VecDeque<Held> = (removed.iter_mut())
             .flat_map(ConsumerEntry::take_pending)
             .collect();
-        if !held.is_empty() {
-            self.core.lock().deliveries.extend(held);
-        }
-        let callbacks =
-            std::mem::take(&mut *self.callbacks.lock().unwrap_or_else(|p| p.into_inner()));
+        crate::engine::chan::drop_deliveries(self.core.id, &mut held, log::Level::Info);
+        let callbacks = {
+            let mut callbacks = self.callbacks.lock().unwrap_or_else(|p| p.into_inner());
+            let taken = std::mem::take(&mut *callbacks);
+            callbacks.dropped = true;
+            taken
+        };
         drop((removed, callbacks));
     }
 }

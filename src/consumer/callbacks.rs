@@ -42,11 +42,17 @@ impl Channel {
         F: FnMut(&Channel, &Return, &BasicProperties, &[u8]) -> R + Send + 'static,
         R: CallbackReturn,
     {
-        self.lock_callbacks().on_return.push(Box::new(
-            move |ch: &Channel, method: &Return, properties: &BasicProperties, body: &[u8]| {
-                callback(ch, method, properties, body).into_result()
-            },
-        ));
+        {
+            let mut callbacks = self.lock_callbacks();
+            if callbacks.dropped {
+                return;
+            }
+            callbacks.on_return.push(Box::new(
+                move |ch: &Channel, method: &Return, properties: &BasicProperties, body: &[u8]| {
+                    callback(ch, method, properties, body).into_result()
+                },
+            ));
+        }
         self.inner.owner.core().nudge();
     }
 
@@ -71,11 +77,14 @@ impl Channel {
         F: FnMut(&Channel, &str) -> R + Send + 'static,
         R: CallbackReturn,
     {
-        self.lock_callbacks()
-            .on_cancel
-            .push(Box::new(move |ch: &Channel, tag: &str| {
-                callback(ch, tag).into_result()
-            }));
+        let mut callbacks = self.lock_callbacks();
+        if !callbacks.dropped {
+            callbacks
+                .on_cancel
+                .push(Box::new(move |ch: &Channel, tag: &str| {
+                    callback(ch, tag).into_result()
+                }));
+        }
     }
 
     pub(super) fn run_return_callbacks(&self, returned: Returned) -> Result<()> {

@@ -703,5 +703,13 @@ enum Next {
 impl Drop for ConsumingGuard<'_> {
     fn drop(&mut self) {
         self.0.inner.consuming.store(false, Ordering::SeqCst);
+        // A close while it consumed left the callbacks to it (`ChannelHandle::drop_callbacks`).
+        let closed = matches!(
+            self.0.core().lock().life,
+            Life::Closed(_) | Life::Closing(_)
+        );
+        if closed || self.0.inner.owner.ended().is_some() {
+            self.0.inner.drop_callbacks();
+        }
     }
 }

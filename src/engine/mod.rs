@@ -236,9 +236,10 @@ impl Core {
 
     /// Waits until `ready` gives a value (it runs under `channel`'s lock, first at once, then
     /// on every change), the channel closes or the application's close of it begins (the
-    /// error, [`ChanState::ended_error`]), or `deadline` passes: then
+    /// error, [`ChanState::ended_error`]; at our close `on_expiry` runs too, as below, so
+    /// that a reply still on its way is dealt with when it comes), or `deadline` passes: then
     /// `on_expiry` runs under the lock (to undo what the waiter set up) and its error is
-    /// returned. For what the broker sends: a method's reply, confirms, a close-ok.
+    /// returned. For what the broker sends: a method's reply, confirms.
     pub(crate) fn wait_on<T>(
         &self,
         channel: &ChannelCore,
@@ -253,36 +254,52 @@ impl Core {
             }
             st.ended_error().map(Err)
         });
-        got.unwrap_or_else(|| {
-            // What arrived between the last look and now is still the caller's: once
-            // `on_expiry` has run, a reply left in the slot would be taken for the next one's.
-            let mut st = channel.lock();
-            if let Some(value) = ready(&mut st) {
-                return Ok(value);
-            }
-            let mut e = on_expiry(&mut st);
-            drop(st);
-            // What it waited for may sit unread behind messages nobody takes, or behind our
-            // own replies the broker does not read (token rule 9).
-            if let Error::Timeout { context, .. } = &mut e {
-                let held = self.inbound.load(std::sync::atomic::Ordering::SeqCst);
-                let replies = self.lock_link().replies_queued;
-                if held >= token::INBOUND_HARD_LIMIT {
-                    context.push_str(&format!(
-                        " (reading was paused: {} MiB of messages wait for consumers that do \
-                         not take them)",
-                        held >> 20
-                    ));
-                } else if replies > outbound::REPLY_BACKLOG {
-                    context.push_str(&format!(
-                        " (reading was paused: the broker does not read; {} KiB of replies to \
-                         it wait unwritten)",
-                        replies >> 10
-                    ));
+        match got {
+            Some(Ok(value)) => Ok(value),
+            Some(Err(e)) => {
+                let mut st = channel.lock();
+                if let Some(value) = ready(&mut st) {
+                    return Ok(value);
                 }
+                if matches!(st.life, chan::Life::Closing(_)) {
+                    // Our close: what the waiter set up is undone as at its deadline (a reply
+                    // that still comes is dealt with by the router, not left in the slot).
+                    let _ = on_expiry(&mut st);
+                }
+                Err(e)
             }
-            Err(e)
-        })
+            None => {
+                // What arrived between the last look and now is still the caller's: once
+                // `on_expiry` has run, a reply left in the slot would be taken for the next
+                // one's.
+                let mut st = channel.lock();
+                if let Some(value) = ready(&mut st) {
+                    return Ok(value);
+                }
+                let mut e = on_expiry(&mut st);
+                drop(st);
+                // What it waited for may sit unread behind messages nobody takes, or behind
+                // our own replies the broker does not read (token rule 9).
+                if let Error::Timeout { context, .. } = &mut e {
+                    let held = self.inbound.load(std::sync::atomic::Ordering::SeqCst);
+                    let replies = self.lock_link().replies_queued;
+                    if held >= token::INBOUND_HARD_LIMIT {
+                        context.push_str(&format!(
+                            " (reading was paused: {} MiB of messages wait for consumers that \
+                             do not take them)",
+                            held >> 20
+                        ));
+                    } else if replies > outbound::REPLY_BACKLOG {
+                        context.push_str(&format!(
+                            " (reading was paused: the broker does not read; {} KiB of replies \
+                             to it wait unwritten)",
+                            replies >> 10
+                        ));
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Announces connection-level work to every consuming thread: bumps `conn_work`, then

@@ -277,6 +277,8 @@ fn install(
         }
         return;
     }
+    // Before the swap: a consuming thread then finds the old events ahead of the new ones.
+    let carried = carry_blocked_events(&owner.core(), &core);
     let old = std::mem::replace(
         &mut *owner.current.write().unwrap_or_else(|p| p.into_inner()),
         core.clone(),
@@ -284,7 +286,9 @@ fn install(
     state.phase = Phase::Connected;
     state.generation = generation;
     recovery.changed(state);
-    carry_blocked_events(owner, &old, &core);
+    if carried {
+        owner.work_added();
+    }
     // A thread still waiting on the lost engine looks again, and moves to this one.
     old.nudge();
     // Lost between its hook and the swap: recover again.
@@ -298,7 +302,8 @@ fn install(
 /// from the new one, before its own; a block the loss ended is reported unblocked (the new
 /// connection starts unblocked; the broker blocks it again if its alarm lasts), so an
 /// application that paused its publishers on the blocked callback hears that it may resume.
-fn carry_blocked_events(owner: &Owner, old: &Core, new: &Core) {
+/// True if there were any (the consuming threads are to be told).
+fn carry_blocked_events(old: &Core, new: &Core) -> bool {
     let mut carried = {
         let mut link = old.lock_link();
         let mut carried = std::mem::take(&mut link.blocked_events);
@@ -308,16 +313,14 @@ fn carry_blocked_events(owner: &Owner, old: &Core, new: &Core) {
         carried
     };
     if carried.is_empty() {
-        return;
+        return false;
     }
-    {
-        let mut link = new.lock_link();
-        carried.append(&mut link.blocked_events);
-        for event in carried {
-            link.push_blocked_event(event);
-        }
+    let mut link = new.lock_link();
+    carried.append(&mut link.blocked_events);
+    for event in carried {
+        link.push_blocked_event(event);
     }
-    owner.work_added();
+    true
 }
 
 /// Whether an error ends the attempt (the engine is unusable) rather than one channel or
