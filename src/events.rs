@@ -484,7 +484,8 @@ impl Connection {
                         reply_text: "Normal shutdown".into(),
                     }));
             }
-            (dispatch.threadsafe).push_back(Box::new(move || callback().into_result()));
+            let callback: ThreadsafeCallback = Box::new(move || callback().into_result());
+            dispatch.threadsafe.push_back(callback);
         }
         owner.work_added();
         Ok(())

@@ -46,9 +46,8 @@
 //!    I/O thread end the connection; a publish given a deadline of its own, `RpcClient`'s,
 //!    waits at most until that deadline). A caller whose channel starts closing or closes
 //!    meanwhile stops with its error (`Link::channel_ends` wakes it). A thread waiting for
-//!    room counts as wanting input
-//!    (see `token`), so reading never pauses while the unblock it waits for is unread. A
-//!    channel.close never waits ([`Core::send_close_if`]): one per channel, it is bounded,
+//!    room counts as wanting input (see `token`), so reading never pauses while the unblock
+//!    it waits for is unread. A channel.close never waits ([`Core::send_close_if`]): one per channel, it is bounded,
 //!    and dropping a channel must not block.
 //! 4. **Lock order.** A channel's state, then `Link`. No waiting (for room or anything else)
 //!    with a channel lock held.
@@ -451,6 +450,7 @@ impl Core {
     /// Queues `frames` (a channel.close) on `channel` when `check` says so, without waiting
     /// for room (rule 3): a channel is closed once, so what this adds past the high-water
     /// mark is bounded by `channel_max` small frames, and dropping a `Channel` never blocks.
+    /// Once queued, callers waiting for room on the channel stop (`Link::channel_ends`).
     pub(crate) fn send_close_if<T>(
         &self,
         channel: &ChannelCore,
@@ -458,11 +458,10 @@ impl Core {
         check: impl FnOnce(&mut ChanState) -> Result<Option<T>>,
     ) -> Result<Option<T>> {
         let mut st = channel.lock();
-        let link = self.lock_link();
+        let mut link = self.lock_link();
         if let Some(e) = link.refusal() {
             return Err(e);
         }
-        let mut link = link;
         let value = check(&mut st)?;
         if value.is_some() {
             let held = AckFrames::held(channel.id, &mut st.acks)?;
