@@ -36,6 +36,30 @@ fn blocked_within_10_s(connection: &cottontail::Connection, blocked: bool) -> bo
     connection.is_blocked() == blocked
 }
 
+/// A connection with `rpc_timeout` 2 s that the broker blocked (a memory alarm, then a publish
+/// to an exclusive queue), its channel, and the guard that lifts the alarm.
+fn blocked_connection() -> (
+    cottontail::Connection,
+    cottontail::Channel,
+    RestoreWatermark,
+) {
+    let connection =
+        cottontail::Connection::open(support::params().with_rpc_timeout(Duration::from_secs(2)))
+            .unwrap();
+    let channel = connection.channel().unwrap();
+    let queue = support::exclusive_queue(&channel);
+    let restore = RestoreWatermark;
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
+    channel
+        .basic_publish("", &queue, b"during the alarm")
+        .unwrap();
+    assert!(
+        blocked_within_10_s(&connection, true),
+        "no connection.blocked within 10 s"
+    );
+    (connection, channel, restore)
+}
+
 #[test]
 fn memory_alarm_blocks_then_unblocks_the_connection_with_callbacks() {
     let _turn = one_alarm_at_a_time();
@@ -187,17 +211,7 @@ fn blocked_connection_timeout_tears_down_the_connection_and_wakes_publishers() {
 #[test]
 fn close_returns_within_its_deadline_while_the_broker_blocks() {
     let _turn = one_alarm_at_a_time();
-    let connection =
-        cottontail::Connection::open(support::params().with_rpc_timeout(Duration::from_secs(2)))
-            .unwrap();
-    let channel = connection.channel().unwrap();
-    let queue = support::exclusive_queue(&channel);
-    let _restore = RestoreWatermark;
-    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
-    channel
-        .basic_publish("", &queue, b"during the alarm")
-        .unwrap();
-    assert!(blocked_within_10_s(&connection, true));
+    let (connection, _channel, _restore) = blocked_connection();
     let started = Instant::now();
     let result = connection.close();
     assert!(
@@ -570,21 +584,7 @@ fn a_connection_lost_while_blocked_reports_unblocked_once_recovered() {
 #[test]
 fn closing_the_channel_of_a_publish_held_by_connection_blocked_releases_it() {
     let _turn = one_alarm_at_a_time();
-    let connection =
-        cottontail::Connection::open(support::params().with_rpc_timeout(Duration::from_secs(2)))
-            .unwrap();
-    let channel = connection.channel().unwrap();
-    let queue = support::exclusive_queue(&channel);
-    let restore = RestoreWatermark;
-    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
-    channel.basic_publish("", &queue, b"first").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !connection.is_blocked() && Instant::now() < deadline {
-        connection
-            .process_data_events(Duration::from_millis(100))
-            .unwrap();
-    }
-    assert!(connection.is_blocked(), "no connection.blocked within 10 s");
+    let (connection, channel, restore) = blocked_connection();
     let publishing = {
         let channel = channel.clone();
         std::thread::spawn(move || {
