@@ -472,14 +472,15 @@ fn a_close_of_a_channel_the_recovery_reopened_closes_it_on_the_broker() {
     connection.close().unwrap();
 }
 
-/// Channel::close waiting for its turn behind another thread's call (a queue.declare the
-/// fake never answers) when the connection is lost returns Ok, and the channel stays closed:
-/// the recovery does not open it again (the second connection has no channel of ours open
-/// when the client closes it; the recovery's own channel is opened and closed). Before the
-/// fix the close returned Ok, yet the recovery opened the channel again: is_open() true,
-/// and channel 1 open on the second connection.
+/// Channel::close while another thread's call is outstanding (a queue.declare the fake never
+/// answers), then the connection is lost before the close-ok: the call ends with the close's
+/// error at once (the close takes no turn behind it), the close returns Ok, and the channel
+/// stays closed: the recovery does not open it again (the second connection has no channel of
+/// ours open when the client closes it; the recovery's own channel is opened and closed).
+/// Before the fix the close returned Ok, yet the recovery opened the channel again: is_open()
+/// true, and channel 1 open on the second connection.
 #[test]
-fn a_close_waiting_behind_a_call_at_the_loss_leaves_the_channel_closed() {
+fn a_close_while_a_call_is_outstanding_at_the_loss_leaves_the_channel_closed() {
     let _serial = one_at_a_time();
     let (declared_tx, declared) = mpsc::channel();
     let (cut_tx, cut) = mpsc::channel::<()>();
@@ -538,9 +539,8 @@ fn a_close_waiting_behind_a_call_at_the_loss_leaves_the_channel_closed() {
         let ch = ch.clone();
         thread::spawn(move || ch.close())
     };
-    // Ordering only: the close gets to wait for its turn behind the declare before the loss.
-    // (Were it late, it would find the channel lost, which both before and after the fix
-    // close here.)
+    // Ordering only: the close is sent before the loss. (Were it late, it would find the
+    // channel lost, which both before and after the fix close here.)
     thread::sleep(Duration::from_millis(200));
     cut_tx.send(()).unwrap();
     let declare = declaring.join().unwrap();
@@ -551,9 +551,12 @@ fn a_close_waiting_behind_a_call_at_the_loss_leaves_the_channel_closed() {
     let open_after = ch.is_open();
     connection.close().unwrap();
     let left_open = join(fake);
-    assert!(
-        declare.as_ref().is_err_and(|e| e.is_connection_error()),
-        "{declare:?}"
+    assert_eq!(
+        declare.map(|_| ()),
+        Err(Error::ChannelClosedByClient {
+            reply_code: 0,
+            reply_text: "Normal shutdown".into()
+        })
     );
     assert_eq!(closed, Ok(()));
     assert!(!open_after, "the recovery opened the closed channel again");
