@@ -47,8 +47,8 @@
 //!    waits at most until that deadline). A caller whose channel starts closing or closes
 //!    meanwhile stops with its error (`Link::channel_ends` wakes it). A thread waiting for
 //!    room counts as wanting input (see `token`), so reading never pauses while the unblock
-//!    it waits for is unread. A channel.close never waits ([`Core::send_close_if`]): one per channel, it is bounded,
-//!    and dropping a channel must not block.
+//!    it waits for is unread. A channel.close never waits ([`Core::send_close_if`]): one per
+//!    channel, it is bounded, and dropping a channel must not block.
 //! 4. **Lock order.** A channel's state, then `Link`. No waiting (for room or anything else)
 //!    with a channel lock held.
 //! 5. **Held acks.** Merged acks (see `protocol::acks`) are written before any other frame of
