@@ -208,6 +208,11 @@ impl Channel {
     /// Publishes without waiting for the confirm, returning the message's publish sequence
     /// number in confirm mode (0 otherwise). Wait for a window of them with
     /// [`wait_for_confirms`](Self::wait_for_confirms). Not in pika.
+    ///
+    /// What goes wrong with deferred publishes (nacked, returned unroutable, or outstanding
+    /// at a connection loss) is kept, a few dozen bytes per message, until the next
+    /// `wait_for_confirms` reports it: a program that publishes deferred calls it now and
+    /// then, as it must to learn which messages the broker did not take.
     pub fn basic_publish_deferred(
         &self,
         exchange: &str,

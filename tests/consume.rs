@@ -603,3 +603,58 @@ fn a_closed_channels_consumer_tags_are_empty() {
     }
     connection.close().unwrap();
 }
+
+/// A callback that cancels its own consumer and starts a new one under the same tag: the new
+/// consumer's callback gets the later messages (the running one is not put back in its place).
+#[test]
+fn a_callback_that_replaces_its_consumer_under_the_same_tag_hands_over_to_the_new_one() {
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = unique("replace-same-tag");
+    channel
+        .queue_declare(&queue, QueueDeclareOptions::default())
+        .unwrap();
+    publish_numbered(&channel, &queue, 0..1);
+    let (tx, rx) = mpsc::channel::<(&'static str, u32)>();
+    let tag = String::from("same-tag");
+    let options = || BasicConsumeOptions {
+        auto_ack: true,
+        consumer_tag: Some(tag.clone()),
+        ..Default::default()
+    };
+    let (old_tx, new_tx) = (tx.clone(), tx);
+    let (queue2, new_options) = (queue.clone(), options());
+    let mut new_options = Some(new_options);
+    channel
+        .basic_consume(
+            &queue,
+            move |ch, _, _, body| -> cottontail::Result<()> {
+                let n = u32::from_be_bytes(body.try_into().expect("4-byte body"));
+                old_tx.send(("old", n)).unwrap();
+                let Some(options) = new_options.take() else {
+                    return ch.stop_consuming(None);
+                };
+                ch.basic_cancel("same-tag")?;
+                let new_tx = new_tx.clone();
+                ch.basic_consume(
+                    &queue2,
+                    move |ch, _, _, body| -> cottontail::Result<()> {
+                        let n = u32::from_be_bytes(body.try_into().expect("4-byte body"));
+                        new_tx.send(("new", n)).unwrap();
+                        if n == 3 {
+                            ch.stop_consuming(None)?;
+                        }
+                        Ok(())
+                    },
+                    options,
+                )?;
+                publish_numbered(ch, &queue2, 1..4);
+                Ok(())
+            },
+            options(),
+        )
+        .unwrap();
+    channel.start_consuming().unwrap();
+    let got: Vec<_> = rx.try_iter().collect();
+    assert_eq!(got, [("old", 0), ("new", 1), ("new", 2), ("new", 3)]);
+}

@@ -644,8 +644,10 @@ impl Channel {
             Error::Callback(e) => Error::Callback(e.on_delivery(tag, delivery.method.delivery_tag)),
             other => other,
         });
-        // Back in its slot whatever happened, so the consumer's next messages reach it.
-        if let Some(Some(slot)) = self
+        // Back in its slot whatever happened, so the consumer's next messages reach it; only
+        // into the slot it left empty: a consumer the callback started under the same tag
+        // (after cancelling this one) keeps its own callback.
+        if let Some(Some(slot @ None)) = self
             .lock_consumers()
             .get_mut(tag)
             .map(|e| e.callback.as_mut())
