@@ -326,7 +326,10 @@ impl Connection {
     /// it has handled at least one event; with a zero `time_limit` it handles what is there
     /// and returns; `Duration::MAX` waits until there is something (pika's `time_limit=None`).
     /// Heartbeats never depend on it: the I/O thread answers them whatever this thread does.
-    /// Returns the connection's error once it is closed.
+    /// Returns the connection's error once it is closed. A close by this application during
+    /// the call (a callback calling [`close`](Self::close), say) ends the call with `Ok`, as
+    /// in pika, so `while connection.is_open()` loops end cleanly; the next call returns
+    /// [`Error::ConnectionClosedByClient`](crate::Error::ConnectionClosedByClient).
     ///
     /// Called from inside a callback of this connection, it runs nothing (as in pika, callbacks
     /// never nest): it waits out `time_limit`, returning early only with the connection's
@@ -344,6 +347,16 @@ impl Connection {
         if callback::inside_callback_of(owner.id()) {
             return owner.wait_without_dispatching(deadline);
         }
+        let was_open = self.is_open();
+        match self.dispatch_until(deadline) {
+            Err(e) if was_open && e.is_closed_by_client() => Ok(()),
+            handled => handled,
+        }
+    }
+
+    /// [`process_data_events`](Self::process_data_events)'s loop, outside a callback.
+    fn dispatch_until(&self, deadline: Option<Instant>) -> Result<()> {
+        let owner = self.owner();
         loop {
             let core = owner.core();
             let generation = core.generation();

@@ -197,6 +197,72 @@ fn closing_the_connection_in_a_callback_ends_start_consuming_normally() {
 
 /// pika:
 /// ```python
+/// def on_message(ch, m, p, b): ch.basic_ack(m.delivery_tag); conn.close()
+/// ch.basic_consume(q, on_message)
+/// while conn.is_open: conn.process_data_events(1)   # ends normally
+/// conn.process_data_events(0)                        # raises ConnectionWrongStateError
+/// ```
+/// The same with the close in a timer (`call_later`): the call that ran the closing callback
+/// returns normally, only the next one fails.
+#[test]
+fn closing_the_connection_in_a_callback_ends_process_data_events_normally() {
+    within(
+        LIMIT,
+        "close connection in a callback of process_data_events",
+        || {
+            let connection = connect();
+            let ch = connection.channel().unwrap();
+            let q = exclusive_queue(&ch);
+            ch.basic_publish("", &q, b"x").unwrap();
+            let conn = connection.clone();
+            ch.basic_consume(
+                &q,
+                move |ch, method, _properties, _body| -> cottontail::Result<()> {
+                    ch.basic_ack(method.delivery_tag, false)?;
+                    conn.close()
+                },
+                BasicConsumeOptions::default(),
+            )
+            .unwrap();
+            let mut calls = 0;
+            while connection.is_open() {
+                let outcome = connection.process_data_events(Duration::from_secs(1));
+                assert_eq!(
+                    outcome,
+                    Ok(()),
+                    "pika: process_data_events returns normally"
+                );
+                calls += 1;
+                assert!(calls < 20, "the message was never handed to the callback");
+            }
+            let next = connection.process_data_events(Duration::ZERO);
+            assert!(
+                matches!(
+                    next,
+                    Err(cottontail::Error::ConnectionClosedByClient { .. })
+                ),
+                "the next call fails: {next:?}"
+            );
+
+            let connection = connect();
+            let conn = connection.clone();
+            connection.call_later(Duration::from_millis(50), move || conn.close());
+            assert_eq!(
+                connection.process_data_events(Duration::from_secs(10)),
+                Ok(()),
+                "pika: the call that ran the timer returns normally"
+            );
+            assert!(connection.is_closed());
+            assert!(matches!(
+                connection.sleep(Duration::from_millis(10)),
+                Err(cottontail::Error::ConnectionClosedByClient { .. })
+            ));
+        },
+    );
+}
+
+/// pika:
+/// ```python
 /// for m, p, b in ch.consume(q):
 ///     ch.basic_ack(m.delivery_tag)
 ///     ch.close()
@@ -288,8 +354,9 @@ fn broker_cancel_of_a_consume_iterator_runs_no_cancel_callback() {
 /// pika never dispatches from inside a callback: a nested `process_data_events` or `sleep` only
 /// keeps the I/O going. Before, cottontail ran the other channel's consumer and the timer
 /// inside A's callback, so a callback could see another one half-way (and deadlock on a lock
-/// it held); a nested `start_consuming` (of another channel) or `consume()` ran too, where
-/// pika raises `ReentrancyError`.
+/// it held); a nested `start_consuming` (of another channel) ran too, where pika raises
+/// `ReentrancyError` (cottontail refuses a nested `consume()` the same way, where pika lets
+/// its generator run).
 #[test]
 fn callbacks_never_nest_inside_process_data_events_or_sleep() {
     let connection = connect();

@@ -72,8 +72,10 @@ impl Channel {
     /// a `break` and a second `consume()` resumes it; here, keep the `Consumer` and iterate
     /// `&mut consumer` (`for item in &mut consumer { .. break }`) to stop and go on later.
     ///
-    /// As in pika, it is [`Error::Reentrancy`](crate::Error::Reentrancy) from inside a callback
-    /// of the connection; a `Consumer` iterated there yields that error once, then ends.
+    /// From inside a callback of the connection it is
+    /// [`Error::Reentrancy`](crate::Error::Reentrancy), as `start_consuming` is there in pika
+    /// (pika lets its generator run there); a `Consumer` iterated there yields that error once,
+    /// then ends. For a request-reply from inside a callback, use [`RpcClient`](crate::RpcClient).
     ///
     /// ```no_run
     /// # let connection = cottontail::Connection::open(cottontail::ConnectionParameters::default())?;
