@@ -14,9 +14,17 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::protocol::codec;
 
-/// A caller finishes its own direct write when at least this much of it is left (rule 2):
-/// below it, copying the rest into the buffer costs less than waiting for the socket.
-pub(crate) const DIRECT_REST_MIN: usize = 64 * 1024;
+/// A caller finishes its own direct write of a publish at least this large (rule 2), however
+/// little the socket left of it: queued, even a small rest would leave the buffer non-empty,
+/// so the caller's next publishes (1 MiB each in S5) would be copied into it and written by
+/// the I/O thread too (S5: 10-15% more CPU, BENCHMARKS.md). A smaller publish queues what the
+/// socket did not take: copying it costs less than waiting for the socket.
+pub(crate) const DIRECT_FINISH_MIN: usize = 64 * 1024;
+/// The most one direct send hands the kernel (two body frames at RabbitMQ's `frame_max`):
+/// while a send runs, the kernel holds the socket, and the acknowledgements that free room in
+/// it wait; sends of the whole of a 1 MiB message published 3-4% slower in S5 than sends of
+/// this size (BENCHMARKS.md), as rabbitmq-c's one send per 128 KiB frame does.
+pub(crate) const SEND_MAX: usize = 256 * 1024;
 /// The longest a caller finishing its own direct write waits for the socket to take more
 /// (rule 2) before it queues the rest for the I/O thread: the socket stalls (the broker is not
 /// reading, or the network is slow), and the caller should not wait for it.
@@ -170,7 +178,20 @@ pub(crate) fn write_direct(
     }
     let mut slices = &mut slices[..used];
     IoSlice::advance_slices(&mut slices, skip);
-    send_some(&socket, slices)
+    send_some(&socket, at_most(slices, SEND_MAX))
+}
+
+/// The first of `slices` that add up to at most `max` bytes (at least one).
+fn at_most<'a, 'b>(slices: &'a [IoSlice<'b>], max: usize) -> &'a [IoSlice<'b>] {
+    let mut total = 0;
+    let taken = slices
+        .iter()
+        .take_while(|slice| {
+            total += slice.len();
+            total <= max
+        })
+        .count();
+    &slices[..taken.max(1).min(slices.len())]
 }
 
 /// One vectored send of `slices`: the bytes it took (0 when it would block or on error).
@@ -221,6 +242,31 @@ mod tests {
             write_direct(&client, &[], frames, Some((5, &too_many)), 8192, 0),
             0
         );
+    }
+
+    #[test]
+    fn a_large_body_goes_in_sends_of_at_most_send_max_that_add_up_to_the_queued_bytes() {
+        use std::io::Read;
+        let (client, mut server) = connected_pair();
+        let frames = b"method and header frames";
+        let body: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let mut expected = Vec::new();
+        codec::encode_tail(&mut expected, 0, &[], frames, Some((3, &body)), 131_072);
+        let (mut done, mut got) = (0, Vec::new());
+        while done < expected.len() {
+            let sent = write_direct(&client, &[], frames, Some((3, &body)), 131_072, done);
+            assert!(sent <= SEND_MAX, "one send of {sent} bytes");
+            let mut piece = vec![0; sent];
+            server.read_exact(&mut piece).unwrap();
+            got.extend_from_slice(&piece);
+            done += sent;
+        }
+        assert_eq!(got, expected);
+        // Each send but the last took whole slices worth at least a body frame.
+        let slices = [IoSlice::new(&[0; 100]), IoSlice::new(&[0; 200])];
+        assert_eq!(at_most(&slices, 150).len(), 1);
+        assert_eq!(at_most(&slices, 300).len(), 2);
+        assert_eq!(at_most(&slices, 50).len(), 1, "never an empty send");
     }
 
     #[test]

@@ -19,12 +19,13 @@
 //!    in a few large writes, which cost the broker far less than one small segment per
 //!    message.
 //!
-//!    A publish whose direct write took its held acks (`prefix`) but left at least
-//!    [`DIRECT_REST_MIN`] of the rest unwritten, with a body of at most
-//!    [`DIRECT_BODY_FRAMES`](super::direct::DIRECT_BODY_FRAMES) frames, finishes it itself
+//!    A publish of at least [`DIRECT_FINISH_MIN`] bytes, with a body of at most
+//!    [`DIRECT_BODY_FRAMES`](super::direct::DIRECT_BODY_FRAMES) frames, whose direct write
+//!    took its held acks (`prefix`) but not all the rest, finishes it itself
 //!    instead of queuing it ([`Writer::Caller`], set under the lock), after releasing every
 //!    lock: it writes the rest from its own body as the socket takes it (the socket writes
-//!    themselves are `direct`'s), waiting for room in its own poll
+//!    themselves are `direct`'s, at most [`SEND_MAX`](super::direct::SEND_MAX) a send),
+//!    waiting for room in its own poll
 //!    ([`Direct`](super::direct::Direct), whose lock only that caller takes) at most
 //!    [`STALL`](super::direct::STALL) at a time and never past its
 //!    call's deadline (`RpcClient::call`'s; for every other publish, `rpc_timeout` from when it
@@ -62,7 +63,7 @@ use std::time::{Duration, Instant};
 use amq_protocol::protocol::AMQPClass;
 
 use super::chan::{ChanState, ChannelCore, Life};
-use super::direct::{fits_direct, write_direct, Unfinished, DIRECT_REST_MIN};
+use super::direct::{fits_direct, write_direct, Unfinished, DIRECT_FINISH_MIN};
 use super::router::BLOCKED_EVENTS_KEPT;
 use super::token::Wanting;
 use super::{with_scratch, Core};
@@ -340,7 +341,7 @@ impl Core {
             return Ok(None);
         }
         let large = body.is_some_and(|(_, b)| fits_direct(b.len(), frame_max));
-        if direct && large && written >= prefix.len() && total - written >= DIRECT_REST_MIN {
+        if direct && large && written >= prefix.len() && total >= DIRECT_FINISH_MIN {
             // The caller finishes it with no lock held (rule 2); `prefix` is written already.
             link.writer = Writer::Caller;
             return Ok(Some(Unfinished {

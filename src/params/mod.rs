@@ -272,7 +272,15 @@ impl ConnectionParameters {
     }
 
     /// Default deadline of every synchronous channel method and of `close()`; more than 0.
-    /// Defaults to 10 s.
+    /// Defaults to 10 s (pika waits for ever; the Java client's default is 10 minutes).
+    ///
+    /// A broker that blocks the connection (`connection.blocked`: a memory or disk alarm,
+    /// once the connection has published) reads nothing from it until it unblocks: a
+    /// synchronous method sent meanwhile ends with [`Error::Timeout`](crate::Error::Timeout)
+    /// after this long, and takes effect once the broker reads it (a declare, say). A
+    /// publish's confirm wait does not count the time blocked. Programs that declare or get
+    /// through long alarms raise this, or watch
+    /// [`add_on_connection_blocked_callback`](crate::Connection::add_on_connection_blocked_callback).
     pub fn with_rpc_timeout(mut self, timeout: Duration) -> Self {
         self.rpc_timeout = timeout;
         self
