@@ -658,3 +658,63 @@ fn a_callback_that_replaces_its_consumer_under_the_same_tag_hands_over_to_the_ne
     let got: Vec<_> = rx.try_iter().collect();
     assert_eq!(got, [("old", 0), ("new", 1), ("new", 2), ("new", 3)]);
 }
+
+/// Large bodies consumed by a callback are assembled in the buffers of earlier ones (the
+/// callback only borrows them): each callback still sees exactly its own message, whatever
+/// the sizes before it (larger, smaller, small ones between).
+#[test]
+fn large_bodies_consumed_by_a_callback_each_arrive_whole_and_alone() {
+    let sizes: Vec<usize> = vec![
+        1 << 20,
+        300_000,
+        10,
+        (1 << 20) + 5,
+        131_072,
+        2 << 20,
+        700_000,
+        0,
+        1 << 20,
+        400_000,
+    ];
+    let body_of = |i: usize, size: usize| -> Vec<u8> {
+        (0..size)
+            .map(|j| (j.wrapping_mul(31).wrapping_add(i * 7919) >> 3) as u8)
+            .collect()
+    };
+    let connection = connect();
+    let channel = connection.channel().unwrap();
+    let queue = unique("large-bodies");
+    channel
+        .queue_declare(&queue, QueueDeclareOptions::default())
+        .unwrap();
+    for (i, &size) in sizes.iter().enumerate() {
+        channel
+            .basic_publish("", &queue, &body_of(i, size))
+            .unwrap();
+    }
+    let (tx, rx) = mpsc::channel();
+    let expected = sizes.len();
+    let mut seen = 0;
+    channel
+        .basic_consume(
+            &queue,
+            move |ch, method, _, body| -> cottontail::Result<()> {
+                tx.send(body.to_vec()).unwrap();
+                ch.basic_ack(method.delivery_tag, false)?;
+                seen += 1;
+                if seen == expected {
+                    ch.stop_consuming(None)?;
+                }
+                Ok(())
+            },
+            BasicConsumeOptions::default(),
+        )
+        .unwrap();
+    channel.start_consuming().unwrap();
+    let got: Vec<Vec<u8>> = rx.try_iter().collect();
+    assert_eq!(got.len(), sizes.len());
+    for (i, (body, &size)) in got.iter().zip(&sizes).enumerate() {
+        assert_eq!(body.len(), size, "message {i}");
+        assert!(*body == body_of(i, size), "message {i}: other bytes");
+    }
+}

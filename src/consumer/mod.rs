@@ -23,6 +23,7 @@ use crate::delivery::{Delivery, Returned};
 use crate::engine::chan::{Held, Life, Reply, Stale};
 use crate::error::{Error, Result};
 use crate::options::BasicConsumeOptions;
+use crate::protocol::content::SPARE_MIN;
 use crate::protocol::methods::{Deliver, Return};
 use crate::protocol::properties::BasicProperties;
 use crate::protocol::table::FieldTable;
@@ -654,7 +655,17 @@ impl Channel {
         {
             *slot = Some(callback);
         }
+        // The callback only borrowed the body: a large one's buffer may take the next one.
+        if delivery.body.capacity() >= SPARE_MIN {
+            self.give_body(delivery);
+        }
         Ok(progress(ran))
+    }
+
+    /// Hands a large delivery's body buffer to the connection, for the next large body.
+    #[cold]
+    fn give_body(&self, delivery: Delivery) {
+        self.inner.owner.core().spare_body.give(delivery.body);
     }
 }
 

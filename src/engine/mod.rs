@@ -55,6 +55,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::protocol::content::SpareBody;
 use crate::protocol::table::FieldTable;
 use amq_protocol::frame::{AMQPFrame, ProtocolVersion};
 use amq_protocol::protocol::{connection, AMQPClass};
@@ -90,6 +91,9 @@ pub(crate) struct Core {
     /// Bytes of the returned messages kept for the return callbacks on all its channels
     /// (see `returns`).
     pub(crate) returns_kept: InboundMeter,
+    /// A large body's buffer, handed back by the consumer callback that borrowed it, for
+    /// the next large body read (see `protocol::content`).
+    pub(crate) spare_body: SpareBody,
     /// Bumped when connection-level work appears for the consuming threads (a threadsafe
     /// callback, a timer, a blocked/unblocked event); see [`Core::kick`].
     pub(crate) conn_work: AtomicU64,
@@ -209,6 +213,7 @@ impl Core {
             token,
             inbound: InboundMeter::default(),
             returns_kept: InboundMeter::default(),
+            spare_body: SpareBody::default(),
             conn_work: AtomicU64::new(0),
             thread: Mutex::new(Some(handle)),
             generation,

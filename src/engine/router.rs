@@ -185,7 +185,10 @@ impl Router {
         let size = header.body_size;
         let elsewhere = self.receiving;
         let entry = self.entry(core, channel)?;
-        match entry.assembly.header(channel, header, elsewhere)? {
+        match entry
+            .assembly
+            .header(channel, header, elsewhere, &core.spare_body)?
+        {
             Some(content) => self.finish_content(core, channel, content)?,
             None => self.receiving += size,
         }

@@ -78,7 +78,7 @@ fn read_all(reader: &mut FrameReader, mut bytes: &[u8]) -> Vec<(u16, Vec<u8>)> {
 /// whole; with that octet wrong it never completes, and the reader fails with FRAME_ERROR.
 #[test]
 fn a_body_fed_byte_by_byte_completes_only_at_its_last_valid_frame_end() {
-    use crate::protocol::content::{Assembly, ContentMethod};
+    use crate::protocol::content::{Assembly, ContentMethod, SpareBody};
     let body: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
     // Two body frames of 200 and 100 bytes (frame_max 208).
     let mut two = Vec::new();
@@ -102,7 +102,10 @@ fn a_body_fed_byte_by_byte_completes_only_at_its_last_valid_frame_end() {
             loop {
                 match reader.next_frame() {
                     Ok(Some(Inbound::Header(ch, header))) => {
-                        assert!(assembly.header(ch, header, 0).unwrap().is_none());
+                        assert!(assembly
+                            .header(ch, header, 0, &SpareBody::default())
+                            .unwrap()
+                            .is_none());
                     }
                     Ok(Some(Inbound::Body(ch, range, rest))) => {
                         if let Some(content) = assembly.body(ch, reader.bytes(range), rest).unwrap()

@@ -35,7 +35,7 @@ use super::mutations::{encode, mutate, mutation, Mutation};
 use super::{config, on_io_stack, run_round};
 use crate::error::{Error, FRAME_ERROR, UNEXPECTED_FRAME};
 use crate::protocol::content::{
-    Assembly, Content, ContentMethod, MAX_BODY_PREALLOC, MAX_BODY_SIZE,
+    Assembly, Content, ContentMethod, SpareBody, MAX_BODY_PREALLOC, MAX_BODY_SIZE,
 };
 use crate::protocol::methods::{Deliver, GetOk, Return};
 
@@ -145,10 +145,13 @@ impl Assemblies {
                 let ch = self.channels.entry(*c).or_default();
                 let size = header.body_size;
                 let header = crate::protocol::codec::Header::from_wire(header);
-                let result = ch.assembly.header(*c, header, elsewhere).map(|done| {
-                    ch.announced = size;
-                    done.map(Event::from)
-                });
+                let result = ch
+                    .assembly
+                    .header(*c, header, elsewhere, &SpareBody::default())
+                    .map(|done| {
+                        ch.announced = size;
+                        done.map(Event::from)
+                    });
                 (*c, result)
             }
             Got::Body(c, data) => {
