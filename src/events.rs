@@ -326,9 +326,10 @@ impl Connection {
     /// it has handled at least one event; with a zero `time_limit` it handles what is there
     /// and returns; `Duration::MAX` waits until there is something (pika's `time_limit=None`).
     /// Heartbeats never depend on it: the I/O thread answers them whatever this thread does.
-    /// Returns the connection's error once it is closed. A close by this application during
-    /// the call (a callback calling [`close`](Self::close), say) ends the call with `Ok`, as
-    /// in pika, so `while connection.is_open()` loops end cleanly; the next call returns
+    /// Returns the connection's error once it is closed. When the connection was open at the
+    /// call's start and this application closes it during the call (a callback calling
+    /// [`close`](Self::close), say), the call ends with `Ok`, as in pika, so
+    /// `while connection.is_open()` loops end cleanly; the next call returns
     /// [`Error::ConnectionClosedByClient`](crate::Error::ConnectionClosedByClient).
     ///
     /// Called from inside a callback of this connection, it runs nothing (as in pika, callbacks
@@ -349,7 +350,13 @@ impl Connection {
         }
         let was_open = self.is_open();
         match self.dispatch_until(deadline) {
-            Err(e) if was_open && e.is_closed_by_client() => Ok(()),
+            // The connection's own close by the application, not a callback's error that
+            // merely says so of a channel.
+            Err(crate::Error::ConnectionClosedByClient { .. })
+                if was_open && self.close_reason().is_some_and(|e| e.is_closed_by_client()) =>
+            {
+                Ok(())
+            }
             handled => handled,
         }
     }

@@ -718,3 +718,47 @@ fn large_bodies_consumed_by_a_callback_each_arrive_whole_and_alone() {
         assert!(*body == body_of(i, size), "message {i}: other bytes");
     }
 }
+
+/// A large body's buffer handed back by a callback is reused only for a body that needs at
+/// least half of it: 128 KiB messages fetched with basic_get after 4 MiB ones consumed by a
+/// callback each hold a buffer of about their own size (what the inbound limits count), not
+/// the 4 MiB one.
+#[test]
+fn a_body_never_holds_a_buffer_much_larger_than_itself_after_large_ones_were_consumed() {
+    support::within(Duration::from_secs(60), "spare buffer size", || {
+        let connection = connect();
+        let ch = connection.channel().unwrap();
+        let big_q = support::exclusive_queue(&ch);
+        let small_q = support::exclusive_queue(&ch);
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        ch.basic_consume(
+            &big_q,
+            move |ch, method, _, _body| -> cottontail::Result<()> {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                ch.basic_ack(method.delivery_tag, false)
+            },
+            BasicConsumeOptions::default(),
+        )
+        .unwrap();
+        let mut kept = Vec::new();
+        for i in 0..8 {
+            ch.basic_publish("", &big_q, &vec![1u8; 4 << 20]).unwrap();
+            ch.basic_publish("", &small_q, &vec![2u8; 128 * 1024])
+                .unwrap();
+            while seen.load(std::sync::atomic::Ordering::SeqCst) <= i {
+                connection
+                    .process_data_events(Duration::from_secs(5))
+                    .unwrap();
+            }
+            let got = ch.basic_get(&small_q, true).unwrap().expect("a message");
+            kept.push(got.body);
+        }
+        let held: usize = kept.iter().map(|b| b.capacity()).sum();
+        let data: usize = kept.iter().map(|b| b.len()).sum();
+        assert!(
+            held <= 2 * data,
+            "{data} bytes of bodies kept hold {held} bytes of buffers"
+        );
+    });
+}

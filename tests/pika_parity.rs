@@ -490,3 +490,44 @@ fn a_timer_never_runs_while_the_callback_that_sleeps_holds_its_lock() {
         );
     });
 }
+
+/// A callback's own error that happens to be `ChannelClosedByClient` (it used a channel this
+/// application closed) still ends `process_data_events` with that error: only the
+/// connection's own close by the application ends it with `Ok` (pika re-raises a callback's
+/// exception too).
+#[test]
+fn a_callbacks_channel_closed_by_client_error_still_ends_process_data_events() {
+    within(LIMIT, "a callback's ChannelClosedByClient", || {
+        let connection = connect();
+        let ch = connection.channel().unwrap();
+        let other = connection.channel().unwrap();
+        other.close().unwrap();
+        let q = exclusive_queue(&ch);
+        ch.basic_publish("", &q, b"x").unwrap();
+        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = ran.clone();
+        ch.basic_consume(
+            &q,
+            move |ch, method, _, _| -> cottontail::Result<()> {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                ch.basic_ack(method.delivery_tag, false)?;
+                // The callback's own failure: a publish on a channel it closed earlier.
+                other.basic_publish("", "nowhere", b"y")
+            },
+            BasicConsumeOptions::default(),
+        )
+        .unwrap();
+        let mut outcome = Ok(());
+        while ran.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            outcome = connection.process_data_events(Duration::from_secs(5));
+        }
+        assert!(connection.is_open());
+        assert!(
+            matches!(
+                outcome,
+                Err(cottontail::Error::ChannelClosedByClient { .. })
+            ),
+            "the callback's error is lost: {outcome:?}"
+        );
+    });
+}

@@ -20,7 +20,8 @@ use crate::protocol::codec;
 /// the I/O thread too (S5: 10-15% more CPU, BENCHMARKS.md). A smaller publish queues what the
 /// socket did not take: copying it costs less than waiting for the socket.
 pub(crate) const DIRECT_FINISH_MIN: usize = 64 * 1024;
-/// The most one direct send hands the kernel (two body frames at RabbitMQ's `frame_max`):
+/// The most one direct send hands the kernel (two body frames at RabbitMQ's `frame_max`; one
+/// frame's piece, at most `FRAME_MAX_SIZE`, always fits):
 /// while a send runs, the kernel holds the socket, and the acknowledgements that free room in
 /// it wait; sends of the whole of a 1 MiB message published 3-4% slower in S5 than sends of
 /// this size (BENCHMARKS.md), as rabbitmq-c's one send per 128 KiB frame does.

@@ -38,9 +38,10 @@ pub(crate) const MAX_BODY_PREALLOC: u64 = 16 * 1024 * 1024;
 pub(crate) const SPARE_MIN: usize = 128 * 1024;
 
 /// At most one body buffer of at least [`SPARE_MIN`] and at most [`MAX_BODY_PREALLOC`]
-/// bytes, handed back after use, for the next large body of the connection. It holds the
-/// last one given back (so it follows the sizes the connection receives), empty, at most one
-/// buffer per connection. A leaf lock: nothing else is locked while it is held.
+/// bytes, handed back after use, for the next large body of the connection that needs at
+/// least half of it. It holds the last one given back (so it follows the sizes the
+/// connection receives), empty, at most one buffer per connection. A leaf lock: nothing else
+/// is locked while it is held.
 #[derive(Debug, Default)]
 pub(crate) struct SpareBody(Mutex<Option<Vec<u8>>>);
 
@@ -55,12 +56,16 @@ impl SpareBody {
     }
 
     /// The spare buffer, if there is one and it holds `size` bytes (at least [`SPARE_MIN`])
-    /// without growing. Out of line: small bodies, the common case, never call it.
+    /// without growing, and at most twice that: a message never holds much more memory than
+    /// its body, which is what the inbound limits count (`token`, rule 9). Out of line: small
+    /// bodies, the common case, never call it.
     #[cold]
     #[inline(never)]
     fn take(&self, size: usize) -> Option<Vec<u8>> {
         let mut spare = self.lock();
-        spare.as_ref().filter(|b| b.capacity() >= size)?;
+        spare
+            .as_ref()
+            .filter(|b| (size..=size.saturating_mul(2)).contains(&b.capacity()))?;
         spare.take()
     }
 
@@ -284,19 +289,24 @@ mod tests {
         let first = assemble(&spare, 1 << 20, 1);
         let buffer = first.as_ptr();
         spare.give(first);
-        // A smaller large body goes into the same buffer, holding only its own bytes.
-        let second = assemble(&spare, 300_000, 2);
+        // A smaller large body (at least half of it) goes into the same buffer, holding
+        // only its own bytes.
+        let second = assemble(&spare, 600_000, 2);
         assert_eq!(second.as_ptr(), buffer);
-        assert_eq!(second.len(), 300_000);
+        assert_eq!(second.len(), 600_000);
         assert!(second.iter().all(|&b| b == 2));
         // Taken: the next body gets a buffer of its own.
-        let third = assemble(&spare, 300_000, 3);
+        let third = assemble(&spare, 600_000, 3);
         assert_ne!(third.as_ptr(), buffer);
-        // A body too large for the spare leaves it there for a later one.
+        // A body too large for the spare, or needing less than half of it, leaves it there
+        // for a later one: a message never holds more than twice its body.
         spare.give(second);
         let larger = assemble(&spare, 2 << 20, 4);
         assert_ne!(larger.as_ptr(), buffer);
-        let again = assemble(&spare, 1 << 20, 5);
+        let smaller = assemble(&spare, 500_000, 5);
+        assert_ne!(smaller.as_ptr(), buffer);
+        assert!(smaller.capacity() < 1 << 20);
+        let again = assemble(&spare, 1 << 20, 6);
         assert_eq!(again.as_ptr(), buffer);
     }
 
