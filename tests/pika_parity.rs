@@ -531,3 +531,31 @@ fn a_callbacks_channel_closed_by_client_error_still_ends_process_data_events() {
         );
     });
 }
+
+/// The same for `start_consuming`: a timer's own `ChannelClosedByClient` (it used a channel
+/// this application closed) ends `start_consuming` with that error, while closing the
+/// consumed channel (or the connection) ends it normally.
+#[test]
+fn a_timers_channel_closed_by_client_error_still_ends_start_consuming() {
+    within(LIMIT, "a timer's ChannelClosedByClient", || {
+        let connection = connect();
+        let ch = connection.channel().unwrap();
+        let other = connection.channel().unwrap();
+        other.close().unwrap();
+        let q = exclusive_queue(&ch);
+        ch.basic_consume(&q, |_, _, _, _| (), BasicConsumeOptions::default())
+            .unwrap();
+        connection.call_later(Duration::from_millis(50), move || {
+            other.basic_publish("", "nowhere", b"y")
+        });
+        let outcome = ch.start_consuming();
+        assert!(ch.is_open());
+        assert!(
+            matches!(
+                outcome,
+                Err(cottontail::Error::ChannelClosedByClient { .. })
+            ),
+            "the timer's error is lost: {outcome:?}"
+        );
+    });
+}

@@ -378,20 +378,20 @@ impl Channel {
         let mut timer_fired = false;
         loop {
             let (work, next_timer) = match turn.take(&self.inner.owner, timer_fired) {
-                Err(e) if was_open && e.is_closed_by_client() => return Ok(()),
+                Err(e) if was_open && self.ended_by_application(&e) => return Ok(()),
                 taken => taken?,
             };
             let pumped = match self.pump(None, next_timer, Some(work)) {
                 Err(_) if self.lost() => {
                     match self.wait_for_recovery(None) {
                         // The application closed the connection meanwhile: the end, as in pika.
-                        Err(e) if was_open && e.is_closed_by_client() => return Ok(()),
+                        Err(e) if was_open && self.ended_by_application(&e) => return Ok(()),
                         waited => waited?,
                     };
                     timer_fired = false;
                     continue;
                 }
-                Err(e) if was_open && e.is_closed_by_client() => return Ok(()),
+                Err(e) if was_open && self.ended_by_application(&e) => return Ok(()),
                 pumped => pumped?,
             };
             match pumped {
@@ -402,6 +402,18 @@ impl Channel {
                 Pumped::Mine(_) | Pumped::Progress => timer_fired = false,
             }
         }
+    }
+
+    /// Whether `e` is the application's close of this channel or of its connection, which
+    /// ends `start_consuming` normally (as in pika), rather than a callback's own error that
+    /// only says so of another channel.
+    fn ended_by_application(&self, e: &Error) -> bool {
+        if !e.is_closed_by_client() {
+            return false;
+        }
+        let channel = self.core().lock().ended_error();
+        let closed_by_app = |e: Option<Error>| e.is_some_and(|e| e.is_closed_by_client());
+        closed_by_app(channel) || closed_by_app(self.inner.owner.ended())
     }
 
     /// Marks the channel consumed by this thread; [`Error::Reentrancy`] if a thread already
