@@ -244,8 +244,8 @@
 //! `process_data_events` and [`Connection::sleep`] only wait (the I/O thread keeps the
 //! connection alive), and `start_consuming` or `consume()` on any of its channels is
 //! [`Error::Reentrancy`] (a `consume()` iterator used there yields it once, then ends; pika
-//! refuses only `start_consuming` there). So a callback never sees another one half-way, and `connection.sleep(..)` inside a callback is a
-//! safe back-off. What falls due meanwhile runs when the thread next dispatches: in
+//! refuses only `start_consuming` there). So a callback never sees another one half-way, and
+//! `connection.sleep(..)` inside a callback is a safe back-off. What falls due meanwhile runs when the thread next dispatches: in
 //! `start_consuming` and `consume()`, right after the callback returns, before the next
 //! delivery (also when deliveries never stop coming; pika would wait for the channel to run
 //! dry); in `process_data_events`, after the deliveries that call is handling, as in pika.

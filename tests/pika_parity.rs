@@ -175,24 +175,31 @@ fn closing_the_channel_in_a_callback_ends_start_consuming_normally() {
 #[test]
 fn closing_the_connection_in_a_callback_ends_start_consuming_normally() {
     within(LIMIT, "close connection in callback", || {
-        let connection = connect();
-        let ch = connection.channel().unwrap();
-        let q = exclusive_queue(&ch);
-        ch.basic_publish("", &q, b"x").unwrap();
-        let conn = connection.clone();
-        ch.basic_consume(
-            &q,
-            move |ch, method, _properties, _body| -> cottontail::Result<()> {
-                ch.basic_ack(method.delivery_tag, false)?;
-                conn.close()
-            },
-            BasicConsumeOptions::default(),
-        )
-        .unwrap();
+        let (connection, ch) = a_consumer_that_closes_its_connection();
         let outcome = ch.start_consuming();
         assert!(connection.is_closed());
         assert_eq!(outcome, Ok(()), "pika: start_consuming returns normally");
     });
+}
+
+/// A connection whose channel holds one message and a consumer whose callback acks it, then
+/// closes the connection.
+fn a_consumer_that_closes_its_connection() -> (cottontail::Connection, Channel) {
+    let connection = connect();
+    let ch = connection.channel().unwrap();
+    let q = exclusive_queue(&ch);
+    ch.basic_publish("", &q, b"x").unwrap();
+    let conn = connection.clone();
+    ch.basic_consume(
+        &q,
+        move |ch, method, _properties, _body| -> cottontail::Result<()> {
+            ch.basic_ack(method.delivery_tag, false)?;
+            conn.close()
+        },
+        BasicConsumeOptions::default(),
+    )
+    .unwrap();
+    (connection, ch)
 }
 
 /// pika:
@@ -210,20 +217,7 @@ fn closing_the_connection_in_a_callback_ends_process_data_events_normally() {
         LIMIT,
         "close connection in a callback of process_data_events",
         || {
-            let connection = connect();
-            let ch = connection.channel().unwrap();
-            let q = exclusive_queue(&ch);
-            ch.basic_publish("", &q, b"x").unwrap();
-            let conn = connection.clone();
-            ch.basic_consume(
-                &q,
-                move |ch, method, _properties, _body| -> cottontail::Result<()> {
-                    ch.basic_ack(method.delivery_tag, false)?;
-                    conn.close()
-                },
-                BasicConsumeOptions::default(),
-            )
-            .unwrap();
+            let (connection, _ch) = a_consumer_that_closes_its_connection();
             let mut calls = 0;
             while connection.is_open() {
                 let outcome = connection.process_data_events(Duration::from_secs(1));

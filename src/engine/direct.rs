@@ -20,11 +20,11 @@ use crate::protocol::codec;
 /// the I/O thread too (S5: 10-15% more CPU, BENCHMARKS.md). A smaller publish queues what the
 /// socket did not take: copying it costs less than waiting for the socket.
 pub(crate) const DIRECT_FINISH_MIN: usize = 64 * 1024;
-/// The most one direct send hands the kernel (two body frames at RabbitMQ's `frame_max`; one
-/// frame's piece, at most `FRAME_MAX_SIZE`, always fits):
-/// while a send runs, the kernel holds the socket, and the acknowledgements that free room in
-/// it wait; sends of the whole of a 1 MiB message published 3-4% slower in S5 than sends of
-/// this size (BENCHMARKS.md), as rabbitmq-c's one send per 128 KiB frame does.
+/// The most one direct send hands the kernel: two body frames at RabbitMQ's `frame_max` (one
+/// frame's piece, at most `FRAME_MAX_SIZE`, always fits). While a send runs, the kernel holds
+/// the socket, and the acknowledgements that free room in it wait: sends of the whole of a
+/// 1 MiB message published 3-4% slower in S5 than sends of this size (BENCHMARKS.md), which
+/// are also what rabbitmq-c's one send per 128 KiB frame gets.
 pub(crate) const SEND_MAX: usize = 256 * 1024;
 /// The longest a caller finishing its own direct write waits for the socket to take more
 /// (rule 2) before it queues the rest for the I/O thread: the socket stalls (the broker is not
@@ -263,7 +263,7 @@ mod tests {
             done += sent;
         }
         assert_eq!(got, expected);
-        // Each send but the last took whole slices worth at least a body frame.
+        // `at_most` itself: whole slices within the bound, never none.
         let slices = [IoSlice::new(&[0; 100]), IoSlice::new(&[0; 200])];
         assert_eq!(at_most(&slices, 150).len(), 1);
         assert_eq!(at_most(&slices, 300).len(), 2);
