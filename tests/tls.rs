@@ -436,6 +436,41 @@ fn pkcs1_and_encrypted_client_keys_work_as_in_pika() {
     assert!(debug.contains("<redacted>"), "{debug}");
 }
 
+/// pika's `ssl_options={'certfile': 'client.pem'}` with the key in the same file (Python's
+/// `load_cert_chain(certfile)` reads both from it): the client logs in with EXTERNAL, as with
+/// separate files.
+#[test]
+fn a_certfile_holding_the_key_too_needs_no_keyfile() {
+    let b = broker();
+    let combined = b.dir().join(format!("{}.pem", unique("combined")));
+    let mut pem = std::fs::read(b.client_cert_file()).unwrap();
+    pem.extend(std::fs::read(b.client_pkcs1_key_file()).unwrap());
+    std::fs::write(&combined, &pem).unwrap();
+    let name = unique("certfile-alone");
+    let dict = format!(
+        "{{'cafile': '{}', 'certfile': '{}'}}",
+        b.ca_file().display(),
+        combined.display()
+    );
+    let connection = Connection::open_url(&external_url(&name, &dict))
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", b.log_tail()));
+    let seen = broker_connection(&name, &["user", "auth_mechanism"]);
+    assert_eq!(seen, [CLIENT_CN, "EXTERNAL"]);
+    connection.close().unwrap();
+    // A certfile without a key, and no keyfile: a TLS error naming the key, not a login
+    // without a certificate.
+    let name = unique("certfile-without-key");
+    let dict = format!(
+        "{{'cafile': '{}', 'certfile': '{}'}}",
+        b.ca_file().display(),
+        b.client_cert_file().display()
+    );
+    let err = Connection::open_url(&external_url(&name, &dict)).unwrap_err();
+    let message = expect_tls_error(err, "certfile without a key");
+    assert!(message.contains("client key"), "{message}");
+    std::fs::remove_file(&combined).unwrap();
+}
+
 #[test]
 fn a_ca_directory_is_trusted_as_pika_capath() {
     let b = broker();

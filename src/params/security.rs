@@ -216,7 +216,9 @@ impl SslOptions {
         self
     }
 
-    /// Like [`with_client_certificate_pem`](Self::with_client_certificate_pem), from files.
+    /// Like [`with_client_certificate_pem`](Self::with_client_certificate_pem), from files;
+    /// on OpenSSL both may be one file holding the certificate and the key (as Python's
+    /// `load_cert_chain(certfile)` reads it).
     pub fn with_client_certificate_files(
         self,
         cert: impl AsRef<std::path::Path>,

@@ -43,7 +43,8 @@ impl ConnectionParameters {
     ///   `TCP_KEEPCNT`, `TCP_USER_TIMEOUT`) and `ssl_options`. `ssl_options` takes pika's keys:
     ///   `ca_certs` / `cafile` (a PEM file), `ca_path` / `capath` (a directory of PEM files),
     ///   `ca_data` / `cadata` (PEM text), each pair read as pika reads it (the first name
-    ///   wins when both are given and not empty); `certfile` with `keyfile` and `password`;
+    ///   wins when both are given and not empty); `certfile` with `keyfile` (or alone, a PEM
+    ///   file holding the key too, as Python's `load_cert_chain` reads it) and `password`;
     ///   `server_hostname`; `protocol` (Python's `ssl.PROTOCOL_TLS_CLIENT` = 16,
     ///   `PROTOCOL_TLS` = 2 or `PROTOCOL_TLSv1_2` = 5, or those names as strings; TLS 1.0 and
     ///   1.1 are refused; unlike Python's `SSLContext(PROTOCOL_TLS)`, which verifies nothing
@@ -540,9 +541,11 @@ fn ssl_options_from_dict(dict: Vec<(String, Value)>) -> Result<SslOptions> {
     }
     match (text("certfile")?, text("keyfile")?) {
         (Some(cert), Some(key)) => options.with_client_certificate_files(cert, key),
+        // As Python's `load_cert_chain(certfile)`: the key is in the certificate's own file.
+        (Some(cert), None) => options.with_client_certificate_files(&cert, &cert),
         (None, None) => Ok(options),
-        _ => Err(Error::InvalidArgument(
-            "ssl_options needs both certfile and keyfile for a client certificate".into(),
+        (None, Some(_)) => Err(Error::InvalidArgument(
+            "ssl_options keyfile needs a certfile (the client certificate)".into(),
         )),
     }
 }

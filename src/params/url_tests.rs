@@ -339,8 +339,8 @@ fn url_option_values_are_checked() {
         ("amqp://h/?retry_delay=soon", "retry_delay"),
         ("amqp://h/?ssl_options=%7B%27bogus%27%3A+1%7D", "\"bogus\""),
         (
-            "amqp://h/?ssl_options=%7B%27certfile%27%3A+%27c.pem%27%7D",
-            "keyfile",
+            "amqp://h/?ssl_options=%7B%27keyfile%27%3A+%27k.pem%27%7D",
+            "keyfile needs a certfile",
         ),
         (
             "amqp://h/?tcp_options=%7B%27TCP_NODELAY%27%3A+1%7D",
@@ -516,7 +516,7 @@ fn ssl_options_errors_do_not_echo_the_password() {
     for dict in [
         "{'password': s3cr3t}",
         "{'password': 's3cr3t', 'bogus': 1}",
-        "{'password': 's3cr3t', 'certfile': 'c.pem'}",
+        "{'password': 's3cr3t', 'keyfile': 'k.pem'}",
         "{'password': 's3cr3t'",
     ] {
         let message = refused(&with_ssl("amqps", dict));
