@@ -2,11 +2,12 @@
 
 mod support;
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use cottontail::{BasicConsumeOptions, Error, QosOptions, QueueDeclareOptions};
-use support::{connect, publish_numbered, rabbitmqctl, unique};
+use support::{connect, exclusive_queue, publish_numbered, rabbitmqctl, unique, within};
 
 #[test]
 fn consume_10000_with_manual_ack_in_order_and_the_queue_empties() {
@@ -623,8 +624,8 @@ fn a_callback_that_replaces_its_consumer_under_the_same_tag_hands_over_to_the_ne
         ..Default::default()
     };
     let (old_tx, new_tx) = (tx.clone(), tx);
-    let (queue2, new_options) = (queue.clone(), options());
-    let mut new_options = Some(new_options);
+    let queue2 = queue.clone();
+    let mut new_options = Some(options());
     channel
         .basic_consume(
             &queue,
@@ -725,17 +726,17 @@ fn large_bodies_consumed_by_a_callback_each_arrive_whole_and_alone() {
 /// the 4 MiB one.
 #[test]
 fn a_body_never_holds_a_buffer_much_larger_than_itself_after_large_ones_were_consumed() {
-    support::within(Duration::from_secs(60), "spare buffer size", || {
+    within(Duration::from_secs(60), "spare buffer size", || {
         let connection = connect();
         let ch = connection.channel().unwrap();
-        let big_q = support::exclusive_queue(&ch);
-        let small_q = support::exclusive_queue(&ch);
-        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let big_q = exclusive_queue(&ch);
+        let small_q = exclusive_queue(&ch);
+        let seen = Arc::new(AtomicUsize::new(0));
         let counter = seen.clone();
         ch.basic_consume(
             &big_q,
             move |ch, method, _, _body| -> cottontail::Result<()> {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                counter.fetch_add(1, Ordering::SeqCst);
                 ch.basic_ack(method.delivery_tag, false)
             },
             BasicConsumeOptions::default(),
@@ -746,7 +747,7 @@ fn a_body_never_holds_a_buffer_much_larger_than_itself_after_large_ones_were_con
             ch.basic_publish("", &big_q, &vec![1u8; 4 << 20]).unwrap();
             ch.basic_publish("", &small_q, &vec![2u8; 128 * 1024])
                 .unwrap();
-            while seen.load(std::sync::atomic::Ordering::SeqCst) <= i {
+            while seen.load(Ordering::SeqCst) <= i {
                 connection
                     .process_data_events(Duration::from_secs(5))
                     .unwrap();

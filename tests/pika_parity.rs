@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -498,12 +499,12 @@ fn a_callbacks_channel_closed_by_client_error_still_ends_process_data_events() {
         other.close().unwrap();
         let q = exclusive_queue(&ch);
         ch.basic_publish("", &q, b"x").unwrap();
-        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ran = Arc::new(AtomicUsize::new(0));
         let counter = ran.clone();
         ch.basic_consume(
             &q,
             move |ch, method, _, _| -> cottontail::Result<()> {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                counter.fetch_add(1, Ordering::SeqCst);
                 ch.basic_ack(method.delivery_tag, false)?;
                 // The callback's own failure: a publish on a channel it closed earlier.
                 other.basic_publish("", "nowhere", b"y")
@@ -512,7 +513,7 @@ fn a_callbacks_channel_closed_by_client_error_still_ends_process_data_events() {
         )
         .unwrap();
         let mut outcome = Ok(());
-        while ran.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        while ran.load(Ordering::SeqCst) == 0 {
             outcome = connection.process_data_events(Duration::from_secs(5));
         }
         assert!(connection.is_open());
